@@ -1,0 +1,190 @@
+//! HTTP pieces both APIs share: correlation ids and the extractor configs that turn every
+//! malformed request into the JSON error contract instead of actix's plain-text defaults.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PathError, PayloadError, QueryPayloadError};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+
+use crate::error::{ApiError, ErrorCode};
+
+pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+
+const MAX_CORRELATION_ID_LEN: usize = 128;
+
+/// The request's correlation id: taken from `X-Correlation-Id` or generated, stored in the
+/// request's extensions by [`correlation_id_middleware`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrelationId(pub String);
+
+impl CorrelationId {
+    pub fn of(request: &HttpRequest) -> CorrelationId {
+        request
+            .extensions()
+            .get::<CorrelationId>()
+            .cloned()
+            .unwrap_or_else(|| CorrelationId(uuid::Uuid::new_v4().to_string()))
+    }
+}
+
+fn correlation_id_from(request: &ServiceRequest) -> Result<CorrelationId, ApiError> {
+    let Some(raw) = request.headers().get(&CORRELATION_ID) else {
+        return Ok(CorrelationId(uuid::Uuid::new_v4().to_string()));
+    };
+    let valid = raw
+        .to_str()
+        .ok()
+        .filter(|id| !id.is_empty() && id.len() <= MAX_CORRELATION_ID_LEN)
+        .filter(|id| id.bytes().all(|b| b.is_ascii_graphic()));
+    match valid {
+        Some(id) => Ok(CorrelationId(id.to_owned())),
+        None => Err(ApiError::invalid_request(format!(
+            "header X-Correlation-Id must be 1 to {MAX_CORRELATION_ID_LEN} visible ASCII characters"
+        ))),
+    }
+}
+
+/// Gives every request a correlation id and echoes it on every response, errors included.
+pub async fn correlation_id_middleware(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = match correlation_id_from(&request) {
+        Ok(id) => id,
+        Err(error) => {
+            let response = error.error_response().map_into_right_body();
+            return Ok(request.into_response(response));
+        }
+    };
+    let header = HeaderValue::from_str(&id.0).ok();
+    request.extensions_mut().insert(id);
+    let mut response = next.call(request).await?.map_into_left_body();
+    // A handler may answer with the correlation id of what it serves (a reader returns the
+    // stored record's); otherwise the request's id is echoed.
+    if let Some(header) = header {
+        if !response.headers().contains_key(&CORRELATION_ID) {
+            response.headers_mut().insert(CORRELATION_ID, header);
+        }
+    }
+    Ok(response)
+}
+
+/// JSON bodies up to `limit` bytes; anything wrong with one becomes a 400/413/415 JSON error.
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(|error, _| json_error(&error).into())
+}
+
+fn json_error(error: &JsonPayloadError) -> ApiError {
+    match error {
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the JSON body is larger than {limit} bytes"),
+        ),
+        JsonPayloadError::ContentType => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "the body must be JSON with Content-Type: application/json",
+        ),
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::invalid_request(format!("the JSON body is invalid: {e}"))
+        }
+        JsonPayloadError::Payload(e) => payload_error(e),
+        other => ApiError::invalid_request(format!("the JSON body could not be read: {other}")),
+    }
+}
+
+/// Maps the raw-body error actix raises (including its overflow) to the contract.
+pub fn payload_error(error: &PayloadError) -> ApiError {
+    match error {
+        PayloadError::Overflow => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "the body is larger than allowed",
+        ),
+        other => ApiError::invalid_request(format!("the body could not be read: {other}")),
+    }
+}
+
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|error: PathError, _| {
+        ApiError::invalid_request(format!("invalid path: {error}")).into()
+    })
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|error: QueryPayloadError, _| {
+        ApiError::invalid_request(format!("invalid query string: {error}")).into()
+    })
+}
+
+/// Fallback for unknown routes, so a typo in a URL gets the same JSON contract.
+pub async fn route_not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route for {} {}", request.method(), request.path()),
+    ))
+}
+
+/// Fallback for a known route called with the wrong method.
+pub async fn method_not_allowed(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed on {}", request.method(), request.path()),
+    ))
+}
+
+/// The key in a native route such as `/v1/kv/{key}`: everything after `prefix` in the raw path,
+/// percent-decoded to bytes, so keys may hold `/`, unicode or arbitrary binary.
+pub fn key_from_path(request: &HttpRequest, prefix: &str) -> Result<Vec<u8>, ApiError> {
+    let raw = request
+        .uri()
+        .path()
+        .strip_prefix(prefix)
+        .unwrap_or_default();
+    let key: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    if key.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidKey,
+            "the key in the path is empty",
+        ));
+    }
+    Ok(key)
+}
+
+/// Reads a raw body of at most `limit` bytes. A declared Content-Length over the limit is refused
+/// before reading anything, and a body that grows past it is refused as soon as it does, so an
+/// oversized body is never buffered whole.
+pub async fn read_body(
+    mut payload: web::Payload,
+    request: &HttpRequest,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    use futures::StreamExt;
+
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| payload_error(&e))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,14 @@
+//! What kv-writer and kv-reader share: settings, the record codec, the HTTP error contract,
+//! read-your-writes tokens and Kafka client set-up.
+
+pub mod consistency;
+pub mod error;
+pub mod http;
+pub mod kafka;
+pub mod record;
+pub mod secret;
+pub mod settings;
+pub mod telemetry;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -1,0 +1,353 @@
+//! Test support shared by both binaries' suites (feature `testkit`, dev-only): a real broker
+//! process per test, random topics, the real binaries as child processes, and polling with a
+//! deadline instead of sleeps.
+//!
+//! The broker is Tansu (a Kafka-compatible broker) installed by `scripts/install-broker.sh`;
+//! `TANSU_BIN` points at it, with the script's cache location as the fallback.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::kafka::create_topic;
+use crate::settings::{CoreSettings, Env};
+
+/// The Tansu version the scripts install; keep in step with `scripts/lib.sh`.
+const TANSU_VERSION: &str = "0.6.0";
+
+fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache
+        .join("kafka-kv")
+        .join(format!("tansu-{TANSU_VERSION}"))
+        .join("bin")
+        .join("tansu")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+/// A topic name no other test uses.
+pub fn random_topic(prefix: &str) -> String {
+    let suffix: u64 = rand::rng().random();
+    format!("{prefix}-{suffix:016x}")
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A Kafka-compatible broker process with its own data, killed on drop.
+#[derive(Debug)]
+pub struct Broker {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("broker data dir");
+        let mut broker = Broker {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        broker.launch();
+        broker
+    }
+
+    fn launch(&mut self) {
+        let binary = tansu_binary();
+        assert!(
+            binary.exists(),
+            "no broker at {}: run scripts/install-broker.sh (make test does)",
+            binary.display()
+        );
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(&binary)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            // A relative sqlite URL is resolved against the working directory.
+            .args(["--storage-engine", "sqlite://broker.db"])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the broker");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker process, as an outage would; its data stays for [`Broker::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// The shared settings a service would load to talk to this broker about `topic`.
+    pub fn core_settings(&self, topic: &str) -> CoreSettings {
+        let env = Env::from_pairs([
+            ("KAFKA_BOOTSTRAP_SERVERS", self.bootstrap_servers()),
+            ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
+            ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
+        ])
+        .expect("environment");
+        CoreSettings::from_env(&env).expect("settings")
+    }
+
+    /// Creates a topic with a random name and `partitions` partitions.
+    pub async fn create_topic(&self, prefix: &str, partitions: i32) -> String {
+        let topic = random_topic(prefix);
+        let settings = self.core_settings(&topic);
+        create_topic(
+            &settings.kafka,
+            &topic,
+            partitions,
+            &[],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("create the topic");
+        topic
+    }
+
+    /// A plain rdkafka producer, for tests that put records on a topic without kv-writer.
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap_servers())
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", "10000")
+            .create()
+            .expect("producer")
+    }
+
+    /// Produces one record and waits for the acknowledgement; `value: None` is a tombstone.
+    pub async fn produce(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> (i32, i64) {
+        let mut record = FutureRecord::to(topic).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        let delivery = producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        (delivery.partition, delivery.offset)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One of the project's binaries running as a child process, killed on drop.
+#[derive(Debug)]
+pub struct Service {
+    child: Child,
+    pub base_url: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Path of a workspace binary built next to the running test (`make test` builds them first).
+pub fn binary_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+impl Service {
+    /// Starts binary `name` with exactly `env` (plus PATH) and waits until it listens.
+    pub fn start(name: &str, env: &[(&str, String)]) -> Service {
+        let mut command = Command::new(binary_path(name));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KV_API_LISTEN", "127.0.0.1:0")
+            .env("KV_API_LOG_FORMAT", "text")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start the service");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            let address_tx = address_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let address = rest.split_whitespace().next().unwrap_or_default();
+                        address_tx.send(address.to_owned()).ok();
+                    }
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let address = match address_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => address,
+            Err(_) => {
+                child.kill().ok();
+                let status = child.wait().ok();
+                panic!(
+                    "{name} did not start listening (exit: {status:?}); its output:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                );
+            }
+        };
+        Service {
+            child,
+            base_url: format!("http://{address}"),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Sends SIGKILL: no shutdown hooks run, as in a crash.
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion and returns its exit status and combined output, for tests
+/// that expect a binary to refuse to start.
+pub fn run_to_exit(name: &str, env: &[(&str, String)], timeout: Duration) -> (Option<i32>, String) {
+    let mut command = Command::new(binary_path(name));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start the binary");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("collect output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}

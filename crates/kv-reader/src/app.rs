@@ -1,0 +1,152 @@
+//! The composition root: `main` and the tests build the reader the same way.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, HttpServer};
+use kv_core::http::{
+    correlation_id_middleware, json_config, method_not_allowed, path_config, query_config,
+    route_not_found,
+};
+use kv_core::record::RecordCodec;
+use kv_core::settings::TopicEncryption;
+
+use crate::replica::{Replica, ReplicaError};
+use crate::routes::{self, ReaderState};
+use crate::settings::Settings;
+use crate::store::{Store, StoreError};
+
+/// JSON request bodies of the read routes hold a key or a list of keys.
+const JSON_LIMIT: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+pub struct App {
+    server: Server,
+    port: u16,
+    replica: Replica,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        for notice in &settings.core.notices {
+            tracing::warn!("{notice}");
+        }
+        if matches!(settings.core.topic_encryption, TopicEncryption::On { .. }) {
+            return Err(StartupError::Unsupported(
+                "KV_API_ENCRYPT_DATA_ON_KAFKA=true is not supported by this build yet",
+            ));
+        }
+        if settings.storage_password.is_some() {
+            return Err(StartupError::Unsupported(
+                "KV_API_STATE_STORAGE_PASSWORD is not supported by this build yet; refusing to \
+                 store state unencrypted",
+            ));
+        }
+        if !settings.core.auth.disabled {
+            return Err(StartupError::Unsupported(
+                "OpenID Connect auth is not supported by this build yet; refusing to serve \
+                 unauthenticated (set KV_API_DISABLE_API_AUTH=true for local development)",
+            ));
+        }
+        tracing::warn!(
+            "API auth is DISABLED (KV_API_DISABLE_API_AUTH=true): anyone who can reach this port \
+             can read; use this for local development only"
+        );
+        let codec = RecordCodec::Plaintext;
+        let store = Arc::new(Store::open(&settings.storage)?);
+        match store.path() {
+            Some(path) => tracing::info!(path = %path.display(), "replica stored on disk"),
+            None => tracing::info!("replica kept in memory; it is rebuilt from the topic at start"),
+        }
+        let listener =
+            TcpListener::bind(&settings.core.listen).map_err(|source| StartupError::Listen {
+                address: settings.core.listen.clone(),
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                address: settings.core.listen.clone(),
+                source,
+            })?;
+        let replica = Replica::start(&settings, store.clone(), codec.clone())?;
+        let state = web::Data::new(ReaderState {
+            store,
+            progress: replica.progress(),
+            codec,
+        });
+        let server = HttpServer::new(move || {
+            actix_web::App::new()
+                .wrap(from_fn(correlation_id_middleware))
+                .app_data(state.clone())
+                .app_data(json_config(JSON_LIMIT))
+                .app_data(path_config())
+                .app_data(query_config())
+                .service(
+                    web::resource("/retrieve")
+                        .post(routes::retrieve)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/kv/{key:.*}")
+                        .get(routes::get_value)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .route("/healthz", web::get().to(routes::started))
+                .route("/healthz/live", web::get().to(routes::live))
+                .route("/healthz/ready", web::get().to(routes::ready))
+                .default_service(web::to(route_not_found))
+        })
+        .listen(listener)
+        .map_err(|source| StartupError::Listen {
+            address: address.to_string(),
+            source,
+        })?
+        .run();
+        tracing::info!("kv-reader listening on http://{address}");
+        Ok(Self {
+            server,
+            port: address.port(),
+            replica,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT, then stops the consumer after its current batch.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await?;
+        let replica = self.replica;
+        tokio::task::spawn_blocking(move || replica.stop())
+            .await
+            .map_err(std::io::Error::other)?;
+        tracing::info!("kv-reader stopped");
+        Ok(())
+    }
+}

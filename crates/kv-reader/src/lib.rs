@@ -1,0 +1,10 @@
+//! kv-reader: a full replica of the topic in redb, served over HTTP.
+
+pub mod app;
+pub mod replica;
+pub mod routes;
+pub mod settings;
+pub mod store;
+
+pub use app::App;
+pub use settings::Settings;

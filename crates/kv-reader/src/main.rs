@@ -1,0 +1,30 @@
+use std::process::ExitCode;
+
+use kv_core::settings::Env;
+use kv_reader::{App, Settings};
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let settings = match Env::from_process().and_then(|env| Settings::from_env(&env)) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("kv-reader: invalid configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    kv_core::telemetry::init(&settings.core.log);
+    let app = match App::build(settings).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!("kv-reader cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("kv-reader stopped with an error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

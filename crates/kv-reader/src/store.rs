@@ -1,0 +1,344 @@
+//! The replica in redb: entries by record key, and the next offset per partition, written in the
+//! same transaction so a restart neither re-applies nor loses anything.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::backends::InMemoryBackend;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::settings::Storage;
+
+const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+const NEXT_OFFSETS: TableDefinition<u32, u64> = TableDefinition::new("next_offsets");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// The file a directory location gets.
+pub const FILE_NAME: &str = "kv-reader.redb";
+
+const ENTRY_FORMAT: u8 = 1;
+const ENTRY_HEADER_LEN: usize = 1 + 4 + 8 + 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the redb store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("a stored entry is corrupt")]
+    CorruptEntry,
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+/// One change a consumed record makes, borrowing the record's bytes where it can.
+#[derive(Debug, Clone)]
+pub enum Change<'a> {
+    Put {
+        record_key: &'a [u8],
+        partition: i32,
+        offset: i64,
+        correlation_id: Option<&'a [u8]>,
+        value: Cow<'a, [u8]>,
+    },
+    Delete {
+        record_key: &'a [u8],
+    },
+}
+
+/// A value as stored, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub partition: i32,
+    pub offset: i64,
+    pub correlation_id: Option<String>,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    /// Where the file is, for log lines; `None` in memory.
+    path: Option<PathBuf>,
+}
+
+impl Store {
+    pub fn open(storage: &Storage) -> Result<Self, StoreError> {
+        let (db, path) = match storage {
+            Storage::Memory => {
+                let db = Database::builder()
+                    .create_with_backend(InMemoryBackend::new())
+                    .map_err(|source| StoreError::Open {
+                        path: PathBuf::from("(memory)"),
+                        source,
+                    })?;
+                (db, None)
+            }
+            Storage::Disk { location } => {
+                let path = resolve_location(location);
+                let db = Database::create(&path).map_err(|source| StoreError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+                (db, Some(path))
+            }
+        };
+        let store = Self { db, path };
+        store.ensure_tables()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Creates the tables so read transactions never meet a missing table.
+    fn ensure_tables(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(ENTRIES)?;
+        txn.open_table(NEXT_OFFSETS)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The topic this store replicates, if it replicated one before.
+    pub fn topic(&self) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get("topic")?.map(|v| v.value().to_owned()))
+    }
+
+    /// For each partition, the offset of the next record to apply.
+    pub fn next_offsets(&self) -> Result<BTreeMap<i32, i64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(NEXT_OFFSETS)?;
+        let mut offsets = BTreeMap::new();
+        for row in table.iter()? {
+            let (partition, offset) = row?;
+            offsets.insert(partition.value() as i32, offset.value() as i64);
+        }
+        Ok(offsets)
+    }
+
+    /// Empties the store and records which topic it now replicates (a rebuild from scratch).
+    pub fn reset(&self, topic: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.delete_table(ENTRIES)?;
+        txn.delete_table(NEXT_OFFSETS)?;
+        txn.open_table(ENTRIES)?;
+        txn.open_table(NEXT_OFFSETS)?;
+        txn.open_table(META)?.insert("topic", topic)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Applies a batch and the offsets it reaches in one transaction: both or neither persist.
+    pub fn apply(
+        &self,
+        changes: &[Change<'_>],
+        next_offsets: &BTreeMap<i32, i64>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut encoded = Vec::new();
+            for change in changes {
+                match change {
+                    Change::Put {
+                        record_key,
+                        partition,
+                        offset,
+                        correlation_id,
+                        value,
+                    } => {
+                        encode_entry(&mut encoded, *partition, *offset, *correlation_id, value);
+                        entries.insert(*record_key, encoded.as_slice())?;
+                    }
+                    Change::Delete { record_key } => {
+                        entries.remove(*record_key)?;
+                    }
+                }
+            }
+            let mut offsets = txn.open_table(NEXT_OFFSETS)?;
+            for (&partition, &offset) in next_offsets {
+                offsets.insert(partition as u32, offset as u64)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn get(&self, record_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let Some(raw) = entries.get(record_key)? else {
+            return Ok(None);
+        };
+        decode_entry(raw.value()).map(Some)
+    }
+
+    pub fn key_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(ENTRIES)?.len()?)
+    }
+}
+
+fn resolve_location(location: &Path) -> PathBuf {
+    if location.is_dir() {
+        location.join(FILE_NAME)
+    } else {
+        location.to_owned()
+    }
+}
+
+/// `[format][partition BE][offset BE][correlation id length][correlation id][value]`.
+fn encode_entry(
+    out: &mut Vec<u8>,
+    partition: i32,
+    offset: i64,
+    correlation_id: Option<&[u8]>,
+    value: &[u8],
+) {
+    // Ids longer than a byte's worth are cut; they are for tracing, not identity.
+    let correlation_id = correlation_id.unwrap_or_default();
+    let correlation_id = &correlation_id[..correlation_id.len().min(u8::MAX as usize)];
+    out.clear();
+    out.reserve(ENTRY_HEADER_LEN + correlation_id.len() + value.len());
+    out.push(ENTRY_FORMAT);
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.push(correlation_id.len() as u8);
+    out.extend_from_slice(correlation_id);
+    out.extend_from_slice(value);
+}
+
+fn decode_entry(raw: &[u8]) -> Result<StoredEntry, StoreError> {
+    if raw.len() < ENTRY_HEADER_LEN || raw[0] != ENTRY_FORMAT {
+        return Err(StoreError::CorruptEntry);
+    }
+    let partition = i32::from_be_bytes(raw[1..5].try_into().map_err(|_| StoreError::CorruptEntry)?);
+    let offset = i64::from_be_bytes(
+        raw[5..13]
+            .try_into()
+            .map_err(|_| StoreError::CorruptEntry)?,
+    );
+    let id_len = raw[13] as usize;
+    let rest = &raw[ENTRY_HEADER_LEN..];
+    if rest.len() < id_len {
+        return Err(StoreError::CorruptEntry);
+    }
+    let (id, value) = rest.split_at(id_len);
+    Ok(StoredEntry {
+        partition,
+        offset,
+        correlation_id: (!id.is_empty()).then(|| String::from_utf8_lossy(id).into_owned()),
+        value: value.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put<'a>(key: &'a [u8], offset: i64, value: &'a [u8]) -> Change<'a> {
+        Change::Put {
+            record_key: key,
+            partition: 0,
+            offset,
+            correlation_id: Some(b"corr-1"),
+            value: Cow::Borrowed(value),
+        }
+    }
+
+    #[test]
+    fn an_applied_put_is_readable_with_its_origin() {
+        let store = Store::open(&Storage::Memory).expect("store");
+        store
+            .apply(&[put(b"k", 7, b"v")], &BTreeMap::from([(0, 8)]))
+            .expect("apply");
+        let entry = store.get(b"k").expect("get").expect("present");
+        assert_eq!(entry.value, b"v");
+        assert_eq!((entry.partition, entry.offset), (0, 7));
+        assert_eq!(entry.correlation_id.as_deref(), Some("corr-1"));
+        assert_eq!(
+            store.next_offsets().expect("offsets"),
+            BTreeMap::from([(0, 8)])
+        );
+    }
+
+    #[test]
+    fn a_delete_removes_the_entry_and_an_empty_value_is_kept() {
+        let store = Store::open(&Storage::Memory).expect("store");
+        store
+            .apply(
+                &[
+                    put(b"gone", 0, b"x"),
+                    put(b"empty", 1, b""),
+                    Change::Delete {
+                        record_key: b"gone",
+                    },
+                ],
+                &BTreeMap::from([(0, 3)]),
+            )
+            .expect("apply");
+        assert_eq!(store.get(b"gone").expect("get"), None);
+        assert_eq!(
+            store.get(b"empty").expect("get").expect("present").value,
+            b""
+        );
+    }
+
+    #[test]
+    fn a_disk_store_keeps_entries_and_offsets_across_reopen() {
+        let dir = tempfile::tempdir().expect("dir");
+        let storage = Storage::Disk {
+            location: dir.path().to_owned(),
+        };
+        {
+            let store = Store::open(&storage).expect("store");
+            store.reset("topic-a").expect("reset");
+            store
+                .apply(&[put(b"k", 41, b"v")], &BTreeMap::from([(2, 42)]))
+                .expect("apply");
+        }
+        let store = Store::open(&storage).expect("reopen");
+        assert_eq!(store.path(), Some(dir.path().join(FILE_NAME).as_path()));
+        assert_eq!(store.topic().expect("topic").as_deref(), Some("topic-a"));
+        assert_eq!(
+            store.next_offsets().expect("offsets"),
+            BTreeMap::from([(2, 42)])
+        );
+        assert_eq!(store.get(b"k").expect("get").expect("present").value, b"v");
+    }
+
+    #[test]
+    fn reset_empties_entries_and_offsets() {
+        let store = Store::open(&Storage::Memory).expect("store");
+        store
+            .apply(&[put(b"k", 0, b"v")], &BTreeMap::from([(0, 1)]))
+            .expect("apply");
+        store.reset("t").expect("reset");
+        assert_eq!(store.key_count().expect("count"), 0);
+        assert!(store.next_offsets().expect("offsets").is_empty());
+    }
+}

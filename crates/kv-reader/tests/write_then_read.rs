@@ -1,0 +1,91 @@
+//! The whole slice as users run it: a broker process, kv-writer and kv-reader processes, HTTP.
+
+use std::time::Duration;
+
+use kv_core::testkit::{eventually, Broker, Service};
+
+fn service_env(broker: &Broker, topic: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
+        ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
+        ("KAFKA_GROUP_ID", format!("{topic}-reader")),
+    ]
+}
+
+#[tokio::test]
+async fn a_value_written_through_kv_writer_is_read_back_byte_for_byte_from_kv_reader() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("slice", 3).await;
+    let writer = Service::start("kv-writer", &service_env(&broker, &topic));
+    let reader = Service::start("kv-reader", &service_env(&broker, &topic));
+    let http = reqwest::Client::new();
+    let value: Vec<u8> = (0..=255u8).chain("ünïcødé".bytes()).collect();
+
+    let written = http
+        .put(writer.url("/v1/kv/users%2Fada"))
+        .body(value.clone())
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(written.status(), 200, "{}", writer.output());
+    let ack: serde_json::Value = written.json().await.expect("json ack");
+    assert!(
+        ack["offset"].as_i64().is_some(),
+        "ack without offset: {ack}"
+    );
+
+    let read = eventually("the value on the reader", Duration::from_secs(20), || {
+        let request = http.get(reader.url("/v1/kv/users%2Fada")).send();
+        async move {
+            let response = request.await.ok()?;
+            (response.status() == 200).then_some(response)
+        }
+    })
+    .await;
+    assert_eq!(read.headers()["content-type"], "application/octet-stream");
+    assert_eq!(read.bytes().await.expect("body").as_ref(), value.as_slice());
+}
+
+#[tokio::test]
+async fn the_original_store_and_retrieve_routes_round_trip_a_string() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("compat", 1).await;
+    let writer = Service::start("kv-writer", &service_env(&broker, &topic));
+    let reader = Service::start("kv-reader", &service_env(&broker, &topic));
+    let http = reqwest::Client::new();
+
+    let stored = http
+        .post(writer.url("/store"))
+        .json(&serde_json::json!({"Key": "greeting", "Value": "hello, wörld"}))
+        .send()
+        .await
+        .expect("store");
+    assert_eq!(stored.status(), 200);
+
+    let body = eventually("the value on the reader", Duration::from_secs(20), || {
+        let request = http
+            .post(reader.url("/retrieve"))
+            .json(&serde_json::json!({"key": "greeting"}))
+            .send();
+        async move {
+            let response = request.await.ok()?;
+            if response.status() != 200 {
+                return None;
+            }
+            response.text().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(body, "hello, wörld");
+
+    let missing = http
+        .post(reader.url("/retrieve"))
+        .json(&serde_json::json!({"key": "never-written"}))
+        .send()
+        .await
+        .expect("retrieve");
+    assert_eq!(missing.status(), 404);
+    let error: serde_json::Value = missing.json().await.expect("json error");
+    assert_eq!(error["error"]["code"], "key_not_found");
+}

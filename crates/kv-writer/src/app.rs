@@ -1,0 +1,143 @@
+//! The composition root: `main` and the tests build the writer the same way.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, HttpServer};
+use kv_core::http::{
+    correlation_id_middleware, json_config, method_not_allowed, path_config, query_config,
+    route_not_found,
+};
+use kv_core::record::RecordCodec;
+use kv_core::settings::TopicEncryption;
+
+use crate::producer::KvProducer;
+use crate::routes::{self, WriterState};
+use crate::settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot create the Kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+pub struct App {
+    server: Server,
+    port: u16,
+    producer: KvProducer,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        for notice in &settings.core.notices {
+            tracing::warn!("{notice}");
+        }
+        if matches!(settings.core.topic_encryption, TopicEncryption::On { .. }) {
+            return Err(StartupError::Unsupported(
+                "KV_API_ENCRYPT_DATA_ON_KAFKA=true is not supported by this build yet; \
+                 refusing to write plaintext to a topic meant to be encrypted",
+            ));
+        }
+        if !settings.core.auth.disabled {
+            return Err(StartupError::Unsupported(
+                "OpenID Connect auth is not supported by this build yet; refusing to serve \
+                 unauthenticated (set KV_API_DISABLE_API_AUTH=true for local development)",
+            ));
+        }
+        tracing::warn!(
+            "API auth is DISABLED (KV_API_DISABLE_API_AUTH=true): anyone who can reach this port \
+             can write; use this for local development only"
+        );
+        let producer = KvProducer::new(&settings, RecordCodec::Plaintext)?;
+        let listener =
+            TcpListener::bind(&settings.core.listen).map_err(|source| StartupError::Listen {
+                address: settings.core.listen.clone(),
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                address: settings.core.listen.clone(),
+                source,
+            })?;
+        let state = web::Data::new(WriterState::new(&settings, producer.clone()));
+        let json_limit = settings.max_value_bytes * 2 + settings.max_key_bytes + 64 * 1024;
+        let server = HttpServer::new(move || {
+            actix_web::App::new()
+                .wrap(from_fn(correlation_id_middleware))
+                .app_data(state.clone())
+                .app_data(json_config(json_limit))
+                .app_data(path_config())
+                .app_data(query_config())
+                .service(
+                    web::resource("/store")
+                        .post(routes::store)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/remove")
+                        .post(routes::remove)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/kv/{key:.*}")
+                        .put(routes::put_value)
+                        .delete(routes::delete_value)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .route("/healthz", web::get().to(routes::started))
+                .route("/healthz/live", web::get().to(routes::live))
+                .route("/healthz/ready", web::get().to(routes::ready))
+                .default_service(web::to(route_not_found))
+        })
+        .listen(listener)
+        .map_err(|source| StartupError::Listen {
+            address: address.to_string(),
+            source,
+        })?
+        .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
+        .run();
+        tracing::info!("kv-writer listening on http://{address}");
+        Ok(Self {
+            server,
+            port: address.port(),
+            producer,
+            settings,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT: stops accepting, lets in-flight writes finish, then flushes.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await?;
+        let producer = self.producer;
+        let timeout = self.settings.shutdown_timeout;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("producer flushed; kv-writer stopped"),
+            Ok(Err(error)) => tracing::error!(%error, "producer flush did not complete"),
+            Err(error) => tracing::error!(%error, "producer flush task failed"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,9 @@
+//! kv-writer: the HTTP write gateway that produces key-value writes to Kafka.
+
+pub mod app;
+pub mod producer;
+pub mod routes;
+pub mod settings;
+
+pub use app::App;
+pub use settings::Settings;

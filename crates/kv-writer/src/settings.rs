@@ -1,0 +1,71 @@
+//! kv-writer's settings: the shared core plus what only the write path needs.
+
+use std::time::Duration;
+
+use kv_core::settings::{CoreSettings, Env, SettingsError};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub core: CoreSettings,
+    /// librdkafka's `acks` value, from KAFKA_ACKS (all/leader/none or -1/1/0).
+    pub acks: &'static str,
+    /// Upper bound on the time from accepting a write to answering it, broker outages included.
+    pub produce_timeout: Duration,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// How long SIGTERM waits for in-flight writes before the producer is flushed and the process exits.
+    pub shutdown_timeout: Duration,
+}
+
+pub const DEFAULT_MAX_KEY_BYTES: usize = 16 * 1024;
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let settings = Self {
+            core: CoreSettings::from_env(env)?,
+            acks: acks(env.string("KAFKA_ACKS").as_deref())?,
+            produce_timeout: env.millis("KV_API_PRODUCE_TIMEOUT_MS", Duration::from_secs(10))?,
+            max_key_bytes: env.number("KV_API_MAX_KEY_BYTES", DEFAULT_MAX_KEY_BYTES)?,
+            max_value_bytes: env.number("KV_API_MAX_VALUE_BYTES", DEFAULT_MAX_VALUE_BYTES)?,
+            shutdown_timeout: env.millis("KV_API_SHUTDOWN_TIMEOUT_MS", Duration::from_secs(30))?,
+        };
+        if settings.max_key_bytes == 0 {
+            return Err(SettingsError::new(
+                "KV_API_MAX_KEY_BYTES",
+                "must be at least 1",
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+fn acks(raw: Option<&str>) -> Result<&'static str, SettingsError> {
+    let Some(raw) = raw else {
+        return Ok("all");
+    };
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "all" | "-1" => Ok("all"),
+        "leader" | "1" => Ok("1"),
+        "none" | "0" => Ok("0"),
+        _ => Err(SettingsError::new(
+            "KAFKA_ACKS",
+            format!("expected all, leader or none (or -1, 1, 0), got {raw:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_accepts_the_originals_names_and_librdkafkas_values() {
+        assert_eq!(acks(None), Ok("all"));
+        assert_eq!(acks(Some("Leader")), Ok("1"));
+        assert_eq!(acks(Some("none")), Ok("0"));
+        assert_eq!(acks(Some("-1")), Ok("all"));
+        let err = acks(Some("most")).expect_err("must fail");
+        assert_eq!(err.var, "KAFKA_ACKS");
+    }
+}

@@ -1,0 +1,25 @@
+# Shared settings for the project's scripts; sourced, never run.
+# Everything the scripts install lives under one cache folder so CI can keep it warm.
+KV_CACHE_DIR="${KV_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kafka-kv}"
+TANSU_VERSION="0.6.0"
+TANSU_ROOT="$KV_CACHE_DIR/tansu-$TANSU_VERSION"
+TANSU_BIN="$TANSU_ROOT/bin/tansu"
+KV_RUN_DIR="${KV_RUN_DIR:-$PWD/target/kv-run}"
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# apt_install PKG... installs Debian packages that are missing, once.
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    log "installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
