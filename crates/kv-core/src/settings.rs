@@ -263,7 +263,7 @@ const RESERVED: &[&str] = &[
 ];
 
 impl KafkaProperties {
-    fn from_env(env: &Env) -> Result<Self, SettingsError> {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         let mut properties = BTreeMap::new();
         properties.insert(
             "bootstrap.servers".to_owned(),

@@ -1,0 +1,28 @@
+# The two commands first: `make run` and `make test`. See README.md.
+.PHONY: run test build lint fmt broker-start broker-stop clean-run
+
+run:
+	scripts/run.sh
+
+test:
+	scripts/test.sh
+
+build:
+	cargo build --locked --workspace --bins
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+broker-start:
+	scripts/broker.sh start
+
+broker-stop:
+	scripts/broker.sh stop
+
+# Forget the local broker's data and the dev reader's replica.
+clean-run: broker-stop
+	rm -rf target/kv-run
