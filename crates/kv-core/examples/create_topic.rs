@@ -34,7 +34,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match create_topic(&properties, topic, partitions, &config, Duration::from_secs(30)).await {
+    match create_topic(
+        &properties,
+        topic,
+        partitions,
+        &config,
+        Duration::from_secs(30),
+    )
+    .await
+    {
         Ok(()) => {
             println!("topic {topic} ready ({partitions} partitions)");
             ExitCode::SUCCESS
