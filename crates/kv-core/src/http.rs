@@ -188,3 +188,149 @@ pub async fn read_body(
     }
     Ok(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::middleware::from_fn;
+    use actix_web::{test, web, App, HttpResponse};
+
+    use super::*;
+
+    async fn echo_correlation(request: HttpRequest) -> HttpResponse {
+        HttpResponse::Ok().body(CorrelationId::of(&request).0)
+    }
+
+    async fn body_length(
+        request: HttpRequest,
+        body: web::Payload,
+    ) -> Result<HttpResponse, ApiError> {
+        let body = read_body(body, &request, 8).await?;
+        Ok(HttpResponse::Ok().body(body.len().to_string()))
+    }
+
+    macro_rules! app {
+        () => {
+            test::init_service(
+                App::new()
+                    .wrap(from_fn(correlation_id_middleware))
+                    .route("/echo", web::get().to(echo_correlation))
+                    .route("/body", web::post().to(body_length))
+                    .route(
+                        "/kv/{key:.*}",
+                        web::get().to(|r: HttpRequest| async move {
+                            key_from_path(&r, "/kv/").map(|k| HttpResponse::Ok().body(k))
+                        }),
+                    )
+                    .default_service(web::to(route_not_found)),
+            )
+            .await
+        };
+    }
+
+    #[actix_web::test]
+    async fn a_given_correlation_id_is_used_and_echoed() {
+        let app = app!();
+        let response = test::call_service(
+            &app,
+            test::TestRequest::get()
+                .uri("/echo")
+                .insert_header(("X-Correlation-Id", "abc-123"))
+                .to_request(),
+        )
+        .await;
+        assert_eq!(
+            response
+                .headers()
+                .get(&CORRELATION_ID)
+                .expect("correlation id"),
+            "abc-123"
+        );
+        assert_eq!(test::read_body(response).await, "abc-123");
+    }
+
+    #[actix_web::test]
+    async fn a_missing_correlation_id_is_generated_and_echoed_even_on_errors() {
+        let app = app!();
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri("/nowhere").to_request()).await;
+        assert_eq!(response.status(), 404);
+        let id = response
+            .headers()
+            .get(&CORRELATION_ID)
+            .expect("correlation id")
+            .to_str()
+            .expect("ascii");
+        assert_eq!(id.len(), 36, "a uuid, got {id}");
+    }
+
+    #[actix_web::test]
+    async fn an_oversized_correlation_id_is_refused_naming_the_header() {
+        let app = app!();
+        let response = test::call_service(
+            &app,
+            test::TestRequest::get()
+                .uri("/echo")
+                .insert_header(("X-Correlation-Id", "x".repeat(200)))
+                .to_request(),
+        )
+        .await;
+        assert_eq!(response.status(), 400);
+        let body: serde_json::Value = test::read_body_json(response).await;
+        assert_eq!(body["error"]["code"], "invalid_request");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("X-Correlation-Id")));
+    }
+
+    #[actix_web::test]
+    async fn a_body_over_the_limit_is_refused_with_413() {
+        let app = app!();
+        let response = test::call_service(
+            &app,
+            test::TestRequest::post()
+                .uri("/body")
+                .set_payload("123456789")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(response.status(), 413);
+        let body: serde_json::Value = test::read_body_json(response).await;
+        assert_eq!(body["error"]["code"], "payload_too_large");
+        let ok = test::call_service(
+            &app,
+            test::TestRequest::post()
+                .uri("/body")
+                .set_payload("12345678")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(test::read_body(ok).await, "8");
+    }
+
+    #[actix_web::test]
+    async fn path_keys_are_percent_decoded_to_bytes_and_may_hold_slashes() {
+        let app = app!();
+        let response = test::call_service(
+            &app,
+            test::TestRequest::get()
+                .uri("/kv/users%2Fada/%C3%A9%FF")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            test::read_body(response).await.as_ref(),
+            b"users/ada/\xc3\xa9\xff"
+        );
+    }
+
+    #[actix_web::test]
+    async fn an_empty_path_key_is_refused() {
+        let app = app!();
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri("/kv/").to_request()).await;
+        assert_eq!(response.status(), 400);
+        let body: serde_json::Value = test::read_body_json(response).await;
+        assert_eq!(body["error"]["code"], "invalid_key");
+    }
+}
