@@ -2,6 +2,7 @@
 //! read-your-writes tokens and Kafka client set-up.
 
 pub mod consistency;
+pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod kafka;

@@ -9,6 +9,10 @@
 //! find the entry it removes. [`RecordCodec::record_key`] gives the index key for a lookup.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::crypto::{EnvelopeError, TopicCipher};
+use crate::settings::TopicEncryption;
 
 /// Kafka header carrying the request's correlation id from writer to reader.
 pub const CORRELATION_ID_HEADER: &str = "X-Correlation-Id";
@@ -18,6 +22,8 @@ pub const CORRELATION_ID_HEADER: &str = "X-Correlation-Id";
 pub enum RecordCodec {
     #[default]
     Plaintext,
+    /// Record keys are MACs of user keys and values sealed envelopes; see [`crate::crypto`].
+    Encrypted(Arc<TopicCipher>),
 }
 
 /// A record as a reader applies it.
@@ -40,6 +46,8 @@ pub enum DecodeError {
     MissingKey,
     #[error("the record key is empty")]
     EmptyKey,
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
 }
 
 impl DecodeError {
@@ -48,27 +56,43 @@ impl DecodeError {
         match self {
             Self::MissingKey => "missing_key",
             Self::EmptyKey => "empty_key",
+            Self::Envelope(EnvelopeError::NotEncrypted) => "not_encrypted",
+            Self::Envelope(EnvelopeError::Truncated) => "truncated_envelope",
+            Self::Envelope(EnvelopeError::WrongKey) => "wrong_key",
+            Self::Envelope(EnvelopeError::Undecryptable) => "undecryptable",
+            Self::Envelope(EnvelopeError::KeyMismatch) => "key_mismatch",
         }
     }
 }
 
 impl RecordCodec {
+    pub fn for_topic(encryption: &TopicEncryption) -> Self {
+        match encryption {
+            TopicEncryption::Off => Self::Plaintext,
+            TopicEncryption::On { key } => {
+                Self::Encrypted(Arc::new(TopicCipher::new(key.expose())))
+            }
+        }
+    }
+
     /// The Kafka record key for a user key; also the key readers index their state by.
     pub fn record_key<'k>(&self, user_key: &'k [u8]) -> Cow<'k, [u8]> {
         match self {
             Self::Plaintext => Cow::Borrowed(user_key),
+            Self::Encrypted(cipher) => Cow::Owned(cipher.record_key(user_key).to_vec()),
         }
     }
 
     /// The record value for a put. An empty value is a value, distinct from a delete.
     pub fn encode_value<'v>(
         &self,
-        _record_key: &[u8],
-        _user_key: &[u8],
+        record_key: &[u8],
+        user_key: &[u8],
         value: &'v [u8],
     ) -> Cow<'v, [u8]> {
         match self {
             Self::Plaintext => Cow::Borrowed(value),
+            Self::Encrypted(cipher) => Cow::Owned(cipher.seal(record_key, user_key, value)),
         }
     }
 
@@ -91,6 +115,14 @@ impl RecordCodec {
                 user_key: Cow::Borrowed(record_key),
                 value: Cow::Borrowed(payload),
             }),
+            Self::Encrypted(cipher) => {
+                let (user_key, value) = cipher.open(record_key, payload)?;
+                Ok(DecodedRecord::Put {
+                    record_key,
+                    user_key: Cow::Owned(user_key),
+                    value: Cow::Owned(value),
+                })
+            }
         }
     }
 }
@@ -137,6 +169,47 @@ mod tests {
             codec.decode(Some(b"k"), Some(b"")).expect("decodes"),
             DecodedRecord::Put { value, .. } if value.is_empty()
         ));
+    }
+
+    fn encrypted() -> RecordCodec {
+        RecordCodec::Encrypted(Arc::new(TopicCipher::new(&[9; 32])))
+    }
+
+    #[test]
+    fn an_encrypted_record_decodes_to_the_user_key_and_value() {
+        let codec = encrypted();
+        let record_key = codec.record_key(b"user-1");
+        let value = codec.encode_value(&record_key, b"user-1", b"Ada");
+        assert_eq!(
+            codec
+                .decode(Some(&record_key), Some(&value))
+                .expect("decodes"),
+            DecodedRecord::Put {
+                record_key: &record_key,
+                user_key: Cow::Owned(b"user-1".to_vec()),
+                value: Cow::Owned(b"Ada".to_vec()),
+            }
+        );
+    }
+
+    #[test]
+    fn an_encrypted_topic_keeps_tombstones_null() {
+        let codec = encrypted();
+        let record_key = codec.record_key(b"user-1");
+        assert_eq!(
+            codec.decode(Some(&record_key), None).expect("decodes"),
+            DecodedRecord::Delete {
+                record_key: &record_key
+            }
+        );
+    }
+
+    #[test]
+    fn a_plaintext_record_on_an_encrypted_topic_is_refused_with_its_reason() {
+        let error = encrypted()
+            .decode(Some(b"k"), Some(b"v"))
+            .expect_err("must fail");
+        assert_eq!(error.reason(), "not_encrypted");
     }
 
     #[test]
