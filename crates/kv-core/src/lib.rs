@@ -6,6 +6,7 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod record;
 pub mod secret;
 pub mod settings;
