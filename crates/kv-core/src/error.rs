@@ -60,6 +60,8 @@ pub struct ApiError {
     pub message: String,
     /// Sent as `Retry-After` (whole seconds, at least 1) so clients back off instead of hammering.
     pub retry_after: Option<Duration>,
+    /// Sent as `WWW-Authenticate` on 401/403 (RFC 6750), telling the client what to fix.
+    pub challenge: Option<String>,
 }
 
 impl ApiError {
@@ -68,6 +70,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -85,6 +88,11 @@ impl ApiError {
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
+        self
+    }
+
+    pub fn with_challenge(mut self, challenge: impl Into<String>) -> Self {
+        self.challenge = Some(challenge.into());
         self
     }
 }
@@ -110,6 +118,11 @@ impl ResponseError for ApiError {
         if let Some(after) = self.retry_after {
             let seconds = after.as_secs_f64().ceil().max(1.0) as u64;
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(seconds)));
+        }
+        if let Some(challenge) = self.challenge.as_deref() {
+            if let Ok(value) = HeaderValue::from_str(challenge) {
+                response.insert_header((header::WWW_AUTHENTICATE, value));
+            }
         }
         response.json(ErrorBody {
             error: ErrorDetail {

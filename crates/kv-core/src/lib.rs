@@ -1,6 +1,7 @@
 //! What kv-writer and kv-reader share: settings, the record codec, the HTTP error contract,
 //! read-your-writes tokens and Kafka client set-up.
 
+pub mod auth;
 pub mod consistency;
 pub mod crypto;
 pub mod error;

@@ -1,0 +1,445 @@
+//! OpenID Connect bearer-token authentication and scope/role authorization, shared by both APIs.
+//!
+//! Tokens are JWTs signed by the provider. A token is accepted only when its algorithm is on the
+//! asymmetric allow-list (`none` and HMAC never are), its `kid` names a key of the provider's
+//! JWKS, the signature verifies, `iss` is the provider, `aud` holds the configured audience, and
+//! `exp`/`nbf` hold within a small leeway. The JWKS is cached, re-fetched periodically, and
+//! re-fetched (rate-limited) when a token names an unknown `kid`, so the provider can rotate its
+//! keys without restarting the services.
+
+use std::sync::RwLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use openidconnect::core::{CoreJsonWebKey, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
+use openidconnect::JsonWebKey;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::settings::OidcSettings;
+
+/// Least time between two JWKS fetches caused by unknown `kid`s, so forged tokens cannot make
+/// the service hammer the provider.
+const MIN_UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(10);
+
+/// What a request wants to do; each may require its own scopes or roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    Write,
+    Delete,
+}
+
+/// Why a request was refused; renders as 401 or 403 with a `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a bearer token is required")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("the token lacks a required scope or role (one of: {0})")]
+    Insufficient(String),
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        let message = error.to_string();
+        match error {
+            AuthError::Missing => ApiError::new(ErrorCode::Unauthorized, message)
+                .with_challenge(r#"Bearer realm="kv""#),
+            AuthError::Invalid(reason) => ApiError::new(ErrorCode::Unauthorized, message)
+                .with_challenge(format!(
+                    r#"Bearer realm="kv", error="invalid_token", error_description="{}""#,
+                    reason.replace('"', "'")
+                )),
+            AuthError::Insufficient(scopes) => ApiError::new(ErrorCode::Forbidden, message)
+                .with_challenge(format!(
+                    r#"Bearer realm="kv", error="insufficient_scope", scope="{}""#,
+                    scopes.replace('"', "'")
+                )),
+        }
+    }
+}
+
+/// Why the provider could not be set up at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot reach the OpenID provider at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+}
+
+/// The accepted claims of a verified token.
+#[derive(Debug, Clone)]
+pub struct Claims(pub Value);
+
+impl Claims {
+    pub fn subject(&self) -> Option<&str> {
+        self.0.get("sub").and_then(Value::as_str)
+    }
+}
+
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: String,
+    kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DiscoveryDocument {
+    issuer: String,
+    jwks_uri: String,
+}
+
+struct KeyCache {
+    keys: CoreJsonWebKeySet,
+    fetched_at: Instant,
+}
+
+pub struct Authenticator {
+    issuers: Vec<String>,
+    audience: String,
+    algorithms: Vec<CoreJwsSigningAlgorithm>,
+    leeway: Duration,
+    claim_path: Vec<String>,
+    read: Vec<String>,
+    write: Vec<String>,
+    delete: Vec<String>,
+    jwks_uri: String,
+    jwks_refresh: Duration,
+    http: reqwest::Client,
+    cache: RwLock<KeyCache>,
+    /// Serialises refreshes; holds when the last unknown-`kid` refresh ran.
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuers", &self.issuers)
+            .field("audience", &self.audience)
+            .field("jwks_uri", &self.jwks_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+fn trim_slash(url: &str) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
+impl Authenticator {
+    /// Discovers the provider and fetches its keys, retrying until `discovery_timeout`.
+    pub async fn discover(settings: &OidcSettings) -> Result<Self, DiscoveryError> {
+        let server = settings.idp_address_for_server.as_deref().ok_or_else(|| {
+            DiscoveryError::Config("OIDC_IDP_ADDRESS_FOR_SERVER is required".to_owned())
+        })?;
+        let audience = settings
+            .audience
+            .clone()
+            .ok_or_else(|| DiscoveryError::Config("OIDC_AUDIENCE is required".to_owned()))?;
+        if settings.require_https_metadata && !server.starts_with("https://") {
+            return Err(DiscoveryError::Config(format!(
+                "OIDC_IDP_ADDRESS_FOR_SERVER={server} is not https while \
+                 OIDC_REQUIRE_HTTPS_METADATA is true"
+            )));
+        }
+        let algorithms = settings
+            .algorithms
+            .iter()
+            .map(|name| {
+                serde_json::from_value::<CoreJwsSigningAlgorithm>(Value::String(name.clone()))
+                    .map_err(|_| DiscoveryError::Config(format!("unknown algorithm {name}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(!settings.validate_external_certificates)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| DiscoveryError::Config(format!("HTTP client: {e}")))?;
+
+        let deadline = Instant::now() + settings.discovery_timeout;
+        let discovery_url = format!("{}/.well-known/openid-configuration", trim_slash(server));
+        let (issuer, discovered_jwks) = loop {
+            match fetch_json::<DiscoveryDocument>(&http, &discovery_url).await {
+                Ok(doc) => break (doc.issuer, doc.jwks_uri),
+                Err(reason) if Instant::now() >= deadline => {
+                    return Err(DiscoveryError::Unreachable {
+                        url: discovery_url,
+                        reason,
+                    })
+                }
+                Err(reason) => {
+                    tracing::warn!(url = %discovery_url, %reason, "OpenID provider not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let jwks_uri = settings.jwks_uri.clone().unwrap_or(discovered_jwks);
+        if settings.require_https_metadata && !jwks_uri.starts_with("https://") {
+            return Err(DiscoveryError::Config(format!(
+                "the JWKS URI {jwks_uri} is not https while OIDC_REQUIRE_HTTPS_METADATA is true"
+            )));
+        }
+        let keys = fetch_json::<CoreJsonWebKeySet>(&http, &jwks_uri)
+            .await
+            .map_err(|reason| DiscoveryError::Unreachable {
+                url: jwks_uri.clone(),
+                reason,
+            })?;
+        // The issuer users see may differ from the address the server uses (split horizon).
+        let mut issuers = vec![trim_slash(&issuer), trim_slash(server)];
+        if let Some(users) = &settings.idp_address_for_users {
+            issuers.push(trim_slash(users));
+        }
+        issuers.dedup();
+        tracing::info!(?issuers, %jwks_uri, keys = keys.keys().len(), "OpenID provider discovered");
+        Ok(Self {
+            issuers,
+            audience,
+            algorithms,
+            leeway: settings.leeway,
+            claim_path: settings.claim.split('.').map(str::to_owned).collect(),
+            read: settings.read.clone(),
+            write: settings.write.clone(),
+            delete: settings.delete.clone(),
+            jwks_uri,
+            jwks_refresh: settings.jwks_refresh,
+            http,
+            cache: RwLock::new(KeyCache {
+                keys,
+                fetched_at: Instant::now(),
+            }),
+            refresh: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Verifies an `Authorization` header value and returns the token's claims.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Claims, AuthError> {
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| AuthError::Invalid("expected `Authorization: Bearer <token>`".into()))?;
+        let invalid = |reason: &str| AuthError::Invalid(reason.to_owned());
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid("not a signed JWT"));
+        };
+        let jose: JoseHeader = URL_SAFE_NO_PAD
+            .decode(header_b64)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| invalid("malformed JWT header"))?;
+        let algorithm =
+            serde_json::from_value::<CoreJwsSigningAlgorithm>(Value::String(jose.alg.clone()))
+                .ok()
+                .filter(|alg| self.algorithms.contains(alg))
+                .ok_or_else(|| {
+                    AuthError::Invalid(format!("algorithm {} is not allowed", jose.alg))
+                })?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature_b64)
+            .map_err(|_| invalid("malformed signature"))?;
+        let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+
+        self.refresh_if_stale().await;
+        let key = match self.find_key(jose.kid.as_deref(), &algorithm) {
+            Some(key) => key,
+            None => {
+                self.refresh_for_unknown_kid().await;
+                self.find_key(jose.kid.as_deref(), &algorithm)
+                    .ok_or_else(|| invalid("the token's key is not in the provider's key set"))?
+            }
+        };
+        key.verify_signature(&algorithm, signing_input.as_bytes(), &signature)
+            .map_err(|_| invalid("bad signature"))?;
+
+        let claims: Value = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .filter(Value::is_object)
+            .ok_or_else(|| invalid("malformed JWT payload"))?;
+        self.check_claims(&claims)?;
+        Ok(Claims(claims))
+    }
+
+    fn check_claims(&self, claims: &Value) -> Result<(), AuthError> {
+        let invalid = |reason: String| Err(AuthError::Invalid(reason));
+        let issuer = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !self
+            .issuers
+            .iter()
+            .any(|i| i == issuer.trim_end_matches('/'))
+        {
+            return invalid(format!("unexpected issuer {issuer:?}"));
+        }
+        let audience_ok = match claims.get("aud") {
+            Some(Value::String(aud)) => aud == &self.audience,
+            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(&self.audience)),
+            _ => false,
+        };
+        if !audience_ok {
+            return invalid(format!("the token is not for audience {:?}", self.audience));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let leeway = self.leeway.as_secs_f64();
+        match claims.get("exp").and_then(Value::as_f64) {
+            Some(exp) if now <= exp + leeway => {}
+            Some(_) => return invalid("the token has expired".to_owned()),
+            None => return invalid("the token has no expiry".to_owned()),
+        }
+        if let Some(nbf) = claims.get("nbf").and_then(Value::as_f64) {
+            if now + leeway < nbf {
+                return invalid("the token is not valid yet".to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the claims carry one of the scopes or roles `operation` requires.
+    pub fn authorize(&self, claims: &Claims, operation: Operation) -> Result<(), AuthError> {
+        let required = match operation {
+            Operation::Read => &self.read,
+            Operation::Write => &self.write,
+            Operation::Delete => &self.delete,
+        };
+        if required.is_empty() {
+            return Ok(());
+        }
+        let mut granted = &claims.0;
+        for segment in &self.claim_path {
+            granted = granted.get(segment).unwrap_or(&Value::Null);
+        }
+        let has = |wanted: &String| match granted {
+            Value::String(list) => list.split_whitespace().any(|g| g == wanted),
+            Value::Array(items) => items.iter().any(|g| g.as_str() == Some(wanted.as_str())),
+            _ => false,
+        };
+        if required.iter().any(has) {
+            Ok(())
+        } else {
+            Err(AuthError::Insufficient(required.join(" ")))
+        }
+    }
+
+    fn find_key(
+        &self,
+        kid: Option<&str>,
+        algorithm: &CoreJwsSigningAlgorithm,
+    ) -> Option<CoreJsonWebKey> {
+        let cache = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keys = cache.keys.keys();
+        match kid {
+            Some(kid) => keys
+                .iter()
+                .find(|k| k.key_id().is_some_and(|id| id.as_str() == kid))
+                .cloned(),
+            // Without a `kid`, only an unambiguous key of the right type will do.
+            None => {
+                let mut fitting = keys.iter().filter(|k| {
+                    k.key_type() == &signing_key_type(algorithm) && k.key_id().is_none()
+                        || keys.len() == 1
+                });
+                match (fitting.next(), fitting.next()) {
+                    (Some(key), None) => Some(key.clone()),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    async fn refresh_if_stale(&self) {
+        let stale = {
+            let cache = self
+                .cache
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            cache.fetched_at.elapsed() >= self.jwks_refresh
+        };
+        if stale {
+            let _serialised = self.refresh.lock().await;
+            let still_stale = {
+                let cache = self
+                    .cache
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                cache.fetched_at.elapsed() >= self.jwks_refresh
+            };
+            if still_stale {
+                self.fetch_keys().await;
+            }
+        }
+    }
+
+    async fn refresh_for_unknown_kid(&self) {
+        let mut last = self.refresh.lock().await;
+        if last.is_some_and(|at| at.elapsed() < MIN_UNKNOWN_KID_REFRESH) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.fetch_keys().await;
+    }
+
+    async fn fetch_keys(&self) {
+        match fetch_json::<CoreJsonWebKeySet>(&self.http, &self.jwks_uri).await {
+            Ok(keys) => {
+                tracing::info!(
+                    keys = keys.keys().len(),
+                    "refreshed the provider's signing keys"
+                );
+                let mut cache = self
+                    .cache
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                *cache = KeyCache {
+                    keys,
+                    fetched_at: Instant::now(),
+                };
+            }
+            // Keep serving with the keys we have; a provider blip must not lock everyone out.
+            Err(reason) => tracing::warn!(%reason, "cannot refresh the provider's signing keys"),
+        }
+    }
+}
+
+fn signing_key_type(
+    algorithm: &CoreJwsSigningAlgorithm,
+) -> openidconnect::core::CoreJsonWebKeyType {
+    use openidconnect::core::CoreJsonWebKeyType as T;
+    use CoreJwsSigningAlgorithm as A;
+    match algorithm {
+        A::EcdsaP256Sha256 | A::EcdsaP384Sha384 | A::EcdsaP521Sha512 => T::EllipticCurve,
+        A::EdDsa => T::OctetKeyPair,
+        A::HmacSha256 | A::HmacSha384 | A::HmacSha512 => T::Symmetric,
+        _ => T::RSA,
+    }
+}
+
+async fn fetch_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<T, String> {
+    let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("unexpected document: {e}"))
+}

@@ -1,0 +1,456 @@
+//! Bearer-token validation against a local OpenID provider stand-in (discovery + JWKS over
+//! HTTP) with locally generated keys: every rejection case, and key rotation without restart.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use kv_core::auth::{AuthError, Authenticator, Operation};
+use kv_core::error::ApiError;
+use kv_core::settings::{OidcSettings, ASYMMETRIC_ALGORITHMS};
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
+use serde_json::{json, Value};
+
+const AUDIENCE: &str = "kv-api";
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// A signing key of the stand-in provider.
+enum Signer {
+    Ec { kid: String, pair: EcdsaKeyPair },
+    Rsa { kid: String, pair: RsaKeyPair },
+}
+
+impl Signer {
+    fn ec(kid: &str) -> Signer {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("generate");
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .expect("parse");
+        Signer::Ec {
+            kid: kid.to_owned(),
+            pair,
+        }
+    }
+
+    fn rsa(kid: &str) -> Signer {
+        let pem = include_str!("fixtures/test-only-rsa-key.pem");
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = STANDARD.decode(body).expect("pem body");
+        let pair = RsaKeyPair::from_pkcs8(&der).expect("rsa key");
+        Signer::Rsa {
+            kid: kid.to_owned(),
+            pair,
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        match self {
+            Signer::Ec { kid, pair } => {
+                let point = pair.public_key().as_ref();
+                json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+                       "x": b64(&point[1..33]), "y": b64(&point[33..65])})
+            }
+            Signer::Rsa { kid, pair } => {
+                let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+                json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+                       "n": b64(&public.n), "e": b64(&public.e)})
+            }
+        }
+    }
+
+    fn sign(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let rng = SystemRandom::new();
+        let signature = match self {
+            Signer::Ec { pair, .. } => pair
+                .sign(&rng, input.as_bytes())
+                .expect("sign")
+                .as_ref()
+                .to_vec(),
+            Signer::Rsa { pair, .. } => {
+                let mut out = vec![0; pair.public().modulus_len()];
+                pair.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    input.as_bytes(),
+                    &mut out,
+                )
+                .expect("sign");
+                out
+            }
+        };
+        format!("{input}.{}", b64(&signature))
+    }
+
+    fn header(&self) -> Value {
+        match self {
+            Signer::Ec { kid, .. } => json!({"alg": "ES256", "typ": "JWT", "kid": kid}),
+            Signer::Rsa { kid, .. } => json!({"alg": "RS256", "typ": "JWT", "kid": kid}),
+        }
+    }
+
+    fn token(&self, claims: &Value) -> String {
+        self.sign(&self.header(), claims)
+    }
+}
+
+/// The stand-in provider: discovery and a JWKS that tests can replace (key rotation).
+struct Provider {
+    issuer: String,
+    jwks: Arc<RwLock<Value>>,
+    _server: actix_web::dev::ServerHandle,
+}
+
+impl Provider {
+    async fn start(keys: &[&Signer]) -> Provider {
+        let jwks = Arc::new(RwLock::new(
+            json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()}),
+        ));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+        let (served_jwks, served_issuer) = (jwks.clone(), issuer.clone());
+        let server = HttpServer::new(move || {
+            let jwks = served_jwks.clone();
+            let issuer = served_issuer.clone();
+            App::new()
+                .route(
+                    "/.well-known/openid-configuration",
+                    web::get().to(move || {
+                        let issuer = issuer.clone();
+                        async move {
+                            HttpResponse::Ok().json(json!({
+                                "issuer": issuer,
+                                "jwks_uri": format!("{issuer}/jwks"),
+                            }))
+                        }
+                    }),
+                )
+                .route(
+                    "/jwks",
+                    web::get().to(move || {
+                        let keys = jwks.read().expect("jwks").clone();
+                        async move { HttpResponse::Ok().json(keys) }
+                    }),
+                )
+        })
+        .workers(1)
+        .listen(listener)
+        .expect("listen")
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Provider {
+            issuer,
+            jwks,
+            _server: handle,
+        }
+    }
+
+    fn publish(&self, keys: &[&Signer]) {
+        *self.jwks.write().expect("jwks") =
+            json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
+    }
+
+    fn settings(&self) -> OidcSettings {
+        OidcSettings {
+            idp_address_for_server: Some(self.issuer.clone()),
+            audience: Some(AUDIENCE.to_owned()),
+            require_https_metadata: false,
+            validate_external_certificates: true,
+            claim: "scope".to_owned(),
+            algorithms: ASYMMETRIC_ALGORITHMS
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect(),
+            leeway: Duration::from_secs(30),
+            jwks_refresh: Duration::from_secs(300),
+            discovery_timeout: Duration::from_secs(5),
+            ..OidcSettings::default()
+        }
+    }
+
+    fn claims(&self) -> Value {
+        json!({"iss": self.issuer, "aud": AUDIENCE, "sub": "service-a",
+               "exp": now() + 300, "iat": now(), "scope": "kv:read kv:write"})
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn rejected(auth: &Authenticator, token: &str) -> String {
+    match auth.authenticate(Some(&bearer(token))).await {
+        Err(AuthError::Invalid(reason)) => reason,
+        other => panic!("expected an invalid-token rejection, got {other:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn a_valid_es256_or_rs256_token_is_accepted() {
+    let (ec, rsa) = (Signer::ec("ec-1"), Signer::rsa("rsa-1"));
+    let provider = Provider::start(&[&ec, &rsa]).await;
+    let auth = Authenticator::discover(&provider.settings())
+        .await
+        .expect("discover");
+    for signer in [&ec, &rsa] {
+        let claims = auth
+            .authenticate(Some(&bearer(&signer.token(&provider.claims()))))
+            .await
+            .expect("accepted");
+        assert_eq!(claims.subject(), Some("service-a"));
+    }
+}
+
+#[actix_web::test]
+async fn missing_and_non_bearer_credentials_are_refused() {
+    let ec = Signer::ec("ec-1");
+    let provider = Provider::start(&[&ec]).await;
+    let auth = Authenticator::discover(&provider.settings())
+        .await
+        .expect("discover");
+    assert_eq!(
+        auth.authenticate(None).await.expect_err("refused"),
+        AuthError::Missing
+    );
+    assert!(matches!(
+        auth.authenticate(Some("Basic dXNlcjpwYXNz")).await,
+        Err(AuthError::Invalid(_))
+    ));
+    assert!(matches!(
+        auth.authenticate(Some("Bearer not-a-jwt")).await,
+        Err(AuthError::Invalid(_))
+    ));
+}
+
+#[actix_web::test]
+async fn alg_none_and_hmac_signed_with_the_public_key_are_refused() {
+    let rsa = Signer::rsa("rsa-1");
+    let provider = Provider::start(&[&rsa]).await;
+    let auth = Authenticator::discover(&provider.settings())
+        .await
+        .expect("discover");
+    let claims = provider.claims();
+    let unsigned = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "kid": "rsa-1"})
+            .to_string()
+            .as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    assert!(rejected(&auth, &unsigned).await.contains("not allowed"));
+
+    // The classic confusion attack: HS256 keyed with the provider's public key material.
+    let input = format!(
+        "{}.{}",
+        b64(json!({"alg": "HS256", "kid": "rsa-1"})
+            .to_string()
+            .as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        rsa.jwk()["n"].as_str().expect("n").as_bytes(),
+    );
+    let forged = format!(
+        "{input}.{}",
+        b64(ring::hmac::sign(&key, input.as_bytes()).as_ref())
+    );
+    assert!(rejected(&auth, &forged).await.contains("not allowed"));
+}
+
+#[actix_web::test]
+async fn a_key_not_in_the_jwks_and_a_tampered_payload_are_refused() {
+    let (known, stranger) = (Signer::ec("known"), Signer::ec("stranger"));
+    let provider = Provider::start(&[&known]).await;
+    let auth = Authenticator::discover(&provider.settings())
+        .await
+        .expect("discover");
+    let reason = rejected(&auth, &stranger.token(&provider.claims())).await;
+    assert!(reason.contains("not in the provider's key set"), "{reason}");
+
+    // Signed by a stranger but claiming the known kid: the signature must not verify.
+    let impostor = stranger.sign(&known.header(), &provider.claims());
+    assert_eq!(rejected(&auth, &impostor).await, "bad signature");
+
+    let token = known.token(&provider.claims());
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut claims = provider.claims();
+    claims["scope"] = json!("kv:admin");
+    parts[1] = b64(claims.to_string().as_bytes());
+    assert_eq!(rejected(&auth, &parts.join(".")).await, "bad signature");
+}
+
+#[actix_web::test]
+async fn wrong_audience_wrong_issuer_and_expired_tokens_are_refused() {
+    let ec = Signer::ec("ec-1");
+    let provider = Provider::start(&[&ec]).await;
+    let auth = Authenticator::discover(&provider.settings())
+        .await
+        .expect("discover");
+
+    let mut claims = provider.claims();
+    claims["aud"] = json!(["account", "someone-else"]);
+    assert!(rejected(&auth, &ec.token(&claims))
+        .await
+        .contains("audience"));
+
+    let mut claims = provider.claims();
+    claims["iss"] = json!("https://evil.example/realms/demo");
+    assert!(rejected(&auth, &ec.token(&claims)).await.contains("issuer"));
+
+    let mut claims = provider.claims();
+    claims["exp"] = json!(now() - 120);
+    assert!(rejected(&auth, &ec.token(&claims))
+        .await
+        .contains("expired"));
+
+    let mut claims = provider.claims();
+    claims["nbf"] = json!(now() + 600);
+    assert!(rejected(&auth, &ec.token(&claims))
+        .await
+        .contains("not valid yet"));
+
+    let mut claims = provider.claims();
+    claims.as_object_mut().expect("object").remove("exp");
+    assert!(rejected(&auth, &ec.token(&claims))
+        .await
+        .contains("no expiry"));
+}
+
+#[actix_web::test]
+async fn small_clock_skew_is_tolerated() {
+    let ec = Signer::ec("ec-1");
+    let provider = Provider::start(&[&ec]).await;
+    let auth = Authenticator::discover(&provider.settings())
+        .await
+        .expect("discover");
+    let mut claims = provider.claims();
+    claims["exp"] = json!(now() - 5);
+    claims["nbf"] = json!(now() + 5);
+    auth.authenticate(Some(&bearer(&ec.token(&claims))))
+        .await
+        .expect("within leeway");
+}
+
+#[actix_web::test]
+async fn a_rotated_key_is_picked_up_without_restarting() {
+    let (old, new) = (Signer::ec("2026-old"), Signer::ec("2026-new"));
+    let provider = Provider::start(&[&old]).await;
+    let auth = Authenticator::discover(&provider.settings())
+        .await
+        .expect("discover");
+    auth.authenticate(Some(&bearer(&old.token(&provider.claims()))))
+        .await
+        .expect("old key");
+
+    provider.publish(&[&new]);
+    auth.authenticate(Some(&bearer(&new.token(&provider.claims()))))
+        .await
+        .expect("the new key after an unknown-kid refresh");
+}
+
+#[actix_web::test]
+async fn scopes_and_keycloak_roles_authorize_per_operation() {
+    let ec = Signer::ec("ec-1");
+    let provider = Provider::start(&[&ec]).await;
+    let mut settings = provider.settings();
+    settings.read = vec!["kv:read".to_owned()];
+    settings.delete = vec!["kv:admin".to_owned()];
+    let auth = Authenticator::discover(&settings).await.expect("discover");
+    let claims = auth
+        .authenticate(Some(&bearer(&ec.token(&provider.claims()))))
+        .await
+        .expect("valid");
+    auth.authorize(&claims, Operation::Read)
+        .expect("has kv:read");
+    auth.authorize(&claims, Operation::Write)
+        .expect("nothing required");
+    let refusal = auth
+        .authorize(&claims, Operation::Delete)
+        .expect_err("lacks kv:admin");
+    let response = ApiError::from(refusal).error_response();
+    assert_eq!(response.status(), 403);
+    let challenge = response
+        .headers()
+        .get(actix_web::http::header::WWW_AUTHENTICATE)
+        .expect("challenge")
+        .to_str()
+        .expect("ascii");
+    assert!(
+        challenge.contains(r#"error="insufficient_scope""#),
+        "{challenge}"
+    );
+
+    let mut settings = provider.settings();
+    settings.claim = "realm_access.roles".to_owned();
+    settings.write = vec!["writer".to_owned()];
+    let auth = Authenticator::discover(&settings).await.expect("discover");
+    let mut claims = provider.claims();
+    claims["realm_access"] = json!({"roles": ["offline_access", "writer"]});
+    let claims = auth
+        .authenticate(Some(&bearer(&ec.token(&claims))))
+        .await
+        .expect("valid");
+    auth.authorize(&claims, Operation::Write)
+        .expect("has the writer role");
+}
+
+#[actix_web::test]
+async fn an_invalid_token_renders_401_with_a_bearer_challenge() {
+    let response =
+        ApiError::from(AuthError::Invalid("the token has expired".into())).error_response();
+    assert_eq!(response.status(), 401);
+    let challenge = response
+        .headers()
+        .get(actix_web::http::header::WWW_AUTHENTICATE)
+        .expect("challenge")
+        .to_str()
+        .expect("ascii");
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
+}
+
+#[actix_web::test]
+async fn an_unreachable_provider_fails_discovery_with_its_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let settings = OidcSettings {
+        idp_address_for_server: Some(format!("http://127.0.0.1:{port}/realms/x")),
+        audience: Some(AUDIENCE.to_owned()),
+        algorithms: vec!["ES256".to_owned()],
+        discovery_timeout: Duration::from_secs(1),
+        ..OidcSettings::default()
+    };
+    let error = Authenticator::discover(&settings)
+        .await
+        .expect_err("unreachable");
+    assert!(error.to_string().contains(&port.to_string()), "{error}");
+}
