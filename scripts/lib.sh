@@ -23,3 +23,11 @@ apt_install() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+
+# The OpenID provider the end-to-end auth tests run: installed from scripts/oidc with its lock
+# file into a folder named after the content, so a changed pin installs afresh.
+oidc_provider_dir() {
+    local hash
+    hash=$(cat scripts/oidc/package.json scripts/oidc/package-lock.json scripts/oidc/provider.mjs | sha256sum | cut -c1-12)
+    echo "$KV_CACHE_DIR/oidc-provider-$hash"
+}

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/install-broker.sh
 export TANSU_BIN
+KV_OIDC_PROVIDER=$(scripts/install-oidc-provider.sh)
+export KV_OIDC_PROVIDER
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

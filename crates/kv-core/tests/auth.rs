@@ -454,3 +454,51 @@ async fn an_unreachable_provider_fails_discovery_with_its_address() {
         .expect_err("unreachable");
     assert!(error.to_string().contains(&port.to_string()), "{error}");
 }
+
+/// Against the real provider process the end-to-end tests use: tokens it issues are accepted,
+/// and a key rotation at the provider is picked up without a new Authenticator.
+#[actix_web::test]
+async fn tokens_from_a_real_openid_provider_verify_across_a_key_rotation() {
+    use kv_core::testkit::{OidcProvider, OIDC_AUDIENCE};
+
+    let mut provider = OidcProvider::start("rotation-1");
+    let settings = OidcSettings {
+        idp_address_for_server: Some(provider.issuer()),
+        audience: Some(OIDC_AUDIENCE.to_owned()),
+        claim: "scope".to_owned(),
+        read: vec!["kv:read".to_owned()],
+        write: vec!["kv:write".to_owned()],
+        algorithms: ASYMMETRIC_ALGORITHMS
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect(),
+        leeway: Duration::from_secs(30),
+        jwks_refresh: Duration::from_secs(300),
+        discovery_timeout: Duration::from_secs(10),
+        ..OidcSettings::default()
+    };
+    let auth = Authenticator::discover(&settings).await.expect("discover");
+    let reader_token = provider.token("kv-reader", "kv:read").await;
+    let claims = auth
+        .authenticate(Some(&bearer(&reader_token)))
+        .await
+        .expect("a token of the provider");
+    auth.authorize(&claims, Operation::Read).expect("kv:read");
+    assert!(matches!(
+        auth.authorize(&claims, Operation::Write),
+        Err(AuthError::Insufficient(_))
+    ));
+
+    provider.rotate("rotation-2", None);
+    let rotated = provider.token("kv-full", "kv:read kv:write").await;
+    auth.authenticate(Some(&bearer(&rotated)))
+        .await
+        .expect("a token signed with the rotated key");
+    assert!(
+        matches!(
+            auth.authenticate(Some(&bearer(&reader_token))).await,
+            Err(AuthError::Invalid(_))
+        ),
+        "a token signed with the retired key must be refused"
+    );
+}
