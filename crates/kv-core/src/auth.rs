@@ -7,9 +7,10 @@
 //! re-fetched (rate-limited) when a token names an unknown `kid`, so the provider can rotate its
 //! keys without restarting the services.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use actix_web::{web, FromRequest, HttpRequest};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use openidconnect::core::{CoreJsonWebKey, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
@@ -18,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::settings::OidcSettings;
+use crate::settings::{AuthSettings, OidcSettings};
 
 /// Least time between two JWKS fetches caused by unknown `kid`s, so forged tokens cannot make
 /// the service hammer the provider.
@@ -442,4 +443,108 @@ async fn fetch_json<T: serde::de::DeserializeOwned>(
     }
     let bytes = response.bytes().await.map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| format!("unexpected document: {e}"))
+}
+
+/// Whether and how requests are authenticated; shared with handlers as app data.
+#[derive(Debug, Clone)]
+pub enum AuthGate {
+    /// KV_API_DISABLE_API_AUTH=true: everyone may do everything (development only).
+    Disabled,
+    Enabled(Arc<Authenticator>),
+}
+
+impl AuthGate {
+    /// Discovers the provider unless auth is disabled; start-up fails when it cannot.
+    pub async fn from_settings(settings: &AuthSettings) -> Result<Self, DiscoveryError> {
+        if settings.disabled {
+            return Ok(Self::Disabled);
+        }
+        Ok(Self::Enabled(Arc::new(
+            Authenticator::discover(&settings.oidc).await?,
+        )))
+    }
+
+    /// Authenticates the request and checks it may perform `operation`.
+    pub async fn check(
+        &self,
+        request: &HttpRequest,
+        operation: Operation,
+    ) -> Result<Option<Claims>, AuthError> {
+        let Self::Enabled(authenticator) = self else {
+            return Ok(None);
+        };
+        let header = request
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| AuthError::Invalid("unreadable Authorization header".into()))
+            })
+            .transpose()?;
+        let claims = authenticator.authenticate(header).await?;
+        authenticator.authorize(&claims, operation)?;
+        Ok(Some(claims))
+    }
+
+    /// Checks already-authenticated claims for a further operation (a batch that also deletes).
+    pub fn allows(&self, claims: Option<&Claims>, operation: Operation) -> Result<(), AuthError> {
+        match (self, claims) {
+            (Self::Disabled, _) => Ok(()),
+            (Self::Enabled(authenticator), Some(claims)) => {
+                authenticator.authorize(claims, operation)
+            }
+            (Self::Enabled(_), None) => Err(AuthError::Missing),
+        }
+    }
+}
+
+/// Marker types naming the operation an [`Authorized`] extractor checks.
+pub mod operation {
+    pub trait Kind {
+        const OPERATION: super::Operation;
+    }
+    #[derive(Debug)]
+    pub struct Read;
+    #[derive(Debug)]
+    pub struct Write;
+    #[derive(Debug)]
+    pub struct Delete;
+    impl Kind for Read {
+        const OPERATION: super::Operation = super::Operation::Read;
+    }
+    impl Kind for Write {
+        const OPERATION: super::Operation = super::Operation::Write;
+    }
+    impl Kind for Delete {
+        const OPERATION: super::Operation = super::Operation::Delete;
+    }
+}
+
+/// A handler parameter that admits only requests allowed to perform `K`'s operation; the
+/// handler never runs otherwise (401/403 with a `WWW-Authenticate` challenge). Routes without
+/// it, such as health checks, stay anonymous.
+#[derive(Debug)]
+pub struct Authorized<K> {
+    pub claims: Option<Claims>,
+    _kind: std::marker::PhantomData<K>,
+}
+
+impl<K: operation::Kind + 'static> FromRequest for Authorized<K> {
+    type Error = ApiError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move {
+            let gate = request
+                .app_data::<web::Data<AuthGate>>()
+                .cloned()
+                .ok_or_else(|| ApiError::internal("auth is not configured for this route"))?;
+            let claims = gate.check(&request, K::OPERATION).await?;
+            Ok(Self {
+                claims,
+                _kind: std::marker::PhantomData,
+            })
+        })
+    }
 }

@@ -502,3 +502,63 @@ async fn tokens_from_a_real_openid_provider_verify_across_a_key_rotation() {
         "a token signed with the retired key must be refused"
     );
 }
+
+#[actix_web::test]
+async fn the_authorized_extractor_guards_a_route_and_leaves_others_anonymous() {
+    use actix_web::test;
+    use kv_core::auth::{operation, AuthGate, Authorized};
+
+    async fn write(_: Authorized<operation::Write>) -> HttpResponse {
+        HttpResponse::Ok().finish()
+    }
+    async fn health() -> HttpResponse {
+        HttpResponse::Ok().finish()
+    }
+
+    let ec = Signer::ec("ec-1");
+    let provider = Provider::start(&[&ec]).await;
+    let mut settings = provider.settings();
+    settings.write = vec!["kv:write".to_owned()];
+    let gate = AuthGate::Enabled(Arc::new(
+        Authenticator::discover(&settings).await.expect("discover"),
+    ));
+    let app = test::init_service(
+        App::new()
+            .app_data(web::Data::new(gate))
+            .route("/write", web::put().to(write))
+            .route("/healthz", web::get().to(health)),
+    )
+    .await;
+    let call = |token: Option<String>| {
+        let mut request = test::TestRequest::put().uri("/write");
+        if let Some(token) = token {
+            request = request.insert_header(("Authorization", bearer(&token)));
+        }
+        request.to_request()
+    };
+
+    let anonymous = test::call_service(&app, call(None)).await;
+    assert_eq!(anonymous.status(), 401);
+    let body: Value = test::read_body_json(anonymous).await;
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    let mut claims = provider.claims();
+    claims["scope"] = json!("kv:read");
+    let read_only = test::call_service(&app, call(Some(ec.token(&claims)))).await;
+    assert_eq!(read_only.status(), 403);
+
+    let allowed = test::call_service(&app, call(Some(ec.token(&provider.claims())))).await;
+    assert_eq!(allowed.status(), 200);
+
+    let health =
+        test::call_service(&app, test::TestRequest::get().uri("/healthz").to_request()).await;
+    assert_eq!(health.status(), 200);
+
+    let open = test::init_service(
+        App::new()
+            .app_data(web::Data::new(AuthGate::Disabled))
+            .route("/write", web::put().to(write)),
+    )
+    .await;
+    assert_eq!(test::call_service(&open, call(None)).await.status(), 200);
+}
