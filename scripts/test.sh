@@ -11,6 +11,8 @@ export TANSU_BIN
 KV_OIDC_PROVIDER=$(scripts/install-oidc-provider.sh)
 export KV_OIDC_PROVIDER
 
+log "deployment files"
+scripts/check-deploy.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
