@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
@@ -13,6 +14,7 @@ use kv_core::http::{
 use kv_core::record::RecordCodec;
 use kv_core::settings::TopicEncryption;
 
+use crate::framing::{self, RegistryError, SchemaFraming};
 use crate::replica::{Replica, ReplicaError};
 use crate::routes::{self, ReaderState};
 use crate::settings::Settings;
@@ -20,6 +22,8 @@ use crate::store::{Store, StoreError};
 
 /// JSON request bodies of the read routes hold a key or a list of keys.
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
+/// How long start-up waits for the schema registry's list of subjects.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -27,6 +31,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    #[error(transparent)]
+    SchemaRegistry(#[from] RegistryError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: String,
@@ -93,14 +99,29 @@ impl App {
                 address: settings.core.listen.clone(),
                 source,
             })?;
-        let replica = Replica::start(&settings, store.clone(), codec.clone())?;
+        let framing = match &settings.schema_registry_url {
+            None => SchemaFraming::default(),
+            Some(url) => {
+                let framing =
+                    framing::discover(url, &settings.core.topic, REGISTRY_TIMEOUT).await?;
+                tracing::info!(
+                    strip_key_header = framing.key,
+                    strip_value_header = framing.value,
+                    "schema registry subjects of the topic looked up"
+                );
+                framing
+            }
+        };
+        let replica = Replica::start(&settings, store.clone(), codec.clone(), framing)?;
         let state = web::Data::new(ReaderState {
             store,
             progress: replica.progress(),
             codec,
+            read_your_writes_timeout: settings.read_your_writes_timeout,
         });
         let server = HttpServer::new(move || {
             actix_web::App::new()
+                .wrap(from_fn(routes::freshness_middleware))
                 .wrap(from_fn(correlation_id_middleware))
                 .app_data(state.clone())
                 .app_data(json_config(JSON_LIMIT))
@@ -109,6 +130,21 @@ impl App {
                 .service(
                     web::resource("/retrieve")
                         .post(routes::retrieve)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/retrieve/b64")
+                        .post(routes::retrieve_b64)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/kv:batchGet")
+                        .post(routes::batch_get)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/kv")
+                        .get(routes::list_keys)
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

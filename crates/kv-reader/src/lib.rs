@@ -1,6 +1,8 @@
 //! kv-reader: a full replica of the topic in redb, served over HTTP.
 
 pub mod app;
+pub mod framing;
+pub mod progress;
 pub mod replica;
 pub mod routes;
 pub mod settings;

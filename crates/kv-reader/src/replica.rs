@@ -2,155 +2,79 @@
 //!
 //! It runs on its own OS thread (librdkafka's poll and redb's commit both block), assigns itself
 //! every partition, and applies each polled batch in one redb transaction that also records the
-//! next offset per partition. Offsets are handed to Kafka for committing only after that commit.
+//! next offset per partition. Offsets are handed to Kafka for committing only after that commit,
+//! so the group's offsets show lag to Kafka tooling but never claim more than redb holds.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kv_core::consistency::ConsistencyToken;
 use kv_core::kafka::{client_config, ClientRole};
 use kv_core::record::{DecodedRecord, RecordCodec, CORRELATION_ID_HEADER};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
-use serde::Serialize;
-use tokio::sync::watch;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::framing::{BadSchemaHeader, SchemaFraming};
+use crate::progress::{PartitionProgress, Progress};
 use crate::settings::Settings;
 use crate::store::{Change, Store, StoreError};
 
 /// Most records applied in one redb transaction.
 const MAX_BATCH_RECORDS: usize = 10_000;
+/// Most key and value bytes held in one batch: polled messages pin librdkafka's buffers.
+const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// How long one poll waits for the first record of a batch.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Partition discovery runs on the consumer thread; keep each look short.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A partition's progress, as the readiness endpoint reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PartitionProgress {
-    /// Offset of the next record to apply; everything below it is in the store.
-    pub next_offset: i64,
-    /// The partition's end offset when this reader started.
-    pub end_offset_at_start: i64,
-    pub caught_up: bool,
+/// Hands the end offsets librdkafka learns from fetch responses to [`Progress`], so lag is known
+/// without blocking the loop on extra broker round trips.
+struct ReplicaContext {
+    progress: Arc<Progress>,
+    topic: String,
 }
 
-/// What the consumer thread shares with HTTP handlers.
-#[derive(Debug)]
-pub struct Progress {
-    partitions: Mutex<BTreeMap<i32, PartitionProgress>>,
-    /// Bumped after every applied batch, so read-your-writes waiters re-check.
-    applied: watch::Sender<u64>,
-    alive: AtomicBool,
-    skipped: AtomicU64,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Self {
-            partitions: Mutex::default(),
-            applied: watch::channel(0).0,
-            alive: AtomicBool::new(true),
-            skipped: AtomicU64::new(0),
+impl ClientContext for ReplicaContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            // Reaching the end of a partition is how readiness is reached, not a failure.
+            KafkaError::PartitionEOF(_) => tracing::trace!(reason, "partition end reached"),
+            error => tracing::error!(%error, reason, "Kafka client error"),
         }
     }
-}
 
-impl Progress {
-    pub fn snapshot(&self) -> BTreeMap<i32, PartitionProgress> {
-        self.partitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Ready once partitions are assigned and each reached its end offset seen at start-up.
-    pub fn is_ready(&self) -> bool {
-        let partitions = self
-            .partitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        !partitions.is_empty() && partitions.values().all(|p| p.caught_up)
-    }
-
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Relaxed)
-    }
-
-    pub fn skipped(&self) -> u64 {
-        self.skipped.load(Ordering::Relaxed)
-    }
-
-    /// Whether every offset the token names is already in the store.
-    pub fn has_applied(&self, token: &ConsistencyToken) -> bool {
-        let partitions = self
-            .partitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        token.offsets().all(|(partition, offset)| {
-            partitions
-                .get(&partition)
-                .is_some_and(|p| p.next_offset > offset)
-        })
-    }
-
-    /// Waits until the token's offsets are applied; `false` when `timeout` ran out first.
-    pub async fn wait_for(&self, token: &ConsistencyToken, timeout: Duration) -> bool {
-        let mut applied = self.applied.subscribe();
-        let wait = async {
-            loop {
-                if self.has_applied(token) {
-                    return;
-                }
-                if applied.changed().await.is_err() {
-                    // The sender lives in `self`; this cannot close while we hold `self`.
-                    std::future::pending::<()>().await;
-                }
-            }
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
         };
-        tokio::time::timeout(timeout, wait).await.is_ok()
-    }
-
-    fn start(&self, partitions: BTreeMap<i32, PartitionProgress>) {
-        *self
+        let ends: Vec<(i32, i64)> = topic
             .partitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = partitions;
-        self.applied.send_modify(|n| *n += 1);
-    }
-
-    fn advance(&self, next_offsets: &BTreeMap<i32, i64>, at_end: &[i32]) {
-        {
-            let mut partitions = self
-                .partitions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for (partition, &next) in next_offsets {
-                if let Some(p) = partitions.get_mut(partition) {
-                    p.next_offset = next;
-                    p.caught_up |= next >= p.end_offset_at_start;
-                }
-            }
-            for partition in at_end {
-                if let Some(p) = partitions.get_mut(partition) {
-                    p.caught_up = true;
-                }
-            }
-        }
-        self.applied.send_modify(|n| *n += 1);
+            .values()
+            .filter(|p| p.partition >= 0 && p.hi_offset >= 0)
+            .map(|p| (p.partition, p.hi_offset))
+            .collect();
+        self.progress.observe_end_offsets(&ends);
     }
 }
+
+impl ConsumerContext for ReplicaContext {}
+
+type ReplicaConsumer = BaseConsumer<ReplicaContext>;
 
 /// Marks the replica dead when the consumer thread ends for any reason, panics included.
 struct AliveGuard(Arc<Progress>);
 
 impl Drop for AliveGuard {
     fn drop(&mut self) {
-        self.0.alive.store(false, Ordering::Relaxed);
+        self.0.mark_dead();
     }
 }
 
@@ -175,6 +99,7 @@ impl Replica {
         settings: &Settings,
         store: Arc<Store>,
         codec: RecordCodec,
+        framing: SchemaFraming,
     ) -> Result<Self, ReplicaError> {
         let interval = settings.commit_interval.as_millis().to_string();
         let commit = if settings.commit_progress {
@@ -183,10 +108,11 @@ impl Replica {
             "false"
         };
         let defaults = [
-            ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "true"),
             // Records arrive fast after a write: don't let the broker hold fetches long.
             ("fetch.wait.max.ms", "50"),
+            // Feeds the lag figure; see ReplicaContext.
+            ("statistics.interval.ms", "1000"),
         ];
         let mut config = client_config(&defaults, &settings.core.kafka, ClientRole::Consumer);
         config
@@ -194,17 +120,26 @@ impl Replica {
             .set("enable.auto.commit", commit)
             .set("auto.commit.interval.ms", &interval)
             // Offsets are stored by hand, and only after the redb commit that holds them.
-            .set("enable.auto.offset.store", "false");
-        let consumer: BaseConsumer = config.create()?;
+            .set("enable.auto.offset.store", "false")
+            // Every fetch position comes from the store. When it falls out of the log (retention
+            // passed it, the topic was recreated) the loop must hear of it and rebuild; a silent
+            // reset would skip deletes and keep stale keys forever.
+            .set("auto.offset.reset", "error");
         let progress = Arc::new(Progress::default());
+        let consumer: ReplicaConsumer = config.create_with_context(ReplicaContext {
+            progress: progress.clone(),
+            topic: settings.core.topic.clone(),
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             consumer,
             store,
             codec,
+            framing,
             topic: settings.core.topic.clone(),
             progress: progress.clone(),
             stop: stop.clone(),
+            discovery_interval: settings.partition_discovery_interval,
         };
         let thread = std::thread::Builder::new()
             .name("kv-replica".to_owned())
@@ -232,12 +167,42 @@ impl Replica {
 }
 
 struct Worker {
-    consumer: BaseConsumer,
+    consumer: ReplicaConsumer,
     store: Arc<Store>,
     codec: RecordCodec,
+    framing: SchemaFraming,
     topic: String,
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
+    discovery_interval: Duration,
+}
+
+/// Why a record is skipped.
+#[derive(Debug)]
+enum Skip {
+    Decode(kv_core::record::DecodeError),
+    SchemaHeader,
+}
+
+impl Skip {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Decode(error) => error.reason(),
+            Self::SchemaHeader => BadSchemaHeader::REASON,
+        }
+    }
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Decode(error) => write!(f, "{error}"),
+            Self::SchemaHeader => f.write_str(
+                "the payload starts with the schema-registry magic byte but is shorter than \
+                 its 5-byte header",
+            ),
+        }
+    }
 }
 
 impl Worker {
@@ -253,26 +218,35 @@ impl Worker {
     }
 
     fn replicate(&self) -> Result<(), LoopError> {
-        let Some(partitions) = self.discover_partitions() else {
+        let Some(mut assigned) = self.assign_all(None)? else {
             return Ok(());
         };
-        self.assign(&partitions)?;
+        let mut next_discovery = Instant::now() + self.discovery_interval;
         let mut next_offsets = BTreeMap::new();
         let mut at_end = Vec::new();
+        let mut batch: Vec<BorrowedMessage<'_>> = Vec::new();
         while !self.stopping() {
-            let mut batch: Vec<BorrowedMessage<'_>> = Vec::new();
+            let mut out_of_range = None;
+            let mut bytes = 0;
             let mut wait = POLL_WAIT;
-            while batch.len() < MAX_BATCH_RECORDS {
+            while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
                 match self.consumer.poll(wait) {
                     None => break,
-                    Some(Ok(message)) => batch.push(message),
+                    Some(Ok(message)) => {
+                        bytes += message.payload_len() + message.key_len();
+                        batch.push(message);
+                    }
                     Some(Err(KafkaError::PartitionEOF(partition))) => at_end.push(partition),
+                    Some(Err(error)) if is_out_of_range(&error) => {
+                        out_of_range = Some(error);
+                        break;
+                    }
                     Some(Err(error)) => tracing::warn!(%error, "Kafka consumer error"),
                 }
                 wait = Duration::ZERO;
             }
-            let mut changes = Vec::with_capacity(batch.len());
             next_offsets.clear();
+            let mut changes = Vec::with_capacity(batch.len());
             for message in &batch {
                 next_offsets.insert(message.partition(), message.offset() + 1);
                 if let Some(change) = self.change_for(message) {
@@ -283,17 +257,40 @@ impl Worker {
                 self.store.apply(&changes, &next_offsets)?;
                 self.hand_offsets_to_kafka(&next_offsets);
             }
+            drop(changes);
+            let records = batch.len();
+            batch.clear();
             if !next_offsets.is_empty() || !at_end.is_empty() {
-                self.progress.advance(&next_offsets, &at_end);
+                self.progress.advance(records, &next_offsets, &at_end);
                 at_end.clear();
+            }
+            if let Some(error) = out_of_range {
+                let reason = format!(
+                    "a stored offset is no longer in the log ({error}): retention removed \
+                     records this replica had not read, or the topic was recreated"
+                );
+                match self.assign_all(Some(reason))? {
+                    Some(partitions) => assigned = partitions,
+                    None => return Ok(()),
+                }
+                continue;
+            }
+            if Instant::now() >= next_discovery {
+                match self.assign_new_partitions(&mut assigned) {
+                    Err(LoopError::Kafka(error)) => {
+                        tracing::warn!(%error, "cannot assign new partitions; trying again later")
+                    }
+                    other => other?,
+                }
+                next_discovery = Instant::now() + self.discovery_interval;
             }
         }
         Ok(())
     }
 
-    /// The change a record makes, or `None` (logged and counted) when it cannot be decoded.
+    /// The change a record makes, or `None` (logged and counted) when it cannot be applied.
     fn change_for<'m>(&self, message: &'m BorrowedMessage<'_>) -> Option<Change<'m>> {
-        match self.codec.decode(message.key(), message.payload()) {
+        match self.decode(message) {
             Ok(DecodedRecord::Put {
                 record_key, value, ..
             }) => Some(Change::Put {
@@ -304,17 +301,29 @@ impl Worker {
                 value,
             }),
             Ok(DecodedRecord::Delete { record_key }) => Some(Change::Delete { record_key }),
-            Err(error) => {
-                self.progress.skipped.fetch_add(1, Ordering::Relaxed);
+            Err(skip) => {
+                self.progress.count_skipped(skip.reason());
                 tracing::warn!(
                     partition = message.partition(),
                     offset = message.offset(),
-                    reason = error.reason(),
-                    "skipping a record that cannot be applied: {error}"
+                    reason = skip.reason(),
+                    "skipping a record that cannot be applied: {skip}"
                 );
                 None
             }
         }
+    }
+
+    fn decode<'m>(&self, message: &'m BorrowedMessage<'_>) -> Result<DecodedRecord<'m>, Skip> {
+        let key = self
+            .framing
+            .strip_key(message.key())
+            .map_err(|_| Skip::SchemaHeader)?;
+        let payload = self
+            .framing
+            .strip_value(message.payload())
+            .map_err(|_| Skip::SchemaHeader)?;
+        self.codec.decode(key, payload).map_err(Skip::Decode)
     }
 
     fn hand_offsets_to_kafka(&self, next_offsets: &BTreeMap<i32, i64>) {
@@ -338,21 +347,10 @@ impl Worker {
             if self.stopping() {
                 return None;
             }
-            match self
-                .consumer
-                .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
-            {
-                Ok(metadata) => {
-                    let partitions: Vec<i32> = metadata
-                        .topics()
-                        .iter()
-                        .filter(|t| t.error().is_none())
-                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                        .collect();
-                    if !partitions.is_empty() {
-                        return Some(partitions);
-                    }
-                    tracing::warn!(topic = %self.topic, "the topic has no partitions yet; retrying");
+            match self.partitions(METADATA_TIMEOUT) {
+                Ok(partitions) if !partitions.is_empty() => return Some(partitions),
+                Ok(_) => {
+                    tracing::warn!(topic = %self.topic, "the topic does not exist yet; retrying")
                 }
                 Err(error) => tracing::warn!(%error, "cannot reach Kafka for metadata; retrying"),
             }
@@ -360,9 +358,43 @@ impl Worker {
         }
     }
 
-    /// Assigns every partition from the store's offsets, rebuilding from scratch when those
-    /// offsets cannot continue the log (another topic, retention passed them, topic recreated).
-    fn assign(&self, partitions: &[i32]) -> Result<(), LoopError> {
+    /// Finds the topic's partitions and assigns them all, retrying while Kafka cannot answer:
+    /// a broker outage at start-up or during a rebuild is waited out, not fatal. `None` when
+    /// stopped.
+    fn assign_all(&self, rebuild: Option<String>) -> Result<Option<BTreeSet<i32>>, LoopError> {
+        loop {
+            let Some(partitions) = self.discover_partitions() else {
+                return Ok(None);
+            };
+            match self.assign(&partitions, rebuild.clone()) {
+                Ok(assigned) => return Ok(Some(assigned)),
+                Err(LoopError::Kafka(error)) => {
+                    tracing::warn!(%error, "cannot assign the topic's partitions yet; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn partitions(&self, timeout: Duration) -> Result<Vec<i32>, KafkaError> {
+        let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == self.topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect())
+    }
+
+    /// Assigns every partition from the store's offsets, rebuilding from scratch when told to
+    /// or when those offsets cannot continue the log (another topic, retention passed them,
+    /// topic recreated).
+    fn assign(
+        &self,
+        partitions: &[i32],
+        rebuild: Option<String>,
+    ) -> Result<BTreeSet<i32>, LoopError> {
         let mut watermarks = BTreeMap::new();
         for &partition in partitions {
             let (low, high) =
@@ -371,38 +403,84 @@ impl Worker {
             watermarks.insert(partition, (low, high));
         }
         let mut stored = self.store.next_offsets()?;
-        match self.store.topic()? {
-            None => self.store.reset(&self.topic)?,
-            Some(stored_topic) => {
-                if let Some(reason) =
-                    rebuild_reason(&self.topic, &stored_topic, &stored, &watermarks)
-                {
-                    tracing::warn!("rebuilding the replica from scratch: {reason}");
-                    self.store.reset(&self.topic)?;
-                    stored.clear();
-                } else if !stored.is_empty() {
-                    tracing::info!(?stored, "resuming from the stored offsets");
-                }
+        let rebuild = match (rebuild, self.store.topic()?) {
+            (Some(reason), _) => Some(reason),
+            (None, None) => {
+                self.store.reset(&self.topic)?;
+                stored.clear();
+                None
             }
+            (None, Some(stored_topic)) => {
+                rebuild_reason(&self.topic, &stored_topic, &stored, &watermarks)
+            }
+        };
+        if let Some(reason) = rebuild {
+            tracing::warn!(topic = %self.topic, "rebuilding the replica from scratch: {reason}");
+            self.store.reset(&self.topic)?;
+            stored.clear();
+            self.progress.count_rebuild();
+        } else if !stored.is_empty() {
+            tracing::info!(?stored, "resuming from the stored offsets");
         }
         let mut list = TopicPartitionList::with_capacity(partitions.len());
         let mut progress = BTreeMap::new();
         for (&partition, &(low, high)) in &watermarks {
             let next = stored.get(&partition).copied().unwrap_or(low);
             list.add_partition_offset(&self.topic, partition, Offset::Offset(next))?;
-            progress.insert(
-                partition,
-                PartitionProgress {
-                    next_offset: next,
-                    end_offset_at_start: high,
-                    caught_up: next >= high,
-                },
-            );
+            progress.insert(partition, PartitionProgress::new(next, high, false));
         }
         self.consumer.assign(&list)?;
         self.progress.start(progress);
+        Ok(watermarks.into_keys().collect())
+    }
+
+    /// Adds partitions created since the last look; they are read from their beginning.
+    fn assign_new_partitions(&self, assigned: &mut BTreeSet<i32>) -> Result<(), LoopError> {
+        let partitions = match self.partitions(DISCOVERY_TIMEOUT) {
+            Ok(partitions) => partitions,
+            Err(error) => {
+                tracing::debug!(%error, "partition discovery failed; trying again later");
+                return Ok(());
+            }
+        };
+        let stored = self.store.next_offsets()?;
+        // Partitions found once the replica is ready do not make it unready again: it stays
+        // in rotation and the lag header tells how far behind it is.
+        let already_ready = self.progress.is_ready();
+        let mut list = TopicPartitionList::new();
+        let mut added = BTreeMap::new();
+        for partition in partitions.into_iter().filter(|p| !assigned.contains(p)) {
+            let (low, high) = match self.consumer.fetch_watermarks(
+                &self.topic,
+                partition,
+                DISCOVERY_TIMEOUT,
+            ) {
+                Ok(watermarks) => watermarks,
+                Err(error) => {
+                    tracing::debug!(%error, partition, "cannot read a new partition's offsets yet");
+                    continue;
+                }
+            };
+            let next = stored.get(&partition).copied().unwrap_or(low).max(low);
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(next))?;
+            added.insert(partition, PartitionProgress::new(next, high, already_ready));
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+        self.consumer.incremental_assign(&list)?;
+        tracing::info!(partitions = ?added.keys().collect::<Vec<_>>(), "assigned new partitions of the topic");
+        assigned.extend(added.keys().copied());
+        self.progress.add(added);
         Ok(())
     }
+}
+
+fn is_out_of_range(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
+    )
 }
 
 /// Why stored offsets cannot continue the log, if they cannot.
@@ -420,13 +498,15 @@ fn rebuild_reason(
         .find_map(|(partition, &next)| match watermarks.get(partition) {
             Some(&(low, _)) if next < low => Some(format!(
                 "partition {partition} now starts at {low}, past the stored offset {next} \
-             (retention removed records)"
+                 (retention removed records)"
             )),
             Some(&(_, high)) if next > high => Some(format!(
                 "partition {partition} ends at {high}, before the stored offset {next} \
-             (the topic was recreated)"
+                 (the topic was recreated)"
             )),
-            None => Some(format!("partition {partition} no longer exists")),
+            None => Some(format!(
+                "partition {partition} no longer exists (the topic was recreated)"
+            )),
             _ => None,
         })
 }
@@ -445,4 +525,26 @@ enum LoopError {
     Kafka(#[from] KafkaError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_offsets_inside_the_log_resume() {
+        let stored = BTreeMap::from([(0, 5), (1, 0)]);
+        let watermarks = BTreeMap::from([(0, (0, 9)), (1, (0, 0)), (2, (0, 3))]);
+        assert_eq!(rebuild_reason("t", "t", &stored, &watermarks), None);
+    }
+
+    #[test]
+    fn offsets_outside_the_log_or_another_topic_rebuild() {
+        let watermarks = BTreeMap::from([(0, (4, 9))]);
+        for stored in [BTreeMap::from([(0, 3)]), BTreeMap::from([(0, 10)])] {
+            assert!(rebuild_reason("t", "t", &stored, &watermarks).is_some());
+        }
+        assert!(rebuild_reason("t", "t", &BTreeMap::from([(1, 0)]), &watermarks).is_some());
+        assert!(rebuild_reason("t", "u", &BTreeMap::new(), &watermarks).is_some());
+    }
 }

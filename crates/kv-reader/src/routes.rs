@@ -1,46 +1,173 @@
 //! HTTP routes of a read replica.
+//!
+//! Every read may carry a consistency token (read-your-writes) and every read answer, found or
+//! not, says how fresh the replica was when it read (see [`freshness_middleware`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::http::header::{self, ContentType};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, ContentType, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use kv_core::consistency::{ConsistencyToken, CONSISTENCY_TOKEN_HEADER, CONSISTENCY_TOKEN_PARAM};
 use kv_core::error::{ApiError, ErrorCode};
 use kv_core::http::{key_from_path, CORRELATION_ID};
 use kv_core::record::RecordCodec;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::replica::Progress;
+use crate::progress::{Freshness, Progress};
 use crate::store::{Store, StoredEntry};
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
+
+/// Highest offset applied per partition, in consistency-token form; usable as a token on
+/// another replica to read data at least this fresh.
+pub const REPLICA_APPLIED_HEADER: HeaderName = HeaderName::from_static("x-replica-applied");
+/// Records in the topic this replica has not applied yet, over all partitions.
+pub const REPLICA_LAG_HEADER: HeaderName = HeaderName::from_static("x-replica-lag");
+
+/// Most keys one `POST /v1/kv:batchGet` may ask for.
+pub const MAX_BATCH_KEYS: usize = 1000;
+/// Keys per listing page: default and maximum.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+pub const MAX_LIST_LIMIT: usize = 1000;
 
 #[derive(Debug)]
 pub struct ReaderState {
     pub store: Arc<Store>,
     pub progress: Arc<Progress>,
     pub codec: RecordCodec,
+    pub read_your_writes_timeout: Duration,
 }
 
 impl ReaderState {
+    /// Waits for the request's consistency token, if any, then notes how fresh the replica is
+    /// for [`freshness_middleware`]. Call it right before reading the store.
+    async fn prepare_read(&self, request: &HttpRequest) -> Result<(), ApiError> {
+        if let Some(token) = consistency_token(request)? {
+            if !self
+                .progress
+                .wait_for(&token, self.read_your_writes_timeout)
+                .await
+            {
+                return Err(ApiError::new(
+                    ErrorCode::NotReady,
+                    format!(
+                        "this replica has not applied the writes of consistency token {token} \
+                         within {} ms (KV_API_READ_YOUR_WRITES_TIMEOUT_MS); retry later",
+                        self.read_your_writes_timeout.as_millis()
+                    ),
+                )
+                .with_retry_after(Duration::from_secs(1)));
+            }
+        }
+        request.extensions_mut().insert(self.progress.freshness());
+        Ok(())
+    }
+
     fn lookup(&self, user_key: &[u8]) -> Result<StoredEntry, ApiError> {
         let record_key = self.codec.record_key(user_key);
         self.store
             .get(&record_key)
-            .map_err(|e| ApiError::internal(format!("reading the store failed: {e}")))?
+            .map_err(store_error)?
             .ok_or_else(ApiError::key_not_found)
     }
 }
 
+fn store_error(error: crate::store::StoreError) -> ApiError {
+    tracing::error!(%error, "reading the store failed");
+    ApiError::internal("reading the replica's store failed")
+}
+
+/// The token in `X-Consistency-Token` or, for clients that cannot set headers, the
+/// `consistency_token` query parameter. An empty token is no token.
+fn consistency_token(request: &HttpRequest) -> Result<Option<ConsistencyToken>, ApiError> {
+    let text = match request.headers().get(CONSISTENCY_TOKEN_HEADER) {
+        Some(raw) => raw.to_str().map(str::to_owned).map_err(|_| {
+            ApiError::invalid_request(format!(
+                "header {CONSISTENCY_TOKEN_HEADER} must be the token a kv-writer returned"
+            ))
+        })?,
+        None if request.query_string().is_empty() => return Ok(None),
+        None => {
+            let query =
+                web::Query::<HashMap<String, String>>::from_query(request.query_string())
+                    .map_err(|e| ApiError::invalid_request(format!("invalid query string: {e}")))?;
+            match query.into_inner().remove(CONSISTENCY_TOKEN_PARAM) {
+                Some(text) => text,
+                None => return Ok(None),
+            }
+        }
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<ConsistencyToken>()
+        .map(Some)
+        .map_err(|e| ApiError::invalid_request(e.to_string()))
+}
+
+/// Adds `X-Replica-Applied` and `X-Replica-Lag` to every answer of a read, errors included, as
+/// the replica was when the handler read the store: the data served is at least that fresh.
+pub async fn freshness_middleware(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut response = next.call(request).await?;
+    let freshness = response.request().extensions_mut().remove::<Freshness>();
+    if let Some(freshness) = freshness {
+        let headers = response.headers_mut();
+        if let Some(applied) = freshness.applied {
+            headers.insert(REPLICA_APPLIED_HEADER, applied);
+        }
+        headers.insert(REPLICA_LAG_HEADER, HeaderValue::from(freshness.lag));
+    }
+    Ok(response)
+}
+
+fn etag(entry: &StoredEntry) -> String {
+    format!("\"{}-{}\"", entry.partition, entry.offset)
+}
+
+/// A stored correlation id came from a Kafka header anyone could have written; only a valid
+/// header value is echoed.
+fn correlation_header(entry: &StoredEntry) -> Option<HeaderValue> {
+    entry
+        .correlation_id
+        .as_deref()
+        .filter(|id| id.bytes().all(|b| b.is_ascii_graphic()))
+        .and_then(|id| HeaderValue::from_str(id).ok())
+}
+
 fn value_response(entry: StoredEntry, content_type: ContentType) -> HttpResponse {
     let mut response = HttpResponse::Ok();
-    response.content_type(content_type).insert_header((
-        header::ETAG,
-        format!("\"{}-{}\"", entry.partition, entry.offset),
-    ));
-    if let Some(id) = entry.correlation_id {
+    response
+        .content_type(content_type)
+        .insert_header((header::ETAG, etag(&entry)));
+    if let Some(id) = correlation_header(&entry) {
         response.insert_header((CORRELATION_ID, id));
     }
     response.body(entry.value)
+}
+
+/// Whether `If-None-Match` names the entry's current version.
+fn not_modified(request: &HttpRequest, etag: &str) -> bool {
+    request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|list| {
+            list.split(',')
+                .map(|tag| tag.trim().trim_start_matches("W/"))
+                .any(|tag| tag == "*" || tag == etag)
+        })
 }
 
 /// `GET /v1/kv/{key}`: the raw value bytes.
@@ -49,25 +176,290 @@ pub async fn get_value(
     state: web::Data<ReaderState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, NATIVE_PREFIX)?;
+    state.prepare_read(&request).await?;
     let entry = state.lookup(&key)?;
+    let tag = etag(&entry);
+    if not_modified(&request, &tag) {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, tag))
+            .finish());
+    }
     Ok(value_response(entry, ContentType::octet_stream()))
+}
+
+/// The `key` field of the original's JSON bodies; field names match ignoring case, as the
+/// original accepted `Key` and `key` alike.
+fn key_field(body: &serde_json::Map<String, Value>) -> Result<&str, ApiError> {
+    match body.iter().find(|(k, _)| k.eq_ignore_ascii_case("key")) {
+        Some((_, Value::String(key))) if !key.is_empty() => Ok(key),
+        Some((_, Value::String(_))) => {
+            Err(ApiError::new(ErrorCode::InvalidKey, "field `key` is empty"))
+        }
+        Some(_) => Err(ApiError::invalid_request("field `key` must be a string")),
+        None => Err(ApiError::invalid_request("field `key` is missing")),
+    }
 }
 
 /// `POST /retrieve` `{"key"}`, the original's read route: the value as text.
 pub async fn retrieve(
+    request: HttpRequest,
     body: web::Json<serde_json::Map<String, Value>>,
     state: web::Data<ReaderState>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = match body.iter().find(|(k, _)| k.eq_ignore_ascii_case("key")) {
-        Some((_, Value::String(key))) if !key.is_empty() => key,
-        Some((_, Value::String(_))) => {
-            return Err(ApiError::new(ErrorCode::InvalidKey, "field `key` is empty"))
-        }
-        Some(_) => return Err(ApiError::invalid_request("field `key` must be a string")),
-        None => return Err(ApiError::invalid_request("field `key` is missing")),
-    };
+    let key = key_field(&body)?;
+    state.prepare_read(&request).await?;
     let entry = state.lookup(key.as_bytes())?;
     Ok(value_response(entry, ContentType::plaintext()))
+}
+
+/// `POST /retrieve/b64` `{"key": base64}`, the original's binary read route: the value,
+/// base64-encoded, as text.
+pub async fn retrieve_b64(
+    request: HttpRequest,
+    body: web::Json<serde_json::Map<String, Value>>,
+    state: web::Data<ReaderState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = STANDARD
+        .decode(key_field(&body)?)
+        .map_err(|e| ApiError::invalid_request(format!("field `key` is not valid base64: {e}")))?;
+    if key.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidKey,
+            "field `key` decodes to an empty key",
+        ));
+    }
+    state.prepare_read(&request).await?;
+    let mut entry = state.lookup(&key)?;
+    entry.value = STANDARD.encode(&entry.value).into_bytes();
+    Ok(value_response(entry, ContentType::plaintext()))
+}
+
+/// Bytes in JSON: `text` when they are UTF-8, otherwise `b64` (standard base64).
+#[derive(Debug, Serialize)]
+struct JsonBytes {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b64: Option<String>,
+}
+
+fn json_bytes(bytes: Vec<u8>) -> JsonBytes {
+    match String::from_utf8(bytes) {
+        Ok(text) => JsonBytes {
+            text: Some(text),
+            b64: None,
+        },
+        Err(e) => JsonBytes {
+            text: None,
+            b64: Some(STANDARD.encode(e.as_bytes())),
+        },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchGetRequest {
+    /// Keys as text.
+    #[serde(default)]
+    keys: Vec<String>,
+    /// Keys as standard base64, for binary keys.
+    #[serde(default)]
+    keys_b64: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchGetItem {
+    key: String,
+    found: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+}
+
+/// `POST /v1/kv:batchGet` `{"keys": [...]}` or `{"keys_b64": [...]}`: every key looked up in one
+/// snapshot; one result per key, in request order. A missing key is a result with
+/// `found: false` and the `key_not_found` error, not a failure of the whole batch.
+pub async fn batch_get(
+    request: HttpRequest,
+    body: web::Json<BatchGetRequest>,
+    state: web::Data<ReaderState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let count = body.keys.len() + body.keys_b64.len();
+    if count == 0 {
+        return Err(ApiError::invalid_request(
+            "field `keys` (or `keys_b64`) must list at least one key",
+        ));
+    }
+    if count > MAX_BATCH_KEYS {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("field `keys` lists {count} keys, over the limit of {MAX_BATCH_KEYS}"),
+        ));
+    }
+    if !body.keys.is_empty() && !body.keys_b64.is_empty() {
+        return Err(ApiError::invalid_request(
+            "give either field `keys` or field `keys_b64`, not both",
+        ));
+    }
+    let (labels, keys): (Vec<String>, Vec<Vec<u8>>) = if body.keys_b64.is_empty() {
+        for (i, key) in body.keys.iter().enumerate() {
+            if key.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidKey,
+                    format!("field `keys[{i}]` is empty"),
+                ));
+            }
+        }
+        let keys = body.keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+        (body.keys, keys)
+    } else {
+        let mut keys = Vec::with_capacity(count);
+        for (i, key) in body.keys_b64.iter().enumerate() {
+            let decoded = STANDARD.decode(key).map_err(|e| {
+                ApiError::invalid_request(format!("field `keys_b64[{i}]` is not valid base64: {e}"))
+            })?;
+            if decoded.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidKey,
+                    format!("field `keys_b64[{i}]` is empty"),
+                ));
+            }
+            keys.push(decoded);
+        }
+        (body.keys_b64, keys)
+    };
+    state.prepare_read(&request).await?;
+    let record_keys: Vec<_> = keys.iter().map(|k| state.codec.record_key(k)).collect();
+    let found = state
+        .store
+        .get_many(record_keys.iter().map(|k| k.as_ref()))
+        .map_err(store_error)?;
+    let missing = serde_json::json!({"code": ErrorCode::KeyNotFound, "message": ApiError::key_not_found().message});
+    let results: Vec<BatchGetItem> = labels
+        .into_iter()
+        .zip(found)
+        .map(|(key, entry)| match entry {
+            Some(entry) => {
+                let etag = etag(&entry);
+                let correlation_id =
+                    correlation_header(&entry).and_then(|h| h.to_str().ok().map(str::to_owned));
+                let value = json_bytes(entry.value);
+                BatchGetItem {
+                    key,
+                    found: true,
+                    value: value.text,
+                    value_b64: value.b64,
+                    etag: Some(etag),
+                    correlation_id,
+                    error: None,
+                }
+            }
+            None => BatchGetItem {
+                key,
+                found: false,
+                value: None,
+                value_b64: None,
+                etag: None,
+                correlation_id: None,
+                error: Some(missing.clone()),
+            },
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "results": results })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    prefix: Option<String>,
+    prefix_b64: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+    #[allow(dead_code)] // read by `consistency_token`; named here so it is not an unknown field
+    consistency_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ListedKey {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_b64: Option<String>,
+}
+
+/// `GET /v1/kv?prefix=&limit=&cursor=`: keys in byte order, a page at a time. `next_cursor` is
+/// `null` on the last page; pass it back as `cursor` for the next one.
+pub async fn list_keys(
+    request: HttpRequest,
+    query: web::Query<ListQuery>,
+    state: web::Data<ReaderState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let prefix = match (query.prefix, query.prefix_b64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_request(
+                "give either parameter `prefix` or `prefix_b64`, not both",
+            ))
+        }
+        (Some(prefix), None) => prefix.into_bytes(),
+        (None, Some(b64)) => STANDARD.decode(b64.trim()).map_err(|e| {
+            ApiError::invalid_request(format!("parameter `prefix_b64` is not valid base64: {e}"))
+        })?,
+        (None, None) => Vec::new(),
+    };
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_LIST_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "parameter `limit` must be a whole number from 1 to {MAX_LIST_LIMIT}, got {text:?}"
+                ))
+            })?,
+    };
+    let after = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(cursor) => Some(
+            URL_SAFE_NO_PAD
+                .decode(cursor)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| {
+                    ApiError::invalid_request(
+                        "parameter `cursor` is not a cursor this API returned",
+                    )
+                })?,
+        ),
+    };
+    state.prepare_read(&request).await?;
+    let (keys, more) = state
+        .store
+        .list_keys(&prefix, after.as_deref(), limit)
+        .map_err(store_error)?;
+    let next_cursor = more
+        .then(|| keys.last().map(|k| URL_SAFE_NO_PAD.encode(k)))
+        .flatten();
+    let keys: Vec<ListedKey> = keys
+        .into_iter()
+        .map(|k| {
+            let bytes = json_bytes(k);
+            ListedKey {
+                key: bytes.text,
+                key_b64: bytes.b64,
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"keys": keys, "next_cursor": next_cursor})))
 }
 
 pub async fn started() -> HttpResponse {
@@ -75,23 +467,32 @@ pub async fn started() -> HttpResponse {
 }
 
 /// `/healthz/live`: fails once the consumer loop has died, so the orchestrator restarts us.
-pub async fn live(state: web::Data<ReaderState>) -> Result<HttpResponse, ApiError> {
+pub async fn live(state: web::Data<ReaderState>) -> HttpResponse {
     if state.progress.is_alive() {
-        Ok(HttpResponse::Ok().json(serde_json::json!({"status": "live"})))
+        HttpResponse::Ok().json(serde_json::json!({"status": "live"}))
     } else {
-        Err(ApiError::internal("the consumer loop has stopped"))
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "dead",
+            "error": {
+                "code": ErrorCode::Internal,
+                "message": "the consumer loop has stopped; the replica no longer follows the topic",
+            }
+        }))
     }
 }
 
 /// `/healthz/ready`: ready once every partition reached its end offset seen at start-up.
 pub async fn ready(state: web::Data<ReaderState>) -> HttpResponse {
-    let partitions = state.progress.snapshot();
-    let ready = state.progress.is_ready() && state.progress.is_alive();
+    let report = state.progress.report();
     let body = serde_json::json!({
-        "status": if ready { "ready" } else { "catching_up" },
-        "partitions": partitions,
+        "status": if report.ready { "ready" } else if report.alive { "catching_up" } else { "dead" },
+        "lag": report.lag,
+        "partitions": report.partitions,
+        "skipped_records": report.skipped_records,
+        "rebuilds": report.rebuilds,
+        "records_applied": report.records_applied,
     });
-    if ready {
+    if report.ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

@@ -29,6 +29,8 @@ pub struct Settings {
     pub schema_registry_url: Option<String>,
     /// Longest a read carrying a consistency token waits for this replica to catch up.
     pub read_your_writes_timeout: Duration,
+    /// How often the consumer looks for partitions added to the topic while it runs.
+    pub partition_discovery_interval: Duration,
 }
 
 impl Settings {
@@ -51,6 +53,10 @@ impl Settings {
             schema_registry_url: env.string("KAFKA_SCHEMA_REGISTRY_URL"),
             read_your_writes_timeout: env
                 .millis("KV_API_READ_YOUR_WRITES_TIMEOUT_MS", Duration::from_secs(5))?,
+            partition_discovery_interval: env.millis(
+                "KV_API_PARTITION_DISCOVERY_INTERVAL_MS",
+                Duration::from_secs(30),
+            )?,
         })
     }
 }
@@ -170,6 +176,16 @@ mod tests {
             Settings::from_env(&env).expect_err("must fail").var,
             "KAFKA_GROUP_ID"
         );
+    }
+
+    #[test]
+    fn partition_discovery_runs_every_30_seconds_unless_told_otherwise() {
+        let s = settings(&[]).expect("settings");
+        assert_eq!(s.partition_discovery_interval, Duration::from_secs(30));
+        let s = settings(&[("KV_API_PARTITION_DISCOVERY_INTERVAL_MS", "500")]).expect("settings");
+        assert_eq!(s.partition_discovery_interval, Duration::from_millis(500));
+        let err = settings(&[("KV_API_PARTITION_DISCOVERY_INTERVAL_MS", "0")]).expect_err("zero");
+        assert_eq!(err.var, "KV_API_PARTITION_DISCOVERY_INTERVAL_MS");
     }
 
     #[test]

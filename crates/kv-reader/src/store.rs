@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use redb::backends::InMemoryBackend;
@@ -197,6 +198,51 @@ impl Store {
         decode_entry(raw.value()).map(Some)
     }
 
+    /// Looks many keys up in one read transaction, so the answers come from one snapshot.
+    pub fn get_many<'k>(
+        &self,
+        record_keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<Vec<Option<StoredEntry>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        record_keys
+            .into_iter()
+            .map(|key| match entries.get(key)? {
+                Some(raw) => decode_entry(raw.value()).map(Some),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// Up to `limit` keys starting with `prefix`, in byte order, strictly after `after` when
+    /// given; the flag says whether more keys follow.
+    pub fn list_keys(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut keys = Vec::with_capacity(limit.min(1024));
+        for row in entries.range::<&[u8]>((start, Bound::Unbounded))? {
+            let (key, _) = row?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if keys.len() == limit {
+                return Ok((keys, true));
+            }
+            keys.push(key.to_vec());
+        }
+        Ok((keys, false))
+    }
+
     pub fn key_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(ENTRIES)?.len()?)
@@ -329,6 +375,37 @@ mod tests {
             BTreeMap::from([(2, 42)])
         );
         assert_eq!(store.get(b"k").expect("get").expect("present").value, b"v");
+    }
+
+    #[test]
+    fn listing_pages_through_the_keys_of_a_prefix_in_byte_order() {
+        let store = Store::open(&Storage::Memory).expect("store");
+        let keys: [&[u8]; 5] = [b"a", b"user/1", b"user/2", b"user/3", b"v"];
+        let changes: Vec<_> = keys.iter().map(|k| put(k, 0, b"x")).collect();
+        store
+            .apply(&changes, &BTreeMap::from([(0, 1)]))
+            .expect("apply");
+        let (page, more) = store.list_keys(b"user/", None, 2).expect("list");
+        assert_eq!(page, vec![b"user/1".to_vec(), b"user/2".to_vec()]);
+        assert!(more);
+        let (page, more) = store.list_keys(b"user/", Some(b"user/2"), 2).expect("list");
+        assert_eq!(page, vec![b"user/3".to_vec()]);
+        assert!(!more);
+        let (all, _) = store.list_keys(b"", None, 10).expect("list");
+        assert_eq!(all.len(), 5);
+    }
+
+    #[test]
+    fn get_many_answers_each_key_in_request_order() {
+        let store = Store::open(&Storage::Memory).expect("store");
+        store
+            .apply(&[put(b"k", 3, b"v")], &BTreeMap::from([(0, 4)]))
+            .expect("apply");
+        let found = store
+            .get_many([b"missing".as_slice(), b"k".as_slice()])
+            .expect("get");
+        assert_eq!(found[0], None);
+        assert_eq!(found[1].as_ref().expect("present").value, b"v");
     }
 
     #[test]
