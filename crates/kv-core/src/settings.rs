@@ -511,7 +511,10 @@ impl AuthSettings {
             write: word_list(env.string("KV_API_AUTH_WRITE")),
             delete: word_list(env.string("KV_API_AUTH_DELETE")),
             algorithms: match env.string("KV_API_AUTH_ALGORITHMS") {
-                None => ASYMMETRIC_ALGORITHMS.iter().map(|a| (*a).to_owned()).collect(),
+                None => ASYMMETRIC_ALGORITHMS
+                    .iter()
+                    .map(|a| (*a).to_owned())
+                    .collect(),
                 Some(raw) => {
                     let algorithms = word_list(Some(raw));
                     if let Some(bad) = algorithms
@@ -531,10 +534,12 @@ impl AuthSettings {
             },
             leeway: Duration::from_secs(env.number("KV_API_AUTH_LEEWAY_SECONDS", 30u64)?),
             jwks_refresh: Duration::from_secs(
-                env.number("KV_API_AUTH_JWKS_REFRESH_SECONDS", 300u64)?.max(1),
+                env.number("KV_API_AUTH_JWKS_REFRESH_SECONDS", 300u64)?
+                    .max(1),
             ),
             discovery_timeout: Duration::from_secs(
-                env.number("KV_API_AUTH_DISCOVERY_TIMEOUT_SECONDS", 60u64)?.max(1),
+                env.number("KV_API_AUTH_DISCOVERY_TIMEOUT_SECONDS", 60u64)?
+                    .max(1),
             ),
         };
         if !disabled {

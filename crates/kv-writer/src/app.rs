@@ -12,6 +12,7 @@ use kv_core::http::{
 use kv_core::record::RecordCodec;
 use kv_core::settings::TopicEncryption;
 
+use crate::batch;
 use crate::producer::KvProducer;
 use crate::routes::{self, WriterState};
 use crate::settings::Settings;
@@ -78,7 +79,10 @@ impl App {
                 source,
             })?;
         let state = web::Data::new(WriterState::new(&settings, producer.clone()));
+        // Base64 makes a value a third larger and JSON escapes can double it; the value's own
+        // limit is checked once decoded, with an error naming the field.
         let json_limit = settings.max_value_bytes * 2 + settings.max_key_bytes + 64 * 1024;
+        let batch_limit = settings.max_batch_bytes;
         let server = HttpServer::new(move || {
             actix_web::App::new()
                 .wrap(from_fn(correlation_id_middleware))
@@ -89,6 +93,18 @@ impl App {
                 .service(
                     web::resource("/store")
                         .post(routes::store)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/store/b64")
+                        .post(routes::store_base64)
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/v1/kv:batch")
+                        // A batch carries many values, so its body limit is its own.
+                        .app_data(json_config(batch_limit))
+                        .post(batch::batch)
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

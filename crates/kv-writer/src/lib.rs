@@ -1,6 +1,8 @@
 //! kv-writer: the HTTP write gateway that produces key-value writes to Kafka.
 
 pub mod app;
+pub mod batch;
+pub mod input;
 pub mod producer;
 pub mod routes;
 pub mod settings;

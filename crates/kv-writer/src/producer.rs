@@ -1,14 +1,16 @@
 //! The one producer every request shares: writes are answered only once Kafka acknowledged them.
 
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use kv_core::consistency::RecordPosition;
 use kv_core::error::{ApiError, ErrorCode};
 use kv_core::kafka::{classify, client_config, ClientRole, KafkaErrorClass};
 use kv_core::record::{RecordCodec, CORRELATION_ID_HEADER};
-use rdkafka::error::KafkaError;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::settings::Settings;
 
@@ -17,23 +19,52 @@ use crate::settings::Settings;
 /// instead of growing memory.
 const QUEUE_WAIT: Duration = Duration::from_secs(1);
 
+/// How often a write waiting for room in the queue tries again.
+const QUEUE_POLL: Duration = Duration::from_millis(5);
+
 /// What a client should wait before retrying a write the broker could not take.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Room for the key, headers and record overhead on top of the largest value.
 const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 
+/// Least time between two producer replacements, so a broker that keeps failing does not make
+/// the gateway churn through connections.
+const MIN_RESET_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The producer every request shares, cheap to clone.
+///
+/// It is replaced by a fresh one when its idempotence state breaks (librdkafka's fatal errors,
+/// or a broker refusing its producer id or sequence, as some brokers do after a restart): that
+/// state never heals by itself, and librdkafka's answer to a fatal error is a new producer.
 #[derive(Clone)]
 pub struct KvProducer {
-    producer: FutureProducer,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: ClientConfig,
+    current: RwLock<Current>,
     topic: String,
     codec: RecordCodec,
+    /// How long a replaced producer may take to deliver what it still holds.
+    drain_timeout: Duration,
+    idempotent: bool,
+}
+
+#[derive(Clone)]
+struct Current {
+    /// Behind its own `Arc` so a replaced producer can be dropped by its last owner on a blocking
+    /// thread: dropping one joins librdkafka's threads, which must not stall an HTTP worker.
+    producer: Arc<FutureProducer>,
+    generation: u64,
+    created: Instant,
 }
 
 impl std::fmt::Debug for KvProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvProducer")
-            .field("topic", &self.topic)
+            .field("topic", &self.shared.topic)
             .finish_non_exhaustive()
     }
 }
@@ -44,7 +75,36 @@ pub struct Write<'a> {
     pub key: &'a [u8],
     pub value: Option<&'a [u8]>,
     pub correlation_id: &'a str,
-    pub headers: &'a [(String, String)],
+    /// Extra Kafka headers the client asked for (the original's `headers` field).
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+/// A write librdkafka has queued; resolves once the broker acknowledged it or it failed.
+pub struct Pending {
+    delivery: DeliveryFuture,
+    producer: KvProducer,
+    generation: u64,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    pub async fn acknowledged(self) -> Result<RecordPosition, ApiError> {
+        match self.delivery.await {
+            Ok(Ok(delivery)) => Ok(RecordPosition {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((error, _))) => Err(self.producer.refusal(&error, self.generation)),
+            Err(_canceled) => Err(refusal(&KafkaError::Canceled)),
+        }
+    }
 }
 
 impl KvProducer {
@@ -68,19 +128,135 @@ impl KvProducer {
         if settings.acks != "all" && settings.core.kafka.get("enable.idempotence").is_none() {
             config.set("enable.idempotence", "false");
         }
+        let configured_max = settings
+            .core
+            .kafka
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(configured) = configured_max {
+            if configured < settings.max_value_bytes + settings.max_key_bytes {
+                tracing::warn!(
+                    "KAFKA_MESSAGE_MAX_BYTES={configured} is below KV_API_MAX_VALUE_BYTES + \
+                     KV_API_MAX_KEY_BYTES; writes between the two are refused with 413 by the \
+                     producer rather than by the gateway's own checks"
+                );
+            }
+        }
+        let producer = config.create()?;
         Ok(Self {
-            producer: config.create()?,
-            topic: settings.core.topic.clone(),
-            codec,
+            shared: Arc::new(Shared {
+                current: RwLock::new(Current {
+                    producer: Arc::new(producer),
+                    generation: 0,
+                    created: Instant::now(),
+                }),
+                topic: settings.core.topic.clone(),
+                codec,
+                drain_timeout: settings.produce_timeout,
+                idempotent: config.get("enable.idempotence") == Some("true"),
+                config,
+            }),
         })
+    }
+
+    fn current(&self) -> Current {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The answer for a write that failed on producer `generation`. Replaces that producer when
+    /// its state is broken, so that the client's retry can succeed on a fresh one.
+    fn refusal(&self, error: &KafkaError, generation: u64) -> ApiError {
+        let (current_generation, created, fatal) = {
+            let current = self.current();
+            let fatal = current.producer.client().fatal_error().is_some();
+            (current.generation, current.created, fatal)
+        };
+        let broken = fatal || breaks_producer(error);
+        // After a write timed out, librdkafka bumps the producer epoch to close the sequence gap;
+        // some Kafka-compatible brokers (Tansu 0.6) mishandle the bumped epoch and then stop
+        // serving every client. A fresh producer id needs no bump, so it is the safer recovery.
+        let gap = self.shared.idempotent && leaves_sequence_gap(error);
+        let due = gap || (broken && created.elapsed() >= MIN_RESET_INTERVAL);
+        if current_generation == generation && due {
+            self.replace(generation);
+        }
+        if !broken {
+            return refusal(error);
+        }
+        tracing::warn!(%error, "write failed on a broken producer");
+        ApiError::new(
+            ErrorCode::KafkaUnavailable,
+            format!("Kafka did not acknowledge the write and the producer is being reset: {error}"),
+        )
+        .with_retry_after(RETRY_AFTER)
+    }
+
+    fn replace(&self, generation: u64) {
+        let old = {
+            let mut current = self
+                .shared
+                .current
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.generation != generation {
+                return; // Another request replaced it already.
+            }
+            let fresh = match self.shared.config.create::<FutureProducer>() {
+                Ok(fresh) => fresh,
+                Err(error) => {
+                    tracing::error!(%error, "cannot create a replacement Kafka producer");
+                    return;
+                }
+            };
+            std::mem::replace(
+                &mut *current,
+                Current {
+                    producer: Arc::new(fresh),
+                    generation: generation + 1,
+                    created: Instant::now(),
+                },
+            )
+        };
+        tracing::warn!(
+            generation = generation + 1,
+            "replaced the Kafka producer after a fatal or idempotence error"
+        );
+        let timeout = self.shared.drain_timeout;
+        tokio::task::spawn_blocking(move || {
+            // What it still holds is delivered (or fails) and answered to its clients.
+            old.producer.flush(timeout).ok();
+            // Requests hold a clone for a moment at most; wait to be the last owner.
+            let mut producer = old.producer;
+            loop {
+                match Arc::try_unwrap(producer) {
+                    Ok(last) => return drop(last),
+                    Err(shared) => producer = shared,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
     }
 
     /// Sends one write and waits for the broker's acknowledgement.
     pub async fn write(&self, write: Write<'_>) -> Result<RecordPosition, ApiError> {
-        let record_key = self.codec.record_key(write.key);
+        self.enqueue(write).await?.acknowledged().await
+    }
+
+    /// Hands one write to librdkafka without waiting for the broker. Writes enqueued one after
+    /// the other keep that order on their partition (the idempotent producer preserves it), which
+    /// a batch that writes the same key twice relies on.
+    ///
+    /// A full queue is retried for a short while, then refused with 503.
+    pub async fn enqueue(&self, write: Write<'_>) -> Result<Pending, ApiError> {
+        let codec = &self.shared.codec;
+        let record_key = codec.record_key(write.key);
         let value = write
             .value
-            .map(|value| self.codec.encode_value(&record_key, write.key, value));
+            .map(|value| codec.encode_value(&record_key, write.key, value));
         let mut headers = OwnedHeaders::new_with_capacity(1 + write.headers.len()).insert(Header {
             key: CORRELATION_ID_HEADER,
             value: Some(write.correlation_id),
@@ -91,65 +267,121 @@ impl KvProducer {
                 value: Some(value),
             });
         }
-        let mut record = FutureRecord::to(&self.topic)
+        let mut record = FutureRecord::to(&self.shared.topic)
             .key(record_key.as_ref())
             .headers(headers);
         if let Some(value) = value.as_deref() {
             record = record.payload(value);
         }
-        match self.producer.send(record, QUEUE_WAIT).await {
-            Ok(delivery) => Ok(RecordPosition {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Err((error, _)) => Err(self.refusal(&error)),
-        }
-    }
-
-    fn refusal(&self, error: &KafkaError) -> ApiError {
-        match classify(error) {
-            KafkaErrorClass::Retryable => {
-                tracing::warn!(%error, "write not acknowledged by Kafka");
-                ApiError::new(
-                    ErrorCode::KafkaUnavailable,
-                    format!("Kafka did not acknowledge the write: {error}"),
-                )
-                .with_retry_after(RETRY_AFTER)
-            }
-            KafkaErrorClass::TooLarge => ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("the record is larger than Kafka accepts: {error}"),
-            ),
-            KafkaErrorClass::Fatal => {
-                tracing::error!(%error, "Kafka refused the write");
-                ApiError::new(
-                    ErrorCode::KafkaRejected,
-                    format!("Kafka refused the write: {error}"),
-                )
+        let give_up_at = Instant::now() + QUEUE_WAIT;
+        loop {
+            let current = self.current();
+            match current.producer.send_result(record) {
+                Ok(delivery) => {
+                    tracing::debug!(correlation_id = write.correlation_id, "write queued");
+                    return Ok(Pending {
+                        delivery,
+                        producer: self.clone(),
+                        generation: current.generation,
+                    });
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                    if Instant::now() < give_up_at =>
+                {
+                    record = returned;
+                    tokio::time::sleep(QUEUE_POLL).await;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tracing::warn!("producer queue full; refusing a write");
+                    return Err(ApiError::new(
+                        ErrorCode::KafkaUnavailable,
+                        "the write queue is full because Kafka is slow or unreachable; retry later",
+                    )
+                    .with_retry_after(RETRY_AFTER));
+                }
+                Err((error, _)) => return Err(self.refusal(&error, current.generation)),
             }
         }
     }
 
     /// Whether the broker answers metadata for the topic within `timeout`. Blocking.
     pub fn topic_reachable(&self, timeout: Duration) -> Result<(), String> {
-        let metadata = self
-            .producer
+        let producer = self.current().producer;
+        // A producer in a fatal state refuses every write until the next write replaces it.
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            return Err(format!(
+                "the Kafka producer failed fatally: {code:?}: {reason}"
+            ));
+        }
+        let topic = &self.shared.topic;
+        let metadata = producer
             .client()
-            .fetch_metadata(Some(&self.topic), timeout)
+            .fetch_metadata(Some(topic), timeout)
             .map_err(|e| format!("Kafka metadata request failed: {e}"))?;
         match metadata.topics().first() {
             Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => Ok(()),
-            Some(topic) => Err(format!(
-                "topic {} is not available: {:?}",
-                self.topic,
-                topic.error()
+            Some(found) => Err(format!(
+                "topic {topic} is not available: {:?}",
+                found.error()
             )),
-            None => Err(format!("topic {} is not in the metadata", self.topic)),
+            None => Err(format!("topic {topic} is not in the metadata")),
         }
     }
 
     /// Waits for every queued write to be delivered or to fail. Blocking.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.current().producer.flush(timeout)
+    }
+}
+
+/// Errors after which the broker may or may not hold the write, so the producer's sequence
+/// numbers may have a gap.
+fn leaves_sequence_gap(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageTimedOut)
+    )
+}
+
+/// Errors after which the producer's idempotence state (producer id, epoch, sequence numbers)
+/// is out of step with the broker, so every later write on it would fail too. `Unknown` is what
+/// some Kafka-compatible brokers answer for a producer id they lost in a restart.
+fn breaks_producer(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::Unknown
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::ProducerFenced
+        )
+    )
+}
+
+/// What a client is told about a write Kafka did not acknowledge.
+fn refusal(error: &KafkaError) -> ApiError {
+    match classify(error) {
+        KafkaErrorClass::Retryable => {
+            tracing::warn!(%error, "write not acknowledged by Kafka");
+            ApiError::new(
+                ErrorCode::KafkaUnavailable,
+                format!("Kafka did not acknowledge the write: {error}"),
+            )
+            .with_retry_after(RETRY_AFTER)
+        }
+        KafkaErrorClass::TooLarge => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the record is larger than Kafka accepts: {error}"),
+        ),
+        KafkaErrorClass::Fatal => {
+            tracing::error!(%error, "Kafka refused the write");
+            ApiError::new(
+                ErrorCode::KafkaRejected,
+                format!("Kafka refused the write: {error}"),
+            )
+        }
     }
 }

@@ -1,17 +1,23 @@
 //! HTTP routes of the write gateway. Every write answers 2xx only after Kafka acknowledged it.
 
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{web, HttpRequest, HttpResponse};
-use kv_core::consistency::{ConsistencyToken, RecordPosition, CONSISTENCY_TOKEN_HEADER};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use kv_core::consistency::{ConsistencyToken, RecordPosition};
 use kv_core::error::{ApiError, ErrorCode};
 use kv_core::http::{key_from_path, read_body, CorrelationId};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use crate::input::{check_key, check_value, Encoding, Fields, WriteInput};
 use crate::producer::{KvProducer, Write};
 use crate::settings::Settings;
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
+
+/// Response header with the consistency token (`kv_core::consistency::CONSISTENCY_TOKEN_HEADER`).
+pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
+pub const KAFKA_PARTITION: HeaderName = HeaderName::from_static("x-kafka-partition");
+pub const KAFKA_OFFSET: HeaderName = HeaderName::from_static("x-kafka-offset");
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -19,6 +25,7 @@ pub struct WriterState {
     pub producer: KvProducer,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    pub max_batch_items: usize,
 }
 
 impl WriterState {
@@ -27,46 +34,38 @@ impl WriterState {
             producer,
             max_key_bytes: settings.max_key_bytes,
             max_value_bytes: settings.max_value_bytes,
+            max_batch_items: settings.max_batch_items,
         }
     }
 
-    fn check_key(&self, key: &[u8]) -> Result<(), ApiError> {
-        if key.is_empty() {
-            return Err(ApiError::new(ErrorCode::InvalidKey, "field `key` is empty"));
-        }
-        if key.len() > self.max_key_bytes {
-            return Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "field `key` is {} bytes, over the limit of {} bytes",
-                    key.len(),
-                    self.max_key_bytes
-                ),
-            ));
+    /// Refuses a write from a JSON body whose key or value is over the limits.
+    pub fn check(&self, write: &WriteInput<'_>, path: &str) -> Result<(), ApiError> {
+        check_key(&write.key, self.max_key_bytes, || {
+            format!("field `{path}key`")
+        })?;
+        if let Some(value) = &write.value {
+            check_value(value, self.max_value_bytes, || {
+                format!("field `{path}value`")
+            })?;
         }
         Ok(())
     }
 
-    fn check_value(&self, value: &[u8]) -> Result<(), ApiError> {
-        if value.len() > self.max_value_bytes {
-            return Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "field `value` is {} bytes, over the limit of {} bytes",
-                    value.len(),
-                    self.max_value_bytes
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn write(&self, write: Write<'_>) -> Result<HttpResponse, ApiError> {
-        self.check_key(write.key)?;
-        if let Some(value) = write.value {
-            self.check_value(value)?;
-        }
-        let position = self.producer.write(write).await?;
+    async fn write_one(
+        &self,
+        request: &HttpRequest,
+        write: &WriteInput<'_>,
+    ) -> Result<HttpResponse, ApiError> {
+        let correlation = CorrelationId::of(request);
+        let position = self
+            .producer
+            .write(Write {
+                key: &write.key,
+                value: write.value.as_deref(),
+                correlation_id: &correlation.0,
+                headers: &write.headers,
+            })
+            .await?;
         Ok(acknowledged(position))
     }
 }
@@ -74,26 +73,40 @@ impl WriterState {
 #[derive(Serialize)]
 struct Acknowledged {
     partition: i32,
-    offset: i64,
-    consistency_token: String,
+    /// `null` with KAFKA_ACKS=none: the broker reports no offset for unacknowledged writes.
+    offset: Option<i64>,
+    consistency_token: Option<String>,
+}
+
+/// Sets the consistency token header, which a reader takes to serve read-your-writes.
+pub fn with_token(response: &mut HttpResponseBuilder, token: &str) {
+    if let Ok(value) = HeaderValue::from_str(token) {
+        response.insert_header((CONSISTENCY_TOKEN, value));
+    }
+}
+
+/// The token for acknowledged positions; `None` when no offset is known (KAFKA_ACKS=none), as a
+/// token with a negative offset would be refused by every reader.
+pub fn token_for(positions: impl IntoIterator<Item = RecordPosition>) -> Option<String> {
+    let mut known = positions.into_iter().filter(|p| p.offset >= 0).peekable();
+    known.peek()?;
+    Some(ConsistencyToken::from_positions(known).to_string())
 }
 
 fn acknowledged(position: RecordPosition) -> HttpResponse {
-    let token = ConsistencyToken::from_positions([position]).to_string();
+    let token = token_for([position]);
+    let offset = (position.offset >= 0).then_some(position.offset);
     let mut response = HttpResponse::Ok();
-    response
-        .insert_header(("X-Kafka-Partition", position.partition))
-        .insert_header(("X-Kafka-Offset", position.offset));
-    if let Ok(value) = HeaderValue::from_str(&token) {
-        response.insert_header((HeaderName::from_static("x-consistency-token"), value));
+    response.insert_header((KAFKA_PARTITION, position.partition));
+    if let Some(offset) = offset {
+        response.insert_header((KAFKA_OFFSET, offset));
     }
-    debug_assert_eq!(
-        CONSISTENCY_TOKEN_HEADER.to_ascii_lowercase(),
-        "x-consistency-token"
-    );
+    if let Some(token) = &token {
+        with_token(&mut response, token);
+    }
     response.json(Acknowledged {
         partition: position.partition,
-        offset: position.offset,
+        offset,
         consistency_token: token,
     })
 }
@@ -105,17 +118,15 @@ pub async fn put_value(
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, NATIVE_PREFIX)?;
-    state.check_key(&key)?;
+    // Checked before the body is read, so an oversized key costs no body buffering.
+    check_key(&key, state.max_key_bytes, || "the key in the path".into())?;
     let value = read_body(body, &request, state.max_value_bytes).await?;
-    let correlation = CorrelationId::of(&request);
-    state
-        .write(Write {
-            key: &key,
-            value: Some(&value),
-            correlation_id: &correlation.0,
-            headers: &[],
-        })
-        .await
+    let write = WriteInput {
+        key: key.into(),
+        value: Some((&value[..]).into()),
+        headers: Vec::new(),
+    };
+    state.write_one(&request, &write).await
 }
 
 /// `DELETE /v1/kv/{key}`: writes a tombstone.
@@ -124,93 +135,46 @@ pub async fn delete_value(
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, NATIVE_PREFIX)?;
-    let correlation = CorrelationId::of(&request);
-    state
-        .write(Write {
-            key: &key,
-            value: None,
-            correlation_id: &correlation.0,
-            headers: &[],
-        })
-        .await
-}
-
-/// Looks a field up ignoring case, as the original accepted `Key` and `key` alike.
-fn field<'a>(body: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
-    body.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-}
-
-fn string_field<'a>(
-    body: &'a serde_json::Map<String, Value>,
-    name: &str,
-) -> Result<&'a str, ApiError> {
-    match field(body, name) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(ApiError::invalid_request(format!(
-            "field `{name}` must be a string"
-        ))),
-        None => Err(ApiError::invalid_request(format!(
-            "field `{name}` is missing"
-        ))),
-    }
-}
-
-fn headers_field(body: &serde_json::Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
-    match field(body, "headers") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Object(map)) => map
-            .iter()
-            .map(|(name, value)| match value {
-                Value::String(s) => Ok((name.clone(), s.clone())),
-                _ => Err(ApiError::invalid_request(format!(
-                    "field `headers.{name}` must be a string"
-                ))),
-            })
-            .collect(),
-        Some(_) => Err(ApiError::invalid_request(
-            "field `headers` must be an object of strings",
-        )),
-    }
+    check_key(&key, state.max_key_bytes, || "the key in the path".into())?;
+    let write = WriteInput {
+        key: key.into(),
+        value: None,
+        headers: Vec::new(),
+    };
+    state.write_one(&request, &write).await
 }
 
 /// `POST /store` `{"key","value","headers"?}`, the original service's write route.
 pub async fn store(
     request: HttpRequest,
-    body: web::Json<serde_json::Map<String, Value>>,
+    body: web::Json<Map<String, Value>>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = string_field(&body, "key")?;
-    let value = string_field(&body, "value")?;
-    let headers = headers_field(&body)?;
-    let correlation = CorrelationId::of(&request);
-    state
-        .write(Write {
-            key: key.as_bytes(),
-            value: Some(value.as_bytes()),
-            correlation_id: &correlation.0,
-            headers: &headers,
-        })
-        .await
+    let write = Fields::new(&body, Encoding::Utf8).put()?;
+    state.check(&write, "")?;
+    state.write_one(&request, &write).await
+}
+
+/// `POST /store/b64`: as `/store`, with key, value and header values in base64.
+pub async fn store_base64(
+    request: HttpRequest,
+    body: web::Json<Map<String, Value>>,
+    state: web::Data<WriterState>,
+) -> Result<HttpResponse, ApiError> {
+    let write = Fields::new(&body, Encoding::Base64).put()?;
+    state.check(&write, "")?;
+    state.write_one(&request, &write).await
 }
 
 /// `POST /remove` `{"key"}`: writes a tombstone.
 pub async fn remove(
     request: HttpRequest,
-    body: web::Json<serde_json::Map<String, Value>>,
+    body: web::Json<Map<String, Value>>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = string_field(&body, "key")?;
-    let correlation = CorrelationId::of(&request);
-    state
-        .write(Write {
-            key: key.as_bytes(),
-            value: None,
-            correlation_id: &correlation.0,
-            headers: &[],
-        })
-        .await
+    let write = Fields::new(&body, Encoding::Utf8).delete()?;
+    state.check(&write, "")?;
+    state.write_one(&request, &write).await
 }
 
 /// `/healthz`: the process started and serves HTTP.
@@ -226,6 +190,7 @@ pub async fn live() -> HttpResponse {
 /// `/healthz/ready`: the broker answers metadata for the topic, so writes can be acknowledged.
 pub async fn ready(state: web::Data<WriterState>) -> Result<HttpResponse, ApiError> {
     let producer = state.producer.clone();
+    // librdkafka's metadata call blocks; it must not run on an actix worker thread.
     let reachable = web::block(move || producer.topic_reachable(std::time::Duration::from_secs(2)))
         .await
         .map_err(|e| ApiError::internal(format!("readiness check failed: {e}")))?;

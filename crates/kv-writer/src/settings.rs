@@ -15,10 +15,16 @@ pub struct Settings {
     pub max_value_bytes: usize,
     /// How long SIGTERM waits for in-flight writes before the producer is flushed and the process exits.
     pub shutdown_timeout: Duration,
+    /// Most writes one `POST /v1/kv:batch` request may carry.
+    pub max_batch_items: usize,
+    /// Largest JSON body a batch request may have.
+    pub max_batch_bytes: usize,
 }
 
 pub const DEFAULT_MAX_KEY_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_BATCH_ITEMS: usize = 1000;
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
@@ -29,12 +35,17 @@ impl Settings {
             max_key_bytes: env.number("KV_API_MAX_KEY_BYTES", DEFAULT_MAX_KEY_BYTES)?,
             max_value_bytes: env.number("KV_API_MAX_VALUE_BYTES", DEFAULT_MAX_VALUE_BYTES)?,
             shutdown_timeout: env.millis("KV_API_SHUTDOWN_TIMEOUT_MS", Duration::from_secs(30))?,
+            max_batch_items: env.number("KV_API_MAX_BATCH_ITEMS", DEFAULT_MAX_BATCH_ITEMS)?,
+            max_batch_bytes: env.number("KV_API_MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES)?,
         };
-        if settings.max_key_bytes == 0 {
-            return Err(SettingsError::new(
-                "KV_API_MAX_KEY_BYTES",
-                "must be at least 1",
-            ));
+        for (var, value) in [
+            ("KV_API_MAX_KEY_BYTES", settings.max_key_bytes),
+            ("KV_API_MAX_BATCH_ITEMS", settings.max_batch_items),
+            ("KV_API_MAX_BATCH_BYTES", settings.max_batch_bytes),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::new(var, "must be at least 1"));
+            }
         }
         Ok(settings)
     }
@@ -67,5 +78,26 @@ mod tests {
         assert_eq!(acks(Some("-1")), Ok("all"));
         let err = acks(Some("most")).expect_err("must fail");
         assert_eq!(err.var, "KAFKA_ACKS");
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let mut all = vec![
+            ("KAFKA_BOOTSTRAP_SERVERS", "b:9092"),
+            ("KV_API_KAFKA_KEY_VALUE_TOPIC", "t"),
+            ("KV_API_DISABLE_API_AUTH", "true"),
+        ];
+        all.extend_from_slice(pairs);
+        Settings::from_env(&Env::from_pairs(all.iter().copied())?)
+    }
+
+    #[test]
+    fn batch_limits_have_documented_defaults_and_refuse_zero() {
+        let defaults = settings(&[]).expect("settings");
+        assert_eq!(defaults.max_batch_items, DEFAULT_MAX_BATCH_ITEMS);
+        assert_eq!(defaults.max_batch_bytes, DEFAULT_MAX_BATCH_BYTES);
+        let err = settings(&[("KV_API_MAX_BATCH_ITEMS", "0")]).expect_err("must fail");
+        assert_eq!(err.var, "KV_API_MAX_BATCH_ITEMS");
+        let err = settings(&[("KV_API_PRODUCE_TIMEOUT_MS", "0")]).expect_err("must fail");
+        assert_eq!(err.var, "KV_API_PRODUCE_TIMEOUT_MS");
     }
 }

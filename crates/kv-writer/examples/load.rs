@@ -1,0 +1,126 @@
+//! Acknowledged writes per second: a raw rdkafka producer against HTTP writes through kv-writer,
+//! on the same broker with the same producer settings (idempotent, acks=all, linger 5 ms).
+//!
+//! Needs the test broker (`scripts/install-broker.sh`). Run with optimisations:
+//!
+//! ```text
+//! cargo run --release -p kv-writer --example load -- [writes] [concurrency] [value-bytes]
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_core::settings::Env;
+use kv_core::testkit::Broker;
+use kv_writer::{App, Settings};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+fn arg(index: usize, default: usize) -> usize {
+    std::env::args()
+        .nth(index)
+        .map(|a| a.parse().expect("a number"))
+        .unwrap_or(default)
+}
+
+/// Runs `writes` calls of `write` from `concurrency` tasks; acknowledged writes per second.
+async fn measure<F, Fut>(writes: usize, concurrency: usize, write: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let write = Arc::new(write);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let next = next.clone();
+            let write = write.clone();
+            tokio::spawn(async move {
+                let mut acked = 0usize;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= writes {
+                        return acked;
+                    }
+                    if write(i).await {
+                        acked += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut acked = 0;
+    for task in tasks {
+        acked += task.await.expect("load task");
+    }
+    assert_eq!(acked, writes, "every write must be acknowledged");
+    acked as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let writes = arg(1, 20_000);
+    let concurrency = arg(2, 64);
+    let value = Arc::new(vec![b'v'; arg(3, 100)]);
+    let broker = Broker::start();
+
+    let raw_topic = broker.create_topic("load-raw", 3).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer");
+    let raw = {
+        let value = value.clone();
+        measure(writes, concurrency, move |i| {
+            let producer = producer.clone();
+            let topic = raw_topic.clone();
+            let value = value.clone();
+            async move {
+                let key = format!("key-{i}");
+                let record = FutureRecord::to(&topic).key(&key).payload(value.as_slice());
+                producer.send(record, Duration::from_secs(1)).await.is_ok()
+            }
+        })
+        .await
+    };
+
+    let http_topic = broker.create_topic("load-http", 3).await;
+    let env = Env::from_pairs([
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("KV_API_KAFKA_KEY_VALUE_TOPIC", http_topic),
+        ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
+        ("KV_API_LISTEN", "127.0.0.1:0".to_owned()),
+    ])
+    .expect("env");
+    let app = App::build(Settings::from_env(&env).expect("settings"))
+        .await
+        .expect("writer");
+    let base = format!("http://127.0.0.1:{}/v1/kv/", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let through_writer = measure(writes, concurrency, move |i| {
+        let request = http
+            .put(format!("{base}key-{i}"))
+            .body(value.as_ref().clone())
+            .send();
+        async move { matches!(request.await, Ok(r) if r.status() == 200) }
+    })
+    .await;
+
+    println!(
+        "{writes} writes, {concurrency} concurrent, {} byte values",
+        arg(3, 100)
+    );
+    println!("raw rdkafka producer: {raw:.0} acked writes/s");
+    println!("kv-writer over HTTP:  {through_writer:.0} acked writes/s");
+    println!("ratio: {:.2}", through_writer / raw);
+}
