@@ -455,8 +455,16 @@ pub enum AuthGate {
 
 impl AuthGate {
     /// Discovers the provider unless auth is disabled; start-up fails when it cannot.
-    pub async fn from_settings(settings: &AuthSettings) -> Result<Self, DiscoveryError> {
+    /// `service` names the binary in the warning logged when auth is off.
+    pub async fn from_settings(
+        settings: &AuthSettings,
+        service: &str,
+    ) -> Result<Self, DiscoveryError> {
         if settings.disabled {
+            tracing::warn!(
+                "API auth is DISABLED (KV_API_DISABLE_API_AUTH=true): anyone who can reach \
+                 {service} can use it; this is for local development only"
+            );
             return Ok(Self::Disabled);
         }
         Ok(Self::Enabled(Arc::new(
@@ -526,7 +534,15 @@ pub mod operation {
 #[derive(Debug)]
 pub struct Authorized<K> {
     pub claims: Option<Claims>,
+    gate: web::Data<AuthGate>,
     _kind: std::marker::PhantomData<K>,
+}
+
+impl<K> Authorized<K> {
+    /// Whether the same caller may also perform `operation` (a batch that also deletes).
+    pub fn permits(&self, operation: Operation) -> Result<(), ApiError> {
+        Ok(self.gate.allows(self.claims.as_ref(), operation)?)
+    }
 }
 
 impl<K: operation::Kind + 'static> FromRequest for Authorized<K> {
@@ -543,6 +559,7 @@ impl<K: operation::Kind + 'static> FromRequest for Authorized<K> {
             let claims = gate.check(&request, K::OPERATION).await?;
             Ok(Self {
                 claims,
+                gate,
                 _kind: std::marker::PhantomData,
             })
         })

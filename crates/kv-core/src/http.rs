@@ -10,6 +10,24 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
 use crate::error::{ApiError, ErrorCode};
 
+/// Binds the listen address; port 0 picks a free port, which the returned address tells.
+pub fn bind(listen: &str) -> Result<(std::net::TcpListener, std::net::SocketAddr), ListenError> {
+    let error = |source| ListenError {
+        address: listen.to_owned(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(listen).map_err(error)?;
+    let address = listener.local_addr().map_err(error)?;
+    Ok((listener, address))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address}: {source}")]
+pub struct ListenError {
+    pub address: String,
+    pub source: std::io::Error,
+}
+
 pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 const MAX_CORRELATION_ID_LEN: usize = 128;

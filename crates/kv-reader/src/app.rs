@@ -1,18 +1,18 @@
 //! The composition root: `main` and the tests build the reader the same way.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
+use kv_core::auth::{AuthGate, DiscoveryError};
 use kv_core::http::{
-    correlation_id_middleware, json_config, method_not_allowed, path_config, query_config,
-    route_not_found,
+    bind, correlation_id_middleware, json_config, method_not_allowed, path_config, query_config,
+    route_not_found, ListenError,
 };
+use kv_core::metrics::{metrics_endpoint, metrics_middleware, Metrics};
 use kv_core::record::RecordCodec;
-use kv_core::settings::TopicEncryption;
 
 use crate::framing::{self, RegistryError, SchemaFraming};
 use crate::replica::{Replica, ReplicaError};
@@ -33,11 +33,10 @@ pub enum StartupError {
     Replica(#[from] ReplicaError),
     #[error(transparent)]
     SchemaRegistry(#[from] RegistryError),
-    #[error("cannot listen on {address}: {source}")]
-    Listen {
-        address: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("OpenID Connect: {0}")]
+    Auth(#[from] DiscoveryError),
     #[error("{0}")]
     Unsupported(&'static str),
 }
@@ -61,44 +60,24 @@ impl App {
         for notice in &settings.core.notices {
             tracing::warn!("{notice}");
         }
-        if matches!(settings.core.topic_encryption, TopicEncryption::On { .. }) {
-            return Err(StartupError::Unsupported(
-                "KV_API_ENCRYPT_DATA_ON_KAFKA=true is not supported by this build yet",
-            ));
-        }
         if settings.storage_password.is_some() {
             return Err(StartupError::Unsupported(
                 "KV_API_STATE_STORAGE_PASSWORD is not supported by this build yet; refusing to \
                  store state unencrypted",
             ));
         }
-        if !settings.core.auth.disabled {
-            return Err(StartupError::Unsupported(
-                "OpenID Connect auth is not supported by this build yet; refusing to serve \
-                 unauthenticated (set KV_API_DISABLE_API_AUTH=true for local development)",
-            ));
+        let auth = web::Data::new(AuthGate::from_settings(&settings.core.auth, "kv-reader").await?);
+        let codec = RecordCodec::for_topic(&settings.core.topic_encryption);
+        if matches!(codec, RecordCodec::Encrypted(_)) {
+            tracing::info!("records on the topic are encrypted (KV_API_ENCRYPT_DATA_ON_KAFKA)");
         }
-        tracing::warn!(
-            "API auth is DISABLED (KV_API_DISABLE_API_AUTH=true): anyone who can reach this port \
-             can read; use this for local development only"
-        );
-        let codec = RecordCodec::Plaintext;
         let store = Arc::new(Store::open(&settings.storage)?);
         match store.path() {
             Some(path) => tracing::info!(path = %path.display(), "replica stored on disk"),
             None => tracing::info!("replica kept in memory; it is rebuilt from the topic at start"),
         }
-        let listener =
-            TcpListener::bind(&settings.core.listen).map_err(|source| StartupError::Listen {
-                address: settings.core.listen.clone(),
-                source,
-            })?;
-        let address = listener
-            .local_addr()
-            .map_err(|source| StartupError::Listen {
-                address: settings.core.listen.clone(),
-                source,
-            })?;
+        let (listener, address) = bind(&settings.core.listen)?;
+        let metrics = web::Data::new(Metrics::new("kv-reader"));
         let framing = match &settings.schema_registry_url {
             None => SchemaFraming::default(),
             Some(url) => {
@@ -112,18 +91,20 @@ impl App {
                 framing
             }
         };
-        let replica = Replica::start(&settings, store.clone(), codec.clone(), framing)?;
+        let replica = Replica::start(&settings, store.clone(), codec, framing)?;
         let state = web::Data::new(ReaderState {
             store,
             progress: replica.progress(),
-            codec,
             read_your_writes_timeout: settings.read_your_writes_timeout,
         });
         let server = HttpServer::new(move || {
             actix_web::App::new()
                 .wrap(from_fn(routes::freshness_middleware))
+                .wrap(from_fn(metrics_middleware))
                 .wrap(from_fn(correlation_id_middleware))
                 .app_data(state.clone())
+                .app_data(auth.clone())
+                .app_data(metrics.clone())
                 .app_data(json_config(JSON_LIMIT))
                 .app_data(path_config())
                 .app_data(query_config())
@@ -155,10 +136,11 @@ impl App {
                 .route("/healthz", web::get().to(routes::started))
                 .route("/healthz/live", web::get().to(routes::live))
                 .route("/healthz/ready", web::get().to(routes::ready))
+                .route("/metrics", web::get().to(metrics_endpoint))
                 .default_service(web::to(route_not_found))
         })
         .listen(listener)
-        .map_err(|source| StartupError::Listen {
+        .map_err(|source| ListenError {
             address: address.to_string(),
             source,
         })?

@@ -292,9 +292,12 @@ impl Worker {
     fn change_for<'m>(&self, message: &'m BorrowedMessage<'_>) -> Option<Change<'m>> {
         match self.decode(message) {
             Ok(DecodedRecord::Put {
-                record_key, value, ..
+                record_key,
+                user_key,
+                value,
             }) => Some(Change::Put {
                 record_key,
+                user_key,
                 partition: message.partition(),
                 offset: message.offset(),
                 correlation_id: correlation_id(message),

@@ -14,10 +14,10 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
+use kv_core::auth::{operation, Authorized};
 use kv_core::consistency::{ConsistencyToken, CONSISTENCY_TOKEN_HEADER, CONSISTENCY_TOKEN_PARAM};
 use kv_core::error::{ApiError, ErrorCode};
 use kv_core::http::{key_from_path, CORRELATION_ID};
-use kv_core::record::RecordCodec;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -42,7 +42,6 @@ pub const MAX_LIST_LIMIT: usize = 1000;
 pub struct ReaderState {
     pub store: Arc<Store>,
     pub progress: Arc<Progress>,
-    pub codec: RecordCodec,
     pub read_your_writes_timeout: Duration,
 }
 
@@ -72,9 +71,8 @@ impl ReaderState {
     }
 
     fn lookup(&self, user_key: &[u8]) -> Result<StoredEntry, ApiError> {
-        let record_key = self.codec.record_key(user_key);
         self.store
-            .get(&record_key)
+            .get(user_key)
             .map_err(store_error)?
             .ok_or_else(ApiError::key_not_found)
     }
@@ -172,6 +170,7 @@ fn not_modified(request: &HttpRequest, etag: &str) -> bool {
 
 /// `GET /v1/kv/{key}`: the raw value bytes.
 pub async fn get_value(
+    _auth: Authorized<operation::Read>,
     request: HttpRequest,
     state: web::Data<ReaderState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -202,6 +201,7 @@ fn key_field(body: &serde_json::Map<String, Value>) -> Result<&str, ApiError> {
 
 /// `POST /retrieve` `{"key"}`, the original's read route: the value as text.
 pub async fn retrieve(
+    _auth: Authorized<operation::Read>,
     request: HttpRequest,
     body: web::Json<serde_json::Map<String, Value>>,
     state: web::Data<ReaderState>,
@@ -215,6 +215,7 @@ pub async fn retrieve(
 /// `POST /retrieve/b64` `{"key": base64}`, the original's binary read route: the value,
 /// base64-encoded, as text.
 pub async fn retrieve_b64(
+    _auth: Authorized<operation::Read>,
     request: HttpRequest,
     body: web::Json<serde_json::Map<String, Value>>,
     state: web::Data<ReaderState>,
@@ -287,6 +288,7 @@ struct BatchGetItem {
 /// snapshot; one result per key, in request order. A missing key is a result with
 /// `found: false` and the `key_not_found` error, not a failure of the whole batch.
 pub async fn batch_get(
+    _auth: Authorized<operation::Read>,
     request: HttpRequest,
     body: web::Json<BatchGetRequest>,
     state: web::Data<ReaderState>,
@@ -337,10 +339,9 @@ pub async fn batch_get(
         (body.keys_b64, keys)
     };
     state.prepare_read(&request).await?;
-    let record_keys: Vec<_> = keys.iter().map(|k| state.codec.record_key(k)).collect();
     let found = state
         .store
-        .get_many(record_keys.iter().map(|k| k.as_ref()))
+        .get_many(keys.iter().map(|k| k.as_ref()))
         .map_err(store_error)?;
     let missing = serde_json::json!({"code": ErrorCode::KeyNotFound, "message": ApiError::key_not_found().message});
     let results: Vec<BatchGetItem> = labels
@@ -398,6 +399,7 @@ struct ListedKey {
 /// `GET /v1/kv?prefix=&limit=&cursor=`: keys in byte order, a page at a time. `next_cursor` is
 /// `null` on the last page; pass it back as `cursor` for the next one.
 pub async fn list_keys(
+    _auth: Authorized<operation::Read>,
     request: HttpRequest,
     query: web::Query<ListQuery>,
     state: web::Data<ReaderState>,

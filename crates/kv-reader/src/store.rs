@@ -1,5 +1,9 @@
-//! The replica in redb: entries by record key, and the next offset per partition, written in the
+//! The replica in redb: entries by user key, and the next offset per partition, written in the
 //! same transaction so a restart neither re-applies nor loses anything.
+//!
+//! On an encrypted topic the record key is a MAC of the user key and a tombstone carries only
+//! that MAC, so `record_keys` maps each record key to its user key; on a plaintext topic the two
+//! are the same and that table stays empty.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -12,6 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use crate::settings::Storage;
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+const RECORD_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("record_keys");
 const NEXT_OFFSETS: TableDefinition<u32, u64> = TableDefinition::new("next_offsets");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
@@ -56,6 +61,7 @@ redb_from!(
 pub enum Change<'a> {
     Put {
         record_key: &'a [u8],
+        user_key: Cow<'a, [u8]>,
         partition: i32,
         offset: i64,
         correlation_id: Option<&'a [u8]>,
@@ -116,6 +122,7 @@ impl Store {
     fn ensure_tables(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.open_table(ENTRIES)?;
+        txn.open_table(RECORD_KEYS)?;
         txn.open_table(NEXT_OFFSETS)?;
         txn.open_table(META)?;
         txn.commit()?;
@@ -145,8 +152,10 @@ impl Store {
     pub fn reset(&self, topic: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.delete_table(ENTRIES)?;
+        txn.delete_table(RECORD_KEYS)?;
         txn.delete_table(NEXT_OFFSETS)?;
         txn.open_table(ENTRIES)?;
+        txn.open_table(RECORD_KEYS)?;
         txn.open_table(NEXT_OFFSETS)?;
         txn.open_table(META)?.insert("topic", topic)?;
         txn.commit()?;
@@ -162,21 +171,28 @@ impl Store {
         let txn = self.db.begin_write()?;
         {
             let mut entries = txn.open_table(ENTRIES)?;
+            let mut record_keys = txn.open_table(RECORD_KEYS)?;
             let mut encoded = Vec::new();
             for change in changes {
                 match change {
                     Change::Put {
                         record_key,
+                        user_key,
                         partition,
                         offset,
                         correlation_id,
                         value,
                     } => {
                         encode_entry(&mut encoded, *partition, *offset, *correlation_id, value);
-                        entries.insert(*record_key, encoded.as_slice())?;
+                        entries.insert(user_key.as_ref(), encoded.as_slice())?;
+                        if *record_key != user_key.as_ref() {
+                            record_keys.insert(*record_key, user_key.as_ref())?;
+                        }
                     }
                     Change::Delete { record_key } => {
-                        entries.remove(*record_key)?;
+                        let mapped = record_keys.remove(*record_key)?;
+                        let user_key = mapped.as_ref().map_or(*record_key, |k| k.value());
+                        entries.remove(user_key)?;
                     }
                 }
             }
@@ -189,10 +205,10 @@ impl Store {
         Ok(())
     }
 
-    pub fn get(&self, record_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {
+    pub fn get(&self, user_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {
         let txn = self.db.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
-        let Some(raw) = entries.get(record_key)? else {
+        let Some(raw) = entries.get(user_key)? else {
             return Ok(None);
         };
         decode_entry(raw.value()).map(Some)
@@ -201,11 +217,11 @@ impl Store {
     /// Looks many keys up in one read transaction, so the answers come from one snapshot.
     pub fn get_many<'k>(
         &self,
-        record_keys: impl IntoIterator<Item = &'k [u8]>,
+        user_keys: impl IntoIterator<Item = &'k [u8]>,
     ) -> Result<Vec<Option<StoredEntry>>, StoreError> {
         let txn = self.db.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
-        record_keys
+        user_keys
             .into_iter()
             .map(|key| match entries.get(key)? {
                 Some(raw) => decode_entry(raw.value()).map(Some),
@@ -309,6 +325,7 @@ mod tests {
     fn put<'a>(key: &'a [u8], offset: i64, value: &'a [u8]) -> Change<'a> {
         Change::Put {
             record_key: key,
+            user_key: Cow::Borrowed(key),
             partition: 0,
             offset,
             correlation_id: Some(b"corr-1"),
@@ -406,6 +423,39 @@ mod tests {
             .expect("get");
         assert_eq!(found[0], None);
         assert_eq!(found[1].as_ref().expect("present").value, b"v");
+    }
+
+    #[test]
+    fn on_an_encrypted_topic_entries_are_found_by_user_key_and_removed_by_record_key_tombstones() {
+        let store = Store::open(&Storage::Memory).expect("store");
+        let put = Change::Put {
+            record_key: b"mac-of-user-1",
+            user_key: Cow::Borrowed(b"user-1"),
+            partition: 0,
+            offset: 0,
+            correlation_id: None,
+            value: Cow::Borrowed(b"Ada"),
+        };
+        store
+            .apply(&[put], &BTreeMap::from([(0, 1)]))
+            .expect("apply");
+        assert_eq!(
+            store.get(b"user-1").expect("get").expect("present").value,
+            b"Ada"
+        );
+        assert_eq!(
+            store.list_keys(b"", None, 10).expect("list").0,
+            vec![b"user-1".to_vec()]
+        );
+        store
+            .apply(
+                &[Change::Delete {
+                    record_key: b"mac-of-user-1",
+                }],
+                &BTreeMap::from([(0, 2)]),
+            )
+            .expect("apply");
+        assert_eq!(store.get(b"user-1").expect("get"), None);
     }
 
     #[test]

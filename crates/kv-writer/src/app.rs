@@ -1,16 +1,15 @@
 //! The composition root: `main` and the tests build the writer the same way.
 
-use std::net::TcpListener;
-
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
+use kv_core::auth::{AuthGate, DiscoveryError};
 use kv_core::http::{
-    correlation_id_middleware, json_config, method_not_allowed, path_config, query_config,
-    route_not_found,
+    bind, correlation_id_middleware, json_config, method_not_allowed, path_config, query_config,
+    route_not_found, ListenError,
 };
+use kv_core::metrics::{metrics_endpoint, metrics_middleware, Metrics};
 use kv_core::record::RecordCodec;
-use kv_core::settings::TopicEncryption;
 
 use crate::batch;
 use crate::producer::KvProducer;
@@ -21,13 +20,10 @@ use crate::settings::Settings;
 pub enum StartupError {
     #[error("cannot create the Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("cannot listen on {address}: {source}")]
-    Listen {
-        address: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Unsupported(&'static str),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("OpenID Connect: {0}")]
+    Auth(#[from] DiscoveryError),
 }
 
 pub struct App {
@@ -50,34 +46,14 @@ impl App {
         for notice in &settings.core.notices {
             tracing::warn!("{notice}");
         }
-        if matches!(settings.core.topic_encryption, TopicEncryption::On { .. }) {
-            return Err(StartupError::Unsupported(
-                "KV_API_ENCRYPT_DATA_ON_KAFKA=true is not supported by this build yet; \
-                 refusing to write plaintext to a topic meant to be encrypted",
-            ));
+        let auth = web::Data::new(AuthGate::from_settings(&settings.core.auth, "kv-writer").await?);
+        let codec = RecordCodec::for_topic(&settings.core.topic_encryption);
+        if matches!(codec, RecordCodec::Encrypted(_)) {
+            tracing::info!("records on the topic are encrypted (KV_API_ENCRYPT_DATA_ON_KAFKA)");
         }
-        if !settings.core.auth.disabled {
-            return Err(StartupError::Unsupported(
-                "OpenID Connect auth is not supported by this build yet; refusing to serve \
-                 unauthenticated (set KV_API_DISABLE_API_AUTH=true for local development)",
-            ));
-        }
-        tracing::warn!(
-            "API auth is DISABLED (KV_API_DISABLE_API_AUTH=true): anyone who can reach this port \
-             can write; use this for local development only"
-        );
-        let producer = KvProducer::new(&settings, RecordCodec::Plaintext)?;
-        let listener =
-            TcpListener::bind(&settings.core.listen).map_err(|source| StartupError::Listen {
-                address: settings.core.listen.clone(),
-                source,
-            })?;
-        let address = listener
-            .local_addr()
-            .map_err(|source| StartupError::Listen {
-                address: settings.core.listen.clone(),
-                source,
-            })?;
+        let producer = KvProducer::new(&settings, codec)?;
+        let (listener, address) = bind(&settings.core.listen)?;
+        let metrics = web::Data::new(Metrics::new("kv-writer"));
         let state = web::Data::new(WriterState::new(&settings, producer.clone()));
         // Base64 makes a value a third larger and JSON escapes can double it; the value's own
         // limit is checked once decoded, with an error naming the field.
@@ -85,8 +61,11 @@ impl App {
         let batch_limit = settings.max_batch_bytes;
         let server = HttpServer::new(move || {
             actix_web::App::new()
+                .wrap(from_fn(metrics_middleware))
                 .wrap(from_fn(correlation_id_middleware))
                 .app_data(state.clone())
+                .app_data(auth.clone())
+                .app_data(metrics.clone())
                 .app_data(json_config(json_limit))
                 .app_data(path_config())
                 .app_data(query_config())
@@ -121,10 +100,11 @@ impl App {
                 .route("/healthz", web::get().to(routes::started))
                 .route("/healthz/live", web::get().to(routes::live))
                 .route("/healthz/ready", web::get().to(routes::ready))
+                .route("/metrics", web::get().to(metrics_endpoint))
                 .default_service(web::to(route_not_found))
         })
         .listen(listener)
-        .map_err(|source| StartupError::Listen {
+        .map_err(|source| ListenError {
             address: address.to_string(),
             source,
         })?

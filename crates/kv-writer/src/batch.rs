@@ -16,6 +16,7 @@ use actix_web::http::header::RETRY_AFTER;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::future::join_all;
+use kv_core::auth::{operation, Authorized, Operation};
 use kv_core::consistency::RecordPosition;
 use kv_core::error::{ApiError, ErrorCode};
 use kv_core::http::CorrelationId;
@@ -56,11 +57,15 @@ struct BatchResponse<'a> {
 }
 
 pub async fn batch(
+    auth: Authorized<operation::Write>,
     request: HttpRequest,
     body: web::Json<Map<String, Value>>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
     let writes = parse(&body, &state)?;
+    if writes.iter().any(|write| write.value.is_none()) {
+        auth.permits(Operation::Delete)?;
+    }
     let correlation = CorrelationId::of(&request);
 
     // Queued one after the other so their order on each partition is the items' order.

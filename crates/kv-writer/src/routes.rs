@@ -2,6 +2,7 @@
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use kv_core::auth::{operation, Authorized};
 use kv_core::consistency::{ConsistencyToken, RecordPosition};
 use kv_core::error::{ApiError, ErrorCode};
 use kv_core::http::{key_from_path, read_body, CorrelationId};
@@ -113,6 +114,7 @@ fn acknowledged(position: RecordPosition) -> HttpResponse {
 
 /// `PUT /v1/kv/{key}`: the body, whatever its content type, is the value.
 pub async fn put_value(
+    _auth: Authorized<operation::Write>,
     request: HttpRequest,
     body: web::Payload,
     state: web::Data<WriterState>,
@@ -131,6 +133,7 @@ pub async fn put_value(
 
 /// `DELETE /v1/kv/{key}`: writes a tombstone.
 pub async fn delete_value(
+    _auth: Authorized<operation::Delete>,
     request: HttpRequest,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -146,6 +149,7 @@ pub async fn delete_value(
 
 /// `POST /store` `{"key","value","headers"?}`, the original service's write route.
 pub async fn store(
+    _auth: Authorized<operation::Write>,
     request: HttpRequest,
     body: web::Json<Map<String, Value>>,
     state: web::Data<WriterState>,
@@ -157,6 +161,7 @@ pub async fn store(
 
 /// `POST /store/b64`: as `/store`, with key, value and header values in base64.
 pub async fn store_base64(
+    _auth: Authorized<operation::Write>,
     request: HttpRequest,
     body: web::Json<Map<String, Value>>,
     state: web::Data<WriterState>,
@@ -168,6 +173,7 @@ pub async fn store_base64(
 
 /// `POST /remove` `{"key"}`: writes a tombstone.
 pub async fn remove(
+    _auth: Authorized<operation::Delete>,
     request: HttpRequest,
     body: web::Json<Map<String, Value>>,
     state: web::Data<WriterState>,
