@@ -7,6 +7,8 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates crates
+# Embedded in the binaries, served at /openapi.yaml.
+COPY docs/openapi-writer.yaml docs/openapi-reader.yaml docs/
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \

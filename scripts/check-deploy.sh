@@ -12,7 +12,7 @@ done
 python3 -m json.tool compose/keycloak/demo-realm.json >/dev/null
 # Helm templates are not YAML until rendered; lint what is.
 yamllint -c .yamllint.yml compose/docker-compose.yml deploy/helm/kafka-kv/Chart.yaml \
-    deploy/helm/kafka-kv/values.yaml
+    deploy/helm/kafka-kv/values.yaml docs/openapi-writer.yaml docs/openapi-reader.yaml
 if command -v helm >/dev/null; then
     helm lint deploy/helm/kafka-kv --set auth.disabled=true
     for role in writer reader; do

@@ -7,6 +7,7 @@ use actix_web::error::{JsonPayloadError, PathError, PayloadError, QueryPayloadEr
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use tracing::Instrument;
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -64,7 +65,9 @@ fn correlation_id_from(request: &ServiceRequest) -> Result<CorrelationId, ApiErr
     }
 }
 
-/// Gives every request a correlation id and echoes it on every response, errors included.
+/// Gives every request a correlation id and echoes it on every response, errors included. The
+/// rest of the request runs in a `request` span carrying that id, so every log line of a request
+/// can be found by it.
 pub async fn correlation_id_middleware(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -77,8 +80,21 @@ pub async fn correlation_id_middleware(
         }
     };
     let header = HeaderValue::from_str(&id.0).ok();
+    // At error level so that the span, and with it the correlation id, is kept on every line
+    // that passes the filter, even with RUST_LOG=warn. The route *pattern*, never the raw path:
+    // paths hold keys, which must not reach the logs.
+    let span = tracing::error_span!(
+        "request",
+        correlation_id = %id.0,
+        method = %request.method(),
+        route = request.match_pattern().as_deref().unwrap_or("unmatched"),
+    );
     request.extensions_mut().insert(id);
-    let mut response = next.call(request).await?.map_into_left_body();
+    let mut response = next
+        .call(request)
+        .instrument(span)
+        .await?
+        .map_into_left_body();
     // A handler may answer with the correlation id of what it serves (a reader returns the
     // stored record's); otherwise the request's id is echoed.
     if let Some(header) = header {
@@ -264,6 +280,67 @@ mod tests {
             "abc-123"
         );
         assert_eq!(test::read_body(response).await, "abc-123");
+    }
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[actix_web::test]
+    async fn log_lines_of_a_request_carry_its_correlation_id_method_and_route_but_not_its_key() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        // A production-like filter: warnings only.
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        // The test runtime is single-threaded, so a thread-local subscriber sees the handler.
+        let _subscriber = tracing::subscriber::set_default(subscriber);
+        let app = test::init_service(App::new().wrap(from_fn(correlation_id_middleware)).route(
+            "/kv/{key:.*}",
+            web::get().to(|| async {
+                tracing::warn!("inside the handler");
+                HttpResponse::Ok().finish()
+            }),
+        ))
+        .await;
+        test::call_service(
+            &app,
+            test::TestRequest::get()
+                .uri("/kv/secret-key")
+                .insert_header(("X-Correlation-Id", "span-test-1"))
+                .to_request(),
+        )
+        .await;
+
+        let logs =
+            String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
+        let line = logs
+            .lines()
+            .find(|line| line.contains("inside the handler"))
+            .unwrap_or_else(|| panic!("the handler's line is missing: {logs}"));
+        let line: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert_eq!(line["span"]["correlation_id"], "span-test-1", "{line}");
+        assert_eq!(line["span"]["method"], "GET", "{line}");
+        assert_eq!(line["span"]["route"], "/kv/{key:.*}", "{line}");
+        assert!(
+            !logs.contains("secret-key"),
+            "keys must not reach the logs: {logs}"
+        );
     }
 
     #[actix_web::test]

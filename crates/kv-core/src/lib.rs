@@ -9,6 +9,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod record;
+pub mod routing;
 pub mod secret;
 pub mod settings;
 pub mod telemetry;

@@ -7,14 +7,16 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::middleware::Next;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpResponse, ResponseError};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::error::ApiError;
+
 /// Latency buckets from 100 µs to 10 s: reads are sub-millisecond, acked writes milliseconds,
 /// and outages hit the produce timeout.
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
@@ -85,14 +87,10 @@ impl Metrics {
     }
 
     /// The registry in Prometheus text format.
-    pub fn render(&self) -> HttpResponse {
+    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
         let mut buffer = Vec::with_capacity(16 * 1024);
-        match TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
-            Ok(()) => HttpResponse::Ok()
-                .insert_header((CONTENT_TYPE, prometheus::TEXT_FORMAT))
-                .body(buffer),
-            Err(error) => HttpResponse::InternalServerError().body(error.to_string()),
-        }
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        Ok(buffer)
     }
 }
 
@@ -120,7 +118,20 @@ pub async fn metrics_middleware(
 
 /// `GET /metrics`.
 pub async fn metrics_endpoint(metrics: web::Data<Metrics>) -> HttpResponse {
-    metrics.render()
+    // Role collectors read a store or the file system while gathering, so gathering runs on the
+    // blocking pool, never on an HTTP worker.
+    let encoded = web::block(move || metrics.encode()).await;
+    match encoded {
+        Ok(Ok(buffer)) => HttpResponse::Ok()
+            .insert_header((CONTENT_TYPE, prometheus::TEXT_FORMAT))
+            .body(buffer),
+        Ok(Err(error)) => {
+            ApiError::internal(format!("cannot encode the metrics: {error}")).error_response()
+        }
+        Err(error) => {
+            ApiError::internal(format!("cannot gather the metrics: {error}")).error_response()
+        }
+    }
 }
 
 #[cfg(test)]

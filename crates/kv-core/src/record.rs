@@ -51,6 +51,18 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every decode error, so a skipped-records counter can show each reason at zero before the
+    /// first skip (an alert on its increase then sees the first one). Keep in step with `reason`.
+    pub const ALL: [DecodeError; 7] = [
+        Self::MissingKey,
+        Self::EmptyKey,
+        Self::Envelope(EnvelopeError::NotEncrypted),
+        Self::Envelope(EnvelopeError::Truncated),
+        Self::Envelope(EnvelopeError::WrongKey),
+        Self::Envelope(EnvelopeError::Undecryptable),
+        Self::Envelope(EnvelopeError::KeyMismatch),
+    ];
+
     /// A short, stable label for metrics and logs.
     pub fn reason(self) -> &'static str {
         match self {
@@ -190,6 +202,13 @@ mod tests {
                 value: Cow::Owned(b"Ada".to_vec()),
             }
         );
+    }
+
+    #[test]
+    fn every_decode_error_has_its_own_reason() {
+        let reasons: std::collections::BTreeSet<&str> =
+            DecodeError::ALL.iter().map(|e| e.reason()).collect();
+        assert_eq!(reasons.len(), DecodeError::ALL.len());
     }
 
     #[test]

@@ -834,6 +834,36 @@ mod tests {
     }
 
     #[test]
+    fn the_aes_key_is_read_from_the_first_line_of_its_file() {
+        let dir = std::env::temp_dir().join(format!("kv-aes-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("aes.key");
+        std::fs::write(&file, format!("{HEX_KEY}\nignored second line\n")).expect("write");
+        let settings = core(&[
+            ("KV_API_ENCRYPT_DATA_ON_KAFKA", "true"),
+            (
+                "KV_API_AES_KEY_LOCATION",
+                file.to_str().expect("utf-8 path"),
+            ),
+        ])
+        .expect("settings");
+        assert!(
+            matches!(settings.topic_encryption, TopicEncryption::On { key } if key.expose()[0] == 0x00 && key.expose()[1] == 0x11)
+        );
+        std::fs::write(&file, "not hex\n").expect("write");
+        let err = core(&[
+            ("KV_API_ENCRYPT_DATA_ON_KAFKA", "true"),
+            (
+                "KV_API_AES_KEY_LOCATION",
+                file.to_str().expect("utf-8 path"),
+            ),
+        ])
+        .expect_err("must fail");
+        assert_eq!(err.var, "KV_API_AES_KEY_LOCATION");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn encryption_without_a_key_is_refused() {
         let err = core(&[("KV_API_ENCRYPT_DATA_ON_KAFKA", "true")]).expect_err("must fail");
         assert_eq!(err.var, "KV_API_AES_KEY");

@@ -266,7 +266,11 @@ impl Service {
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let address = rest.split_whitespace().next().unwrap_or_default();
+                        // The address ends at a space (text logs) or a quote (JSON logs).
+                        let address = rest
+                            .split(|c: char| c.is_whitespace() || c == '"')
+                            .next()
+                            .unwrap_or_default();
                         address_tx.send(address.to_owned()).ok();
                     }
                     log.lock().expect("log lock").push(line);
@@ -504,4 +508,213 @@ fn oidc_provider_script() -> PathBuf {
         "installing the OpenID provider failed"
     );
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// The value of the first sample of metric `name` (Prometheus text format) whose labels include
+/// every one of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// Checks that a service's OpenAPI document and the routes it serves agree.
+pub mod openapi {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use reqwest::Method;
+    use serde_json::Value;
+
+    use super::Service;
+
+    /// Methods an OpenAPI path item may hold that the services could serve.
+    const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
+
+    /// A parsed OpenAPI document.
+    #[derive(Debug)]
+    pub struct Document(Value);
+
+    impl Document {
+        pub fn parse(yaml: &str) -> Document {
+            Document(serde_yaml::from_str(yaml).expect("the OpenAPI document is YAML"))
+        }
+
+        /// Every operation as (METHOD, path), with whether it is anonymous (`security: []`;
+        /// operations without `security` take the document's).
+        pub fn operations(&self) -> BTreeMap<(String, String), bool> {
+            let global_anonymous = self.0["security"]
+                .as_array()
+                .is_none_or(|requirements| requirements.is_empty());
+            let mut operations = BTreeMap::new();
+            for (path, item) in self.0["paths"].as_object().expect("`paths`") {
+                for method in METHODS {
+                    if let Some(operation) = item.get(method) {
+                        let anonymous = match operation.get("security") {
+                            Some(security) => security.as_array().is_some_and(|s| s.is_empty()),
+                            None => global_anonymous,
+                        };
+                        operations.insert((method.to_uppercase(), path.clone()), anonymous);
+                    }
+                }
+            }
+            operations
+        }
+
+        pub fn paths(&self) -> BTreeSet<String> {
+            self.operations()
+                .into_keys()
+                .map(|(_, path)| path)
+                .collect()
+        }
+
+        /// Whether the operation declares a JSON request body.
+        pub fn takes_json(&self, method: &str, path: &str) -> bool {
+            !self.0["paths"][path][method.to_lowercase()]["requestBody"]["content"]
+                ["application/json"]
+                .is_null()
+        }
+
+        pub fn get(&self) -> &Value {
+            &self.0
+        }
+
+        /// Every `$ref` that does not point at something in the document.
+        pub fn unresolved_references(&self) -> Vec<String> {
+            fn walk(value: &Value, root: &Value, unresolved: &mut Vec<String>) {
+                match value {
+                    Value::Object(map) => {
+                        if let Some(Value::String(target)) = map.get("$ref") {
+                            let found = target
+                                .strip_prefix('#')
+                                .and_then(|pointer| root.pointer(pointer));
+                            if found.is_none() {
+                                unresolved.push(target.clone());
+                            }
+                        }
+                        map.values().for_each(|v| walk(v, root, unresolved));
+                    }
+                    Value::Array(items) => items.iter().for_each(|v| walk(v, root, unresolved)),
+                    _ => {}
+                }
+            }
+            let mut unresolved = Vec::new();
+            walk(&self.0, &self.0, &mut unresolved);
+            unresolved
+        }
+    }
+
+    /// What a service answered: status and, for JSON errors, the error code.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Answer {
+        pub status: u16,
+        pub code: Option<String>,
+    }
+
+    impl Answer {
+        /// Whether the router found nothing to serve: an unknown route or a wrong method.
+        pub fn is_unrouted(&self) -> bool {
+            (self.status == 404 && self.code.as_deref() == Some("not_found")) || self.status == 405
+        }
+    }
+
+    /// Calls `method path` (with `{key}`-like segments filled in) on the service, with an empty
+    /// JSON object as body when the document says the operation takes JSON.
+    pub async fn call(
+        http: &reqwest::Client,
+        service: &Service,
+        document: &Document,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> Answer {
+        let url = service.url(&fill_parameters(path));
+        let mut request = http.request(Method::from_bytes(method.as_bytes()).expect("method"), url);
+        if document.takes_json(method, path) {
+            request = request.json(&serde_json::json!({}));
+        } else if method == "PUT" || method == "POST" || method == "PATCH" {
+            request = request.body("probe");
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the service answers");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Answer {
+            status,
+            code: body["error"]["code"].as_str().map(str::to_owned),
+        }
+    }
+
+    /// `/v1/kv/{key}` becomes `/v1/kv/probe-key`.
+    pub fn fill_parameters(path: &str) -> String {
+        let mut filled = String::with_capacity(path.len());
+        let mut in_parameter = false;
+        for c in path.chars() {
+            match c {
+                '{' => in_parameter = true,
+                '}' => {
+                    in_parameter = false;
+                    filled.push_str("probe-key");
+                }
+                _ if in_parameter => {}
+                _ => filled.push(c),
+            }
+        }
+        filled
+    }
+
+    /// The requests of a REST Client file (`docs/usage.http`) sent to `{{base}}`, as
+    /// (METHOD, path without the query).
+    pub fn usage_requests(http_file: &str, base: &str) -> Vec<(String, String)> {
+        let prefix = format!("{{{{{base}}}}}");
+        http_file
+            .lines()
+            .filter_map(|line| {
+                let (method, target) = line.split_once(' ')?;
+                if !METHODS.contains(&method.to_lowercase().as_str()) {
+                    return None;
+                }
+                let path = target.trim().strip_prefix(&prefix)?;
+                let path = path.split('?').next().unwrap_or_default();
+                Some((method.to_owned(), path.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Whether a concrete path is an instance of a document's path template.
+    pub fn instance_of(path: &str, template: &str) -> bool {
+        let mut concrete = path.split('/');
+        let mut pattern = template.split('/');
+        loop {
+            match (concrete.next(), pattern.next()) {
+                (None, None) => return true,
+                (Some(segment), Some(expected)) if expected.starts_with('{') => {
+                    if segment.is_empty() {
+                        return false;
+                    }
+                }
+                (Some(segment), Some(expected)) if segment == expected => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// Methods a document's path does not list, for checking that they are refused.
+    pub fn other_methods(operations: &BTreeMap<(String, String), bool>, path: &str) -> Vec<String> {
+        METHODS
+            .iter()
+            .map(|m| m.to_uppercase())
+            .filter(|m| !operations.contains_key(&(m.clone(), path.to_owned())))
+            .collect()
+    }
 }

@@ -8,16 +8,18 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
 use kv_core::auth::{AuthGate, DiscoveryError};
 use kv_core::http::{
-    bind, correlation_id_middleware, json_config, method_not_allowed, path_config, query_config,
-    route_not_found, ListenError,
+    bind, correlation_id_middleware, json_config, path_config, query_config, route_not_found,
+    ListenError,
 };
-use kv_core::metrics::{metrics_endpoint, metrics_middleware, Metrics};
+use kv_core::metrics::{metrics_middleware, Metrics};
 use kv_core::record::RecordCodec;
+use kv_core::routing::register;
 
 use crate::framing::{self, RegistryError, SchemaFraming};
+use crate::metrics::ReplicaCollector;
 use crate::replica::{Replica, ReplicaError};
 use crate::routes::{self, ReaderState};
-use crate::settings::Settings;
+use crate::settings::{Settings, Storage};
 use crate::store::{Store, StoreError};
 
 /// JSON request bodies of the read routes hold a key or a list of keys.
@@ -35,8 +37,12 @@ pub enum StartupError {
     SchemaRegistry(#[from] RegistryError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("cannot register the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("OpenID Connect: {0}")]
     Auth(#[from] DiscoveryError),
+    #[error("a start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Unsupported(&'static str),
 }
@@ -60,18 +66,30 @@ impl App {
         for notice in &settings.core.notices {
             tracing::warn!("{notice}");
         }
-        if settings.storage_password.is_some() {
-            return Err(StartupError::Unsupported(
-                "KV_API_STATE_STORAGE_PASSWORD is not supported by this build yet; refusing to \
-                 store state unencrypted",
-            ));
-        }
         let auth = web::Data::new(AuthGate::from_settings(&settings.core.auth, "kv-reader").await?);
         let codec = RecordCodec::for_topic(&settings.core.topic_encryption);
         if matches!(codec, RecordCodec::Encrypted(_)) {
             tracing::info!("records on the topic are encrypted (KV_API_ENCRYPT_DATA_ON_KAFKA)");
         }
-        let store = Arc::new(Store::open(&settings.storage)?);
+        let password = match (&settings.storage, &settings.storage_password) {
+            (Storage::Disk { .. }, password) => password.as_ref(),
+            (Storage::Memory, Some(_)) => {
+                tracing::warn!(
+                    "KV_API_STATE_STORAGE_PASSWORD has no effect on a store kept in memory"
+                );
+                None
+            }
+            (Storage::Memory, None) => None,
+        };
+        // PBKDF2 costs a fraction of a second by design; keep it off the async runtime.
+        let storage = settings.storage.clone();
+        let password = password.cloned();
+        let store =
+            tokio::task::spawn_blocking(move || Store::open(&storage, password.as_ref())).await??;
+        let store = Arc::new(store);
+        if store.is_encrypted() {
+            tracing::info!("the replica is encrypted at rest (KV_API_STATE_STORAGE_PASSWORD)");
+        }
         match store.path() {
             Some(path) => tracing::info!(path = %path.display(), "replica stored on disk"),
             None => tracing::info!("replica kept in memory; it is rebuilt from the topic at start"),
@@ -97,6 +115,10 @@ impl App {
             progress: replica.progress(),
             read_your_writes_timeout: settings.read_your_writes_timeout,
         });
+        metrics.registry().register(Box::new(ReplicaCollector::new(
+            state.store.clone(),
+            state.progress.clone(),
+        )?))?;
         let server = HttpServer::new(move || {
             actix_web::App::new()
                 .wrap(from_fn(routes::freshness_middleware))
@@ -108,35 +130,7 @@ impl App {
                 .app_data(json_config(JSON_LIMIT))
                 .app_data(path_config())
                 .app_data(query_config())
-                .service(
-                    web::resource("/retrieve")
-                        .post(routes::retrieve)
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/retrieve/b64")
-                        .post(routes::retrieve_b64)
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/kv:batchGet")
-                        .post(routes::batch_get)
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/kv")
-                        .get(routes::list_keys)
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/kv/{key:.*}")
-                        .get(routes::get_value)
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .route("/healthz", web::get().to(routes::started))
-                .route("/healthz/live", web::get().to(routes::live))
-                .route("/healthz/ready", web::get().to(routes::ready))
-                .route("/metrics", web::get().to(metrics_endpoint))
+                .configure(|config| register(config, routes::endpoints()))
                 .default_service(web::to(route_not_found))
         })
         .listen(listener)

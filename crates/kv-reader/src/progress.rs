@@ -64,6 +64,7 @@ pub struct Progress {
     /// Records applied (or skipped) since this process started; after a restart it shows that
     /// nothing already in a disk store was applied again.
     records_applied: AtomicU64,
+    tombstones_applied: AtomicU64,
 }
 
 impl Default for Progress {
@@ -76,6 +77,7 @@ impl Default for Progress {
             skipped: Mutex::default(),
             rebuilds: AtomicU64::new(0),
             records_applied: AtomicU64::new(0),
+            tombstones_applied: AtomicU64::new(0),
         }
     }
 }
@@ -90,6 +92,8 @@ pub struct Report {
     pub skipped_records: SkippedRecords,
     pub rebuilds: u64,
     pub records_applied: u64,
+    /// Deletes among `records_applied`.
+    pub tombstones_applied: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,6 +126,7 @@ impl Progress {
             },
             rebuilds: self.rebuilds.load(Ordering::Relaxed),
             records_applied: self.records_applied.load(Ordering::Relaxed),
+            tombstones_applied: self.tombstones_applied.load(Ordering::Relaxed),
             partitions,
         }
     }
@@ -233,6 +238,12 @@ impl Progress {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(reason)
             .or_default() += 1;
+    }
+
+    /// Counts the tombstones of a batch committed to the store.
+    pub(crate) fn count_tombstones(&self, tombstones: usize) {
+        self.tombstones_applied
+            .fetch_add(tombstones as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn count_rebuild(&self) {

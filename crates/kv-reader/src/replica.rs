@@ -256,6 +256,11 @@ impl Worker {
             if !next_offsets.is_empty() {
                 self.store.apply(&changes, &next_offsets)?;
                 self.hand_offsets_to_kafka(&next_offsets);
+                let tombstones = changes
+                    .iter()
+                    .filter(|change| matches!(change, Change::Delete { .. }))
+                    .count();
+                self.progress.count_tombstones(tombstones);
             }
             drop(changes);
             let records = batch.len();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, ContentType, HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -18,6 +19,8 @@ use kv_core::auth::{operation, Authorized};
 use kv_core::consistency::{ConsistencyToken, CONSISTENCY_TOKEN_HEADER, CONSISTENCY_TOKEN_PARAM};
 use kv_core::error::{ApiError, ErrorCode};
 use kv_core::http::{key_from_path, CORRELATION_ID};
+use kv_core::metrics::metrics_endpoint;
+use kv_core::routing::{openapi_document, Endpoint};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -37,6 +40,26 @@ pub const MAX_BATCH_KEYS: usize = 1000;
 /// Keys per listing page: default and maximum.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// The reader's OpenAPI document, served at `GET /openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi-reader.yaml");
+
+/// Every route the reader serves. The app registers exactly these, and the OpenAPI test checks
+/// the document against them.
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new("/v1/kv/{key:.*}").on(Method::GET, web::to(get_value)),
+        Endpoint::new("/v1/kv").on(Method::GET, web::to(list_keys)),
+        Endpoint::new("/v1/kv:batchGet").on(Method::POST, web::to(batch_get)),
+        Endpoint::new("/retrieve").on(Method::POST, web::to(retrieve)),
+        Endpoint::new("/retrieve/b64").on(Method::POST, web::to(retrieve_b64)),
+        Endpoint::new("/healthz").on(Method::GET, web::to(started)),
+        Endpoint::new("/healthz/live").on(Method::GET, web::to(live)),
+        Endpoint::new("/healthz/ready").on(Method::GET, web::to(ready)),
+        Endpoint::new("/metrics").on(Method::GET, web::to(metrics_endpoint)),
+        Endpoint::new("/openapi.yaml").on(Method::GET, openapi_document(OPENAPI)),
+    ]
+}
 
 #[derive(Debug)]
 pub struct ReaderState {

@@ -4,15 +4,22 @@
 //! On an encrypted topic the record key is a MAC of the user key and a tombstone carries only
 //! that MAC, so `record_keys` maps each record key to its user key; on a plaintext topic the two
 //! are the same and that table stays empty.
+//!
+//! With a password (see [`crate::at_rest`]) keys are stored as keyed MACs and entries sealed, so
+//! the file holds neither keys nor values in clear; offsets and the topic name stay readable.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+
+use kv_core::secret::Secret;
 
 use redb::backends::InMemoryBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use crate::at_rest::{StoreCipher, DEFAULT_ITERATIONS};
 use crate::settings::Storage;
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
@@ -37,6 +44,16 @@ pub enum StoreError {
     Redb(#[from] redb::Error),
     #[error("a stored entry is corrupt")]
     CorruptEntry,
+    #[error(
+        "KV_API_STATE_STORAGE_PASSWORD does not open the store at {0}: wrong password \
+         (delete the store to rebuild it from the topic under a new password)"
+    )]
+    WrongPassword(PathBuf),
+    #[error("the store at {path} {problem}")]
+    EncryptionMismatch {
+        path: PathBuf,
+        problem: &'static str,
+    },
 }
 
 macro_rules! redb_from {
@@ -86,10 +103,14 @@ pub struct Store {
     db: Database,
     /// Where the file is, for log lines; `None` in memory.
     path: Option<PathBuf>,
+    /// Present when the store is encrypted at rest.
+    cipher: Option<StoreCipher>,
 }
 
 impl Store {
-    pub fn open(storage: &Storage) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store; with `password`, encrypted at rest. A password given for a
+    /// store written without one, or the reverse, is refused rather than guessed at.
+    pub fn open(storage: &Storage, password: Option<&Secret<String>>) -> Result<Self, StoreError> {
         let (db, path) = match storage {
             Storage::Memory => {
                 let db = Database::builder()
@@ -109,9 +130,78 @@ impl Store {
                 (db, Some(path))
             }
         };
-        let store = Self { db, path };
+        let mut store = Self {
+            db,
+            path,
+            cipher: None,
+        };
         store.ensure_tables()?;
+        store.cipher = store.at_rest_cipher(password)?;
         Ok(store)
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    fn at_rest_cipher(
+        &self,
+        password: Option<&Secret<String>>,
+    ) -> Result<Option<StoreCipher>, StoreError> {
+        let path = self
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(memory)"));
+        let txn = self.db.begin_write()?;
+        let cipher = {
+            let mut meta = txn.open_table(META)?;
+            let salt = meta.get("kdf_salt")?.map(|v| v.value().to_owned());
+            let iterations = meta.get("kdf_iterations")?.map(|v| v.value().to_owned());
+            let check = meta.get("password_check")?.map(|v| v.value().to_owned());
+            match (password, salt, iterations, check) {
+                (None, None, _, _) => None,
+                (None, Some(_), _, _) => {
+                    return Err(StoreError::EncryptionMismatch {
+                        path,
+                        problem: "is encrypted at rest: set KV_API_STATE_STORAGE_PASSWORD",
+                    })
+                }
+                (Some(password), Some(salt), Some(iterations), Some(check)) => {
+                    let salt = from_hex(&salt).ok_or(StoreError::CorruptEntry)?;
+                    let iterations = iterations
+                        .parse::<u32>()
+                        .ok()
+                        .and_then(NonZeroU32::new)
+                        .ok_or(StoreError::CorruptEntry)?;
+                    let cipher = StoreCipher::derive(password.expose(), &salt, iterations);
+                    if to_hex(cipher.check_value()) != check {
+                        return Err(StoreError::WrongPassword(path));
+                    }
+                    Some(cipher)
+                }
+                (Some(_), Some(_), _, _) => return Err(StoreError::CorruptEntry),
+                (Some(password), None, _, _) => {
+                    let holds_data = !txn.open_table(ENTRIES)?.is_empty()?
+                        || !txn.open_table(NEXT_OFFSETS)?.is_empty()?;
+                    if holds_data {
+                        return Err(StoreError::EncryptionMismatch {
+                            path,
+                            problem: "was written without encryption at rest; delete it to \
+                                      rebuild it from the topic encrypted",
+                        });
+                    }
+                    let salt = StoreCipher::new_salt();
+                    let iterations = NonZeroU32::new(DEFAULT_ITERATIONS).unwrap_or(NonZeroU32::MIN);
+                    let cipher = StoreCipher::derive(password.expose(), &salt, iterations);
+                    meta.insert("kdf_salt", to_hex(&salt).as_str())?;
+                    meta.insert("kdf_iterations", iterations.to_string().as_str())?;
+                    meta.insert("password_check", to_hex(cipher.check_value()).as_str())?;
+                    Some(cipher)
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(cipher)
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -184,15 +274,40 @@ impl Store {
                         value,
                     } => {
                         encode_entry(&mut encoded, *partition, *offset, *correlation_id, value);
-                        entries.insert(user_key.as_ref(), encoded.as_slice())?;
-                        if *record_key != user_key.as_ref() {
-                            record_keys.insert(*record_key, user_key.as_ref())?;
+                        match &self.cipher {
+                            None => {
+                                entries.insert(user_key.as_ref(), encoded.as_slice())?;
+                                if *record_key != user_key.as_ref() {
+                                    record_keys.insert(*record_key, user_key.as_ref())?;
+                                }
+                            }
+                            Some(cipher) => {
+                                let index = cipher.index(user_key);
+                                let key_len = (user_key.len() as u32).to_be_bytes();
+                                let sealed = cipher.seal(&index, &[&key_len, user_key, &encoded]);
+                                entries.insert(index.as_slice(), sealed.as_slice())?;
+                                if *record_key != user_key.as_ref() {
+                                    let sealed_key = cipher.seal(record_key, &[user_key]);
+                                    record_keys.insert(*record_key, sealed_key.as_slice())?;
+                                }
+                            }
                         }
                     }
                     Change::Delete { record_key } => {
-                        let mapped = record_keys.remove(*record_key)?;
-                        let user_key = mapped.as_ref().map_or(*record_key, |k| k.value());
-                        entries.remove(user_key)?;
+                        let mapped = match record_keys.remove(*record_key)? {
+                            None => None,
+                            Some(mapped) => Some(match &self.cipher {
+                                None => mapped.value().to_vec(),
+                                Some(cipher) => cipher
+                                    .open(record_key, mapped.value())
+                                    .map_err(|_| StoreError::CorruptEntry)?,
+                            }),
+                        };
+                        let user_key = mapped.as_deref().unwrap_or(record_key);
+                        match &self.cipher {
+                            None => entries.remove(user_key)?,
+                            Some(cipher) => entries.remove(cipher.index(user_key).as_slice())?,
+                        };
                     }
                 }
             }
@@ -208,10 +323,30 @@ impl Store {
     pub fn get(&self, user_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {
         let txn = self.db.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
-        let Some(raw) = entries.get(user_key)? else {
-            return Ok(None);
-        };
-        decode_entry(raw.value()).map(Some)
+        self.lookup(&entries, user_key)
+    }
+
+    fn lookup(
+        &self,
+        entries: &redb::ReadOnlyTable<&[u8], &[u8]>,
+        user_key: &[u8],
+    ) -> Result<Option<StoredEntry>, StoreError> {
+        match &self.cipher {
+            None => match entries.get(user_key)? {
+                Some(raw) => decode_entry(raw.value()).map(Some),
+                None => Ok(None),
+            },
+            Some(cipher) => {
+                let index = cipher.index(user_key);
+                match entries.get(index.as_slice())? {
+                    Some(sealed) => {
+                        let (_, entry) = open_entry(cipher, &index, sealed.value())?;
+                        decode_entry(&entry).map(Some)
+                    }
+                    None => Ok(None),
+                }
+            }
+        }
     }
 
     /// Looks many keys up in one read transaction, so the answers come from one snapshot.
@@ -223,10 +358,7 @@ impl Store {
         let entries = txn.open_table(ENTRIES)?;
         user_keys
             .into_iter()
-            .map(|key| match entries.get(key)? {
-                Some(raw) => decode_entry(raw.value()).map(Some),
-                None => Ok(None),
-            })
+            .map(|key| self.lookup(&entries, key))
             .collect()
     }
 
@@ -240,6 +372,9 @@ impl Store {
     ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
         let txn = self.db.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
+        if let Some(cipher) = &self.cipher {
+            return list_sealed_keys(cipher, &entries, prefix, after, limit);
+        }
         let start = match after {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
@@ -263,6 +398,60 @@ impl Store {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(ENTRIES)?.len()?)
     }
+}
+
+/// Listing an encrypted store: its table is ordered by MAC, not by key, so every key is opened
+/// and sorted; the cost grows with the store (see docs/operations.md).
+fn list_sealed_keys(
+    cipher: &StoreCipher,
+    entries: &redb::ReadOnlyTable<&[u8], &[u8]>,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
+    let mut keys = Vec::new();
+    for row in entries.iter()? {
+        let (index, sealed) = row?;
+        let (key, _) = open_entry(cipher, index.value(), sealed.value())?;
+        if key.starts_with(prefix) && after.is_none_or(|after| key.as_slice() > after) {
+            keys.push(key);
+        }
+    }
+    keys.sort_unstable();
+    let more = keys.len() > limit;
+    keys.truncate(limit);
+    Ok((keys, more))
+}
+
+/// Opens a sealed entry into its user key and its plaintext entry bytes.
+fn open_entry(
+    cipher: &StoreCipher,
+    index: &[u8],
+    sealed: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let plain = cipher
+        .open(index, sealed)
+        .map_err(|_| StoreError::CorruptEntry)?;
+    let (len, rest) = plain.split_at_checked(4).ok_or(StoreError::CorruptEntry)?;
+    let key_len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let (key, entry) = rest
+        .split_at_checked(key_len)
+        .ok_or(StoreError::CorruptEntry)?;
+    Ok((key.to_vec(), entry.to_vec()))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn resolve_location(location: &Path) -> PathBuf {
@@ -335,7 +524,7 @@ mod tests {
 
     #[test]
     fn an_applied_put_is_readable_with_its_origin() {
-        let store = Store::open(&Storage::Memory).expect("store");
+        let store = Store::open(&Storage::Memory, None).expect("store");
         store
             .apply(&[put(b"k", 7, b"v")], &BTreeMap::from([(0, 8)]))
             .expect("apply");
@@ -351,7 +540,7 @@ mod tests {
 
     #[test]
     fn a_delete_removes_the_entry_and_an_empty_value_is_kept() {
-        let store = Store::open(&Storage::Memory).expect("store");
+        let store = Store::open(&Storage::Memory, None).expect("store");
         store
             .apply(
                 &[
@@ -378,13 +567,13 @@ mod tests {
             location: dir.path().to_owned(),
         };
         {
-            let store = Store::open(&storage).expect("store");
+            let store = Store::open(&storage, None).expect("store");
             store.reset("topic-a").expect("reset");
             store
                 .apply(&[put(b"k", 41, b"v")], &BTreeMap::from([(2, 42)]))
                 .expect("apply");
         }
-        let store = Store::open(&storage).expect("reopen");
+        let store = Store::open(&storage, None).expect("reopen");
         assert_eq!(store.path(), Some(dir.path().join(FILE_NAME).as_path()));
         assert_eq!(store.topic().expect("topic").as_deref(), Some("topic-a"));
         assert_eq!(
@@ -396,7 +585,7 @@ mod tests {
 
     #[test]
     fn listing_pages_through_the_keys_of_a_prefix_in_byte_order() {
-        let store = Store::open(&Storage::Memory).expect("store");
+        let store = Store::open(&Storage::Memory, None).expect("store");
         let keys: [&[u8]; 5] = [b"a", b"user/1", b"user/2", b"user/3", b"v"];
         let changes: Vec<_> = keys.iter().map(|k| put(k, 0, b"x")).collect();
         store
@@ -414,7 +603,7 @@ mod tests {
 
     #[test]
     fn get_many_answers_each_key_in_request_order() {
-        let store = Store::open(&Storage::Memory).expect("store");
+        let store = Store::open(&Storage::Memory, None).expect("store");
         store
             .apply(&[put(b"k", 3, b"v")], &BTreeMap::from([(0, 4)]))
             .expect("apply");
@@ -427,7 +616,7 @@ mod tests {
 
     #[test]
     fn on_an_encrypted_topic_entries_are_found_by_user_key_and_removed_by_record_key_tombstones() {
-        let store = Store::open(&Storage::Memory).expect("store");
+        let store = Store::open(&Storage::Memory, None).expect("store");
         let put = Change::Put {
             record_key: b"mac-of-user-1",
             user_key: Cow::Borrowed(b"user-1"),
@@ -460,12 +649,120 @@ mod tests {
 
     #[test]
     fn reset_empties_entries_and_offsets() {
-        let store = Store::open(&Storage::Memory).expect("store");
+        let store = Store::open(&Storage::Memory, None).expect("store");
         store
             .apply(&[put(b"k", 0, b"v")], &BTreeMap::from([(0, 1)]))
             .expect("apply");
         store.reset("t").expect("reset");
         assert_eq!(store.key_count().expect("count"), 0);
         assert!(store.next_offsets().expect("offsets").is_empty());
+    }
+
+    fn password(text: &str) -> Secret<String> {
+        Secret::new(text.to_owned())
+    }
+
+    fn file_holds(path: &Path, needle: &[u8]) -> bool {
+        let bytes = std::fs::read(path).expect("read the store file");
+        bytes.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn an_encrypted_store_serves_lists_and_deletes_without_keys_or_values_in_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let storage = Storage::Disk {
+            location: dir.path().to_owned(),
+        };
+        let store = Store::open(&storage, Some(&password("correct horse"))).expect("store");
+        assert!(store.is_encrypted());
+        let changes = [
+            put(b"customer/4711", 0, b"top-secret-value"),
+            put(b"customer/4712", 1, b"another-secret"),
+            put(b"order/1", 2, b"third-secret"),
+        ];
+        store
+            .apply(&changes, &BTreeMap::from([(0, 3)]))
+            .expect("apply");
+        assert_eq!(
+            store
+                .get(b"customer/4711")
+                .expect("get")
+                .expect("present")
+                .value,
+            b"top-secret-value"
+        );
+        assert_eq!(
+            store.list_keys(b"customer/", None, 1).expect("list"),
+            (vec![b"customer/4711".to_vec()], true)
+        );
+        assert_eq!(
+            store
+                .list_keys(b"customer/", Some(b"customer/4711"), 10)
+                .expect("list"),
+            (vec![b"customer/4712".to_vec()], false)
+        );
+        store
+            .apply(
+                &[Change::Delete {
+                    record_key: b"order/1",
+                }],
+                &BTreeMap::from([(0, 4)]),
+            )
+            .expect("delete");
+        assert_eq!(store.get(b"order/1").expect("get"), None);
+        drop(store);
+        let file = dir.path().join(FILE_NAME);
+        for secret in [
+            &b"customer/4711"[..],
+            b"top-secret-value",
+            b"another-secret",
+        ] {
+            assert!(
+                !file_holds(&file, secret),
+                "the file holds {secret:?} in clear"
+            );
+        }
+    }
+
+    #[test]
+    fn an_encrypted_store_reopens_with_its_password_and_refuses_any_other() {
+        let dir = tempfile::tempdir().expect("dir");
+        let storage = Storage::Disk {
+            location: dir.path().to_owned(),
+        };
+        {
+            let store = Store::open(&storage, Some(&password("right"))).expect("store");
+            store
+                .apply(&[put(b"k", 0, b"v")], &BTreeMap::from([(0, 1)]))
+                .expect("apply");
+        }
+        let store = Store::open(&storage, Some(&password("right"))).expect("reopen");
+        assert_eq!(store.get(b"k").expect("get").expect("present").value, b"v");
+        drop(store);
+        assert!(matches!(
+            Store::open(&storage, Some(&password("wrong"))),
+            Err(StoreError::WrongPassword(_))
+        ));
+        let error = Store::open(&storage, None).expect_err("no password");
+        assert!(
+            error.to_string().contains("KV_API_STATE_STORAGE_PASSWORD"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_plaintext_store_with_data_is_not_silently_reused_under_a_password() {
+        let dir = tempfile::tempdir().expect("dir");
+        let storage = Storage::Disk {
+            location: dir.path().to_owned(),
+        };
+        Store::open(&storage, None)
+            .expect("store")
+            .apply(&[put(b"k", 0, b"v")], &BTreeMap::from([(0, 1)]))
+            .expect("apply");
+        assert!(matches!(
+            Store::open(&storage, Some(&password("pw"))),
+            Err(StoreError::EncryptionMismatch { .. })
+        ));
     }
 }

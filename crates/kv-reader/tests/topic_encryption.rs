@@ -72,6 +72,13 @@ async fn an_encrypted_topic_hides_keys_and_values_and_keeps_compaction_and_tombs
     let topic = broker.create_topic("encrypted", 1).await;
     let writer = Service::start("kv-writer", &env(&broker, &topic, "unused", KEY_A));
     let reader = Service::start("kv-reader", &env(&broker, &topic, "same-key", KEY_A));
+    let dir = tempfile::tempdir().expect("dir");
+    let mut disk_env = env(&broker, &topic, "same-key-disk", KEY_A);
+    disk_env.push((
+        "KV_API_STATE_STORAGE_DISK_LOCATION",
+        dir.path().display().to_string(),
+    ));
+    let disk_reader = Service::start("kv-reader", &disk_env);
     let stranger = Service::start("kv-reader", &env(&broker, &topic, "other-key", KEY_B));
     let http = reqwest::Client::new();
 
@@ -144,11 +151,22 @@ async fn an_encrypted_topic_hides_keys_and_values_and_keeps_compaction_and_tombs
         "the tombstone carries the same record key"
     );
     assert_eq!(records[3].1, None, "a delete stays a null-value tombstone");
-    eventually("the delete on the reader", Duration::from_secs(20), || {
-        let status = status_of(&http, reader.url("/v1/kv/customer%2F4711"));
-        async move { (status.await == StatusCode::NOT_FOUND).then_some(()) }
-    })
-    .await;
+    for replica in [&reader, &disk_reader] {
+        eventually(
+            "the delete on every reader",
+            Duration::from_secs(20),
+            || {
+                let status = status_of(&http, replica.url("/v1/kv/customer%2F4711"));
+                async move { (status.await == StatusCode::NOT_FOUND).then_some(()) }
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        status_of(&http, disk_reader.url("/v1/kv/empty")).await,
+        StatusCode::OK,
+        "the disk replica holds what the memory replica holds"
+    );
 
     // A reader with another key never applies what it cannot authenticate, and counts it.
     let report = eventually(

@@ -5,13 +5,14 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
 use kv_core::auth::{AuthGate, DiscoveryError};
 use kv_core::http::{
-    bind, correlation_id_middleware, json_config, method_not_allowed, path_config, query_config,
-    route_not_found, ListenError,
+    bind, correlation_id_middleware, json_config, path_config, query_config, route_not_found,
+    ListenError,
 };
-use kv_core::metrics::{metrics_endpoint, metrics_middleware, Metrics};
+use kv_core::metrics::{metrics_middleware, Metrics};
 use kv_core::record::RecordCodec;
+use kv_core::routing::register;
 
-use crate::batch;
+use crate::metrics::ProducerMetrics;
 use crate::producer::KvProducer;
 use crate::routes::{self, WriterState};
 use crate::settings::Settings;
@@ -24,6 +25,8 @@ pub enum StartupError {
     Listen(#[from] ListenError),
     #[error("OpenID Connect: {0}")]
     Auth(#[from] DiscoveryError),
+    #[error("cannot register the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 pub struct App {
@@ -51,9 +54,10 @@ impl App {
         if matches!(codec, RecordCodec::Encrypted(_)) {
             tracing::info!("records on the topic are encrypted (KV_API_ENCRYPT_DATA_ON_KAFKA)");
         }
-        let producer = KvProducer::new(&settings, codec)?;
-        let (listener, address) = bind(&settings.core.listen)?;
         let metrics = web::Data::new(Metrics::new("kv-writer"));
+        let producer_metrics = ProducerMetrics::register(metrics.registry())?;
+        let producer = KvProducer::new(&settings, codec, producer_metrics)?;
+        let (listener, address) = bind(&settings.core.listen)?;
         let state = web::Data::new(WriterState::new(&settings, producer.clone()));
         // Base64 makes a value a third larger and JSON escapes can double it; the value's own
         // limit is checked once decoded, with an error naming the field.
@@ -69,38 +73,7 @@ impl App {
                 .app_data(json_config(json_limit))
                 .app_data(path_config())
                 .app_data(query_config())
-                .service(
-                    web::resource("/store")
-                        .post(routes::store)
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/store/b64")
-                        .post(routes::store_base64)
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/kv:batch")
-                        // A batch carries many values, so its body limit is its own.
-                        .app_data(json_config(batch_limit))
-                        .post(batch::batch)
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/remove")
-                        .post(routes::remove)
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/v1/kv/{key:.*}")
-                        .put(routes::put_value)
-                        .delete(routes::delete_value)
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .route("/healthz", web::get().to(routes::started))
-                .route("/healthz/live", web::get().to(routes::live))
-                .route("/healthz/ready", web::get().to(routes::ready))
-                .route("/metrics", web::get().to(metrics_endpoint))
+                .configure(|config| register(config, routes::endpoints(batch_limit)))
                 .default_service(web::to(route_not_found))
         })
         .listen(listener)

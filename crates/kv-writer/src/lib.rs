@@ -3,6 +3,7 @@
 pub mod app;
 pub mod batch;
 pub mod input;
+pub mod metrics;
 pub mod producer;
 pub mod routes;
 pub mod settings;

@@ -12,6 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use crate::metrics::{InFlight, ProducerMetrics};
 use crate::settings::Settings;
 
 /// How long a write may wait for room in the producer's queue before it is refused with 503.
@@ -50,6 +51,7 @@ struct Shared {
     /// How long a replaced producer may take to deliver what it still holds.
     drain_timeout: Duration,
     idempotent: bool,
+    metrics: ProducerMetrics,
 }
 
 #[derive(Clone)]
@@ -84,6 +86,8 @@ pub struct Pending {
     delivery: DeliveryFuture,
     producer: KvProducer,
     generation: u64,
+    started: Instant,
+    _in_flight: InFlight,
 }
 
 impl std::fmt::Debug for Pending {
@@ -96,19 +100,29 @@ impl std::fmt::Debug for Pending {
 
 impl Pending {
     pub async fn acknowledged(self) -> Result<RecordPosition, ApiError> {
-        match self.delivery.await {
+        let outcome = match self.delivery.await {
             Ok(Ok(delivery)) => Ok(RecordPosition {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
             Ok(Err((error, _))) => Err(self.producer.refusal(&error, self.generation)),
             Err(_canceled) => Err(refusal(&KafkaError::Canceled)),
+        };
+        let metrics = &self.producer.shared.metrics;
+        metrics.observe(self.started, outcome.is_ok());
+        if let Err(error) = &outcome {
+            metrics.count_error(error);
         }
+        outcome
     }
 }
 
 impl KvProducer {
-    pub fn new(settings: &Settings, codec: RecordCodec) -> Result<Self, KafkaError> {
+    pub fn new(
+        settings: &Settings,
+        codec: RecordCodec,
+        metrics: ProducerMetrics,
+    ) -> Result<Self, KafkaError> {
         let timeout_ms = settings.produce_timeout.as_millis().to_string();
         let max_message =
             (settings.max_value_bytes + settings.max_key_bytes + RECORD_OVERHEAD_BYTES).to_string();
@@ -155,6 +169,7 @@ impl KvProducer {
                 drain_timeout: settings.produce_timeout,
                 idempotent: config.get("enable.idempotence") == Some("true"),
                 config,
+                metrics,
             }),
         })
     }
@@ -221,6 +236,7 @@ impl KvProducer {
                 },
             )
         };
+        self.shared.metrics.count_replacement();
         tracing::warn!(
             generation = generation + 1,
             "replaced the Kafka producer after a fatal or idempotence error"
@@ -252,6 +268,16 @@ impl KvProducer {
     ///
     /// A full queue is retried for a short while, then refused with 503.
     pub async fn enqueue(&self, write: Write<'_>) -> Result<Pending, ApiError> {
+        let started = Instant::now();
+        let queued = self.send(write, started).await;
+        if let Err(error) = &queued {
+            self.shared.metrics.observe(started, false);
+            self.shared.metrics.count_error(error);
+        }
+        queued
+    }
+
+    async fn send(&self, write: Write<'_>, started: Instant) -> Result<Pending, ApiError> {
         let codec = &self.shared.codec;
         let record_key = codec.record_key(write.key);
         let value = write
@@ -273,7 +299,7 @@ impl KvProducer {
         if let Some(value) = value.as_deref() {
             record = record.payload(value);
         }
-        let give_up_at = Instant::now() + QUEUE_WAIT;
+        let give_up_at = started + QUEUE_WAIT;
         loop {
             let current = self.current();
             match current.producer.send_result(record) {
@@ -283,6 +309,8 @@ impl KvProducer {
                         delivery,
                         producer: self.clone(),
                         generation: current.generation,
+                        started,
+                        _in_flight: self.shared.metrics.in_flight(),
                     });
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))

@@ -1,14 +1,18 @@
 //! HTTP routes of the write gateway. Every write answers 2xx only after Kafka acknowledged it.
 
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use kv_core::auth::{operation, Authorized};
 use kv_core::consistency::{ConsistencyToken, RecordPosition};
 use kv_core::error::{ApiError, ErrorCode};
-use kv_core::http::{key_from_path, read_body, CorrelationId};
+use kv_core::http::{json_config, key_from_path, read_body, CorrelationId};
+use kv_core::metrics::metrics_endpoint;
+use kv_core::routing::{openapi_document, Endpoint};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::batch;
 use crate::input::{check_key, check_value, Encoding, Fields, WriteInput};
 use crate::producer::{KvProducer, Write};
 use crate::settings::Settings;
@@ -19,6 +23,31 @@ pub const NATIVE_PREFIX: &str = "/v1/kv/";
 pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
 pub const KAFKA_PARTITION: HeaderName = HeaderName::from_static("x-kafka-partition");
 pub const KAFKA_OFFSET: HeaderName = HeaderName::from_static("x-kafka-offset");
+
+/// The writer's OpenAPI document, served at `GET /openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi-writer.yaml");
+
+/// Every route the writer serves. The app registers exactly these, and the OpenAPI test checks
+/// the document against them.
+pub fn endpoints(batch_limit: usize) -> Vec<Endpoint> {
+    vec![
+        Endpoint::new("/v1/kv/{key:.*}")
+            .on(Method::PUT, web::to(put_value))
+            .on(Method::DELETE, web::to(delete_value)),
+        Endpoint::new("/v1/kv:batch")
+            // A batch carries many values, so its body limit is its own.
+            .app_data(json_config(batch_limit))
+            .on(Method::POST, web::to(batch::batch)),
+        Endpoint::new("/store").on(Method::POST, web::to(store)),
+        Endpoint::new("/store/b64").on(Method::POST, web::to(store_base64)),
+        Endpoint::new("/remove").on(Method::POST, web::to(remove)),
+        Endpoint::new("/healthz").on(Method::GET, web::to(started)),
+        Endpoint::new("/healthz/live").on(Method::GET, web::to(live)),
+        Endpoint::new("/healthz/ready").on(Method::GET, web::to(ready)),
+        Endpoint::new("/metrics").on(Method::GET, web::to(metrics_endpoint)),
+        Endpoint::new("/openapi.yaml").on(Method::GET, openapi_document(OPENAPI)),
+    ]
+}
 
 /// What the handlers share.
 #[derive(Debug)]

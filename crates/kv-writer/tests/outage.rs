@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{record_at, records, writer_env};
-use kv_core::testkit::{eventually, Broker, Service};
+use kv_core::testkit::{eventually, metric, Broker, Service};
 use serde_json::Value;
 
 async fn put(http: &reqwest::Client, writer: &Service, key: &str) -> reqwest::Response {
@@ -39,6 +39,28 @@ async fn a_write_during_a_broker_outage_gets_503_with_retry_after_and_writes_suc
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.expect("json");
     assert_eq!(body["error"]["code"], "kafka_unavailable");
+    let metrics = http
+        .get(writer.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metric(
+            &metrics,
+            "kv_writer_produce_errors_total",
+            &[("class", "retryable")]
+        )
+        .is_some_and(|count| count >= 1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "kv_writer_writes_in_flight", &[]),
+        Some(0.0),
+        "{metrics}"
+    );
     let ready = http
         .get(writer.url("/healthz/ready"))
         .send()
