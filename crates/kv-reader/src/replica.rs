@@ -46,7 +46,11 @@ impl ClientContext for ReplicaContext {
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             // Reaching the end of a partition is how readiness is reached, not a failure.
-            KafkaError::PartitionEOF(_) => tracing::trace!(reason, "partition end reached"),
+            // librdkafka reports it both per partition and, through this callback, as a global
+            // error; neither is a failure.
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!(reason, "partition end reached")
+            }
             error => tracing::error!(%error, reason, "Kafka client error"),
         }
     }

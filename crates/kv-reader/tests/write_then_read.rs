@@ -45,6 +45,11 @@ async fn a_value_written_through_kv_writer_is_read_back_byte_for_byte_from_kv_re
     .await;
     assert_eq!(read.headers()["content-type"], "application/octet-stream");
     assert_eq!(read.bytes().await.expect("body").as_ref(), value.as_slice());
+    assert!(
+        !reader.output().contains("PartitionEOF"),
+        "reaching the end of a partition is not an error to log:\n{}",
+        reader.output()
+    );
 }
 
 #[tokio::test]
