@@ -151,6 +151,18 @@ impl Broker {
         CoreSettings::from_env(&env).expect("settings")
     }
 
+    /// What a service needs to run against this broker and `topic` with auth off; readers get
+    /// the group `<topic>-reader`. Tests append what they vary: a later entry for the same
+    /// variable wins, as with the process environment.
+    pub fn service_env(&self, topic: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("KAFKA_BOOTSTRAP_SERVERS", self.bootstrap_servers()),
+            ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
+            ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
+            ("KAFKA_GROUP_ID", format!("{topic}-reader")),
+        ]
+    }
+
     /// Creates a topic with a random name and `partitions` partitions.
     pub async fn create_topic(&self, prefix: &str, partitions: i32) -> String {
         let topic = random_topic(prefix);
@@ -716,5 +728,57 @@ pub mod openapi {
             .map(|m| m.to_uppercase())
             .filter(|m| !operations.contains_key(&(m.clone(), path.to_owned())))
             .collect()
+    }
+
+    /// Calls every operation of the document on the running `service`: documented-anonymous
+    /// ones must answer without a token, the rest must refuse without one (401) and be routed
+    /// with `token`; every other method on a documented path must get 405; the served document
+    /// (`/openapi.yaml`) must be `yaml` itself.
+    pub async fn assert_served_as_documented(service: &Service, yaml: &str, token: &str) {
+        let http = reqwest::Client::new();
+        let document = Document::parse(yaml);
+        let operations = document.operations();
+        for ((method, path), anonymous) in &operations {
+            let anonymous_answer = call(&http, service, &document, method, path, None).await;
+            if *anonymous {
+                assert!(
+                    !anonymous_answer.is_unrouted() && anonymous_answer.status != 401,
+                    "{method} {path} is documented as anonymous: {anonymous_answer:?}"
+                );
+            } else {
+                assert_eq!(
+                    anonymous_answer.status, 401,
+                    "{method} {path} is documented as needing a token"
+                );
+                let answer = call(&http, service, &document, method, path, Some(token)).await;
+                assert!(
+                    !answer.is_unrouted() && answer.status != 401 && answer.status != 403,
+                    "{method} {path} is documented: {answer:?}\n{}",
+                    service.output()
+                );
+            }
+        }
+        for path in document.paths() {
+            for method in other_methods(&operations, &path) {
+                let answer = call(&http, service, &document, &method, &path, Some(token)).await;
+                assert_eq!(
+                    (answer.status, answer.code.as_deref()),
+                    (405, Some("method_not_allowed")),
+                    "{method} {path} is not documented"
+                );
+            }
+        }
+        let served = http
+            .get(service.url("/openapi.yaml"))
+            .send()
+            .await
+            .expect("the document");
+        assert_eq!(served.status(), 200);
+        assert!(served
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|t| t.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/yaml")));
+        assert_eq!(served.text().await.expect("text"), yaml);
     }
 }

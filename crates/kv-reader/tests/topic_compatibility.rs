@@ -9,15 +9,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-fn service_env(broker: &Broker, topic: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
-        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
-        ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
-        ("KAFKA_GROUP_ID", format!("{topic}-reader")),
-    ]
-}
-
 /// Kafka's murmur2 as the Java client computes it for a record key.
 fn java_murmur2(data: &[u8]) -> u32 {
     const M: u32 = 0x5bd1_e995;
@@ -75,7 +66,7 @@ fn the_murmur2_reference_matches_kafkas_published_vectors() {
 async fn kv_writer_puts_raw_bytes_on_the_partition_java_clients_choose() {
     let broker = Broker::start();
     let topic = broker.create_topic("compat-raw", 6).await;
-    let writer = Service::start("kv-writer", &service_env(&broker, &topic));
+    let writer = Service::start("kv-writer", &broker.service_env(&topic));
     let http = reqwest::Client::new();
 
     let mut written = Vec::new();
@@ -137,7 +128,7 @@ async fn kv_reader_serves_records_a_plain_producer_put_on_an_existing_topic() {
     broker
         .produce(&producer, &topic, b"config/feature-y", None)
         .await;
-    let reader = Service::start("kv-reader", &service_env(&broker, &topic));
+    let reader = Service::start("kv-reader", &broker.service_env(&topic));
     let http = reqwest::Client::new();
 
     let value = eventually("the value on the reader", Duration::from_secs(20), || {

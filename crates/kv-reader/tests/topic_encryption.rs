@@ -14,14 +14,13 @@ const KEY_A: &str = "8f2c6a1e9b7d4c3a5e0f1b2d3c4a5b6c7d8e9f0a1b2c3d4e5f60718293a
 const KEY_B: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 
 fn env(broker: &Broker, topic: &str, group: &str, aes_key: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
-        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
-        ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
+    let mut env = broker.service_env(topic);
+    env.extend([
         ("KAFKA_GROUP_ID", group.to_owned()),
         ("KV_API_ENCRYPT_DATA_ON_KAFKA", "true".to_owned()),
         ("KV_API_AES_KEY", aes_key.to_owned()),
-    ]
+    ]);
+    env
 }
 
 /// Every (key, value) on partition `partition` of `topic`, in offset order.

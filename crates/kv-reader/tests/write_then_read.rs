@@ -4,21 +4,12 @@ use std::time::Duration;
 
 use kv_core::testkit::{eventually, Broker, Service};
 
-fn service_env(broker: &Broker, topic: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
-        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
-        ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
-        ("KAFKA_GROUP_ID", format!("{topic}-reader")),
-    ]
-}
-
 #[tokio::test]
 async fn a_value_written_through_kv_writer_is_read_back_byte_for_byte_from_kv_reader() {
     let broker = Broker::start();
     let topic = broker.create_topic("slice", 3).await;
-    let writer = Service::start("kv-writer", &service_env(&broker, &topic));
-    let reader = Service::start("kv-reader", &service_env(&broker, &topic));
+    let writer = Service::start("kv-writer", &broker.service_env(&topic));
+    let reader = Service::start("kv-reader", &broker.service_env(&topic));
     let http = reqwest::Client::new();
     let value: Vec<u8> = (0..=255u8).chain("ünïcødé".bytes()).collect();
 
@@ -56,8 +47,8 @@ async fn a_value_written_through_kv_writer_is_read_back_byte_for_byte_from_kv_re
 async fn the_original_store_and_retrieve_routes_round_trip_a_string() {
     let broker = Broker::start();
     let topic = broker.create_topic("compat", 1).await;
-    let writer = Service::start("kv-writer", &service_env(&broker, &topic));
-    let reader = Service::start("kv-reader", &service_env(&broker, &topic));
+    let writer = Service::start("kv-writer", &broker.service_env(&topic));
+    let reader = Service::start("kv-reader", &broker.service_env(&topic));
     let http = reqwest::Client::new();
 
     let stored = http

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use kv_core::testkit::openapi::{call, instance_of, other_methods, usage_requests, Document};
+use kv_core::testkit::openapi::{
+    assert_served_as_documented, instance_of, usage_requests, Document,
+};
 use kv_core::testkit::{Broker, OidcProvider, Service};
 use kv_writer::routes::{endpoints, OPENAPI};
 
@@ -76,50 +78,6 @@ async fn every_documented_operation_is_served_with_its_documented_security_and_o
     ];
     env.extend(idp.service_env());
     let writer = Service::start("kv-writer", &env);
-    let http = reqwest::Client::new();
     let token = idp.token("kv-full", "kv:read kv:write kv:delete").await;
-    let document = Document::parse(OPENAPI);
-    let operations = document.operations();
-
-    for ((method, path), anonymous) in &operations {
-        let anonymous_answer = call(&http, &writer, &document, method, path, None).await;
-        if *anonymous {
-            assert!(
-                !anonymous_answer.is_unrouted() && anonymous_answer.status != 401,
-                "{method} {path} is documented as anonymous: {anonymous_answer:?}"
-            );
-        } else {
-            assert_eq!(
-                anonymous_answer.status, 401,
-                "{method} {path} is documented as needing a token"
-            );
-            let answer = call(&http, &writer, &document, method, path, Some(&token)).await;
-            assert!(
-                !answer.is_unrouted() && answer.status != 401 && answer.status != 403,
-                "{method} {path} is documented: {answer:?}\n{}",
-                writer.output()
-            );
-        }
-    }
-    for path in document.paths() {
-        for method in other_methods(&operations, &path) {
-            let answer = call(&http, &writer, &document, &method, &path, Some(&token)).await;
-            assert_eq!(
-                (answer.status, answer.code.as_deref()),
-                (405, Some("method_not_allowed")),
-                "{method} {path} is not documented"
-            );
-        }
-    }
-
-    let served = http
-        .get(writer.url("/openapi.yaml"))
-        .send()
-        .await
-        .expect("the document");
-    assert_eq!(served.status(), 200);
-    assert!(served.headers()["content-type"]
-        .to_str()
-        .is_ok_and(|t| t.starts_with("application/yaml")));
-    assert_eq!(served.text().await.expect("text"), OPENAPI);
+    assert_served_as_documented(&writer, OPENAPI, &token).await;
 }

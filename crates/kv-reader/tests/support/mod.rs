@@ -20,12 +20,9 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 pub type Record = (Vec<u8>, Option<Vec<u8>>);
 
 pub fn reader_env(broker: &Broker, topic: &str, group: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
-        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
-        ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
-        ("KAFKA_GROUP_ID", group.to_owned()),
-    ]
+    let mut env = broker.service_env(topic);
+    env.push(("KAFKA_GROUP_ID", group.to_owned()));
+    env
 }
 
 /// The native route's URL path of a key of any bytes.

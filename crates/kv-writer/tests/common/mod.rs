@@ -16,11 +16,7 @@ pub fn writer_env(
     topic: &str,
     extra: &[(&'static str, &str)],
 ) -> Vec<(&'static str, String)> {
-    let mut env = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
-        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
-        ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
-    ];
+    let mut env = broker.service_env(topic);
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     env
 }
