@@ -1,11 +1,19 @@
 # The two commands first: `make run` and `make test`. See README.md.
-.PHONY: run test build lint fmt broker-start broker-stop clean-run
+.PHONY: run test build lint fmt broker-start broker-stop clean-run bench bench-quick
 
 run:
 	scripts/run.sh
 
 test:
 	scripts/test.sh
+
+# The service beside Redis, nginx and raw rdkafka clients, on loopback; see docs/benchmarks.md.
+bench:
+	scripts/bench.sh full
+
+# The same figures on fewer keys and shorter runs: a smoke test for CI.
+bench-quick:
+	scripts/bench.sh quick
 
 build:
 	cargo build --locked --workspace --bins

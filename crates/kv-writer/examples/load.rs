@@ -1,7 +1,9 @@
 //! Acknowledged writes per second: a raw rdkafka producer against HTTP writes through kv-writer,
 //! on the same broker with the same producer settings (idempotent, acks=all, linger 5 ms).
 //!
-//! Needs the test broker (`scripts/install-broker.sh`). Run with optimisations:
+//! Needs the test broker (`scripts/install-broker.sh`), or set `KV_BENCH_BOOTSTRAP` to measure
+//! against a broker that is already running (such as the `mock_cluster` example of kv-core).
+//! Run with optimisations (`make bench` does):
 //!
 //! ```text
 //! cargo run --release -p kv-writer --example load -- [writes] [concurrency] [value-bytes]
@@ -11,8 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_core::settings::Env;
-use kv_core::testkit::Broker;
+use kv_core::kafka::create_topic;
+use kv_core::settings::{Env, KafkaProperties};
+use kv_core::testkit::{random_topic, Broker};
 use kv_writer::{App, Settings};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -59,22 +62,97 @@ where
     acked as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The broker under test: `KV_BENCH_BOOTSTRAP` if set, else a fresh Tansu from the testkit.
+struct Target {
+    _broker: Option<Broker>,
+    bootstrap: String,
+}
+
+impl Target {
+    fn start() -> Target {
+        match std::env::var("KV_BENCH_BOOTSTRAP") {
+            Ok(bootstrap) if !bootstrap.is_empty() => Target {
+                _broker: None,
+                bootstrap,
+            },
+            _ => {
+                let broker = Broker::start();
+                let bootstrap = broker.bootstrap_servers();
+                Target {
+                    _broker: Some(broker),
+                    bootstrap,
+                }
+            }
+        }
+    }
+
+    async fn create_topic(&self, prefix: &str, partitions: i32) -> String {
+        let topic = random_topic(prefix);
+        let env =
+            Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", self.bootstrap.clone())]).expect("env");
+        let properties = KafkaProperties::from_env(&env).expect("properties");
+        let create = create_topic(&properties, &topic, partitions, &[], Duration::from_secs(5));
+        match tokio::time::timeout(Duration::from_secs(5), create).await {
+            Ok(Ok(())) => {}
+            // librdkafka's MockCluster has no CreateTopics: asking for the topic's metadata
+            // creates it with the mock's default partition count instead.
+            _ => {
+                let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &self.bootstrap)
+                    .set("allow.auto.create.topics", "true")
+                    .create()
+                    .expect("client");
+                rdkafka::consumer::Consumer::fetch_metadata(
+                    &client,
+                    Some(&topic),
+                    Duration::from_secs(10),
+                )
+                .expect("auto-create the topic");
+            }
+        }
+        topic
+    }
+
+    /// How many partitions `topic` has (the MockCluster picks its own count).
+    #[allow(dead_code)]
+    fn partitions(&self, topic: &str) -> i32 {
+        let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("client");
+        let metadata = rdkafka::consumer::Consumer::fetch_metadata(
+            &client,
+            Some(topic),
+            Duration::from_secs(10),
+        )
+        .expect("metadata");
+        metadata.topics()[0].partitions().len() as i32
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let writes = arg(1, 20_000);
     let concurrency = arg(2, 64);
     let value = Arc::new(vec![b'v'; arg(3, 100)]);
-    let broker = Broker::start();
+    let broker = Target::start();
 
     let raw_topic = broker.create_topic("load-raw", 3).await;
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("bootstrap.servers", &broker.bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("partitioner", "murmur2_random")
         .create()
         .expect("producer");
+    // Warm-up: connections and the idempotent producer id, outside the timed run.
+    for _ in 0..concurrency {
+        let record = FutureRecord::to(&raw_topic)
+            .key("warm-up")
+            .payload(value.as_slice());
+        producer.send(record, Duration::from_secs(10)).await.ok();
+    }
     let raw = {
         let value = value.clone();
         measure(writes, concurrency, move |i| {
@@ -92,7 +170,7 @@ async fn main() {
 
     let http_topic = broker.create_topic("load-http", 3).await;
     let env = Env::from_pairs([
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap.clone()),
         ("KV_API_KAFKA_KEY_VALUE_TOPIC", http_topic),
         ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
         ("KV_API_LISTEN", "127.0.0.1:0".to_owned()),
@@ -107,6 +185,13 @@ async fn main() {
         .pool_max_idle_per_host(concurrency)
         .build()
         .expect("client");
+    for _ in 0..concurrency {
+        http.put(format!("{base}warm-up"))
+            .body(value.as_ref().clone())
+            .send()
+            .await
+            .ok();
+    }
     let through_writer = measure(writes, concurrency, move |i| {
         let request = http
             .put(format!("{base}key-{i}"))
@@ -123,4 +208,6 @@ async fn main() {
     println!("raw rdkafka producer: {raw:.0} acked writes/s");
     println!("kv-writer over HTTP:  {through_writer:.0} acked writes/s");
     println!("ratio: {:.2}", through_writer / raw);
+    // One line for scripts/bench.sh to parse.
+    println!("BENCH raw_wps={raw:.0} http_wps={through_writer:.0}");
 }

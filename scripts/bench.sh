@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# `make bench` (full) and `make bench-quick` (CI smoke): the service measured side by side with
+# the peers users would pick, in one run, on loopback. Prints one table at the end and writes it
+# to target/kv-run/bench/results.md. See docs/benchmarks.md for what each figure means.
+#   scripts/bench.sh [full|quick]
+# Knobs (environment): BENCH_KEYS (read keys / replay records), BENCH_SECONDS (per wrk run),
+# BENCH_RUNS (measured runs per figure; the median is reported), BENCH_WRITES (per write run),
+# BENCH_PROBES (freshness probes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+mode="${1:-full}"
+case "$mode" in
+full)
+    keys="${BENCH_KEYS:-1000000}" seconds="${BENCH_SECONDS:-10}" runs="${BENCH_RUNS:-3}"
+    writes="${BENCH_WRITES:-20000}" probes="${BENCH_PROBES:-300}" warmup=3
+    ;;
+quick)
+    keys="${BENCH_KEYS:-20000}" seconds="${BENCH_SECONDS:-2}" runs="${BENCH_RUNS:-3}"
+    writes="${BENCH_WRITES:-3000}" probes="${BENCH_PROBES:-50}" warmup=1
+    ;;
+*)
+    echo "usage: $0 full|quick" >&2
+    exit 2
+    ;;
+esac
+connections=64
+threads=2
+value_bytes=100
+started=$SECONDS
+
+scripts/install-bench-deps.sh
+log "building the binaries and examples with --release"
+cargo build --quiet --release --locked --workspace --bins --examples
+bin="${CARGO_TARGET_DIR:-target}/release"
+bin="$(cd "$bin" && pwd)"
+
+work="$KV_RUN_DIR/bench"
+rm -rf "$work"
+mkdir -p "$work"
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    sleep 1
+    # A reader whose broker is already gone can take long to stop; do not leave it behind.
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+}
+
+wait_port() { # wait_port PORT PID WHAT
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || die "$3 exited; see $work"
+        sleep 0.1
+    done
+    die "$3 did not listen on $1"
+}
+
+wait_ready() { # wait_ready URL
+    for _ in $(seq 1 6000); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "$1 not ready after 10 minutes"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+field() { sed -n "s/\\(^\\|.* \\)$1=\\([^ ]*\\).*/\\2/p"; } # field NAME < "BENCH a=1 b=2"
+rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+hwm_mb() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+service_env=(env -i PATH="$PATH" KV_API_DISABLE_API_AUTH=true KV_API_LOG_FORMAT=text RUST_LOG=warn)
+
+# --- brokers: librdkafka's MockCluster (fast, in memory) and Tansu (the local test broker) ----
+"$bin/examples/mock_cluster" >"$work/mock.out" 2>"$work/mock.log" &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q bootstrap= "$work/mock.out" && break; sleep 0.1; done
+mock=$(field bootstrap <"$work/mock.out")
+[ -n "$mock" ] || die "mock cluster did not start; see $work/mock.log"
+log "MockCluster at $mock"
+
+start_tansu() { # start_tansu NAME: a fresh Tansu with its own sqlite store; sets tansu, tansu_pid
+    local port
+    port=$(free_port)
+    mkdir -p "$work/$1"
+    (cd "$work/$1" && RUST_LOG=warn exec "$TANSU_BIN" broker \
+        --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine sqlite://broker.db >broker.log 2>&1) &
+    tansu_pid=$!
+    pids+=($tansu_pid)
+    wait_port "$port" "$tansu_pid" "tansu"
+    tansu="127.0.0.1:$port"
+    log "Tansu at $tansu"
+}
+start_tansu tansu
+
+# --- 4. replay: a fresh reader loading N records vs a raw rdkafka consumer ----------------------
+# On Tansu the run's disk store (N keys) is kept for the read figures. The MockCluster keeps only
+# about 5 MB per partition (older records are dropped), so it replays at most 100 000 records.
+replay() { # replay BROKER RECORDS RUNS LABEL [STORE]
+    local out="$work/replay-$4.txt"
+    : >"$out"
+    for run in $(seq 1 "$3"); do
+        rm -rf "$work/store"
+        KV_BENCH_BOOTSTRAP="$1" KV_BENCH_STORE_DIR="${5:-}" \
+            "$bin/examples/replay_speed" "$2" 3 disk >>"$out" 2>>"$work/replay-$4.log"
+    done
+}
+mock_records=$((keys < 100000 ? keys : 100000))
+log "replay: $mock_records records on the MockCluster, $runs runs"
+replay "$mock" "$mock_records" "$runs" mock
+replay_mock_ours=$(grep BENCH "$work/replay-mock.txt" | field replica_rps | median)
+replay_mock_raw=$(grep BENCH "$work/replay-mock.txt" | field raw_rps | median)
+log "replay: $keys records on Tansu, 1 run (its store serves the read figures)"
+replay "$tansu" "$keys" 1 tansu "$work/store"
+read_topic=$(grep BENCH "$work/replay-tansu.txt" | tail -1 | field topic)
+replay_tansu_ours=$(grep BENCH "$work/replay-tansu.txt" | field replica_rps | median)
+replay_tansu_raw=$(grep BENCH "$work/replay-tansu.txt" | field raw_rps | median)
+
+# --- 5 and 1. a kv-reader process on the store with N keys; its RSS; reads vs Redis and nginx --
+reader_port=$(free_port)
+"${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$tansu" KV_API_KAFKA_KEY_VALUE_TOPIC="$read_topic" \
+    KAFKA_GROUP_ID=bench-reader KV_API_STATE_STORAGE_DISK_LOCATION="$work/store" \
+    KV_API_LISTEN="127.0.0.1:$reader_port" "$bin/kv-reader" >"$work/reader.log" 2>&1 &
+reader_pid=$!
+pids+=($reader_pid)
+wait_port "$reader_port" "$reader_pid" "kv-reader"
+wait_ready "http://127.0.0.1:$reader_port/healthz/ready"
+curl -fsS -o /dev/null "http://127.0.0.1:$reader_port/v1/kv/key-000000000" || die "key-000000000 not served"
+rss_ready=$(rss_mb "$reader_pid")
+store_mb=$(du -sm "$work/store" | cut -f1)
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    --logfile "$work/redis.log" &
+redis_pid=$!
+pids+=($redis_pid)
+wait_port "$redis_port" "$redis_pid" "redis-server"
+value=$(head -c "$value_bytes" /dev/zero | tr '\0' v)
+# redis-benchmark's -r picks keys key:000000000000 .. key:(r-1), zero-padded to 12 digits.
+awk -v n="$keys" -v v="$value" 'BEGIN { for (i = 0; i < n; i++) printf "SET key:%012d %s\r\n", i, v }' |
+    redis-cli -p "$redis_port" --pipe >"$work/redis-load.log"
+
+nginx_port=$(free_port)
+mkdir -p "$work/nginx/www" "$work/nginx/tmp"
+printf '%s' "$value" >"$work/nginx/www/value"
+cat >"$work/nginx/nginx.conf" <<CONF
+daemon off;
+worker_processes auto;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/tmp;
+    proxy_temp_path $work/nginx/tmp;
+    fastcgi_temp_path $work/nginx/tmp;
+    uwsgi_temp_path $work/nginx/tmp;
+    scgi_temp_path $work/nginx/tmp;
+    default_type application/octet-stream;
+    server {
+        listen 127.0.0.1:$nginx_port;
+        root $work/nginx/www;
+        # Every key maps to the one 100-byte file, so wrk sends the same requests as to kv-reader.
+        location /v1/kv/ { try_files /value =404; }
+    }
+}
+CONF
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
+nginx_pid=$!
+pids+=($nginx_pid)
+wait_port "$nginx_port" "$nginx_pid" "nginx"
+
+cat >"$work/random.lua" <<'LUA'
+-- GET /v1/kv/key-NNNNNNNNN with a uniformly random key among BENCH_KEYS.
+local keys = tonumber(os.getenv("BENCH_KEYS"))
+local thread_seed = 0
+setup = function(thread) thread_seed = thread_seed + 1; thread:set("seed", thread_seed) end
+init = function() math.randomseed(os.time() * 1000 + (seed or 0)) end
+request = function()
+    return wrk.format("GET", string.format("/v1/kv/key-%09d", math.random(0, keys - 1)))
+end
+LUA
+
+to_ms() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f\n", v }'; }
+
+http_reads() { # http_reads PORT LABEL: warm-up, then $runs runs; medians into <label>_{rps,p50,p99}
+    local out="$work/wrk-$2.txt"
+    : >"$out"
+    BENCH_KEYS="$keys" wrk -t"$threads" -c"$connections" -d"${warmup}s" -s "$work/random.lua" \
+        "http://127.0.0.1:$1" >/dev/null
+    for _ in $(seq 1 "$runs"); do
+        BENCH_KEYS="$keys" wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency \
+            -s "$work/random.lua" "http://127.0.0.1:$1" >"$work/wrk-run.txt"
+        cat "$work/wrk-run.txt" >>"$out"
+        if grep -q "Non-2xx" "$work/wrk-run.txt"; then die "$2 answered non-2xx; see $out"; fi
+        printf 'RUN rps=%s p50=%s p99=%s\n' \
+            "$(awk '/Requests\/sec/ { print $2 }' "$work/wrk-run.txt")" \
+            "$(awk '$1 == "50%" { print $2 }' "$work/wrk-run.txt" | to_ms)" \
+            "$(awk '$1 == "99%" { print $2 }' "$work/wrk-run.txt" | to_ms)" >>"$out"
+    done
+    printf -v "${2}_rps" '%s' "$(grep '^RUN' "$out" | field rps | median)"
+    printf -v "${2}_p50" '%s' "$(grep '^RUN' "$out" | field p50 | median)"
+    printf -v "${2}_p99" '%s' "$(grep '^RUN' "$out" | field p99 | median)"
+}
+
+log "reads: kv-reader ($keys keys on disk), $connections connections, $runs x ${seconds}s"
+http_reads "$reader_port" reader
+rss_after=$(rss_mb "$reader_pid")
+rss_peak=$(hwm_mb "$reader_pid")
+log "reads: nginx (one static 100-byte file)"
+http_reads "$nginx_port" nginx
+
+log "reads: redis-benchmark GET ($keys keys, $value_bytes-byte values)"
+redis_requests=$((seconds * 100000))
+redis-benchmark -p "$redis_port" -c "$connections" --threads "$threads" -n $((warmup * 100000)) \
+    -r "$keys" -d "$value_bytes" -t get -q >/dev/null
+: >"$work/redis-bench.txt"
+for _ in $(seq 1 "$runs"); do
+    redis-benchmark -p "$redis_port" -c "$connections" --threads "$threads" -n "$redis_requests" \
+        -r "$keys" -d "$value_bytes" -t get --csv | tail -1 >>"$work/redis-bench.txt"
+done
+# "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+redis_rps=$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f2 | median)
+redis_p50=$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f5 | median)
+redis_p99=$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f7 | median)
+kill "$nginx_pid" "$redis_pid" "$reader_pid" 2>/dev/null || true
+
+# --- 2. writes: acked HTTP writes/s at 64 connections vs a raw rdkafka producer ----------------
+writes_on() { # writes_on BROKER LABEL
+    local out="$work/writes-$2.txt"
+    : >"$out"
+    for _ in $(seq 1 "$runs"); do
+        KV_BENCH_BOOTSTRAP="$1" "$bin/examples/load" "$writes" "$connections" "$value_bytes" \
+            >>"$out" 2>>"$work/writes-$2.log"
+    done
+    printf -v "writes_${2}_raw" '%s' "$(grep BENCH "$out" | field raw_wps | median)"
+    printf -v "writes_${2}_ours" '%s' "$(grep BENCH "$out" | field http_wps | median)"
+}
+log "writes: $writes per run on the MockCluster, $runs runs"
+writes_on "$mock" mock
+log "writes: $writes per run on Tansu, $runs runs"
+writes_on "$tansu" tansu
+
+# --- 3. freshness: write 2xx -> readable on a reader, under moderate load ---------------------
+freshness_on() { # freshness_on BROKER LABEL [VAR=VALUE for the reader]
+    local topic="fresh-$2-$RANDOM" wport rport wpid rpid extra=("${@:3}")
+    # The MockCluster has no CreateTopics: there the writer's first write creates the topic.
+    KAFKA_BOOTSTRAP_SERVERS="$1" timeout 15 "$bin/examples/create_topic" "$topic" 3 >/dev/null 2>&1 || true
+    wport=$(free_port)
+    rport=$(free_port)
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$1" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KV_API_LISTEN="127.0.0.1:$wport" "$bin/kv-writer" >"$work/fresh-writer-$2.log" 2>&1 &
+    wpid=$!
+    pids+=($wpid)
+    wait_port "$wport" "$wpid" "kv-writer"
+    for _ in $(seq 1 100); do
+        curl -fsS -o /dev/null -X PUT --data-binary first "http://127.0.0.1:$wport/v1/kv/first" && break
+        sleep 0.2
+    done
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$1" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KAFKA_GROUP_ID="fresh-$2" KV_API_LISTEN="127.0.0.1:$rport" "${extra[@]}" "$bin/kv-reader" \
+        >"$work/fresh-reader-$2.log" 2>&1 &
+    rpid=$!
+    pids+=($rpid)
+    wait_port "$rport" "$rpid" "kv-reader"
+    wait_ready "http://127.0.0.1:$wport/healthz/ready"
+    wait_ready "http://127.0.0.1:$rport/healthz/ready"
+    "$bin/examples/freshness" "http://127.0.0.1:$wport" "http://127.0.0.1:$rport" "$probes" 500 \
+        >"$work/fresh-$2.txt"
+    kill "$wpid" "$rpid" 2>/dev/null || true
+    printf -v "fresh_${2}_p50" '%s' "$(grep BENCH "$work/fresh-$2.txt" | field p50_ms)"
+    printf -v "fresh_${2}_p99" '%s' "$(grep BENCH "$work/fresh-$2.txt" | field p99_ms)"
+}
+# A fresh Tansu: after a 1M-record replay its sqlite storage can start failing every request.
+kill "$tansu_pid" 2>/dev/null || true
+start_tansu tansu-fresh
+log "freshness: $probes probes under 500 writes/s on the MockCluster"
+freshness_on "$mock" mock
+log "freshness: $probes probes under 500 writes/s on Tansu"
+freshness_on "$tansu" tansu
+# Both brokers hold a fetch until fetch.wait.max.ms (50 ms by default) instead of answering when
+# a record arrives; the same probes with the reader's wait at 5 ms show what that costs.
+log "freshness: the same with KAFKA_FETCH_WAIT_MAX_MS=5 on the reader"
+freshness_on "$mock" mock5 KAFKA_FETCH_WAIT_MAX_MS=5
+freshness_on "$tansu" tansu5 KAFKA_FETCH_WAIT_MAX_MS=5
+
+# --- the table -----------------------------------------------------------------------------
+row() { # row FIGURE OURS PEER GOAL-RATIO UNIT: ratio = ours / peer, met if ratio >= goal
+    awk -v f="$1" -v o="$2" -v p="$3" -v g="$4" -v u="$5" 'BEGIN {
+        r = (p > 0) ? o / p : 0
+        printf "| %s | %.0f %s | %.0f %s | %.2f | >= %.1fx | %s |\n", f, o, u, p, u, r, g, (r >= g) ? "yes" : "no" }'
+}
+limit_row() { # limit_row FIGURE VALUE LIMIT UNIT: met if value <= limit
+    awk -v f="$1" -v v="$2" -v l="$3" -v u="$4" 'BEGIN {
+        printf "| %s | %.1f %s | | | <= %s %s | %s |\n", f, v, u, l, u, (v <= l) ? "yes" : "no" }'
+}
+table="$work/results.md"
+{
+    echo "mode $mode: $keys keys/records, $connections connections, $value_bytes-byte values, median of $runs runs"
+    echo
+    echo "| figure | ours | peer | ratio | goal | met? |"
+    echo "|---|---|---|---|---|---|"
+    row "1. reads/s, kv-reader vs redis-benchmark GET" "$reader_rps" "$redis_rps" 1.0 "req/s"
+    row "1. reads/s, kv-reader vs nginx static file" "$reader_rps" "$nginx_rps" 0.9 "req/s"
+    printf '| 1. read latency p50 / p99 (ms): kv-reader / redis / nginx | %s / %s | %s / %s ; %s / %s | | | |\n' \
+        "$reader_p50" "$reader_p99" "$redis_p50" "$redis_p99" "$nginx_p50" "$nginx_p99"
+    row "2. acked writes/s vs raw producer, MockCluster" "$writes_mock_ours" "$writes_mock_raw" 0.8 "w/s"
+    row "2. acked writes/s vs raw producer, Tansu" "$writes_tansu_ours" "$writes_tansu_raw" 0.8 "w/s"
+    limit_row "3. freshness p99, MockCluster (p50 $fresh_mock_p50 ms)" "$fresh_mock_p99" 20 ms
+    limit_row "3. freshness p99, Tansu (p50 $fresh_tansu_p50 ms)" "$fresh_tansu_p99" 20 ms
+    limit_row "3. freshness p99, MockCluster, reader KAFKA_FETCH_WAIT_MAX_MS=5 (p50 $fresh_mock5_p50 ms)" "$fresh_mock5_p99" 20 ms
+    limit_row "3. freshness p99, Tansu, reader KAFKA_FETCH_WAIT_MAX_MS=5 (p50 $fresh_tansu5_p50 ms)" "$fresh_tansu5_p99" 20 ms
+    row "4. replay records/s vs raw consumer, MockCluster ($mock_records)" "$replay_mock_ours" "$replay_mock_raw" 0.8 "rec/s"
+    row "4. replay records/s vs raw consumer, Tansu ($keys)" "$replay_tansu_ours" "$replay_tansu_raw" 0.8 "rec/s"
+    limit_row "5. reader RSS, $keys keys on disk, after the read runs (ready: $rss_ready MB, peak $rss_peak MB, store $store_mb MB)" "$rss_after" 100 MB
+    echo
+    echo "took $((SECONDS - started)) s; raw output in $work"
+} >"$table"
+echo
+cat "$table"
