@@ -1,11 +1,16 @@
 # The two commands first: `make run` and `make test`. See README.md.
-.PHONY: run test build lint fmt broker-start broker-stop clean-run bench bench-quick
+.PHONY: run test drills build lint fmt broker-start broker-stop clean-run bench bench-quick
 
 run:
 	scripts/run.sh
 
 test:
 	scripts/test.sh
+
+# Fault and abuse drills (kill -9 during replay, broker outage under load, poison records,
+# HTTP and token abuse); each prints its figure. See docs/reliability.md.
+drills:
+	scripts/drills.sh
 
 # The service beside Redis, nginx and raw rdkafka clients, on loopback; see docs/benchmarks.md.
 bench:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make drills`: the fault and abuse drills of docs/reliability.md. Each drill is an ignored
+# test named `drill_*` in a crate's `tests/drills.rs`; it starts its own broker, services and
+# peers, and prints one line starting with "drill " that carries its figure. The lines are
+# gathered into a summary at the end. Installs what it needs on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+scripts/install-deps.sh
+scripts/install-broker.sh
+export TANSU_BIN
+KV_OIDC_PROVIDER=$(scripts/install-oidc-provider.sh)
+export KV_OIDC_PROVIDER
+KV_SCHEMATHESIS=$(scripts/install-schemathesis.sh)
+export KV_SCHEMATHESIS
+
+log "building the binaries the drills start"
+cargo build --locked --workspace --bins
+output=$(mktemp)
+trap 'rm -f "$output"' EXIT
+log "running the drills"
+status=0
+# One drill at a time: each loads the machine on purpose, and their figures must not mix.
+cargo test --locked --workspace --test drills -- --ignored --nocapture --test-threads=1 2>&1 \
+    | tee "$output" || status=$?
+echo
+echo "== drill figures =="
+grep -E '^drill ' "$output" || echo "(no drill printed a figure)"
+exit "$status"
