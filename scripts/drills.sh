@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make drills`: the fault and abuse drills of docs/reliability.md. Each drill is an ignored
-# test named `drill_*` in a crate's `tests/drills.rs`; it starts its own broker, services and
+# test named `drill_*` in a crate's `tests/drills/` suite; it starts its own broker, services and
 # peers, and prints one line starting with "drill " that carries its figure. The lines are
 # gathered into a summary at the end. Installs what it needs on first use.
 set -euo pipefail

@@ -1,0 +1,1 @@
+//! Drill: to be written.
