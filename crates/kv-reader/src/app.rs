@@ -84,8 +84,11 @@ impl App {
         // PBKDF2 costs a fraction of a second by design; keep it off the async runtime.
         let storage = settings.storage.clone();
         let password = password.cloned();
-        let store =
-            tokio::task::spawn_blocking(move || Store::open(&storage, password.as_ref())).await??;
+        let cache_bytes = settings.storage_cache_bytes;
+        let store = tokio::task::spawn_blocking(move || {
+            Store::open_with_cache(&storage, password.as_ref(), cache_bytes)
+        })
+        .await??;
         let store = Arc::new(store);
         if store.is_encrypted() {
             tracing::info!("the replica is encrypted at rest (KV_API_STATE_STORAGE_PASSWORD)");

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +33,11 @@ const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// How long one poll waits for the first record of a batch.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long stopping waits for the consumer to close. Closing commits the last progress to the
+/// group and waits for the coordinator, for ever when no broker answers; that commit only shows
+/// lag to Kafka tooling (the store holds the offsets that matter), so it is not worth outliving
+/// an orchestrator's grace period for.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Partition discovery runs on the consumer thread; keep each look short.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -96,6 +102,8 @@ pub struct Replica {
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected once the consumer thread has closed everything and is about to end.
+    closed: mpsc::Receiver<()>,
 }
 
 impl Replica {
@@ -135,6 +143,7 @@ impl Replica {
             topic: settings.core.topic.clone(),
         })?;
         let stop = Arc::new(AtomicBool::new(false));
+        let (closing, closed) = mpsc::channel();
         let worker = Worker {
             consumer,
             store,
@@ -147,11 +156,15 @@ impl Replica {
         };
         let thread = std::thread::Builder::new()
             .name("kv-replica".to_owned())
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                let _closing = closing;
+                worker.run();
+            })?;
         Ok(Self {
             progress,
             stop,
             thread: Some(thread),
+            closed,
         })
     }
 
@@ -160,12 +173,23 @@ impl Replica {
     }
 
     /// Stops consuming and waits for the thread; the last batch is either committed or not begun.
+    /// When the consumer cannot close within [`CLOSE_GRACE`] (no broker answers its last group
+    /// commit), the thread is left behind: the store is already closed by then.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the consumer thread panicked");
+        match self.closed.recv_timeout(CLOSE_GRACE) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if let Some(thread) = self.thread.take() {
+                    if thread.join().is_err() {
+                        tracing::error!("the consumer thread panicked");
+                    }
+                }
             }
+            Err(RecvTimeoutError::Timeout) => tracing::warn!(
+                grace = ?CLOSE_GRACE,
+                "the consumer did not close in time (no broker answers its last progress commit); \
+                 stopping anyway: the replica's offsets are in its store"
+            ),
         }
     }
 }
@@ -215,6 +239,13 @@ impl Worker {
         if let Err(error) = self.replicate() {
             tracing::error!(%error, "the consumer loop stopped; liveness now fails");
         }
+        // The store first: closing the consumer can block on an unreachable broker, and the
+        // process may then exit without waiting for it.
+        let Worker {
+            consumer, store, ..
+        } = self;
+        drop(store);
+        drop(consumer);
     }
 
     fn stopping(&self) -> bool {

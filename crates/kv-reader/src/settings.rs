@@ -6,6 +6,8 @@ use std::time::Duration;
 use kv_core::secret::Secret;
 use kv_core::settings::{CoreSettings, Env, SettingsError};
 
+use crate::store::DEFAULT_CACHE_BYTES;
+
 /// Where the replica lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Storage {
@@ -20,6 +22,9 @@ pub struct Settings {
     pub core: CoreSettings,
     pub storage: Storage,
     pub storage_password: Option<Secret<String>>,
+    /// redb's page cache for a disk replica. Pages beyond it are read from the file (through the
+    /// OS page cache), so it bounds the process's memory rather than the replica's size.
+    pub storage_cache_bytes: usize,
     /// Used only to commit progress, so lag is visible to Kafka tooling; every reader reads
     /// every partition.
     pub group_id: String,
@@ -43,10 +48,19 @@ impl Settings {
                 .string("KV_API_STATE_STORAGE_SQLITE_PASSWORD")
                 .map(Secret::new),
         };
+        let storage_cache_mib: usize =
+            env.number("KV_API_STATE_STORAGE_CACHE_MB", DEFAULT_CACHE_BYTES >> 20)?;
+        if storage_cache_mib == 0 {
+            return Err(SettingsError::new(
+                "KV_API_STATE_STORAGE_CACHE_MB",
+                "must be at least 1 (MiB)",
+            ));
+        }
         Ok(Self {
             core,
             storage,
             storage_password,
+            storage_cache_bytes: storage_cache_mib.saturating_mul(1024 * 1024),
             group_id: env.required("KAFKA_GROUP_ID")?,
             commit_progress: env.bool("KAFKA_ENABLE_AUTO_COMMIT", true)?,
             commit_interval: env.millis("KAFKA_AUTO_COMMIT_INTERVAL_MS", Duration::from_secs(1))?,
@@ -186,6 +200,16 @@ mod tests {
         assert_eq!(s.partition_discovery_interval, Duration::from_millis(500));
         let err = settings(&[("KV_API_PARTITION_DISCOVERY_INTERVAL_MS", "0")]).expect_err("zero");
         assert_eq!(err.var, "KV_API_PARTITION_DISCOVERY_INTERVAL_MS");
+    }
+
+    #[test]
+    fn the_store_cache_is_32_mib_unless_told_otherwise() {
+        let default = settings(&[]).expect("settings");
+        assert_eq!(default.storage_cache_bytes, 32 * 1024 * 1024);
+        let told = settings(&[("KV_API_STATE_STORAGE_CACHE_MB", "256")]).expect("settings");
+        assert_eq!(told.storage_cache_bytes, 256 * 1024 * 1024);
+        let error = settings(&[("KV_API_STATE_STORAGE_CACHE_MB", "0")]).expect_err("zero");
+        assert!(error.to_string().contains("KV_API_STATE_STORAGE_CACHE_MB"));
     }
 
     #[test]

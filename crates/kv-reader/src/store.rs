@@ -29,6 +29,8 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// The file a directory location gets.
 pub const FILE_NAME: &str = "kv-reader.redb";
+/// redb's page cache of a disk store unless KV_API_STATE_STORAGE_CACHE_MB says otherwise.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 const ENTRY_FORMAT: u8 = 1;
 const ENTRY_HEADER_LEN: usize = 1 + 4 + 8 + 1;
@@ -108,9 +110,20 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens (or creates) the store with redb's default cache; see [`Store::open_with_cache`].
+    pub fn open(storage: &Storage, password: Option<&Secret<String>>) -> Result<Self, StoreError> {
+        Self::open_with_cache(storage, password, DEFAULT_CACHE_BYTES)
+    }
+
     /// Opens (or creates) the store; with `password`, encrypted at rest. A password given for a
     /// store written without one, or the reverse, is refused rather than guessed at.
-    pub fn open(storage: &Storage, password: Option<&Secret<String>>) -> Result<Self, StoreError> {
+    /// `cache_bytes` bounds redb's page cache of a disk store: the process's memory, not the
+    /// replica's size.
+    pub fn open_with_cache(
+        storage: &Storage,
+        password: Option<&Secret<String>>,
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
         let (db, path) = match storage {
             Storage::Memory => {
                 let db = Database::builder()
@@ -123,10 +136,13 @@ impl Store {
             }
             Storage::Disk { location } => {
                 let path = resolve_location(location);
-                let db = Database::create(&path).map_err(|source| StoreError::Open {
-                    path: path.clone(),
-                    source,
-                })?;
+                let db = Database::builder()
+                    .set_cache_size(cache_bytes)
+                    .create(&path)
+                    .map_err(|source| StoreError::Open {
+                        path: path.clone(),
+                        source,
+                    })?;
                 (db, Some(path))
             }
         };

@@ -350,6 +350,27 @@ async fn a_reader_stopped_with_sigterm_exits_cleanly_and_resumes_without_applyin
 }
 
 #[tokio::test]
+async fn a_reader_whose_broker_is_gone_still_stops_on_sigterm_within_its_grace_period() {
+    let mut broker = Broker::start();
+    let topic = broker.create_topic("sigterm-no-broker", 2).await;
+    produce_all(&broker.producer(), &topic, &mixed_records(50, 10)).await;
+    let http = reqwest::Client::new();
+    let mut reader = Service::start("kv-reader", &reader_env(&broker, &topic, "g"));
+    wait_ready(&http, &reader).await;
+
+    broker.stop();
+    reader.terminate();
+    // A pod gets 30 s between SIGTERM and SIGKILL by default; a reader that cannot commit its
+    // last progress must still leave well within that.
+    assert_eq!(
+        reader.wait_for_exit(Duration::from_secs(20)).await,
+        Some(0),
+        "{}",
+        reader.output()
+    );
+}
+
+#[tokio::test]
 async fn a_disk_replica_of_a_recreated_topic_rebuilds_from_scratch_and_says_so() {
     let broker = Broker::start();
     let topic = broker.create_topic("recreate", 1).await;
