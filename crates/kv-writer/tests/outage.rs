@@ -234,3 +234,22 @@ async fn sigterm_finishes_in_flight_writes_and_flushes_before_exiting() {
     );
     assert_eq!(records(broker.bootstrap_servers(), &topic).await.len(), 20);
 }
+
+#[tokio::test]
+async fn a_writer_whose_broker_is_gone_still_stops_on_sigterm_within_its_grace_period() {
+    let mut broker = Broker::start();
+    let topic = broker.create_topic("sigterm-no-broker", 1).await;
+    let mut writer = Service::start("kv-writer", &writer_env(&broker, &topic, &[]));
+    let http = reqwest::Client::new();
+    assert_eq!(put(&http, &writer, "before").await.status(), 200);
+
+    broker.stop();
+    writer.terminate();
+    // A pod gets 30 s between SIGTERM and SIGKILL by default.
+    assert_eq!(
+        writer.wait_for_exit(Duration::from_secs(20)).await,
+        Some(0),
+        "{}",
+        writer.output()
+    );
+}
