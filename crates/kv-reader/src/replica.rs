@@ -343,7 +343,11 @@ impl Worker {
                 correlation_id: correlation_id(message),
                 value,
             }),
-            Ok(DecodedRecord::Delete { record_key }) => Some(Change::Delete { record_key }),
+            Ok(DecodedRecord::Delete { record_key }) => Some(Change::Delete {
+                record_key,
+                // On an encrypted topic a record key is a MAC, never a user key.
+                user_key: matches!(self.codec, RecordCodec::Plaintext).then_some(record_key),
+            }),
             Err(skip) => {
                 self.progress.count_skipped(skip.reason());
                 tracing::warn!(

@@ -86,8 +86,12 @@ pub enum Change<'a> {
         correlation_id: Option<&'a [u8]>,
         value: Cow<'a, [u8]>,
     },
+    /// A tombstone. `user_key` is the user key when the record key is one (plaintext topics).
+    /// On an encrypted topic it is `None`: only the mapping stored with the put names the entry,
+    /// so a tombstone carrying a user key in clear instead of its MAC deletes nothing.
     Delete {
         record_key: &'a [u8],
+        user_key: Option<&'a [u8]>,
     },
 }
 
@@ -309,7 +313,10 @@ impl Store {
                             }
                         }
                     }
-                    Change::Delete { record_key } => {
+                    Change::Delete {
+                        record_key,
+                        user_key,
+                    } => {
                         let mapped = match record_keys.remove(*record_key)? {
                             None => None,
                             Some(mapped) => Some(match &self.cipher {
@@ -319,7 +326,9 @@ impl Store {
                                     .map_err(|_| StoreError::CorruptEntry)?,
                             }),
                         };
-                        let user_key = mapped.as_deref().unwrap_or(record_key);
+                        let Some(user_key) = mapped.as_deref().or(*user_key) else {
+                            continue;
+                        };
                         match &self.cipher {
                             None => entries.remove(user_key)?,
                             Some(cipher) => entries.remove(cipher.index(user_key).as_slice())?,
@@ -564,6 +573,7 @@ mod tests {
                     put(b"empty", 1, b""),
                     Change::Delete {
                         record_key: b"gone",
+                        user_key: Some(b"gone"),
                     },
                 ],
                 &BTreeMap::from([(0, 3)]),
@@ -656,11 +666,36 @@ mod tests {
             .apply(
                 &[Change::Delete {
                     record_key: b"mac-of-user-1",
+                    user_key: None,
                 }],
                 &BTreeMap::from([(0, 2)]),
             )
             .expect("apply");
         assert_eq!(store.get(b"user-1").expect("get"), None);
+    }
+
+    #[test]
+    fn on_an_encrypted_topic_a_tombstone_naming_a_user_key_in_clear_deletes_nothing() {
+        let store = Store::open(&Storage::Memory, None).expect("store");
+        let put = Change::Put {
+            record_key: b"mac-of-user-1",
+            user_key: Cow::Borrowed(b"user-1"),
+            partition: 0,
+            offset: 0,
+            correlation_id: None,
+            value: Cow::Borrowed(b"Ada"),
+        };
+        let in_clear = Change::Delete {
+            record_key: b"user-1",
+            user_key: None,
+        };
+        store
+            .apply(&[put, in_clear], &BTreeMap::from([(0, 2)]))
+            .expect("apply");
+        assert_eq!(
+            store.get(b"user-1").expect("get").expect("kept").value,
+            b"Ada"
+        );
     }
 
     #[test]
@@ -721,6 +756,7 @@ mod tests {
             .apply(
                 &[Change::Delete {
                     record_key: b"order/1",
+                    user_key: Some(b"order/1"),
                 }],
                 &BTreeMap::from([(0, 4)]),
             )

@@ -222,3 +222,52 @@ async fn a_plaintext_record_on_an_encrypted_topic_is_skipped_and_counted() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_tombstone_naming_a_user_key_in_clear_on_an_encrypted_topic_deletes_nothing() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("encrypted-clear-delete", 1).await;
+    let writer = Service::start("kv-writer", &env(&broker, &topic, "unused", KEY_A));
+    let reader = Service::start("kv-reader", &env(&broker, &topic, "reader", KEY_A));
+    let http = reqwest::Client::new();
+    // The second key is as long as a record key on this topic (a MAC): 32 bytes.
+    let keys = ["customer%2F4711", "0123456789abcdef0123456789abcdef"];
+    for key in keys {
+        let response = http
+            .put(writer.url(&format!("/v1/kv/{key}")))
+            .body("kept")
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(response.status(), StatusCode::OK, "{}", writer.output());
+    }
+
+    // What a writer without the topic key would send to delete them; then a marker, which
+    // the reader applies only after them (one partition).
+    let producer = broker.producer();
+    for key in [&b"customer/4711"[..], b"0123456789abcdef0123456789abcdef"] {
+        broker.produce(&producer, &topic, key, None).await;
+    }
+    let marker = http
+        .put(writer.url("/v1/kv/marker"))
+        .body("after the tombstones")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(marker.status(), StatusCode::OK);
+    eventually("the marker on the reader", Duration::from_secs(20), || {
+        let status = status_of(&http, reader.url("/v1/kv/marker"));
+        async move { (status.await == StatusCode::OK).then_some(()) }
+    })
+    .await;
+
+    for key in keys {
+        let response = http
+            .get(reader.url(&format!("/v1/kv/{key}")))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), StatusCode::OK, "{key} was deleted");
+        assert_eq!(response.text().await.expect("body"), "kept");
+    }
+}

@@ -4,5 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod topic;
+
 mod killed_during_replay;
 mod poison_records;
