@@ -1,10 +1,16 @@
 //! HTTP pieces both APIs share: correlation ids and the extractor configs that turn every
 //! malformed request into the JSON error contract instead of actix's plain-text defaults.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, PayloadError, QueryPayloadError};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use tracing::Instrument;
@@ -105,6 +111,94 @@ pub async fn correlation_id_middleware(
     Ok(response)
 }
 
+/// Closes the connection after answering a request whose body was not read to its end, instead
+/// of letting actix drain the rest of it to keep the connection alive.
+///
+/// actix reads and discards the unread rest of a chunked body after the answer, however long it
+/// is, so a client refused with `413` (or `401`) could go on streaming into the server for as
+/// long as it likes. A body that is not read to its end is held until the answer is written,
+/// which makes actix answer with `Connection: close` and close instead of draining (after its
+/// lingering close: about a second, `client_disconnect_timeout`, of discarding what still
+/// arrives so that the client reads the answer). A body with a `Content-Length` is already
+/// handled so by actix; this adds chunked ones.
+pub async fn close_when_body_unread(
+    mut request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody, HoldBody>>, actix_web::Error> {
+    let payload = request.take_payload();
+    if matches!(payload, Payload::None) {
+        request.set_payload(payload);
+        return Ok(next.call(request).await?.map_into_left_body());
+    }
+    let body = Rc::new(RefCell::new(TrackedBody {
+        payload,
+        finished: false,
+    }));
+    request.set_payload(Payload::Stream {
+        payload: Box::pin(SharedBody(body.clone())),
+    });
+    let response = next.call(request).await?;
+    if body.borrow().finished {
+        return Ok(response.map_into_left_body());
+    }
+    Ok(response.map_body(|_, answer| {
+        EitherBody::right(HoldBody {
+            answer: answer.boxed(),
+            _unread: body,
+        })
+    }))
+}
+
+/// A request body and whether it was read to its end (or failed).
+struct TrackedBody {
+    payload: Payload,
+    finished: bool,
+}
+
+/// What the handler reads in place of the request body: the same bytes, noting the end.
+struct SharedBody(Rc<RefCell<TrackedBody>>);
+
+impl futures::Stream for SharedBody {
+    type Item = Result<web::Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut body = self.0.borrow_mut();
+        let polled = Pin::new(&mut body.payload).poll_next(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            body.finished = true;
+        }
+        polled
+    }
+}
+
+/// An answer that holds the unread request body until it is written (see
+/// [`close_when_body_unread`]).
+pub struct HoldBody {
+    answer: BoxBody,
+    _unread: Rc<RefCell<TrackedBody>>,
+}
+
+impl std::fmt::Debug for HoldBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HoldBody").finish_non_exhaustive()
+    }
+}
+
+impl MessageBody for HoldBody {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> BodySize {
+        self.answer.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<web::Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().answer).poll_next(cx)
+    }
+}
+
 /// JSON bodies up to `limit` bytes; anything wrong with one becomes a 400/413/415 JSON error.
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
@@ -162,12 +256,25 @@ pub async fn route_not_found(request: HttpRequest) -> Result<HttpResponse, ApiEr
     ))
 }
 
-/// Fallback for a known route called with the wrong method.
-pub async fn method_not_allowed(request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        ErrorCode::MethodNotAllowed,
-        format!("{} is not allowed on {}", request.method(), request.path()),
-    ))
+/// Fallback for a known route called with another method than `allowed`: `405
+/// method_not_allowed` with the `Allow` header RFC 9110 requires on a 405, listing `allowed`.
+pub fn method_not_allowed(allowed: &[Method]) -> actix_web::Route {
+    let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    let allow = HeaderValue::from_str(&names.join(", ")).ok();
+    web::to(move |request: HttpRequest| {
+        let allow = allow.clone();
+        async move {
+            let mut response = ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{} is not allowed on {}", request.method(), request.path()),
+            )
+            .error_response();
+            if let Some(allow) = allow {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+            response
+        }
+    })
 }
 
 /// The key in a native route such as `/v1/kv/{key}`: everything after `prefix` in the raw path,
@@ -400,6 +507,75 @@ mod tests {
         )
         .await;
         assert_eq!(test::read_body(ok).await, "8");
+    }
+
+    /// With actix alone, the rest of a chunked body refused early is read and discarded for as
+    /// long as the client sends it; the connection must be closed instead.
+    #[actix_web::test]
+    async fn a_chunked_body_refused_before_its_end_closes_the_connection_instead_of_being_drained()
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = actix_web::HttpServer::new(|| {
+            App::new()
+                .wrap(from_fn(close_when_body_unread))
+                .route("/body", web::post().to(body_length))
+        })
+        .workers(1)
+        .listen(listener)
+        .expect("listen")
+        .run();
+        let server_handle = server.handle();
+        actix_web::rt::spawn(server);
+
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let (mut from_server, mut to_server) = stream.into_split();
+        let answer = tokio::spawn(async move {
+            let mut answer = Vec::new();
+            // The server may end with a reset once it stops reading: keep what came before.
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = from_server.read(&mut buffer).await {
+                answer.extend_from_slice(&buffer[..n]);
+            }
+            answer
+        });
+        to_server
+            .write_all(b"POST /body HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .expect("head");
+        let mut chunk = b"10000\r\n".to_vec();
+        chunk.extend(std::iter::repeat_n(b'a', 0x10000));
+        chunk.extend_from_slice(b"\r\n");
+        // Sends until the server stops taking the body; draining would take it all. A write
+        // that stalls is no close either.
+        let wait = std::time::Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + wait;
+        let mut closed = false;
+        while std::time::Instant::now() < deadline {
+            match tokio::time::timeout(wait, to_server.write_all(&chunk)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        drop(to_server);
+        let answer = tokio::time::timeout(wait, answer)
+            .await
+            .expect("the connection ends")
+            .expect("reader");
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        server_handle.stop(false).await;
+        assert!(closed, "the server kept reading the refused body");
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
     }
 
     #[actix_web::test]

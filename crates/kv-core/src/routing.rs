@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse, Resource, Route};
 use crate::http::method_not_allowed;
 
 /// One path and the handlers of its methods. Any other method on the path answers
-/// `405 method_not_allowed`.
+/// `405 method_not_allowed` with an `Allow` header listing the path's methods.
 pub struct Endpoint {
     pattern: &'static str,
     methods: Vec<Method>,
@@ -29,7 +29,7 @@ impl Endpoint {
         Self {
             pattern,
             methods: Vec::new(),
-            resource: web::resource(pattern).default_service(web::to(method_not_allowed)),
+            resource: web::resource(pattern),
         }
     }
 
@@ -59,8 +59,10 @@ impl Endpoint {
         openapi_path(self.pattern)
     }
 
+    /// The actix resource: the handlers, and `405` with `Allow` for any other method.
     pub fn into_resource(self) -> Resource {
         self.resource
+            .default_service(method_not_allowed(&self.methods))
     }
 }
 
@@ -107,5 +109,36 @@ mod tests {
         assert_eq!(openapi_path("/v1/kv/{key:.*}"), "/v1/kv/{key}");
         assert_eq!(openapi_path("/v1/kv:batchGet"), "/v1/kv:batchGet");
         assert_eq!(openapi_path("/a/{x}/b:c/{y:[0-9]+}"), "/a/{x}/b:c/{y}");
+    }
+
+    #[actix_web::test]
+    async fn another_method_is_405_with_an_allow_header_listing_the_paths_methods() {
+        let endpoint = Endpoint::new("/kv/{key:.*}")
+            .on(Method::PUT, web::to(HttpResponse::Ok))
+            .on(Method::DELETE, web::to(HttpResponse::Ok));
+        let app = actix_web::test::init_service(
+            actix_web::App::new().configure(|config| register(config, vec![endpoint])),
+        )
+        .await;
+        for method in [Method::GET, Method::POST, Method::TRACE] {
+            let response = actix_web::test::call_service(
+                &app,
+                actix_web::test::TestRequest::default()
+                    .method(method.clone())
+                    .uri("/kv/k")
+                    .to_request(),
+            )
+            .await;
+            assert_eq!(response.status(), 405, "{method}");
+            assert_eq!(
+                response.headers().get(actix_web::http::header::ALLOW),
+                Some(&actix_web::http::header::HeaderValue::from_static(
+                    "PUT, DELETE"
+                )),
+                "{method}"
+            );
+            let body: serde_json::Value = actix_web::test::read_body_json(response).await;
+            assert_eq!(body["error"]["code"], "method_not_allowed");
+        }
     }
 }

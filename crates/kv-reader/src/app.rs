@@ -8,8 +8,8 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
 use kv_core::auth::{AuthGate, DiscoveryError};
 use kv_core::http::{
-    bind, correlation_id_middleware, json_config, path_config, query_config, route_not_found,
-    ListenError,
+    bind, close_when_body_unread, correlation_id_middleware, json_config, path_config,
+    query_config, route_not_found, ListenError,
 };
 use kv_core::metrics::{metrics_middleware, Metrics};
 use kv_core::record::RecordCodec;
@@ -127,6 +127,7 @@ impl App {
                 .wrap(from_fn(routes::freshness_middleware))
                 .wrap(from_fn(metrics_middleware))
                 .wrap(from_fn(correlation_id_middleware))
+                .wrap(from_fn(close_when_body_unread))
                 .app_data(state.clone())
                 .app_data(auth.clone())
                 .app_data(metrics.clone())

@@ -16,7 +16,9 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use kv_core::auth::{operation, Authorized};
-use kv_core::consistency::{ConsistencyToken, CONSISTENCY_TOKEN_HEADER, CONSISTENCY_TOKEN_PARAM};
+use kv_core::consistency::{
+    ConsistencyToken, RecordPosition, CONSISTENCY_TOKEN_HEADER, CONSISTENCY_TOKEN_PARAM,
+};
 use kv_core::error::{ApiError, ErrorCode};
 use kv_core::http::{key_from_path, CORRELATION_ID};
 use kv_core::metrics::metrics_endpoint;
@@ -107,32 +109,45 @@ fn store_error(error: crate::store::StoreError) -> ApiError {
 }
 
 /// The token in `X-Consistency-Token` or, for clients that cannot set headers, the
-/// `consistency_token` query parameter. An empty token is no token.
+/// `consistency_token` query parameter. An empty token is no token. Both are checked, so a
+/// malformed one is refused even beside a good one; a read given both waits for both.
 fn consistency_token(request: &HttpRequest) -> Result<Option<ConsistencyToken>, ApiError> {
-    let text = match request.headers().get(CONSISTENCY_TOKEN_HEADER) {
-        Some(raw) => raw.to_str().map(str::to_owned).map_err(|_| {
+    let header = match request.headers().get(CONSISTENCY_TOKEN_HEADER) {
+        Some(raw) => Some(raw.to_str().map(str::to_owned).map_err(|_| {
             ApiError::invalid_request(format!(
                 "header {CONSISTENCY_TOKEN_HEADER} must be the token a kv-writer returned"
             ))
-        })?,
-        None if request.query_string().is_empty() => return Ok(None),
-        None => {
-            let query =
-                web::Query::<HashMap<String, String>>::from_query(request.query_string())
-                    .map_err(|e| ApiError::invalid_request(format!("invalid query string: {e}")))?;
-            match query.into_inner().remove(CONSISTENCY_TOKEN_PARAM) {
-                Some(text) => text,
-                None => return Ok(None),
-            }
-        }
+        })?),
+        None => None,
     };
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(None);
+    let query = if request.query_string().is_empty() {
+        None
+    } else {
+        web::Query::<HashMap<String, String>>::from_query(request.query_string())
+            .map_err(|e| ApiError::invalid_request(format!("invalid query string: {e}")))?
+            .into_inner()
+            .remove(CONSISTENCY_TOKEN_PARAM)
+    };
+    let mut tokens = Vec::new();
+    for text in [header, query].iter().flatten() {
+        let text = text.trim();
+        if !text.is_empty() {
+            let token = text
+                .parse::<ConsistencyToken>()
+                .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+            tokens.push(token);
+        }
     }
-    text.parse::<ConsistencyToken>()
-        .map(Some)
-        .map_err(|e| ApiError::invalid_request(e.to_string()))
+    Ok(match tokens.len() {
+        0 => None,
+        1 => tokens.pop(),
+        _ => Some(ConsistencyToken::from_positions(tokens.iter().flat_map(
+            |t| {
+                t.offsets()
+                    .map(|(partition, offset)| RecordPosition { partition, offset })
+            },
+        ))),
+    })
 }
 
 /// Adds `X-Replica-Applied` and `X-Replica-Lag` to every answer of a read, errors included, as

@@ -436,3 +436,36 @@ async fn a_token_this_replica_cannot_reach_in_time_is_a_503_and_a_malformed_one_
     assert_eq!(malformed.status(), 400);
     assert_eq!(error_code(malformed).await, "invalid_request");
 }
+
+#[tokio::test]
+async fn a_malformed_query_token_is_refused_even_beside_a_good_header_token_and_both_are_waited_for(
+) {
+    let broker = Broker::start();
+    let topic = broker.create_topic("ryw-both", 1).await;
+    let mut env = reader_env(&broker, &topic, "g");
+    env.push(("KV_API_READ_YOUR_WRITES_TIMEOUT_MS", "300".to_owned()));
+    let reader = Service::start("kv-reader", &env);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &reader).await;
+    let producer = broker.producer();
+    let (partition, offset) = broker.produce(&producer, &topic, b"k", Some(b"v")).await;
+    let token = format!("{partition}:{offset}");
+    let read = |query: &'static str| {
+        http.get(reader.url(&format!("/v1/kv/k{query}")))
+            .header("X-Consistency-Token", &token)
+            .send()
+    };
+    kv_core::testkit::eventually("the replica applies the record", DEADLINE, || async {
+        (read("").await.expect("read").status() == 200).then_some(())
+    })
+    .await;
+
+    let beside_a_good_header = read("?consistency_token=zero").await.expect("read");
+    assert_eq!(beside_a_good_header.status(), 400);
+    assert_eq!(error_code(beside_a_good_header).await, "invalid_request");
+
+    // A good header and a good query parameter: the read waits for both.
+    let both = read("?consistency_token=0:1000000").await.expect("read");
+    assert_eq!(both.status(), 503);
+    assert_eq!(error_code(both).await, "not_ready");
+}
