@@ -71,6 +71,25 @@ fn correlation_id_from(request: &ServiceRequest) -> Result<CorrelationId, ApiErr
     }
 }
 
+/// The route pattern a request matched (`/v1/kv/{key:.*}`), or `unmatched`: what logs and
+/// metrics name a request by, never its raw path (paths hold keys).
+#[derive(Debug, Clone)]
+pub struct RoutePattern(Option<String>);
+
+impl RoutePattern {
+    /// The pattern the correlation middleware already matched, else a fresh match.
+    pub fn of(request: &HttpRequest) -> RoutePattern {
+        match request.extensions().get::<RoutePattern>() {
+            Some(known) => known.clone(),
+            None => RoutePattern(request.match_pattern()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("unmatched")
+    }
+}
+
 /// Gives every request a correlation id and echoes it on every response, errors included. The
 /// rest of the request runs in a `request` span carrying that id, so every log line of a request
 /// can be found by it.
@@ -89,13 +108,19 @@ pub async fn correlation_id_middleware(
     // At error level so that the span, and with it the correlation id, is kept on every line
     // that passes the filter, even with RUST_LOG=warn. The route *pattern*, never the raw path:
     // paths hold keys, which must not reach the logs.
+    let route = RoutePattern::of(request.request());
     let span = tracing::error_span!(
         "request",
         correlation_id = %id.0,
         method = %request.method(),
-        route = request.match_pattern().as_deref().unwrap_or("unmatched"),
+        route = route.as_str(),
     );
-    request.extensions_mut().insert(id);
+    let mut extensions = request.extensions_mut();
+    extensions.insert(id);
+    // Matching a path against the route table runs actix's pattern regexes; the metrics
+    // middleware reuses this match instead of making its own.
+    extensions.insert(route);
+    drop(extensions);
     let mut response = next
         .call(request)
         .instrument(span)

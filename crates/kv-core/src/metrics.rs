@@ -13,6 +13,7 @@ use prometheus::{
 };
 
 use crate::error::ApiError;
+use crate::http::RoutePattern;
 
 /// Latency buckets from 100 µs to 10 s: reads are sub-millisecond, acked writes milliseconds,
 /// and outages hit the produce timeout.
@@ -105,9 +106,9 @@ pub async fn metrics_middleware(
     // The route pattern is known only once routing ran, so it is read from the response side.
     let http_request = response.request();
     if let Some(metrics) = http_request.app_data::<web::Data<Metrics>>() {
-        let route = http_request.match_pattern();
+        let route = RoutePattern::of(http_request);
         metrics.observe(
-            route.as_deref().unwrap_or("unmatched"),
+            route.as_str(),
             http_request.method().as_str(),
             response.status().as_u16(),
             started,
