@@ -115,12 +115,13 @@ pub async fn correlation_id_middleware(
         method = %request.method(),
         route = route.as_str(),
     );
-    let mut extensions = request.extensions_mut();
-    extensions.insert(id);
-    // Matching a path against the route table runs actix's pattern regexes; the metrics
-    // middleware reuses this match instead of making its own.
-    extensions.insert(route);
-    drop(extensions);
+    {
+        let mut extensions = request.extensions_mut();
+        extensions.insert(id);
+        // Matching a path against the route table runs actix's pattern regexes; the metrics
+        // middleware reuses this match instead of making its own.
+        extensions.insert(route);
+    }
     let mut response = next
         .call(request)
         .instrument(span)
