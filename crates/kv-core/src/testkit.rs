@@ -400,6 +400,8 @@ pub struct OidcProvider {
     child: Option<Child>,
     port: u16,
     script: PathBuf,
+    /// Further variables for the script (see `scripts/oidc/provider.mjs`), kept across rotations.
+    env: Vec<(String, String)>,
 }
 
 /// The audience the test provider puts in access tokens.
@@ -408,10 +410,20 @@ pub const OIDC_AUDIENCE: &str = "urn:kv-api";
 impl OidcProvider {
     /// Starts the provider with one fresh signing key named `kid`.
     pub fn start(kid: &str) -> OidcProvider {
+        OidcProvider::start_with(kid, &[])
+    }
+
+    /// Starts the provider with further variables for its script, such as `EXPORT_KEY_FILE` or
+    /// `IMPORT_KEY_FILE` (see `scripts/oidc/provider.mjs`); they are kept across rotations.
+    pub fn start_with(kid: &str, env: &[(&str, &str)]) -> OidcProvider {
         let mut provider = OidcProvider {
             child: None,
             port: free_port(),
             script: oidc_provider_script(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         provider.launch(kid, None);
         provider
@@ -424,6 +436,7 @@ impl OidcProvider {
             .env("PORT", self.port.to_string())
             .env("KEY_ID", kid)
             .env("AUDIENCE", OIDC_AUDIENCE)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

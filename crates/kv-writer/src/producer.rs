@@ -26,6 +26,13 @@ const QUEUE_POLL: Duration = Duration::from_millis(5);
 /// What a client should wait before retrying a write the broker could not take.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long past `message.timeout.ms` a write waits for librdkafka's delivery report before the
+/// writer answers by itself. librdkafka scans for timed-out messages about once a second, and
+/// only while a broker thread serves the partition: after the broker went away, the thread
+/// waits out its reconnect backoff (up to `reconnect.backoff.max.ms`, 10 s by default) first, so
+/// without this bound a write could be held for the backoff instead of the produce timeout.
+const DELIVERY_REPORT_GRACE: Duration = Duration::from_secs(1);
+
 /// Room for the key, headers and record overhead on top of the largest value.
 const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 
@@ -50,6 +57,9 @@ struct Shared {
     codec: RecordCodec,
     /// How long a replaced producer may take to deliver what it still holds.
     drain_timeout: Duration,
+    /// How long after it was queued a write is answered at the latest: librdkafka's message
+    /// timeout plus [`DELIVERY_REPORT_GRACE`].
+    answer_within: Duration,
     idempotent: bool,
     metrics: ProducerMetrics,
 }
@@ -87,6 +97,8 @@ pub struct Pending {
     producer: KvProducer,
     generation: u64,
     started: Instant,
+    /// When the write is answered even if librdkafka has not reported on it yet.
+    deadline: tokio::time::Instant,
     _in_flight: InFlight,
 }
 
@@ -100,13 +112,23 @@ impl std::fmt::Debug for Pending {
 
 impl Pending {
     pub async fn acknowledged(self) -> Result<RecordPosition, ApiError> {
-        let outcome = match self.delivery.await {
-            Ok(Ok(delivery)) => Ok(RecordPosition {
+        let outcome = match tokio::time::timeout_at(self.deadline, self.delivery).await {
+            Ok(Ok(Ok(delivery))) => Ok(RecordPosition {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
-            Ok(Err((error, _))) => Err(self.producer.refusal(&error, self.generation)),
-            Err(_canceled) => Err(refusal(&KafkaError::Canceled)),
+            Ok(Ok(Err((error, _)))) => Err(self.producer.refusal(&error, self.generation)),
+            Ok(Err(_canceled)) => Err(refusal(&KafkaError::Canceled)),
+            // librdkafka holds the write past its timeout (see DELIVERY_REPORT_GRACE). Answered
+            // as the timeout it is; the producer holding it is replaced like after any timeout,
+            // and it times the write out before it could send it again.
+            Err(_elapsed) => {
+                tracing::warn!(
+                    "no delivery report within the produce timeout; answering without it"
+                );
+                let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+                Err(self.producer.refusal(&timed_out, self.generation))
+            }
         };
         let metrics = &self.producer.shared.metrics;
         metrics.observe(self.started, outcome.is_ok());
@@ -156,6 +178,12 @@ impl KvProducer {
                 );
             }
         }
+        // A user's KAFKA_MESSAGE_TIMEOUT_MS (or its alias) is what librdkafka enforces.
+        let message_timeout = ["message.timeout.ms", "delivery.timeout.ms"]
+            .iter()
+            .filter_map(|property| config.get(property)?.parse::<u64>().ok())
+            .max()
+            .map_or(settings.produce_timeout, Duration::from_millis);
         let producer = config.create()?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -167,6 +195,7 @@ impl KvProducer {
                 topic: settings.core.topic.clone(),
                 codec,
                 drain_timeout: settings.produce_timeout,
+                answer_within: message_timeout + DELIVERY_REPORT_GRACE,
                 idempotent: config.get("enable.idempotence") == Some("true"),
                 config,
                 metrics,
@@ -310,6 +339,7 @@ impl KvProducer {
                         producer: self.clone(),
                         generation: current.generation,
                         started,
+                        deadline: tokio::time::Instant::now() + self.shared.answer_within,
                         _in_flight: self.shared.metrics.in_flight(),
                     });
                 }

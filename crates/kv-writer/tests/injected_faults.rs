@@ -1,7 +1,10 @@
 //! Produce errors injected with librdkafka's mock cluster, which a real broker cannot be made to
 //! return on demand. The writer runs in-process, built by the same composition root as `main`.
 
+use std::time::Duration;
+
 use kv_core::settings::Env;
+use kv_core::testkit::{eventually, metric};
 use kv_writer::{App, Settings};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -153,4 +156,53 @@ async fn a_batch_whose_writes_kafka_refuses_answers_503_with_one_error_per_item(
         assert_eq!(item["error"]["code"], "kafka_unavailable");
     }
     cluster.broker_up(1).expect("broker up");
+}
+
+/// Found by drill 2 (docs/reliability.md): librdkafka times messages out only while a broker
+/// thread serves their partition, so after the broker went away a write outlived
+/// `message.timeout.ms` by the reconnect backoff (up to `reconnect.backoff.max.ms`, 10 s by
+/// default) and the client waited for it. A long backoff makes that deterministic: the write must
+/// still be answered soon after the produce timeout, while the broker stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_the_wire_when_the_broker_goes_down_gets_503_while_the_broker_stays_down() {
+    let cluster = cluster();
+    let base = start_writer(
+        &cluster,
+        &[
+            ("KV_API_PRODUCE_TIMEOUT_MS", "1000"),
+            ("KAFKA_LINGER_MS", "0"),
+            ("KAFKA_RECONNECT_BACKOFF_MS", "120000"),
+            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "120000"),
+        ],
+    )
+    .await;
+    offset_of(put(&base, "before").await).await;
+    // The broker holds its answers, so the next write stays in a request on the wire...
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(600))
+        .expect("round trip time");
+    let pending = tokio::spawn({
+        let base = base.clone();
+        async move { put(&base, "on-the-wire").await }
+    });
+    eventually("the write to be in flight", Duration::from_secs(10), || {
+        let metrics = reqwest::get(format!("{base}/metrics"));
+        async move {
+            let text = metrics.await.ok()?.text().await.ok()?;
+            (metric(&text, "kv_writer_writes_in_flight", &[]) == Some(1.0)).then_some(())
+        }
+    })
+    .await;
+    // ...until the connection breaks, and the broker stays down for the rest of the test.
+    cluster.broker_down(1).expect("broker down");
+
+    let response = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("the write is answered while the broker is still down")
+        .expect("request task");
+
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "kafka_unavailable");
 }
