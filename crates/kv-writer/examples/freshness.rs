@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A broker that stopped answering makes every probe wait out its timeouts: give up after this
+/// many failed probes, whether the write or the read failed.
+const GIVE_UP_AFTER: usize = 10;
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -34,7 +38,9 @@ async fn main() {
     let rate: u64 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(500);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
-        .timeout(Duration::from_secs(10))
+        // Longer than the writer's own bound (its 10 s produce timeout plus a second), so a
+        // write is answered by the writer rather than abandoned by the client.
+        .timeout(Duration::from_secs(15))
         .build()
         .expect("client");
     let run: u32 = rand::random();
@@ -85,6 +91,10 @@ async fn main() {
             .await;
         if !matches!(put, Ok(ref r) if r.status().is_success()) {
             failed += 1;
+            if failed >= GIVE_UP_AFTER {
+                eprintln!("giving up after {failed} failed probes");
+                break;
+            }
             continue;
         }
         let acked_at = Instant::now();
@@ -107,8 +117,7 @@ async fn main() {
             Some(elapsed) => times.push(elapsed),
             None => failed += 1,
         }
-        // A broker that stopped answering makes every probe wait out its timeouts: give up.
-        if failed >= 10 {
+        if failed >= GIVE_UP_AFTER {
             eprintln!("giving up after {failed} failed probes");
             break;
         }
