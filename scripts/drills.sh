@@ -7,11 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-scripts/install-deps.sh
-scripts/install-broker.sh
-export TANSU_BIN
-KV_OIDC_PROVIDER=$(scripts/install-oidc-provider.sh)
-export KV_OIDC_PROVIDER
+install_test_tools
 KV_SCHEMATHESIS=$(scripts/install-schemathesis.sh)
 export KV_SCHEMATHESIS
 

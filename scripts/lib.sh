@@ -31,3 +31,13 @@ oidc_provider_dir() {
     hash=$(cat scripts/oidc/package.json scripts/oidc/package-lock.json scripts/oidc/provider.mjs | sha256sum | cut -c1-12)
     echo "$KV_CACHE_DIR/oidc-provider-$hash"
 }
+
+# Installs what the end-to-end tests and the drills start (the build's packages, the broker, the
+# test OpenID provider) and exports where the broker and the provider are.
+install_test_tools() {
+    scripts/install-deps.sh
+    scripts/install-broker.sh
+    export TANSU_BIN
+    KV_OIDC_PROVIDER=$(scripts/install-oidc-provider.sh)
+    export KV_OIDC_PROVIDER
+}

@@ -5,11 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-scripts/install-deps.sh
-scripts/install-broker.sh
-export TANSU_BIN
-KV_OIDC_PROVIDER=$(scripts/install-oidc-provider.sh)
-export KV_OIDC_PROVIDER
+install_test_tools
 
 log "deployment files"
 scripts/check-deploy.sh

@@ -311,6 +311,17 @@ impl Service {
         format!("{}{path}", self.base_url)
     }
 
+    /// The service's `/metrics` page, for [`metric`].
+    pub async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
         self.log.lock().expect("log lock").join("\n")

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::time::Duration;
 
 use kv_core::testkit::{eventually, run_to_exit, Broker, Service};
@@ -405,31 +403,6 @@ async fn a_disk_replica_of_a_recreated_topic_rebuilds_from_scratch_and_says_so()
     );
     assert_eq!(report["rebuilds"], 1);
     assert_eq!(dump(&http, &reader).await, expected_state(&new));
-}
-
-/// A schema registry that knows only `subjects`, answering every request with that list.
-fn registry_stub(subjects: Vec<String>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            // Read the request head; requests have no body.
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                line.clear();
-            }
-            let body = serde_json::to_string(&subjects).expect("json");
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    url
 }
 
 #[tokio::test]

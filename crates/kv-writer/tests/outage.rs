@@ -39,14 +39,7 @@ async fn a_write_during_a_broker_outage_gets_503_with_retry_after_and_writes_suc
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.expect("json");
     assert_eq!(body["error"]["code"], "kafka_unavailable");
-    let metrics = http
-        .get(writer.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = writer.metrics(&http).await;
     assert!(
         metric(
             &metrics,

@@ -6,8 +6,6 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::time::Instant;
 
 use kv_core::crypto::TopicCipher;
@@ -18,7 +16,9 @@ use rand::{Rng, SeedableRng};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
 
-use crate::support::{dump, expected_state, key_path, reader_env, ready_report, DEADLINE};
+use crate::support::{
+    dump, expected_state, key_path, reader_env, ready_report, registry_stub, DEADLINE,
+};
 use crate::topic::{self, Position, RawRecord};
 
 const POISONS: usize = 10_000;
@@ -277,30 +277,6 @@ fn poison(kind: Kind, n: usize, keys: &Keys, rng: &mut StdRng) -> RawRecord {
     }
 }
 
-/// A schema registry that knows only `subjects`, answering every request with that list.
-fn registry_stub(subjects: Vec<String>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                line.clear();
-            }
-            let body = serde_json::to_string(&subjects).expect("json");
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    url
-}
-
 /// One record of the drill's log, good or poison.
 enum Entry {
     Good {
@@ -460,14 +436,7 @@ async fn drill_poison_records_are_skipped_counted_by_reason_and_never_stop_the_r
     .await;
     println!("through the log in {:.1?}", started.elapsed());
 
-    let metrics = http
-        .get(reader.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = reader.metrics(&http).await;
     let skipped: BTreeMap<&str, u64> = KINDS
         .iter()
         .map(|kind| {

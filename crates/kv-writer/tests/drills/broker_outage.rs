@@ -323,14 +323,7 @@ async fn drill_the_broker_stopped_for_10_s_under_write_load_loses_no_acknowledge
             restarts += 1;
         }
     }
-    let metrics = http
-        .get(writer.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = writer.metrics(&http).await;
     let replacements =
         metric(&metrics, "kv_writer_producer_replacements_total", &[]).unwrap_or_default();
 
