@@ -87,6 +87,8 @@ app.kubernetes.io/component: {{ .Values.role }}
     {{- if eq .Values.reader.storage "disk" }}
     - name: KV_API_STATE_STORAGE_DISK_LOCATION
       value: /var/lib/kv
+    - name: KV_API_STATE_STORAGE_CACHE_MB
+      value: {{ .Values.reader.storageCacheMb | quote }}
     {{- with .Values.reader.storagePasswordSecret }}
     - name: KV_API_STATE_STORAGE_PASSWORD
       valueFrom:
