@@ -176,7 +176,17 @@ async fn a_write_on_the_wire_when_the_broker_goes_down_gets_503_while_the_broker
         ],
     )
     .await;
-    offset_of(put(&base, "before").await).await;
+    // The first write also waits for metadata and a producer id, which a loaded machine can
+    // take longer than the 1 s produce timeout to get: retry it until the producer is set up.
+    eventually(
+        "a first write to be acknowledged",
+        Duration::from_secs(30),
+        || {
+            let written = put(&base, "before");
+            async move { (written.await.status() == 200).then_some(()) }
+        },
+    )
+    .await;
     // The broker holds its answers, so the next write stays in a request on the wire...
     cluster
         .broker_round_trip_time(1, Duration::from_secs(600))
