@@ -22,5 +22,6 @@ cargo test --locked --workspace --test drills -- --ignored --nocapture --test-th
     | tee "$output" || status=$?
 echo
 echo "== drill figures =="
-grep -E '^drill ' "$output" || echo "(no drill printed a figure)"
+# A figure may share its line with the test's name (`test … ... drill …`).
+grep -oE 'drill [A-Za-z].*' "$output" || echo "(no drill printed a figure)"
 exit "$status"
