@@ -22,8 +22,8 @@ pub struct Settings {
     pub core: CoreSettings,
     pub storage: Storage,
     pub storage_password: Option<Secret<String>>,
-    /// redb's page cache for a disk replica. Pages beyond it are read from the file (through the
-    /// OS page cache), so it bounds the process's memory rather than the replica's size.
+    /// redb's page cache. Pages beyond it are read from the file (through the OS page cache) or,
+    /// in memory, from redb's in-memory backend, so it bounds what the cache adds to memory.
     pub storage_cache_bytes: usize,
     /// Used only to commit progress, so lag is visible to Kafka tooling; every reader reads
     /// every partition.

@@ -114,15 +114,16 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store with redb's default cache; see [`Store::open_with_cache`].
+    /// Opens (or creates) the store with the default page cache; see [`Store::open_with_cache`].
     pub fn open(storage: &Storage, password: Option<&Secret<String>>) -> Result<Self, StoreError> {
         Self::open_with_cache(storage, password, DEFAULT_CACHE_BYTES)
     }
 
     /// Opens (or creates) the store; with `password`, encrypted at rest. A password given for a
     /// store written without one, or the reverse, is refused rather than guessed at.
-    /// `cache_bytes` bounds redb's page cache of a disk store: the process's memory, not the
-    /// replica's size.
+    /// `cache_bytes` bounds redb's page cache: for a disk store the process's memory, not the
+    /// replica's size; a memory store's pages are in memory anyway, and the cache would hold
+    /// them twice.
     pub fn open_with_cache(
         storage: &Storage,
         password: Option<&Secret<String>>,
@@ -131,6 +132,7 @@ impl Store {
         let (db, path) = match storage {
             Storage::Memory => {
                 let db = Database::builder()
+                    .set_cache_size(cache_bytes)
                     .create_with_backend(InMemoryBackend::new())
                     .map_err(|source| StoreError::Open {
                         path: PathBuf::from("(memory)"),
