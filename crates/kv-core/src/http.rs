@@ -1,6 +1,7 @@
 //! HTTP pieces both APIs share: correlation ids and the extractor configs that turn every
 //! malformed request into the JSON error contract instead of actix's plain-text defaults.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -71,17 +72,24 @@ fn correlation_id_from(request: &ServiceRequest) -> Result<CorrelationId, ApiErr
     }
 }
 
-/// The route pattern a request matched (`/v1/kv/{key:.*}`), or `unmatched`: what logs and
-/// metrics name a request by, never its raw path (paths hold keys).
+/// The route pattern a request matched (`/v1/kv/{key}`), or `unmatched`: what logs and metrics
+/// name a request by, never its raw path (paths hold keys).
 #[derive(Debug, Clone)]
-pub struct RoutePattern(Option<String>);
+pub struct RoutePattern(Option<Cow<'static, str>>);
 
 impl RoutePattern {
+    pub fn named(pattern: &'static str) -> RoutePattern {
+        RoutePattern(Some(Cow::Borrowed(pattern)))
+    }
+
     /// The pattern the correlation middleware already matched, else a fresh match.
     pub fn of(request: &HttpRequest) -> RoutePattern {
-        match request.extensions().get::<RoutePattern>() {
-            Some(known) => known.clone(),
-            None => RoutePattern(request.match_pattern()),
+        if let Some(known) = request.extensions().get::<RoutePattern>() {
+            return known.clone();
+        }
+        match request.match_pattern() {
+            Some(pattern) => RoutePattern(Some(Cow::Owned(pattern))),
+            None => RoutePattern(crate::routing::key_tail_pattern(request).map(Cow::Borrowed)),
         }
     }
 

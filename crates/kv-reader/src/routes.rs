@@ -50,7 +50,7 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi-reader.yaml");
 /// the document against them.
 pub fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new("/v1/kv/{key:.*}").on(Method::GET, web::to(get_value)),
+        Endpoint::key_tail("/v1/kv/{key}").on(Method::GET, web::to(get_value)),
         Endpoint::new("/v1/kv").on(Method::GET, web::to(list_keys)),
         Endpoint::new("/v1/kv:batchGet").on(Method::POST, web::to(batch_get)),
         Endpoint::new("/retrieve").on(Method::POST, web::to(retrieve)),

@@ -31,7 +31,7 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi-writer.yaml");
 /// the document against them.
 pub fn endpoints(batch_limit: usize) -> Vec<Endpoint> {
     vec![
-        Endpoint::new("/v1/kv/{key:.*}")
+        Endpoint::key_tail("/v1/kv/{key}")
             .on(Method::PUT, web::to(put_value))
             .on(Method::DELETE, web::to(delete_value)),
         Endpoint::new("/v1/kv:batch")
