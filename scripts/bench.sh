@@ -61,13 +61,17 @@ free_port() {
     done
 }
 
-wait_port() { # wait_port PORT PID WHAT
+listening() { # listening PORT PID: waits up to 30 s for PORT; fails if PID exits first
     for _ in $(seq 1 300); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || die "$3 exited; see $work"
+        kill -0 "$2" 2>/dev/null || return 1
         sleep 0.1
     done
-    die "$3 did not listen on $1"
+    return 1
+}
+
+wait_port() { # wait_port PORT PID WHAT
+    listening "$1" "$2" || die "$3 did not listen on $1; see $work"
 }
 
 wait_ready() { # wait_ready URL
@@ -94,17 +98,24 @@ mock=$(field bootstrap <"$work/mock.out")
 log "MockCluster at $mock"
 
 start_tansu() { # start_tansu NAME: a fresh Tansu with its own sqlite store; sets tansu, tansu_pid
-    local port
-    port=$(free_port)
+    local port attempt
     mkdir -p "$work/$1"
-    (cd "$work/$1" && RUST_LOG=warn exec "$TANSU_BIN" broker \
-        --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine sqlite://broker.db >broker.log 2>&1) &
-    tansu_pid=$!
-    pids+=($tansu_pid)
-    wait_port "$port" "$tansu_pid" "tansu"
-    tansu="127.0.0.1:$port"
-    log "Tansu at $tansu"
+    # A port free when probed can be taken before Tansu binds it (it then exits at once): retry.
+    for attempt in 1 2 3 4 5; do
+        port=$(free_port)
+        (cd "$work/$1" && RUST_LOG=warn exec "$TANSU_BIN" broker \
+            --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+            --storage-engine sqlite://broker.db >"broker-$attempt.log" 2>&1) &
+        tansu_pid=$!
+        pids+=($tansu_pid)
+        if listening "$port" "$tansu_pid"; then
+            tansu="127.0.0.1:$port"
+            log "Tansu at $tansu"
+            return 0
+        fi
+        log "Tansu did not start on port $port (attempt $attempt); see $work/$1/broker-$attempt.log"
+    done
+    die "Tansu did not start; see $work/$1"
 }
 start_tansu tansu
 
