@@ -7,7 +7,7 @@ use actix_web::dev::{fn_factory, fn_service, Service, ServiceFactory, ServiceReq
 use actix_web::http::Method;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, Resource, Route, Scope};
 
-use crate::http::{method_not_allowed, RoutePattern};
+use crate::http::{method_not_allowed, route_not_found, RoutePattern};
 
 /// One path and the handlers of its methods. Any other method on the path answers
 /// `405 method_not_allowed` with an `Allow` header listing the path's methods.
@@ -171,10 +171,15 @@ fn by_method(
                 services.push((method.clone(), route.new_service(()).await?));
             }
             let other = other.new_service(()).await?;
-            let services = Rc::new((services, other));
+            let not_found = web::to(route_not_found).new_service(()).await?;
+            let services = Rc::new((services, other, not_found));
             Ok(fn_service(move |request: ServiceRequest| {
+                let (routes, other, not_found) = &*services;
+                // The scope also takes its bare prefix, which names no key.
+                if request.match_info().unprocessed().is_empty() {
+                    return not_found.call(request);
+                }
                 request.extensions_mut().insert(pattern.clone());
-                let (routes, other) = &*services;
                 let service = routes
                     .iter()
                     .find(|(method, _)| method == request.method())
@@ -330,5 +335,23 @@ mod tests {
                 "GET, DELETE"
             ))
         );
+    }
+
+    #[actix_web::test]
+    async fn a_key_tails_bare_prefix_is_no_route() {
+        let endpoints =
+            vec![Endpoint::key_tail("/kv/{key}").on(Method::PUT, web::to(HttpResponse::Ok))];
+        let app = actix_web::test::init_service(
+            actix_web::App::new().configure(|config| register(config, endpoints)),
+        )
+        .await;
+        for method in [Method::GET, Method::PUT] {
+            let request = actix_web::test::TestRequest::default()
+                .method(method.clone())
+                .uri("/kv")
+                .to_request();
+            let response = actix_web::test::call_service(&app, request).await;
+            assert_eq!(response.status(), 404, "{method}");
+        }
     }
 }
