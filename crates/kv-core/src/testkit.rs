@@ -709,6 +709,30 @@ pub mod openapi {
         filled
     }
 
+    /// Checks that `http_file` (`docs/usage.http`) sends `{{base}}` a request for every operation
+    /// of the document `yaml`, and nothing the document does not list.
+    pub fn assert_usage_matches_document(http_file: &str, base: &str, yaml: &str) {
+        let requests = usage_requests(http_file, base);
+        let operations: Vec<(String, String)> =
+            Document::parse(yaml).operations().into_keys().collect();
+        for (method, template) in &operations {
+            assert!(
+                requests
+                    .iter()
+                    .any(|(m, path)| m == method && instance_of(path, template)),
+                "docs/usage.http has no {method} {template} for the {base}"
+            );
+        }
+        for (method, path) in &requests {
+            assert!(
+                operations
+                    .iter()
+                    .any(|(m, template)| m == method && instance_of(path, template)),
+                "docs/usage.http sends {method} {path} to the {base}, which the document does not list"
+            );
+        }
+    }
+
     /// The requests of a REST Client file (`docs/usage.http`) sent to `{{base}}`, as
     /// (METHOD, path without the query).
     pub fn usage_requests(http_file: &str, base: &str) -> Vec<(String, String)> {
