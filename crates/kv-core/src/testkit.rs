@@ -77,6 +77,8 @@ pub struct Broker {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Where the running process's part of the log starts.
+    log_start: u64,
 }
 
 impl Broker {
@@ -86,6 +88,7 @@ impl Broker {
             child: None,
             port: free_port(),
             dir,
+            log_start: 0,
         };
         broker.launch();
         broker
@@ -99,6 +102,13 @@ impl Broker {
             binary.display()
         );
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        // Appended across restarts, so a drill's failure can show what the broker said.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("broker log file");
+        self.log_start = log.metadata().map_or(0, |m| m.len());
         let child = Command::new(&binary)
             .arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
@@ -107,8 +117,8 @@ impl Broker {
             .current_dir(self.dir.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("broker log file"))
+            .stderr(log)
             .spawn()
             .expect("start the broker");
         self.child = Some(child);
@@ -120,6 +130,44 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
+    }
+
+    /// The last `lines` lines the broker logged (warnings and errors), for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Restarts the broker on the same data if its storage stopped serving, and says whether it
+    /// did. Tansu 0.6.0's storage task ends for good on the first request it fails to complete
+    /// (its loop returns on any error, including a response it cannot hand back to a client
+    /// that went away); from then on the broker answers every request with
+    /// `Storage(UnableToSend)`. Apache Kafka has no such failure, so a drill that loads the
+    /// broker and breaks client connections heals it as an operator would, and reports that it
+    /// did. The broker's first errors go to stderr, for whoever reads the test output.
+    pub fn restart_if_storage_failed(&mut self) -> bool {
+        let log = std::fs::read(self.log_path()).unwrap_or_default();
+        let since_launch = log.get(self.log_start as usize..).unwrap_or_default();
+        let since_launch = String::from_utf8_lossy(since_launch);
+        let failed = since_launch.contains("Storage(UnableToSend)");
+        if failed {
+            let first_errors: Vec<&str> = since_launch
+                .lines()
+                .filter(|line| line.contains("ERROR"))
+                .take(5)
+                .collect();
+            eprintln!(
+                "broker storage failed, restarting it; its first errors:\n{}",
+                first_errors.join("\n")
+            );
+            self.restart();
+        }
+        failed
     }
 
     pub fn bootstrap_servers(&self) -> String {
