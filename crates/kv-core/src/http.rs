@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::error::{JsonPayloadError, PathError, PayloadError, QueryPayloadError};
+use actix_web::error::{PathError, PayloadError, QueryPayloadError};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
@@ -233,29 +233,66 @@ impl MessageBody for HoldBody {
     }
 }
 
-/// JSON bodies up to `limit` bytes; anything wrong with one becomes a 400/413/415 JSON error.
-pub fn json_config(limit: usize) -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(limit)
-        .error_handler(|error, _| json_error(&error).into())
+/// The most bytes a [`JsonBody`] may take on the routes this is registered for (app or resource
+/// `app_data`); [`DEFAULT_JSON_LIMIT`] where none is.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonLimit(pub usize);
+
+/// actix's own default for JSON bodies.
+pub const DEFAULT_JSON_LIMIT: usize = 2 * 1024 * 1024;
+
+/// A JSON request body, read only when the handler calls [`JsonBody::read`]: after every other
+/// extractor, the auth check above all, has passed. actix's `web::Json` reads the body beside
+/// the other extractors, so a request with a bad token and a malformed body could get `400`
+/// instead of `401` while the token check waits (on a key refresh), and an unauthenticated
+/// client could make the server buffer bodies up to the limit.
+pub struct JsonBody<T> {
+    payload: Payload,
+    request: HttpRequest,
+    _into: std::marker::PhantomData<T>,
 }
 
-fn json_error(error: &JsonPayloadError) -> ApiError {
-    match error {
-        JsonPayloadError::Overflow { limit }
-        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the JSON body is larger than {limit} bytes"),
-        ),
-        JsonPayloadError::ContentType => ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "the body must be JSON with Content-Type: application/json",
-        ),
-        JsonPayloadError::Deserialize(e) => {
-            ApiError::invalid_request(format!("the JSON body is invalid: {e}"))
+impl<T> std::fmt::Debug for JsonBody<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonBody").finish_non_exhaustive()
+    }
+}
+
+impl<T> actix_web::FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        std::future::ready(Ok(Self {
+            payload: payload.take(),
+            request: request.clone(),
+            _into: std::marker::PhantomData,
+        }))
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> JsonBody<T> {
+    /// Reads and parses the body: `415` unless it is declared JSON, `413` past the route's
+    /// [`JsonLimit`] (refused without buffering it whole, see [`read_body`]), `400` when it is
+    /// not the JSON expected.
+    pub async fn read(self) -> Result<T, ApiError> {
+        let declared_json = matches!(
+            self.request.mime_type(),
+            Ok(Some(mime)) if mime.subtype() == actix_web::mime::JSON || mime.suffix() == Some(actix_web::mime::JSON)
+        );
+        if !declared_json {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "the body must be JSON with Content-Type: application/json",
+            ));
         }
-        JsonPayloadError::Payload(e) => payload_error(e),
-        other => ApiError::invalid_request(format!("the JSON body could not be read: {other}")),
+        let limit = self
+            .request
+            .app_data::<JsonLimit>()
+            .map_or(DEFAULT_JSON_LIMIT, |limit| limit.0);
+        let body = read_body(self.payload, &self.request, limit).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid_request(format!("the JSON body is invalid: {e}")))
     }
 }
 
@@ -333,7 +370,7 @@ pub fn key_from_path(request: &HttpRequest, prefix: &str) -> Result<Vec<u8>, Api
 /// before reading anything, and a body that grows past it is refused as soon as it does, so an
 /// oversized body is never buffered whole.
 pub async fn read_body(
-    mut payload: web::Payload,
+    mut payload: impl futures::Stream<Item = Result<web::Bytes, PayloadError>> + Unpin,
     request: &HttpRequest,
     limit: usize,
 ) -> Result<web::BytesMut, ApiError> {

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::kafka::create_topic;
-use crate::settings::{CoreSettings, Env};
+use crate::settings::{CoreSettings, Env, KafkaProperties};
 
 /// The Tansu version the scripts install; keep in step with `scripts/lib.sh`.
 const TANSU_VERSION: &str = "0.6.0";
@@ -261,6 +262,74 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The broker a benchmark measures against: the one at `KV_BENCH_BOOTSTRAP` when set (such as
+/// the `mock_cluster` example, or Apache Kafka), else a fresh test broker of its own.
+#[derive(Debug)]
+pub struct BrokerUnderTest {
+    _own: Option<Broker>,
+    bootstrap: String,
+}
+
+impl BrokerUnderTest {
+    pub fn start() -> BrokerUnderTest {
+        match std::env::var("KV_BENCH_BOOTSTRAP") {
+            Ok(bootstrap) if !bootstrap.is_empty() => BrokerUnderTest {
+                _own: None,
+                bootstrap,
+            },
+            _ => {
+                let broker = Broker::start();
+                let bootstrap = broker.bootstrap_servers();
+                BrokerUnderTest {
+                    _own: Some(broker),
+                    bootstrap,
+                }
+            }
+        }
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Creates a topic with a random name; on librdkafka's MockCluster, which has no
+    /// CreateTopics, the topic gets the mock's own partition count (see [`Self::partitions`]).
+    pub async fn create_topic(&self, prefix: &str, partitions: i32) -> String {
+        let topic = random_topic(prefix);
+        let env = Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", self.bootstrap.clone())])
+            .expect("environment");
+        let properties = KafkaProperties::from_env(&env).expect("Kafka properties");
+        let create = create_topic(&properties, &topic, partitions, &[], Duration::from_secs(5));
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(5), create).await,
+            Ok(Ok(()))
+        ) {
+            // Asking for the topic's metadata creates it where CreateTopics is missing.
+            let client: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &self.bootstrap)
+                .set("allow.auto.create.topics", "true")
+                .create()
+                .expect("client");
+            client
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .expect("auto-create the topic");
+        }
+        topic
+    }
+
+    /// How many partitions `topic` has.
+    pub fn partitions(&self, topic: &str) -> i32 {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("client");
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        i32::try_from(metadata.topics()[0].partitions().len()).expect("partition count")
     }
 }
 

@@ -14,9 +14,8 @@
 
 use std::time::{Duration, Instant};
 
-use kv_core::kafka::create_topic;
-use kv_core::settings::{Env, KafkaProperties};
-use kv_core::testkit::{random_topic, Broker};
+use kv_core::settings::Env;
+use kv_core::testkit::BrokerUnderTest;
 use kv_reader::{App, Settings};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -34,79 +33,7 @@ fn arg<T: std::str::FromStr>(index: usize, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// The broker under test: `KV_BENCH_BOOTSTRAP` if set, else a fresh Tansu from the testkit.
-struct Target {
-    _broker: Option<Broker>,
-    bootstrap: String,
-}
-
-impl Target {
-    fn start() -> Target {
-        match std::env::var("KV_BENCH_BOOTSTRAP") {
-            Ok(bootstrap) if !bootstrap.is_empty() => Target {
-                _broker: None,
-                bootstrap,
-            },
-            _ => {
-                let broker = Broker::start();
-                let bootstrap = broker.bootstrap_servers();
-                Target {
-                    _broker: Some(broker),
-                    bootstrap,
-                }
-            }
-        }
-    }
-
-    fn bootstrap_servers(&self) -> String {
-        self.bootstrap.clone()
-    }
-
-    async fn create_topic(&self, prefix: &str, partitions: i32) -> String {
-        let topic = random_topic(prefix);
-        let env =
-            Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", self.bootstrap.clone())]).expect("env");
-        let properties = KafkaProperties::from_env(&env).expect("properties");
-        let create = create_topic(&properties, &topic, partitions, &[], Duration::from_secs(5));
-        match tokio::time::timeout(Duration::from_secs(5), create).await {
-            Ok(Ok(())) => {}
-            // librdkafka's MockCluster has no CreateTopics: asking for the topic's metadata
-            // creates it with the mock's default partition count instead.
-            _ => {
-                let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-                    .set("bootstrap.servers", &self.bootstrap)
-                    .set("allow.auto.create.topics", "true")
-                    .create()
-                    .expect("client");
-                rdkafka::consumer::Consumer::fetch_metadata(
-                    &client,
-                    Some(&topic),
-                    Duration::from_secs(10),
-                )
-                .expect("auto-create the topic");
-            }
-        }
-        topic
-    }
-
-    /// How many partitions `topic` has (the MockCluster picks its own count).
-    #[allow(dead_code)]
-    fn partitions(&self, topic: &str) -> i32 {
-        let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .expect("client");
-        let metadata = rdkafka::consumer::Consumer::fetch_metadata(
-            &client,
-            Some(topic),
-            Duration::from_secs(10),
-        )
-        .expect("metadata");
-        metadata.topics()[0].partitions().len() as i32
-    }
-}
-
-fn produce(broker: &Target, topic: &str, records: usize) {
+fn produce(broker: &BrokerUnderTest, topic: &str, records: usize) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap_servers())
         .set("linger.ms", "20")
@@ -133,7 +60,7 @@ fn produce(broker: &Target, topic: &str, records: usize) {
     producer.flush(Duration::from_secs(600)).expect("flush");
 }
 
-fn raw_consume(broker: &Target, topic: &str, partitions: i32, records: usize) -> Duration {
+fn raw_consume(broker: &BrokerUnderTest, topic: &str, partitions: i32, records: usize) -> Duration {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap_servers())
         .set("group.id", "raw-replay")
@@ -162,14 +89,17 @@ fn raw_consume(broker: &Target, topic: &str, partitions: i32, records: usize) ->
     elapsed
 }
 
-async fn replica_replay(broker: &Target, topic: &str, storage: &str) -> Duration {
+async fn replica_replay(broker: &BrokerUnderTest, topic: &str, storage: &str) -> Duration {
     let dir = tempfile::tempdir().expect("dir");
     let location = std::env::var("KV_BENCH_STORE_DIR")
         .ok()
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| dir.path().display().to_string());
     let mut pairs = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        (
+            "KAFKA_BOOTSTRAP_SERVERS",
+            broker.bootstrap_servers().to_owned(),
+        ),
         ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
         ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
         ("KAFKA_GROUP_ID", "replica-replay".to_owned()),
@@ -202,7 +132,7 @@ async fn main() {
     let records: usize = arg(1, 1_000_000);
     let partitions: i32 = arg(2, 3);
     let storage: String = arg(3, "memory".to_owned());
-    let broker = Target::start();
+    let broker = BrokerUnderTest::start();
     let topic = broker.create_topic("replay", partitions).await;
     let partitions = broker.partitions(&topic);
 

@@ -8,8 +8,8 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
 use kv_core::auth::{AuthGate, DiscoveryError};
 use kv_core::http::{
-    bind, close_when_body_unread, correlation_id_middleware, json_config, path_config,
-    query_config, route_not_found, ListenError,
+    bind, close_when_body_unread, correlation_id_middleware, path_config, query_config,
+    route_not_found, JsonLimit, ListenError,
 };
 use kv_core::metrics::{metrics_middleware, Metrics};
 use kv_core::record::RecordCodec;
@@ -131,7 +131,7 @@ impl App {
                 .app_data(state.clone())
                 .app_data(auth.clone())
                 .app_data(metrics.clone())
-                .app_data(json_config(JSON_LIMIT))
+                .app_data(JsonLimit(JSON_LIMIT))
                 .app_data(path_config())
                 .app_data(query_config())
                 .configure(|config| register(config, routes::endpoints()))

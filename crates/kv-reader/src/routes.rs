@@ -20,7 +20,7 @@ use kv_core::consistency::{
     ConsistencyToken, RecordPosition, CONSISTENCY_TOKEN_HEADER, CONSISTENCY_TOKEN_PARAM,
 };
 use kv_core::error::{ApiError, ErrorCode};
-use kv_core::http::{key_from_path, CORRELATION_ID};
+use kv_core::http::{key_from_path, JsonBody, CORRELATION_ID};
 use kv_core::metrics::metrics_endpoint;
 use kv_core::routing::{openapi_document, Endpoint};
 use serde::{Deserialize, Serialize};
@@ -241,9 +241,10 @@ fn key_field(body: &serde_json::Map<String, Value>) -> Result<&str, ApiError> {
 pub async fn retrieve(
     _auth: Authorized<operation::Read>,
     request: HttpRequest,
-    body: web::Json<serde_json::Map<String, Value>>,
+    body: JsonBody<serde_json::Map<String, Value>>,
     state: web::Data<ReaderState>,
 ) -> Result<HttpResponse, ApiError> {
+    let body = body.read().await?;
     let key = key_field(&body)?;
     state.prepare_read(&request).await?;
     let entry = state.lookup(key.as_bytes())?;
@@ -255,9 +256,10 @@ pub async fn retrieve(
 pub async fn retrieve_b64(
     _auth: Authorized<operation::Read>,
     request: HttpRequest,
-    body: web::Json<serde_json::Map<String, Value>>,
+    body: JsonBody<serde_json::Map<String, Value>>,
     state: web::Data<ReaderState>,
 ) -> Result<HttpResponse, ApiError> {
+    let body = body.read().await?;
     let key = STANDARD
         .decode(key_field(&body)?)
         .map_err(|e| ApiError::invalid_request(format!("field `key` is not valid base64: {e}")))?;
@@ -328,10 +330,10 @@ struct BatchGetItem {
 pub async fn batch_get(
     _auth: Authorized<operation::Read>,
     request: HttpRequest,
-    body: web::Json<BatchGetRequest>,
+    body: JsonBody<BatchGetRequest>,
     state: web::Data<ReaderState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let body = body.read().await?;
     let count = body.keys.len() + body.keys_b64.len();
     if count == 0 {
         return Err(ApiError::invalid_request(

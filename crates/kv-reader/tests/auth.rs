@@ -151,6 +151,51 @@ async fn both_services_require_tokens_with_the_right_scopes_and_follow_a_key_rot
     );
 }
 
+/// `token` with its header swapped for one naming a key the provider never had: the service
+/// must fetch the provider's keys again before it can refuse it, so its check is still waiting
+/// when anything else about the request is already known to be wrong.
+fn under_an_unknown_kid(token: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
+    let (_, rest) = token.split_once('.').expect("a JWT");
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT","kid":"never-issued"}"#);
+    format!("{header}.{rest}")
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_with_401_before_the_body_is_looked_at() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("auth-first", 1).await;
+    let idp = OidcProvider::start("key-a");
+    let env = env_with_auth(&broker, &topic, &idp);
+    let writer = Service::start("kv-writer", &env);
+    let reader = Service::start("kv-reader", &env);
+    let http = reqwest::Client::new();
+    let forged = under_an_unknown_kid(&idp.token("kv-full", "kv:read kv:write").await);
+
+    let routes = [
+        (&writer, "/store"),
+        (&writer, "/v1/kv:batch"),
+        (&reader, "/retrieve"),
+        (&reader, "/v1/kv:batchGet"),
+    ];
+    for (service, path) in routes {
+        // Neither JSON nor declared as JSON: refused with 415 once a token is accepted.
+        let response = http
+            .post(service.url(path))
+            .bearer_auth(&forged)
+            .header("content-type", "text/plain")
+            .body("not json")
+            .send()
+            .await
+            .expect("post");
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "POST {path}: {body}");
+    }
+}
+
 #[test]
 fn a_service_with_auth_on_refuses_to_start_when_the_provider_cannot_be_reached() {
     let unreachable = format!("http://127.0.0.1:{}/realms/none", free_port());

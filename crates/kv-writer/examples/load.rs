@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_core::kafka::create_topic;
-use kv_core::settings::{Env, KafkaProperties};
-use kv_core::testkit::{random_topic, Broker};
+use kv_core::settings::Env;
+use kv_core::testkit::BrokerUnderTest;
 use kv_writer::{App, Settings};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -62,84 +61,16 @@ where
     acked as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The broker under test: `KV_BENCH_BOOTSTRAP` if set, else a fresh Tansu from the testkit.
-struct Target {
-    _broker: Option<Broker>,
-    bootstrap: String,
-}
-
-impl Target {
-    fn start() -> Target {
-        match std::env::var("KV_BENCH_BOOTSTRAP") {
-            Ok(bootstrap) if !bootstrap.is_empty() => Target {
-                _broker: None,
-                bootstrap,
-            },
-            _ => {
-                let broker = Broker::start();
-                let bootstrap = broker.bootstrap_servers();
-                Target {
-                    _broker: Some(broker),
-                    bootstrap,
-                }
-            }
-        }
-    }
-
-    async fn create_topic(&self, prefix: &str, partitions: i32) -> String {
-        let topic = random_topic(prefix);
-        let env =
-            Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", self.bootstrap.clone())]).expect("env");
-        let properties = KafkaProperties::from_env(&env).expect("properties");
-        let create = create_topic(&properties, &topic, partitions, &[], Duration::from_secs(5));
-        match tokio::time::timeout(Duration::from_secs(5), create).await {
-            Ok(Ok(())) => {}
-            // librdkafka's MockCluster has no CreateTopics: asking for the topic's metadata
-            // creates it with the mock's default partition count instead.
-            _ => {
-                let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-                    .set("bootstrap.servers", &self.bootstrap)
-                    .set("allow.auto.create.topics", "true")
-                    .create()
-                    .expect("client");
-                rdkafka::consumer::Consumer::fetch_metadata(
-                    &client,
-                    Some(&topic),
-                    Duration::from_secs(10),
-                )
-                .expect("auto-create the topic");
-            }
-        }
-        topic
-    }
-
-    /// How many partitions `topic` has (the MockCluster picks its own count).
-    #[allow(dead_code)]
-    fn partitions(&self, topic: &str) -> i32 {
-        let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .expect("client");
-        let metadata = rdkafka::consumer::Consumer::fetch_metadata(
-            &client,
-            Some(topic),
-            Duration::from_secs(10),
-        )
-        .expect("metadata");
-        metadata.topics()[0].partitions().len() as i32
-    }
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let writes = arg(1, 20_000);
     let concurrency = arg(2, 64);
     let value = Arc::new(vec![b'v'; arg(3, 100)]);
-    let broker = Target::start();
+    let broker = BrokerUnderTest::start();
 
     let raw_topic = broker.create_topic("load-raw", 3).await;
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
+        .set("bootstrap.servers", broker.bootstrap_servers())
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -170,7 +101,10 @@ async fn main() {
 
     let http_topic = broker.create_topic("load-http", 3).await;
     let env = Env::from_pairs([
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap.clone()),
+        (
+            "KAFKA_BOOTSTRAP_SERVERS",
+            broker.bootstrap_servers().to_owned(),
+        ),
         ("KV_API_KAFKA_KEY_VALUE_TOPIC", http_topic),
         ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
         ("KV_API_LISTEN", "127.0.0.1:0".to_owned()),

@@ -19,7 +19,7 @@ use futures::future::join_all;
 use kv_core::auth::{operation, Authorized, Operation};
 use kv_core::consistency::RecordPosition;
 use kv_core::error::{ApiError, ErrorCode};
-use kv_core::http::CorrelationId;
+use kv_core::http::{CorrelationId, JsonBody};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -59,9 +59,10 @@ struct BatchResponse<'a> {
 pub async fn batch(
     auth: Authorized<operation::Write>,
     request: HttpRequest,
-    body: web::Json<Map<String, Value>>,
+    body: JsonBody<Map<String, Value>>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
+    let body = body.read().await?;
     let writes = parse(&body, &state)?;
     if writes.iter().any(|write| write.value.is_none()) {
         auth.permits(Operation::Delete)?;

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use kv_core::auth::{operation, Authorized};
 use kv_core::consistency::{ConsistencyToken, RecordPosition};
 use kv_core::error::{ApiError, ErrorCode};
-use kv_core::http::{json_config, key_from_path, read_body, CorrelationId};
+use kv_core::http::{key_from_path, read_body, CorrelationId, JsonBody, JsonLimit};
 use kv_core::metrics::metrics_endpoint;
 use kv_core::routing::{openapi_document, Endpoint};
 use serde::Serialize;
@@ -36,7 +36,7 @@ pub fn endpoints(batch_limit: usize) -> Vec<Endpoint> {
             .on(Method::DELETE, web::to(delete_value)),
         Endpoint::new("/v1/kv:batch")
             // A batch carries many values, so its body limit is its own.
-            .app_data(json_config(batch_limit))
+            .app_data(JsonLimit(batch_limit))
             .on(Method::POST, web::to(batch::batch)),
         Endpoint::new("/store").on(Method::POST, web::to(store)),
         Endpoint::new("/store/b64").on(Method::POST, web::to(store_base64)),
@@ -180,9 +180,10 @@ pub async fn delete_value(
 pub async fn store(
     _auth: Authorized<operation::Write>,
     request: HttpRequest,
-    body: web::Json<Map<String, Value>>,
+    body: JsonBody<Map<String, Value>>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
+    let body = body.read().await?;
     let write = Fields::new(&body, Encoding::Utf8).put()?;
     state.check(&write, "")?;
     state.write_one(&request, &write).await
@@ -192,9 +193,10 @@ pub async fn store(
 pub async fn store_base64(
     _auth: Authorized<operation::Write>,
     request: HttpRequest,
-    body: web::Json<Map<String, Value>>,
+    body: JsonBody<Map<String, Value>>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
+    let body = body.read().await?;
     let write = Fields::new(&body, Encoding::Base64).put()?;
     state.check(&write, "")?;
     state.write_one(&request, &write).await
@@ -204,9 +206,10 @@ pub async fn store_base64(
 pub async fn remove(
     _auth: Authorized<operation::Delete>,
     request: HttpRequest,
-    body: web::Json<Map<String, Value>>,
+    body: JsonBody<Map<String, Value>>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
+    let body = body.read().await?;
     let write = Fields::new(&body, Encoding::Utf8).delete()?;
     state.check(&write, "")?;
     state.write_one(&request, &write).await
