@@ -252,20 +252,36 @@ redis_p99=$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f7 | median)
 kill "$nginx_pid" "$redis_pid" "$reader_pid" 2>/dev/null || true
 
 # --- 2. writes: acked HTTP writes/s at 64 connections vs a raw rdkafka producer ----------------
-writes_on() { # writes_on BROKER LABEL
-    local out="$work/writes-$2.txt"
+# The write and freshness figures each run on a fresh Tansu: after a 1M-record replay, or some
+# 20 000 writes, Tansu slows down, and its sqlite storage can start failing every request
+# (`Storage(UnableToSend)` in its log).
+fresh_tansu() { # fresh_tansu NAME
+    kill "$tansu_pid" 2>/dev/null || true
+    start_tansu "$1"
+}
+writes_on() { # writes_on LABEL: mock, or tansu (a fresh Tansu for each run)
+    local out="$work/writes-$1.txt" broker run order
     : >"$out"
-    for _ in $(seq 1 "$runs"); do
-        KV_BENCH_BOOTSTRAP="$1" "$bin/examples/load" "$writes" "$connections" "$value_bytes" \
-            >>"$out" 2>>"$work/writes-$2.log"
+    for run in $(seq 1 "$runs"); do
+        broker="$mock"
+        if [ "$1" = tansu ]; then
+            fresh_tansu "tansu-writes-$run"
+            broker="$tansu"
+        fi
+        # Alternate which side runs first: a broker may slow as its log grows (Tansu does), and
+        # the side that always ran second would pay for it.
+        order=raw-first
+        [ $((run % 2)) -eq 0 ] && order=http-first
+        KV_BENCH_BOOTSTRAP="$broker" "$bin/examples/load" "$writes" "$connections" "$value_bytes" \
+            "$order" >>"$out" 2>>"$work/writes-$1.log"
     done
-    printf -v "writes_${2}_raw" '%s' "$(grep BENCH "$out" | field raw_wps | median)"
-    printf -v "writes_${2}_ours" '%s' "$(grep BENCH "$out" | field http_wps | median)"
+    printf -v "writes_${1}_raw" '%s' "$(grep BENCH "$out" | field raw_wps | median)"
+    printf -v "writes_${1}_ours" '%s' "$(grep BENCH "$out" | field http_wps | median)"
 }
 log "writes: $writes per run on the MockCluster, $runs runs"
-writes_on "$mock" mock
-log "writes: $writes per run on Tansu, $runs runs"
-writes_on "$tansu" tansu
+writes_on mock
+log "writes: $writes per run on Tansu, $runs runs, each on a fresh Tansu"
+writes_on tansu
 
 # --- 3. freshness: write 2xx -> readable on a reader, under moderate load ---------------------
 freshness_on() { # freshness_on BROKER LABEL [VAR=VALUE for the reader]
@@ -297,12 +313,6 @@ freshness_on() { # freshness_on BROKER LABEL [VAR=VALUE for the reader]
     printf -v "fresh_${2}_p50" '%s' "$(grep BENCH "$work/fresh-$2.txt" | field p50_ms)"
     printf -v "fresh_${2}_p99" '%s' "$(grep BENCH "$work/fresh-$2.txt" | field p99_ms)"
     printf -v "fresh_${2}_failed" '%s' "$(grep BENCH "$work/fresh-$2.txt" | field failed)"
-}
-# Each Tansu run on a fresh Tansu: after some 20 000 writes (or a 1M-record replay) its sqlite
-# storage can start failing every request (`Storage(UnableToSend)` in its log).
-fresh_tansu() { # fresh_tansu NAME
-    kill "$tansu_pid" 2>/dev/null || true
-    start_tansu "$1"
 }
 log "freshness: $probes probes under 500 writes/s on the MockCluster"
 freshness_on "$mock" mock

@@ -6,7 +6,7 @@
 //! Run with optimisations (`make bench` does):
 //!
 //! ```text
-//! cargo run --release -p kv-writer --example load -- [writes] [concurrency] [value-bytes]
+//! cargo run --release -p kv-writer --example load -- [writes] [concurrency] [value-bytes] [raw-first|http-first]
 //! ```
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,14 +61,31 @@ where
     acked as f64 / start.elapsed().as_secs_f64()
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
-    let writes = arg(1, 20_000);
-    let concurrency = arg(2, 64);
-    let value = Arc::new(vec![b'v'; arg(3, 100)]);
-    let broker = BrokerUnderTest::start();
+/// Which side runs first. The broker under test may slow down as its log grows (Tansu does), so
+/// `make bench` alternates the order between runs instead of always giving one side the fresher
+/// broker.
+#[derive(Clone, Copy, PartialEq)]
+enum Order {
+    RawFirst,
+    HttpFirst,
+}
 
-    let raw_topic = broker.create_topic("load-raw", 3).await;
+fn order() -> Order {
+    match std::env::args().nth(4).as_deref() {
+        None | Some("raw-first") => Order::RawFirst,
+        Some("http-first") => Order::HttpFirst,
+        Some(other) => panic!("order must be raw-first or http-first, not {other}"),
+    }
+}
+
+/// Acknowledged writes/s of a raw `FutureProducer` with the writer's producer settings.
+async fn raw_producer_run(
+    broker: &BrokerUnderTest,
+    writes: usize,
+    concurrency: usize,
+    value: Arc<Vec<u8>>,
+) -> f64 {
+    let topic = broker.create_topic("load-raw", 3).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap_servers())
         .set("enable.idempotence", "true")
@@ -79,33 +96,38 @@ async fn main() {
         .expect("producer");
     // Warm-up: connections and the idempotent producer id, outside the timed run.
     for _ in 0..concurrency {
-        let record = FutureRecord::to(&raw_topic)
+        let record = FutureRecord::to(&topic)
             .key("warm-up")
             .payload(value.as_slice());
         producer.send(record, Duration::from_secs(10)).await.ok();
     }
-    let raw = {
+    measure(writes, concurrency, move |i| {
+        let producer = producer.clone();
+        let topic = topic.clone();
         let value = value.clone();
-        measure(writes, concurrency, move |i| {
-            let producer = producer.clone();
-            let topic = raw_topic.clone();
-            let value = value.clone();
-            async move {
-                let key = format!("key-{i}");
-                let record = FutureRecord::to(&topic).key(&key).payload(value.as_slice());
-                producer.send(record, Duration::from_secs(1)).await.is_ok()
-            }
-        })
-        .await
-    };
+        async move {
+            let key = format!("key-{i}");
+            let record = FutureRecord::to(&topic).key(&key).payload(value.as_slice());
+            producer.send(record, Duration::from_secs(1)).await.is_ok()
+        }
+    })
+    .await
+}
 
-    let http_topic = broker.create_topic("load-http", 3).await;
+/// Acknowledged writes/s of `PUT /v1/kv/{key}` through an in-process kv-writer.
+async fn http_writer_run(
+    broker: &BrokerUnderTest,
+    writes: usize,
+    concurrency: usize,
+    value: Arc<Vec<u8>>,
+) -> f64 {
+    let topic = broker.create_topic("load-http", 3).await;
     let env = Env::from_pairs([
         (
             "KAFKA_BOOTSTRAP_SERVERS",
             broker.bootstrap_servers().to_owned(),
         ),
-        ("KV_API_KAFKA_KEY_VALUE_TOPIC", http_topic),
+        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic),
         ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
         ("KV_API_LISTEN", "127.0.0.1:0".to_owned()),
     ])
@@ -126,18 +148,42 @@ async fn main() {
             .await
             .ok();
     }
-    let through_writer = measure(writes, concurrency, move |i| {
+    measure(writes, concurrency, move |i| {
         let request = http
             .put(format!("{base}key-{i}"))
             .body(value.as_ref().clone())
             .send();
         async move { matches!(request.await, Ok(r) if r.status() == 200) }
     })
-    .await;
+    .await
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let writes = arg(1, 20_000);
+    let concurrency = arg(2, 64);
+    let value = Arc::new(vec![b'v'; arg(3, 100)]);
+    let order = order();
+    let broker = BrokerUnderTest::start();
+
+    let (raw, through_writer) = if order == Order::RawFirst {
+        let raw = raw_producer_run(&broker, writes, concurrency, value.clone()).await;
+        let http = http_writer_run(&broker, writes, concurrency, value.clone()).await;
+        (raw, http)
+    } else {
+        let http = http_writer_run(&broker, writes, concurrency, value.clone()).await;
+        let raw = raw_producer_run(&broker, writes, concurrency, value.clone()).await;
+        (raw, http)
+    };
 
     println!(
-        "{writes} writes, {concurrency} concurrent, {} byte values",
-        arg(3, 100)
+        "{writes} writes, {concurrency} concurrent, {} byte values, {}",
+        value.len(),
+        if order == Order::RawFirst {
+            "raw producer first"
+        } else {
+            "kv-writer first"
+        }
     );
     println!("raw rdkafka producer: {raw:.0} acked writes/s");
     println!("kv-writer over HTTP:  {through_writer:.0} acked writes/s");
