@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use kv_core::secret::Secret;
 
@@ -106,12 +107,19 @@ pub struct StoredEntry {
 
 #[derive(Debug)]
 pub struct Store {
+    /// The entries as of the last commit, opened once per commit rather than once per read:
+    /// beginning a redb read transaction takes a lock and registers it, and opening the table
+    /// searches the table of tables. `None` when it could not be opened; reads then open their
+    /// own. Declared before `db` so that it is dropped first.
+    snapshot: RwLock<Option<Arc<Entries>>>,
     db: Database,
     /// Where the file is, for log lines; `None` in memory.
     path: Option<PathBuf>,
     /// Present when the store is encrypted at rest.
     cipher: Option<StoreCipher>,
 }
+
+type Entries = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 impl Store {
     /// Opens (or creates) the store with the default page cache; see [`Store::open_with_cache`].
@@ -153,12 +161,14 @@ impl Store {
             }
         };
         let mut store = Self {
+            snapshot: RwLock::new(None),
             db,
             path,
             cipher: None,
         };
         store.ensure_tables()?;
         store.cipher = store.at_rest_cipher(password)?;
+        store.refresh_snapshot();
         Ok(store)
     }
 
@@ -271,6 +281,7 @@ impl Store {
         txn.open_table(NEXT_OFFSETS)?;
         txn.open_table(META)?.insert("topic", topic)?;
         txn.commit()?;
+        self.refresh_snapshot();
         Ok(())
     }
 
@@ -344,13 +355,47 @@ impl Store {
             }
         }
         txn.commit()?;
+        self.refresh_snapshot();
         Ok(())
     }
 
+    /// Replaces the snapshot reads use with the state just committed. Called after every commit
+    /// that changes entries, before the caller reports the new offsets as applied: a read that
+    /// waited for them must find their data.
+    fn refresh_snapshot(&self) {
+        let fresh = self
+            .db
+            .begin_read()
+            .map_err(StoreError::from)
+            .and_then(|txn| Ok(Arc::new(txn.open_table(ENTRIES)?)));
+        let fresh = match fresh {
+            Ok(entries) => Some(entries),
+            Err(error) => {
+                tracing::warn!(%error, "cannot open a read snapshot; reads open their own");
+                None
+            }
+        };
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = fresh;
+    }
+
+    /// The entries as last committed.
+    fn entries(&self) -> Result<Arc<Entries>, StoreError> {
+        let snapshot = self
+            .snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match snapshot {
+            Some(entries) => Ok(entries),
+            None => Ok(Arc::new(self.db.begin_read()?.open_table(ENTRIES)?)),
+        }
+    }
+
     pub fn get(&self, user_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let entries = txn.open_table(ENTRIES)?;
-        self.lookup(&entries, user_key)
+        self.lookup(&*self.entries()?, user_key)
     }
 
     fn lookup(
@@ -381,8 +426,7 @@ impl Store {
         &self,
         user_keys: impl IntoIterator<Item = &'k [u8]>,
     ) -> Result<Vec<Option<StoredEntry>>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let entries = txn.open_table(ENTRIES)?;
+        let entries = self.entries()?;
         user_keys
             .into_iter()
             .map(|key| self.lookup(&entries, key))
@@ -397,8 +441,7 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
-        let txn = self.db.begin_read()?;
-        let entries = txn.open_table(ENTRIES)?;
+        let entries = self.entries()?;
         if let Some(cipher) = &self.cipher {
             return list_sealed_keys(cipher, &entries, prefix, after, limit);
         }
@@ -698,6 +741,40 @@ mod tests {
             store.get(b"user-1").expect("get").expect("kept").value,
             b"Ada"
         );
+    }
+
+    #[test]
+    fn every_read_sees_the_last_commit_including_a_reset() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(
+            &Storage::Disk {
+                location: dir.path().to_path_buf(),
+            },
+            None,
+        )
+        .expect("store");
+        assert_eq!(store.get(b"k").expect("get"), None);
+        store
+            .apply(&[put(b"k", 0, b"one")], &BTreeMap::from([(0, 1)]))
+            .expect("apply");
+        let before = store.get(b"k").expect("get").expect("present");
+        store
+            .apply(&[put(b"k", 1, b"two")], &BTreeMap::from([(0, 2)]))
+            .expect("apply");
+        assert_eq!(before.value, b"one");
+        assert_eq!(
+            store.get(b"k").expect("get").expect("present").value,
+            b"two"
+        );
+        assert_eq!(
+            store.get_many([b"k".as_slice()]).expect("get_many")[0]
+                .as_ref()
+                .map(|e| e.value.clone()),
+            Some(b"two".to_vec())
+        );
+        store.reset("t").expect("reset");
+        assert_eq!(store.get(b"k").expect("get"), None);
+        assert!(store.list_keys(b"", None, 10).expect("list").0.is_empty());
     }
 
     #[test]
