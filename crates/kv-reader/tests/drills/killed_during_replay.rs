@@ -24,8 +24,9 @@ const KILLS: usize = 5;
 const REPLAY_DEADLINE: Duration = Duration::from_secs(120);
 /// After progress passed a kill's target, the kill waits a random part of this, so it lands at
 /// any phase of the batch in flight (polling, applying, committing), not only just after a
-/// commit became visible.
-const KILL_JITTER: Duration = Duration::from_millis(400);
+/// commit became visible. About one batch of 10 000 records at a debug build's replay speed:
+/// longer, and a late kill overshoots the end of the log.
+const KILL_JITTER: Duration = Duration::from_millis(150);
 
 /// Plain, unicode and binary keys (binary ones are listed as base64).
 fn key(index: usize) -> Vec<u8> {
@@ -92,15 +93,12 @@ fn resumed_from(output: &str) -> Option<i64> {
         .sum()
 }
 
-/// One kill target per kill, spread over the replay: the i-th lies at a random point of the
-/// i-th fifth of 5 %..65 %. Progress shows a batch of up to 10 000 records at a time and the kill
-/// waits up to [`KILL_JITTER`] more, long enough for the last 15 % of the log on a quiet machine,
-/// so a later target could see the replay end before the kill.
-fn kill_targets(rng: &mut StdRng) -> Vec<f64> {
-    let width = 0.6 / KILLS as f64;
-    (0..KILLS)
-        .map(|i| 0.05 + width * (i as f64 + rng.random_range(0.1..0.9)))
-        .collect()
+/// Where a run is killed, in records applied: a random point in the first 20 % of what its
+/// store lacked when it started. Relative to each run's own start, so that every run, the last
+/// included, is killed with log left to replay (progress moves a batch of up to 10 000 records at
+/// a time, and the jitter adds up to one more, so a kill lands past its target).
+fn kill_target(rng: &mut StdRng, stored_at_start: i64, total: i64) -> f64 {
+    stored_at_start as f64 + (total - stored_at_start) as f64 * rng.random_range(0.0..0.2)
 }
 
 async fn wait_caught_up(http: &reqwest::Client, reader: &Service) -> Value {
@@ -151,11 +149,16 @@ async fn drill_reader_killed_during_replay_five_times_ends_with_exactly_the_stat
     // Each run is killed once progress passed its target and a random jitter elapsed; the
     // next run's own log says how much of the log the store held at the kill.
     let mut landed_at = Vec::new();
-    for (run, target) in kill_targets(&mut rng).into_iter().enumerate() {
+    for run in 0..KILLS {
         let mut reader = Service::start("kv-reader", &env);
-        if run > 0 {
-            landed_at.push(stored_at_start(&reader).await);
-        }
+        let stored = if run > 0 {
+            let stored = stored_at_start(&reader).await;
+            landed_at.push(stored);
+            stored
+        } else {
+            0
+        };
+        let target = kill_target(&mut rng, stored, total);
         let jitter = KILL_JITTER.mul_f64(rng.random_range(0.0..1.0));
         let passed_target: Cell<Option<Instant>> = Cell::new(None);
         eventually(
@@ -168,7 +171,7 @@ async fn drill_reader_killed_during_replay_five_times_ends_with_exactly_the_stat
                 }
                 // Only once this run itself committed a batch: every kill interrupts real work.
                 let working = report["records_applied"].as_u64().unwrap_or(0) > 0;
-                if working && applied(&report) as f64 >= target * total as f64 {
+                if working && applied(&report) as f64 >= target {
                     let since = passed_target.get().unwrap_or_else(Instant::now);
                     passed_target.set(Some(since));
                     return (since.elapsed() >= jitter).then_some(());
