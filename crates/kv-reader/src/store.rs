@@ -363,12 +363,7 @@ impl Store {
     /// that changes entries, before the caller reports the new offsets as applied: a read that
     /// waited for them must find their data.
     fn refresh_snapshot(&self) {
-        let fresh = self
-            .db
-            .begin_read()
-            .map_err(StoreError::from)
-            .and_then(|txn| Ok(Arc::new(txn.open_table(ENTRIES)?)));
-        let fresh = match fresh {
+        let fresh = match self.open_entries() {
             Ok(entries) => Some(entries),
             Err(error) => {
                 tracing::warn!(%error, "cannot open a read snapshot; reads open their own");
@@ -390,8 +385,13 @@ impl Store {
             .clone();
         match snapshot {
             Some(entries) => Ok(entries),
-            None => Ok(Arc::new(self.db.begin_read()?.open_table(ENTRIES)?)),
+            None => self.open_entries(),
         }
+    }
+
+    /// The entries in a read transaction of their own, as of now.
+    fn open_entries(&self) -> Result<Arc<Entries>, StoreError> {
+        Ok(Arc::new(self.db.begin_read()?.open_table(ENTRIES)?))
     }
 
     pub fn get(&self, user_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {

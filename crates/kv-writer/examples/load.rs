@@ -70,6 +70,15 @@ enum Order {
     HttpFirst,
 }
 
+impl Order {
+    fn label(self) -> &'static str {
+        match self {
+            Order::RawFirst => "raw producer first",
+            Order::HttpFirst => "kv-writer first",
+        }
+    }
+}
+
 fn order() -> Order {
     match std::env::args().nth(4).as_deref() {
         None | Some("raw-first") => Order::RawFirst,
@@ -179,11 +188,7 @@ async fn main() {
     println!(
         "{writes} writes, {concurrency} concurrent, {} byte values, {}",
         value.len(),
-        if order == Order::RawFirst {
-            "raw producer first"
-        } else {
-            "kv-writer first"
-        }
+        order.label()
     );
     println!("raw rdkafka producer: {raw:.0} acked writes/s");
     println!("kv-writer over HTTP:  {through_writer:.0} acked writes/s");
