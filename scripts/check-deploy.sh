@@ -1,25 +1,54 @@
 #!/usr/bin/env bash
-# Validates the deployment files with the tools that run without a container engine:
-# docker-compose's own parser, yamllint, and (when a helm binary is on PATH) helm lint/template.
+# Checks the deployment files with the real tools, no cluster or container engine needed
+# (installed once by scripts/install-deploy-tools.sh):
+#   - the Helm chart rendered by Helm 4 for every supported shape (deploy/helm/kafka-kv/ci/),
+#     linted, every manifest validated strictly against the Kubernetes API schemas and yamllint;
+#     every values file in deploy/helm/bad-values/ must be refused by values.schema.json;
+#   - the alerts the chart renders: promtool check rules, and promtool test rules on synthetic
+#     series (deploy/prometheus/*.test.yaml);
+#   - the Dockerfile with hadolint, compose with docker-compose's own parser (and its health
+#     checks, start order and ports against `make run`), the OpenAPI
+#     documents with Redocly's linter, the YAML with yamllint.
+# Fails on any problem. Part of `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-apt_install docker-compose yamllint
-for profile in "" multiinstance; do
-    docker-compose ${profile:+--profile "$profile"} -f compose/docker-compose.yml config -q
-done
+start=$(date +%s)
+eval "$(scripts/install-deploy-tools.sh)"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+log "yamllint"
+"$KV_DEPLOY_PYTHON" -m yamllint --strict -c .yamllint.yml .yamllint.yml compose/docker-compose.yml \
+    deploy/helm/kafka-kv/Chart.yaml deploy/helm/kafka-kv/values.yaml deploy/helm/kafka-kv/ci \
+    deploy/helm/bad-values deploy/prometheus docs/openapi-writer.yaml docs/openapi-reader.yaml
+python3 -m json.tool deploy/helm/kafka-kv/values.schema.json >/dev/null
 python3 -m json.tool compose/keycloak/demo-realm.json >/dev/null
-# Helm templates are not YAML until rendered; lint what is.
-yamllint -c .yamllint.yml compose/docker-compose.yml deploy/helm/kafka-kv/Chart.yaml \
-    deploy/helm/kafka-kv/values.yaml docs/openapi-writer.yaml docs/openapi-reader.yaml
-if command -v helm >/dev/null; then
-    helm lint deploy/helm/kafka-kv --set auth.disabled=true
-    for role in writer reader; do
-        helm template "kv-$role" deploy/helm/kafka-kv --set role="$role" --set auth.disabled=true \
-            | yamllint -c .yamllint.yml -
-    done
-else
-    log "no helm binary: chart templates not rendered (see deploy/README.md)"
+
+log "helm chart: render, lint and validate every shape"
+"$KV_DEPLOY_PYTHON" scripts/deploy-tools/render-chart.py deploy/helm/kafka-kv \
+    deploy/helm/kafka-kv/ci deploy/helm/bad-values "$work"
+
+log "alerts: promtool check rules, promtool test rules"
+"$PROMTOOL" check rules "$work"/*.rules.yaml
+# Test files name their rule files relative to themselves: beside what was rendered.
+cp deploy/prometheus/*.test.yaml "$work/"
+(cd "$work" && "$PROMTOOL" test rules ./*.test.yaml)
+
+log "Dockerfile: hadolint"
+"$HADOLINT" --no-color Dockerfile
+log "compose: docker-compose config"
+docker-compose -f compose/docker-compose.yml config -q
+docker-compose --profile multiinstance -f compose/docker-compose.yml config \
+    | "$KV_DEPLOY_PYTHON" scripts/deploy-tools/check-compose.py
+
+log "OpenAPI documents: redocly lint"
+if ! report=$("$REDOCLY" lint --format=summary docs/openapi-writer.yaml docs/openapi-reader.yaml 2>&1); then
+    printf '%s\n' "$report" >&2
+    die "redocly lint found errors in the OpenAPI documents"
 fi
-log "deployment files are valid"
+# Its summary: warnings by rule (the recommended rule set); errors fail above.
+printf '%s\n' "$report" | grep -e '^warning' -e 'warnings\.' >&2 || true
+
+log "deployment files are valid ($(($(date +%s) - start)) s)"

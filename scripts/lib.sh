@@ -40,4 +40,5 @@ install_test_tools() {
     export TANSU_BIN
     KV_OIDC_PROVIDER=$(scripts/install-oidc-provider.sh)
     export KV_OIDC_PROVIDER
+    eval "$(scripts/install-deploy-tools.sh)"
 }

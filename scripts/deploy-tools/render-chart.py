@@ -1,0 +1,221 @@
+"""Renders the Helm chart for every supported shape and checks what comes out.
+
+Run by scripts/check-deploy.sh with the Python of the deploy-tools virtual environment
+(scripts/install-deploy-tools.sh): helm-python-sdk (Helm 4 as a library), kubernetes-validate
+and yamllint.
+
+  python render-chart.py CHART SHAPES_DIR BAD_VALUES_DIR OUT_DIR
+
+For each shape (SHAPES_DIR/*.yaml, a values file) it renders the chart as `helm template` would
+(values.schema.json included), lints it (`helm lint --strict`), runs yamllint on the manifests,
+validates every object strictly against the Kubernetes API schemas of each pinned version
+(unknown fields are errors) and checks the chart's own promises (names, labels, pod hardening,
+probes). Sharded readers are not a shape: the service does not shard yet. Kinds of CRDs that kubernetes-validate has no schema for (the Prometheus Operator's) are
+skipped by name and said so. The PrometheusRule of each shape is written to
+OUT_DIR/<role>-<storage>.rules.yaml for promtool. Every file in BAD_VALUES_DIR must be refused
+at render. Exits non-zero on any problem.
+"""
+
+import os
+import sys
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+from yamllint import linter
+from yamllint.config import YamlLintConfig
+
+# The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion) and the newest
+# kubernetes-validate ships schemas for; both pinned here.
+KUBE_VERSIONS = ("1.30.0", "1.37.0")
+# CRDs kubernetes-validate has no schema for: validated by the checks below, not by an API schema.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+NAMESPACE = "kv"
+
+problems = []
+
+
+class RulesDumper(yaml.SafeDumper):
+    """Writes multi-line PromQL as literal blocks, as it stands in the template."""
+
+
+RulesDumper.add_representer(
+    str, lambda dumper, s: dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+
+
+def problem(where, message):
+    problems.append(f"{where}: {message}")
+    print(f"  FAIL {message}")
+
+
+def pod_spec(obj):
+    return obj["spec"]["template"]["spec"]
+
+
+def check_promises(shape, values, release, objects):
+    """What the chart promises beyond the API schema."""
+    role = values["role"]
+    name = release if role in release else f"{release}-{role}"
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    for obj in objects:
+        labels = obj["metadata"].get("labels", {})
+        for label in ("helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/name",
+                      "app.kubernetes.io/instance", "app.kubernetes.io/component"):
+            if label not in labels:
+                problem(shape, f"{obj['kind']}/{obj['metadata']['name']} lacks the label {label}")
+        if not obj["metadata"]["name"].startswith(name):
+            problem(shape, f"{obj['kind']}/{obj['metadata']['name']} is not named after {name}")
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    if len(workloads) != 1:
+        problem(shape, f"expected one workload, got {len(workloads)}")
+        return
+    workload = workloads[0]
+    disk = role == "reader" and values.get("reader", {}).get("storage", "disk") == "disk"
+    expected_kind = "StatefulSet" if disk else "Deployment"
+    if workload["kind"] != expected_kind:
+        problem(shape, f"workload is a {workload['kind']}, expected a {expected_kind}")
+    spec = pod_spec(workload)
+    if spec.get("enableServiceLinks") is not False:
+        problem(shape, "enableServiceLinks is not false")
+    if spec.get("automountServiceAccountToken") is not False:
+        problem(shape, "automountServiceAccountToken is not false")
+    if spec.get("securityContext", {}).get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problem(shape, "the pod's seccompProfile is not RuntimeDefault")
+    container = spec["containers"][0]
+    env = {e["name"]: e for e in container.get("env", [])}
+    if not container.get("lifecycle", {}).get("preStop"):
+        problem(shape, "no preStop pause")
+    readiness = container["readinessProbe"]["httpGet"]["path"]
+    expected = "/healthz" if role == "writer" else "/healthz/ready"
+    if readiness != expected:
+        problem(shape, f"readiness probe asks {readiness}, expected {expected}")
+    if container["livenessProbe"]["httpGet"]["path"] != "/healthz/live":
+        problem(shape, "liveness probe does not ask /healthz/live")
+    for var, e in env.items():
+        if any(s in var for s in ("PASSWORD", "SECRET")) and not var.endswith("_LOCATION") and "value" in e:
+            problem(shape, f"{var} is set inline, not by reference to a Secret")
+    auth_on = not values.get("auth", {}).get("disabled", False)
+    if auth_on:
+        wanted = ["KV_API_AUTH_READ"] if role == "reader" else ["KV_API_AUTH_WRITE", "KV_API_AUTH_DELETE"]
+        for var in wanted:
+            if not env.get(var, {}).get("value"):
+                problem(shape, f"auth is on but {var} requires no scope")
+    if disk:
+        if workload["spec"].get("podManagementPolicy") != "Parallel":
+            problem(shape, "the StatefulSet does not start its replicas in parallel")
+        governing = workload["spec"].get("serviceName")
+        if ("Service", governing) not in kinds:
+            problem(shape, f"the StatefulSet's governing Service {governing} is not rendered")
+    if role == "reader" and values.get("reader", {}).get("groupIdPerPod", True):
+        if "$(POD_NAME)" not in env.get("KAFKA_GROUP_ID", {}).get("value", ""):
+            problem(shape, "KAFKA_GROUP_ID is not per pod")
+    if not any(o["kind"] == "PodDisruptionBudget" for o in objects):
+        problem(shape, "no PodDisruptionBudget")
+
+
+def check_shape(chart, chart_dir, path, out_dir, lint_config):
+    shape = os.path.basename(path)
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    release = f"kv-{values['role']}"
+    print(f"{shape}: release {release}")
+    try:
+        manifests = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
+    except helm.HelmError as e:
+        problem(shape, f"render failed: {e}")
+        return
+    report = helm.lint(chart_dir, values, strict=True,
+                       namespace=NAMESPACE, kube_version="v" + KUBE_VERSIONS[0])
+    for message in report.get("messages", []):
+        # Severity 1 is "info" (an icon is recommended); warnings and errors fail.
+        if message["severity"] >= 2:
+            problem(shape, f"helm lint: {message['path']}: {message['error']}")
+    for error in report.get("errors", []):
+        problem(shape, f"helm lint: {error}")
+
+    objects = []
+    for template, text in sorted(manifests.items()):
+        if template.endswith("NOTES.txt"):
+            if values["role"] not in text:
+                problem(shape, "NOTES.txt does not name the role")
+            continue
+        if not text.strip():
+            continue
+        for p in linter.run(text, lint_config):
+            problem(shape, f"yamllint {template}:{p.line}:{p.column}: {p.desc} ({p.rule})")
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+
+    skipped = set()
+    for obj in objects:
+        kind = (obj["apiVersion"], obj["kind"])
+        label = f"{obj['kind']}/{obj['metadata']['name']}"
+        if kind in CRD_KINDS:
+            skipped.add(obj["kind"])
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                at = ".".join(str(p) for p in e.path)
+                problem(shape, f"{label} is invalid for Kubernetes {version} at {at}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                problem(shape, f"{label}: {e.message}")
+    validated = sorted(f"{o['kind']}" for o in objects if (o["apiVersion"], o["kind"]) not in CRD_KINDS)
+    print(f"  valid for Kubernetes {' and '.join(KUBE_VERSIONS)} (strict): {', '.join(validated)}")
+    if skipped:
+        print(f"  no API schema for the CRD kinds {', '.join(sorted(skipped))}: skipped by kubernetes-validate")
+
+    check_promises(shape, values, release, objects)
+
+    for obj in objects:
+        if obj["kind"] == "PrometheusRule":
+            storage = values.get("reader", {}).get("storage", "disk") if values["role"] == "reader" else ""
+            target = os.path.join(out_dir, f"{values['role']}{'-' + storage if storage else ''}.rules.yaml")
+            with open(target, "w") as f:
+                yaml.dump(obj["spec"], f, Dumper=RulesDumper, sort_keys=False, width=120)
+
+
+def check_bad(chart, path):
+    name = os.path.basename(path)
+    with open(path) as f:
+        text = f.read()
+    reason = text.splitlines()[0].lstrip("# ")
+    try:
+        chart.render(yaml.safe_load(text), name="kv", namespace=NAMESPACE)
+    except helm.HelmError as e:
+        first = " ".join(line.strip() for line in str(e).splitlines()[1:3])
+        print(f"bad-values/{name}: {reason}: {first}")
+        return
+    problem(f"bad-values/{name}", f"rendered, but must be {reason}")
+
+
+def main():
+    chart_dir, shapes_dir, bad_dir, out_dir = sys.argv[1:5]
+    # The project's yamllint rules, except that Helm's toYaml never indents a list under its key.
+    with open(".yamllint.yml") as f:
+        rules = yaml.safe_load(f)
+    rules.pop("ignore", None)
+    rules["rules"]["indentation"] = {"indent-sequences": "whatever"}
+    lint_config = YamlLintConfig(content=yaml.safe_dump(rules))
+    os.makedirs(out_dir, exist_ok=True)
+    with helm.Chart.load(chart_dir) as chart:
+        shapes = sorted(os.path.join(shapes_dir, f) for f in os.listdir(shapes_dir) if f.endswith(".yaml"))
+        for path in shapes:
+            check_shape(chart, chart_dir, path, out_dir, lint_config)
+        print("sharded readers: not a shape yet (the chart has no sharding until the service has it)")
+        # Names do not double up: `kv-writer` stays `kv-writer`; another release gets `-<role>`.
+        other = chart.render({"role": "writer", "auth": {"disabled": True}}, name="shop", namespace=NAMESPACE)
+        if "name: shop-writer\n" not in other["kafka-kv/templates/writer.yaml"]:
+            problem("naming", "release `shop` does not name its writer `shop-writer`")
+        for path in sorted(os.listdir(bad_dir)):
+            check_bad(chart, os.path.join(bad_dir, path))
+    if problems:
+        print(f"{len(problems)} problem(s) in the chart:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        sys.exit(1)
+    print(f"chart: {len(shapes)} shapes rendered and valid, {len(os.listdir(bad_dir))} bad values files refused")
+
+
+if __name__ == "__main__":
+    main()
