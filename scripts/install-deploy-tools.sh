@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 apt_install prometheus docker-compose
+command -v promtool >/dev/null \
+    || die "no promtool although the Debian package prometheus is known to dpkg (removed but not purged?)"
 command -v python3 >/dev/null || apt_install python3 python3-venv
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm

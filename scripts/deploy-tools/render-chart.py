@@ -12,7 +12,7 @@ validates every object strictly against the Kubernetes API schemas of each pinne
 (unknown fields are errors) and checks the chart's own promises (names, labels, pod hardening,
 probes). Sharded readers are not a shape: the service does not shard yet. Kinds of CRDs that kubernetes-validate has no schema for (the Prometheus Operator's) are
 skipped by name and said so. The PrometheusRule of each shape is written to
-OUT_DIR/<role>-<storage>.rules.yaml for promtool. Every file in BAD_VALUES_DIR must be refused
+OUT_DIR/<shape>.rules.yaml for promtool. Every file in BAD_VALUES_DIR must be refused
 at render. Exits non-zero on any problem.
 """
 
@@ -169,8 +169,7 @@ def check_shape(chart, chart_dir, path, out_dir, lint_config):
 
     for obj in objects:
         if obj["kind"] == "PrometheusRule":
-            storage = values.get("reader", {}).get("storage", "disk") if values["role"] == "reader" else ""
-            target = os.path.join(out_dir, f"{values['role']}{'-' + storage if storage else ''}.rules.yaml")
+            target = os.path.join(out_dir, shape.replace(".yaml", ".rules.yaml"))
             with open(target, "w") as f:
                 yaml.dump(obj["spec"], f, Dumper=RulesDumper, sort_keys=False, width=120)
 
