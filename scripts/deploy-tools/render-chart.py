@@ -13,7 +13,7 @@ validates every object strictly against the Kubernetes API schemas of each pinne
 probes). Sharded readers are not a shape: the service does not shard yet. Kinds of CRDs that kubernetes-validate has no schema for (the Prometheus Operator's) are
 skipped by name and said so. The PrometheusRule of each shape is written to
 OUT_DIR/<shape>.rules.yaml for promtool. Every file in BAD_VALUES_DIR must be refused
-at render. Exits non-zero on any problem.
+at render, at the value its second line names (`# at: /json/pointer`). Exits non-zero on any problem.
 """
 
 import os
@@ -178,12 +178,18 @@ def check_bad(chart, path):
     name = os.path.basename(path)
     with open(path) as f:
         text = f.read()
+    # The first lines say why the file must be refused and at which value (a JSON pointer).
     reason = text.splitlines()[0].lstrip("# ")
+    at = text.splitlines()[1].removeprefix("# at: ")
     try:
         chart.render(yaml.safe_load(text), name="kv", namespace=NAMESPACE)
     except helm.HelmError as e:
-        first = " ".join(line.strip() for line in str(e).splitlines()[1:3])
-        print(f"bad-values/{name}: {reason}: {first}")
+        # Helm's message: a heading, the chart's name, then one line per violation.
+        message = " ".join(line.strip() for line in str(e).splitlines()[2:] if line.strip())
+        if f"at '{at}'" not in message:
+            problem(f"bad-values/{name}", f"refused, but not at {at}: {message}")
+            return
+        print(f"bad-values/{name}: {reason}: {message}")
         return
     problem(f"bad-values/{name}", f"rendered, but must be {reason}")
 
