@@ -32,8 +32,9 @@ oidc_provider_dir() {
     echo "$KV_CACHE_DIR/oidc-provider-$hash"
 }
 
-# Installs what the end-to-end tests and the drills start (the build's packages, the broker, the
-# test OpenID provider) and exports where the broker and the provider are.
+# Installs what the end-to-end tests, the drills and the deployment checks need (the build's
+# packages, the broker, the test OpenID provider, promtool and the chart tools) and exports where
+# the broker, the provider and promtool are.
 install_test_tools() {
     scripts/install-deps.sh
     scripts/install-broker.sh

@@ -10,8 +10,6 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-/// Response and request header that carries a token.
-pub const CONSISTENCY_TOKEN_HEADER: &str = "X-Consistency-Token";
 /// Query parameter that carries a token, for clients that cannot set headers.
 pub const CONSISTENCY_TOKEN_PARAM: &str = "consistency_token";
 

@@ -1,6 +1,6 @@
 //! Replay speed of a fresh kv-reader against a raw rdkafka consumer on the same broker.
 //!
-//! Starts a test broker (see `kv_core::testkit`), produces N records with rdkafka, then times
+//! Starts a test broker (see `kv_testkit`), produces N records with rdkafka, then times
 //! (1) a raw `BaseConsumer` reading every record from the beginning and (2) a fresh kv-reader,
 //! built in-process with `App::build`, from start until `/healthz/ready` answers 200.
 //!
@@ -15,8 +15,8 @@
 use std::time::{Duration, Instant};
 
 use kv_core::settings::Env;
-use kv_core::testkit::BrokerUnderTest;
 use kv_reader::{App, Settings};
+use kv_testkit::BrokerUnderTest;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;

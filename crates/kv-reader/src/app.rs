@@ -6,14 +6,14 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
-use kv_core::auth::{AuthGate, DiscoveryError};
-use kv_core::http::{
-    bind, close_when_body_unread, correlation_id_middleware, path_config, query_config,
-    route_not_found, JsonLimit, ListenError,
-};
-use kv_core::metrics::{metrics_middleware, Metrics};
 use kv_core::record::RecordCodec;
-use kv_core::routing::register;
+use kv_core::web::auth::{AuthGate, DiscoveryError};
+use kv_core::web::http::{
+    bind, close_when_body_unread, correlation_id_middleware, path_config, query_config, JsonLimit,
+    ListenError,
+};
+use kv_core::web::metrics::{metrics_middleware, Metrics};
+use kv_core::web::routing::{register, route_not_found};
 
 use crate::framing::{self, RegistryError, SchemaFraming};
 use crate::metrics::ReplicaCollector;
@@ -43,8 +43,6 @@ pub enum StartupError {
     Auth(#[from] DiscoveryError),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-    #[error("{0}")]
-    Unsupported(&'static str),
 }
 
 pub struct App {
@@ -117,6 +115,7 @@ impl App {
             store,
             progress: replica.progress(),
             read_your_writes_timeout: settings.read_your_writes_timeout,
+            max_batch_get_bytes: settings.max_batch_get_bytes,
         });
         metrics.registry().register(Box::new(ReplicaCollector::new(
             state.store.clone(),

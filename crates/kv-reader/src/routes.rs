@@ -13,16 +13,17 @@ use actix_web::http::header::{self, ContentType, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use kv_core::auth::{operation, Authorized};
-use kv_core::consistency::{
-    ConsistencyToken, RecordPosition, CONSISTENCY_TOKEN_HEADER, CONSISTENCY_TOKEN_PARAM,
+use kv_core::consistency::{ConsistencyToken, RecordPosition, CONSISTENCY_TOKEN_PARAM};
+use kv_core::web::auth::{operation, Authorized};
+use kv_core::web::error::{ApiError, ErrorCode};
+use kv_core::web::http::{
+    key_from_path, parse_query, started, JsonBody, CONSISTENCY_TOKEN, CORRELATION_ID,
 };
-use kv_core::error::{ApiError, ErrorCode};
-use kv_core::http::{key_from_path, JsonBody, CORRELATION_ID};
-use kv_core::metrics::metrics_endpoint;
-use kv_core::routing::{openapi_document, Endpoint};
+use kv_core::web::json::{field, BASE64};
+use kv_core::web::metrics::metrics_endpoint;
+use kv_core::web::routing::{openapi_document, Endpoint};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -68,6 +69,8 @@ pub struct ReaderState {
     pub store: Arc<Store>,
     pub progress: Arc<Progress>,
     pub read_your_writes_timeout: Duration,
+    /// Most value bytes one batchGet answer may carry.
+    pub max_batch_get_bytes: usize,
 }
 
 impl ReaderState {
@@ -112,21 +115,18 @@ fn store_error(error: crate::store::StoreError) -> ApiError {
 /// `consistency_token` query parameter. An empty token is no token. Both are checked, so a
 /// malformed one is refused even beside a good one; a read given both waits for both.
 fn consistency_token(request: &HttpRequest) -> Result<Option<ConsistencyToken>, ApiError> {
-    let header = match request.headers().get(CONSISTENCY_TOKEN_HEADER) {
+    let header = match request.headers().get(CONSISTENCY_TOKEN) {
         Some(raw) => Some(raw.to_str().map(str::to_owned).map_err(|_| {
-            ApiError::invalid_request(format!(
-                "header {CONSISTENCY_TOKEN_HEADER} must be the token a kv-writer returned"
-            ))
+            ApiError::invalid_request(
+                "header X-Consistency-Token must be the token a kv-writer returned",
+            )
         })?),
         None => None,
     };
     let query = if request.query_string().is_empty() {
         None
     } else {
-        web::Query::<HashMap<String, String>>::from_query(request.query_string())
-            .map_err(|e| ApiError::invalid_request(format!("invalid query string: {e}")))?
-            .into_inner()
-            .remove(CONSISTENCY_TOKEN_PARAM)
+        parse_query::<HashMap<String, String>>(request)?.remove(CONSISTENCY_TOKEN_PARAM)
     };
     let mut tokens = Vec::new();
     for text in [header, query].iter().flatten() {
@@ -227,11 +227,9 @@ pub async fn get_value(
 /// The `key` field of the original's JSON bodies; field names match ignoring case, as the
 /// original accepted `Key` and `key` alike.
 fn key_field(body: &serde_json::Map<String, Value>) -> Result<&str, ApiError> {
-    match body.iter().find(|(k, _)| k.eq_ignore_ascii_case("key")) {
-        Some((_, Value::String(key))) if !key.is_empty() => Ok(key),
-        Some((_, Value::String(_))) => {
-            Err(ApiError::new(ErrorCode::InvalidKey, "field `key` is empty"))
-        }
+    match field(body, "key") {
+        Some(Value::String(key)) if !key.is_empty() => Ok(key),
+        Some(Value::String(_)) => Err(ApiError::new(ErrorCode::InvalidKey, "field `key` is empty")),
         Some(_) => Err(ApiError::invalid_request("field `key` must be a string")),
         None => Err(ApiError::invalid_request("field `key` is missing")),
     }
@@ -260,7 +258,7 @@ pub async fn retrieve_b64(
     state: web::Data<ReaderState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.read().await?;
-    let key = STANDARD
+    let key = BASE64
         .decode(key_field(&body)?)
         .map_err(|e| ApiError::invalid_request(format!("field `key` is not valid base64: {e}")))?;
     if key.is_empty() {
@@ -271,7 +269,7 @@ pub async fn retrieve_b64(
     }
     state.prepare_read(&request).await?;
     let mut entry = state.lookup(&key)?;
-    entry.value = STANDARD.encode(&entry.value).into_bytes();
+    entry.value = BASE64.encode(&entry.value).into_bytes();
     Ok(value_response(entry, ContentType::plaintext()))
 }
 
@@ -292,7 +290,7 @@ fn json_bytes(bytes: Vec<u8>) -> JsonBytes {
         },
         Err(e) => JsonBytes {
             text: None,
-            b64: Some(STANDARD.encode(e.as_bytes())),
+            b64: Some(BASE64.encode(e.as_bytes())),
         },
     }
 }
@@ -309,19 +307,48 @@ pub struct BatchGetRequest {
 }
 
 #[derive(Debug, Serialize)]
-struct BatchGetItem {
-    key: String,
+struct BatchGetItem<'a> {
+    key: &'a str,
     found: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<String>,
+    value: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    value_b64: Option<String>,
+    value_b64: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    etag: Option<String>,
+    etag: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchGetAnswer<'a> {
+    results: Vec<BatchGetItem<'a>>,
+}
+
+/// One distinct key's answer, shared by every place the request names it.
+#[derive(Debug)]
+struct FoundValue {
+    value: JsonBytes,
+    etag: String,
     correlation_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<Value>,
+}
+
+impl FoundValue {
+    fn of(entry: StoredEntry) -> FoundValue {
+        FoundValue {
+            etag: etag(&entry),
+            correlation_id: correlation_header(&entry)
+                .and_then(|h| h.to_str().ok().map(str::to_owned)),
+            value: json_bytes(entry.value),
+        }
+    }
+
+    /// What the value adds to the answer, before JSON escaping.
+    fn answer_bytes(&self) -> usize {
+        self.value.text.as_ref().or(self.value.b64.as_ref()).map_or(0, String::len)
+    }
 }
 
 /// `POST /v1/kv:batchGet` `{"keys": [...]}` or `{"keys_b64": [...]}`: every key looked up in one
@@ -365,7 +392,7 @@ pub async fn batch_get(
     } else {
         let mut keys = Vec::with_capacity(count);
         for (i, key) in body.keys_b64.iter().enumerate() {
-            let decoded = STANDARD.decode(key).map_err(|e| {
+            let decoded = BASE64.decode(key).map_err(|e| {
                 ApiError::invalid_request(format!("field `keys_b64[{i}]` is not valid base64: {e}"))
             })?;
             if decoded.is_empty() {
@@ -379,30 +406,54 @@ pub async fn batch_get(
         (body.keys_b64, keys)
     };
     state.prepare_read(&request).await?;
-    let found = state
+    // A key named many times is looked up and held once: 1 000 copies of a key with a 1 MiB
+    // value cost one value, and the answer's size is checked before it is built.
+    let mut distinct: HashMap<&[u8], usize> = HashMap::with_capacity(keys.len());
+    let mut slots = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let next = distinct.len();
+        slots.push(*distinct.entry(key.as_slice()).or_insert(next));
+    }
+    let mut unique: Vec<&[u8]> = vec![&[]; distinct.len()];
+    for (key, slot) in &distinct {
+        unique[*slot] = key;
+    }
+    let found: Vec<Option<FoundValue>> = state
         .store
-        .get_many(keys.iter().map(|k| k.as_ref()))
-        .map_err(store_error)?;
-    let missing = serde_json::json!({"code": ErrorCode::KeyNotFound, "message": ApiError::key_not_found().message});
-    let results: Vec<BatchGetItem> = labels
+        .get_many(unique.iter().copied())
+        .map_err(store_error)?
         .into_iter()
-        .zip(found)
-        .map(|(key, entry)| match entry {
-            Some(entry) => {
-                let etag = etag(&entry);
-                let correlation_id =
-                    correlation_header(&entry).and_then(|h| h.to_str().ok().map(str::to_owned));
-                let value = json_bytes(entry.value);
-                BatchGetItem {
-                    key,
-                    found: true,
-                    value: value.text,
-                    value_b64: value.b64,
-                    etag: Some(etag),
-                    correlation_id,
-                    error: None,
-                }
-            }
+        .map(|entry| entry.map(FoundValue::of))
+        .collect();
+    let answer_bytes: usize = slots
+        .iter()
+        .filter_map(|slot| found[*slot].as_ref())
+        .map(FoundValue::answer_bytes)
+        .sum();
+    if answer_bytes > state.max_batch_get_bytes {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the answer would hold {answer_bytes} bytes of values, over the limit of {} \
+                 (KV_API_MAX_BATCH_GET_BYTES); ask for fewer keys at a time",
+                state.max_batch_get_bytes
+            ),
+        ));
+    }
+    let missing = serde_json::json!({"code": ErrorCode::KeyNotFound, "message": ApiError::key_not_found().message});
+    let results: Vec<BatchGetItem<'_>> = labels
+        .iter()
+        .zip(&slots)
+        .map(|(key, slot)| match &found[*slot] {
+            Some(found) => BatchGetItem {
+                key,
+                found: true,
+                value: found.value.text.as_deref(),
+                value_b64: found.value.b64.as_deref(),
+                etag: Some(&found.etag),
+                correlation_id: found.correlation_id.as_deref(),
+                error: None,
+            },
             None => BatchGetItem {
                 key,
                 found: false,
@@ -410,11 +461,11 @@ pub async fn batch_get(
                 value_b64: None,
                 etag: None,
                 correlation_id: None,
-                error: Some(missing.clone()),
+                error: Some(&missing),
             },
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "results": results })))
+    Ok(HttpResponse::Ok().json(BatchGetAnswer { results }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -441,10 +492,11 @@ struct ListedKey {
 pub async fn list_keys(
     _auth: Authorized<operation::Read>,
     request: HttpRequest,
-    query: web::Query<ListQuery>,
     state: web::Data<ReaderState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
+    // Parsed here, after the token was checked, never by an extractor that could answer 400
+    // to a caller who has no right to an answer at all.
+    let query: ListQuery = parse_query(&request)?;
     let prefix = match (query.prefix, query.prefix_b64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_request(
@@ -452,7 +504,7 @@ pub async fn list_keys(
             ))
         }
         (Some(prefix), None) => prefix.into_bytes(),
-        (None, Some(b64)) => STANDARD.decode(b64.trim()).map_err(|e| {
+        (None, Some(b64)) => BASE64.decode(b64.trim()).map_err(|e| {
             ApiError::invalid_request(format!("parameter `prefix_b64` is not valid base64: {e}"))
         })?,
         (None, None) => Vec::new(),
@@ -502,10 +554,6 @@ pub async fn list_keys(
         })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({"keys": keys, "next_cursor": next_cursor})))
-}
-
-pub async fn started() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "started"}))
 }
 
 /// `/healthz/live`: fails once the consumer loop has died, so the orchestrator restarts us.

@@ -6,7 +6,8 @@ use std::time::Duration;
 use kv_core::secret::Secret;
 use kv_core::settings::{CoreSettings, Env, SettingsError};
 
-use crate::store::DEFAULT_CACHE_BYTES;
+/// redb's page cache of a disk store unless KV_API_STATE_STORAGE_CACHE_MB says otherwise.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Where the replica lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +37,12 @@ pub struct Settings {
     pub read_your_writes_timeout: Duration,
     /// How often the consumer looks for partitions added to the topic while it runs.
     pub partition_discovery_interval: Duration,
+    /// Most value bytes one `POST /v1/kv:batchGet` answer may carry (413 past it).
+    pub max_batch_get_bytes: usize,
 }
+
+/// KV_API_MAX_BATCH_GET_BYTES unless set: sixteen values at the writer's default limit.
+pub const DEFAULT_MAX_BATCH_GET_BYTES: usize = 16 * 1024 * 1024;
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
@@ -71,6 +77,17 @@ impl Settings {
                 "KV_API_PARTITION_DISCOVERY_INTERVAL_MS",
                 Duration::from_secs(30),
             )?,
+            max_batch_get_bytes: match env
+                .number("KV_API_MAX_BATCH_GET_BYTES", DEFAULT_MAX_BATCH_GET_BYTES)?
+            {
+                0 => {
+                    return Err(SettingsError::new(
+                        "KV_API_MAX_BATCH_GET_BYTES",
+                        "must be at least 1 (bytes)",
+                    ))
+                }
+                bytes => bytes,
+            },
         })
     }
 }

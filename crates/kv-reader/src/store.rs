@@ -21,7 +21,7 @@ use redb::backends::InMemoryBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::at_rest::{StoreCipher, DEFAULT_ITERATIONS};
-use crate::settings::Storage;
+use crate::settings::{Storage, DEFAULT_CACHE_BYTES};
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const RECORD_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("record_keys");
@@ -30,8 +30,6 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// The file a directory location gets.
 pub const FILE_NAME: &str = "kv-reader.redb";
-/// redb's page cache of a disk store unless KV_API_STATE_STORAGE_CACHE_MB says otherwise.
-pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 const ENTRY_FORMAT: u8 = 1;
 const ENTRY_HEADER_LEN: usize = 1 + 4 + 8 + 1;

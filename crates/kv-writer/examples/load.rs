@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_core::settings::Env;
-use kv_core::testkit::BrokerUnderTest;
+use kv_testkit::BrokerUnderTest;
 use kv_writer::{App, Settings};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;

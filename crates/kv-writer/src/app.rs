@@ -3,19 +3,20 @@
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
-use kv_core::auth::{AuthGate, DiscoveryError};
-use kv_core::http::{
-    bind, close_when_body_unread, correlation_id_middleware, path_config, query_config,
-    route_not_found, JsonLimit, ListenError,
-};
-use kv_core::metrics::{metrics_middleware, Metrics};
 use kv_core::record::RecordCodec;
-use kv_core::routing::register;
+use kv_core::web::auth::{AuthGate, DiscoveryError};
+use kv_core::web::http::{
+    bind, close_when_body_unread, correlation_id_middleware, path_config, query_config, JsonLimit,
+    ListenError,
+};
+use kv_core::web::metrics::{metrics_middleware, Metrics};
+use kv_core::web::routing::{register, route_not_found};
 
 use crate::metrics::ProducerMetrics;
 use crate::producer::KvProducer;
-use crate::routes::{self, WriterState};
+use crate::routes;
 use crate::settings::Settings;
+use crate::state::WriterState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

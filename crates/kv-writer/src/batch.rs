@@ -16,16 +16,17 @@ use actix_web::http::header::RETRY_AFTER;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::future::join_all;
-use kv_core::auth::{operation, Authorized, Operation};
 use kv_core::consistency::RecordPosition;
-use kv_core::error::{ApiError, ErrorCode};
-use kv_core::http::{CorrelationId, JsonBody};
+use kv_core::web::auth::{operation, Authorized, Operation};
+use kv_core::web::error::{retry_after_seconds, ApiError, ErrorCode};
+use kv_core::web::http::{CorrelationId, JsonBody};
+use kv_core::web::json::field;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::input::{field, Encoding, Fields, WriteInput};
+use crate::input::{Encoding, Fields, WriteInput};
 use crate::producer::Write;
-use crate::routes::{token_for, with_token, WriterState};
+use crate::state::{token_for, with_token, WriterState};
 
 #[derive(Serialize)]
 struct ItemError<'a> {
@@ -188,7 +189,7 @@ fn respond(outcomes: &[Result<RecordPosition, ApiError>]) -> HttpResponse {
         Some(error) => {
             let mut response = HttpResponse::build(error.code.status());
             if let Some(after) = error.retry_after {
-                response.insert_header((RETRY_AFTER, after.as_secs().max(1)));
+                response.insert_header((RETRY_AFTER, retry_after_seconds(after)));
             }
             response
         }

@@ -5,19 +5,11 @@
 
 use std::borrow::Cow;
 
-use base64::alphabet::STANDARD;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
-use kv_core::error::{ApiError, ErrorCode};
 use kv_core::record::CORRELATION_ID_HEADER;
+use kv_core::web::error::{ApiError, ErrorCode};
+use kv_core::web::json::{field, BASE64};
 use serde_json::{Map, Value};
-
-/// Standard base64 as .NET's `Convert.ToBase64String` writes it; padding is optional on input
-/// because many clients strip it.
-const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// How keys, values and header values are spelled in a JSON body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,16 +182,6 @@ impl<'a> Fields<'a, '_> {
             })
             .collect()
     }
-}
-
-/// Looks a field up ignoring case. An exact match wins over a case-insensitive one, so a body
-/// with both `key` and `Key` is read predictably.
-pub fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    body.get(name).or_else(|| {
-        body.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    })
 }
 
 /// Refuses a key that is empty or longer than `max` bytes; `what` names it in the error (built

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod producer;
 pub mod routes;
 pub mod settings;
+pub mod state;
 
 pub use app::App;
 pub use settings::Settings;

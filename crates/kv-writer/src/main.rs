@@ -5,7 +5,9 @@ use kv_writer::{App, Settings};
 
 #[actix_web::main]
 async fn main() -> ExitCode {
-    let settings = match Env::from_process().and_then(|env| Settings::from_env(&env)) {
+    let settings = match Env::from_process()
+        .and_then(|env| Settings::from_env(&env).map_err(|error| env.locate(error)))
+    {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("kv-writer: invalid configuration: {error}");

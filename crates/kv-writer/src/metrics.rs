@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use kv_core::error::{ApiError, ErrorCode};
-use kv_core::metrics::LATENCY_BUCKETS;
+use kv_core::web::error::{ApiError, ErrorCode};
+use kv_core::web::metrics::LATENCY_BUCKETS;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };

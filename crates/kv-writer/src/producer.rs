@@ -4,9 +4,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use kv_core::consistency::RecordPosition;
-use kv_core::error::{ApiError, ErrorCode};
 use kv_core::kafka::{classify, client_config, ClientRole, KafkaErrorClass};
 use kv_core::record::{RecordCodec, CORRELATION_ID_HEADER};
+use kv_core::web::error::{ApiError, ErrorCode};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};

@@ -1,28 +1,19 @@
 //! HTTP routes of the write gateway. Every write answers 2xx only after Kafka acknowledged it.
 
-use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::Method;
-use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
-use kv_core::auth::{operation, Authorized};
-use kv_core::consistency::{ConsistencyToken, RecordPosition};
-use kv_core::error::{ApiError, ErrorCode};
-use kv_core::http::{key_from_path, read_body, CorrelationId, JsonBody, JsonLimit};
-use kv_core::metrics::metrics_endpoint;
-use kv_core::routing::{openapi_document, Endpoint};
-use serde::Serialize;
+use actix_web::{web, HttpRequest, HttpResponse};
+use kv_core::web::auth::{operation, Authorized};
+use kv_core::web::error::{ApiError, ErrorCode};
+use kv_core::web::http::{key_from_path, read_body, started, JsonBody, JsonLimit};
+use kv_core::web::metrics::metrics_endpoint;
+use kv_core::web::routing::{openapi_document, Endpoint};
 use serde_json::{Map, Value};
 
 use crate::batch;
-use crate::input::{check_key, check_value, Encoding, Fields, WriteInput};
-use crate::producer::{KvProducer, Write};
-use crate::settings::Settings;
+use crate::input::{check_key, Encoding, Fields, WriteInput};
+use crate::state::WriterState;
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
-
-/// Response header with the consistency token (`kv_core::consistency::CONSISTENCY_TOKEN_HEADER`).
-pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
-pub const KAFKA_PARTITION: HeaderName = HeaderName::from_static("x-kafka-partition");
-pub const KAFKA_OFFSET: HeaderName = HeaderName::from_static("x-kafka-offset");
 
 /// The writer's OpenAPI document, served at `GET /openapi.yaml`.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi-writer.yaml");
@@ -47,98 +38,6 @@ pub fn endpoints(batch_limit: usize) -> Vec<Endpoint> {
         Endpoint::new("/metrics").on(Method::GET, web::to(metrics_endpoint)),
         Endpoint::new("/openapi.yaml").on(Method::GET, openapi_document(OPENAPI)),
     ]
-}
-
-/// What the handlers share.
-#[derive(Debug)]
-pub struct WriterState {
-    pub producer: KvProducer,
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-    pub max_batch_items: usize,
-}
-
-impl WriterState {
-    pub fn new(settings: &Settings, producer: KvProducer) -> Self {
-        Self {
-            producer,
-            max_key_bytes: settings.max_key_bytes,
-            max_value_bytes: settings.max_value_bytes,
-            max_batch_items: settings.max_batch_items,
-        }
-    }
-
-    /// Refuses a write from a JSON body whose key or value is over the limits.
-    pub fn check(&self, write: &WriteInput<'_>, path: &str) -> Result<(), ApiError> {
-        check_key(&write.key, self.max_key_bytes, || {
-            format!("field `{path}key`")
-        })?;
-        if let Some(value) = &write.value {
-            check_value(value, self.max_value_bytes, || {
-                format!("field `{path}value`")
-            })?;
-        }
-        Ok(())
-    }
-
-    async fn write_one(
-        &self,
-        request: &HttpRequest,
-        write: &WriteInput<'_>,
-    ) -> Result<HttpResponse, ApiError> {
-        let correlation = CorrelationId::of(request);
-        let position = self
-            .producer
-            .write(Write {
-                key: &write.key,
-                value: write.value.as_deref(),
-                correlation_id: &correlation.0,
-                headers: &write.headers,
-            })
-            .await?;
-        Ok(acknowledged(position))
-    }
-}
-
-#[derive(Serialize)]
-struct Acknowledged {
-    partition: i32,
-    /// `null` with KAFKA_ACKS=none: the broker reports no offset for unacknowledged writes.
-    offset: Option<i64>,
-    consistency_token: Option<String>,
-}
-
-/// Sets the consistency token header, which a reader takes to serve read-your-writes.
-pub fn with_token(response: &mut HttpResponseBuilder, token: &str) {
-    if let Ok(value) = HeaderValue::from_str(token) {
-        response.insert_header((CONSISTENCY_TOKEN, value));
-    }
-}
-
-/// The token for acknowledged positions; `None` when no offset is known (KAFKA_ACKS=none), as a
-/// token with a negative offset would be refused by every reader.
-pub fn token_for(positions: impl IntoIterator<Item = RecordPosition>) -> Option<String> {
-    let mut known = positions.into_iter().filter(|p| p.offset >= 0).peekable();
-    known.peek()?;
-    Some(ConsistencyToken::from_positions(known).to_string())
-}
-
-fn acknowledged(position: RecordPosition) -> HttpResponse {
-    let token = token_for([position]);
-    let offset = (position.offset >= 0).then_some(position.offset);
-    let mut response = HttpResponse::Ok();
-    response.insert_header((KAFKA_PARTITION, position.partition));
-    if let Some(offset) = offset {
-        response.insert_header((KAFKA_OFFSET, offset));
-    }
-    if let Some(token) = &token {
-        with_token(&mut response, token);
-    }
-    response.json(Acknowledged {
-        partition: position.partition,
-        offset,
-        consistency_token: token,
-    })
 }
 
 /// `PUT /v1/kv/{key}`: the body, whatever its content type, is the value.
@@ -215,11 +114,6 @@ pub async fn remove(
     state.write_one(&request, &write).await
 }
 
-/// `/healthz`: the process started and serves HTTP.
-pub async fn started() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "started"}))
-}
-
 /// `/healthz/live`: the process is not wedged.
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "live"}))
@@ -227,12 +121,7 @@ pub async fn live() -> HttpResponse {
 
 /// `/healthz/ready`: the broker answers metadata for the topic, so writes can be acknowledged.
 pub async fn ready(state: web::Data<WriterState>) -> Result<HttpResponse, ApiError> {
-    let producer = state.producer.clone();
-    // librdkafka's metadata call blocks; it must not run on an actix worker thread.
-    let reachable = web::block(move || producer.topic_reachable(std::time::Duration::from_secs(2)))
-        .await
-        .map_err(|e| ApiError::internal(format!("readiness check failed: {e}")))?;
-    match reachable {
+    match state.readiness().await? {
         Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))),
         Err(reason) => Err(ApiError::new(ErrorCode::NotReady, reason)),
     }

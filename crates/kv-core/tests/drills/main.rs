@@ -1,11 +1,8 @@
 //! Drill 6 of docs/reliability.md: the decoder properties of `decoders_never_panic`, run on far
 //! more inputs. Ignored by `cargo test`; `make drills` runs it and prints its figure.
 
-#[path = "../decoders/mod.rs"]
-mod decoders;
-
-use decoders::*;
 use kv_core::crypto::TopicCipher;
+use kv_testkit::decoders::*;
 use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 

@@ -3,16 +3,20 @@
 //! Once it caught up, its whole state must equal both the state the log defines (last write per
 //! key wins, a tombstone deletes) and the state of a replica that replayed without interruption.
 
+use crate::READER;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use kv_core::testkit::{eventually, Broker, Service};
+use kv_testkit::{eventually, Broker, Service};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::support::{dump, expected_state, reader_env, ready_report, DEADLINE};
-use crate::topic::{self, RawRecord};
+use kv_testkit::reader::{dump, ready_report};
+use kv_testkit::services::reader_env;
+use kv_testkit::topic::expected_state;
+use kv_testkit::topic::{self, RawRecord};
+use kv_testkit::DEADLINE;
 
 const RECORDS: usize = 200_000;
 const KEYS: usize = 40_000;
@@ -127,7 +131,7 @@ async fn drill_reader_killed_during_replay_five_times_ends_with_exactly_the_stat
         })
         .collect();
     let started = Instant::now();
-    let positions = topic::produce(&broker, &topic, &raw).await;
+    let positions = topic::produce_raw(&broker.bootstrap_servers(), &topic, &raw).await;
     println!("produced {RECORDS} records in {:.1?}", started.elapsed());
     let ends = topic::end_offsets(&positions);
     let total: i64 = ends.values().sum();
@@ -144,13 +148,13 @@ async fn drill_reader_killed_during_replay_five_times_ends_with_exactly_the_stat
     // The second reference replays the same log alongside, never interrupted.
     let mut reference_env = reader_env(&broker, &topic, "drill-uninterrupted");
     reference_env.push(("KV_API_STATE_STORAGE_TYPE", "memory".to_owned()));
-    let reference = Service::start("kv-reader", &reference_env);
+    let reference = Service::start(READER, &reference_env);
 
     // Each run is killed once progress passed its target and a random jitter elapsed; the
     // next run's own log says how much of the log the store held at the kill.
     let mut landed_at = Vec::new();
     for run in 0..KILLS {
-        let mut reader = Service::start("kv-reader", &env);
+        let mut reader = Service::start(READER, &env);
         let stored = if run > 0 {
             let stored = stored_at_start(&reader).await;
             landed_at.push(stored);
@@ -185,7 +189,7 @@ async fn drill_reader_killed_during_replay_five_times_ends_with_exactly_the_stat
         assert_no_rebuild(&reader);
     }
 
-    let last = Service::start("kv-reader", &env);
+    let last = Service::start(READER, &env);
     let stored_at_last_start = stored_at_start(&last).await;
     landed_at.push(stored_at_last_start);
 

@@ -4,22 +4,24 @@
 //! reader must keep serving, never exit, count every poison under its reason, and hold exactly
 //! the state the good records define.
 
+use crate::READER;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use kv_core::crypto::TopicCipher;
-use kv_core::testkit::{eventually, metric, Broker, Service};
+use kv_testkit::{eventually, metric, Broker, Service};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
 
-use crate::support::{
-    dump, expected_state, key_path, reader_env, ready_report, registry_stub, DEADLINE,
-};
-use crate::topic::{self, Position, RawRecord};
+use kv_testkit::reader::{dump, key_path, ready_report, registry_stub};
+use kv_testkit::services::reader_env;
+use kv_testkit::topic::expected_state;
+use kv_testkit::topic::{self, Position, RawRecord};
+use kv_testkit::DEADLINE;
 
 const POISONS: usize = 10_000;
 const GOOD: usize = 10_000;
@@ -366,7 +368,7 @@ async fn drill_poison_records_are_skipped_counted_by_reason_and_never_stop_the_r
     let started = Instant::now();
     let records: Vec<RawRecord> = entries.iter().map(|e| e.record().clone()).collect();
     let (before, after) = records.split_at(records.len() / 2);
-    let mut positions = topic::produce(&broker, &topic, before).await;
+    let mut positions = topic::produce_raw(&broker.bootstrap_servers(), &topic, before).await;
     println!("produced the first half in {:.1?}", started.elapsed());
 
     let registry = registry_stub(vec![format!("{topic}-value")]);
@@ -379,16 +381,16 @@ async fn drill_poison_records_are_skipped_counted_by_reason_and_never_stop_the_r
         ),
         ("KAFKA_SCHEMA_REGISTRY_URL", registry),
     ]);
-    let mut reader = Service::start("kv-reader", &env);
+    let mut reader = Service::start(READER, &env);
     let http = reqwest::Client::new();
 
     // The second half arrives while the reader runs; then one good record after every poison.
-    positions.extend(topic::produce(&broker, &topic, after).await);
+    positions.extend(topic::produce_raw(&broker.bootstrap_servers(), &topic, after).await);
     let (last_key, last_value) = (b"after every poison".as_slice(), b"still served".as_slice());
     let (record_key, sealed) = keys.good(last_key, Some(last_value));
     positions.extend(
-        topic::produce(
-            &broker,
+        topic::produce_raw(
+            &broker.bootstrap_servers(),
             &topic,
             &[RawRecord {
                 key: Some(record_key),

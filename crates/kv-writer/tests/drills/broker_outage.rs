@@ -18,15 +18,17 @@
 //! and reports how often. Such a second outage only makes the drill harder: every acknowledged
 //! write must still be in the log.
 
+use crate::{reader, WRITER};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_core::testkit::{eventually, metric, Broker, Service};
+use kv_testkit::service_env;
+use kv_testkit::{eventually, metric, Broker, Service};
 use serde_json::{json, Value};
 
-use crate::common::writer_env;
+use kv_testkit::services::service_env_with as writer_env;
 
 const CLIENTS: usize = 24;
 const PARTITIONS: i32 = 3;
@@ -194,7 +196,7 @@ async fn drill_the_broker_stopped_for_10_s_under_write_load_loses_no_acknowledge
     let mut broker = Broker::start();
     let topic = broker.create_topic("drill-outage", PARTITIONS).await;
     let mut writer = Service::start(
-        "kv-writer",
+        WRITER,
         &writer_env(
             &broker,
             &topic,
@@ -202,13 +204,13 @@ async fn drill_the_broker_stopped_for_10_s_under_write_load_loses_no_acknowledge
         ),
     );
     let reader_env = |group: &str| {
-        let mut env = broker.service_env(&topic);
+        let mut env = service_env(&broker, &topic);
         env.push(("KAFKA_GROUP_ID", format!("{topic}-{group}")));
         env
     };
     let mut readers = [
-        Service::start("kv-reader", &reader_env("replica-a")),
-        Service::start("kv-reader", &reader_env("replica-b")),
+        Service::start(reader(), &reader_env("replica-a")),
+        Service::start(reader(), &reader_env("replica-b")),
     ];
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

@@ -17,6 +17,7 @@
 //!   about the limit read (plus socket buffers), and the connection closed rather than the rest
 //!   of the body read and thrown away.
 
+use crate::{reader, WRITER};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use kv_core::testkit::{eventually, Broker, OidcProvider, Service};
+use kv_testkit::{eventually, Broker, OidcProvider, Service};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -106,8 +107,8 @@ impl Deployment {
             ("KV_API_READ_YOUR_WRITES_TIMEOUT_MS", "100".to_owned()),
         ];
         env.extend(idp.service_env());
-        let writer = Service::start("kv-writer", &env);
-        let reader = Service::start("kv-reader", &env);
+        let writer = Service::start(WRITER, &env);
+        let reader = Service::start(reader(), &env);
         let http = reqwest::Client::new();
         for service in [&writer, &reader] {
             eventually("the service is ready", Duration::from_secs(60), || async {

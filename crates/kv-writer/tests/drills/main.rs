@@ -1,9 +1,14 @@
 //! Fault and abuse drills that centre on the writer (docs/reliability.md). Ignored by
 //! `cargo test`; `make drills` runs them one at a time and prints each figure.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod broker_outage;
 mod http_abuse;
 mod token_attacks;
+
+/// The binary under test, as cargo built it for this test.
+pub const WRITER: &str = env!("CARGO_BIN_EXE_kv-writer");
+
+/// The reader the drills read back through, built on first use when only this package is tested.
+pub fn reader() -> &'static str {
+    kv_testkit::workspace_binary("kv-reader")
+}

@@ -13,12 +13,14 @@
 //! provider's `kv-short` client (2 s lifetime) is seen accepted, then expired a few seconds
 //! later, without waiting half a minute.
 
+use crate::{reader, WRITER};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use kv_core::testkit::openapi::{fill_parameters, Document};
-use kv_core::testkit::{eventually, Broker, OidcProvider, Service, OIDC_AUDIENCE};
+use kv_testkit::openapi::{fill_parameters, Document};
+use kv_testkit::service_env;
+use kv_testkit::{eventually, Broker, OidcProvider, Service, OIDC_AUDIENCE};
 use reqwest::Method;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
@@ -493,7 +495,7 @@ async fn drill_token_attacks_on_every_protected_route_of_both_services_are_all_r
     // the issuer check stands between its tokens and the services.
     let impostor = OidcProvider::start_with("unused", &[("IMPORT_KEY_FILE", key_file)]);
 
-    let mut env = broker.service_env(&topic);
+    let mut env = service_env(&broker, &topic);
     env.extend([
         ("KV_API_DISABLE_API_AUTH", "false".to_owned()),
         ("KV_API_AUTH_READ", "kv:read".to_owned()),
@@ -502,8 +504,8 @@ async fn drill_token_attacks_on_every_protected_route_of_both_services_are_all_r
         ("KV_API_AUTH_LEEWAY_SECONDS", LEEWAY_SECONDS.to_string()),
     ]);
     env.extend(idp.service_env());
-    let mut writer = Service::start("kv-writer", &env);
-    let mut reader = Service::start("kv-reader", &env);
+    let mut writer = Service::start(WRITER, &env);
+    let mut reader = Service::start(reader(), &env);
     let services = [&writer, &reader];
     let mut routes = protected_routes(&http, &writer, Side::Writer).await;
     routes.extend(protected_routes(&http, &reader, Side::Reader).await);

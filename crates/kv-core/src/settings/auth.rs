@@ -1,0 +1,125 @@
+//! OpenID Connect bearer-token settings, named as in the original service.
+
+use std::time::Duration;
+
+use super::env::{Env, SettingsError};
+
+/// OpenID Connect bearer-token settings, named as in the original service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// KV_API_DISABLE_API_AUTH=true: no authentication at all (development only).
+    pub disabled: bool,
+    pub oidc: OidcSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OidcSettings {
+    pub idp_address_for_server: Option<String>,
+    pub idp_address_for_users: Option<String>,
+    pub audience: Option<String>,
+    pub require_https_metadata: bool,
+    pub validate_external_certificates: bool,
+    pub jwks_uri: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub end_session_endpoint: Option<String>,
+    /// Where scopes or roles are read in a token: a dotted path, `scope` (a space-separated
+    /// string, the OAuth 2 default) or `realm_access.roles` (Keycloak's realm roles, an array).
+    pub claim: String,
+    /// Per operation, the scopes or roles of which a token needs at least one; empty = any valid token.
+    pub read: Vec<String>,
+    pub write: Vec<String>,
+    pub delete: Vec<String>,
+    /// JWS algorithms accepted; only asymmetric ones can be configured.
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// How often the provider's keys are re-fetched (also on an unknown `kid`, rate-limited).
+    pub jwks_refresh: Duration,
+    /// How long start-up keeps trying to reach the provider before giving up.
+    pub discovery_timeout: Duration,
+}
+
+/// Asymmetric JWS algorithms; `none` and the HMAC family can never be enabled.
+pub const ASYMMETRIC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+fn word_list(raw: Option<String>) -> Vec<String> {
+    raw.unwrap_or_default()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl AuthSettings {
+    pub(super) fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let disabled = env.bool("KV_API_DISABLE_API_AUTH", false)?;
+        let oidc = OidcSettings {
+            idp_address_for_server: env.string("OIDC_IDP_ADDRESS_FOR_SERVER"),
+            idp_address_for_users: env.string("OIDC_IDP_ADDRESS_FOR_USERS"),
+            audience: env.string("OIDC_AUDIENCE"),
+            require_https_metadata: env.bool("OIDC_REQUIRE_HTTPS_METADATA", true)?,
+            validate_external_certificates: env
+                .bool("OIDC_HTTPCLIENT_VALIDATE_EXTERNAL_CERTIFICATES", true)?,
+            jwks_uri: env.string("OIDC_JWKS_URI"),
+            token_endpoint: env.string("OIDC_TOKEN_ENDPOINT"),
+            authorization_endpoint: env.string("OIDC_AUTHORIZATION_ENDPOINT"),
+            end_session_endpoint: env.string("OIDC_END_SESSION_ENDPOINT"),
+            claim: env
+                .string("KV_API_AUTH_CLAIM")
+                .unwrap_or_else(|| "scope".to_owned()),
+            read: word_list(env.string("KV_API_AUTH_READ")),
+            write: word_list(env.string("KV_API_AUTH_WRITE")),
+            delete: word_list(env.string("KV_API_AUTH_DELETE")),
+            algorithms: match env.string("KV_API_AUTH_ALGORITHMS") {
+                None => ASYMMETRIC_ALGORITHMS
+                    .iter()
+                    .map(|a| (*a).to_owned())
+                    .collect(),
+                Some(raw) => {
+                    let algorithms = word_list(Some(raw));
+                    if let Some(bad) = algorithms
+                        .iter()
+                        .find(|a| !ASYMMETRIC_ALGORITHMS.contains(&a.as_str()))
+                    {
+                        return Err(SettingsError::new(
+                            "KV_API_AUTH_ALGORITHMS",
+                            format!(
+                                "{bad:?} is not allowed; choose among {}",
+                                ASYMMETRIC_ALGORITHMS.join(", ")
+                            ),
+                        ));
+                    }
+                    algorithms
+                }
+            },
+            leeway: Duration::from_secs(env.number("KV_API_AUTH_LEEWAY_SECONDS", 30u64)?),
+            jwks_refresh: Duration::from_secs(
+                env.number("KV_API_AUTH_JWKS_REFRESH_SECONDS", 300u64)?
+                    .max(1),
+            ),
+            discovery_timeout: Duration::from_secs(
+                env.number("KV_API_AUTH_DISCOVERY_TIMEOUT_SECONDS", 60u64)?
+                    .max(1),
+            ),
+        };
+        if !disabled {
+            // Auth is on by default; without a provider to trust, refuse rather than serve openly.
+            for (var, value) in [
+                ("OIDC_IDP_ADDRESS_FOR_SERVER", &oidc.idp_address_for_server),
+                ("OIDC_AUDIENCE", &oidc.audience),
+            ] {
+                if value.is_none() {
+                    return Err(SettingsError::new(
+                        var,
+                        "is required while API auth is on (set KV_API_DISABLE_API_AUTH=true \
+                         only for local development)",
+                    ));
+                }
+            }
+        }
+        Ok(Self { disabled, oidc })
+    }
+}

@@ -1,0 +1,9 @@
+//! The actix plumbing both services share: the JSON error contract, bearer-token auth,
+//! correlation ids and body limits, the route table, and the request metrics.
+
+pub mod auth;
+pub mod error;
+pub mod http;
+pub mod json;
+pub mod metrics;
+pub mod routing;

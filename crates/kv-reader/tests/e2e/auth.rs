@@ -1,0 +1,247 @@
+//! OpenID Connect on both services, end to end: a real provider process issuing tokens over
+//! HTTP, the real binaries, the real broker.
+
+use crate::{writer, READER};
+use std::time::Duration;
+
+use kv_testkit::{eventually, free_port, run_to_exit, Broker, OidcProvider, Service};
+use reqwest::StatusCode;
+
+fn env_with_auth(broker: &Broker, topic: &str, idp: &OidcProvider) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
+        ("KAFKA_GROUP_ID", format!("{topic}-reader")),
+        ("KV_API_AUTH_READ", "kv:read".to_owned()),
+        ("KV_API_AUTH_WRITE", "kv:write".to_owned()),
+        ("KV_API_AUTH_DELETE", "kv:delete".to_owned()),
+    ];
+    env.extend(idp.service_env());
+    env
+}
+
+fn challenge(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn both_services_require_tokens_with_the_right_scopes_and_follow_a_key_rotation() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("auth", 1).await;
+    let mut idp = OidcProvider::start("key-a");
+    let env = env_with_auth(&broker, &topic, &idp);
+    let writer = Service::start(writer(), &env);
+    let reader = Service::start(READER, &env);
+    let http = reqwest::Client::new();
+    let full = idp.token("kv-full", "kv:read kv:write").await;
+    let read_only = idp.token("kv-reader", "kv:read").await;
+
+    let anonymous = http
+        .put(writer.url("/v1/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge(&anonymous).starts_with("Bearer"),
+        "{}",
+        challenge(&anonymous)
+    );
+
+    let garbage = http
+        .put(writer.url("/v1/kv/k"))
+        .bearer_auth("not.a.token")
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(garbage.status(), StatusCode::UNAUTHORIZED);
+    assert!(challenge(&garbage).contains("invalid_token"));
+
+    let lacking = http
+        .put(writer.url("/v1/kv/k"))
+        .bearer_auth(&read_only)
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(lacking.status(), StatusCode::FORBIDDEN);
+    assert!(challenge(&lacking).contains("insufficient_scope"));
+
+    let written = http
+        .put(writer.url("/v1/kv/k"))
+        .bearer_auth(&full)
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(written.status(), StatusCode::OK, "{}", writer.output());
+
+    let no_delete_scope = http
+        .delete(writer.url("/v1/kv/k"))
+        .bearer_auth(&full)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(no_delete_scope.status(), StatusCode::FORBIDDEN);
+
+    let anonymous_read = http.get(reader.url("/v1/kv/k")).send().await.expect("get");
+    assert_eq!(anonymous_read.status(), StatusCode::UNAUTHORIZED);
+    let value = eventually(
+        "the value through the reader",
+        Duration::from_secs(20),
+        || {
+            let request = http
+                .get(reader.url("/v1/kv/k"))
+                .bearer_auth(&read_only)
+                .send();
+            async move {
+                let response = request.await.ok()?;
+                (response.status() == StatusCode::OK).then_some(response)
+            }
+        },
+    )
+    .await;
+    assert_eq!(value.text().await.expect("body"), "v");
+
+    for service in [&writer, &reader] {
+        let health = http
+            .get(service.url("/healthz/ready"))
+            .send()
+            .await
+            .expect("health");
+        assert_ne!(
+            health.status(),
+            StatusCode::UNAUTHORIZED,
+            "health stays anonymous"
+        );
+    }
+
+    idp.rotate("key-b", None);
+    let rotated = idp.token("kv-full", "kv:read kv:write kv:delete").await;
+    let read = http
+        .get(reader.url("/v1/kv/k"))
+        .bearer_auth(&rotated)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(read.status(), StatusCode::OK, "{}", reader.output());
+    let deleted = http
+        .delete(writer.url("/v1/kv/k"))
+        .bearer_auth(&rotated)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), StatusCode::OK, "{}", writer.output());
+    let retired = http
+        .get(reader.url("/v1/kv/k"))
+        .bearer_auth(&read_only)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        retired.status(),
+        StatusCode::UNAUTHORIZED,
+        "the retired key must not verify"
+    );
+}
+
+/// `token` with its header swapped for one naming a key the provider never had: the service
+/// must fetch the provider's keys again before it can refuse it, so its check is still waiting
+/// when anything else about the request is already known to be wrong.
+fn under_an_unknown_kid(token: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
+    let (_, rest) = token.split_once('.').expect("a JWT");
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT","kid":"never-issued"}"#);
+    format!("{header}.{rest}")
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_with_401_before_the_body_is_looked_at() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("auth-first", 1).await;
+    let idp = OidcProvider::start("key-a");
+    let env = env_with_auth(&broker, &topic, &idp);
+    let writer = Service::start(writer(), &env);
+    let reader = Service::start(READER, &env);
+    let http = reqwest::Client::new();
+    let forged = under_an_unknown_kid(&idp.token("kv-full", "kv:read kv:write").await);
+
+    let routes = [
+        (&writer, "/store"),
+        (&writer, "/v1/kv:batch"),
+        (&reader, "/retrieve"),
+        (&reader, "/v1/kv:batchGet"),
+    ];
+    for (service, path) in routes {
+        // Neither JSON nor declared as JSON: refused with 415 once a token is accepted.
+        let response = http
+            .post(service.url(path))
+            .bearer_auth(&forged)
+            .header("content-type", "text/plain")
+            .body("not json")
+            .send()
+            .await
+            .expect("post");
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "POST {path}: {body}");
+    }
+}
+
+#[test]
+fn a_service_with_auth_on_refuses_to_start_when_the_provider_cannot_be_reached() {
+    let unreachable = format!("http://127.0.0.1:{}/realms/none", free_port());
+    for binary in [writer(), READER] {
+        let (code, output) = run_to_exit(
+            binary,
+            &[
+                ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9".to_owned()),
+                ("KV_API_KAFKA_KEY_VALUE_TOPIC", "t".to_owned()),
+                ("KAFKA_GROUP_ID", "g".to_owned()),
+                ("KV_API_LISTEN", "127.0.0.1:0".to_owned()),
+                ("OIDC_IDP_ADDRESS_FOR_SERVER", unreachable.clone()),
+                ("OIDC_AUDIENCE", "kv".to_owned()),
+                ("OIDC_REQUIRE_HTTPS_METADATA", "false".to_owned()),
+                ("KV_API_AUTH_DISCOVERY_TIMEOUT_SECONDS", "1".to_owned()),
+            ],
+            Duration::from_secs(30),
+        );
+        assert!(
+            matches!(code, Some(c) if c != 0),
+            "{binary} exited with {code:?}: {output}"
+        );
+        assert!(
+            output.contains(&unreachable),
+            "{binary} must name the provider: {output}"
+        );
+    }
+}
+
+#[test]
+fn a_service_with_auth_on_and_no_provider_configured_names_the_missing_variable() {
+    for binary in [writer(), READER] {
+        let (code, output) = run_to_exit(
+            binary,
+            &[
+                ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9".to_owned()),
+                ("KV_API_KAFKA_KEY_VALUE_TOPIC", "t".to_owned()),
+                ("KAFKA_GROUP_ID", "g".to_owned()),
+            ],
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(2), "{binary}: {output}");
+        assert!(
+            output.contains("OIDC_IDP_ADDRESS_FOR_SERVER"),
+            "{binary}: {output}"
+        );
+    }
+}

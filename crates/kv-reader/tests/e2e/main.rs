@@ -1,0 +1,20 @@
+//! kv-reader end to end: the real binary against a real broker process (and, where a test
+//! writes, the real kv-writer beside it). One test binary, so actix and rdkafka link once.
+
+mod at_rest;
+mod auth;
+mod metrics;
+mod openapi;
+mod read_routes;
+mod replication;
+mod topic_compatibility;
+mod topic_encryption;
+mod write_then_read;
+
+/// The binary under test, as cargo built it for this test.
+pub const READER: &str = env!("CARGO_BIN_EXE_kv-reader");
+
+/// The writer beside it, built on first use when only this package is tested.
+pub fn writer() -> &'static str {
+    kv_testkit::workspace_binary("kv-writer")
+}

@@ -1,0 +1,159 @@
+//! The topic format stays the original service's: raw key and value bytes, Java's partitioner.
+//! Existing topics must keep working in both directions.
+
+use crate::{writer, READER};
+use std::time::Duration;
+
+use kv_testkit::service_env;
+use kv_testkit::{eventually, Broker, Service};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Kafka's murmur2 as the Java client computes it for a record key.
+fn java_murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+fn java_partition(key: &[u8], partitions: u32) -> i32 {
+    ((java_murmur2(key) & 0x7fff_ffff) % partitions) as i32
+}
+
+#[test]
+fn the_murmur2_reference_matches_kafkas_published_vectors() {
+    // Values from Kafka's UtilsTest.testMurmur2.
+    assert_eq!(java_murmur2(b"21") as i32, -973_932_308);
+    assert_eq!(java_murmur2(b"foobar") as i32, -790_332_482);
+    assert_eq!(
+        java_murmur2(b"a-little-bit-long-string") as i32,
+        -985_981_536
+    );
+    assert_eq!(
+        java_murmur2(b"a-little-bit-longer-string") as i32,
+        -1_486_304_829
+    );
+    assert_eq!(
+        java_murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+        -58_897_971
+    );
+}
+
+#[tokio::test]
+async fn kv_writer_puts_raw_bytes_on_the_partition_java_clients_choose() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("compat-raw", 6).await;
+    let writer = Service::start(writer(), &service_env(&broker, &topic));
+    let http = reqwest::Client::new();
+
+    let mut written = Vec::new();
+    for key in ["alpha", "beta", "gamma", "δέλτα", "user/42", "k"] {
+        let response = http
+            .post(writer.url("/store"))
+            .json(&serde_json::json!({"key": key, "value": format!("value of {key}")}))
+            .send()
+            .await
+            .expect("store");
+        assert_eq!(response.status(), 200, "{}", writer.output());
+        let ack: serde_json::Value = response.json().await.expect("ack");
+        let partition = ack["partition"].as_i64().expect("partition") as i32;
+        assert_eq!(
+            partition,
+            java_partition(key.as_bytes(), 6),
+            "key {key:?} landed on another partition than a Java client would choose"
+        );
+        written.push((key, partition, ack["offset"].as_i64().expect("offset")));
+    }
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("group.id", format!("{topic}-raw"))
+        .create()
+        .expect("consumer");
+    for (key, partition, offset) in written {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&topic, partition, Offset::Offset(offset))
+            .expect("partition");
+        consumer.assign(&list).expect("assign");
+        let message = eventually("the raw record", Duration::from_secs(10), || {
+            let found = consumer
+                .poll(Duration::from_millis(100))
+                .and_then(Result::ok)
+                .map(|m| (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+            async move { found }
+        })
+        .await;
+        assert_eq!(message.0.as_deref(), Some(key.as_bytes()));
+        assert_eq!(
+            message.1.as_deref(),
+            Some(format!("value of {key}").as_bytes())
+        );
+    }
+}
+
+#[tokio::test]
+async fn kv_reader_serves_records_a_plain_producer_put_on_an_existing_topic() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("compat-existing", 3).await;
+    let producer = broker.producer();
+    broker
+        .produce(&producer, &topic, b"config/feature-x", Some(b"enabled"))
+        .await;
+    broker
+        .produce(&producer, &topic, b"config/feature-y", Some(b"disabled"))
+        .await;
+    broker
+        .produce(&producer, &topic, b"config/feature-y", None)
+        .await;
+    let reader = Service::start(READER, &service_env(&broker, &topic));
+    let http = reqwest::Client::new();
+
+    let value = eventually("the value on the reader", Duration::from_secs(20), || {
+        let request = http.get(reader.url("/v1/kv/config%2Ffeature-x")).send();
+        async move {
+            let response = request.await.ok()?;
+            if response.status() != 200 {
+                return None;
+            }
+            response.text().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(value, "enabled");
+    eventually("the replica to be ready", Duration::from_secs(20), || {
+        let request = http.get(reader.url("/healthz/ready")).send();
+        async move { (request.await.ok()?.status() == 200).then_some(()) }
+    })
+    .await;
+    let deleted = http
+        .get(reader.url("/v1/kv/config%2Ffeature-y"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(deleted.status(), 404, "a tombstone must remove the key");
+}

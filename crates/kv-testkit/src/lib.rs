@@ -1,0 +1,29 @@
+//! The end-to-end test kit (dev-only, never shipped): a real broker process per test, the
+//! project's binaries as child processes, a real OpenID provider, topic helpers, the OpenAPI
+//! conformance check, Prometheus text parsing, and polling with a deadline instead of sleeps.
+
+pub mod broker;
+pub mod decoders;
+pub mod oidc;
+pub mod openapi;
+pub mod poll;
+pub mod prometheus;
+pub mod reader;
+pub mod services;
+pub mod topic;
+
+use std::net::TcpListener;
+
+pub use broker::{Broker, BrokerUnderTest};
+pub use oidc::{OidcProvider, OIDC_AUDIENCE};
+pub use poll::{eventually, DEADLINE};
+pub use prometheus::metric;
+pub use services::{run_to_exit, service_env, workspace_binary, Service};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}

@@ -1,0 +1,135 @@
+//! A kv-reader seen from outside: key paths, readiness, and its whole state read back through
+//! its listing and batchGet routes; and a schema-registry stub for it to ask.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde_json::Value;
+
+use crate::poll::{eventually, DEADLINE};
+use crate::services::Service;
+
+/// The native route's URL path of a key of any bytes.
+pub fn key_path(key: &[u8]) -> String {
+    let encoded: String = key
+        .iter()
+        .map(|b| format!("%{b:02X}"))
+        .collect::<Vec<_>>()
+        .join("");
+    format!("/v1/kv/{encoded}")
+}
+
+pub fn query_value(text: &str) -> String {
+    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
+}
+
+pub async fn ready_report(http: &reqwest::Client, reader: &Service) -> (u16, Value) {
+    let response = http
+        .get(reader.url("/healthz/ready"))
+        .send()
+        .await
+        .expect("readiness");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("readiness json"))
+}
+
+/// Waits until the reader reports ready, and returns its report.
+pub async fn wait_ready(http: &reqwest::Client, reader: &Service) -> Value {
+    eventually("the reader to be ready", DEADLINE, || async {
+        let (status, body) = ready_report(http, reader).await;
+        (status == 200).then_some(body)
+    })
+    .await
+}
+
+fn bytes_of(item: &Value, field: &str) -> Option<Vec<u8>> {
+    if let Some(text) = item[field].as_str() {
+        return Some(text.as_bytes().to_vec());
+    }
+    item[format!("{field}_b64")]
+        .as_str()
+        .map(|b64| STANDARD.decode(b64).expect("base64"))
+}
+
+/// Every key the reader lists, page by page.
+pub async fn all_keys(http: &reqwest::Client, reader: &Service) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = reader.url("/v1/kv?limit=1000");
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = http
+            .get(url)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("list json");
+        for item in page["keys"].as_array().expect("keys") {
+            keys.push(bytes_of(item, "key").expect("a key"));
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return keys,
+        }
+    }
+}
+
+/// The reader's whole state, read through its listing and batchGet routes.
+pub async fn dump(http: &reqwest::Client, reader: &Service) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let keys = all_keys(http, reader).await;
+    let mut state = BTreeMap::new();
+    for chunk in keys.chunks(1000) {
+        let keys_b64: Vec<String> = chunk.iter().map(|k| STANDARD.encode(k)).collect();
+        let response: Value = http
+            .post(reader.url("/v1/kv:batchGet"))
+            .json(&serde_json::json!({ "keys_b64": keys_b64 }))
+            .send()
+            .await
+            .expect("batchGet")
+            .json()
+            .await
+            .expect("batchGet json");
+        for (key, item) in chunk
+            .iter()
+            .zip(response["results"].as_array().expect("results"))
+        {
+            if item["found"] == true {
+                state.insert(key.clone(), bytes_of(item, "value").expect("a value"));
+            }
+        }
+    }
+    state
+}
+
+/// A schema registry that knows only `subjects`, answering every request with that list.
+pub fn registry_stub(subjects: Vec<String>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            // Read the request head; requests have no body.
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let body = serde_json::to_string(&subjects).expect("json");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}

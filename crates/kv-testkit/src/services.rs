@@ -1,0 +1,291 @@
+//! The project's binaries as child processes: the environment they need to talk to a test broker,
+//! where to find them, and a handle that reads their address back from their log.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::broker::Broker;
+
+/// What a service needs to run against `broker` and `topic` with auth off; readers get the group
+/// `<topic>-reader`. Tests append what they vary: a later entry for the same variable wins, as
+/// with the process environment.
+pub fn service_env(broker: &Broker, topic: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
+        ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
+        ("KAFKA_GROUP_ID", format!("{topic}-reader")),
+    ]
+}
+
+/// [`service_env`] plus `extra`.
+pub fn service_env_with(
+    broker: &Broker,
+    topic: &str,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = service_env(broker, topic);
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
+/// A reader's environment with its own consumer group.
+pub fn reader_env(broker: &Broker, topic: &str, group: &str) -> Vec<(&'static str, String)> {
+    let mut env = service_env(broker, topic);
+    env.push(("KAFKA_GROUP_ID", group.to_owned()));
+    env
+}
+
+/// The path of another package's binary of this workspace, built (once per test process) into
+/// the target directory the running test was built in. A test's own package's binary comes from
+/// `env!("CARGO_BIN_EXE_<name>")` instead; this is for the peer (a reader test's writer), which
+/// cargo builds only when the whole workspace is tested. It builds every binary of the
+/// workspace, as `make test` does first: the same features, so under `make test` this is a
+/// no-op, and a package's own build never rebuilds its dependencies with other features.
+pub fn workspace_binary(name: &str) -> &'static str {
+    static BUILT: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .expect("binary lock");
+    if let Some(path) = built.get(name) {
+        return path;
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf();
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut command = Command::new(cargo);
+    command
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"))
+        .args(["--workspace", "--bins"]);
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        command.arg("--release");
+    }
+    // Into the directory this test came from, whatever CARGO_TARGET_DIR said.
+    if let Some(target) = profile_dir.parent() {
+        command.env("CARGO_TARGET_DIR", target);
+    }
+    let status = command
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {name}: {e}"));
+    assert!(status.success(), "building {name} failed: {status}");
+    let path = profile_dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    let path: &'static str = Box::leak(path.to_string_lossy().into_owned().into_boxed_str());
+    built.insert(name.to_owned(), path);
+    path
+}
+
+fn program_name(program: &str) -> String {
+    Path::new(program)
+        .file_name()
+        .map_or_else(|| program.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
+/// One of the project's binaries running as a child process, killed on drop.
+#[derive(Debug)]
+pub struct Service {
+    child: Child,
+    pub base_url: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Service {
+    /// Starts the binary at `program` with exactly `env` (plus PATH) and waits until it listens.
+    pub fn start(program: &str, env: &[(&str, String)]) -> Service {
+        let name = program_name(program);
+        let mut command = Command::new(program);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KV_API_LISTEN", "127.0.0.1:0")
+            .env("KV_API_LOG_FORMAT", "text")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start the service");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            let address_tx = address_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        // The address ends at a space (text logs) or a quote (JSON logs).
+                        let address = rest
+                            .split(|c: char| c.is_whitespace() || c == '"')
+                            .next()
+                            .unwrap_or_default();
+                        address_tx.send(address.to_owned()).ok();
+                    }
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let address = match address_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => address,
+            Err(_) => {
+                child.kill().ok();
+                let status = child.wait().ok();
+                panic!(
+                    "{name} did not start listening (exit: {status:?}); its output:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                );
+            }
+        };
+        Service {
+            child,
+            base_url: format!("http://{address}"),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// The service's `/metrics` page, for [`metric`].
+    pub async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// The process's id, for sampling it from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.
+    pub fn rss_bytes(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map_or(0, |kib| kib * 1024)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Sends SIGKILL: no shutdown hooks run, as in a crash.
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping the service would.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code, or `None` if it is still
+    /// running (or was killed by a signal).
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = &mut self.child;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion and returns its exit status and combined output, for tests
+/// that expect a binary to refuse to start.
+pub fn run_to_exit(
+    program: &str,
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> (Option<i32>, String) {
+    let mut command = Command::new(program);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start the binary");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("collect output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}

@@ -1,0 +1,137 @@
+//! What the writer's handlers share: the limits, the producer, and how an acknowledged write is
+//! answered (the position in the body and in headers, and the consistency token).
+
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use kv_core::consistency::{ConsistencyToken, RecordPosition};
+use kv_core::web::error::ApiError;
+use kv_core::web::http::{CorrelationId, CONSISTENCY_TOKEN};
+use serde::Serialize;
+
+use crate::input::{check_key, check_value, WriteInput};
+use crate::producer::{KvProducer, Write};
+use crate::settings::Settings;
+
+pub const KAFKA_PARTITION: HeaderName = HeaderName::from_static("x-kafka-partition");
+pub const KAFKA_OFFSET: HeaderName = HeaderName::from_static("x-kafka-offset");
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct WriterState {
+    pub producer: KvProducer,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_batch_items: usize,
+    /// The last readiness answer and when it was taken: `/healthz/ready` is anonymous, and each
+    /// fresh answer costs a metadata request and a blocking thread for up to two seconds.
+    readiness: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+/// How long a readiness answer is reused.
+const READINESS_CACHE: Duration = Duration::from_secs(1);
+/// How long the broker may take to answer the readiness metadata request.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl WriterState {
+    pub fn new(settings: &Settings, producer: KvProducer) -> Self {
+        Self {
+            producer,
+            max_key_bytes: settings.max_key_bytes,
+            max_value_bytes: settings.max_value_bytes,
+            max_batch_items: settings.max_batch_items,
+            readiness: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the broker answers for the topic, asked at most once per [`READINESS_CACHE`]
+    /// however many probes arrive: concurrent callers wait for the one request under way.
+    pub async fn readiness(&self) -> Result<Result<(), String>, ApiError> {
+        let mut cached = self.readiness.lock().await;
+        if let Some((at, answer)) = cached.as_ref() {
+            if at.elapsed() < READINESS_CACHE {
+                return Ok(answer.clone());
+            }
+        }
+        let producer = self.producer.clone();
+        // librdkafka's metadata call blocks; it must not run on an actix worker thread.
+        let answer = actix_web::web::block(move || producer.topic_reachable(READINESS_TIMEOUT))
+            .await
+            .map_err(|e| ApiError::internal(format!("readiness check failed: {e}")))?;
+        *cached = Some((Instant::now(), answer.clone()));
+        Ok(answer)
+    }
+
+    /// Refuses a write from a JSON body whose key or value is over the limits.
+    pub fn check(&self, write: &WriteInput<'_>, path: &str) -> Result<(), ApiError> {
+        check_key(&write.key, self.max_key_bytes, || {
+            format!("field `{path}key`")
+        })?;
+        if let Some(value) = &write.value {
+            check_value(value, self.max_value_bytes, || {
+                format!("field `{path}value`")
+            })?;
+        }
+        Ok(())
+    }
+
+    pub async fn write_one(
+        &self,
+        request: &HttpRequest,
+        write: &WriteInput<'_>,
+    ) -> Result<HttpResponse, ApiError> {
+        let correlation = CorrelationId::of(request);
+        let position = self
+            .producer
+            .write(Write {
+                key: &write.key,
+                value: write.value.as_deref(),
+                correlation_id: &correlation.0,
+                headers: &write.headers,
+            })
+            .await?;
+        Ok(acknowledged(position))
+    }
+}
+
+#[derive(Serialize)]
+struct Acknowledged {
+    partition: i32,
+    /// `null` with KAFKA_ACKS=none: the broker reports no offset for unacknowledged writes.
+    offset: Option<i64>,
+    consistency_token: Option<String>,
+}
+
+/// Sets the consistency token header, which a reader takes to serve read-your-writes.
+pub fn with_token(response: &mut HttpResponseBuilder, token: &str) {
+    if let Ok(value) = HeaderValue::from_str(token) {
+        response.insert_header((CONSISTENCY_TOKEN, value));
+    }
+}
+
+/// The token for acknowledged positions; `None` when no offset is known (KAFKA_ACKS=none), as a
+/// token with a negative offset would be refused by every reader.
+pub fn token_for(positions: impl IntoIterator<Item = RecordPosition>) -> Option<String> {
+    let mut known = positions.into_iter().filter(|p| p.offset >= 0).peekable();
+    known.peek()?;
+    Some(ConsistencyToken::from_positions(known).to_string())
+}
+
+fn acknowledged(position: RecordPosition) -> HttpResponse {
+    let token = token_for([position]);
+    let offset = (position.offset >= 0).then_some(position.offset);
+    let mut response = HttpResponse::Ok();
+    response.insert_header((KAFKA_PARTITION, position.partition));
+    if let Some(offset) = offset {
+        response.insert_header((KAFKA_OFFSET, offset));
+    }
+    if let Some(token) = &token {
+        with_token(&mut response, token);
+    }
+    response.json(Acknowledged {
+        partition: position.partition,
+        offset,
+        consistency_token: token,
+    })
+}

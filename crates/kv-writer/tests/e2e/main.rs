@@ -1,0 +1,10 @@
+//! kv-writer end to end: the real binary against a real broker process, and in-process against
+//! librdkafka's MockCluster for injected faults. One test binary, so actix and rdkafka link once.
+
+mod injected_faults;
+mod openapi;
+mod outage;
+mod routes;
+
+/// The binary under test, as cargo built it for this test.
+pub const WRITER: &str = env!("CARGO_BIN_EXE_kv-writer");
