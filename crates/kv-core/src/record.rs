@@ -17,6 +17,12 @@ use crate::settings::TopicEncryption;
 /// Kafka header carrying the request's correlation id from writer to reader.
 pub const CORRELATION_ID_HEADER: &str = "X-Correlation-Id";
 
+/// Kafka header kv-writer puts on every record it produces (docs/wire-format.md): such a record
+/// holds the user's bytes, so a reader never strips a schema-registry header from it.
+pub const WRITER_HEADER: &str = "X-KV-Writer";
+/// The value of [`WRITER_HEADER`]: the wire format's version.
+pub const WRITER_HEADER_VALUE: &[u8] = b"1";
+
 /// The record codec of one topic; both roles must use the same one.
 #[derive(Debug, Clone, Default)]
 pub enum RecordCodec {

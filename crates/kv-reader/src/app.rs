@@ -15,7 +15,7 @@ use kv_core::web::http::{
 use kv_core::web::metrics::{metrics_middleware, Metrics};
 use kv_core::web::routing::{register, route_not_found};
 
-use crate::framing::{self, RegistryError, SchemaFraming};
+use crate::framing::{Registry, RegistryError, SchemaFraming, SchemaIds};
 use crate::metrics::ReplicaCollector;
 use crate::replica::{Replica, ReplicaError};
 use crate::routes::{self, ReaderState};
@@ -26,6 +26,9 @@ use crate::store::{Store, StoreError};
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
 /// How long start-up waits for the schema registry's list of subjects.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the schema ids of the topic's subjects are read again, so a schema a foreign
+/// producer registers while the reader runs is stripped within this time.
+const REGISTRY_REFRESH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -100,13 +103,27 @@ impl App {
         let framing = match &settings.schema_registry_url {
             None => SchemaFraming::default(),
             Some(url) => {
-                let framing =
-                    framing::discover(url, &settings.core.topic, REGISTRY_TIMEOUT).await?;
+                let registry = Registry::new(url, &settings.core.topic, REGISTRY_TIMEOUT)?;
+                let mut framing = registry.discover().await?;
+                if matches!(codec, RecordCodec::Encrypted(_)) {
+                    framing = framing.without_keys();
+                }
                 tracing::info!(
-                    strip_key_header = framing.key,
-                    strip_value_header = framing.value,
+                    key_schema_ids = framing.key.as_ref().map(SchemaIds::len),
+                    value_schema_ids = framing.value.as_ref().map(SchemaIds::len),
                     "schema registry subjects of the topic looked up"
                 );
+                if framing.is_on() {
+                    let (registry, framing) = (registry, framing.clone());
+                    tokio::spawn(async move {
+                        let mut ticks = tokio::time::interval(REGISTRY_REFRESH);
+                        ticks.tick().await;
+                        loop {
+                            ticks.tick().await;
+                            registry.refresh(&framing).await;
+                        }
+                    });
+                }
                 framing
             }
         };

@@ -1,19 +1,60 @@
 //! Foreign topics written with a Confluent schema-registry serializer prefix keys and values with
 //! a 5-byte header (magic byte 0, then a 4-byte schema id). When the registry knows a subject for
-//! this topic's keys or values, the header is stripped, but only from payloads that carry one:
-//! the original stripped 5 bytes blindly and mangled every other record.
+//! this topic's keys or values, the header is stripped, but only from payloads that carry one
+//! with a schema id the registry has for that subject: the original stripped 5 bytes blindly and
+//! mangled every other record. A record kv-writer produced (it carries
+//! [`kv_core::record::WRITER_HEADER`]) is never stripped, whatever its first byte, and neither is
+//! a key on an encrypted topic, which is a keyed MAC.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Magic byte plus schema id.
 pub const CONFLUENT_HEADER_LEN: usize = 5;
 const CONFLUENT_MAGIC: u8 = 0;
 
-/// Which parts of this topic's records carry the schema-registry header.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The schema ids the registry holds for one subject, refreshed while the reader runs.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaIds(Arc<RwLock<BTreeSet<u32>>>);
+
+impl SchemaIds {
+    pub fn of(ids: impl IntoIterator<Item = u32>) -> SchemaIds {
+        SchemaIds(Arc::new(RwLock::new(ids.into_iter().collect())))
+    }
+
+    fn knows(&self, id: u32) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&id)
+    }
+
+    fn replace(&self, ids: BTreeSet<u32>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
+    }
+
+    pub fn len(&self) -> usize {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which parts of this topic's records carry the schema-registry header: `Some` when the
+/// registry has the part's subject, with the subject's schema ids.
+#[derive(Debug, Clone, Default)]
 pub struct SchemaFraming {
-    pub key: bool,
-    pub value: bool,
+    pub key: Option<SchemaIds>,
+    pub value: Option<SchemaIds>,
 }
 
 /// A payload starts with the magic byte but is too short to hold a whole header.
@@ -25,13 +66,26 @@ impl BadSchemaHeader {
 }
 
 impl SchemaFraming {
+    /// Under topic encryption record keys are MACs: about one in 256 starts with the magic byte,
+    /// and none was written by a registry serializer.
+    pub fn without_keys(self) -> SchemaFraming {
+        SchemaFraming {
+            key: None,
+            value: self.value,
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.key.is_some() || self.value.is_some()
+    }
+
     pub fn strip_key<'a>(
         &self,
         key: Option<&'a [u8]>,
     ) -> Result<Option<&'a [u8]>, BadSchemaHeader> {
-        match key {
-            Some(key) if self.key => unframe(key).map(Some),
-            other => Ok(other),
+        match (key, &self.key) {
+            (Some(key), Some(ids)) => unframe(key, ids).map(Some),
+            (other, _) => Ok(other),
         }
     }
 
@@ -39,19 +93,25 @@ impl SchemaFraming {
         &self,
         value: Option<&'a [u8]>,
     ) -> Result<Option<&'a [u8]>, BadSchemaHeader> {
-        match value {
-            Some(value) if self.value => unframe(value).map(Some),
-            other => Ok(other),
+        match (value, &self.value) {
+            (Some(value), Some(ids)) => unframe(value, ids).map(Some),
+            (other, _) => Ok(other),
         }
     }
 }
 
-fn unframe(bytes: &[u8]) -> Result<&[u8], BadSchemaHeader> {
-    match bytes.first() {
-        Some(&CONFLUENT_MAGIC) if bytes.len() >= CONFLUENT_HEADER_LEN => {
-            Ok(&bytes[CONFLUENT_HEADER_LEN..])
+fn unframe<'a>(bytes: &'a [u8], ids: &SchemaIds) -> Result<&'a [u8], BadSchemaHeader> {
+    match bytes {
+        [CONFLUENT_MAGIC, a, b, c, d, rest @ ..] => {
+            if ids.knows(u32::from_be_bytes([*a, *b, *c, *d])) {
+                Ok(rest)
+            } else {
+                // A zero byte and four more are as likely plain data as a header with an id the
+                // registry never issued: served as is.
+                Ok(bytes)
+            }
         }
-        Some(&CONFLUENT_MAGIC) => Err(BadSchemaHeader),
+        [CONFLUENT_MAGIC, ..] => Err(BadSchemaHeader),
         // Not written by a registry serializer: served as is.
         _ => Ok(bytes),
     }
@@ -64,44 +124,111 @@ pub struct RegistryError {
     reason: String,
 }
 
-/// Asks the registry (`GET {url}/subjects`) whether `<topic>-key` / `<topic>-value` exist.
-///
-/// Start-up fails when the registry cannot answer: guessing would store either framed or
-/// mangled values, and neither is fixed without a rebuild.
-pub async fn discover(
-    url: &str,
-    topic: &str,
-    timeout: Duration,
-) -> Result<SchemaFraming, RegistryError> {
-    let fail = |reason: String| RegistryError {
-        url: redact_userinfo(url),
-        reason,
-    };
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
-    let response = client
-        .get(format!("{}/subjects", url.trim_end_matches('/')))
-        .header(
-            "Accept",
-            "application/vnd.schemaregistry.v1+json, application/json",
-        )
-        .send()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(fail(format!("it answered {}", response.status())));
+/// Most versions read per subject, so a registry cannot make start-up fetch without end.
+const MAX_VERSIONS: usize = 1_000;
+
+/// A client of the schema registry at one URL, for this topic's subjects.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    client: reqwest::Client,
+    url: String,
+    topic: String,
+}
+
+impl Registry {
+    pub fn new(url: &str, topic: &str, timeout: Duration) -> Result<Registry, RegistryError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| RegistryError {
+                url: redact_userinfo(url),
+                reason: e.to_string(),
+            })?;
+        Ok(Registry {
+            client,
+            url: url.trim_end_matches('/').to_owned(),
+            topic: topic.to_owned(),
+        })
     }
-    let subjects: Vec<String> = response
-        .json()
-        .await
-        .map_err(|e| fail(format!("the answer is not a JSON list of subjects: {e}")))?;
-    let has = |suffix: &str| subjects.iter().any(|s| s == &format!("{topic}-{suffix}"));
-    Ok(SchemaFraming {
-        key: has("key"),
-        value: has("value"),
-    })
+
+    fn fail(&self, reason: String) -> RegistryError {
+        RegistryError {
+            url: redact_userinfo(&self.url),
+            reason,
+        }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, RegistryError> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .header(
+                "Accept",
+                "application/vnd.schemaregistry.v1+json, application/json",
+            )
+            .send()
+            .await
+            .map_err(|e| self.fail(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(self.fail(format!("{path} answered {}", response.status())));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| self.fail(format!("{path}: unexpected answer: {e}")))
+    }
+
+    /// Asks the registry (`GET {url}/subjects`) whether `<topic>-key` / `<topic>-value` exist,
+    /// and which schema ids each holds.
+    ///
+    /// Start-up fails when the registry cannot answer: guessing would store either framed or
+    /// mangled values, and neither is fixed without a rebuild.
+    pub async fn discover(&self) -> Result<SchemaFraming, RegistryError> {
+        let subjects: Vec<String> = self.get("/subjects").await?;
+        let mut framing = SchemaFraming::default();
+        for (part, slot) in [("key", &mut framing.key), ("value", &mut framing.value)] {
+            let subject = format!("{}-{part}", self.topic);
+            if subjects.contains(&subject) {
+                *slot = Some(SchemaIds::of(self.schema_ids(&subject).await?));
+            }
+        }
+        Ok(framing)
+    }
+
+    /// Re-reads the schema ids of the subjects `framing` strips, so a schema registered after
+    /// start-up is stripped too; a failure keeps the ids known so far.
+    pub async fn refresh(&self, framing: &SchemaFraming) {
+        for (part, ids) in [("key", &framing.key), ("value", &framing.value)] {
+            let Some(ids) = ids else { continue };
+            let subject = format!("{}-{part}", self.topic);
+            match self.schema_ids(&subject).await {
+                Ok(fresh) => ids.replace(fresh),
+                Err(error) => tracing::warn!(%error, "cannot refresh the schema ids of {subject}"),
+            }
+        }
+    }
+
+    async fn schema_ids(&self, subject: &str) -> Result<BTreeSet<u32>, RegistryError> {
+        let subject_path =
+            percent_encoding::utf8_percent_encode(subject, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        let versions: Vec<u32> = self
+            .get(&format!("/subjects/{subject_path}/versions"))
+            .await?;
+        let mut ids = BTreeSet::new();
+        for version in versions.into_iter().take(MAX_VERSIONS) {
+            let schema: Version = self
+                .get(&format!("/subjects/{subject_path}/versions/{version}"))
+                .await?;
+            ids.insert(schema.id);
+        }
+        Ok(ids)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Version {
+    id: u32,
 }
 
 /// The URL without the `user:password@` it may carry, for error messages and logs.
@@ -134,19 +261,21 @@ mod tests {
         );
     }
 
-    const BOTH: SchemaFraming = SchemaFraming {
-        key: true,
-        value: true,
-    };
+    fn both(ids: &[u32]) -> SchemaFraming {
+        SchemaFraming {
+            key: Some(SchemaIds::of(ids.iter().copied())),
+            value: Some(SchemaIds::of(ids.iter().copied())),
+        }
+    }
 
     #[test]
     fn a_framed_payload_loses_exactly_its_header() {
         assert_eq!(
-            BOTH.strip_value(Some(b"\x00\x00\x00\x00\x07{\"a\":1}")),
+            both(&[7]).strip_value(Some(b"\x00\x00\x00\x00\x07{\"a\":1}")),
             Ok(Some(b"{\"a\":1}".as_slice()))
         );
         assert_eq!(
-            BOTH.strip_key(Some(b"\x00\x00\x00\x00\x07")),
+            both(&[7]).strip_key(Some(b"\x00\x00\x00\x00\x07")),
             Ok(Some(b"".as_slice()))
         );
     }
@@ -154,17 +283,42 @@ mod tests {
     #[test]
     fn payloads_without_the_magic_byte_are_kept_whole() {
         assert_eq!(
-            BOTH.strip_value(Some(b"plain")),
+            both(&[7]).strip_value(Some(b"plain")),
             Ok(Some(b"plain".as_slice()))
         );
-        assert_eq!(BOTH.strip_value(None), Ok(None), "a tombstone stays one");
+        assert_eq!(
+            both(&[7]).strip_value(None),
+            Ok(None),
+            "a tombstone stays one"
+        );
     }
 
     #[test]
     fn a_truncated_header_is_a_bad_record() {
         assert_eq!(
-            BOTH.strip_value(Some(b"\x00\x00\x01")),
+            both(&[7]).strip_value(Some(b"\x00\x00\x01")),
             Err(BadSchemaHeader)
+        );
+    }
+
+    #[test]
+    fn a_header_naming_a_schema_id_the_registry_does_not_have_is_kept() {
+        assert_eq!(
+            both(&[8]).strip_value(Some(b"\x00\x00\x00\x00\x07v")),
+            Ok(Some(b"\x00\x00\x00\x00\x07v".as_slice()))
+        );
+    }
+
+    #[test]
+    fn without_keys_never_strips_a_key() {
+        let framing = both(&[7]).without_keys();
+        assert_eq!(
+            framing.strip_key(Some(b"\x00\x00\x00\x00\x07k")),
+            Ok(Some(b"\x00\x00\x00\x00\x07k".as_slice()))
+        );
+        assert_eq!(
+            framing.strip_value(Some(b"\x00\x00\x00\x00\x07v")),
+            Ok(Some(b"v".as_slice()))
         );
     }
 

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kv_core::kafka::{client_config, ClientRole};
-use kv_core::record::{DecodedRecord, RecordCodec, CORRELATION_ID_HEADER};
+use kv_core::record::{DecodedRecord, RecordCodec, CORRELATION_ID_HEADER, WRITER_HEADER};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -362,6 +362,12 @@ impl Worker {
     }
 
     fn decode<'m>(&self, message: &'m BorrowedMessage<'_>) -> Result<DecodedRecord<'m>, Skip> {
+        if self.framing.is_on() && written_by_kv_writer(message) {
+            return self
+                .codec
+                .decode(message.key(), message.payload())
+                .map_err(Skip::Decode);
+        }
         let key = self
             .framing
             .strip_key(message.key())
@@ -556,6 +562,15 @@ fn rebuild_reason(
             )),
             _ => None,
         })
+}
+
+/// Whether kv-writer produced the record: its bytes are the user's, never registry-framed.
+fn written_by_kv_writer(message: &BorrowedMessage<'_>) -> bool {
+    message.headers().is_some_and(|headers| {
+        headers
+            .iter()
+            .any(|h| h.key.eq_ignore_ascii_case(WRITER_HEADER))
+    })
 }
 
 fn correlation_id<'m>(message: &'m BorrowedMessage<'_>) -> Option<&'m [u8]> {

@@ -347,7 +347,11 @@ impl FoundValue {
 
     /// What the value adds to the answer, before JSON escaping.
     fn answer_bytes(&self) -> usize {
-        self.value.text.as_ref().or(self.value.b64.as_ref()).map_or(0, String::len)
+        self.value
+            .text
+            .as_ref()
+            .or(self.value.b64.as_ref())
+            .map_or(0, String::len)
     }
 }
 

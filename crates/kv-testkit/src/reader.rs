@@ -109,27 +109,55 @@ pub async fn dump(http: &reqwest::Client, reader: &Service) -> BTreeMap<Vec<u8>,
     state
 }
 
-/// A schema registry that knows only `subjects`, answering every request with that list.
-pub fn registry_stub(subjects: Vec<String>) -> String {
+/// A schema registry that knows only `subjects`, each with its schema ids (one version each),
+/// answering `/subjects`, `/subjects/{s}/versions` and `/subjects/{s}/versions/{v}`.
+pub fn registry_stub(subjects: Vec<(String, Vec<u32>)>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).ok();
             let mut line = String::new();
-            // Read the request head; requests have no body.
+            // Read the rest of the request head; requests have no body.
             while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
                 line.clear();
             }
-            let body = serde_json::to_string(&subjects).expect("json");
+            let path = request_line.split(' ').nth(1).unwrap_or_default();
+            let body = registry_answer(&subjects, path);
+            let (status, body) = match body {
+                Some(body) => ("200 OK", body),
+                None => ("404 Not Found", r#"{"error_code":40401}"#.to_owned()),
+            };
             let _ = write!(
                 stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
+                "HTTP/1.1 {status}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
         }
     });
     url
+}
+
+fn registry_answer(subjects: &[(String, Vec<u32>)], path: &str) -> Option<String> {
+    let path = percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned();
+    if path == "/subjects" {
+        let names: Vec<&String> = subjects.iter().map(|(name, _)| name).collect();
+        return serde_json::to_string(&names).ok();
+    }
+    let rest = path.strip_prefix("/subjects/")?;
+    let (subject, versions) = rest.split_once("/versions")?;
+    let (_, ids) = subjects.iter().find(|(name, _)| name == subject)?;
+    match versions.strip_prefix('/') {
+        None => serde_json::to_string(&(1..=ids.len()).collect::<Vec<_>>()).ok(),
+        Some(version) => {
+            let id = ids.get(version.parse::<usize>().ok()?.checked_sub(1)?)?;
+            Some(serde_json::json!({"subject": subject, "version": version, "id": id}).to_string())
+        }
+    }
 }

@@ -197,13 +197,19 @@ impl Service {
 
     /// Resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.
     pub fn rss_bytes(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
                 .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
                 .map_or(0, |kib| kib * 1024)
         };
         (field("VmRSS:"), field("VmHWM:"))

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use kv_core::consistency::RecordPosition;
 use kv_core::kafka::{classify, client_config, ClientRole, KafkaErrorClass};
-use kv_core::record::{RecordCodec, CORRELATION_ID_HEADER};
+use kv_core::record::{RecordCodec, CORRELATION_ID_HEADER, WRITER_HEADER, WRITER_HEADER_VALUE};
 use kv_core::web::error::{ApiError, ErrorCode};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -312,10 +312,15 @@ impl KvProducer {
         let value = write
             .value
             .map(|value| codec.encode_value(&record_key, write.key, value));
-        let mut headers = OwnedHeaders::new_with_capacity(1 + write.headers.len()).insert(Header {
-            key: CORRELATION_ID_HEADER,
-            value: Some(write.correlation_id),
-        });
+        let mut headers = OwnedHeaders::new_with_capacity(2 + write.headers.len())
+            .insert(Header {
+                key: CORRELATION_ID_HEADER,
+                value: Some(write.correlation_id),
+            })
+            .insert(Header {
+                key: WRITER_HEADER,
+                value: Some(WRITER_HEADER_VALUE),
+            });
         for (name, value) in write.headers {
             headers = headers.insert(Header {
                 key: name,

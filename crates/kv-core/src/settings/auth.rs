@@ -30,6 +30,9 @@ pub struct OidcSettings {
     pub read: Vec<String>,
     pub write: Vec<String>,
     pub delete: Vec<String>,
+    /// KV_API_AUTH_ALLOWED_CLIENTS: when not empty, a token's `azp` (or `client_id`) must be one
+    /// of these clients.
+    pub allowed_clients: Vec<String>,
     /// JWS algorithms accepted; only asymmetric ones can be configured.
     pub algorithms: Vec<String>,
     /// Clock skew tolerated on `exp` and `nbf`.
@@ -73,6 +76,7 @@ impl AuthSettings {
             read: word_list(env.string("KV_API_AUTH_READ")),
             write: word_list(env.string("KV_API_AUTH_WRITE")),
             delete: word_list(env.string("KV_API_AUTH_DELETE")),
+            allowed_clients: word_list(env.string("KV_API_AUTH_ALLOWED_CLIENTS")),
             algorithms: match env.string("KV_API_AUTH_ALGORITHMS") {
                 None => ASYMMETRIC_ALGORITHMS
                     .iter()

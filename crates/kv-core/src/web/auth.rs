@@ -95,6 +95,15 @@ impl Claims {
 struct JoseHeader {
     alg: String,
     kid: Option<String>,
+    typ: Option<String>,
+}
+
+/// JOSE `typ` values an access token may carry: none, plain JWT, or RFC 9068's `at+jwt`.
+/// Anything else (an ID token's `id_token`, a logout token) is not an access token.
+fn is_access_token_type(typ: &str) -> bool {
+    let typ = typ.to_ascii_lowercase();
+    let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+    matches!(typ, "jwt" | "at+jwt")
 }
 
 #[derive(Deserialize)]
@@ -234,6 +243,7 @@ pub struct Authenticator {
     read: Vec<String>,
     write: Vec<String>,
     delete: Vec<String>,
+    allowed_clients: Vec<String>,
     keys: Arc<KeySource>,
 }
 
@@ -326,6 +336,7 @@ impl Authenticator {
             read: settings.read.clone(),
             write: settings.write.clone(),
             delete: settings.delete.clone(),
+            allowed_clients: settings.allowed_clients.clone(),
             keys: {
                 let source = KeySource::new(http, jwks_uri, keys);
                 source.refresh_every(settings.jwks_refresh);
@@ -355,6 +366,11 @@ impl Authenticator {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .ok_or_else(|| invalid("malformed JWT header"))?;
+        if let Some(typ) = jose.typ.as_deref().filter(|typ| !is_access_token_type(typ)) {
+            return Err(AuthError::Invalid(format!(
+                "a token of type {typ:?} is not an access token"
+            )));
+        }
         let algorithm =
             serde_json::from_value::<CoreJwsSigningAlgorithm>(Value::String(jose.alg.clone()))
                 .ok()
@@ -424,6 +440,24 @@ impl Authenticator {
         if let Some(nbf) = claims.get("nbf").and_then(Value::as_f64) {
             if now + leeway < nbf {
                 return invalid("the token is not valid yet".to_owned());
+            }
+        }
+        // Keycloak says what a token is in its payload: an ID or refresh token is no access token.
+        if let Some(typ) = claims.get("typ").and_then(Value::as_str) {
+            if !typ.eq_ignore_ascii_case("bearer") && !is_access_token_type(typ) {
+                return invalid(format!("a token of type {typ:?} is not an access token"));
+            }
+        }
+        if !self.allowed_clients.is_empty() {
+            // `azp` is OpenID Connect's authorized party; RFC 9068 access tokens say `client_id`.
+            let client = claims
+                .get("azp")
+                .or_else(|| claims.get("client_id"))
+                .and_then(Value::as_str);
+            if !client.is_some_and(|c| self.allowed_clients.iter().any(|a| a == c)) {
+                return invalid(format!(
+                    "the token's client {client:?} is not in KV_API_AUTH_ALLOWED_CLIENTS"
+                ));
             }
         }
         Ok(())
@@ -538,6 +572,17 @@ impl AuthGate {
             );
             return Ok(Self::Disabled);
         }
+        for (operation, scopes, var) in [
+            ("write", &settings.oidc.write, "KV_API_AUTH_WRITE"),
+            ("delete", &settings.oidc.delete, "KV_API_AUTH_DELETE"),
+        ] {
+            if scopes.is_empty() && service_does(service, operation) {
+                tracing::warn!(
+                    "{var} is empty: any valid token for the audience may {operation} keys; \
+                     set it to the scopes or roles that may"
+                );
+            }
+        }
         Ok(Self::Enabled(Arc::new(
             Authenticator::discover(&settings.oidc).await?,
         )))
@@ -575,6 +620,11 @@ impl AuthGate {
             (Self::Enabled(_), None) => Err(AuthError::Missing),
         }
     }
+}
+
+/// Whether `service` performs `operation` at all: only the writer writes and deletes.
+fn service_does(service: &str, operation: &str) -> bool {
+    service == "kv-writer" || operation == "read"
 }
 
 /// Marker types naming the operation an [`Authorized`] extractor checks.

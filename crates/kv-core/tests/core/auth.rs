@@ -676,3 +676,61 @@ async fn a_key_rotated_in_is_accepted_within_one_interval_despite_made_up_kids()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[actix_web::test]
+async fn an_id_token_or_a_refresh_token_is_not_taken_for_an_access_token() {
+    let signer = Signer::ec("k");
+    let provider = Provider::start(&[&signer]).await;
+    let auth = Authenticator::discover(&provider.settings())
+        .await
+        .expect("discover");
+    let mut header = signer.header();
+    header["typ"] = json!("id_token");
+    let reason = rejected(&auth, &signer.sign(&header, &provider.claims())).await;
+    assert!(reason.contains("not an access token"), "{reason}");
+    for typ in ["ID", "Refresh"] {
+        let mut claims = provider.claims();
+        claims["typ"] = json!(typ);
+        let reason = rejected(&auth, &signer.token(&claims)).await;
+        assert!(reason.contains("not an access token"), "{typ}: {reason}");
+    }
+    for typ in ["JWT", "at+jwt", "application/at+jwt"] {
+        let mut header = signer.header();
+        header["typ"] = json!(typ);
+        auth.authenticate(Some(&bearer(&signer.sign(&header, &provider.claims()))))
+            .await
+            .unwrap_or_else(|e| panic!("{typ} is an access token: {e:?}"));
+    }
+    let mut claims = provider.claims();
+    claims["typ"] = json!("Bearer");
+    auth.authenticate(Some(&bearer(&signer.token(&claims))))
+        .await
+        .expect("Keycloak's access tokens say Bearer");
+}
+
+#[actix_web::test]
+async fn with_an_allow_list_only_the_listed_clients_tokens_are_accepted() {
+    let signer = Signer::ec("k");
+    let provider = Provider::start(&[&signer]).await;
+    let mut settings = provider.settings();
+    settings.allowed_clients = vec!["orders".to_owned()];
+    let auth = Authenticator::discover(&settings).await.expect("discover");
+    let mut claims = provider.claims();
+    claims["azp"] = json!("orders");
+    auth.authenticate(Some(&bearer(&signer.token(&claims))))
+        .await
+        .expect("a listed client");
+    let mut claims = provider.claims();
+    claims["client_id"] = json!("orders");
+    auth.authenticate(Some(&bearer(&signer.token(&claims))))
+        .await
+        .expect("a listed client named by RFC 9068's client_id");
+    for other in [Some("billing"), None] {
+        let mut claims = provider.claims();
+        if let Some(other) = other {
+            claims["azp"] = json!(other);
+        }
+        let reason = rejected(&auth, &signer.token(&claims)).await;
+        assert!(reason.contains("KV_API_AUTH_ALLOWED_CLIENTS"), "{reason}");
+    }
+}

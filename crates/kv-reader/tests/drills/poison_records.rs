@@ -371,7 +371,7 @@ async fn drill_poison_records_are_skipped_counted_by_reason_and_never_stop_the_r
     let mut positions = topic::produce_raw(&broker.bootstrap_servers(), &topic, before).await;
     println!("produced the first half in {:.1?}", started.elapsed());
 
-    let registry = registry_stub(vec![format!("{topic}-value")]);
+    let registry = registry_stub(vec![(format!("{topic}-value"), vec![0x107])]);
     let mut env = reader_env(&broker, &topic, "drill-poison");
     env.extend([
         ("KV_API_ENCRYPT_DATA_ON_KAFKA", "true".to_owned()),

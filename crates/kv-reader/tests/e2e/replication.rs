@@ -1,7 +1,7 @@
 //! How a real kv-reader process follows a topic on a real broker: readiness, resuming, poison
 //! records, rebuilds, partition discovery, several replicas, schema-registry framing.
 
-use crate::READER;
+use crate::{writer, READER};
 use std::time::Duration;
 
 use kv_testkit::reader::*;
@@ -422,7 +422,10 @@ async fn schema_registry_headers_are_stripped_only_from_payloads_that_carry_one(
         ],
     )
     .await;
-    let registry = registry_stub(vec![format!("{topic}-value"), "other-topic-key".to_owned()]);
+    let registry = registry_stub(vec![
+        (format!("{topic}-value"), vec![42, 1]),
+        ("other-topic-key".to_owned(), vec![1]),
+    ]);
     let mut env = reader_env(&broker, &topic, "g");
     env.push(("KAFKA_SCHEMA_REGISTRY_URL", registry));
     let reader = Service::start(READER, &env);
@@ -454,4 +457,62 @@ async fn a_reader_told_to_use_an_unreachable_schema_registry_refuses_to_start() 
     let (code, output) = run_to_exit(READER, &env, Duration::from_secs(30));
     assert_eq!(code, Some(1), "{output}");
     assert!(output.contains("KAFKA_SCHEMA_REGISTRY_URL"), "{output}");
+}
+
+#[tokio::test]
+async fn values_kv_writer_stored_are_never_stripped_and_an_unknown_schema_id_keeps_a_value_whole() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("registry-own", 2).await;
+    let writer = Service::start(writer(), &kv_testkit::service_env(&broker, &topic));
+    let http = reqwest::Client::new();
+    // Values of kv-writer's own users that happen to look framed, or to start with 0x00.
+    let own: [(&str, &[u8]); 3] = [
+        ("looks-framed", b"\x00\x00\x00\x00\x2a{\"a\":1}"),
+        ("short-zero", b"\x00\x01"),
+        ("zero", b"\x00"),
+    ];
+    for (key, value) in own {
+        let written = http
+            .put(writer.url(&format!("/v1/kv/{key}")))
+            .body(value.to_vec())
+            .send()
+            .await
+            .expect("write");
+        assert_eq!(written.status(), 200, "{}", writer.output());
+    }
+    let producer = broker.producer();
+    produce_all(
+        &producer,
+        &topic,
+        &[
+            (
+                b"foreign".to_vec(),
+                Some(b"\x00\x00\x00\x00\x2a{\"b\":2}".to_vec()),
+            ),
+            (
+                b"unknown-id".to_vec(),
+                Some(b"\x00\x00\x00\x00\x09{\"c\":3}".to_vec()),
+            ),
+        ],
+    )
+    .await;
+    let registry = registry_stub(vec![
+        (format!("{topic}-value"), vec![42]),
+        (format!("{topic}-key"), vec![42]),
+    ]);
+    let mut env = reader_env(&broker, &topic, "g");
+    env.push(("KAFKA_SCHEMA_REGISTRY_URL", registry));
+    let reader = Service::start(READER, &env);
+    let report = wait_ready(&http, &reader).await;
+
+    assert_eq!(report["skipped_records"]["total"], 0, "{report}");
+    let state = dump(&http, &reader).await;
+    for (key, value) in own {
+        assert_eq!(state[key.as_bytes()], value, "{key} was altered");
+    }
+    assert_eq!(state[b"foreign".as_slice()], b"{\"b\":2}");
+    assert_eq!(
+        state[b"unknown-id".as_slice()],
+        b"\x00\x00\x00\x00\x09{\"c\":3}"
+    );
 }
