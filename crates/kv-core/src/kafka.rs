@@ -1,8 +1,9 @@
 //! Kafka client set-up and the explicit classification of rdkafka errors.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -182,6 +183,32 @@ pub async fn create_topic(
         }
     }
     Ok(())
+}
+
+/// The topic's configuration as the broker reports it (DescribeConfigs): `cleanup.policy`,
+/// `delete.retention.ms`, `retention.ms` and the rest, by name. Entries without a value are left
+/// out.
+pub async fn topic_config(
+    properties: &KafkaProperties,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<String, String>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(&[], properties, ClientRole::Admin).create()?;
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await?;
+    let mut config = BTreeMap::new();
+    for result in results {
+        let resource = result.map_err(KafkaError::AdminOp)?;
+        for entry in resource.entries {
+            if let Some(value) = entry.value {
+                config.insert(entry.name, value);
+            }
+        }
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -48,6 +48,35 @@ pub enum StartupError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// How long the topic keeps tombstones, when it is compacted and the broker says so. A broker
+/// that cannot describe the topic yet (it may not exist) gives `None`: the check is skipped,
+/// and said.
+async fn compacted_delete_retention(settings: &Settings) -> Option<Duration> {
+    let described =
+        kv_core::kafka::topic_config(&settings.core.kafka, &settings.core.topic, REGISTRY_TIMEOUT)
+            .await;
+    let config = match described {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the topic's configuration; a replica offline for longer than delete.retention.ms is not detected");
+            return None;
+        }
+    };
+    let compacted = config
+        .get("cleanup.policy")
+        .is_some_and(|policy| policy.split(',').any(|p| p.trim() == "compact"));
+    let retention = config
+        .get("delete.retention.ms")
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    tracing::info!(
+        cleanup_policy = config.get("cleanup.policy").map(String::as_str),
+        delete_retention_ms = retention.map(|r| r.as_millis() as u64),
+        "topic configuration read"
+    );
+    retention.filter(|_| compacted)
+}
+
 pub struct App {
     server: Server,
     port: u16,
@@ -127,7 +156,8 @@ impl App {
                 framing
             }
         };
-        let replica = Replica::start(&settings, store.clone(), codec, framing)?;
+        let delete_retention = compacted_delete_retention(&settings).await;
+        let replica = Replica::start(&settings, store.clone(), codec, framing, delete_retention)?;
         let state = web::Data::new(ReaderState {
             store,
             progress: replica.progress(),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kv_core::kafka::{client_config, ClientRole};
 use kv_core::record::{DecodedRecord, RecordCodec, CORRELATION_ID_HEADER, WRITER_HEADER};
@@ -107,11 +107,14 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// `delete_retention` is the topic's `delete.retention.ms` when the topic is compacted and
+    /// the broker reported it: a store that heard nothing from the broker for longer is rebuilt.
     pub fn start(
         settings: &Settings,
         store: Arc<Store>,
         codec: RecordCodec,
         framing: SchemaFraming,
+        delete_retention: Option<Duration>,
     ) -> Result<Self, ReplicaError> {
         let interval = settings.commit_interval.as_millis().to_string();
         let commit = if settings.commit_progress {
@@ -153,6 +156,7 @@ impl Replica {
             progress: progress.clone(),
             stop: stop.clone(),
             discovery_interval: settings.partition_discovery_interval,
+            delete_retention,
         };
         let thread = std::thread::Builder::new()
             .name("kv-replica".to_owned())
@@ -203,6 +207,37 @@ struct Worker {
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
     discovery_interval: Duration,
+    delete_retention: Option<Duration>,
+}
+
+/// How often the time of the last broker contact is written to the store.
+const CONTACT_NOTE_INTERVAL: Duration = Duration::from_secs(30);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Why a store that heard from the broker at `last_contact_ms` cannot be trusted at `now_ms`:
+/// compaction removes a tombstone `delete.retention.ms` after it was written, so a replica away
+/// for longer may hold a key whose delete it never saw.
+fn offline_too_long(
+    last_contact_ms: Option<u64>,
+    now_ms: u64,
+    delete_retention: Option<Duration>,
+) -> Option<String> {
+    let (last, retention) = (last_contact_ms?, delete_retention?);
+    let away = now_ms.saturating_sub(last);
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    (away > retention_ms).then(|| {
+        format!(
+            "this replica last heard from the broker {} s ago, longer than the topic's \
+             delete.retention.ms ({retention_ms} ms): compaction may have removed deletes it \
+             never saw",
+            away / 1000
+        )
+    })
 }
 
 /// Why a record is skipped.
@@ -257,6 +292,7 @@ impl Worker {
             return Ok(());
         };
         let mut next_discovery = Instant::now() + self.discovery_interval;
+        let mut next_contact_note = Instant::now() + CONTACT_NOTE_INTERVAL;
         let mut next_offsets = BTreeMap::new();
         let mut at_end = Vec::new();
         let mut batch: Vec<BorrowedMessage<'_>> = Vec::new();
@@ -315,6 +351,10 @@ impl Worker {
                 }
                 continue;
             }
+            if Instant::now() >= next_contact_note {
+                self.note_contact(&assigned)?;
+                next_contact_note = Instant::now() + CONTACT_NOTE_INTERVAL;
+            }
             if Instant::now() >= next_discovery {
                 match self.assign_new_partitions(&mut assigned) {
                     Err(LoopError::Kafka(error)) => {
@@ -324,6 +364,22 @@ impl Worker {
                 }
                 next_discovery = Instant::now() + self.discovery_interval;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes down that the broker still answers for the topic (one watermark request), so a
+    /// restart can tell how long the replica was away; an unanswered request writes nothing.
+    fn note_contact(&self, assigned: &BTreeSet<i32>) -> Result<(), LoopError> {
+        let Some(&partition) = assigned.iter().next() else {
+            return Ok(());
+        };
+        match self
+            .consumer
+            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+        {
+            Ok(_) => self.store.note_broker_contact(now_ms())?,
+            Err(error) => tracing::debug!(%error, "the broker did not answer a watermark request"),
         }
         Ok(())
     }
@@ -464,7 +520,10 @@ impl Worker {
                 None
             }
             (None, Some(stored_topic)) => {
-                rebuild_reason(&self.topic, &stored_topic, &stored, &watermarks)
+                rebuild_reason(&self.topic, &stored_topic, &stored, &watermarks).or_else(|| {
+                    let last = self.store.last_broker_contact_ms().ok().flatten();
+                    offline_too_long(last, now_ms(), self.delete_retention)
+                })
             }
         };
         if let Some(reason) = rebuild {
@@ -472,7 +531,10 @@ impl Worker {
             self.store.reset(&self.topic)?;
             stored.clear();
             self.progress.count_rebuild();
-        } else if !stored.is_empty() {
+        }
+        // The watermarks above are the broker's answer for the topic.
+        self.store.note_broker_contact(now_ms())?;
+        if !stored.is_empty() {
             tracing::info!(?stored, "resuming from the stored offsets");
         }
         let mut list = TopicPartitionList::with_capacity(partitions.len());
@@ -598,6 +660,23 @@ mod tests {
         let stored = BTreeMap::from([(0, 5), (1, 0)]);
         let watermarks = BTreeMap::from([(0, (0, 9)), (1, (0, 0)), (2, (0, 3))]);
         assert_eq!(rebuild_reason("t", "t", &stored, &watermarks), None);
+    }
+
+    #[test]
+    fn a_replica_away_for_longer_than_delete_retention_is_rebuilt() {
+        let day = Duration::from_secs(86_400);
+        let now = 10 * 86_400_000;
+        assert!(offline_too_long(Some(now - 86_400_001), now, Some(day)).is_some());
+        assert_eq!(
+            offline_too_long(Some(now - 86_399_000), now, Some(day)),
+            None
+        );
+        assert_eq!(offline_too_long(None, now, Some(day)), None, "a new store");
+        assert_eq!(
+            offline_too_long(Some(0), now, None),
+            None,
+            "no compaction, or nothing reported"
+        );
     }
 
     #[test]

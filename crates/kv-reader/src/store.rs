@@ -27,6 +27,8 @@ const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const RECORD_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("record_keys");
 const NEXT_OFFSETS: TableDefinition<u32, u64> = TableDefinition::new("next_offsets");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// The META key of [`Store::note_broker_contact`].
+const BROKER_CONTACT: &str = "broker_contact_ms";
 
 /// The file a directory location gets.
 pub const FILE_NAME: &str = "kv-reader.redb";
@@ -256,6 +258,26 @@ impl Store {
         Ok(meta.get("topic")?.map(|v| v.value().to_owned()))
     }
 
+    /// When this replica last heard from the broker about its topic, in milliseconds since the
+    /// Unix epoch; `None` before the first time.
+    pub fn last_broker_contact_ms(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta
+            .get(BROKER_CONTACT)?
+            .and_then(|v| v.value().parse().ok()))
+    }
+
+    /// Records that the broker answered for the topic at `at_ms`: a replica offline for longer
+    /// than the topic's `delete.retention.ms` may have missed tombstones compaction removed.
+    pub fn note_broker_contact(&self, at_ms: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?
+            .insert(BROKER_CONTACT, at_ms.to_string().as_str())?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// For each partition, the offset of the next record to apply.
     pub fn next_offsets(&self) -> Result<BTreeMap<i32, i64>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -277,7 +299,11 @@ impl Store {
         txn.open_table(ENTRIES)?;
         txn.open_table(RECORD_KEYS)?;
         txn.open_table(NEXT_OFFSETS)?;
-        txn.open_table(META)?.insert("topic", topic)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("topic", topic)?;
+            meta.remove(BROKER_CONTACT)?;
+        }
         txn.commit()?;
         self.refresh_snapshot();
         Ok(())
@@ -784,6 +810,16 @@ mod tests {
         store.reset("t").expect("reset");
         assert_eq!(store.key_count().expect("count"), 0);
         assert!(store.next_offsets().expect("offsets").is_empty());
+    }
+
+    #[test]
+    fn the_last_broker_contact_is_kept_until_a_reset() {
+        let store = Store::open(&Storage::Memory, None).expect("store");
+        assert_eq!(store.last_broker_contact_ms().expect("read"), None);
+        store.note_broker_contact(1_234).expect("note");
+        assert_eq!(store.last_broker_contact_ms().expect("read"), Some(1_234));
+        store.reset("t").expect("reset");
+        assert_eq!(store.last_broker_contact_ms().expect("read"), None);
     }
 
     fn password(text: &str) -> Secret<String> {

@@ -516,3 +516,49 @@ async fn values_kv_writer_stored_are_never_stripped_and_an_unknown_schema_id_kee
         b"\x00\x00\x00\x00\x09{\"c\":3}"
     );
 }
+
+#[tokio::test]
+async fn a_disk_replica_away_for_longer_than_delete_retention_rebuilds_and_says_why() {
+    let broker = Broker::start();
+    let topic = kv_testkit::topic::random_topic("retention");
+    kv_testkit::topic::create_topic(
+        &broker.bootstrap_servers(),
+        &topic,
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("delete.retention.ms", "2000"),
+        ],
+    )
+    .await;
+    let producer = broker.producer();
+    produce_all(&producer, &topic, &[(b"k".to_vec(), Some(b"v".to_vec()))]).await;
+    let dir = tempfile::tempdir().expect("store dir");
+    let mut env = reader_env(&broker, &topic, "g");
+    env.push((
+        "KV_API_STATE_STORAGE_DISK_LOCATION",
+        dir.path().display().to_string(),
+    ));
+    let http = reqwest::Client::new();
+    let mut first = Service::start(READER, &env);
+    wait_ready(&http, &first).await;
+    let described = first.output();
+    first.terminate();
+    first.wait_for_exit(DEADLINE).await;
+    assert!(
+        described.contains("delete_retention_ms=2000"),
+        "the reader reads the topic's configuration: {described}"
+    );
+
+    // Away for longer than the topic keeps tombstones.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let second = Service::start(READER, &env);
+    let report = wait_ready(&http, &second).await;
+    assert!(
+        second.output().contains("delete.retention.ms"),
+        "{}",
+        second.output()
+    );
+    assert_eq!(report["rebuilds"], 1, "{report}");
+    assert_eq!(dump(&http, &second).await[b"k".as_slice()], b"v");
+}
