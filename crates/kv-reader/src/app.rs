@@ -163,6 +163,7 @@ impl App {
             progress: replica.progress(),
             read_your_writes_timeout: settings.read_your_writes_timeout,
             max_batch_get_bytes: settings.max_batch_get_bytes,
+            sealed_listings: Arc::new(tokio::sync::Semaphore::new(routes::MAX_SEALED_LISTINGS)),
         });
         metrics.registry().register(Box::new(ReplicaCollector::new(
             state.store.clone(),

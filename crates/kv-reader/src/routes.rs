@@ -71,7 +71,12 @@ pub struct ReaderState {
     pub read_your_writes_timeout: Duration,
     /// Most value bytes one batchGet answer may carry.
     pub max_batch_get_bytes: usize,
+    /// Listings of an encrypted store running at once (see [`MAX_SEALED_LISTINGS`]).
+    pub sealed_listings: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many listings of an encrypted-at-rest store may run at once: each reads every entry.
+pub const MAX_SEALED_LISTINGS: usize = 2;
 
 impl ReaderState {
     /// Waits for the request's consistency token, if any, then notes how fresh the replica is
@@ -540,10 +545,31 @@ pub async fn list_keys(
         ),
     };
     state.prepare_read(&request).await?;
-    let (keys, more) = state
-        .store
-        .list_keys(&prefix, after.as_deref(), limit)
-        .map_err(store_error)?;
+    let (keys, more) = if state.store.is_encrypted() {
+        // A sealed store keeps keys in an order that says nothing about them, so listing one
+        // opens every entry: it runs on the blocking pool, a few at a time, never on the
+        // workers that serve every other read.
+        let Ok(slot) = state.sealed_listings.clone().try_acquire_owned() else {
+            return Err(ApiError::new(
+                ErrorCode::Overloaded,
+                "as many listings of this encrypted replica run as it takes at once; retry",
+            )
+            .with_retry_after(Duration::from_secs(1)));
+        };
+        let store = state.store.clone();
+        web::block(move || {
+            let _slot = slot;
+            store.list_keys(&prefix, after.as_deref(), limit)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the listing task failed: {e}")))?
+        .map_err(store_error)?
+    } else {
+        state
+            .store
+            .list_keys(&prefix, after.as_deref(), limit)
+            .map_err(store_error)?
+    };
     let next_cursor = more
         .then(|| keys.last().map(|k| URL_SAFE_NO_PAD.encode(k)))
         .flatten();

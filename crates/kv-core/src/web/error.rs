@@ -31,6 +31,8 @@ pub enum ErrorCode {
     NotReady,
     /// Kafka refused the request for a reason retrying will not fix (authorization, config).
     KafkaRejected,
+    /// As many requests of this kind run as the service takes at once; retrying later succeeds.
+    Overloaded,
     Internal,
 }
 
@@ -44,7 +46,9 @@ impl ErrorCode {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::KafkaUnavailable | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::KafkaUnavailable | Self::NotReady | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::KafkaRejected => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

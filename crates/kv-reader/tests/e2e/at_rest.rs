@@ -101,3 +101,55 @@ async fn an_encrypted_replica_keeps_no_plaintext_on_disk_and_opens_only_with_its
         "a restart with the right password serves what it stored before"
     );
 }
+
+#[tokio::test]
+async fn listings_of_an_encrypted_store_run_a_few_at_a_time_off_the_workers_and_reads_go_on() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("sealed-list", 2).await;
+    let producer = broker.producer();
+    let records: Vec<kv_testkit::topic::KeyValue> = (0..20_000)
+        .map(|i| (format!("key-{i:05}").into_bytes(), Some(b"v".to_vec())))
+        .collect();
+    kv_testkit::topic::produce_all(&producer, &topic, &records).await;
+    let dir = tempfile::tempdir().expect("store dir");
+    let reader = Service::start(READER, &env(&broker, &topic, dir.path(), "pw"));
+    let http = reqwest::Client::new();
+    kv_testkit::reader::wait_ready(&http, &reader).await;
+
+    let listings = (0..12).map(|_| {
+        let request = http.get(reader.url("/v1/kv?prefix=key-&limit=3")).send();
+        async move {
+            let response = request.await.expect("list");
+            let status = response.status();
+            let retry_after = response.headers().contains_key("retry-after");
+            let body: serde_json::Value = response.json().await.expect("json");
+            (status, retry_after, body)
+        }
+    });
+    let read = async {
+        let (status, body) = get(&http, &reader, "key-00042").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "v"));
+    };
+    let (answers, ()) = tokio::join!(futures::future::join_all(listings), read);
+    let mut listed = 0;
+    for (status, retry_after, body) in answers {
+        match status {
+            StatusCode::OK => {
+                listed += 1;
+                let keys: Vec<&str> = body["keys"]
+                    .as_array()
+                    .expect("keys")
+                    .iter()
+                    .filter_map(|k| k["key"].as_str())
+                    .collect();
+                assert_eq!(keys, ["key-00000", "key-00001", "key-00002"]);
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["error"]["code"], "overloaded", "{body}");
+                assert!(retry_after, "a 503 says when to come back");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(listed > 0, "some listings were served");
+}
