@@ -129,6 +129,7 @@ impl App {
         }
         let (listener, address) = bind(&settings.core.listen)?;
         let metrics = web::Data::new(Metrics::new("kv-reader"));
+        auth.register_metrics(metrics.registry())?;
         let framing = match &settings.schema_registry_url {
             None => SchemaFraming::default(),
             Some(url) => {

@@ -56,6 +56,7 @@ impl App {
             tracing::info!("records on the topic are encrypted (KV_API_ENCRYPT_DATA_ON_KAFKA)");
         }
         let metrics = web::Data::new(Metrics::new("kv-writer"));
+        auth.register_metrics(metrics.registry())?;
         let producer_metrics = ProducerMetrics::register(metrics.registry())?;
         let producer = KvProducer::new(&settings, codec, producer_metrics)?;
         let (listener, address) = bind(&settings.core.listen)?;

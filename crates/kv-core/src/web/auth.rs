@@ -12,7 +12,6 @@
 //! bounded time for it; the fetch runs in its own task, so a request that gives up does not
 //! cancel it, and the budget is counted when a fetch ends, not when it starts.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -120,8 +119,8 @@ pub struct KeySource {
     fetch: std::sync::Mutex<FetchState>,
     /// Counts finished fetches, so waiters know when the one they joined has ended.
     finished: tokio::sync::watch::Sender<u64>,
-    /// Fetches started, for tests and the drills.
-    started: AtomicU64,
+    /// Fetches started, exported as `kv_auth_jwks_fetches_total`.
+    started: prometheus::IntCounter,
 }
 
 #[derive(Debug, Default)]
@@ -147,7 +146,11 @@ impl KeySource {
             keys: RwLock::new(keys),
             fetch: std::sync::Mutex::new(FetchState::default()),
             finished: tokio::sync::watch::channel(0).0,
-            started: AtomicU64::new(0),
+            started: prometheus::IntCounter::new(
+                "kv_auth_jwks_fetches_total",
+                "Requests for the OpenID provider's key set since the process started",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         })
     }
 
@@ -193,7 +196,7 @@ impl KeySource {
         }
         state.in_flight = true;
         drop(state);
-        self.started.fetch_add(1, Ordering::Relaxed);
+        self.started.inc();
         let source = Arc::clone(self);
         tokio::spawn(async move {
             source.fetch_keys().await;
@@ -230,7 +233,7 @@ impl KeySource {
 
     /// How many fetches this source started since discovery.
     pub fn fetches_started(&self) -> u64 {
-        self.started.load(Ordering::Relaxed)
+        self.started.get()
     }
 }
 
@@ -608,6 +611,16 @@ impl AuthGate {
         let claims = authenticator.authenticate(header).await?;
         authenticator.authorize(&claims, operation)?;
         Ok(Some(claims))
+    }
+
+    /// Exports the auth metrics (provider key-set fetches) on `registry`; none when auth is off.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        match self {
+            Self::Disabled => Ok(()),
+            Self::Enabled(authenticator) => {
+                registry.register(Box::new(authenticator.keys.started.clone()))
+            }
+        }
     }
 
     /// Checks already-authenticated claims for a further operation (a batch that also deletes).

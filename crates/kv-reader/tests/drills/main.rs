@@ -1,6 +1,7 @@
 //! Fault drills that centre on the reader (docs/reliability.md). Ignored by `cargo test`;
 //! `make drills` runs them one at a time and prints each figure.
 
+mod batch_get_attack;
 mod killed_during_replay;
 mod poison_records;
 

@@ -195,6 +195,21 @@ async fn a_bad_token_is_refused_with_401_before_the_body_is_looked_at() {
         let body = response.text().await.unwrap_or_default();
         assert_eq!(status, StatusCode::UNAUTHORIZED, "POST {path}: {body}");
     }
+    // A query no route accepts: 400 once a token is accepted, 401 before.
+    for query in ["limit=lots", "unknown=1", "consistency_token=garbage"] {
+        for token in [None, Some(forged.as_str())] {
+            let mut request = http.get(reader.url(&format!("/v1/kv?{query}")));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("list");
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "GET /v1/kv?{query} with {token:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! `cargo test`; `make drills` runs them one at a time and prints each figure.
 
 mod broker_outage;
+mod hardening;
 mod http_abuse;
 mod token_attacks;
 

@@ -680,3 +680,31 @@ async fn with_acks_none_a_write_answers_without_an_offset_or_a_token_a_reader_wo
     assert_eq!(ack["offset"], Value::Null, "{ack}");
     assert_eq!(ack["consistency_token"], Value::Null, "{ack}");
 }
+
+#[tokio::test]
+async fn readiness_probes_while_the_broker_is_down_reuse_one_answer_a_second() {
+    let mut broker = Broker::start();
+    let topic = broker.create_topic("ready-down", 1).await;
+    let writer = Service::start(WRITER, &writer_env(&broker, &topic, &[]));
+    broker.stop();
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let probes = (0..40).map(|_| http.get(writer.url("/healthz/ready")).send());
+    let answers = futures::future::join_all(probes).await;
+    for answer in answers {
+        assert_eq!(answer.expect("an answer").status(), 503);
+    }
+    let mut sequential = 0;
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        let answer = http
+            .get(writer.url("/healthz/ready"))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status(), 503);
+        sequential += 1;
+    }
+    // Each fresh answer costs a metadata request of up to two seconds; without the cache three
+    // seconds would hold one or two probes, not dozens.
+    assert!(sequential > 10, "{sequential} probes in 3 s");
+}
