@@ -15,3 +15,40 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
+
+/// What `promtool check metrics` says of `text` (the exposition format's rules and Prometheus'
+/// naming lint), or `None` when it finds nothing. promtool comes from Debian's `prometheus`
+/// package: `PROMTOOL` names it (`make test` exports it), else it is looked up on `PATH`.
+pub fn promtool_check_metrics(text: &str) -> Option<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let promtool = std::env::var_os("PROMTOOL").unwrap_or_else(|| "promtool".into());
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; run scripts/install-deploy-tools.sh (make test does)",
+                promtool.to_string_lossy()
+            )
+        });
+    child
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let output = child.wait_with_output().expect("promtool output");
+    if output.status.success() {
+        return None;
+    }
+    Some(format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    ))
+}

@@ -212,4 +212,9 @@ async fn after_writes_and_reads_both_services_report_their_role_metrics() {
         .unwrap_or_else(|| panic!("no JSON log line carries the correlation id:\n{logs}"));
     assert_eq!(line["span"]["method"], "PUT", "{line}");
     assert_eq!(line["span"]["route"], "/v1/kv/{key}", "{line}");
+
+    for (service, text) in [("kv-writer", writer_metrics), ("kv-reader", reader_metrics)] {
+        let problems = kv_testkit::prometheus::promtool_check_metrics(&text);
+        assert_eq!(problems, None, "{service}'s /metrics, as promtool reads it");
+    }
 }
