@@ -1,4 +1,6 @@
-//! Creates a topic unless it exists: `create_topic NAME [PARTITIONS] [name=value ...]`.
+//! Creates a topic unless it exists: `create_topic NAME [PARTITIONS] [name=value ...]`, with
+//! the broker's default replication factor (or `replication.factor=N`) and, unless given, the
+//! safe configuration of docs/operations.md (compacted, no time retention, a compaction lag).
 //! Connection settings come from the same KAFKA_* variables the services read.
 
 use std::process::ExitCode;
@@ -22,11 +24,29 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config: Vec<(&str, &str)> = args
+    let mut config: Vec<(&str, &str)> = Vec::new();
+    for pair in args.iter().skip(2) {
+        match pair.split_once('=') {
+            Some((name, value)) if !name.is_empty() => config.push((name, value)),
+            _ => {
+                eprintln!("{pair:?} is not name=value (a topic configuration such as cleanup.policy=compact)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let replication = match config
         .iter()
-        .skip(2)
-        .filter_map(|pair| pair.split_once('='))
-        .collect();
+        .position(|(name, _)| *name == "replication.factor")
+    {
+        None => None,
+        Some(at) => match config.remove(at).1.parse::<i32>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                eprintln!("replication.factor must be a positive number");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let properties = match Env::from_process().and_then(|env| KafkaProperties::from_env(&env)) {
         Ok(properties) => properties,
         Err(error) => {
@@ -38,6 +58,7 @@ async fn main() -> ExitCode {
         &properties,
         topic,
         partitions,
+        replication,
         &config,
         Duration::from_secs(30),
     )

@@ -159,18 +159,36 @@ pub fn classify_code(code: RDKafkaErrorCode) -> KafkaErrorClass {
     }
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists. Used by the topic script and
-/// the tests; production topics are created by their operators (see docs/operations.md).
+/// The configuration a topic of this service gets unless told otherwise (docs/operations.md,
+/// "Topic settings"): compacted, never deleted by time, recent versions kept for a while.
+pub const SAFE_TOPIC_CONFIG: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("retention.ms", "-1"),
+    ("min.compaction.lag.ms", "900000"),
+];
+
+/// Creates `topic` with `partitions` partitions unless it exists, with the broker's default
+/// replication factor (`default.replication.factor`) unless `replication` says otherwise, and
+/// [`SAFE_TOPIC_CONFIG`] under `topic_config`. Used by the topic script; production topics are
+/// often created by their operators (see docs/operations.md).
 pub async fn create_topic(
     properties: &KafkaProperties,
     topic: &str,
     partitions: i32,
+    replication: Option<i32>,
     topic_config: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(&[], properties, ClientRole::Admin).create()?;
-    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    // -1 asks the broker for its default (KIP-464).
+    let replication = TopicReplication::Fixed(replication.unwrap_or(-1));
+    let mut new_topic = NewTopic::new(topic, partitions, replication);
+    for (name, value) in SAFE_TOPIC_CONFIG {
+        if !topic_config.iter().any(|(given, _)| given == name) {
+            new_topic = new_topic.set(name, value);
+        }
+    }
     for (name, value) in topic_config {
         new_topic = new_topic.set(name, value);
     }
@@ -209,6 +227,85 @@ pub async fn topic_config(
         }
     }
     Ok(config)
+}
+
+/// A topic whose configuration would lose keys, refused at start-up because
+/// `KV_API_REQUIRE_COMPACTED_TOPIC=true`.
+#[derive(Debug, thiserror::Error)]
+#[error("topic {topic}: {reason} (KV_API_REQUIRE_COMPACTED_TOPIC=true refuses to start)")]
+pub struct UnsafeTopic {
+    topic: String,
+    reason: String,
+}
+
+/// Reads the topic's configuration at start-up and says, loudly, what in it would lose keys;
+/// with `require_compacted` that refuses start-up, as does a configuration the broker will not
+/// describe. The configuration is returned for the role's own checks.
+pub async fn check_topic_config(
+    properties: &KafkaProperties,
+    topic: &str,
+    require_compacted: bool,
+    timeout: Duration,
+) -> Result<Option<BTreeMap<String, String>>, UnsafeTopic> {
+    let refuse = |reason: String| UnsafeTopic {
+        topic: topic.to_owned(),
+        reason,
+    };
+    let config = match topic_config(properties, topic, timeout).await {
+        Ok(config) => config,
+        Err(error) if require_compacted => {
+            return Err(refuse(format!("cannot read its configuration: {error}")))
+        }
+        Err(error) => {
+            tracing::warn!(%topic, %error, "cannot read the topic's configuration: its cleanup policy and retention are not checked");
+            return Ok(None);
+        }
+    };
+    let problems = topic_config_problems(&config);
+    if let Some(first) = problems.first() {
+        if require_compacted {
+            return Err(refuse(problems.join("; ")));
+        }
+        tracing::warn!(%topic, "UNSAFE TOPIC CONFIGURATION: {first}; see docs/operations.md, \"Topic settings\"");
+        for problem in &problems[1..] {
+            tracing::warn!(%topic, "UNSAFE TOPIC CONFIGURATION: {problem}");
+        }
+    }
+    tracing::info!(
+        %topic,
+        cleanup_policy = config.get("cleanup.policy").map(String::as_str),
+        retention_ms = config.get("retention.ms").map(String::as_str),
+        delete_retention_ms = config.get("delete.retention.ms").map(String::as_str),
+        "topic configuration read"
+    );
+    Ok(Some(config))
+}
+
+/// What is unsafe in a topic's configuration for a key-value store, one sentence each: a
+/// `delete` policy or a finite `retention.ms`/`retention.bytes` drops live keys once they are old
+/// or the log is large, silently and for good.
+pub fn topic_config_problems(config: &BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let policy = config
+        .get("cleanup.policy")
+        .map_or("delete", String::as_str);
+    let compacted = policy.split(',').any(|p| p.trim() == "compact");
+    if !compacted {
+        problems.push(format!(
+            "cleanup.policy is {policy:?}, not compact: keys not written again within the \
+             retention are deleted from the topic, and a replica rebuilt later loses them"
+        ));
+    }
+    for name in ["retention.ms", "retention.bytes"] {
+        if let Some(value) = config.get(name).filter(|v| v.trim() != "-1") {
+            if policy.contains("delete") || !compacted {
+                problems.push(format!(
+                    "{name} is {value}, not -1, under a delete policy: old keys are dropped"
+                ));
+            }
+        }
+    }
+    problems
 }
 
 #[cfg(test)]
@@ -268,5 +365,44 @@ mod tests {
         let consumer = client_config(&[], &settings.kafka, ClientRole::Consumer);
         assert_eq!(consumer.get("linger.ms"), None);
         assert_eq!(consumer.get("fetch.wait.max.ms"), Some("50"));
+    }
+
+    #[test]
+    fn a_delete_policy_or_a_finite_retention_under_it_is_a_problem() {
+        let config = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert!(topic_config_problems(&config(&[
+            ("cleanup.policy", "compact"),
+            ("retention.ms", "-1")
+        ]))
+        .is_empty());
+        assert!(
+            topic_config_problems(&config(&[
+                ("cleanup.policy", "compact"),
+                ("retention.ms", "604800000")
+            ]))
+            .is_empty(),
+            "retention does not delete from a purely compacted topic"
+        );
+        let problems = topic_config_problems(&config(&[
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "604800000"),
+        ]));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("not compact"));
+        let problems = topic_config_problems(&config(&[
+            ("cleanup.policy", "compact,delete"),
+            ("retention.ms", "604800000"),
+        ]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            topic_config_problems(&config(&[])).len(),
+            1,
+            "Kafka's default is delete"
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! The composition root: `main` and the tests build the reader the same way.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
+use kv_core::kafka::{check_topic_config, UnsafeTopic};
 use kv_core::record::RecordCodec;
 use kv_core::web::auth::{AuthGate, DiscoveryError};
 use kv_core::web::http::{
@@ -44,24 +46,16 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error("OpenID Connect: {0}")]
     Auth(#[from] DiscoveryError),
+    #[error(transparent)]
+    UnsafeTopic(#[from] UnsafeTopic),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
 
-/// How long the topic keeps tombstones, when it is compacted and the broker says so. A broker
-/// that cannot describe the topic yet (it may not exist) gives `None`: the check is skipped,
-/// and said.
-async fn compacted_delete_retention(settings: &Settings) -> Option<Duration> {
-    let described =
-        kv_core::kafka::topic_config(&settings.core.kafka, &settings.core.topic, REGISTRY_TIMEOUT)
-            .await;
-    let config = match described {
-        Ok(config) => config,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the topic's configuration; a replica offline for longer than delete.retention.ms is not detected");
-            return None;
-        }
-    };
+/// How long the topic keeps tombstones, when it is compacted and the broker says so; `None`
+/// skips the check for a replica away longer than that.
+fn compacted_delete_retention(config: Option<&BTreeMap<String, String>>) -> Option<Duration> {
+    let config = config?;
     let compacted = config
         .get("cleanup.policy")
         .is_some_and(|policy| policy.split(',').any(|p| p.trim() == "compact"));
@@ -69,11 +63,6 @@ async fn compacted_delete_retention(settings: &Settings) -> Option<Duration> {
         .get("delete.retention.ms")
         .and_then(|ms| ms.parse::<u64>().ok())
         .map(Duration::from_millis);
-    tracing::info!(
-        cleanup_policy = config.get("cleanup.policy").map(String::as_str),
-        delete_retention_ms = retention.map(|r| r.as_millis() as u64),
-        "topic configuration read"
-    );
     retention.filter(|_| compacted)
 }
 
@@ -157,7 +146,14 @@ impl App {
                 framing
             }
         };
-        let delete_retention = compacted_delete_retention(&settings).await;
+        let topic_config = check_topic_config(
+            &settings.core.kafka,
+            &settings.core.topic,
+            settings.core.require_compacted_topic,
+            REGISTRY_TIMEOUT,
+        )
+        .await?;
+        let delete_retention = compacted_delete_retention(topic_config.as_ref());
         let replica = Replica::start(&settings, store.clone(), codec, framing, delete_retention)?;
         let state = web::Data::new(ReaderState {
             store,

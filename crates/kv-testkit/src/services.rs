@@ -40,12 +40,12 @@ pub fn reader_env(broker: &Broker, topic: &str, group: &str) -> Vec<(&'static st
     env
 }
 
-/// The path of another package's binary of this workspace, built (once per test process) into
-/// the target directory the running test was built in. A test's own package's binary comes from
-/// `env!("CARGO_BIN_EXE_<name>")` instead; this is for the peer (a reader test's writer), which
-/// cargo builds only when the whole workspace is tested. It builds every binary of the
-/// workspace, as `make test` does first: the same features, so under `make test` this is a
-/// no-op, and a package's own build never rebuilds its dependencies with other features.
+/// The path of another package's binary of this workspace, in the target directory the running
+/// test was built in. A test's own package's binary comes from `env!("CARGO_BIN_EXE_<name>")`
+/// instead; this is for the peer (a reader test's writer). `cargo test --workspace` builds it
+/// beside the test, and it is used as it is when it is newer than every source it is built from;
+/// otherwise (`cargo test -p kv-reader` after the writer changed, or on a clean clone) it is
+/// built first, once per test process.
 pub fn workspace_binary(name: &str) -> &'static str {
     static BUILT: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
     let mut built = BUILT
@@ -63,30 +63,63 @@ pub fn workspace_binary(name: &str) -> &'static str {
         .expect("target directory")
         .to_path_buf();
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let mut command = Command::new(cargo);
-    command
-        .arg("build")
-        .arg("--manifest-path")
-        .arg(workspace.join("Cargo.toml"))
-        .args(["--workspace", "--bins"]);
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        command.arg("--release");
-    }
-    // Into the directory this test came from, whatever CARGO_TARGET_DIR said.
-    if let Some(target) = profile_dir.parent() {
-        command.env("CARGO_TARGET_DIR", target);
-    }
-    let status = command
-        .stdin(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build {name}: {e}"));
-    assert!(status.success(), "building {name} failed: {status}");
     let path = profile_dir.join(name);
+    let sources = [
+        workspace.join("crates").join(name),
+        workspace.join("crates/kv-core"),
+        workspace.join("Cargo.lock"),
+        workspace.join("Cargo.toml"),
+    ];
+    let built_at = modified(&path);
+    let fresh = built_at.is_some_and(|at| sources.iter().all(|s| newest(s) <= Some(at)));
+    if !fresh {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let mut command = Command::new(cargo);
+        command
+            .arg("build")
+            .arg("--manifest-path")
+            .arg(workspace.join("Cargo.toml"))
+            .args(["-p", name, "--bin", name]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            command.arg("--release");
+        }
+        // Into the directory this test came from, whatever CARGO_TARGET_DIR said.
+        if let Some(target) = profile_dir.parent() {
+            command.env("CARGO_TARGET_DIR", target);
+        }
+        let status = command
+            .stdin(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build {name}: {e}"));
+        assert!(status.success(), "building {name} failed: {status}");
+    }
     assert!(path.exists(), "{} was not built", path.display());
     let path: &'static str = Box::leak(path.to_string_lossy().into_owned().into_boxed_str());
     built.insert(name.to_owned(), path);
     path
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of a file, or of any file below a folder (build output and
+/// hidden folders aside).
+fn newest(path: &Path) -> Option<std::time::SystemTime> {
+    let metadata = std::fs::metadata(path).ok()?;
+    if !metadata.is_dir() {
+        return metadata.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with('.') && name != "target"
+        })
+        .filter_map(|entry| newest(&entry.path()))
+        .max()
 }
 
 fn program_name(program: &str) -> String {

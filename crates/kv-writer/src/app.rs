@@ -3,6 +3,7 @@
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
+use kv_core::kafka::{check_topic_config, UnsafeTopic};
 use kv_core::record::RecordCodec;
 use kv_core::web::auth::{AuthGate, DiscoveryError};
 use kv_core::web::http::{
@@ -28,7 +29,12 @@ pub enum StartupError {
     Auth(#[from] DiscoveryError),
     #[error("cannot register the metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    UnsafeTopic(#[from] UnsafeTopic),
 }
+
+/// How long start-up waits for the topic's configuration.
+const TOPIC_CONFIG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct App {
     server: Server,
@@ -51,6 +57,22 @@ impl App {
             tracing::warn!("{notice}");
         }
         let auth = web::Data::new(AuthGate::from_settings(&settings.core.auth, "kv-writer").await?);
+        if settings.core.require_compacted_topic {
+            check_topic_config(
+                &settings.core.kafka,
+                &settings.core.topic,
+                true,
+                TOPIC_CONFIG_TIMEOUT,
+            )
+            .await?;
+        } else {
+            // Only a warning to give: a writer whose broker is down still starts at once and
+            // answers 503 until it is back.
+            let (kafka, topic) = (settings.core.kafka.clone(), settings.core.topic.clone());
+            tokio::spawn(async move {
+                let _ = check_topic_config(&kafka, &topic, false, TOPIC_CONFIG_TIMEOUT).await;
+            });
+        }
         let codec = RecordCodec::for_topic(&settings.core.topic_encryption);
         if matches!(codec, RecordCodec::Encrypted(_)) {
             tracing::info!("records on the topic are encrypted (KV_API_ENCRYPT_DATA_ON_KAFKA)");

@@ -26,6 +26,9 @@ pub struct CoreSettings {
     pub topic_encryption: TopicEncryption,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    /// KV_API_REQUIRE_COMPACTED_TOPIC: refuse to start on a topic whose configuration would
+    /// lose keys (not compacted, or time retention under a delete policy).
+    pub require_compacted_topic: bool,
     /// Lines worth logging once tracing is up, such as a deprecated alias in use.
     pub notices: Vec<String>,
 }
@@ -40,6 +43,7 @@ impl CoreSettings {
             topic_encryption: TopicEncryption::from_env(env, &mut notices)?,
             auth: AuthSettings::from_env(env)?,
             log: LogSettings::from_env(env)?,
+            require_compacted_topic: env.bool("KV_API_REQUIRE_COMPACTED_TOPIC", false)?,
             notices,
         })
     }

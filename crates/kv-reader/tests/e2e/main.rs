@@ -9,6 +9,7 @@ mod read_routes;
 mod replication;
 mod topic_compatibility;
 mod topic_encryption;
+mod topic_safety;
 mod write_then_read;
 
 /// The binary under test, as cargo built it for this test.
