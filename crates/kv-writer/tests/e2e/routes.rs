@@ -821,3 +821,67 @@ async fn eight_concurrent_16_mib_batches_keep_the_writers_peak_memory_bounded() 
         peak >> 20
     );
 }
+
+#[tokio::test]
+async fn a_request_finding_the_body_budget_full_gets_503_overloaded_and_succeeds_once_it_frees() {
+    use tokio::io::AsyncWriteExt;
+    let broker = Broker::start();
+    let topic = broker.create_topic("budget", 1).await;
+    // The budget is exactly the largest body: 2 × 16 + 8 + 64 KiB for a single write's JSON.
+    let budget = (2 * 16 + 8 + 64 * 1024).to_string();
+    let writer = Service::start(
+        WRITER,
+        &writer_env(
+            &broker,
+            &topic,
+            &[
+                ("KV_API_MAX_KEY_BYTES", "8"),
+                ("KV_API_MAX_VALUE_BYTES", "16"),
+                ("KV_API_MAX_BATCH_BYTES", "4096"),
+                ("KV_API_MAX_BUFFERED_BODY_BYTES", &budget),
+                ("KV_API_BODY_TIMEOUT_MS", "3000"),
+            ],
+        ),
+    );
+    let http = reqwest::Client::new();
+    // A body declaring the whole budget that never arrives holds all of it until it times out.
+    let address = writer.base_url.trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /store HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {budget}\r\n\r\n{{"
+    );
+    stalled.write_all(head.as_bytes()).await.expect("send");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let refused = http
+        .put(writer.url("/v1/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+
+    assert_eq!(refused.status(), 503, "{}", writer.output());
+    assert!(refused.headers().contains_key("retry-after"));
+    let body = json_of(refused).await;
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("KV_API_MAX_BUFFERED_BODY_BYTES"),
+        "{message}"
+    );
+    // Once the stalled body timed out, its room is free again.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let accepted = http
+        .put(writer.url("/v1/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(accepted.status(), 200, "{}", writer.output());
+    let all = records(broker.bootstrap_servers(), &topic).await;
+    assert_eq!(all.len(), 1, "only the accepted write landed: {all:?}");
+    drop(stalled);
+}
