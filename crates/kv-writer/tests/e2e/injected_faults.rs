@@ -249,8 +249,8 @@ async fn key_on(base: &str, partition: i64) -> String {
 
 /// Issue 15, item 9. A batch waiting for room in the producer's queue while another write's
 /// timeout replaces the producer used to put its first item on the old producer and the rest on
-/// the new one: the new producer's write landed first, the old one's retry after it, and the
-/// batch `[k=1, k=2]` answered 200 with `k` left at 1. Two brokers keep the old producer
+/// the new one, and answered 200: when the new producer's write landed first and the old one's
+/// retry after it, the batch `[k=1, k=2]` left `k` at 1. Two brokers keep the old producer
 /// working on the batch's partition while the other write's broker is gone; a retriable error
 /// on the first item holds it in the old producer (retrying) across the replacement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
