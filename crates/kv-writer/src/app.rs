@@ -83,9 +83,7 @@ impl App {
         let producer = KvProducer::new(&settings, codec, producer_metrics)?;
         let (listener, address) = bind(&settings.core.listen)?;
         let state = web::Data::new(WriterState::new(&settings, producer.clone()));
-        // Base64 makes a value a third larger and JSON escapes can double it; the value's own
-        // limit is checked once decoded, with an error naming the field.
-        let json_limit = settings.max_value_bytes * 2 + settings.max_key_bytes + 64 * 1024;
+        let json_limit = settings.json_body_limit();
         let batch_limit = settings.max_batch_bytes;
         let server = HttpServer::new(move || {
             actix_web::App::new()

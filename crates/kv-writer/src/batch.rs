@@ -20,11 +20,9 @@ use kv_core::consistency::RecordPosition;
 use kv_core::web::auth::{operation, Authorized, Operation};
 use kv_core::web::error::{retry_after_seconds, ApiError, ErrorCode};
 use kv_core::web::http::{CorrelationId, JsonBody};
-use kv_core::web::json::field;
 use serde::Serialize;
-use serde_json::{Map, Value};
 
-use crate::input::{Encoding, Fields, WriteInput};
+use crate::input::{ItemLimit, RawBatch};
 use crate::producer::Write;
 use crate::state::{token_for, with_token, WriterState};
 
@@ -60,17 +58,22 @@ struct BatchResponse<'a> {
 pub async fn batch(
     auth: Authorized<operation::Write>,
     request: HttpRequest,
-    body: JsonBody<Map<String, Value>>,
+    body: JsonBody<()>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.read().await?;
-    let writes = parse(&body, &state)?;
+    let (body, _permit) = state.bodies.read_json(&request, body).await?;
+    let writes = RawBatch::parse(&body, ItemLimit(state.max_batch_items))?
+        .writes(state.max_batch_items, |write, path| {
+            state.check(write, path)
+        })?;
     if writes.iter().any(|write| write.value.is_none()) {
         auth.permits(Operation::Delete)?;
     }
     let correlation = CorrelationId::of(&request);
 
-    // Queued one after the other so their order on each partition is the items' order.
+    // Every item on one producer: queued one after the other on it, they keep the items' order
+    // on each partition, which items split across a replaced producer and its successor do not.
+    let producer = state.producer.handle();
     let mut pending = Vec::with_capacity(writes.len());
     let mut refused: Option<ApiError> = None;
     for write in &writes {
@@ -79,8 +82,7 @@ pub async fn batch(
             pending.push(Err(error.clone()));
             continue;
         }
-        let queued = state
-            .producer
+        let queued = producer
             .enqueue(Write {
                 key: &write.key,
                 value: write.value.as_deref(),
@@ -95,6 +97,7 @@ pub async fn batch(
         }
         pending.push(queued);
     }
+    drop(producer);
     let outcomes: Vec<Result<RecordPosition, ApiError>> =
         join_all(pending.into_iter().map(|queued| async move {
             match queued {
@@ -104,54 +107,6 @@ pub async fn batch(
         }))
         .await;
     Ok(respond(&outcomes))
-}
-
-/// Reads and checks every item; the first bad one refuses the request.
-fn parse<'a>(
-    body: &'a Map<String, Value>,
-    state: &WriterState,
-) -> Result<Vec<WriteInput<'a>>, ApiError> {
-    let items = match field(body, "items") {
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            return Err(ApiError::invalid_request(
-                "field `items` must be an array of writes",
-            ))
-        }
-        None => return Err(ApiError::invalid_request("field `items` is missing")),
-    };
-    if items.is_empty() {
-        return Err(ApiError::invalid_request("field `items` is empty"));
-    }
-    if items.len() > state.max_batch_items {
-        return Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "field `items` has {} writes, over the limit of {}",
-                items.len(),
-                state.max_batch_items
-            ),
-        ));
-    }
-    let encoding = Encoding::from_field(body)?;
-    let mut writes = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
-        let path = format!("items[{index}].");
-        let Value::Object(object) = item else {
-            return Err(ApiError::invalid_request(format!(
-                "field `items[{index}]` must be an object"
-            )));
-        };
-        let write = Fields {
-            object,
-            path: &path,
-            encoding,
-        }
-        .batch_item()?;
-        state.check(&write, &path)?;
-        writes.push(write);
-    }
-    Ok(writes)
 }
 
 fn respond(outcomes: &[Result<RecordPosition, ApiError>]) -> HttpResponse {

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod batch;
+pub mod body;
 pub mod input;
 pub mod metrics;
 pub mod producer;

@@ -10,7 +10,7 @@ use kv_core::web::error::{ApiError, ErrorCode};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 
 use crate::metrics::{InFlight, ProducerMetrics};
 use crate::settings::Settings;
@@ -55,7 +55,7 @@ struct Shared {
     current: RwLock<Current>,
     topic: String,
     codec: RecordCodec,
-    /// How long a replaced producer may take to deliver what it still holds.
+    /// How long a replaced producer may take to report on the writes it was made to fail.
     drain_timeout: Duration,
     /// How long after it was queued a write is answered at the latest: librdkafka's message
     /// timeout plus [`DELIVERY_REPORT_GRACE`].
@@ -78,6 +78,23 @@ impl std::fmt::Debug for KvProducer {
         f.debug_struct("KvProducer")
             .field("topic", &self.shared.topic)
             .finish_non_exhaustive()
+    }
+}
+
+/// One producer generation, taken once by a request whose writes must all go to the same
+/// producer: a batch's items keep their order on a partition only on one producer, since two
+/// producers' queues drain independently. Once that producer is replaced, every further write
+/// through the handle is refused instead of moving to the new one.
+#[derive(Debug, Clone)]
+pub struct ProducerHandle {
+    producer: KvProducer,
+    generation: u64,
+}
+
+impl ProducerHandle {
+    /// As [`KvProducer::enqueue`], on this handle's producer only.
+    pub async fn enqueue(&self, write: Write<'_>) -> Result<Pending, ApiError> {
+        self.producer.enqueue_on(write, Some(self.generation)).await
     }
 }
 
@@ -203,6 +220,14 @@ impl KvProducer {
         })
     }
 
+    /// The producer now current, for a request that must not be split across two.
+    pub fn handle(&self) -> ProducerHandle {
+        ProducerHandle {
+            producer: self.clone(),
+            generation: self.current().generation,
+        }
+    }
+
     fn current(&self) -> Current {
         self.shared
             .current
@@ -270,9 +295,17 @@ impl KvProducer {
             generation = generation + 1,
             "replaced the Kafka producer after a fatal or idempotence error"
         );
+        // Fenced before anything else runs: no write is sent after this swap (sends check the
+        // generation under the lock), and what the old producer still queues or retries fails
+        // now instead of landing later, after newer writes of the same keys made on the fresh
+        // producer, while its client was told 503 or is told so now. A request already on the
+        // wire cannot be recalled (docs/architecture.md, "What a writer promises"). Purging
+        // blocks only while librdkafka empties its queues, and replacements are rare.
+        old.producer
+            .purge(PurgeConfig::default().queue().inflight());
         let timeout = self.shared.drain_timeout;
         tokio::task::spawn_blocking(move || {
-            // What it still holds is delivered (or fails) and answered to its clients.
+            // Serves the delivery reports of the purged writes, so their clients are answered.
             old.producer.flush(timeout).ok();
             // Requests hold a clone for a moment at most; wait to be the last owner.
             let mut producer = old.producer;
@@ -297,8 +330,14 @@ impl KvProducer {
     ///
     /// A full queue is retried for a short while, then refused with 503.
     pub async fn enqueue(&self, write: Write<'_>) -> Result<Pending, ApiError> {
+        self.enqueue_on(write, None).await
+    }
+
+    /// `pinned`: the generation a [`ProducerHandle`] holds; `None` follows replacements, which a
+    /// single write may since nothing orders it after another write of the request.
+    async fn enqueue_on(&self, write: Write<'_>, pinned: Option<u64>) -> Result<Pending, ApiError> {
         let started = Instant::now();
-        let queued = self.send(write, started).await;
+        let queued = self.send(write, started, pinned).await;
         if let Err(error) = &queued {
             self.shared.metrics.observe(started, false);
             self.shared.metrics.count_error(error);
@@ -306,7 +345,12 @@ impl KvProducer {
         queued
     }
 
-    async fn send(&self, write: Write<'_>, started: Instant) -> Result<Pending, ApiError> {
+    async fn send(
+        &self,
+        write: Write<'_>,
+        started: Instant,
+        pinned: Option<u64>,
+    ) -> Result<Pending, ApiError> {
         let codec = &self.shared.codec;
         let record_key = codec.record_key(write.key);
         let value = write
@@ -335,14 +379,26 @@ impl KvProducer {
         }
         let give_up_at = started + QUEUE_WAIT;
         loop {
-            let current = self.current();
-            match current.producer.send_result(record) {
+            let (generation, sent) = {
+                // Held across the send, so `replace` cannot purge the producer between the
+                // generation check and the write entering its queue. `send_result` never waits.
+                let current = self
+                    .shared
+                    .current
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if pinned.is_some_and(|pinned| pinned != current.generation) {
+                    return Err(replaced());
+                }
+                (current.generation, current.producer.send_result(record))
+            };
+            match sent {
                 Ok(delivery) => {
                     tracing::debug!(correlation_id = write.correlation_id, "write queued");
                     return Ok(Pending {
                         delivery,
                         producer: self.clone(),
-                        generation: current.generation,
+                        generation,
                         started,
                         deadline: tokio::time::Instant::now() + self.shared.answer_within,
                         _in_flight: self.shared.metrics.in_flight(),
@@ -362,7 +418,7 @@ impl KvProducer {
                     )
                     .with_retry_after(RETRY_AFTER));
                 }
-                Err((error, _)) => return Err(self.refusal(&error, current.generation)),
+                Err((error, _)) => return Err(self.refusal(&error, generation)),
             }
         }
     }
@@ -422,6 +478,16 @@ fn breaks_producer(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::ProducerFenced
         )
     )
+}
+
+/// The answer for a write of a request whose producer was replaced while the request was being
+/// queued: its earlier writes were fenced with the producer, so the request is retried whole.
+fn replaced() -> ApiError {
+    ApiError::new(
+        ErrorCode::KafkaUnavailable,
+        "the Kafka producer was replaced while this request was being queued; retry it",
+    )
+    .with_retry_after(RETRY_AFTER)
 }
 
 /// What a client is told about a write Kafka did not acknowledge.

@@ -4,13 +4,12 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
-use kv_core::web::http::{key_from_path, read_body, started, JsonBody, JsonLimit};
+use kv_core::web::http::{key_from_path, started, JsonBody, JsonLimit};
 use kv_core::web::metrics::metrics_endpoint;
 use kv_core::web::routing::{openapi_document, Endpoint};
-use serde_json::{Map, Value};
 
 use crate::batch;
-use crate::input::{check_key, Encoding, Fields, WriteInput};
+use crate::input::{check_key, Encoding, RawWrite, WriteInput};
 use crate::state::WriterState;
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
@@ -50,7 +49,10 @@ pub async fn put_value(
     let key = key_from_path(&request, NATIVE_PREFIX)?;
     // Checked before the body is read, so an oversized key costs no body buffering.
     check_key(&key, state.max_key_bytes, || "the key in the path".into())?;
-    let value = read_body(body, &request, state.max_value_bytes).await?;
+    let (value, _permit) = state
+        .bodies
+        .read(&request, body, state.max_value_bytes)
+        .await?;
     let write = WriteInput {
         key: key.into(),
         value: Some((&value[..]).into()),
@@ -79,11 +81,11 @@ pub async fn delete_value(
 pub async fn store(
     _auth: Authorized<operation::Write>,
     request: HttpRequest,
-    body: JsonBody<Map<String, Value>>,
+    body: JsonBody<()>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.read().await?;
-    let write = Fields::new(&body, Encoding::Utf8).put()?;
+    let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
+    let write = RawWrite::parse(&bytes)?.put(Encoding::Utf8)?;
     state.check(&write, "")?;
     state.write_one(&request, &write).await
 }
@@ -92,11 +94,11 @@ pub async fn store(
 pub async fn store_base64(
     _auth: Authorized<operation::Write>,
     request: HttpRequest,
-    body: JsonBody<Map<String, Value>>,
+    body: JsonBody<()>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.read().await?;
-    let write = Fields::new(&body, Encoding::Base64).put()?;
+    let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
+    let write = RawWrite::parse(&bytes)?.put(Encoding::Base64)?;
     state.check(&write, "")?;
     state.write_one(&request, &write).await
 }
@@ -105,11 +107,11 @@ pub async fn store_base64(
 pub async fn remove(
     _auth: Authorized<operation::Delete>,
     request: HttpRequest,
-    body: JsonBody<Map<String, Value>>,
+    body: JsonBody<()>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.read().await?;
-    let write = Fields::new(&body, Encoding::Utf8).delete()?;
+    let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
+    let write = RawWrite::parse(&bytes)?.delete(Encoding::Utf8)?;
     state.check(&write, "")?;
     state.write_one(&request, &write).await
 }

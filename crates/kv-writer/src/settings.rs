@@ -19,12 +19,19 @@ pub struct Settings {
     pub max_batch_items: usize,
     /// Largest JSON body a batch request may have.
     pub max_batch_bytes: usize,
+    /// How long a request body may take to arrive, from the moment the handler starts reading.
+    pub body_timeout: Duration,
+    /// Most bytes of request bodies held at once, all requests together.
+    pub max_buffered_body_bytes: usize,
 }
 
 pub const DEFAULT_MAX_KEY_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_BATCH_ITEMS: usize = 1000;
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Four batches of the default largest size at once.
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
@@ -37,6 +44,11 @@ impl Settings {
             shutdown_timeout: env.millis("KV_API_SHUTDOWN_TIMEOUT_MS", Duration::from_secs(30))?,
             max_batch_items: env.number("KV_API_MAX_BATCH_ITEMS", DEFAULT_MAX_BATCH_ITEMS)?,
             max_batch_bytes: env.number("KV_API_MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES)?,
+            body_timeout: env.millis("KV_API_BODY_TIMEOUT_MS", DEFAULT_BODY_TIMEOUT)?,
+            max_buffered_body_bytes: env.number(
+                "KV_API_MAX_BUFFERED_BODY_BYTES",
+                DEFAULT_MAX_BUFFERED_BODY_BYTES,
+            )?,
         };
         for (var, value) in [
             ("KV_API_MAX_KEY_BYTES", settings.max_key_bytes),
@@ -47,7 +59,35 @@ impl Settings {
                 return Err(SettingsError::new(var, "must be at least 1"));
             }
         }
+        // Otherwise the largest body a route takes could never be read.
+        let largest = settings.largest_body();
+        if settings.max_buffered_body_bytes < largest {
+            return Err(SettingsError::new(
+                "KV_API_MAX_BUFFERED_BODY_BYTES",
+                format!(
+                    "must be at least the largest body a route takes, {largest} bytes (the \
+                     larger of KV_API_MAX_BATCH_BYTES and the JSON limit of a single write)"
+                ),
+            ));
+        }
         Ok(settings)
+    }
+
+    /// The most bytes the JSON body of a single write may have. Base64 makes a value a third
+    /// larger and JSON escapes can double it; the value's own limit is checked once decoded,
+    /// with an error naming the field.
+    pub fn json_body_limit(&self) -> usize {
+        self.max_value_bytes
+            .saturating_mul(2)
+            .saturating_add(self.max_key_bytes)
+            .saturating_add(64 * 1024)
+    }
+
+    /// The largest body any route takes.
+    pub fn largest_body(&self) -> usize {
+        self.max_batch_bytes
+            .max(self.json_body_limit())
+            .max(self.max_value_bytes)
     }
 }
 
@@ -99,5 +139,21 @@ mod tests {
         assert_eq!(err.var, "KV_API_MAX_BATCH_ITEMS");
         let err = settings(&[("KV_API_PRODUCE_TIMEOUT_MS", "0")]).expect_err("must fail");
         assert_eq!(err.var, "KV_API_PRODUCE_TIMEOUT_MS");
+    }
+
+    #[test]
+    fn body_bounds_have_documented_defaults_and_the_budget_must_fit_the_largest_body() {
+        let defaults = settings(&[]).expect("settings");
+        assert_eq!(defaults.body_timeout, DEFAULT_BODY_TIMEOUT);
+        assert_eq!(
+            defaults.max_buffered_body_bytes,
+            DEFAULT_MAX_BUFFERED_BODY_BYTES
+        );
+        let err = settings(&[("KV_API_BODY_TIMEOUT_MS", "0")]).expect_err("must fail");
+        assert_eq!(err.var, "KV_API_BODY_TIMEOUT_MS");
+        let err =
+            settings(&[("KV_API_MAX_BUFFERED_BODY_BYTES", "1000000")]).expect_err("too small");
+        assert_eq!(err.var, "KV_API_MAX_BUFFERED_BODY_BYTES");
+        assert!(err.to_string().contains("16777216"), "{err}");
     }
 }

@@ -10,6 +10,7 @@ use kv_core::web::error::ApiError;
 use kv_core::web::http::{CorrelationId, CONSISTENCY_TOKEN};
 use serde::Serialize;
 
+use crate::body::BodyLimits;
 use crate::input::{check_key, check_value, WriteInput};
 use crate::producer::{KvProducer, Write};
 use crate::settings::Settings;
@@ -24,6 +25,8 @@ pub struct WriterState {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_batch_items: usize,
+    /// The time limit and the shared byte budget every request body is read under.
+    pub bodies: BodyLimits,
     /// The last readiness answer and when it was taken: `/healthz/ready` is anonymous, and each
     /// fresh answer costs a metadata request and a blocking thread for up to two seconds.
     readiness: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
@@ -41,6 +44,7 @@ impl WriterState {
             max_key_bytes: settings.max_key_bytes,
             max_value_bytes: settings.max_value_bytes,
             max_batch_items: settings.max_batch_items,
+            bodies: BodyLimits::new(settings.body_timeout, settings.max_buffered_body_bytes),
             readiness: tokio::sync::Mutex::new(None),
         }
     }

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     /// The body, key or value is larger than the configured limit or the broker accepts.
     PayloadTooLarge,
     UnsupportedMediaType,
+    /// The request body did not arrive in time (the writer's `KV_API_BODY_TIMEOUT_MS`).
+    RequestTimeout,
     /// The key has no value on this replica.
     KeyNotFound,
     /// No such route.
@@ -31,7 +33,8 @@ pub enum ErrorCode {
     NotReady,
     /// Kafka refused the request for a reason retrying will not fix (authorization, config).
     KafkaRejected,
-    /// As many requests of this kind run as the service takes at once; retrying later succeeds.
+    /// As many requests of this kind run as the service takes at once (bodies held, sealed
+    /// listings); retrying later succeeds.
     Overloaded,
     Internal,
 }
@@ -42,6 +45,7 @@ impl ErrorCode {
             Self::InvalidRequest | Self::InvalidKey => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::KeyNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -186,6 +190,16 @@ mod tests {
             response.headers().get(header::RETRY_AFTER).expect("header"),
             "1"
         );
+    }
+
+    #[test]
+    fn a_body_that_came_too_slowly_is_408_and_a_full_body_budget_is_503() {
+        let slow = ApiError::new(ErrorCode::RequestTimeout, "slow").error_response();
+        assert_eq!(slow.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(body_of(slow)["error"]["code"], "request_timeout");
+        let full = ApiError::new(ErrorCode::Overloaded, "full").error_response();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body_of(full)["error"]["code"], "overloaded");
     }
 
     #[test]

@@ -246,11 +246,18 @@ impl<T> actix_web::FromRequest for JsonBody<T> {
     }
 }
 
-impl<T: serde::de::DeserializeOwned> JsonBody<T> {
-    /// Reads and parses the body: `415` unless it is declared JSON, `413` past the route's
-    /// [`JsonLimit`] (refused without buffering it whole, see [`read_body`]), `400` when it is
-    /// not the JSON expected.
-    pub async fn read(self) -> Result<T, ApiError> {
+impl<T> JsonBody<T> {
+    /// The most bytes this body may have: the route's [`JsonLimit`].
+    pub fn limit(&self) -> usize {
+        self.request
+            .app_data::<JsonLimit>()
+            .map_or(DEFAULT_JSON_LIMIT, |limit| limit.0)
+    }
+
+    /// Reads the body's bytes with [`JsonBody::read`]'s checks, for a handler that parses them
+    /// itself (see [`parse_json`]): `415` unless it is declared JSON, `413` past the route's
+    /// [`JsonLimit`] (refused without buffering it whole, see [`read_body`]).
+    pub async fn read_bytes(self) -> Result<web::BytesMut, ApiError> {
         let declared_json = matches!(
             self.request.mime_type(),
             Ok(Some(mime)) if mime.subtype() == actix_web::mime::JSON || mime.suffix() == Some(actix_web::mime::JSON)
@@ -261,14 +268,23 @@ impl<T: serde::de::DeserializeOwned> JsonBody<T> {
                 "the body must be JSON with Content-Type: application/json",
             ));
         }
-        let limit = self
-            .request
-            .app_data::<JsonLimit>()
-            .map_or(DEFAULT_JSON_LIMIT, |limit| limit.0);
-        let body = read_body(self.payload, &self.request, limit).await?;
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid_request(format!("the JSON body is invalid: {e}")))
+        let limit = self.limit();
+        read_body(self.payload, &self.request, limit).await
     }
+}
+
+impl<T: serde::de::DeserializeOwned> JsonBody<T> {
+    /// Reads and parses the body: [`JsonBody::read_bytes`], then `400` when it is not the JSON
+    /// expected.
+    pub async fn read(self) -> Result<T, ApiError> {
+        parse_json(&self.read_bytes().await?)
+    }
+}
+
+/// Parses a JSON body, with the contract's `400` when it is not the JSON expected.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request(format!("the JSON body is invalid: {e}")))
 }
 
 /// Maps the raw-body error actix raises (including its overflow) to the contract.

@@ -708,3 +708,208 @@ async fn readiness_probes_while_the_broker_is_down_reuse_one_answer_a_second() {
     // seconds would hold one or two probes, not dozens.
     assert!(sequential > 10, "{sequential} probes in 3 s");
 }
+
+/// Sends a request whose body stops arriving halfway, and reads what the writer answers.
+async fn answer_to_a_stalled_body(base_url: &str, method_and_path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "{method_and_path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"items\": ["
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the writer answers a stalled body and closes")
+    .expect("read");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let (_, body) = text.split_once("\r\n\r\n").expect("a body");
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, json)
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_answered_408_naming_the_timeout_and_nothing_is_written() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("slowbody", 1).await;
+    let writer = Service::start(
+        WRITER,
+        &writer_env(&broker, &topic, &[("KV_API_BODY_TIMEOUT_MS", "500")]),
+    );
+
+    for route in ["PUT /v1/kv/slow", "POST /v1/kv:batch", "POST /store"] {
+        let started = std::time::Instant::now();
+        let (status, body) = answer_to_a_stalled_body(&writer.base_url, route).await;
+
+        assert_eq!(status, 408, "{route}: {body}");
+        assert_eq!(body["error"]["code"], "request_timeout", "{route}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("KV_API_BODY_TIMEOUT_MS"),
+            "{route}: {message}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{route}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(records(broker.bootstrap_servers(), &topic).await, vec![]);
+}
+
+#[tokio::test]
+async fn a_batch_of_1001_items_is_refused_with_the_item_limit_error_and_nothing_is_written() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("batch1001", 1).await;
+    let writer = Service::start(WRITER, &writer_env(&broker, &topic, &[]));
+    let items: Vec<Value> = (0..1001)
+        .map(|i| json!({"key": format!("k{i}"), "value": "v"}))
+        .collect();
+
+    let response = reqwest::Client::new()
+        .post(writer.url("/v1/kv:batch"))
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .expect("batch");
+
+    assert_eq!(response.status(), 413);
+    let body = json_of(response).await;
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "field `items` has 1001 writes, over the limit of 1000"
+    );
+    assert_eq!(records(broker.bootstrap_servers(), &topic).await, vec![]);
+}
+
+/// Before the batch body was parsed into typed items, a 16 MiB body of tiny items became a
+/// generic JSON tree about 25 times its size, and nothing bounded how many were held at once.
+#[tokio::test]
+async fn eight_concurrent_16_mib_batches_keep_the_writers_peak_memory_bounded() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("batchrss", 1).await;
+    let writer = Service::start(WRITER, &writer_env(&broker, &topic, &[]));
+    let item = r#"{"key":"k","value":"v"},"#;
+    let count = (16 * 1024 * 1024 - 64) / item.len();
+    let mut body = String::with_capacity(16 * 1024 * 1024);
+    body.push_str(r#"{"items":["#);
+    for _ in 0..count - 1 {
+        body.push_str(item);
+    }
+    body.push_str(r#"{"key":"k","value":"v"}]}"#);
+    assert!(body.len() <= 16 * 1024 * 1024);
+    let (_, before) = writer.rss_bytes();
+    let http = reqwest::Client::new();
+
+    let answers = futures::future::join_all((0..8).map(|_| {
+        http.post(writer.url("/v1/kv:batch"))
+            .header("Content-Type", "application/json")
+            .body(body.clone())
+            .send()
+    }))
+    .await;
+
+    let mut refused_for_count = 0;
+    for answer in answers {
+        let answer = answer.expect("an answer");
+        let status = answer.status().as_u16();
+        let json = json_of(answer).await;
+        match status {
+            413 => {
+                assert_eq!(json["error"]["code"], "payload_too_large", "{json}");
+                refused_for_count += 1;
+            }
+            503 => assert_eq!(json["error"]["code"], "overloaded", "{json}"),
+            other => panic!("unexpected {other}: {json}"),
+        }
+    }
+    assert!(refused_for_count >= 1, "no batch was read to its end");
+    let (_, peak) = writer.rss_bytes();
+    println!(
+        "writer peak RSS {} MiB (before the batches {} MiB)",
+        peak >> 20,
+        before >> 20
+    );
+    assert!(
+        peak < 256 << 20,
+        "peak RSS {} MiB after 8 concurrent 16 MiB batches",
+        peak >> 20
+    );
+}
+
+#[tokio::test]
+async fn a_request_finding_the_body_budget_full_gets_503_overloaded_and_succeeds_once_it_frees() {
+    use tokio::io::AsyncWriteExt;
+    let broker = Broker::start();
+    let topic = broker.create_topic("budget", 1).await;
+    // The budget is exactly the largest body: 2 × 16 + 8 + 64 KiB for a single write's JSON.
+    let budget = (2 * 16 + 8 + 64 * 1024).to_string();
+    let writer = Service::start(
+        WRITER,
+        &writer_env(
+            &broker,
+            &topic,
+            &[
+                ("KV_API_MAX_KEY_BYTES", "8"),
+                ("KV_API_MAX_VALUE_BYTES", "16"),
+                ("KV_API_MAX_BATCH_BYTES", "4096"),
+                ("KV_API_MAX_BUFFERED_BODY_BYTES", &budget),
+                ("KV_API_BODY_TIMEOUT_MS", "3000"),
+            ],
+        ),
+    );
+    let http = reqwest::Client::new();
+    // A body declaring the whole budget that never arrives holds all of it until it times out.
+    let address = writer.base_url.trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /store HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {budget}\r\n\r\n{{"
+    );
+    stalled.write_all(head.as_bytes()).await.expect("send");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let refused = http
+        .put(writer.url("/v1/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+
+    assert_eq!(refused.status(), 503, "{}", writer.output());
+    assert!(refused.headers().contains_key("retry-after"));
+    let body = json_of(refused).await;
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("KV_API_MAX_BUFFERED_BODY_BYTES"),
+        "{message}"
+    );
+    // Once the stalled body timed out, its room is free again.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let accepted = http
+        .put(writer.url("/v1/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(accepted.status(), 200, "{}", writer.output());
+    let all = records(broker.bootstrap_servers(), &topic).await;
+    assert_eq!(all.len(), 1, "only the accepted write landed: {all:?}");
+    drop(stalled);
+}
