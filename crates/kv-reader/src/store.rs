@@ -268,8 +268,17 @@ impl Store {
         Ok(offsets)
     }
 
-    /// Empties the store and records which topic it now replicates (a rebuild from scratch).
-    pub fn reset(&self, topic: &str) -> Result<(), StoreError> {
+    /// How the records in the store were read (topic encryption and its key's fingerprint,
+    /// schema framing), as the last [`Store::reset`] recorded it.
+    pub fn source_format(&self) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get("source_format")?.map(|v| v.value().to_owned()))
+    }
+
+    /// Empties the store and records which topic it now replicates and how its records are
+    /// read (a rebuild from scratch).
+    pub fn reset(&self, topic: &str, source_format: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.delete_table(ENTRIES)?;
         txn.delete_table(RECORD_KEYS)?;
@@ -277,7 +286,11 @@ impl Store {
         txn.open_table(ENTRIES)?;
         txn.open_table(RECORD_KEYS)?;
         txn.open_table(NEXT_OFFSETS)?;
-        txn.open_table(META)?.insert("topic", topic)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("topic", topic)?;
+            meta.insert("source_format", source_format)?;
+        }
         txn.commit()?;
         self.refresh_snapshot();
         Ok(())
@@ -637,7 +650,7 @@ mod tests {
         };
         {
             let store = Store::open(&storage, None).expect("store");
-            store.reset("topic-a").expect("reset");
+            store.reset("topic-a", "f").expect("reset");
             store
                 .apply(&[put(b"k", 41, b"v")], &BTreeMap::from([(2, 42)]))
                 .expect("apply");
@@ -645,6 +658,11 @@ mod tests {
         let store = Store::open(&storage, None).expect("reopen");
         assert_eq!(store.path(), Some(dir.path().join(FILE_NAME).as_path()));
         assert_eq!(store.topic().expect("topic").as_deref(), Some("topic-a"));
+        assert_eq!(
+            store.source_format().expect("format").as_deref(),
+            Some("f"),
+            "the reset recorded how the records are read"
+        );
         assert_eq!(
             store.next_offsets().expect("offsets"),
             BTreeMap::from([(2, 42)])
@@ -770,7 +788,7 @@ mod tests {
                 .map(|e| e.value.clone()),
             Some(b"two".to_vec())
         );
-        store.reset("t").expect("reset");
+        store.reset("t", "f").expect("reset");
         assert_eq!(store.get(b"k").expect("get"), None);
         assert!(store.list_keys(b"", None, 10).expect("list").0.is_empty());
     }
@@ -781,7 +799,7 @@ mod tests {
         store
             .apply(&[put(b"k", 0, b"v")], &BTreeMap::from([(0, 1)]))
             .expect("apply");
-        store.reset("t").expect("reset");
+        store.reset("t", "f").expect("reset");
         assert_eq!(store.key_count().expect("count"), 0);
         assert!(store.next_offsets().expect("offsets").is_empty());
     }
