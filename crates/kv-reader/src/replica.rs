@@ -294,7 +294,10 @@ impl Worker {
         let Some(mut assigned) = self.assign_all(None)? else {
             return Ok(());
         };
-        let mut refusals = Refusals::default();
+        // Entries already in the store were applied under the same source format (or it would
+        // have been rebuilt), so the key was right for them: a refused record at a partition's
+        // tail, held over from the last run, is then a foreign one, not a misconfiguration.
+        let mut refusals = Refusals::new(self.store.key_count()? > 0);
         let mut next_discovery = Instant::now() + self.discovery_interval;
         let mut next_offsets = BTreeMap::new();
         let mut at_end = Vec::new();
@@ -382,7 +385,7 @@ impl Worker {
                     Some(partitions) => assigned = partitions,
                     None => return Ok(()),
                 }
-                refusals = Refusals::default();
+                refusals = Refusals::new(false);
                 self.progress.set_misconfiguration(None);
                 continue;
             }
@@ -613,16 +616,24 @@ struct Refusals {
     /// Per partition, the offset of the first record refused since its last applied put: the
     /// offset stored for the partition stays there.
     held: BTreeMap<i32, i64>,
-    puts_since_start: u64,
+    /// Whether the store holds puts: applied since start-up, or found in it at start-up.
+    applied_any: bool,
     /// Refused in a row, over all partitions, since the last put applied anywhere.
     run: u64,
     reason: Option<&'static str>,
 }
 
 impl Refusals {
+    fn new(store_holds_entries: bool) -> Self {
+        Self {
+            applied_any: store_holds_entries,
+            ..Self::default()
+        }
+    }
+
     fn applied_put(&mut self, partition: i32) {
         self.held.remove(&partition);
-        self.puts_since_start += 1;
+        self.applied_any = true;
         self.run = 0;
         self.reason = None;
     }
@@ -644,11 +655,12 @@ impl Refusals {
             .collect()
     }
 
-    /// Misconfigured: records were refused and no put applied since, and either no put at all
-    /// applied since start-up or the refusals reach [`MISCONFIGURED_RUN`].
+    /// Misconfigured: records were refused and no put applied since, and either the store holds
+    /// no put at all (none found at start-up, none applied since) or the refusals reach
+    /// [`MISCONFIGURED_RUN`].
     fn misconfiguration(&self) -> Option<Misconfiguration> {
         let reason = self.reason?;
-        if self.run == 0 || (self.puts_since_start > 0 && self.run < MISCONFIGURED_RUN) {
+        if self.run == 0 || (self.applied_any && self.run < MISCONFIGURED_RUN) {
             return None;
         }
         let what = match reason {
@@ -857,6 +869,21 @@ mod tests {
             refusals.durable(&BTreeMap::from([(0, 7)])),
             BTreeMap::from([(0, 4)])
         );
+    }
+
+    #[test]
+    fn a_refused_record_held_over_a_restart_of_a_store_with_entries_is_a_foreign_one() {
+        let mut refusals = Refusals::new(true);
+        refusals.refused(2, 40, "wrong_key");
+        assert_eq!(refusals.misconfiguration(), None);
+        assert_eq!(
+            refusals.durable(&BTreeMap::from([(2, 41)])),
+            BTreeMap::from([(2, 40)]),
+            "still held: a restart reads it again"
+        );
+        let mut empty = Refusals::new(false);
+        empty.refused(2, 40, "wrong_key");
+        assert!(empty.misconfiguration().is_some());
     }
 
     #[test]
