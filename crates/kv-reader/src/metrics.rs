@@ -10,6 +10,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::framing::BadSchemaHeader;
 use crate::progress::Progress;
+use crate::replica::{CONFIGURATION_REASONS, ENCRYPTED_ENVELOPE_REASON};
 use crate::store::Store;
 
 /// A collector that refreshes its metrics from the replica's state at each scrape.
@@ -28,6 +29,8 @@ pub struct ReplicaCollector {
     store_file_size: IntGauge,
     consumer_alive: IntGauge,
     ready: IntGauge,
+    misconfigured: IntGaugeVec,
+    read_your_writes_waiters: IntGauge,
     /// Counters are brought up to the replica's totals by adding the difference; two scrapes at
     /// once must not both add it.
     refresh: Mutex<()>,
@@ -84,20 +87,40 @@ impl ReplicaCollector {
             )?,
             ready: IntGauge::new(
                 "kv_reader_ready",
-                "1 once every partition reached the end offset seen at start-up",
+                "1 once every partition reached the end offset seen at start-up and records \
+                 are not all refused for a configuration reason",
+            )?,
+            misconfigured: IntGaugeVec::new(
+                Opts::new(
+                    "kv_reader_misconfigured",
+                    "1 while the replica refuses the records it reads for this configuration \
+                     reason (another key, plaintext on an encrypted topic, or the reverse); it \
+                     is not ready then and its stored offsets stay before those records",
+                ),
+                &["reason"],
+            )?,
+            read_your_writes_waiters: IntGauge::new(
+                "kv_reader_read_your_writes_waiters",
+                "Reads waiting for their consistency token",
             )?,
             refresh: Mutex::new(()),
         };
         let reasons = DecodeError::ALL.map(DecodeError::reason);
-        for reason in reasons.iter().chain([&BadSchemaHeader::REASON]) {
+        for reason in reasons
+            .iter()
+            .chain([&BadSchemaHeader::REASON, &ENCRYPTED_ENVELOPE_REASON])
+        {
             // Present at zero from the start, so an alert on its increase sees the first skip.
             collector.skipped.with_label_values(&[*reason]);
+        }
+        for reason in CONFIGURATION_REASONS {
+            collector.misconfigured.with_label_values(&[reason]);
         }
         Ok(collector)
     }
 
     /// Every metric but the store file's size, which exists only on disk.
-    fn metrics(&self) -> [&dyn Collector; 10] {
+    fn metrics(&self) -> [&dyn Collector; 12] {
         [
             &self.applied_offset,
             &self.end_offset,
@@ -109,6 +132,8 @@ impl ReplicaCollector {
             &self.store_keys,
             &self.consumer_alive,
             &self.ready,
+            &self.misconfigured,
+            &self.read_your_writes_waiters,
         ]
     }
 
@@ -139,6 +164,17 @@ impl ReplicaCollector {
         }
         self.consumer_alive.set(i64::from(report.alive));
         self.ready.set(i64::from(report.ready));
+        for reason in CONFIGURATION_REASONS {
+            let refusing = report
+                .misconfiguration
+                .as_ref()
+                .is_some_and(|m| m.reason == reason);
+            self.misconfigured
+                .with_label_values(&[reason])
+                .set(i64::from(refusing));
+        }
+        self.read_your_writes_waiters
+            .set(i64::try_from(self.progress.waiters()).unwrap_or(i64::MAX));
         match self.store.key_count() {
             Ok(keys) => self.store_keys.set(i64::try_from(keys).unwrap_or(i64::MAX)),
             Err(error) => tracing::warn!(%error, "cannot count the store's keys for /metrics"),

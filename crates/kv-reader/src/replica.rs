@@ -12,8 +12,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kv_core::crypto::{ENVELOPE_FORMAT, RECORD_KEY_LEN};
 use kv_core::kafka::{client_config, ClientRole};
-use kv_core::record::{DecodedRecord, RecordCodec, CORRELATION_ID_HEADER, WRITER_HEADER};
+use kv_core::record::{
+    DecodeError, DecodedRecord, RecordCodec, CORRELATION_ID_HEADER, WRITER_HEADER,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -22,7 +25,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::framing::{BadSchemaHeader, SchemaFraming};
-use crate::progress::{PartitionProgress, Progress};
+use crate::progress::{Misconfiguration, PartitionProgress, Progress};
 use crate::settings::Settings;
 use crate::store::{Change, Store, StoreError};
 
@@ -40,6 +43,16 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Partition discovery runs on the consumer thread; keep each look short.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Records refused in a row for a configuration reason, with no put applied between them, that
+/// make a replica that did apply puts since it started report itself misconfigured. A few
+/// foreign records among good ones never come near it; a writer switched to another key does.
+pub const MISCONFIGURED_RUN: u64 = 100;
+/// The shortest envelope (docs/wire-format.md): format, key id, nonce, key length, tag.
+const MIN_ENVELOPE_LEN: usize = 2 + 12 + 4 + 16;
+/// What the topic key's fingerprint in the store is the MAC of. A keyed MAC names the key
+/// without revealing it; it is also the record key a user key of these bytes would get, which
+/// is no secret either: record keys are on the topic.
+const KEY_FINGERPRINT_LABEL: &[u8] = b"kv-store-key-id";
 
 /// Hands the end offsets librdkafka learns from fetch responses to [`Progress`], so lag is known
 /// without blocking the loop on extra broker round trips.
@@ -140,7 +153,7 @@ impl Replica {
             // passed it, the topic was recreated) the loop must hear of it and rebuild; a silent
             // reset would skip deletes and keep stale keys forever.
             .set("auto.offset.reset", "error");
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress::new(settings.max_read_your_writes_waiters));
         let consumer: ReplicaConsumer = config.create_with_context(ReplicaContext {
             progress: progress.clone(),
             topic: settings.core.topic.clone(),
@@ -150,6 +163,7 @@ impl Replica {
         let worker = Worker {
             consumer,
             store,
+            format: source_format(&codec, &framing),
             codec,
             framing,
             topic: settings.core.topic.clone(),
@@ -201,6 +215,9 @@ impl Replica {
 struct Worker {
     consumer: ReplicaConsumer,
     store: Arc<Store>,
+    /// How records are read ([`source_format`]); the store remembers it and a store built
+    /// under another one is rebuilt.
+    format: String,
     codec: RecordCodec,
     framing: SchemaFraming,
     topic: String,
@@ -243,16 +260,35 @@ fn offline_too_long(
 /// Why a record is skipped.
 #[derive(Debug)]
 enum Skip {
-    Decode(kv_core::record::DecodeError),
+    Decode(DecodeError),
     SchemaHeader,
+    /// A plaintext reader met what has the shape of an envelope of an encrypted topic.
+    EncryptedEnvelope,
 }
+
+/// The skip reason of [`Skip::EncryptedEnvelope`].
+pub const ENCRYPTED_ENVELOPE_REASON: &str = "encrypted_envelope";
+
+/// Skip reasons that mean the reader and the topic disagree on encryption, not that a record is
+/// bad: `undecryptable` too, since the key id is one byte and one other key in 256 shares it.
+pub const CONFIGURATION_REASONS: [&str; 4] = [
+    "wrong_key",
+    "undecryptable",
+    "not_encrypted",
+    ENCRYPTED_ENVELOPE_REASON,
+];
 
 impl Skip {
     fn reason(&self) -> &'static str {
         match self {
             Self::Decode(error) => error.reason(),
             Self::SchemaHeader => BadSchemaHeader::REASON,
+            Self::EncryptedEnvelope => ENCRYPTED_ENVELOPE_REASON,
         }
+    }
+
+    fn is_configuration(&self) -> bool {
+        CONFIGURATION_REASONS.contains(&self.reason())
     }
 }
 
@@ -263,6 +299,10 @@ impl std::fmt::Display for Skip {
             Self::SchemaHeader => f.write_str(
                 "the payload starts with the schema-registry magic byte but is shorter than \
                  its 5-byte header",
+            ),
+            Self::EncryptedEnvelope => f.write_str(
+                "the record looks encrypted (a 32-byte binary key and an envelope value) but \
+                 this reader has no KV_API_ENCRYPT_DATA_ON_KAFKA",
             ),
         }
     }
@@ -291,6 +331,10 @@ impl Worker {
         let Some(mut assigned) = self.assign_all(None)? else {
             return Ok(());
         };
+        // Entries already in the store were applied under the same source format (or it would
+        // have been rebuilt), so the key was right for them: a refused record at a partition's
+        // tail, held over from the last run, is then a foreign one, not a misconfiguration.
+        let mut refusals = Refusals::new(self.store.key_count()? > 0);
         let mut next_discovery = Instant::now() + self.discovery_interval;
         let mut next_contact_note = Instant::now() + CONTACT_NOTE_INTERVAL;
         let mut next_offsets = BTreeMap::new();
@@ -320,13 +364,26 @@ impl Worker {
             let mut changes = Vec::with_capacity(batch.len());
             for message in &batch {
                 next_offsets.insert(message.partition(), message.offset() + 1);
-                if let Some(change) = self.change_for(message) {
-                    changes.push(change);
+                match self.change_for(message) {
+                    Ok(change) => {
+                        if matches!(change, Change::Put { .. }) {
+                            refusals.applied_put(message.partition());
+                        }
+                        changes.push(change);
+                    }
+                    Err(skip) if skip.is_configuration() => {
+                        refusals.refused(message.partition(), message.offset(), skip.reason())
+                    }
+                    Err(_) => {}
                 }
             }
             if !next_offsets.is_empty() {
-                self.store.apply(&changes, &next_offsets)?;
-                self.hand_offsets_to_kafka(&next_offsets);
+                // Records refused for a configuration reason are not stepped over for good:
+                // the stored offset stays at the first of them until a put after them shows
+                // they were foreign records among good ones.
+                let durable = refusals.durable(&next_offsets);
+                self.store.apply(&changes, &durable)?;
+                self.hand_offsets_to_kafka(&durable);
                 let tombstones = changes
                     .iter()
                     .filter(|change| matches!(change, Change::Delete { .. }))
@@ -340,6 +397,23 @@ impl Worker {
                 self.progress.advance(records, &next_offsets, &at_end);
                 at_end.clear();
             }
+            if records > 0 {
+                let misconfiguration = refusals.misconfiguration();
+                if misconfiguration.is_some() != self.progress.misconfiguration().is_some() {
+                    match &misconfiguration {
+                        Some(m) => tracing::error!(
+                            reason = m.reason,
+                            refused = m.refused_records,
+                            "not ready: {}",
+                            m.message
+                        ),
+                        None => tracing::info!(
+                            "records apply again; the replica is no longer misconfigured"
+                        ),
+                    }
+                }
+                self.progress.set_misconfiguration(misconfiguration);
+            }
             if let Some(error) = out_of_range {
                 let reason = format!(
                     "a stored offset is no longer in the log ({error}): retention removed \
@@ -349,6 +423,8 @@ impl Worker {
                     Some(partitions) => assigned = partitions,
                     None => return Ok(()),
                 }
+                refusals = Refusals::new(false);
+                self.progress.set_misconfiguration(None);
                 continue;
             }
             if Instant::now() >= next_contact_note {
@@ -384,14 +460,14 @@ impl Worker {
         Ok(())
     }
 
-    /// The change a record makes, or `None` (logged and counted) when it cannot be applied.
-    fn change_for<'m>(&self, message: &'m BorrowedMessage<'_>) -> Option<Change<'m>> {
+    /// The change a record makes, or why (logged and counted) it cannot be applied.
+    fn change_for<'m>(&self, message: &'m BorrowedMessage<'_>) -> Result<Change<'m>, Skip> {
         match self.decode(message) {
             Ok(DecodedRecord::Put {
                 record_key,
                 user_key,
                 value,
-            }) => Some(Change::Put {
+            }) => Ok(Change::Put {
                 record_key,
                 user_key,
                 partition: message.partition(),
@@ -399,7 +475,7 @@ impl Worker {
                 correlation_id: correlation_id(message),
                 value,
             }),
-            Ok(DecodedRecord::Delete { record_key }) => Some(Change::Delete {
+            Ok(DecodedRecord::Delete { record_key }) => Ok(Change::Delete {
                 record_key,
                 // On an encrypted topic a record key is a MAC, never a user key.
                 user_key: matches!(self.codec, RecordCodec::Plaintext).then_some(record_key),
@@ -412,7 +488,7 @@ impl Worker {
                     reason = skip.reason(),
                     "skipping a record that cannot be applied: {skip}"
                 );
-                None
+                Err(skip)
             }
         }
     }
@@ -432,7 +508,16 @@ impl Worker {
             .framing
             .strip_value(message.payload())
             .map_err(|_| Skip::SchemaHeader)?;
-        self.codec.decode(key, payload).map_err(Skip::Decode)
+        let record = self.codec.decode(key, payload).map_err(Skip::Decode)?;
+        match (&self.codec, &record) {
+            (
+                RecordCodec::Plaintext,
+                DecodedRecord::Put {
+                    record_key, value, ..
+                },
+            ) if looks_encrypted(record_key, value) => Err(Skip::EncryptedEnvelope),
+            _ => Ok(record),
+        }
     }
 
     fn hand_offsets_to_kafka(&self, next_offsets: &BTreeMap<i32, i64>) {
@@ -515,20 +600,25 @@ impl Worker {
         let rebuild = match (rebuild, self.store.topic()?) {
             (Some(reason), _) => Some(reason),
             (None, None) => {
-                self.store.reset(&self.topic)?;
+                self.store.reset(&self.topic, &self.format)?;
                 stored.clear();
                 None
             }
             (None, Some(stored_topic)) => {
-                rebuild_reason(&self.topic, &stored_topic, &stored, &watermarks).or_else(|| {
-                    let last = self.store.last_broker_contact_ms().ok().flatten();
-                    offline_too_long(last, now_ms(), self.delete_retention)
-                })
+                let stored_format = self.store.source_format()?;
+                (stored_topic == self.topic)
+                    .then(|| format_change(stored_format.as_deref(), &self.format))
+                    .flatten()
+                    .or_else(|| rebuild_reason(&self.topic, &stored_topic, &stored, &watermarks))
+                    .or_else(|| {
+                        let last = self.store.last_broker_contact_ms().ok().flatten();
+                        offline_too_long(last, now_ms(), self.delete_retention)
+                    })
             }
         };
         if let Some(reason) = rebuild {
             tracing::warn!(topic = %self.topic, "rebuilding the replica from scratch: {reason}");
-            self.store.reset(&self.topic)?;
+            self.store.reset(&self.topic, &self.format)?;
             stored.clear();
             self.progress.count_rebuild();
         }
@@ -589,6 +679,161 @@ impl Worker {
         self.progress.add(added);
         Ok(())
     }
+}
+
+/// Records refused for a configuration reason since the last put each partition applied.
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Per partition, the offset of the first record refused since its last applied put: the
+    /// offset stored for the partition stays there.
+    held: BTreeMap<i32, i64>,
+    /// Whether the store holds puts: applied since start-up, or found in it at start-up.
+    applied_any: bool,
+    /// Refused in a row, over all partitions, since the last put applied anywhere.
+    run: u64,
+    reason: Option<&'static str>,
+}
+
+impl Refusals {
+    fn new(store_holds_entries: bool) -> Self {
+        Self {
+            applied_any: store_holds_entries,
+            ..Self::default()
+        }
+    }
+
+    fn applied_put(&mut self, partition: i32) {
+        self.held.remove(&partition);
+        self.applied_any = true;
+        self.run = 0;
+        self.reason = None;
+    }
+
+    fn refused(&mut self, partition: i32, offset: i64, reason: &'static str) {
+        self.held.entry(partition).or_insert(offset);
+        self.run += 1;
+        self.reason = Some(reason);
+    }
+
+    /// The next offsets that may be stored: none past a held record.
+    fn durable(&self, next_offsets: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        next_offsets
+            .iter()
+            .map(|(&partition, &next)| {
+                let held = self.held.get(&partition).copied();
+                (partition, held.map_or(next, |held| held.min(next)))
+            })
+            .collect()
+    }
+
+    /// Misconfigured: records were refused and no put applied since, and either the store holds
+    /// no put at all (none found at start-up, none applied since) or the refusals reach
+    /// [`MISCONFIGURED_RUN`].
+    fn misconfiguration(&self) -> Option<Misconfiguration> {
+        let reason = self.reason?;
+        if self.run == 0 || (self.applied_any && self.run < MISCONFIGURED_RUN) {
+            return None;
+        }
+        let what = match reason {
+            "not_encrypted" => {
+                "the topic's records are not encrypted, but this reader has \
+                 KV_API_ENCRYPT_DATA_ON_KAFKA=true"
+            }
+            ENCRYPTED_ENVELOPE_REASON => {
+                "the topic's records are encrypted, but this reader has no \
+                 KV_API_ENCRYPT_DATA_ON_KAFKA (and KV_API_AES_KEY)"
+            }
+            _ => "the topic's records are encrypted under another key than this reader's KV_API_AES_KEY",
+        };
+        Some(Misconfiguration {
+            reason,
+            refused_records: self.run,
+            message: format!(
+                "{what} ({} records refused as {reason} since the last one applied); their \
+                 offsets are not stored, so a restart with the topic's settings applies them",
+                self.run
+            ),
+        })
+    }
+}
+
+/// A record a plaintext reader must not store as a value: the shape kv-writer gives records on
+/// an encrypted topic, a 32-byte record key that is not UTF-8 text (a MAC) and a value that
+/// starts with the envelope format byte and holds at least an empty envelope. A text key of 32
+/// characters never matches; a binary one matches only beside such a value.
+fn looks_encrypted(record_key: &[u8], value: &[u8]) -> bool {
+    record_key.len() == RECORD_KEY_LEN
+        && std::str::from_utf8(record_key).is_err()
+        && value.len() >= MIN_ENVELOPE_LEN
+        && value[0] == ENVELOPE_FORMAT
+}
+
+/// How this reader reads records, as the store remembers it: the topic encryption and a keyed
+/// fingerprint of its key (never the key), and which parts carry schema-registry framing.
+fn source_format(codec: &RecordCodec, framing: &SchemaFraming) -> String {
+    let encryption = match codec {
+        RecordCodec::Plaintext => "off".to_owned(),
+        RecordCodec::Encrypted(cipher) => {
+            let fingerprint = cipher.record_key(KEY_FINGERPRINT_LABEL);
+            let hex: String = fingerprint[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("aes-256-gcm/{hex}")
+        }
+    };
+    let framing = match (framing.key.is_some(), framing.value.is_some()) {
+        (false, false) => "none",
+        (true, false) => "key",
+        (false, true) => "value",
+        (true, true) => "key+value",
+    };
+    format!("encryption={encryption} schema_framing={framing}")
+}
+
+/// Why a store built under `stored` cannot serve a reader reading records as `current`.
+fn format_change(stored: Option<&str>, current: &str) -> Option<String> {
+    let Some(stored) = stored else {
+        return Some(
+            "the store does not say which topic encryption and schema framing it was built \
+             under (an older kv-reader wrote it)"
+                .to_owned(),
+        );
+    };
+    if stored == current {
+        return None;
+    }
+    let field = |format: &str, name: &str| -> String {
+        format
+            .split_whitespace()
+            .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or("unknown")
+            .to_owned()
+    };
+    let (was, now) = (field(stored, "encryption"), field(current, "encryption"));
+    let key = |encryption: &str| encryption.split_once('/').map(|(_, f)| f.to_owned());
+    if was != now {
+        return Some(match (key(&was), key(&now)) {
+            (Some(was), Some(now)) => format!(
+                "the store was built under another topic key (fingerprint {was}) than \
+                 KV_API_AES_KEY now gives (fingerprint {now})"
+            ),
+            (None, Some(_)) => "the store was built from plaintext records, and this reader \
+                                now decrypts them (KV_API_ENCRYPT_DATA_ON_KAFKA=true)"
+                .to_owned(),
+            (Some(was), None) => format!(
+                "the store was built under topic encryption (key fingerprint {was}), and this \
+                 reader now reads plaintext (no KV_API_ENCRYPT_DATA_ON_KAFKA)"
+            ),
+            (None, None) => format!("the store was built with encryption {was}, now {now}"),
+        });
+    }
+    Some(format!(
+        "the store was built with schema-registry framing stripped from {}, now from {} \
+         (the registry's subjects for the topic changed)",
+        field(stored, "schema_framing"),
+        field(current, "schema_framing")
+    ))
 }
 
 fn is_out_of_range(error: &KafkaError) -> bool {
@@ -654,6 +899,7 @@ enum LoopError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::framing::SchemaIds;
 
     #[test]
     fn stored_offsets_inside_the_log_resume() {
@@ -687,5 +933,139 @@ mod tests {
         }
         assert!(rebuild_reason("t", "t", &BTreeMap::from([(1, 0)]), &watermarks).is_some());
         assert!(rebuild_reason("t", "u", &BTreeMap::new(), &watermarks).is_some());
+    }
+
+    #[test]
+    fn a_few_refused_records_among_puts_neither_hold_offsets_nor_flag_the_replica() {
+        let mut refusals = Refusals::default();
+        refusals.applied_put(0);
+        refusals.refused(0, 1, "wrong_key");
+        refusals.refused(1, 7, "wrong_key");
+        refusals.applied_put(0);
+        let next = BTreeMap::from([(0, 3), (1, 9)]);
+        assert_eq!(
+            refusals.durable(&next),
+            BTreeMap::from([(0, 3), (1, 7)]),
+            "partition 1 holds until a put lands after its refused record"
+        );
+        assert_eq!(refusals.misconfiguration(), None);
+        refusals.applied_put(1);
+        assert_eq!(refusals.durable(&next), next);
+    }
+
+    #[test]
+    fn refusing_everything_since_start_up_is_a_misconfiguration_and_holds_the_offsets() {
+        let mut refusals = Refusals::default();
+        for offset in 4..7 {
+            refusals.refused(0, offset, "wrong_key");
+        }
+        let misconfiguration = refusals.misconfiguration().expect("misconfigured");
+        assert_eq!(misconfiguration.reason, "wrong_key");
+        assert_eq!(misconfiguration.refused_records, 3);
+        assert!(misconfiguration.message.contains("KV_API_AES_KEY"));
+        assert_eq!(
+            refusals.durable(&BTreeMap::from([(0, 7)])),
+            BTreeMap::from([(0, 4)])
+        );
+    }
+
+    #[test]
+    fn a_refused_record_held_over_a_restart_of_a_store_with_entries_is_a_foreign_one() {
+        let mut refusals = Refusals::new(true);
+        refusals.refused(2, 40, "wrong_key");
+        assert_eq!(refusals.misconfiguration(), None);
+        assert_eq!(
+            refusals.durable(&BTreeMap::from([(2, 41)])),
+            BTreeMap::from([(2, 40)]),
+            "still held: a restart reads it again"
+        );
+        let mut empty = Refusals::new(false);
+        empty.refused(2, 40, "wrong_key");
+        assert!(empty.misconfiguration().is_some());
+    }
+
+    #[test]
+    fn a_long_run_of_refusals_after_good_puts_is_a_misconfiguration() {
+        let mut refusals = Refusals::default();
+        refusals.applied_put(0);
+        for offset in 1..MISCONFIGURED_RUN as i64 {
+            refusals.refused(0, offset, "not_encrypted");
+        }
+        assert_eq!(refusals.misconfiguration(), None);
+        refusals.refused(0, MISCONFIGURED_RUN as i64, "not_encrypted");
+        let misconfiguration = refusals.misconfiguration().expect("misconfigured");
+        assert!(misconfiguration
+            .message
+            .contains("KV_API_ENCRYPT_DATA_ON_KAFKA=true"));
+        refusals.applied_put(0);
+        assert_eq!(refusals.misconfiguration(), None, "a put clears it");
+    }
+
+    #[test]
+    fn a_plaintext_reader_knows_an_envelope_by_its_mac_key_and_format_byte() {
+        let cipher = kv_core::crypto::TopicCipher::new(&[3; 32]);
+        let record_key = cipher.record_key(b"user-1");
+        let envelope = cipher.seal(&record_key, b"user-1", b"");
+        assert!(looks_encrypted(&record_key, &envelope));
+        let hex_id = b"0123456789abcdef0123456789abcdef";
+        assert!(
+            !looks_encrypted(hex_id, &envelope),
+            "a 32-character text key is a user key"
+        );
+        assert!(!looks_encrypted(&record_key, b"\x01short"));
+        assert!(!looks_encrypted(&record_key[..31], &envelope));
+    }
+
+    #[test]
+    fn the_store_format_names_the_key_by_fingerprint_never_the_key() {
+        let key = [0x42u8; 32];
+        let encrypted = RecordCodec::Encrypted(Arc::new(kv_core::crypto::TopicCipher::new(&key)));
+        let format = source_format(&encrypted, &SchemaFraming::default());
+        let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!format.contains(&key_hex[..8]), "{format}");
+        assert!(format.starts_with("encryption=aes-256-gcm/"), "{format}");
+        assert_eq!(format, source_format(&encrypted, &SchemaFraming::default()));
+        let other = RecordCodec::Encrypted(Arc::new(kv_core::crypto::TopicCipher::new(&[7; 32])));
+        assert_ne!(format, source_format(&other, &SchemaFraming::default()));
+        assert_eq!(
+            source_format(
+                &RecordCodec::Plaintext,
+                &SchemaFraming {
+                    key: None,
+                    value: Some(SchemaIds::default()),
+                }
+            ),
+            "encryption=off schema_framing=value"
+        );
+    }
+
+    #[test]
+    fn a_store_built_under_another_key_encryption_or_framing_is_rebuilt_with_the_reason() {
+        let plain = source_format(&RecordCodec::Plaintext, &SchemaFraming::default());
+        let a = source_format(
+            &RecordCodec::Encrypted(Arc::new(kv_core::crypto::TopicCipher::new(&[1; 32]))),
+            &SchemaFraming::default(),
+        );
+        let b = source_format(
+            &RecordCodec::Encrypted(Arc::new(kv_core::crypto::TopicCipher::new(&[2; 32]))),
+            &SchemaFraming::default(),
+        );
+        assert_eq!(format_change(Some(&a), &a), None);
+        let reason = format_change(Some(&a), &b).expect("another key");
+        assert!(reason.contains("another topic key"), "{reason}");
+        let reason = format_change(Some(&plain), &a).expect("now encrypted");
+        assert!(reason.contains("plaintext"), "{reason}");
+        let reason = format_change(Some(&a), &plain).expect("now plaintext");
+        assert!(reason.contains("now reads plaintext"), "{reason}");
+        let framed = source_format(
+            &RecordCodec::Plaintext,
+            &SchemaFraming {
+                key: Some(SchemaIds::default()),
+                value: Some(SchemaIds::default()),
+            },
+        );
+        let reason = format_change(Some(&plain), &framed).expect("framing");
+        assert!(reason.contains("schema-registry framing"), "{reason}");
+        assert!(format_change(None, &plain).is_some(), "an older store");
     }
 }

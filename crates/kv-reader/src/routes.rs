@@ -27,7 +27,7 @@ use kv_core::web::routing::{openapi_document, Endpoint};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::progress::{Freshness, Progress};
+use crate::progress::{Freshness, Progress, WaitError};
 use crate::store::{Store, StoredEntry};
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
@@ -83,20 +83,39 @@ impl ReaderState {
     /// for [`freshness_middleware`]. Call it right before reading the store.
     async fn prepare_read(&self, request: &HttpRequest) -> Result<(), ApiError> {
         if let Some(token) = consistency_token(request)? {
-            if !self
+            let waited = self
                 .progress
                 .wait_for(&token, self.read_your_writes_timeout)
-                .await
-            {
-                return Err(ApiError::new(
-                    ErrorCode::NotReady,
-                    format!(
-                        "this replica has not applied the writes of consistency token {token} \
-                         within {} ms (KV_API_READ_YOUR_WRITES_TIMEOUT_MS); retry later",
-                        self.read_your_writes_timeout.as_millis()
-                    ),
-                )
-                .with_retry_after(Duration::from_secs(1)));
+                .await;
+            match waited {
+                Ok(()) => {}
+                Err(error @ WaitError::UnknownPartition { .. }) => {
+                    return Err(ApiError::invalid_request(format!(
+                        "consistency token {token} cannot name a write of this topic: {error}"
+                    )))
+                }
+                Err(WaitError::TimedOut) => {
+                    return Err(ApiError::new(
+                        ErrorCode::NotReady,
+                        format!(
+                            "this replica has not applied the writes of consistency token \
+                             {token} within {} ms (KV_API_READ_YOUR_WRITES_TIMEOUT_MS); retry \
+                             later",
+                            self.read_your_writes_timeout.as_millis()
+                        ),
+                    )
+                    .with_retry_after(Duration::from_secs(1)))
+                }
+                Err(error) => {
+                    return Err(ApiError::new(
+                        ErrorCode::NotReady,
+                        format!(
+                            "this replica cannot wait for consistency token {token}: {error}; \
+                             retry later"
+                        ),
+                    )
+                    .with_retry_after(Duration::from_secs(1)))
+                }
             }
         }
         request.extensions_mut().insert(self.progress.freshness());
@@ -601,17 +620,31 @@ pub async fn live(state: web::Data<ReaderState>) -> HttpResponse {
     }
 }
 
-/// `/healthz/ready`: ready once every partition reached its end offset seen at start-up.
+/// `/healthz/ready`: ready once every partition reached its end offset seen at start-up, unless
+/// the replica refuses every record it reads for a configuration reason.
 pub async fn ready(state: web::Data<ReaderState>) -> HttpResponse {
     let report = state.progress.report();
-    let body = serde_json::json!({
-        "status": if report.ready { "ready" } else if report.alive { "catching_up" } else { "dead" },
+    let status = match (&report.misconfiguration, report.alive, report.ready) {
+        (_, false, _) => "dead",
+        (Some(_), true, _) => "misconfigured",
+        (None, true, true) => "ready",
+        (None, true, false) => "catching_up",
+    };
+    let mut body = serde_json::json!({
+        "status": status,
         "lag": report.lag,
         "partitions": report.partitions,
         "skipped_records": report.skipped_records,
         "rebuilds": report.rebuilds,
         "records_applied": report.records_applied,
     });
+    if let Some(misconfiguration) = &report.misconfiguration {
+        body["misconfiguration"] = serde_json::json!(misconfiguration);
+        body["error"] = serde_json::json!({
+            "code": ErrorCode::NotReady,
+            "message": misconfiguration.message,
+        });
+    }
     if report.ready {
         HttpResponse::Ok().json(body)
     } else {

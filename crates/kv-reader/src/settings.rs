@@ -39,7 +39,12 @@ pub struct Settings {
     pub partition_discovery_interval: Duration,
     /// Most value bytes one `POST /v1/kv:batchGet` answer may carry (413 past it).
     pub max_batch_get_bytes: usize,
+    /// Most reads waiting for their consistency token at once (503 past it).
+    pub max_read_your_writes_waiters: usize,
 }
+
+/// KV_API_MAX_READ_YOUR_WRITES_WAITERS unless set.
+pub const DEFAULT_MAX_READ_YOUR_WRITES_WAITERS: usize = 10_000;
 
 /// KV_API_MAX_BATCH_GET_BYTES unless set: sixteen values at the writer's default limit.
 pub const DEFAULT_MAX_BATCH_GET_BYTES: usize = 16 * 1024 * 1024;
@@ -87,6 +92,18 @@ impl Settings {
                     ))
                 }
                 bytes => bytes,
+            },
+            max_read_your_writes_waiters: match env.number(
+                "KV_API_MAX_READ_YOUR_WRITES_WAITERS",
+                DEFAULT_MAX_READ_YOUR_WRITES_WAITERS,
+            )? {
+                0 => {
+                    return Err(SettingsError::new(
+                        "KV_API_MAX_READ_YOUR_WRITES_WAITERS",
+                        "must be at least 1",
+                    ))
+                }
+                waiters => waiters,
             },
         })
     }
@@ -227,6 +244,20 @@ mod tests {
         assert_eq!(told.storage_cache_bytes, 256 * 1024 * 1024);
         let error = settings(&[("KV_API_STATE_STORAGE_CACHE_MB", "0")]).expect_err("zero");
         assert!(error.to_string().contains("KV_API_STATE_STORAGE_CACHE_MB"));
+    }
+
+    #[test]
+    fn read_your_writes_waiters_are_bounded_at_ten_thousand_unless_told_otherwise() {
+        assert_eq!(
+            settings(&[])
+                .expect("settings")
+                .max_read_your_writes_waiters,
+            10_000
+        );
+        let told = settings(&[("KV_API_MAX_READ_YOUR_WRITES_WAITERS", "50")]).expect("settings");
+        assert_eq!(told.max_read_your_writes_waiters, 50);
+        let error = settings(&[("KV_API_MAX_READ_YOUR_WRITES_WAITERS", "0")]).expect_err("zero");
+        assert_eq!(error.var, "KV_API_MAX_READ_YOUR_WRITES_WAITERS");
     }
 
     #[test]

@@ -290,8 +290,17 @@ impl Store {
         Ok(offsets)
     }
 
-    /// Empties the store and records which topic it now replicates (a rebuild from scratch).
-    pub fn reset(&self, topic: &str) -> Result<(), StoreError> {
+    /// How the records in the store were read (topic encryption and its key's fingerprint,
+    /// schema framing), as the last [`Store::reset`] recorded it.
+    pub fn source_format(&self) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get("source_format")?.map(|v| v.value().to_owned()))
+    }
+
+    /// Empties the store and records which topic it now replicates and how its records are
+    /// read (a rebuild from scratch).
+    pub fn reset(&self, topic: &str, source_format: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.delete_table(ENTRIES)?;
         txn.delete_table(RECORD_KEYS)?;
@@ -302,6 +311,7 @@ impl Store {
         {
             let mut meta = txn.open_table(META)?;
             meta.insert("topic", topic)?;
+            meta.insert("source_format", source_format)?;
             meta.remove(BROKER_CONTACT)?;
         }
         txn.commit()?;
@@ -663,7 +673,7 @@ mod tests {
         };
         {
             let store = Store::open(&storage, None).expect("store");
-            store.reset("topic-a").expect("reset");
+            store.reset("topic-a", "f").expect("reset");
             store
                 .apply(&[put(b"k", 41, b"v")], &BTreeMap::from([(2, 42)]))
                 .expect("apply");
@@ -671,6 +681,11 @@ mod tests {
         let store = Store::open(&storage, None).expect("reopen");
         assert_eq!(store.path(), Some(dir.path().join(FILE_NAME).as_path()));
         assert_eq!(store.topic().expect("topic").as_deref(), Some("topic-a"));
+        assert_eq!(
+            store.source_format().expect("format").as_deref(),
+            Some("f"),
+            "the reset recorded how the records are read"
+        );
         assert_eq!(
             store.next_offsets().expect("offsets"),
             BTreeMap::from([(2, 42)])
@@ -796,7 +811,7 @@ mod tests {
                 .map(|e| e.value.clone()),
             Some(b"two".to_vec())
         );
-        store.reset("t").expect("reset");
+        store.reset("t", "f").expect("reset");
         assert_eq!(store.get(b"k").expect("get"), None);
         assert!(store.list_keys(b"", None, 10).expect("list").0.is_empty());
     }
@@ -807,7 +822,7 @@ mod tests {
         store
             .apply(&[put(b"k", 0, b"v")], &BTreeMap::from([(0, 1)]))
             .expect("apply");
-        store.reset("t").expect("reset");
+        store.reset("t", "f").expect("reset");
         assert_eq!(store.key_count().expect("count"), 0);
         assert!(store.next_offsets().expect("offsets").is_empty());
     }
@@ -818,7 +833,9 @@ mod tests {
         assert_eq!(store.last_broker_contact_ms().expect("read"), None);
         store.note_broker_contact(1_234).expect("note");
         assert_eq!(store.last_broker_contact_ms().expect("read"), Some(1_234));
-        store.reset("t").expect("reset");
+        store
+            .reset("t", "encryption=off schema_framing=none")
+            .expect("reset");
         assert_eq!(store.last_broker_contact_ms().expect("read"), None);
     }
 

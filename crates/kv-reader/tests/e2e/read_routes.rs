@@ -514,3 +514,96 @@ async fn batch_get_holds_a_repeated_key_once_and_refuses_an_answer_over_its_byte
     assert_eq!(results[1]["found"], false);
     assert_eq!(results[2], results[0]);
 }
+
+#[tokio::test]
+async fn a_token_naming_a_missing_partition_is_a_400_one_past_the_log_end_a_quick_503_and_waiters_are_bounded(
+) {
+    let broker = Broker::start();
+    let topic = broker.create_topic("ryw-fail-fast", 2).await;
+    let producer = broker.producer();
+    broker.produce(&producer, &topic, b"k", Some(b"v")).await;
+    let mut env = reader_env(&broker, &topic, "g");
+    env.push(("KV_API_READ_YOUR_WRITES_TIMEOUT_MS", "30000".to_owned()));
+    env.push(("KV_API_MAX_READ_YOUR_WRITES_WAITERS", "2".to_owned()));
+    let reader = Service::start(READER, &env);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &reader).await;
+    let read = |token: &'static str| {
+        http.get(reader.url("/v1/kv/k"))
+            .header("X-Consistency-Token", token)
+            .send()
+    };
+
+    let started = std::time::Instant::now();
+    let unknown = read("0:0,5:0").await.expect("read");
+    let unknown_after = started.elapsed();
+    assert_eq!(unknown.status(), 400);
+    let body: Value = unknown.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "invalid_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no partition 5")),
+        "{body}"
+    );
+    assert!(unknown_after < std::time::Duration::from_secs(2));
+
+    let started = std::time::Instant::now();
+    let beyond = read("1:1000000").await.expect("read");
+    let beyond_after = started.elapsed();
+    assert_eq!(beyond.status(), 503);
+    assert!(beyond.headers().contains_key("retry-after"));
+    let body: Value = beyond.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "not_ready");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("beyond the partition's end offset")),
+        "{body}"
+    );
+    println!(
+        "read-your-writes: unknown partition answered in {unknown_after:?}, an offset past \
+         the end in {beyond_after:?} (timeout 30 s)"
+    );
+    assert!(
+        beyond_after < std::time::Duration::from_secs(10),
+        "{beyond_after:?}"
+    );
+
+    // Two reads wait (for an offset past the end, until the broker's reports settle it); a
+    // third finds no room.
+    let waiting = [read("0:1000000"), read("0:1000001")];
+    let waiting = tokio::spawn(futures_join(waiting));
+    kv_testkit::eventually("two waiting reads", DEADLINE, || async {
+        let metrics = reader.metrics(&http).await;
+        (kv_testkit::metric(&metrics, "kv_reader_read_your_writes_waiters", &[]) == Some(2.0))
+            .then_some(())
+    })
+    .await;
+    let refused = read("0:1000002").await.expect("read");
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "not_ready");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("KV_API_MAX_READ_YOUR_WRITES_WAITERS")),
+        "{body}"
+    );
+    for status in waiting.await.expect("join") {
+        assert_eq!(status, 503);
+    }
+}
+
+async fn futures_join<F>(reads: [F; 2]) -> Vec<u16>
+where
+    F: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let [a, b] = reads;
+    let (a, b) = tokio::join!(a, b);
+    vec![
+        a.expect("read").status().as_u16(),
+        b.expect("read").status().as_u16(),
+    ]
+}

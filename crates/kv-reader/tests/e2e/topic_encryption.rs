@@ -4,8 +4,14 @@
 use crate::{writer, READER};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use kv_reader::settings::Storage;
+use kv_reader::store::Store;
+use kv_testkit::reader::{all_keys, dump, ready_report, wait_ready};
 use kv_testkit::service_env;
-use kv_testkit::{eventually, Broker, Service};
+use kv_testkit::{eventually, metric, Broker, Service, DEADLINE};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -206,8 +212,18 @@ async fn a_plaintext_record_on_an_encrypted_topic_is_skipped_and_counted() {
     broker
         .produce(&producer, &topic, b"plain-key", Some(b"plain value"))
         .await;
-    let reader = Service::start(READER, &env(&broker, &topic, "reader", KEY_A));
+    // A good record after it: a plaintext record among encrypted ones is a foreign record, not
+    // a reader misconfigured (a topic of nothing but plaintext would make the reader unready).
+    let writer = Service::start(writer(), &env(&broker, &topic, "unused", KEY_A));
     let http = reqwest::Client::new();
+    let good = http
+        .put(writer.url("/v1/kv/good"))
+        .body("sealed")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(good.status(), StatusCode::OK, "{}", writer.output());
+    let reader = Service::start(READER, &env(&broker, &topic, "reader", KEY_A));
     let report = eventually("the reader to be ready", Duration::from_secs(20), || {
         let request = http.get(reader.url("/healthz/ready")).send();
         async move {
@@ -275,4 +291,213 @@ async fn a_tombstone_naming_a_user_key_in_clear_on_an_encrypted_topic_deletes_no
         assert_eq!(response.status(), StatusCode::OK, "{key} was deleted");
         assert_eq!(response.text().await.expect("body"), "kept");
     }
+}
+
+const KEYS: usize = 40;
+
+/// Writes `KEYS` keys through a writer with `aes_key` (none: plaintext) and returns them.
+async fn write_keys(
+    broker: &Broker,
+    topic: &str,
+    aes_key: Option<&str>,
+) -> BTreeMap<String, String> {
+    let env = match aes_key {
+        Some(key) => env(broker, topic, "unused", key),
+        None => service_env(broker, topic),
+    };
+    let writer = Service::start(writer(), &env);
+    let http = reqwest::Client::new();
+    let mut written = BTreeMap::new();
+    for n in 0..KEYS {
+        let (key, value) = (format!("key-{n}"), format!("value {n}"));
+        let response = http
+            .put(writer.url(&format!("/v1/kv/{key}")))
+            .body(value.clone())
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(response.status(), StatusCode::OK, "{}", writer.output());
+        written.insert(key, value);
+    }
+    written
+}
+
+fn disk(mut env: Vec<(&'static str, String)>, dir: &Path) -> Vec<(&'static str, String)> {
+    env.push((
+        "KV_API_STATE_STORAGE_DISK_LOCATION",
+        dir.display().to_string(),
+    ));
+    env
+}
+
+/// Waits until the reader reports itself misconfigured, after it read every record, and
+/// returns its readiness body.
+async fn misconfigured(http: &reqwest::Client, reader: &Service) -> serde_json::Value {
+    eventually(
+        "the reader to say it is misconfigured",
+        DEADLINE,
+        || async {
+            let (status, report) = ready_report(http, reader).await;
+            let read: i64 = report["partitions"]
+                .as_object()?
+                .values()
+                .filter_map(|p| p["next_offset"].as_i64())
+                .sum();
+            (status == 503 && report["status"] == "misconfigured" && read == KEYS as i64)
+                .then_some(report)
+        },
+    )
+    .await
+}
+
+/// Every written key the reader does not serve with its value.
+async fn lost(
+    http: &reqwest::Client,
+    reader: &Service,
+    written: &BTreeMap<String, String>,
+) -> usize {
+    let state = dump(http, reader).await;
+    written
+        .iter()
+        .filter(|(key, value)| state.get(key.as_bytes()) != Some(&value.as_bytes().to_vec()))
+        .count()
+}
+
+#[tokio::test]
+async fn a_disk_reader_with_the_wrong_key_is_not_ready_and_restarted_with_the_right_key_loses_nothing(
+) {
+    let broker = Broker::start();
+    let topic = broker.create_topic("wrong-key", 3).await;
+    let written = write_keys(&broker, &topic, Some(KEY_A)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let http = reqwest::Client::new();
+
+    let mut wrong = Service::start(READER, &disk(env(&broker, &topic, "r", KEY_B), dir.path()));
+    let report = misconfigured(&http, &wrong).await;
+    let reason = report["misconfiguration"]["reason"]
+        .as_str()
+        .expect("reason");
+    assert!(["wrong_key", "undecryptable"].contains(&reason), "{report}");
+    assert_eq!(report["error"]["code"], "not_ready", "{report}");
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("KV_API_AES_KEY")),
+        "{report}"
+    );
+    let metrics = wrong.metrics(&http).await;
+    assert_eq!(
+        metric(&metrics, "kv_reader_misconfigured", &[("reason", reason)]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&metrics, "kv_reader_ready", &[]), Some(0.0));
+    wrong.terminate();
+    assert_eq!(wrong.wait_for_exit(Duration::from_secs(20)).await, Some(0));
+
+    // What the wrong key left in the store: no offset past the records it refused.
+    {
+        let store = Store::open(
+            &Storage::Disk {
+                location: dir.path().to_owned(),
+            },
+            None,
+        )
+        .expect("the store");
+        let stored = store.next_offsets().expect("offsets");
+        assert!(stored.values().all(|&next| next == 0), "{stored:?}");
+        assert_eq!(store.key_count().expect("keys"), 0);
+    }
+
+    let right = Service::start(READER, &disk(env(&broker, &topic, "r", KEY_A), dir.path()));
+    wait_ready(&http, &right).await;
+    let lost = lost(&http, &right, &written).await;
+    println!("wrong key, then the right one: {KEYS} keys written, {lost} lost");
+    assert_eq!(lost, 0, "{}", right.output());
+    let metrics = right.metrics(&http).await;
+    assert_eq!(
+        metric(&metrics, "kv_reader_misconfigured", &[("reason", reason)]),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_plaintext_reader_on_an_encrypted_topic_is_not_ready_and_stores_no_envelope_as_a_value() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("plain-reader", 2).await;
+    write_keys(&broker, &topic, Some(KEY_A)).await;
+    let http = reqwest::Client::new();
+    let reader = Service::start(READER, &service_env(&broker, &topic));
+
+    let report = misconfigured(&http, &reader).await;
+    assert_eq!(
+        report["misconfiguration"]["reason"], "encrypted_envelope",
+        "{report}"
+    );
+    assert_eq!(
+        report["skipped_records"]["by_reason"]["encrypted_envelope"], KEYS,
+        "{report}"
+    );
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("KV_API_ENCRYPT_DATA_ON_KAFKA")),
+        "{report}"
+    );
+    assert!(
+        all_keys(&http, &reader).await.is_empty(),
+        "an envelope was stored"
+    );
+    let metrics = reader.metrics(&http).await;
+    assert_eq!(metric(&metrics, "kv_reader_store_keys", &[]), Some(0.0));
+    assert_eq!(
+        metric(
+            &metrics,
+            "kv_reader_misconfigured",
+            &[("reason", "encrypted_envelope")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_store_written_under_one_key_and_opened_with_another_is_rebuilt_and_the_log_says_why() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("rekeyed-store", 2).await;
+    let written = write_keys(&broker, &topic, Some(KEY_A)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let http = reqwest::Client::new();
+
+    let mut first = Service::start(READER, &disk(env(&broker, &topic, "r", KEY_A), dir.path()));
+    wait_ready(&http, &first).await;
+    assert_eq!(lost(&http, &first, &written).await, 0);
+    first.terminate();
+    assert_eq!(first.wait_for_exit(Duration::from_secs(20)).await, Some(0));
+
+    let mut other = Service::start(READER, &disk(env(&broker, &topic, "r", KEY_B), dir.path()));
+    misconfigured(&http, &other).await;
+    let output = other.output();
+    assert!(
+        output.contains(
+            "rebuilding the replica from scratch: the store was built under another topic key"
+        ),
+        "{output}"
+    );
+    let metrics = other.metrics(&http).await;
+    assert_eq!(metric(&metrics, "kv_reader_rebuilds_total", &[]), Some(1.0));
+    assert_eq!(
+        metric(&metrics, "kv_reader_store_keys", &[]),
+        Some(0.0),
+        "nothing decrypted under the first key is served under the second"
+    );
+    other.terminate();
+    assert_eq!(other.wait_for_exit(Duration::from_secs(20)).await, Some(0));
+    let plain = Service::start(READER, &disk(service_env(&broker, &topic), dir.path()));
+    misconfigured(&http, &plain).await;
+    assert!(
+        plain.output().contains(
+            "rebuilding the replica from scratch: the store was built under topic encryption"
+        ),
+        "{}",
+        plain.output()
+    );
 }
