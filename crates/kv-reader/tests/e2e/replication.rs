@@ -546,7 +546,7 @@ async fn a_disk_replica_away_for_longer_than_delete_retention_rebuilds_and_says_
     first.terminate();
     first.wait_for_exit(DEADLINE).await;
     assert!(
-        described.contains("delete_retention_ms=2000"),
+        described.contains("delete_retention_ms=\"2000\""),
         "the reader reads the topic's configuration: {described}"
     );
 
