@@ -211,6 +211,9 @@ pub struct Progress {
     /// nothing already in a disk store was applied again.
     records_applied: AtomicU64,
     tombstones_applied: AtomicU64,
+    /// When a broker last sent the consumer anything, in milliseconds since the Unix epoch; 0
+    /// before the first time.
+    broker_answered_ms: AtomicU64,
 }
 
 #[cfg(test)]
@@ -234,6 +237,20 @@ impl Progress {
             rebuilds: AtomicU64::new(0),
             records_applied: AtomicU64::new(0),
             tombstones_applied: AtomicU64::new(0),
+            broker_answered_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes that a broker sent the consumer something at `at_ms` (from librdkafka's statistics).
+    pub fn note_broker_answer(&self, at_ms: u64) {
+        self.broker_answered_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
+
+    /// When a broker last sent the consumer anything, if ever.
+    pub fn broker_answered_ms(&self) -> Option<u64> {
+        match self.broker_answered_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(at),
         }
     }
 }

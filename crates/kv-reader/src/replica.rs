@@ -75,6 +75,18 @@ impl ClientContext for ReplicaContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        // `rxidle`: microseconds since the connection last received anything (-1: never).
+        let heard = statistics
+            .brokers
+            .values()
+            .filter(|broker| broker.nodeid >= 0 && broker.state == "UP" && broker.rxidle >= 0)
+            .map(|broker| broker.rxidle)
+            .min();
+        if let Some(idle_us) = heard {
+            let idle_ms = u64::try_from(idle_us / 1000).unwrap_or(0);
+            self.progress
+                .note_broker_answer(now_ms().saturating_sub(idle_ms));
+        }
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
@@ -428,7 +440,7 @@ impl Worker {
                 continue;
             }
             if Instant::now() >= next_contact_note {
-                self.note_contact(&assigned)?;
+                self.note_contact()?;
                 next_contact_note = Instant::now() + CONTACT_NOTE_INTERVAL;
             }
             if Instant::now() >= next_discovery {
@@ -444,18 +456,12 @@ impl Worker {
         Ok(())
     }
 
-    /// Writes down that the broker still answers for the topic (one watermark request), so a
-    /// restart can tell how long the replica was away; an unanswered request writes nothing.
-    fn note_contact(&self, assigned: &BTreeSet<i32>) -> Result<(), LoopError> {
-        let Some(&partition) = assigned.iter().next() else {
-            return Ok(());
-        };
-        match self
-            .consumer
-            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
-        {
-            Ok(_) => self.store.note_broker_contact(now_ms())?,
-            Err(error) => tracing::debug!(%error, "the broker did not answer a watermark request"),
+    /// Writes down when a broker last sent the consumer anything (librdkafka's statistics), so
+    /// a restart can tell how long the replica was away. No request of its own: the consumer's
+    /// connection is not to be held up by one.
+    fn note_contact(&self) -> Result<(), LoopError> {
+        if let Some(at) = self.progress.broker_answered_ms() {
+            self.store.note_broker_contact(at)?;
         }
         Ok(())
     }
