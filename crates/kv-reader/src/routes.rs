@@ -207,14 +207,24 @@ fn correlation_header(entry: &StoredEntry) -> Option<HeaderValue> {
 }
 
 fn value_response(entry: StoredEntry, content_type: ContentType) -> HttpResponse {
+    let mut response = entry_headers(&entry);
+    response.content_type(content_type).body(entry.value)
+}
+
+/// A `200` with the entry's `ETag` and stored correlation id.
+fn entry_headers(entry: &StoredEntry) -> actix_web::HttpResponseBuilder {
     let mut response = HttpResponse::Ok();
-    response
-        .content_type(content_type)
-        .insert_header((header::ETAG, etag(&entry)));
-    if let Some(id) = correlation_header(&entry) {
+    response.insert_header((header::ETAG, etag(entry)));
+    if let Some(id) = correlation_header(entry) {
         response.insert_header((CORRELATION_ID, id));
     }
-    response.body(entry.value)
+    response
+}
+
+/// The seed routes answer as the .NET service's `Results.Ok(value)` did: the text as a JSON
+/// string, `application/json`, so its clients' `ReadFromJsonAsync<string>()` keeps working.
+fn original_response(entry: &StoredEntry, text: &str) -> HttpResponse {
+    entry_headers(entry).json(text)
 }
 
 /// Whether `If-None-Match` names the entry's current version.
@@ -270,7 +280,9 @@ pub async fn retrieve(
     let key = key_field(&body)?;
     state.prepare_read(&request).await?;
     let entry = state.lookup(key.as_bytes())?;
-    Ok(value_response(entry, ContentType::plaintext()))
+    // .NET read the value as UTF-8 text; bytes that are not are replaced, as it did.
+    let text = String::from_utf8_lossy(&entry.value);
+    Ok(original_response(&entry, &text))
 }
 
 /// `POST /retrieve/b64` `{"key": base64}`, the original's binary read route: the value,
@@ -292,9 +304,8 @@ pub async fn retrieve_b64(
         ));
     }
     state.prepare_read(&request).await?;
-    let mut entry = state.lookup(&key)?;
-    entry.value = BASE64.encode(&entry.value).into_bytes();
-    Ok(value_response(entry, ContentType::plaintext()))
+    let entry = state.lookup(&key)?;
+    Ok(original_response(&entry, &BASE64.encode(&entry.value)))
 }
 
 /// Bytes in JSON: `text` when they are UTF-8, otherwise `b64` (standard base64).

@@ -10,7 +10,7 @@ use kv_core::web::routing::{openapi_document, Endpoint};
 
 use crate::batch;
 use crate::input::{check_key, Encoding, RawWrite, WriteInput};
-use crate::state::WriterState;
+use crate::state::{Answer, WriterState};
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
 
@@ -58,7 +58,7 @@ pub async fn put_value(
         value: Some((&value[..]).into()),
         headers: Vec::new(),
     };
-    state.write_one(&request, &write).await
+    state.write_one(&request, &write, Answer::Position).await
 }
 
 /// `DELETE /v1/kv/{key}`: writes a tombstone.
@@ -74,7 +74,7 @@ pub async fn delete_value(
         value: None,
         headers: Vec::new(),
     };
-    state.write_one(&request, &write).await
+    state.write_one(&request, &write, Answer::Position).await
 }
 
 /// `POST /store` `{"key","value","headers"?}`, the original service's write route.
@@ -87,7 +87,9 @@ pub async fn store(
     let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
     let write = RawWrite::parse(&bytes)?.put(Encoding::Utf8)?;
     state.check(&write, "")?;
-    state.write_one(&request, &write).await
+    state
+        .write_one(&request, &write, Answer::Original("Stored"))
+        .await
 }
 
 /// `POST /store/b64`: as `/store`, with key, value and header values in base64.
@@ -100,7 +102,9 @@ pub async fn store_base64(
     let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
     let write = RawWrite::parse(&bytes)?.put(Encoding::Base64)?;
     state.check(&write, "")?;
-    state.write_one(&request, &write).await
+    state
+        .write_one(&request, &write, Answer::Original("Stored"))
+        .await
 }
 
 /// `POST /remove` `{"key"}`: writes a tombstone.
@@ -113,7 +117,9 @@ pub async fn remove(
     let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
     let write = RawWrite::parse(&bytes)?.delete(Encoding::Utf8)?;
     state.check(&write, "")?;
-    state.write_one(&request, &write).await
+    state
+        .write_one(&request, &write, Answer::Original("Removed"))
+        .await
 }
 
 /// `/healthz/live`: the process is not wedged.

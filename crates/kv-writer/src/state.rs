@@ -84,6 +84,7 @@ impl WriterState {
         &self,
         request: &HttpRequest,
         write: &WriteInput<'_>,
+        answer: Answer,
     ) -> Result<HttpResponse, ApiError> {
         let correlation = CorrelationId::of(request);
         let position = self
@@ -95,8 +96,19 @@ impl WriterState {
                 headers: &write.headers,
             })
             .await?;
-        Ok(acknowledged(position))
+        Ok(acknowledged(position, answer))
     }
+}
+
+/// The body of a write's `200`. The position is in the `X-Kafka-*` and `X-Consistency-Token`
+/// headers either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `{"partition","offset","consistency_token"}`: the native routes.
+    Position,
+    /// The JSON string the .NET service's `Results.Ok(...)` wrote (`"Stored"`, `"Removed"`),
+    /// so its clients' `ReadFromJsonAsync<string>()` keeps working: the seed routes.
+    Original(&'static str),
 }
 
 #[derive(Serialize)]
@@ -122,7 +134,7 @@ pub fn token_for(positions: impl IntoIterator<Item = RecordPosition>) -> Option<
     Some(ConsistencyToken::from_positions(known).to_string())
 }
 
-fn acknowledged(position: RecordPosition) -> HttpResponse {
+fn acknowledged(position: RecordPosition, answer: Answer) -> HttpResponse {
     let token = token_for([position]);
     let offset = (position.offset >= 0).then_some(position.offset);
     let mut response = HttpResponse::Ok();
@@ -133,9 +145,12 @@ fn acknowledged(position: RecordPosition) -> HttpResponse {
     if let Some(token) = &token {
         with_token(&mut response, token);
     }
-    response.json(Acknowledged {
-        partition: position.partition,
-        offset,
-        consistency_token: token,
-    })
+    match answer {
+        Answer::Position => response.json(Acknowledged {
+            partition: position.partition,
+            offset,
+            consistency_token: token,
+        }),
+        Answer::Original(text) => response.json(text),
+    }
 }

@@ -4,7 +4,7 @@
 use crate::{writer, READER};
 use std::time::Duration;
 
-use kv_testkit::{eventually, free_port, run_to_exit, Broker, OidcProvider, Service};
+use kv_testkit::{eventually, free_port, run_to_exit, Broker, OidcProvider, Service, DEADLINE};
 use reqwest::StatusCode;
 
 fn env_with_auth(broker: &Broker, topic: &str, idp: &OidcProvider) -> Vec<(&'static str, String)> {
@@ -259,4 +259,89 @@ fn a_service_with_auth_on_and_no_provider_configured_names_the_missing_variable(
             "{binary}: {output}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_seed_routes_answer_a_dotnet_client_exactly_the_originals_bodies() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("seed-bodies", 2).await;
+    let idp = OidcProvider::start("key-seed");
+    let env = env_with_auth(&broker, &topic, &idp);
+    let writer = Service::start(writer(), &env);
+    let reader = Service::start(READER, &env);
+    let token = idp.token("kv-full", "kv:read kv:write kv:delete").await;
+    let http = reqwest::Client::new();
+    // What Results.Ok(...) wrote: a JSON string, application/json.
+    async fn original(response: reqwest::Response, what: &str) -> String {
+        assert_eq!(response.status(), StatusCode::OK, "{what}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{what}"
+        );
+        response.json::<String>().await.expect("a JSON string")
+    }
+
+    let stored = http
+        .post(writer.url("/store"))
+        .bearer_auth(&token)
+        .header("X-Correlation-Id", "dotnet-client-1")
+        .json(&serde_json::json!({"Key": "greeting", "Value": "one", "Headers": {"Source": "billing"}}))
+        .send()
+        .await
+        .expect("store");
+    assert!(stored.headers().contains_key("x-consistency-token"));
+    let consistency = stored.headers()["x-consistency-token"].clone();
+    assert_eq!(original(stored, "/store").await, "Stored");
+    let stored_b64 = http
+        .post(writer.url("/store/b64"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"Key": "Ymlu", "Value": "AAEC"}))
+        .send()
+        .await
+        .expect("store b64");
+    assert_eq!(original(stored_b64, "/store/b64").await, "Stored");
+
+    let retrieved = http
+        .post(reader.url("/retrieve"))
+        .bearer_auth(&token)
+        .header("X-Consistency-Token", consistency)
+        .json(&serde_json::json!({"Key": "greeting"}))
+        .send()
+        .await
+        .expect("retrieve");
+    assert_eq!(retrieved.headers()["x-correlation-id"], "dotnet-client-1");
+    assert_eq!(original(retrieved, "/retrieve").await, "one");
+    let retrieved_b64 = eventually("the binary value", DEADLINE, || async {
+        let response = http
+            .post(reader.url("/retrieve/b64"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"Key": "Ymlu"}))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == StatusCode::OK).then_some(response)
+    })
+    .await;
+    assert_eq!(original(retrieved_b64, "/retrieve/b64").await, "AAEC");
+
+    let removed = http
+        .post(writer.url("/remove"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"Key": "greeting"}))
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(original(removed, "/remove").await, "Removed");
+    eventually("the key removed", DEADLINE, || async {
+        let response = http
+            .post(reader.url("/retrieve"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"Key": "greeting"}))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
 }

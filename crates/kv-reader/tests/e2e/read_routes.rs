@@ -193,7 +193,8 @@ async fn unicode_and_binary_keys_round_trip_through_every_read_route() {
         .send()
         .await
         .expect("retrieve");
-    assert_eq!(text.text().await.expect("body"), "wörld");
+    assert_eq!(text.headers()["content-type"], "application/json");
+    assert_eq!(text.json::<String>().await.expect("a JSON string"), "wörld");
     let b64 = http
         .post(reader.url("/retrieve/b64"))
         .json(&json!({"key": STANDARD.encode(&binary)}))
@@ -203,7 +204,7 @@ async fn unicode_and_binary_keys_round_trip_through_every_read_route() {
     assert_eq!(b64.status(), 200);
     assert_eq!(
         STANDARD
-            .decode(b64.text().await.expect("body"))
+            .decode(b64.json::<String>().await.expect("a JSON string"))
             .expect("base64"),
         [0xde, 0xad, 0xbe, 0xef]
     );

@@ -71,7 +71,7 @@ async fn the_original_store_and_retrieve_routes_round_trip_a_string() {
             if response.status() != 200 {
                 return None;
             }
-            response.text().await.ok()
+            response.json::<String>().await.ok()
         }
     })
     .await;

@@ -14,6 +14,21 @@ async fn json_of(response: reqwest::Response) -> Value {
     response.json().await.expect("a JSON body")
 }
 
+/// Where a seed route's write landed, from the headers: its body is the original's JSON string.
+async fn seed_position(response: reqwest::Response, body: &str) -> (i64, i64) {
+    let header = |name: &str| {
+        response.headers()[name]
+            .to_str()
+            .expect("ascii")
+            .parse::<i64>()
+            .expect("a number")
+    };
+    let at = (header("x-kafka-partition"), header("x-kafka-offset"));
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(json_of(response).await, Value::from(body));
+    at
+}
+
 fn position(ack: &Value) -> (i64, i64) {
     (
         ack["partition"].as_i64().expect("partition"),
@@ -100,7 +115,7 @@ async fn store_accepts_the_originals_capitalised_fields_and_carries_headers_and_
         .expect("ascii")
         .to_owned();
     assert!(!correlation.is_empty(), "a correlation id is generated");
-    let (partition, offset) = position(&json_of(response).await);
+    let (partition, offset) = seed_position(response, "Stored").await;
     let all = records(broker.bootstrap_servers(), &topic).await;
     let record = record_at(&all, partition, offset);
     assert_eq!(record.key, b"greeting");
@@ -130,7 +145,7 @@ async fn store_b64_decodes_binary_keys_values_and_header_values() {
         .expect("store");
 
     assert_eq!(response.status(), 200);
-    let (partition, offset) = position(&json_of(response).await);
+    let (partition, offset) = seed_position(response, "Stored").await;
     let all = records(broker.bootstrap_servers(), &topic).await;
     let record = record_at(&all, partition, offset);
     assert_eq!(record.key, [0u8, 1, 2, 255]);
@@ -152,7 +167,7 @@ async fn remove_writes_a_tombstone_for_the_key() {
         .expect("remove");
 
     assert_eq!(response.status(), 200);
-    let (partition, offset) = position(&json_of(response).await);
+    let (partition, offset) = seed_position(response, "Removed").await;
     let all = records(broker.bootstrap_servers(), &topic).await;
     let record = record_at(&all, partition, offset);
     assert_eq!(record.key, b"greeting");
