@@ -362,6 +362,15 @@ struct BatchGetAnswer<'a> {
     results: Vec<BatchGetItem<'a>>,
 }
 
+/// What a value adds to a batchGet answer before JSON escaping: its text, or its base64.
+fn answer_len(value: &[u8]) -> usize {
+    if std::str::from_utf8(value).is_ok() {
+        value.len()
+    } else {
+        value.len().div_ceil(3) * 4
+    }
+}
+
 /// One distinct key's answer, shared by every place the request names it.
 #[derive(Debug)]
 struct FoundValue {
@@ -378,15 +387,6 @@ impl FoundValue {
                 .and_then(|h| h.to_str().ok().map(str::to_owned)),
             value: json_bytes(entry.value),
         }
-    }
-
-    /// What the value adds to the answer, before JSON escaping.
-    fn answer_bytes(&self) -> usize {
-        self.value
-            .text
-            .as_ref()
-            .or(self.value.b64.as_ref())
-            .map_or(0, String::len)
     }
 }
 
@@ -457,28 +457,34 @@ pub async fn batch_get(
     for (key, slot) in &distinct {
         unique[*slot] = key;
     }
-    let found: Vec<Option<FoundValue>> = state
+    let mut named = vec![0usize; unique.len()];
+    for slot in &slots {
+        named[*slot] += 1;
+    }
+    // Each value counted as often as it is named, as it will be written, and the lookups
+    // stopped as soon as the answer would pass the bound: nothing over it is ever held.
+    let limit = state.max_batch_get_bytes;
+    let mut answer_bytes = 0usize;
+    let found = state
         .store
-        .get_many(unique.iter().copied())
-        .map_err(store_error)?
-        .into_iter()
-        .map(|entry| entry.map(FoundValue::of))
-        .collect();
-    let answer_bytes: usize = slots
-        .iter()
-        .filter_map(|slot| found[*slot].as_ref())
-        .map(FoundValue::answer_bytes)
-        .sum();
-    if answer_bytes > state.max_batch_get_bytes {
+        .get_many_while(unique.iter().copied(), |i, entry| {
+            answer_bytes = answer_bytes.saturating_add(answer_len(&entry.value) * named[i]);
+            answer_bytes <= limit
+        })
+        .map_err(store_error)?;
+    let Some(found) = found else {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!(
-                "the answer would hold {answer_bytes} bytes of values, over the limit of {} \
-                 (KV_API_MAX_BATCH_GET_BYTES); ask for fewer keys at a time",
-                state.max_batch_get_bytes
+                "the answer would hold more than {limit} bytes of values (KV_API_MAX_BATCH_GET_BYTES); \
+                 ask for fewer keys at a time"
             ),
         ));
-    }
+    };
+    let found: Vec<Option<FoundValue>> = found
+        .into_iter()
+        .map(|entry| entry.map(FoundValue::of))
+        .collect();
     let missing = serde_json::json!({"code": ErrorCode::KeyNotFound, "message": ApiError::key_not_found().message});
     let results: Vec<BatchGetItem<'_>> = labels
         .iter()

@@ -467,6 +467,25 @@ impl Store {
             .collect()
     }
 
+    /// As [`Store::get_many`], stopping with `None` as soon as `keep` refuses an entry found
+    /// (the `i`-th key's), so a caller bounding the answer never holds more than its bound.
+    pub fn get_many_while<'k>(
+        &self,
+        user_keys: impl IntoIterator<Item = &'k [u8]>,
+        mut keep: impl FnMut(usize, &StoredEntry) -> bool,
+    ) -> Result<Option<Vec<Option<StoredEntry>>>, StoreError> {
+        let entries = self.entries()?;
+        let mut found = Vec::new();
+        for (i, key) in user_keys.into_iter().enumerate() {
+            let entry = self.lookup(&entries, key)?;
+            if entry.as_ref().is_some_and(|entry| !keep(i, entry)) {
+                return Ok(None);
+            }
+            found.push(entry);
+        }
+        Ok(Some(found))
+    }
+
     /// Up to `limit` keys starting with `prefix`, in byte order, strictly after `after` when
     /// given; the flag says whether more keys follow.
     pub fn list_keys(

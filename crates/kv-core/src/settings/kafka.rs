@@ -128,21 +128,31 @@ fn is_service_link(var: &str) -> bool {
     let Some(rest) = var.strip_prefix("KAFKA_") else {
         return false;
     };
-    if rest == "SERVICE_HOST" || rest == "SERVICE_PORT" || rest.starts_with("SERVICE_PORT_") {
+    // For a Service named `kafka` the name part is empty; for `kafka-ui` it is `UI_`.
+    let shapes = ["SERVICE_HOST", "SERVICE_PORT", "PORT"];
+    if shapes
+        .iter()
+        .any(|shape| rest == *shape || rest.ends_with(&format!("_{shape}")))
+    {
         return true;
     }
-    if rest == "PORT" {
+    if rest.starts_with("SERVICE_PORT_") || rest.contains("_SERVICE_PORT_") {
         return true;
     }
-    let Some(port) = rest.strip_prefix("PORT_") else {
-        return false;
-    };
-    let mut parts = port.splitn(3, '_');
-    let number = parts.next().unwrap_or_default();
-    let protocol = parts.next().unwrap_or_default();
-    !number.is_empty()
-        && number.bytes().all(|b| b.is_ascii_digit())
-        && matches!(protocol, "TCP" | "UDP" | "SCTP")
+    // `…PORT_9092_TCP`, `…PORT_9092_TCP_PROTO`, `_PORT`, `_ADDR`.
+    let mut words = rest.split('_').peekable();
+    while let Some(word) = words.next() {
+        if word == "PORT" {
+            let number = words.peek().copied().unwrap_or_default();
+            if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
+                words.next();
+                if matches!(words.next(), Some("TCP" | "UDP" | "SCTP")) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 fn property_name(var: &str) -> String {

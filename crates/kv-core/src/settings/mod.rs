@@ -523,6 +523,11 @@ mod tests {
             ("KAFKA_PORT_9092_TCP_PROTO", "tcp"),
             ("KAFKA_PORT_9092_TCP_PORT", "9092"),
             ("KAFKA_PORT_9092_TCP_ADDR", "10.0.0.7"),
+            // Services named kafka-ui and kafka-schema-registry in the same namespace.
+            ("KAFKA_UI_SERVICE_HOST", "10.0.0.8"),
+            ("KAFKA_UI_PORT", "tcp://10.0.0.8:8080"),
+            ("KAFKA_SCHEMA_REGISTRY_SERVICE_PORT_HTTP", "8081"),
+            ("KAFKA_SCHEMA_REGISTRY_PORT_8081_TCP_ADDR", "10.0.0.9"),
             ("KAFKA_SOCKET_KEEPALIVE_ENABLE", "true"),
         ])
         .expect("settings");

@@ -208,8 +208,10 @@ impl KeySource {
             if unknown_kid {
                 state.last_unknown_kid = Some(Instant::now());
             }
-            drop(state);
+            // Under the lock: a request that starts the next fetch must not take this
+            // fetch's end for its own.
             source.finished.send_modify(|n| *n += 1);
+            drop(state);
         });
         Some(receiver)
     }
