@@ -143,7 +143,7 @@ impl App {
                         }
                     });
                 }
-                framing
+                framing.looking_up(url, &settings.core.topic)
             }
         };
         let topic_config = check_topic_config(

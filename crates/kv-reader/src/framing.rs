@@ -6,9 +6,9 @@
 //! [`kv_core::record::WRITER_HEADER`]) is never stripped, whatever its first byte, and neither is
 //! a key on an encrypted topic, which is a keyed MAC.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// Magic byte plus schema id.
 pub const CONFLUENT_HEADER_LEN: usize = 5;
@@ -30,11 +30,20 @@ impl SchemaIds {
             .contains(&id)
     }
 
-    fn replace(&self, ids: BTreeSet<u32>) {
-        *self
-            .0
+    fn insert(&self, id: u32) {
+        self.0
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id);
+    }
+
+    /// Adds what the registry lists now; an id is never forgotten, since records framed with
+    /// a version soft-deleted since are still on the topic.
+    fn replace(&self, ids: BTreeSet<u32>) {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(ids);
     }
 
     pub fn len(&self) -> usize {
@@ -55,6 +64,91 @@ impl SchemaIds {
 pub struct SchemaFraming {
     pub key: Option<SchemaIds>,
     pub value: Option<SchemaIds>,
+    /// Asks the registry about a schema id the sets do not hold yet: set only on the consumer
+    /// thread's copy ([`SchemaFraming::looking_up`]), whose blocking client must live there.
+    lookup: Option<Arc<IdLookup>>,
+}
+
+/// Looks an unknown schema id up at the registry (`GET /schemas/ids/{id}/versions`) before a
+/// record with it is stored, so a schema a producer registered a moment ago is stripped like
+/// any other; an id the registry does not have for the subject is kept whole. Each id is asked
+/// at most once a minute.
+#[derive(Debug)]
+struct IdLookup {
+    url: String,
+    topic: String,
+    client: OnceLock<Option<reqwest::blocking::Client>>,
+    unknown: Mutex<HashMap<u32, Instant>>,
+}
+
+/// How long an id the registry did not know is not asked about again.
+const UNKNOWN_ID_RETRY: Duration = Duration::from_secs(60);
+/// Most unknown ids remembered; past it the oldest answers are forgotten.
+const MAX_UNKNOWN_IDS: usize = 10_000;
+
+#[derive(serde::Deserialize)]
+struct SubjectVersion {
+    subject: String,
+}
+
+impl IdLookup {
+    /// Whether the registry holds schema `id` under `<topic>-<part>`; a failure counts as no.
+    fn holds(&self, part: &str, id: u32) -> bool {
+        {
+            let unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+            if unknown
+                .get(&id)
+                .is_some_and(|at| at.elapsed() < UNKNOWN_ID_RETRY)
+            {
+                return false;
+            }
+        }
+        let subject = format!("{}-{part}", self.topic);
+        let held = self
+            .ask(id)
+            .map(|versions| versions.iter().any(|v| v.subject == subject));
+        let held = match held {
+            Ok(held) => held,
+            Err(reason) => {
+                tracing::warn!(id, %reason, "cannot ask the schema registry about a schema id; the record is kept whole");
+                false
+            }
+        };
+        if !held {
+            let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+            if unknown.len() >= MAX_UNKNOWN_IDS {
+                unknown.clear();
+            }
+            unknown.insert(id, Instant::now());
+        }
+        held
+    }
+
+    fn ask(&self, id: u32) -> Result<Vec<SubjectVersion>, String> {
+        let client = self
+            .client
+            .get_or_init(|| {
+                reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .ok()
+            })
+            .as_ref()
+            .ok_or("cannot build an HTTP client")?;
+        let response = client
+            .get(format!("{}/schemas/ids/{id}/versions", self.url))
+            .header(
+                "Accept",
+                "application/vnd.schemaregistry.v1+json, application/json",
+            )
+            .send()
+            .map_err(|e| e.to_string())?;
+        match response.status().as_u16() {
+            404 => Ok(Vec::new()),
+            200 => response.json().map_err(|e| e.to_string()),
+            status => Err(format!("it answered {status}")),
+        }
+    }
 }
 
 /// A payload starts with the magic byte but is too short to hold a whole header.
@@ -69,9 +163,29 @@ impl SchemaFraming {
     /// Under topic encryption record keys are MACs: about one in 256 starts with the magic byte,
     /// and none was written by a registry serializer.
     pub fn without_keys(self) -> SchemaFraming {
+        SchemaFraming { key: None, ..self }
+    }
+
+    /// This framing, asking `registry_url` about schema ids it does not hold yet. Only for the
+    /// consumer thread: the lookup blocks, and its client may not be dropped on a runtime.
+    pub fn looking_up(self, registry_url: &str, topic: &str) -> SchemaFraming {
         SchemaFraming {
-            key: None,
-            value: self.value,
+            lookup: Some(Arc::new(IdLookup {
+                url: registry_url.trim_end_matches('/').to_owned(),
+                topic: topic.to_owned(),
+                client: OnceLock::new(),
+                unknown: Mutex::default(),
+            })),
+            ..self
+        }
+    }
+
+    /// A framing that strips the parts given, with their schema ids, asking nobody.
+    pub fn of_parts(key: Option<SchemaIds>, value: Option<SchemaIds>) -> SchemaFraming {
+        SchemaFraming {
+            key,
+            value,
+            lookup: None,
         }
     }
 
@@ -79,12 +193,39 @@ impl SchemaFraming {
         self.key.is_some() || self.value.is_some()
     }
 
+    fn unframe<'a>(
+        &self,
+        bytes: &'a [u8],
+        ids: &SchemaIds,
+        part: &str,
+    ) -> Result<&'a [u8], BadSchemaHeader> {
+        match bytes {
+            [CONFLUENT_MAGIC, a, b, c, d, rest @ ..] => {
+                let id = u32::from_be_bytes([*a, *b, *c, *d]);
+                let known = ids.knows(id)
+                    || self.lookup.as_ref().is_some_and(|lookup| {
+                        let held = lookup.holds(part, id);
+                        if held {
+                            ids.insert(id);
+                        }
+                        held
+                    });
+                // A zero byte and four more are as likely plain data as a header with an id
+                // the registry never issued: served as is.
+                Ok(if known { rest } else { bytes })
+            }
+            [CONFLUENT_MAGIC, ..] => Err(BadSchemaHeader),
+            // Not written by a registry serializer: served as is.
+            _ => Ok(bytes),
+        }
+    }
+
     pub fn strip_key<'a>(
         &self,
         key: Option<&'a [u8]>,
     ) -> Result<Option<&'a [u8]>, BadSchemaHeader> {
         match (key, &self.key) {
-            (Some(key), Some(ids)) => unframe(key, ids).map(Some),
+            (Some(key), Some(ids)) => self.unframe(key, ids, "key").map(Some),
             (other, _) => Ok(other),
         }
     }
@@ -94,26 +235,9 @@ impl SchemaFraming {
         value: Option<&'a [u8]>,
     ) -> Result<Option<&'a [u8]>, BadSchemaHeader> {
         match (value, &self.value) {
-            (Some(value), Some(ids)) => unframe(value, ids).map(Some),
+            (Some(value), Some(ids)) => self.unframe(value, ids, "value").map(Some),
             (other, _) => Ok(other),
         }
-    }
-}
-
-fn unframe<'a>(bytes: &'a [u8], ids: &SchemaIds) -> Result<&'a [u8], BadSchemaHeader> {
-    match bytes {
-        [CONFLUENT_MAGIC, a, b, c, d, rest @ ..] => {
-            if ids.knows(u32::from_be_bytes([*a, *b, *c, *d])) {
-                Ok(rest)
-            } else {
-                // A zero byte and four more are as likely plain data as a header with an id the
-                // registry never issued: served as is.
-                Ok(bytes)
-            }
-        }
-        [CONFLUENT_MAGIC, ..] => Err(BadSchemaHeader),
-        // Not written by a registry serializer: served as is.
-        _ => Ok(bytes),
     }
 }
 
@@ -265,6 +389,7 @@ mod tests {
         SchemaFraming {
             key: Some(SchemaIds::of(ids.iter().copied())),
             value: Some(SchemaIds::of(ids.iter().copied())),
+            ..SchemaFraming::default()
         }
     }
 

@@ -1036,10 +1036,7 @@ mod tests {
         assert_eq!(
             source_format(
                 &RecordCodec::Plaintext,
-                &SchemaFraming {
-                    key: None,
-                    value: Some(SchemaIds::default()),
-                }
+                &SchemaFraming::of_parts(None, Some(SchemaIds::default()))
             ),
             "encryption=off schema_framing=value"
         );
@@ -1065,10 +1062,7 @@ mod tests {
         assert!(reason.contains("now reads plaintext"), "{reason}");
         let framed = source_format(
             &RecordCodec::Plaintext,
-            &SchemaFraming {
-                key: Some(SchemaIds::default()),
-                value: Some(SchemaIds::default()),
-            },
+            &SchemaFraming::of_parts(Some(SchemaIds::default()), Some(SchemaIds::default())),
         );
         let reason = format_change(Some(&plain), &framed).expect("framing");
         assert!(reason.contains("schema-registry framing"), "{reason}");

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -110,8 +111,19 @@ pub async fn dump(http: &reqwest::Client, reader: &Service) -> BTreeMap<Vec<u8>,
 }
 
 /// A schema registry that knows only `subjects`, each with its schema ids (one version each),
-/// answering `/subjects`, `/subjects/{s}/versions` and `/subjects/{s}/versions/{v}`.
+/// answering `/subjects`, `/subjects/{s}/versions`, `/subjects/{s}/versions/{v}` and
+/// `/schemas/ids/{id}/versions`.
 pub fn registry_stub(subjects: Vec<(String, Vec<u32>)>) -> String {
+    registry_stub_shared(subjects).0
+}
+
+/// What a [`registry_stub_shared`] knows: each subject with its schema ids, version by version.
+pub type RegistrySubjects = Arc<Mutex<Vec<(String, Vec<u32>)>>>;
+
+/// [`registry_stub`] with a handle on what it knows, to register a schema while it runs.
+pub fn registry_stub_shared(subjects: Vec<(String, Vec<u32>)>) -> (String, RegistrySubjects) {
+    let subjects = Arc::new(Mutex::new(subjects));
+    let known = subjects.clone();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     std::thread::spawn(move || {
@@ -126,7 +138,7 @@ pub fn registry_stub(subjects: Vec<(String, Vec<u32>)>) -> String {
                 line.clear();
             }
             let path = request_line.split(' ').nth(1).unwrap_or_default();
-            let body = registry_answer(&subjects, path);
+            let body = registry_answer(&known.lock().expect("registry"), path);
             let (status, body) = match body {
                 Some(body) => ("200 OK", body),
                 None => ("404 Not Found", r#"{"error_code":40401}"#.to_owned()),
@@ -139,13 +151,27 @@ pub fn registry_stub(subjects: Vec<(String, Vec<u32>)>) -> String {
             );
         }
     });
-    url
+    (url, subjects)
 }
 
 fn registry_answer(subjects: &[(String, Vec<u32>)], path: &str) -> Option<String> {
     let path = percent_encoding::percent_decode_str(path)
         .decode_utf8_lossy()
         .into_owned();
+    if let Some(id) = path
+        .strip_prefix("/schemas/ids/")
+        .and_then(|rest| rest.strip_suffix("/versions"))
+    {
+        let id: u32 = id.parse().ok()?;
+        let held: Vec<serde_json::Value> = subjects
+            .iter()
+            .filter_map(|(name, ids)| {
+                let at = ids.iter().position(|known| *known == id)?;
+                Some(serde_json::json!({"subject": name, "version": at + 1}))
+            })
+            .collect();
+        return (!held.is_empty()).then(|| serde_json::Value::from(held).to_string());
+    }
     if path == "/subjects" {
         let names: Vec<&String> = subjects.iter().map(|(name, _)| name).collect();
         return serde_json::to_string(&names).ok();

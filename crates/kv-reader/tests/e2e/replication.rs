@@ -562,3 +562,46 @@ async fn a_disk_replica_away_for_longer_than_delete_retention_rebuilds_and_says_
     assert_eq!(report["rebuilds"], 1, "{report}");
     assert_eq!(dump(&http, &second).await[b"k".as_slice()], b"v");
 }
+
+#[tokio::test]
+async fn a_schema_registered_while_the_reader_runs_is_stripped_at_once() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("registry-new", 1).await;
+    let (registry, subjects) =
+        kv_testkit::reader::registry_stub_shared(vec![(format!("{topic}-value"), vec![42])]);
+    let mut env = reader_env(&broker, &topic, "g");
+    env.push(("KAFKA_SCHEMA_REGISTRY_URL", registry));
+    let reader = Service::start(READER, &env);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &reader).await;
+
+    // A producer registers version 2 (id 43) and writes with it at once, long before the
+    // reader's next refresh; id 99 was never registered.
+    subjects.lock().expect("registry")[0].1.push(43);
+    let producer = broker.producer();
+    produce_all(
+        &producer,
+        &topic,
+        &[
+            (
+                b"new-schema".to_vec(),
+                Some(b"\x00\x00\x00\x00\x2b{\"d\":4}".to_vec()),
+            ),
+            (
+                b"never-registered".to_vec(),
+                Some(b"\x00\x00\x00\x00\x63{\"e\":5}".to_vec()),
+            ),
+        ],
+    )
+    .await;
+    let state = eventually("both records applied", DEADLINE, || async {
+        let state = dump(&http, &reader).await;
+        (state.len() == 2).then_some(state)
+    })
+    .await;
+    assert_eq!(state[b"new-schema".as_slice()], b"{\"d\":4}");
+    assert_eq!(
+        state[b"never-registered".as_slice()],
+        b"\x00\x00\x00\x00\x63{\"e\":5}"
+    );
+}
