@@ -19,7 +19,7 @@ use kv_core::web::routing::{register, route_not_found};
 
 use crate::framing::{Registry, RegistryError, SchemaFraming, SchemaIds};
 use crate::metrics::ReplicaCollector;
-use crate::replica::{Replica, ReplicaError};
+use crate::replica::{DeleteRetention, Replica, ReplicaError};
 use crate::routes::{self, ReaderState};
 use crate::settings::{Settings, Storage};
 use crate::store::{Store, StoreError};
@@ -146,14 +146,23 @@ impl App {
                 framing.looking_up(url, &settings.core.topic)
             }
         };
-        let topic_config = check_topic_config(
-            &settings.core.kafka,
-            &settings.core.topic,
-            settings.core.require_compacted_topic,
-            REGISTRY_TIMEOUT,
-        )
-        .await?;
-        let delete_retention = compacted_delete_retention(topic_config.as_ref());
+        let delete_retention = DeleteRetention::default();
+        let (kafka, topic) = (settings.core.kafka.clone(), settings.core.topic.clone());
+        if settings.core.require_compacted_topic {
+            let config = check_topic_config(&kafka, &topic, true, REGISTRY_TIMEOUT).await?;
+            delete_retention.set(compacted_delete_retention(config.as_ref()));
+        } else {
+            // Read beside the start-up, not before it: only a replica resuming from its stored
+            // offsets waits for the answer (a broker may not answer DescribeConfigs at all).
+            let retention = delete_retention.clone();
+            tokio::spawn(async move {
+                let config = check_topic_config(&kafka, &topic, false, REGISTRY_TIMEOUT)
+                    .await
+                    .ok()
+                    .flatten();
+                retention.set(compacted_delete_retention(config.as_ref()));
+            });
+        }
         let replica = Replica::start(&settings, store.clone(), codec, framing, delete_retention)?;
         let state = web::Data::new(ReaderState {
             store,

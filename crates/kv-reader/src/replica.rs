@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -132,14 +132,14 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// `delete_retention` is the topic's `delete.retention.ms` when the topic is compacted and
-    /// the broker reported it: a store that heard nothing from the broker for longer is rebuilt.
+    /// `delete_retention` gets the topic's `delete.retention.ms` when the topic is compacted and
+    /// the broker reports it: a store that heard nothing from the broker for longer is rebuilt.
     pub fn start(
         settings: &Settings,
         store: Arc<Store>,
         codec: RecordCodec,
         framing: SchemaFraming,
-        delete_retention: Option<Duration>,
+        delete_retention: DeleteRetention,
     ) -> Result<Self, ReplicaError> {
         let interval = settings.commit_interval.as_millis().to_string();
         let commit = if settings.commit_progress {
@@ -236,7 +236,33 @@ struct Worker {
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
     discovery_interval: Duration,
-    delete_retention: Option<Duration>,
+    delete_retention: DeleteRetention,
+}
+
+/// The topic's `delete.retention.ms` (when compacted), read at start-up beside the replica:
+/// `None` inside until the answer came, `Some(None)` when there is nothing to check against.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteRetention(Arc<(Mutex<Option<Option<Duration>>>, Condvar)>);
+
+/// How long a resuming replica waits for the topic's configuration.
+const RETENTION_WAIT: Duration = Duration::from_secs(10);
+
+impl DeleteRetention {
+    pub fn set(&self, retention: Option<Duration>) {
+        let (value, ready) = &*self.0;
+        *value.lock().unwrap_or_else(PoisonError::into_inner) = Some(retention);
+        ready.notify_all();
+    }
+
+    /// The retention, waiting up to `timeout` for the answer; `None` when there is none.
+    fn wait(&self, timeout: Duration) -> Option<Duration> {
+        let (value, ready) = &*self.0;
+        let guard = value.lock().unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = ready
+            .wait_timeout_while(guard, timeout, |answer| answer.is_none())
+            .unwrap_or_else(PoisonError::into_inner);
+        guard.flatten()
+    }
 }
 
 /// How often the time of the last broker contact is written to the store.
@@ -618,7 +644,14 @@ impl Worker {
                     .or_else(|| rebuild_reason(&self.topic, &stored_topic, &stored, &watermarks))
                     .or_else(|| {
                         let last = self.store.last_broker_contact_ms().ok().flatten();
-                        offline_too_long(last, now_ms(), self.delete_retention)
+                        // Only a resuming replica has a contact to compare, and waits for it.
+                        last.and_then(|_| {
+                            offline_too_long(
+                                last,
+                                now_ms(),
+                                self.delete_retention.wait(RETENTION_WAIT),
+                            )
+                        })
                     })
             }
         };

@@ -542,13 +542,16 @@ async fn a_disk_replica_away_for_longer_than_delete_retention_rebuilds_and_says_
     let http = reqwest::Client::new();
     let mut first = Service::start(READER, &env);
     wait_ready(&http, &first).await;
-    let described = first.output();
+    // Read beside the start-up; the reader logs it once the broker answered.
+    eventually("the topic's configuration read", DEADLINE, || async {
+        first
+            .output()
+            .contains("delete_retention_ms=\"2000\"")
+            .then_some(())
+    })
+    .await;
     first.terminate();
     first.wait_for_exit(DEADLINE).await;
-    assert!(
-        described.contains("delete_retention_ms=\"2000\""),
-        "the reader reads the topic's configuration: {described}"
-    );
 
     // Away for longer than the topic keeps tombstones.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
