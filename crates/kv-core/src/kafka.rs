@@ -281,6 +281,26 @@ pub async fn check_topic_config(
     Ok(Some(config))
 }
 
+/// How long start-up waits for a topic's configuration.
+pub const TOPIC_CONFIG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the topic's `cleanup.policy` includes `compact` (Kafka's default is `delete`).
+pub fn is_compacted(config: &BTreeMap<String, String>) -> bool {
+    config
+        .get("cleanup.policy")
+        .is_some_and(|policy| policy.split(',').any(|p| p.trim() == "compact"))
+}
+
+/// How long a compacted topic keeps tombstones (`delete.retention.ms`); `None` for a topic that
+/// is not compacted or does not say.
+pub fn compacted_delete_retention(config: &BTreeMap<String, String>) -> Option<Duration> {
+    config
+        .get("delete.retention.ms")
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .filter(|_| is_compacted(config))
+}
+
 /// What is unsafe in a topic's configuration for a key-value store, one sentence each: a
 /// `delete` policy or a finite `retention.ms`/`retention.bytes` drops live keys once they are old
 /// or the log is large, silently and for good.

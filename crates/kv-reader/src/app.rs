@@ -1,13 +1,14 @@
 //! The composition root: `main` and the tests build the reader the same way.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
-use kv_core::kafka::{check_topic_config, UnsafeTopic};
+use kv_core::kafka::{
+    check_topic_config, compacted_delete_retention, UnsafeTopic, TOPIC_CONFIG_TIMEOUT,
+};
 use kv_core::record::RecordCodec;
 use kv_core::web::auth::{AuthGate, DiscoveryError};
 use kv_core::web::http::{
@@ -50,20 +51,6 @@ pub enum StartupError {
     UnsafeTopic(#[from] UnsafeTopic),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-}
-
-/// How long the topic keeps tombstones, when it is compacted and the broker says so; `None`
-/// skips the check for a replica away longer than that.
-fn compacted_delete_retention(config: Option<&BTreeMap<String, String>>) -> Option<Duration> {
-    let config = config?;
-    let compacted = config
-        .get("cleanup.policy")
-        .is_some_and(|policy| policy.split(',').any(|p| p.trim() == "compact"));
-    let retention = config
-        .get("delete.retention.ms")
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map(Duration::from_millis);
-    retention.filter(|_| compacted)
 }
 
 pub struct App {
@@ -149,18 +136,18 @@ impl App {
         let delete_retention = DeleteRetention::default();
         let (kafka, topic) = (settings.core.kafka.clone(), settings.core.topic.clone());
         if settings.core.require_compacted_topic {
-            let config = check_topic_config(&kafka, &topic, true, REGISTRY_TIMEOUT).await?;
-            delete_retention.set(compacted_delete_retention(config.as_ref()));
+            let config = check_topic_config(&kafka, &topic, true, TOPIC_CONFIG_TIMEOUT).await?;
+            delete_retention.set(config.as_ref().and_then(compacted_delete_retention));
         } else {
             // Read beside the start-up, not before it: only a replica resuming from its stored
             // offsets waits for the answer (a broker may not answer DescribeConfigs at all).
             let retention = delete_retention.clone();
             tokio::spawn(async move {
-                let config = check_topic_config(&kafka, &topic, false, REGISTRY_TIMEOUT)
+                let config = check_topic_config(&kafka, &topic, false, TOPIC_CONFIG_TIMEOUT)
                     .await
                     .ok()
                     .flatten();
-                retention.set(compacted_delete_retention(config.as_ref()));
+                retention.set(config.as_ref().and_then(compacted_delete_retention));
             });
         }
         let replica = Replica::start(&settings, store.clone(), codec, framing, delete_retention)?;

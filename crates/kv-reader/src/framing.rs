@@ -39,7 +39,7 @@ impl SchemaIds {
 
     /// Adds what the registry lists now; an id is never forgotten, since records framed with
     /// a version soft-deleted since are still on the topic.
-    fn replace(&self, ids: BTreeSet<u32>) {
+    fn extend(&self, ids: BTreeSet<u32>) {
         self.0
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -326,7 +326,7 @@ impl Registry {
             let Some(ids) = ids else { continue };
             let subject = format!("{}-{part}", self.topic);
             match self.schema_ids(&subject).await {
-                Ok(fresh) => ids.replace(fresh),
+                Ok(fresh) => ids.extend(fresh),
                 Err(error) => tracing::warn!(%error, "cannot refresh the schema ids of {subject}"),
             }
         }

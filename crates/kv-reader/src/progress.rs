@@ -348,6 +348,7 @@ impl Progress {
             .clone()
     }
 
+    #[cfg(test)]
     /// Whether every offset the token names is already in the store.
     pub fn has_applied(&self, token: &ConsistencyToken) -> bool {
         let partitions = self.lock_partitions();

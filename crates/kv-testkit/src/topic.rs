@@ -99,6 +99,11 @@ pub async fn produce_one(
     if let Some(value) = value {
         record = record.payload(value);
     }
+    delivered(producer, record).await
+}
+
+/// Sends `record` and waits for its acknowledgement: where it landed.
+async fn delivered(producer: &FutureProducer, record: FutureRecord<'_, [u8], [u8]>) -> (i32, i64) {
     let delivery = producer
         .send(record, Duration::from_secs(10))
         .await
@@ -139,12 +144,7 @@ pub async fn produce_with_correlation_id(
                 key: CORRELATION_ID,
                 value: Some(correlation_id),
             }));
-    let delivery = producer
-        .send(record, Duration::from_secs(10))
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce");
-    (delivery.partition, delivery.offset)
+    delivered(producer, record).await
 }
 
 /// The state `records` leave behind when applied in order.

@@ -3,7 +3,7 @@
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
-use kv_core::kafka::{check_topic_config, UnsafeTopic};
+use kv_core::kafka::{check_topic_config, UnsafeTopic, TOPIC_CONFIG_TIMEOUT};
 use kv_core::record::RecordCodec;
 use kv_core::web::auth::{AuthGate, DiscoveryError};
 use kv_core::web::http::{
@@ -32,9 +32,6 @@ pub enum StartupError {
     #[error(transparent)]
     UnsafeTopic(#[from] UnsafeTopic),
 }
-
-/// How long start-up waits for the topic's configuration.
-const TOPIC_CONFIG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct App {
     server: Server,
