@@ -18,11 +18,13 @@ use kv_core::web::http::{
 use kv_core::web::metrics::{metrics_middleware, Metrics};
 use kv_core::web::routing::{register, route_not_found};
 
+use crate::cluster::Cluster;
 use crate::framing::{Registry, RegistryError, SchemaFraming, SchemaIds};
 use crate::metrics::ReplicaCollector;
 use crate::replica::{DeleteRetention, Replica, ReplicaError};
-use crate::routes::{self, ReaderState};
+use crate::routes::{self, PeerClient, ReaderState};
 use crate::settings::{Settings, Storage};
+use crate::shard::Topology;
 use crate::store::{Store, StoreError};
 
 /// JSON request bodies of the read routes hold a key or a list of keys.
@@ -51,6 +53,17 @@ pub enum StartupError {
     UnsafeTopic(#[from] UnsafeTopic),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot build the HTTP client that forwards reads to peer shards: {0}")]
+    PeerClient(#[from] reqwest::Error),
+}
+
+/// The client a worker forwards reads to peer shards with.
+fn peer_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .build()
 }
 
 pub struct App {
@@ -150,19 +163,45 @@ impl App {
                 retention.set(config.as_ref().and_then(compacted_delete_retention));
             });
         }
-        let replica = Replica::start(&settings, store.clone(), codec, framing, delete_retention)?;
+        let topology = Arc::new(Topology::default());
+        let cluster = match &settings.shard {
+            None => None,
+            Some(sharding) => {
+                let cluster = Arc::new(Cluster::new(sharding, topology.clone(), codec.clone())?);
+                cluster.register_metrics(metrics.registry())?;
+                cluster.spawn_health_polls()?;
+                tracing::info!(
+                    shard = %sharding.spec,
+                    replicas = sharding.spec.replicas,
+                    "sharded: this reader holds its shard's partitions and forwards other reads"
+                );
+                Some(cluster)
+            }
+        };
+        let replica = Replica::start(
+            &settings,
+            store.clone(),
+            codec,
+            framing,
+            delete_retention,
+            topology,
+        )?;
         let state = web::Data::new(ReaderState {
             store,
             progress: replica.progress(),
             read_your_writes_timeout: settings.read_your_writes_timeout,
             max_batch_get_bytes: settings.max_batch_get_bytes,
             sealed_listings: Arc::new(tokio::sync::Semaphore::new(routes::MAX_SEALED_LISTINGS)),
+            cluster,
         });
+        // Built once to fail start-up on a bad TLS setup; each worker gets its own below.
+        peer_client()?;
         metrics.registry().register(Box::new(ReplicaCollector::new(
             state.store.clone(),
             state.progress.clone(),
         )?))?;
         let server = HttpServer::new(move || {
+            let client = PeerClient(peer_client().unwrap_or_default());
             actix_web::App::new()
                 .wrap(from_fn(routes::freshness_middleware))
                 .wrap(from_fn(metrics_middleware))
@@ -171,6 +210,7 @@ impl App {
                 .app_data(state.clone())
                 .app_data(auth.clone())
                 .app_data(metrics.clone())
+                .app_data(web::Data::new(client))
                 .app_data(JsonLimit(JSON_LIMIT))
                 .app_data(path_config())
                 .app_data(query_config())

@@ -1,13 +1,17 @@
-//! kv-reader: a full replica of the topic in redb, served over HTTP.
+//! kv-reader: a replica of the topic (all of it, or a shard's partitions) in redb, served over
+//! HTTP.
 
 pub mod app;
 pub mod at_rest;
+pub mod cluster;
+pub mod fanout;
 pub mod framing;
 pub mod metrics;
 pub mod progress;
 pub mod replica;
 pub mod routes;
 pub mod settings;
+pub mod shard;
 pub mod store;
 
 pub use app::App;

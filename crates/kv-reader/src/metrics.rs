@@ -31,6 +31,8 @@ pub struct ReplicaCollector {
     ready: IntGauge,
     misconfigured: IntGaugeVec,
     read_your_writes_waiters: IntGauge,
+    owned_partitions: IntGauge,
+    misrouted: IntCounter,
     /// Counters are brought up to the replica's totals by adding the difference; two scrapes at
     /// once must not both add it.
     refresh: Mutex<()>,
@@ -103,6 +105,15 @@ impl ReplicaCollector {
                 "kv_reader_read_your_writes_waiters",
                 "Reads waiting for their consistency token",
             )?,
+            owned_partitions: IntGauge::new(
+                "kv_reader_owned_partitions",
+                "Partitions of the topic this replica holds: all of them, or its shard's",
+            )?,
+            misrouted: IntCounter::new(
+                "kv_reader_misrouted_records_total",
+                "Records on another partition than murmur2 of their key gives (a producer with \
+                 another partitioner): sharded readers cannot route their keys",
+            )?,
             refresh: Mutex::new(()),
         };
         let reasons = DecodeError::ALL.map(DecodeError::reason);
@@ -120,7 +131,7 @@ impl ReplicaCollector {
     }
 
     /// Every metric but the store file's size, which exists only on disk.
-    fn metrics(&self) -> [&dyn Collector; 12] {
+    fn metrics(&self) -> [&dyn Collector; 14] {
         [
             &self.applied_offset,
             &self.end_offset,
@@ -134,6 +145,8 @@ impl ReplicaCollector {
             &self.ready,
             &self.misconfigured,
             &self.read_your_writes_waiters,
+            &self.owned_partitions,
+            &self.misrouted,
         ]
     }
 
@@ -159,6 +172,9 @@ impl ReplicaCollector {
         catch_up(&self.records_applied, report.records_applied);
         catch_up(&self.tombstones_applied, report.tombstones_applied);
         catch_up(&self.rebuilds, report.rebuilds);
+        catch_up(&self.misrouted, report.misrouted_records);
+        self.owned_partitions
+            .set(i64::try_from(report.partitions.len()).unwrap_or(i64::MAX));
         for (reason, &count) in &report.skipped_records.by_reason {
             catch_up(&self.skipped.with_label_values(&[reason]), count);
         }

@@ -205,7 +205,11 @@ pub struct Progress {
     max_waiters: usize,
     misconfiguration: Mutex<Option<Misconfiguration>>,
     alive: AtomicBool,
+    /// Partitions were assigned (a shard may hold none of them).
+    started: AtomicBool,
     skipped: Mutex<BTreeMap<&'static str, u64>>,
+    /// Records on another partition than murmur2 of their key gives, per partition.
+    misrouted: Mutex<BTreeMap<i32, u64>>,
     rebuilds: AtomicU64,
     /// Records applied (or skipped) since this process started; after a restart it shows that
     /// nothing already in a disk store was applied again.
@@ -233,7 +237,9 @@ impl Progress {
             max_waiters,
             misconfiguration: Mutex::default(),
             alive: AtomicBool::new(true),
+            started: AtomicBool::new(false),
             skipped: Mutex::default(),
+            misrouted: Mutex::default(),
             rebuilds: AtomicU64::new(0),
             records_applied: AtomicU64::new(0),
             tombstones_applied: AtomicU64::new(0),
@@ -265,6 +271,8 @@ pub struct Report {
     pub skipped_records: SkippedRecords,
     pub rebuilds: u64,
     pub records_applied: u64,
+    /// Records on another partition than murmur2 of their key gives (see the replica).
+    pub misrouted_records: u64,
     /// Deletes among `records_applied`.
     pub tombstones_applied: u64,
     /// Set while the replica refuses every record it reads for a configuration reason.
@@ -316,7 +324,7 @@ impl Progress {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         Report {
-            ready: ready(&partitions) && self.is_alive() && misconfiguration.is_none(),
+            ready: self.ready(&partitions) && self.is_alive() && misconfiguration.is_none(),
             alive: self.is_alive(),
             lag: partitions.values().map(PartitionProgress::lag).sum(),
             skipped_records: SkippedRecords {
@@ -325,6 +333,7 @@ impl Progress {
             },
             rebuilds: self.rebuilds.load(Ordering::Relaxed),
             records_applied: self.records_applied.load(Ordering::Relaxed),
+            misrouted_records: self.misrouted_records(),
             tombstones_applied: self.tombstones_applied.load(Ordering::Relaxed),
             partitions,
             misconfiguration,
@@ -334,7 +343,11 @@ impl Progress {
     /// Caught up: partitions are assigned and each reached its end offset seen at start-up.
     /// Readiness ([`Report::ready`]) also needs a live consumer and no misconfiguration.
     pub fn is_ready(&self) -> bool {
-        ready(&self.lock_partitions())
+        self.ready(&self.lock_partitions())
+    }
+
+    fn ready(&self, partitions: &BTreeMap<i32, PartitionProgress>) -> bool {
+        self.started.load(Ordering::Relaxed) && partitions.values().all(|p| p.caught_up)
     }
 
     pub fn is_alive(&self) -> bool {
@@ -457,6 +470,7 @@ impl Progress {
     pub(crate) fn start(&self, partitions: BTreeMap<i32, PartitionProgress>) {
         let mut guard = self.lock_partitions();
         *guard = partitions;
+        self.started.store(true, Ordering::Relaxed);
         {
             let mut waiters = self.lock_waiters();
             waiters.drop_where(|p| !guard.contains_key(&p));
@@ -531,6 +545,48 @@ impl Progress {
         self.publish(&guard);
     }
 
+    /// Counts a misrouted record; true for the first one of its partition.
+    pub(crate) fn count_misrouted(&self, partition: i32) -> bool {
+        let mut misrouted = self
+            .misrouted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = misrouted.entry(partition).or_default();
+        *count += 1;
+        *count == 1
+    }
+
+    pub fn misrouted_records(&self) -> u64 {
+        self.misrouted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .sum()
+    }
+
+    /// Whether `partition` caught up, and its lag; `None` when this replica does not hold it.
+    pub fn partition_state(&self, partition: i32) -> Option<(bool, u64)> {
+        self.lock_partitions()
+            .get(&partition)
+            .map(|p| (p.caught_up, p.lag()))
+    }
+
+    /// The highest lag among `partitions` this replica holds (all of them when `None`), and
+    /// the partition it is on.
+    pub fn max_lag(&self, partitions: Option<&[i32]>) -> Option<(i32, u64)> {
+        let guard = self.lock_partitions();
+        let lag = |(&partition, p): (&i32, &PartitionProgress)| (partition, p.lag());
+        let worst = match partitions {
+            None => guard.iter().map(lag).max_by_key(|(_, lag)| *lag),
+            Some(wanted) => wanted
+                .iter()
+                .filter_map(|p| guard.get_key_value(p))
+                .map(lag)
+                .max_by_key(|(_, lag)| *lag),
+        };
+        worst
+    }
+
     pub(crate) fn count_skipped(&self, reason: &'static str) {
         *self
             .skipped
@@ -590,10 +646,6 @@ fn known_partitions(partitions: &BTreeMap<i32, PartitionProgress>) -> String {
         }
         _ => ids.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
     }
-}
-
-fn ready(partitions: &BTreeMap<i32, PartitionProgress>) -> bool {
-    !partitions.is_empty() && partitions.values().all(|p| p.caught_up)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kv_core::crypto::{ENVELOPE_FORMAT, RECORD_KEY_LEN};
-use kv_core::kafka::{client_config, ClientRole};
+use kv_core::kafka::{client_config, kafka_partition, ClientRole};
 use kv_core::record::{
     DecodeError, DecodedRecord, RecordCodec, CORRELATION_ID_HEADER, WRITER_HEADER,
 };
@@ -27,6 +27,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::framing::{BadSchemaHeader, SchemaFraming};
 use crate::progress::{Misconfiguration, PartitionProgress, Progress};
 use crate::settings::Settings;
+use crate::shard::{ShardSpec, Topology};
 use crate::store::{Change, Store, StoreError};
 
 /// Most records applied in one redb transaction.
@@ -140,6 +141,7 @@ impl Replica {
         codec: RecordCodec,
         framing: SchemaFraming,
         delete_retention: DeleteRetention,
+        topology: Arc<Topology>,
     ) -> Result<Self, ReplicaError> {
         let interval = settings.commit_interval.as_millis().to_string();
         let commit = if settings.commit_progress {
@@ -172,10 +174,13 @@ impl Replica {
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let (closing, closed) = mpsc::channel();
+        let shard = settings.shard.as_ref().map(|sharding| sharding.spec);
         let worker = Worker {
+            shard,
+            topology,
             consumer,
             store,
-            format: source_format(&codec, &framing),
+            format: source_format(&codec, &framing, shard.as_ref()),
             codec,
             framing,
             topic: settings.core.topic.clone(),
@@ -225,6 +230,9 @@ impl Replica {
 }
 
 struct Worker {
+    /// Set on a sharded reader: only the shard's partitions are assigned.
+    shard: Option<ShardSpec>,
+    topology: Arc<Topology>,
     consumer: ReplicaConsumer,
     store: Arc<Store>,
     /// How records are read ([`source_format`]); the store remembers it and a store built
@@ -494,7 +502,13 @@ impl Worker {
 
     /// The change a record makes, or why (logged and counted) it cannot be applied.
     fn change_for<'m>(&self, message: &'m BorrowedMessage<'_>) -> Result<Change<'m>, Skip> {
-        match self.decode(message) {
+        let decoded = self.decode(message);
+        if let Ok(DecodedRecord::Put { record_key, .. } | DecodedRecord::Delete { record_key }) =
+            &decoded
+        {
+            self.check_routing(message.partition(), message.offset(), record_key);
+        }
+        match decoded {
             Ok(DecodedRecord::Put {
                 record_key,
                 user_key,
@@ -522,6 +536,26 @@ impl Worker {
                 );
                 Err(skip)
             }
+        }
+    }
+
+    /// Counts a record that sits on another partition than the writer's partitioner gives its
+    /// key (a foreign producer with another partitioner): a sharded reader routes the key to
+    /// that other partition's owners, which never saw it.
+    fn check_routing(&self, partition: i32, offset: i64, record_key: &[u8]) {
+        let Some(partitions) = self.topology.partitions() else {
+            return;
+        };
+        let expected = kafka_partition(record_key, partitions);
+        if expected != partition && self.progress.count_misrouted(partition) {
+            tracing::warn!(
+                partition,
+                offset,
+                expected,
+                "a record sits on another partition than murmur2 of its key gives (a producer \
+                 with another partitioner); sharded readers cannot route its key. Logged once \
+                 per partition; kv_reader_misrouted_records_total counts them all"
+            );
         }
     }
 
@@ -574,7 +608,7 @@ impl Worker {
                 return None;
             }
             match self.partitions(METADATA_TIMEOUT) {
-                Ok(partitions) if !partitions.is_empty() => return Some(partitions),
+                Ok(partitions) if !partitions.is_empty() => return Some(self.held(partitions)),
                 Ok(_) => {
                     tracing::warn!(topic = %self.topic, "the topic does not exist yet; retrying")
                 }
@@ -601,6 +635,27 @@ impl Worker {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Notes the topic's partition count for routing, and keeps the partitions this replica
+    /// holds: all of them, or its shard's.
+    fn held(&self, partitions: Vec<i32>) -> Vec<i32> {
+        let count = partitions.iter().map(|&p| p + 1).max().unwrap_or(0);
+        self.topology
+            .set_partitions(u32::try_from(count).unwrap_or(0));
+        let Some(shard) = &self.shard else {
+            return partitions;
+        };
+        let held: Vec<i32> = partitions.into_iter().filter(|&p| shard.holds(p)).collect();
+        if held.is_empty() {
+            tracing::warn!(
+                shard = %shard,
+                partitions = count,
+                "this shard holds none of the topic's partitions (more shards than partitions \
+                 × replicas); it forwards every read"
+            );
+        }
+        held
     }
 
     fn partitions(&self, timeout: Duration) -> Result<Vec<i32>, KafkaError> {
@@ -681,7 +736,7 @@ impl Worker {
     /// Adds partitions created since the last look; they are read from their beginning.
     fn assign_new_partitions(&self, assigned: &mut BTreeSet<i32>) -> Result<(), LoopError> {
         let partitions = match self.partitions(DISCOVERY_TIMEOUT) {
-            Ok(partitions) => partitions,
+            Ok(partitions) => self.held(partitions),
             Err(error) => {
                 tracing::debug!(%error, "partition discovery failed; trying again later");
                 return Ok(());
@@ -809,7 +864,12 @@ fn looks_encrypted(record_key: &[u8], value: &[u8]) -> bool {
 
 /// How this reader reads records, as the store remembers it: the topic encryption and a keyed
 /// fingerprint of its key (never the key), and which parts carry schema-registry framing.
-fn source_format(codec: &RecordCodec, framing: &SchemaFraming) -> String {
+/// A sharded store also names its layout: another layout holds other partitions.
+fn source_format(
+    codec: &RecordCodec,
+    framing: &SchemaFraming,
+    shard: Option<&ShardSpec>,
+) -> String {
     let encryption = match codec {
         RecordCodec::Plaintext => "off".to_owned(),
         RecordCodec::Encrypted(cipher) => {
@@ -827,7 +887,13 @@ fn source_format(codec: &RecordCodec, framing: &SchemaFraming) -> String {
         (false, true) => "value",
         (true, true) => "key+value",
     };
-    format!("encryption={encryption} schema_framing={framing}")
+    match shard {
+        None => format!("encryption={encryption} schema_framing={framing}"),
+        Some(shard) => format!(
+            "encryption={encryption} schema_framing={framing} shard={}",
+            shard.layout()
+        ),
+    }
 }
 
 /// Why a store built under `stored` cannot serve a reader reading records as `current`.
@@ -866,6 +932,17 @@ fn format_change(stored: Option<&str>, current: &str) -> Option<String> {
             ),
             (None, None) => format!("the store was built with encryption {was}, now {now}"),
         });
+    }
+    let layout = |format: &str| match field(format, "shard") {
+        unknown if unknown == "unknown" => "none (a full replica)".to_owned(),
+        layout => layout,
+    };
+    let (was, now) = (layout(stored), layout(current));
+    if was != now {
+        return Some(format!(
+            "the store was built for shard layout {was} (index/shards x replicas), this reader \
+             is {now} (KV_API_SHARD, KV_API_SHARD_REPLICAS): it holds other partitions"
+        ));
     }
     Some(format!(
         "the store was built with schema-registry framing stripped from {}, now from {} \
@@ -1059,17 +1136,24 @@ mod tests {
     fn the_store_format_names_the_key_by_fingerprint_never_the_key() {
         let key = [0x42u8; 32];
         let encrypted = RecordCodec::Encrypted(Arc::new(kv_core::crypto::TopicCipher::new(&key)));
-        let format = source_format(&encrypted, &SchemaFraming::default());
+        let format = source_format(&encrypted, &SchemaFraming::default(), None);
         let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
         assert!(!format.contains(&key_hex[..8]), "{format}");
         assert!(format.starts_with("encryption=aes-256-gcm/"), "{format}");
-        assert_eq!(format, source_format(&encrypted, &SchemaFraming::default()));
+        assert_eq!(
+            format,
+            source_format(&encrypted, &SchemaFraming::default(), None)
+        );
         let other = RecordCodec::Encrypted(Arc::new(kv_core::crypto::TopicCipher::new(&[7; 32])));
-        assert_ne!(format, source_format(&other, &SchemaFraming::default()));
+        assert_ne!(
+            format,
+            source_format(&other, &SchemaFraming::default(), None)
+        );
         assert_eq!(
             source_format(
                 &RecordCodec::Plaintext,
-                &SchemaFraming::of_parts(None, Some(SchemaIds::default()))
+                &SchemaFraming::of_parts(None, Some(SchemaIds::default())),
+                None
             ),
             "encryption=off schema_framing=value"
         );
@@ -1077,14 +1161,16 @@ mod tests {
 
     #[test]
     fn a_store_built_under_another_key_encryption_or_framing_is_rebuilt_with_the_reason() {
-        let plain = source_format(&RecordCodec::Plaintext, &SchemaFraming::default());
+        let plain = source_format(&RecordCodec::Plaintext, &SchemaFraming::default(), None);
         let a = source_format(
             &RecordCodec::Encrypted(Arc::new(kv_core::crypto::TopicCipher::new(&[1; 32]))),
             &SchemaFraming::default(),
+            None,
         );
         let b = source_format(
             &RecordCodec::Encrypted(Arc::new(kv_core::crypto::TopicCipher::new(&[2; 32]))),
             &SchemaFraming::default(),
+            None,
         );
         assert_eq!(format_change(Some(&a), &a), None);
         let reason = format_change(Some(&a), &b).expect("another key");
@@ -1096,9 +1182,19 @@ mod tests {
         let framed = source_format(
             &RecordCodec::Plaintext,
             &SchemaFraming::of_parts(Some(SchemaIds::default()), Some(SchemaIds::default())),
+            None,
         );
         let reason = format_change(Some(&plain), &framed).expect("framing");
         assert!(reason.contains("schema-registry framing"), "{reason}");
         assert!(format_change(None, &plain).is_some(), "an older store");
+        let shard = ShardSpec::parse("1/3", 2).expect("spec");
+        let sharded = source_format(
+            &RecordCodec::Plaintext,
+            &SchemaFraming::default(),
+            Some(&shard),
+        );
+        let reason = format_change(Some(&plain), &sharded).expect("now sharded");
+        assert!(reason.contains("full replica"), "{reason}");
+        assert!(reason.contains("1/3x2"), "{reason}");
     }
 }

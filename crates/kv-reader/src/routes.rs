@@ -19,7 +19,7 @@ use kv_core::consistency::{ConsistencyToken, RecordPosition, CONSISTENCY_TOKEN_P
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::{
-    key_from_path, parse_query, started, JsonBody, CONSISTENCY_TOKEN, CORRELATION_ID,
+    key_from_path, parse_json, parse_query, started, JsonBody, CONSISTENCY_TOKEN, CORRELATION_ID,
 };
 use kv_core::web::json::{field, BASE64};
 use kv_core::web::metrics::metrics_endpoint;
@@ -27,6 +27,8 @@ use kv_core::web::routing::{openapi_document, Endpoint};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cluster::{Cluster, Target, FORWARDED_BY_HEADER, MAX_LAG_HEADER, SERVED_BY_HEADER};
+use crate::fanout::{self, PartError};
 use crate::progress::{Freshness, Progress, WaitError};
 use crate::store::{Store, StoredEntry};
 
@@ -59,6 +61,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("/healthz").on(Method::GET, web::to(started)),
         Endpoint::new("/healthz/live").on(Method::GET, web::to(live)),
         Endpoint::new("/healthz/ready").on(Method::GET, web::to(ready)),
+        Endpoint::new("/healthz/cluster").on(Method::GET, web::to(cluster_health)),
         Endpoint::new("/metrics").on(Method::GET, web::to(metrics_endpoint)),
         Endpoint::new("/openapi.yaml").on(Method::GET, openapi_document(OPENAPI)),
     ]
@@ -73,6 +76,30 @@ pub struct ReaderState {
     pub max_batch_get_bytes: usize,
     /// Listings of an encrypted store running at once (see [`MAX_SEALED_LISTINGS`]).
     pub sealed_listings: Arc<tokio::sync::Semaphore>,
+    /// Set on a sharded reader: who holds which partition, and how to reach them.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// The HTTP client a worker forwards reads with; one per worker, so its connections stay on
+/// the worker's own runtime.
+#[derive(Debug, Clone)]
+pub struct PeerClient(pub reqwest::Client);
+
+/// The partitions a read touches: the token's offsets elsewhere do not concern it, and only
+/// their lag counts against `max_lag`.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// A full replica's read.
+    All,
+    Partitions(&'a [i32]),
+}
+
+/// Where a read of one key is answered.
+enum Routed {
+    /// Here, scoped to these partitions.
+    Local(Vec<i32>),
+    /// By an owner; its answer.
+    Forwarded(HttpResponse),
 }
 
 /// How many listings of an encrypted-at-rest store may run at once: each reads every entry.
@@ -81,8 +108,12 @@ pub const MAX_SEALED_LISTINGS: usize = 2;
 impl ReaderState {
     /// Waits for the request's consistency token, if any, then notes how fresh the replica is
     /// for [`freshness_middleware`]. Call it right before reading the store.
-    async fn prepare_read(&self, request: &HttpRequest) -> Result<(), ApiError> {
-        if let Some(token) = consistency_token(request)? {
+    async fn prepare_read(&self, request: &HttpRequest, scope: Scope<'_>) -> Result<(), ApiError> {
+        let token = match consistency_token(request)? {
+            Some(token) => self.scoped(token, scope)?,
+            None => None,
+        };
+        if let Some(token) = token {
             let waited = self
                 .progress
                 .wait_for(&token, self.read_your_writes_timeout)
@@ -118,8 +149,107 @@ impl ReaderState {
                 }
             }
         }
+        if let Some(bound) = max_lag(request)? {
+            let partitions = match scope {
+                Scope::All => None,
+                Scope::Partitions(partitions) => Some(partitions),
+            };
+            if let Some((partition, lag)) = self.progress.max_lag(partitions) {
+                if lag > bound {
+                    return Err(ApiError::new(
+                        ErrorCode::ReplicaLagging,
+                        format!(
+                            "this replica is {lag} records behind on partition {partition}, more \
+                             than the {bound} the read allows (max_lag); retry, or read from \
+                             another replica"
+                        ),
+                    )
+                    .with_retry_after(Duration::from_secs(1)));
+                }
+            }
+        }
         request.extensions_mut().insert(self.progress.freshness());
         Ok(())
+    }
+
+    /// The part of a token a sharded read waits for: the offsets of the partitions it reads.
+    /// A partition the topic does not have is still an error.
+    fn scoped(
+        &self,
+        token: ConsistencyToken,
+        scope: Scope<'_>,
+    ) -> Result<Option<ConsistencyToken>, ApiError> {
+        let (Some(cluster), Scope::Partitions(partitions)) = (&self.cluster, scope) else {
+            return Ok(Some(token));
+        };
+        let count = topic_partitions(cluster)?;
+        if let Some((partition, _)) = token.offsets().find(|(p, _)| *p as u32 >= count) {
+            return Err(ApiError::invalid_request(format!(
+                "consistency token {token} cannot name a write of this topic: the topic has no \
+                 partition {partition} (it has {count})"
+            )));
+        }
+        let kept = ConsistencyToken::from_positions(
+            token
+                .offsets()
+                .filter(|(p, _)| partitions.contains(p))
+                .map(|(partition, offset)| RecordPosition { partition, offset }),
+        );
+        let empty = kept.offsets().next().is_none();
+        Ok((!empty).then_some(kept))
+    }
+
+    /// Answers the read of `key` by forwarding it to an owner of its partition when this shard
+    /// should not answer it itself. `body` is the request's own, for the owner.
+    async fn route_key(
+        &self,
+        client: &PeerClient,
+        request: &HttpRequest,
+        key: &[u8],
+        body: Option<&[u8]>,
+    ) -> Result<Routed, ApiError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(Routed::Local(Vec::new()));
+        };
+        let count = topic_partitions(cluster)?;
+        let partition = cluster.partition_of(key, count);
+        if let Some(from) = forwarded_by(request) {
+            return if cluster.holds(partition) {
+                Ok(Routed::Local(vec![partition]))
+            } else {
+                Err(misrouted_forward(&from, partition))
+            };
+        }
+        let mut failures = Vec::new();
+        for target in cluster.targets(partition, max_lag(request)?, &self.progress) {
+            let peer = match target {
+                Target::Local => return Ok(Routed::Local(vec![partition])),
+                Target::Peer(peer) => peer,
+            };
+            let path = request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.path().to_owned(), |pq| pq.as_str().to_owned());
+            match cluster
+                .forward(&client.0, peer, request, &path, body.map(<[u8]>::to_vec))
+                .await
+            {
+                Ok(response) => {
+                    let answer = fanout::passed_through(response, self.max_batch_get_bytes).await;
+                    return Ok(Routed::Forwarded(answer));
+                }
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        Err(shard_unavailable(&[partition], &failures))
+    }
+
+    /// A full replica's reads touch every partition; a shard's, the ones routed to it.
+    fn scope<'a>(&self, partitions: &'a [i32]) -> Scope<'a> {
+        match self.cluster {
+            None => Scope::All,
+            Some(_) => Scope::Partitions(partitions),
+        }
     }
 
     fn lookup(&self, user_key: &[u8]) -> Result<StoredEntry, ApiError> {
@@ -128,6 +258,91 @@ impl ReaderState {
             .map_err(store_error)?
             .ok_or_else(ApiError::key_not_found)
     }
+}
+
+/// The topic's partition count, which a sharded reader routes by.
+fn topic_partitions(cluster: &Cluster) -> Result<u32, ApiError> {
+    cluster.partitions().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotReady,
+            "this shard has not read the topic's partitions from the broker yet; retry",
+        )
+        .with_retry_after(Duration::from_secs(1))
+    })
+}
+
+/// The shard that forwarded this request, if one did.
+fn forwarded_by(request: &HttpRequest) -> Option<String> {
+    request.headers().get(FORWARDED_BY_HEADER).map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(16)
+            .collect()
+    })
+}
+
+fn misrouted_forward(from: &str, partition: i32) -> ApiError {
+    ApiError::new(
+        ErrorCode::ShardUnavailable,
+        format!(
+            "shard {from} forwarded a read of partition {partition} here, but this shard does \
+             not hold it: the shards disagree on KV_API_SHARD or KV_API_SHARD_REPLICAS"
+        ),
+    )
+    .with_retry_after(Duration::from_secs(1))
+}
+
+fn shard_unavailable(partitions: &[i32], failures: &[String]) -> ApiError {
+    let tried = if failures.is_empty() {
+        String::new()
+    } else {
+        format!(" (tried: {})", failures.join("; "))
+    };
+    ApiError::new(
+        ErrorCode::ShardUnavailable,
+        format!(
+            "no shard holding partition {} answers{tried}; keys of other partitions still \
+             answer; retry",
+            partitions
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+    .with_retry_after(Duration::from_secs(1))
+}
+
+/// The read's bound on lag: `max_lag` in the query or `X-Max-Replica-Lag`, the smaller of the
+/// two when both are given.
+fn max_lag(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
+    let parse = |text: &str, name: &str| {
+        text.trim().parse::<u64>().map_err(|_| {
+            ApiError::invalid_request(format!(
+                "{name} must be a whole number of records (0 or more), got {:?}",
+                text.chars().take(32).collect::<String>()
+            ))
+        })
+    };
+    let header = match request.headers().get(MAX_LAG_HEADER) {
+        Some(raw) => Some(parse(
+            raw.to_str().unwrap_or("?"),
+            "header X-Max-Replica-Lag",
+        )?),
+        None => None,
+    };
+    let query = if request.query_string().contains("max_lag") {
+        match parse_query::<HashMap<String, String>>(request)?.remove("max_lag") {
+            Some(text) => Some(parse(&text, "parameter `max_lag`")?),
+            None => None,
+        }
+    } else {
+        None
+    };
+    Ok(match (header, query) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 fn store_error(error: crate::store::StoreError) -> ApiError {
@@ -180,7 +395,16 @@ pub async fn freshness_middleware(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let served_by = request
+        .app_data::<web::Data<ReaderState>>()
+        .and_then(|state| state.cluster.as_ref().map(|c| c.served_by()));
     let mut response = next.call(request).await?;
+    // Every answer of a shard names who answered: a forwarded one carries the owner's.
+    if let Some(served_by) = served_by {
+        if !response.headers().contains_key(SERVED_BY_HEADER) {
+            response.headers_mut().insert(SERVED_BY_HEADER, served_by);
+        }
+    }
     let freshness = response.request().extensions_mut().remove::<Freshness>();
     if let Some(freshness) = freshness {
         let headers = response.headers_mut();
@@ -245,9 +469,14 @@ pub async fn get_value(
     _auth: Authorized<operation::Read>,
     request: HttpRequest,
     state: web::Data<ReaderState>,
+    client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, NATIVE_PREFIX)?;
-    state.prepare_read(&request).await?;
+    let scope = match state.route_key(&client, &request, &key, None).await? {
+        Routed::Forwarded(answer) => return Ok(answer),
+        Routed::Local(scope) => scope,
+    };
+    state.prepare_read(&request, state.scope(&scope)).await?;
     let entry = state.lookup(&key)?;
     let tag = etag(&entry);
     if not_modified(&request, &tag) {
@@ -275,10 +504,19 @@ pub async fn retrieve(
     request: HttpRequest,
     body: JsonBody<serde_json::Map<String, Value>>,
     state: web::Data<ReaderState>,
+    client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.read().await?;
+    let raw = body.read_bytes().await?;
+    let body: serde_json::Map<String, Value> = parse_json(&raw)?;
     let key = key_field(&body)?;
-    state.prepare_read(&request).await?;
+    let scope = match state
+        .route_key(&client, &request, key.as_bytes(), Some(&raw))
+        .await?
+    {
+        Routed::Forwarded(answer) => return Ok(answer),
+        Routed::Local(scope) => scope,
+    };
+    state.prepare_read(&request, state.scope(&scope)).await?;
     let entry = state.lookup(key.as_bytes())?;
     // .NET read the value as UTF-8 text; bytes that are not are replaced, as it did.
     let text = String::from_utf8_lossy(&entry.value);
@@ -292,8 +530,10 @@ pub async fn retrieve_b64(
     request: HttpRequest,
     body: JsonBody<serde_json::Map<String, Value>>,
     state: web::Data<ReaderState>,
+    client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.read().await?;
+    let raw = body.read_bytes().await?;
+    let body: serde_json::Map<String, Value> = parse_json(&raw)?;
     let key = BASE64
         .decode(key_field(&body)?)
         .map_err(|e| ApiError::invalid_request(format!("field `key` is not valid base64: {e}")))?;
@@ -303,7 +543,11 @@ pub async fn retrieve_b64(
             "field `key` decodes to an empty key",
         ));
     }
-    state.prepare_read(&request).await?;
+    let scope = match state.route_key(&client, &request, &key, Some(&raw)).await? {
+        Routed::Forwarded(answer) => return Ok(answer),
+        Routed::Local(scope) => scope,
+    };
+    state.prepare_read(&request, state.scope(&scope)).await?;
     let entry = state.lookup(&key)?;
     Ok(original_response(&entry, &BASE64.encode(&entry.value)))
 }
@@ -398,6 +642,7 @@ pub async fn batch_get(
     request: HttpRequest,
     body: JsonBody<BatchGetRequest>,
     state: web::Data<ReaderState>,
+    client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.read().await?;
     let count = body.keys.len() + body.keys_b64.len();
@@ -417,6 +662,11 @@ pub async fn batch_get(
             "give either field `keys` or field `keys_b64`, not both",
         ));
     }
+    let field = if body.keys_b64.is_empty() {
+        "keys"
+    } else {
+        "keys_b64"
+    };
     let (labels, keys): (Vec<String>, Vec<Vec<u8>>) = if body.keys_b64.is_empty() {
         for (i, key) in body.keys.iter().enumerate() {
             if key.is_empty() {
@@ -444,52 +694,32 @@ pub async fn batch_get(
         }
         (body.keys_b64, keys)
     };
-    state.prepare_read(&request).await?;
-    // A key named many times is looked up and held once: 1 000 copies of a key with a 1 MiB
-    // value cost one value, and the answer's size is checked before it is built.
-    let mut distinct: HashMap<&[u8], usize> = HashMap::with_capacity(keys.len());
-    let mut slots = Vec::with_capacity(keys.len());
-    for key in &keys {
-        let next = distinct.len();
-        slots.push(*distinct.entry(key.as_slice()).or_insert(next));
+    if let Some(cluster) = state.cluster.clone() {
+        return batch_get_across(&state, &cluster, &client, &request, field, &labels, &keys).await;
     }
-    let mut unique: Vec<&[u8]> = vec![&[]; distinct.len()];
-    for (key, slot) in &distinct {
-        unique[*slot] = key;
-    }
-    let mut named = vec![0usize; unique.len()];
-    for slot in &slots {
-        named[*slot] += 1;
-    }
-    // Each value counted as often as it is named, as it will be written, and the lookups
-    // stopped as soon as the answer would pass the bound: nothing over it is ever held.
-    let limit = state.max_batch_get_bytes;
-    let mut answer_bytes = 0usize;
-    let found = state
-        .store
-        .get_many_while(unique.iter().copied(), |i, entry| {
-            answer_bytes = answer_bytes.saturating_add(answer_len(&entry.value) * named[i]);
-            answer_bytes <= limit
-        })
-        .map_err(store_error)?;
-    let Some(found) = found else {
-        return Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "the answer would hold more than {limit} bytes of values (KV_API_MAX_BATCH_GET_BYTES); \
-                 ask for fewer keys at a time"
-            ),
-        ));
-    };
-    let found: Vec<Option<FoundValue>> = found
-        .into_iter()
-        .map(|entry| entry.map(FoundValue::of))
-        .collect();
-    let missing = serde_json::json!({"code": ErrorCode::KeyNotFound, "message": ApiError::key_not_found().message});
+    state.prepare_read(&request, Scope::All).await?;
+    let wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    let found = state.lookup_bounded(&wanted, state.max_batch_get_bytes)?;
     let results: Vec<BatchGetItem<'_>> = labels
         .iter()
-        .zip(&slots)
-        .map(|(key, slot)| match &found[*slot] {
+        .zip(&found.slots)
+        .map(|(key, slot)| found.item(key, *slot))
+        .collect();
+    Ok(HttpResponse::Ok().json(BatchGetAnswer { results }))
+}
+
+/// The values of a batchGet's keys, each distinct key looked up and held once.
+struct BatchValues {
+    /// For each key asked, in order, its place in `found`.
+    slots: Vec<usize>,
+    found: Vec<Option<FoundValue>>,
+    /// What the values add to the answer (see [`answer_len`]), each counted as often as named.
+    answer_bytes: usize,
+}
+
+impl BatchValues {
+    fn item<'a>(&'a self, key: &'a str, slot: usize) -> BatchGetItem<'a> {
+        match &self.found[slot] {
             Some(found) => BatchGetItem {
                 key,
                 found: true,
@@ -506,11 +736,211 @@ pub async fn batch_get(
                 value_b64: None,
                 etag: None,
                 correlation_id: None,
-                error: Some(&missing),
+                error: Some(&KEY_NOT_FOUND_ITEM),
             },
+        }
+    }
+}
+
+static KEY_NOT_FOUND_ITEM: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+    || serde_json::json!({"code": ErrorCode::KeyNotFound, "message": ApiError::key_not_found().message}),
+);
+
+fn answer_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "the answer would hold more than {limit} bytes of values (KV_API_MAX_BATCH_GET_BYTES); \
+             ask for fewer keys at a time"
+        ),
+    )
+}
+
+impl ReaderState {
+    /// Looks `keys` up in one snapshot. A key named many times is looked up and held once:
+    /// 1 000 copies of a key with a 1 MiB value cost one value, and the lookups stop as soon
+    /// as the answer would pass `limit`, so nothing over it is ever held.
+    fn lookup_bounded(&self, keys: &[&[u8]], limit: usize) -> Result<BatchValues, ApiError> {
+        let mut distinct: HashMap<&[u8], usize> = HashMap::with_capacity(keys.len());
+        let mut slots = Vec::with_capacity(keys.len());
+        for key in keys {
+            let next = distinct.len();
+            slots.push(*distinct.entry(key).or_insert(next));
+        }
+        let mut unique: Vec<&[u8]> = vec![&[]; distinct.len()];
+        for (key, slot) in &distinct {
+            unique[*slot] = key;
+        }
+        let mut named = vec![0usize; unique.len()];
+        for slot in &slots {
+            named[*slot] += 1;
+        }
+        let mut answer_bytes = 0usize;
+        let found = self
+            .store
+            .get_many_while(unique.iter().copied(), |i, entry| {
+                answer_bytes = answer_bytes.saturating_add(answer_len(&entry.value) * named[i]);
+                answer_bytes <= limit
+            })
+            .map_err(store_error)?
+            .ok_or_else(|| answer_too_large(limit))?;
+        Ok(BatchValues {
+            slots,
+            found: found
+                .into_iter()
+                .map(|entry| entry.map(FoundValue::of))
+                .collect(),
+            answer_bytes,
         })
+    }
+}
+
+/// A sharded batchGet: the keys split by the owner of their partition, each owner asked once,
+/// all at once, and the answers put back in request order. An owner that cannot be reached
+/// hands its partitions to the next owner; keys of a partition no owner serves get a
+/// `shard_unavailable` result, every other key its answer.
+async fn batch_get_across(
+    state: &ReaderState,
+    cluster: &Cluster,
+    client: &PeerClient,
+    request: &HttpRequest,
+    field: &str,
+    labels: &[String],
+    keys: &[Vec<u8>],
+) -> Result<HttpResponse, ApiError> {
+    let count = topic_partitions(cluster)?;
+    let partitions: Vec<i32> = keys
+        .iter()
+        .map(|k| cluster.partition_of(k, count))
         .collect();
-    Ok(HttpResponse::Ok().json(BatchGetAnswer { results }))
+    let forwarded = forwarded_by(request);
+    if let Some(from) = &forwarded {
+        if let Some(&partition) = partitions.iter().find(|&&p| !cluster.holds(p)) {
+            return Err(misrouted_forward(from, partition));
+        }
+    }
+    let bound = max_lag(request)?;
+    let limit = state.max_batch_get_bytes;
+    let mut results: Vec<Option<Value>> = vec![None; keys.len()];
+    let mut pending: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
+    let mut excluded = std::collections::BTreeSet::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut served = std::collections::BTreeSet::new();
+    let mut answer_bytes = 0usize;
+    let mut unavailable: Vec<i32> = Vec::new();
+    while !pending.is_empty() {
+        let mut local: Vec<i32> = Vec::new();
+        let mut remote: std::collections::BTreeMap<u32, Vec<i32>> = Default::default();
+        for &partition in &pending {
+            let target = if forwarded.is_some() {
+                Some(Target::Local)
+            } else {
+                cluster
+                    .targets(partition, bound, &state.progress)
+                    .into_iter()
+                    .find(|t| !matches!(t, Target::Peer(peer) if excluded.contains(peer)))
+            };
+            match target {
+                Some(Target::Local) => local.push(partition),
+                Some(Target::Peer(peer)) => remote.entry(peer).or_default().push(partition),
+                None => unavailable.push(partition),
+            }
+        }
+        pending.clear();
+        let asked = |parts: &[i32]| -> Vec<usize> {
+            (0..keys.len())
+                .filter(|&i| parts.contains(&partitions[i]))
+                .collect()
+        };
+        let parts = remote.iter().map(|(&peer, parts)| {
+            let indices = asked(parts);
+            async move {
+                let wanted: Vec<&str> = indices.iter().map(|&i| labels[i].as_str()).collect();
+                let body_limit = limit
+                    .saturating_mul(6)
+                    .saturating_add(wanted.iter().map(|l| 2 * l.len() + 512).sum());
+                let part = fanout::batch_part(
+                    cluster, &client.0, request, peer, field, &wanted, body_limit,
+                )
+                .await;
+                (peer, indices, part)
+            }
+        });
+        let local_part = async {
+            if local.is_empty() {
+                return Ok(None);
+            }
+            state
+                .prepare_read(request, Scope::Partitions(&local))
+                .await?;
+            let indices = asked(&local);
+            let wanted: Vec<&[u8]> = indices.iter().map(|&i| keys[i].as_slice()).collect();
+            let found = state.lookup_bounded(&wanted, limit)?;
+            Ok::<_, ApiError>(Some((indices, found)))
+        };
+        let (local_part, remote_parts) =
+            futures::join!(local_part, futures::future::join_all(parts));
+        if let Some((indices, found)) = local_part? {
+            answer_bytes += found.answer_bytes;
+            for (n, &i) in indices.iter().enumerate() {
+                let item = found.item(&labels[i], found.slots[n]);
+                results[i] = Some(serde_json::to_value(item).map_err(|e| {
+                    ApiError::internal(format!("cannot encode a batchGet result: {e}"))
+                })?);
+            }
+            served.insert(cluster.spec.index.to_string());
+        }
+        for (peer, indices, part) in remote_parts {
+            match part {
+                Ok(part) => {
+                    for (&i, item) in indices.iter().zip(part.items) {
+                        answer_bytes = answer_bytes.saturating_add(item_value_len(&item));
+                        results[i] = Some(item);
+                    }
+                    served.insert(part.served_by.unwrap_or_else(|| peer.to_string()));
+                }
+                Err(PartError::Refused(answer)) => return Ok(answer),
+                Err(PartError::Unavailable(error)) => {
+                    failures.push(error.to_string());
+                    excluded.insert(peer);
+                    pending.extend(remote[&peer].iter().copied());
+                }
+            }
+        }
+        if answer_bytes > limit {
+            return Err(answer_too_large(limit));
+        }
+    }
+    if !unavailable.is_empty() {
+        let error = shard_unavailable(&unavailable, &failures);
+        let item_error = serde_json::json!({"code": error.code, "message": error.message});
+        for (i, slot) in results.iter_mut().enumerate() {
+            if slot.is_none() && unavailable.contains(&partitions[i]) {
+                *slot = Some(serde_json::json!({
+                    "key": labels[i],
+                    "found": false,
+                    "error": item_error,
+                }));
+            }
+        }
+    }
+    // Freshness headers describe one replica; a merged answer names its shards instead.
+    request.extensions_mut().remove::<Freshness>();
+    let served: Vec<String> = served.into_iter().collect();
+    let mut answer = HttpResponse::Ok();
+    if let Ok(value) = HeaderValue::from_str(&served.join(",")) {
+        answer.insert_header((SERVED_BY_HEADER, value));
+    }
+    Ok(answer.json(serde_json::json!({ "results": results })))
+}
+
+/// What an item's value adds to a batchGet answer, as the owner counted it.
+fn item_value_len(item: &Value) -> usize {
+    ["value", "value_b64"]
+        .iter()
+        .filter_map(|field| item.get(field).and_then(Value::as_str))
+        .map(str::len)
+        .sum()
 }
 
 #[derive(Debug, Deserialize)]
@@ -522,6 +952,8 @@ pub struct ListQuery {
     cursor: Option<String>,
     #[allow(dead_code)] // read by `consistency_token`; named here so it is not an unknown field
     consistency_token: Option<String>,
+    #[allow(dead_code)] // read by `max_lag`
+    max_lag: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -538,6 +970,7 @@ pub async fn list_keys(
     _auth: Authorized<operation::Read>,
     request: HttpRequest,
     state: web::Data<ReaderState>,
+    client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
     // Parsed here, after the token was checked, never by an extractor that could answer 400
     // to a caller who has no right to an answer at all.
@@ -580,32 +1013,31 @@ pub async fn list_keys(
                 })?,
         ),
     };
-    state.prepare_read(&request).await?;
-    let (keys, more) = if state.store.is_encrypted() {
-        // A sealed store keeps keys in an order that says nothing about them, so listing one
-        // opens every entry: it runs on the blocking pool, a few at a time, never on the
-        // workers that serve every other read.
-        let Ok(slot) = state.sealed_listings.clone().try_acquire_owned() else {
-            return Err(ApiError::new(
-                ErrorCode::Overloaded,
-                "as many listings of this encrypted replica run as it takes at once; retry",
-            )
-            .with_retry_after(Duration::from_secs(1)));
-        };
-        let store = state.store.clone();
-        web::block(move || {
-            let _slot = slot;
-            store.list_keys(&prefix, after.as_deref(), limit)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("the listing task failed: {e}")))?
-        .map_err(store_error)?
-    } else {
-        state
-            .store
-            .list_keys(&prefix, after.as_deref(), limit)
-            .map_err(store_error)?
+    let (keys, more) = match &state.cluster {
+        None => {
+            state.prepare_read(&request, Scope::All).await?;
+            state.local_page(prefix, after, limit).await?
+        }
+        Some(cluster) => {
+            let count = topic_partitions(cluster)?;
+            let held: Vec<i32> = (0..count as i32).filter(|&p| cluster.holds(p)).collect();
+            if forwarded_by(&request).is_some() {
+                state
+                    .prepare_read(&request, Scope::Partitions(&held))
+                    .await?;
+                state.local_page(prefix, after, limit).await?
+            } else {
+                return list_across(
+                    &state, cluster, &client, &request, &held, prefix, after, limit,
+                )
+                .await;
+            }
+        }
     };
+    Ok(page_answer(keys, more))
+}
+
+fn page_answer(keys: Vec<Vec<u8>>, more: bool) -> HttpResponse {
     let next_cursor = more
         .then(|| keys.last().map(|k| URL_SAFE_NO_PAD.encode(k)))
         .flatten();
@@ -619,7 +1051,183 @@ pub async fn list_keys(
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({"keys": keys, "next_cursor": next_cursor})))
+    HttpResponse::Ok().json(serde_json::json!({"keys": keys, "next_cursor": next_cursor}))
+}
+
+/// Most bytes one owner's listing page may take: a page of the longest keys, base64-encoded.
+const MAX_PAGE_BODY: usize = 64 * 1024 * 1024;
+
+impl ReaderState {
+    /// A page of this replica's own keys.
+    async fn local_page(
+        &self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), ApiError> {
+        if self.store.is_encrypted() {
+            // A sealed store keeps keys in an order that says nothing about them, so listing
+            // one opens every entry: it runs on the blocking pool, a few at a time, never on
+            // the workers that serve every other read.
+            let Ok(slot) = self.sealed_listings.clone().try_acquire_owned() else {
+                return Err(ApiError::new(
+                    ErrorCode::Overloaded,
+                    "as many listings of this encrypted replica run as it takes at once; retry",
+                )
+                .with_retry_after(Duration::from_secs(1)));
+            };
+            let store = self.store.clone();
+            web::block(move || {
+                let _slot = slot;
+                store.list_keys(&prefix, after.as_deref(), limit)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("the listing task failed: {e}")))?
+            .map_err(store_error)
+        } else {
+            self.store
+                .list_keys(&prefix, after.as_deref(), limit)
+                .map_err(store_error)
+        }
+    }
+}
+
+/// A sharded listing: a set of owners that together hold every partition (this shard first
+/// when it serves), each asked for the same page of its own keys, and the pages merged. The
+/// cursor is the last key, so a page through any shard is the page a full replica gives.
+#[allow(clippy::too_many_arguments)]
+async fn list_across(
+    state: &ReaderState,
+    cluster: &Cluster,
+    client: &PeerClient,
+    request: &HttpRequest,
+    held: &[i32],
+    prefix: Vec<u8>,
+    after: Option<Vec<u8>>,
+    limit: usize,
+) -> Result<HttpResponse, ApiError> {
+    let count = topic_partitions(cluster)?;
+    let bound = max_lag(request)?;
+    let mut excluded = std::collections::BTreeSet::new();
+    let mut failures: Vec<String> = Vec::new();
+    loop {
+        let mut covered = std::collections::BTreeSet::new();
+        let mut sources: Vec<Target> = Vec::new();
+        let mut unavailable = Vec::new();
+        for partition in 0..count as i32 {
+            if covered.contains(&partition) {
+                continue;
+            }
+            let target = cluster
+                .targets(partition, bound, &state.progress)
+                .into_iter()
+                .find(|t| !matches!(t, Target::Peer(peer) if excluded.contains(peer)));
+            match target {
+                None => unavailable.push(partition),
+                Some(target) => {
+                    let shard = match target {
+                        Target::Local => cluster.spec.index,
+                        Target::Peer(peer) => peer,
+                    };
+                    covered.extend((0..count as i32).filter(|&p| cluster.spec.is_owner(shard, p)));
+                    if !sources.contains(&target) {
+                        sources.push(target);
+                    }
+                }
+            }
+        }
+        if !unavailable.is_empty() {
+            return Err(shard_unavailable(&unavailable, &failures));
+        }
+        let remote = sources.iter().filter_map(|target| match target {
+            Target::Local => None,
+            Target::Peer(peer) => Some(async move {
+                (
+                    *peer,
+                    fanout::page_part(cluster, &client.0, request, *peer, MAX_PAGE_BODY).await,
+                )
+            }),
+        });
+        let local = async {
+            if !sources.contains(&Target::Local) {
+                return Ok(None);
+            }
+            state.prepare_read(request, Scope::Partitions(held)).await?;
+            state
+                .local_page(prefix.clone(), after.clone(), limit)
+                .await
+                .map(Some)
+        };
+        let (local, remote) = futures::join!(local, futures::future::join_all(remote));
+        let mut pages = Vec::with_capacity(sources.len());
+        let mut served = std::collections::BTreeSet::new();
+        if let Some(page) = local? {
+            pages.push(page);
+            served.insert(cluster.spec.index.to_string());
+        }
+        let mut retry = false;
+        for (peer, part) in remote {
+            match part {
+                Ok(part) => {
+                    pages.push((part.keys, part.more));
+                    served.insert(part.served_by.unwrap_or_else(|| peer.to_string()));
+                }
+                Err(PartError::Refused(answer)) => return Ok(answer),
+                Err(PartError::Unavailable(error)) => {
+                    failures.push(error.to_string());
+                    excluded.insert(peer);
+                    retry = true;
+                }
+            }
+        }
+        if retry {
+            continue;
+        }
+        let (keys, more) = fanout::merge_pages(pages, limit);
+        request.extensions_mut().remove::<Freshness>();
+        let mut answer = page_answer(keys, more);
+        let served: Vec<String> = served.into_iter().collect();
+        if let Ok(value) = HeaderValue::from_str(&served.join(",")) {
+            answer.headers_mut().insert(SERVED_BY_HEADER, value);
+        }
+        return Ok(answer);
+    }
+}
+
+/// `/healthz/cluster`: every shard's partitions, readiness and lag as this shard last heard
+/// them. Anonymous, like the other health routes: it names no key and no peer address.
+pub async fn cluster_health(state: web::Data<ReaderState>) -> HttpResponse {
+    let Some(cluster) = &state.cluster else {
+        let report = state.progress.report();
+        return HttpResponse::Ok().json(serde_json::json!({
+            "sharded": false,
+            "shards": 1,
+            "replicas": 1,
+            "partitions": report.partitions.len(),
+        }));
+    };
+    let shards = cluster.view(&state.progress);
+    let count = cluster.partitions().unwrap_or(0) as i32;
+    let unavailable: Vec<i32> = (0..count)
+        .filter(|&p| {
+            !cluster.spec.owners(p).any(|owner| {
+                shards[owner as usize].reachable
+                    && shards[owner as usize]
+                        .partitions
+                        .get(&p)
+                        .is_some_and(|view| view.caught_up)
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "sharded": true,
+        "shard": cluster.spec.index,
+        "shards": cluster.spec.count,
+        "replicas": cluster.spec.replicas,
+        "partitions": count,
+        "partitions_without_ready_owner": unavailable,
+        "cluster": shards,
+    }))
 }
 
 /// `/healthz/live`: fails once the consumer loop has died, so the orchestrator restarts us.

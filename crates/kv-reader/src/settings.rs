@@ -6,6 +6,8 @@ use std::time::Duration;
 use kv_core::secret::Secret;
 use kv_core::settings::{CoreSettings, Env, SettingsError};
 
+use crate::shard::{peer_urls, ShardSpec};
+
 /// redb's page cache of a disk store unless KV_API_STATE_STORAGE_CACHE_MB says otherwise.
 pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -41,6 +43,19 @@ pub struct Settings {
     pub max_batch_get_bytes: usize,
     /// Most reads waiting for their consistency token at once (503 past it).
     pub max_read_your_writes_waiters: usize,
+    /// `KV_API_SHARD`: this reader holds only its shard's partitions and forwards the rest.
+    pub shard: Option<Sharding>,
+}
+
+/// A sharded reader's place and its peers.
+#[derive(Debug, Clone)]
+pub struct Sharding {
+    pub spec: ShardSpec,
+    /// Base URL of every shard, this one's included, by index.
+    pub peers: Vec<String>,
+    /// Longest a forwarded read may take, waiting for its consistency token on the owner
+    /// included.
+    pub forward_timeout: Duration,
 }
 
 /// KV_API_MAX_READ_YOUR_WRITES_WAITERS unless set.
@@ -105,8 +120,53 @@ impl Settings {
                 }
                 waiters => waiters,
             },
+            shard: None,
+        })
+        .and_then(|mut settings: Self| {
+            settings.shard = sharding(env, settings.read_your_writes_timeout)?;
+            Ok(settings)
         })
     }
+}
+
+/// KV_API_SHARD, KV_API_SHARD_REPLICAS, KV_API_SHARD_PEERS, KV_API_SHARD_FORWARD_TIMEOUT_MS.
+fn sharding(
+    env: &Env,
+    read_your_writes_timeout: Duration,
+) -> Result<Option<Sharding>, SettingsError> {
+    let Some(shard) = env.string("KV_API_SHARD") else {
+        for var in ["KV_API_SHARD_REPLICAS", "KV_API_SHARD_PEERS"] {
+            if env.string(var).is_some() {
+                return Err(SettingsError::new(
+                    var,
+                    "has no effect without KV_API_SHARD (i/N): set both, or neither",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let spec = ShardSpec::parse(&shard, env.number("KV_API_SHARD_REPLICAS", 1)?)?;
+    let peers = match env.string("KV_API_SHARD_PEERS") {
+        Some(peers) => peer_urls(&peers, spec.count)?,
+        None if spec.count == 1 => vec![String::new()],
+        None => {
+            return Err(SettingsError::new(
+                "KV_API_SHARD_PEERS",
+                format!(
+                    "is required with KV_API_SHARD={shard}: where each shard answers, as a \
+                     template (http://kv-reader-{{i}}.kv-reader-headless:8081) or {} URLs",
+                    spec.count
+                ),
+            ))
+        }
+    };
+    let default_timeout = read_your_writes_timeout + Duration::from_secs(5);
+    let forward_timeout = env.millis("KV_API_SHARD_FORWARD_TIMEOUT_MS", default_timeout)?;
+    Ok(Some(Sharding {
+        spec,
+        peers,
+        forward_timeout,
+    }))
 }
 
 /// KV_API_STATE_STORAGE_TYPE as the original documented it: unset (or its `sqlite`) means in
@@ -258,6 +318,26 @@ mod tests {
         assert_eq!(told.max_read_your_writes_waiters, 50);
         let error = settings(&[("KV_API_MAX_READ_YOUR_WRITES_WAITERS", "0")]).expect_err("zero");
         assert_eq!(error.var, "KV_API_MAX_READ_YOUR_WRITES_WAITERS");
+    }
+
+    #[test]
+    fn a_shard_needs_its_peers_and_a_peer_list_needs_a_shard() {
+        assert!(settings(&[]).expect("settings").shard.is_none());
+        let error = settings(&[("KV_API_SHARD", "1/3")]).expect_err("no peers");
+        assert_eq!(error.var, "KV_API_SHARD_PEERS");
+        let error = settings(&[("KV_API_SHARD_PEERS", "http://r-{i}:8081")]).expect_err("no shard");
+        assert_eq!(error.var, "KV_API_SHARD_PEERS");
+        let sharded = settings(&[
+            ("KV_API_SHARD", "1/3"),
+            ("KV_API_SHARD_REPLICAS", "2"),
+            ("KV_API_SHARD_PEERS", "http://r-{i}:8081"),
+        ])
+        .expect("settings")
+        .shard
+        .expect("sharded");
+        assert_eq!(sharded.spec, ShardSpec::parse("1/3", 2).expect("spec"));
+        assert_eq!(sharded.peers[2], "http://r-2:8081");
+        assert_eq!(sharded.forward_timeout, Duration::from_secs(10));
     }
 
     #[test]

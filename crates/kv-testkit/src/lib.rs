@@ -18,7 +18,7 @@ pub use broker::{Broker, BrokerUnderTest};
 pub use oidc::{OidcProvider, OIDC_AUDIENCE};
 pub use poll::{eventually, DEADLINE};
 pub use prometheus::metric;
-pub use services::{run_to_exit, service_env, workspace_binary, Service};
+pub use services::{run_to_exit, service_env, workspace_binary, Service, Shards};
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

@@ -328,3 +328,100 @@ pub fn run_to_exit(
     );
     (output.status.code(), text)
 }
+
+/// Sharded readers on loopback: `count` processes of `program`, shard `i` listening on its own
+/// port and knowing every other's, each holding its partitions `replicas` times over.
+#[derive(Debug)]
+pub struct Shards {
+    program: String,
+    envs: Vec<Vec<(&'static str, String)>>,
+    shards: Vec<Option<Service>>,
+}
+
+impl Shards {
+    /// Starts every shard with `env` plus its shard variables; each gets its own group.
+    pub fn start(
+        program: &str,
+        env: &[(&'static str, String)],
+        count: usize,
+        replicas: usize,
+    ) -> Shards {
+        let ports: Vec<u16> = (0..count).map(|_| crate::free_port()).collect();
+        let peers = ports
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let envs: Vec<Vec<(&'static str, String)>> = (0..count)
+            .map(|i| {
+                let mut shard_env = env.to_vec();
+                let group = env
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| *k == "KAFKA_GROUP_ID")
+                    .map_or_else(|| "shards".to_owned(), |(_, v)| v.clone());
+                shard_env.extend([
+                    ("KAFKA_GROUP_ID", format!("{group}-shard-{i}")),
+                    ("KV_API_SHARD", format!("{i}/{count}")),
+                    ("KV_API_SHARD_REPLICAS", replicas.to_string()),
+                    ("KV_API_SHARD_PEERS", peers.clone()),
+                    ("KV_API_LISTEN", format!("127.0.0.1:{}", ports[i])),
+                ]);
+                shard_env
+            })
+            .collect();
+        let shards = envs
+            .iter()
+            .map(|env| Some(Service::start(program, env)))
+            .collect();
+        Shards {
+            program: program.to_owned(),
+            envs,
+            shards,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    /// Shard `i`; panics when it was killed and not restarted.
+    pub fn get(&self, i: usize) -> &Service {
+        self.shards[i].as_ref().expect("a running shard")
+    }
+
+    pub fn get_mut(&mut self, i: usize) -> &mut Service {
+        self.shards[i].as_mut().expect("a running shard")
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.shards[i].is_some()
+    }
+
+    /// SIGKILLs shard `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut shard) = self.shards[i].take() {
+            shard.kill();
+        }
+    }
+
+    /// Starts shard `i` again on its port, with `extra` variables added.
+    pub fn restart(&mut self, i: usize, extra: &[(&'static str, String)]) {
+        self.kill(i);
+        let mut env = self.envs[i].clone();
+        env.extend(extra.iter().cloned());
+        self.shards[i] = Some(Service::start(&self.program, &env));
+    }
+
+    /// The running shards.
+    pub fn running(&self) -> impl Iterator<Item = (usize, &Service)> {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+    }
+}

@@ -36,6 +36,11 @@ pub enum ErrorCode {
     /// As many requests of this kind run as the service takes at once (bodies held, sealed
     /// listings); retrying later succeeds.
     Overloaded,
+    /// A sharded reader reached no shard holding the key's partition; other keys still answer.
+    ShardUnavailable,
+    /// The replica is further behind on the partitions a read touches than the read allows
+    /// (`max_lag`, `X-Max-Replica-Lag`).
+    ReplicaLagging,
     Internal,
 }
 
@@ -50,9 +55,11 @@ impl ErrorCode {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::KafkaUnavailable | Self::NotReady | Self::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::KafkaUnavailable
+            | Self::NotReady
+            | Self::Overloaded
+            | Self::ShardUnavailable
+            | Self::ReplicaLagging => StatusCode::SERVICE_UNAVAILABLE,
             Self::KafkaRejected => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -7,6 +7,7 @@ mod metrics;
 mod openapi;
 mod read_routes;
 mod replication;
+mod shards;
 mod topic_compatibility;
 mod topic_encryption;
 mod topic_safety;

@@ -4,65 +4,13 @@
 use crate::{writer, READER};
 use std::time::Duration;
 
+use kv_core::kafka::kafka_partition;
 use kv_testkit::service_env;
 use kv_testkit::{eventually, Broker, Service};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-
-/// Kafka's murmur2 as the Java client computes it for a record key.
-fn java_murmur2(data: &[u8]) -> u32 {
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let tail = chunks.remainder();
-    if tail.len() >= 3 {
-        h ^= u32::from(tail[2]) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= u32::from(tail[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-fn java_partition(key: &[u8], partitions: u32) -> i32 {
-    ((java_murmur2(key) & 0x7fff_ffff) % partitions) as i32
-}
-
-#[test]
-fn the_murmur2_reference_matches_kafkas_published_vectors() {
-    // Values from Kafka's UtilsTest.testMurmur2.
-    assert_eq!(java_murmur2(b"21") as i32, -973_932_308);
-    assert_eq!(java_murmur2(b"foobar") as i32, -790_332_482);
-    assert_eq!(
-        java_murmur2(b"a-little-bit-long-string") as i32,
-        -985_981_536
-    );
-    assert_eq!(
-        java_murmur2(b"a-little-bit-longer-string") as i32,
-        -1_486_304_829
-    );
-    assert_eq!(
-        java_murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
-        -58_897_971
-    );
-}
 
 #[tokio::test]
 async fn kv_writer_puts_raw_bytes_on_the_partition_java_clients_choose() {
@@ -95,7 +43,7 @@ async fn kv_writer_puts_raw_bytes_on_the_partition_java_clients_choose() {
         );
         assert_eq!(
             partition,
-            java_partition(key.as_bytes(), 6),
+            kafka_partition(key.as_bytes(), 6),
             "key {key:?} landed on another partition than a Java client would choose"
         );
         written.push((key, partition, offset));
