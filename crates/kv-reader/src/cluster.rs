@@ -256,11 +256,12 @@ impl Cluster {
     }
 
     /// The owners of `partition` to try, best first: those that serve it (caught up, within
-    /// `max_lag`) before those that may not, and this shard first among equals; the rest by
-    /// lag. Peers never heard of come last but are still tried.
+    /// `max_lag`), this shard first among them; then peers not heard of yet or not serving it;
+    /// then this shard behind (it answers with its lag headers, or `replica_lagging`); peers
+    /// known to be down last, still tried.
     pub fn targets(&self, partition: i32, max_lag: Option<u64>, local: &Progress) -> Vec<Target> {
         let bound = max_lag.unwrap_or(u64::MAX);
-        let mut ranked: Vec<((u8, u8, u64), Target)> = self
+        let mut ranked: Vec<((u8, u64), Target)> = self
             .spec
             .owners(partition)
             .map(|shard| {
@@ -268,23 +269,23 @@ impl Cluster {
                     let (caught_up, lag) = local
                         .partition_state(partition)
                         .unwrap_or((false, u64::MAX));
-                    let class = if caught_up && lag <= bound && local.is_alive() {
+                    let rank = if caught_up && lag <= bound && local.is_alive() {
                         0
                     } else {
-                        1
+                        3
                     };
-                    ((class, 0, lag), Target::Local)
+                    ((rank, lag), Target::Local)
                 } else {
                     let health = self.health(shard);
                     let lag = health.lag(partition);
-                    let class = if health.serves(partition) && lag <= bound {
-                        0
-                    } else if health.reachable {
+                    let rank = if health.serves(partition) && lag <= bound {
                         1
-                    } else {
+                    } else if health.reachable || health.last_answer.is_none() {
                         2
+                    } else {
+                        4
                     };
-                    ((class, 1, lag), Target::Peer(shard))
+                    ((rank, lag), Target::Peer(shard))
                 }
             })
             .collect();

@@ -346,6 +346,17 @@ impl Shards {
         count: usize,
         replicas: usize,
     ) -> Shards {
+        Self::start_each(program, env, count, replicas, |_| Vec::new())
+    }
+
+    /// As [`Shards::start`], shard `i` also getting `own(i)`.
+    pub fn start_each(
+        program: &str,
+        env: &[(&'static str, String)],
+        count: usize,
+        replicas: usize,
+        own: impl Fn(usize) -> Vec<(&'static str, String)>,
+    ) -> Shards {
         let ports: Vec<u16> = (0..count).map(|_| crate::free_port()).collect();
         let peers = ports
             .iter()
@@ -367,6 +378,7 @@ impl Shards {
                     ("KV_API_SHARD_PEERS", peers.clone()),
                     ("KV_API_LISTEN", format!("127.0.0.1:{}", ports[i])),
                 ]);
+                shard_env.extend(own(i));
                 shard_env
             })
             .collect();

@@ -4,6 +4,7 @@
 mod batch_get_attack;
 mod killed_during_replay;
 mod poison_records;
+mod shard_kills;
 
 /// The binary under test, as cargo built it for this test.
 pub const READER: &str = env!("CARGO_BIN_EXE_kv-reader");
