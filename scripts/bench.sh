@@ -209,14 +209,14 @@ LUA
 
 to_ms() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f\n", v }'; }
 
-http_reads() { # http_reads PORT LABEL: warm-up, then $runs runs; medians into <label>_{rps,p50,p99}
-    local out="$work/wrk-$2.txt"
+http_reads() { # http_reads PORT LABEL [SCRIPT]: warm-up, then $runs runs; medians into <label>_{rps,p50,p99}
+    local out="$work/wrk-$2.txt" script="${3:-$work/random.lua}"
     : >"$out"
-    BENCH_KEYS="$keys" wrk -t"$threads" -c"$connections" -d"${warmup}s" -s "$work/random.lua" \
+    BENCH_KEYS="$keys" wrk -t"$threads" -c"$connections" -d"${warmup}s" -s "$script" \
         "http://127.0.0.1:$1" >/dev/null
     for _ in $(seq 1 "$runs"); do
         BENCH_KEYS="$keys" wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency \
-            -s "$work/random.lua" "http://127.0.0.1:$1" >"$work/wrk-run.txt"
+            -s "$script" "http://127.0.0.1:$1" >"$work/wrk-run.txt"
         cat "$work/wrk-run.txt" >>"$out"
         if grep -q "Non-2xx" "$work/wrk-run.txt"; then die "$2 answered non-2xx; see $out"; fi
         printf 'RUN rps=%s p50=%s p99=%s\n' \
@@ -249,7 +249,72 @@ done
 redis_rps=$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f2 | median)
 redis_p50=$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f5 | median)
 redis_p99=$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f7 | median)
-kill "$nginx_pid" "$redis_pid" "$reader_pid" 2>/dev/null || true
+kill "$nginx_pid" "$redis_pid" 2>/dev/null || true
+
+# --- 6. shards: the same topic over 3 sharded readers (R=1); their stores and RSS against the
+# full replica's, and a GET forwarded one hop against a GET the shard answers itself ----------
+shard_ports=() shard_pids=()
+for i in 0 1 2; do shard_ports+=("$(free_port)"); done
+shard_peers="http://127.0.0.1:${shard_ports[0]},http://127.0.0.1:${shard_ports[1]},http://127.0.0.1:${shard_ports[2]}"
+log "shards: 3 readers replaying their partitions of the $keys keys"
+for i in 0 1 2; do
+    mkdir -p "$work/shard-$i"
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$tansu" KV_API_KAFKA_KEY_VALUE_TOPIC="$read_topic" \
+        KAFKA_GROUP_ID="bench-shard-$i" KV_API_STATE_STORAGE_DISK_LOCATION="$work/shard-$i" \
+        KV_API_SHARD="$i/3" KV_API_SHARD_PEERS="$shard_peers" \
+        KV_API_LISTEN="127.0.0.1:${shard_ports[$i]}" "$bin/kv-reader" >"$work/shard-$i.log" 2>&1 &
+    shard_pids+=($!)
+    pids+=($!)
+done
+for i in 0 1 2; do
+    wait_port "${shard_ports[$i]}" "${shard_pids[$i]}" "shard $i"
+    wait_ready "http://127.0.0.1:${shard_ports[$i]}/healthz/ready"
+done
+shard_store_mb=0 shard_rss_mb=0
+for i in 0 1 2; do
+    shard_store_mb=$(awk -v a="$shard_store_mb" -v b="$(du -sm "$work/shard-$i" | cut -f1)" 'BEGIN { print (b > a) ? b : a }')
+    shard_rss_mb=$(awk -v a="$shard_rss_mb" -v b="$(rss_mb "${shard_pids[$i]}")" 'BEGIN { print (b > a) ? b : a }')
+done
+# Which keys shard 0 holds: murmur2 of the key, as the writer's partitioner places it.
+shard_partitions=$(curl -fsS "http://127.0.0.1:${shard_ports[0]}/healthz/cluster" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitions"])')
+python3 - "$keys" "$shard_partitions" "$work" <<'PY'
+import sys
+keys, partitions, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+def murmur2(data):
+    m, h = 0x5BD1E995, (0x9747B28C ^ len(data)) & 0xFFFFFFFF
+    n = len(data) // 4 * 4
+    for i in range(0, n, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF; k ^= k >> 24; k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = data[n:]
+    if len(tail) >= 3: h ^= tail[2] << 16
+    if len(tail) >= 2: h ^= tail[1] << 8
+    if tail: h ^= tail[0]; h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13; h = (h * m) & 0xFFFFFFFF; h ^= h >> 15
+    return h
+step = max(1, keys // 200000)
+with open(f"{work}/local.paths", "w") as local, open(f"{work}/forwarded.paths", "w") as forwarded:
+    for i in range(0, keys, step):
+        key = f"key-{i:09d}"
+        shard = ((murmur2(key.encode()) & 0x7FFFFFFF) % partitions) % 3
+        (local if shard == 0 else forwarded).write(f"/v1/kv/{key}\n")
+PY
+cat >"$work/paths.lua" <<'LUA'
+-- GET a uniformly random path of the file BENCH_PATHS names.
+local paths = {}
+local thread_seed = 0
+setup = function(thread) thread_seed = thread_seed + 1; thread:set("seed", thread_seed) end
+init = function()
+    math.randomseed(os.time() * 1000 + (seed or 0))
+    for line in io.lines(os.getenv("BENCH_PATHS")) do paths[#paths + 1] = line end
+end
+request = function() return wrk.format("GET", paths[math.random(1, #paths)]) end
+LUA
+log "shards: GET of keys shard 0 holds, then of keys it forwards, $runs x ${seconds}s"
+BENCH_PATHS="$work/local.paths" http_reads "${shard_ports[0]}" shard_local "$work/paths.lua"
+BENCH_PATHS="$work/forwarded.paths" http_reads "${shard_ports[0]}" shard_forwarded "$work/paths.lua"
+kill "${shard_pids[@]}" "$reader_pid" 2>/dev/null || true
 
 # --- 2. writes: acked HTTP writes/s at 64 connections vs a raw rdkafka producer ----------------
 # The write and freshness figures each run on a fresh Tansu: after a 1M-record replay, or some
@@ -355,6 +420,10 @@ table="$work/results.md"
     row "4. replay records/s vs raw consumer, MockCluster ($mock_records)" "$replay_mock_ours" "$replay_mock_raw" 0.8 "rec/s"
     row "4. replay records/s vs raw consumer, Tansu ($keys)" "$replay_tansu_ours" "$replay_tansu_raw" 0.8 "rec/s"
     limit_row "5. reader RSS, $keys keys on disk, after the read runs (ready: $rss_ready MB, peak $rss_peak MB, store $store_mb MB)" "$rss_after" 100 MB
+    limit_row "6. largest shard's store / the full replica's, 3 shards R=1 ($shard_store_mb MB / $store_mb MB)" "$(awk -v a="$shard_store_mb" -v b="$store_mb" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')" 0.4 x
+    limit_row "6. largest shard's RSS when ready / the full replica's ($shard_rss_mb MB / $rss_ready MB)" "$(awk -v a="$shard_rss_mb" -v b="$rss_ready" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')" 0.4 x
+    row "6. forwarded GET/s vs GET the shard answers itself" "$shard_forwarded_rps" "$shard_local_rps" 0.6 "req/s"
+    limit_row "6. forwarded GET p99 / local GET p99 ($shard_forwarded_p99 ms / $shard_local_p99 ms)" "$(awk -v a="$shard_forwarded_p99" -v b="$shard_local_p99" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')" 2 x
     echo
     echo "took $((SECONDS - started)) s; raw output in $work"
 } >"$table"

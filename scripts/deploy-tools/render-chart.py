@@ -71,7 +71,8 @@ def check_promises(shape, values, release, objects):
         return
     workload = workloads[0]
     disk = role == "reader" and values.get("reader", {}).get("storage", "disk") == "disk"
-    expected_kind = "StatefulSet" if disk else "Deployment"
+    sharded = role == "reader" and values.get("reader", {}).get("sharding", {}).get("enabled", False)
+    expected_kind = "StatefulSet" if disk or sharded else "Deployment"
     if workload["kind"] != expected_kind:
         problem(shape, f"workload is a {workload['kind']}, expected a {expected_kind}")
     spec = pod_spec(workload)
@@ -100,7 +101,16 @@ def check_promises(shape, values, release, objects):
         for var in wanted:
             if not env.get(var, {}).get("value"):
                 problem(shape, f"auth is on but {var} requires no scope")
-    if disk:
+    if sharded:
+        shards = values.get("replicaCount", 2)
+        if env.get("KV_API_SHARD", {}).get("value") != f"$(POD_INDEX)/{shards}":
+            problem(shape, "KV_API_SHARD is not the pod's ordinal over replicaCount")
+        if "pod-index" not in str(env.get("POD_INDEX", {}).get("valueFrom", "")):
+            problem(shape, "POD_INDEX does not come from the pod's ordinal label")
+        peers = env.get("KV_API_SHARD_PEERS", {}).get("value", "")
+        if "{i}" not in peers or "-headless." not in peers:
+            problem(shape, f"KV_API_SHARD_PEERS does not name each pod by the headless Service: {peers}")
+    if disk or sharded:
         if workload["spec"].get("podManagementPolicy") != "Parallel":
             problem(shape, "the StatefulSet does not start its replicas in parallel")
         governing = workload["spec"].get("serviceName")
@@ -207,7 +217,6 @@ def main():
         shapes = sorted(os.path.join(shapes_dir, f) for f in os.listdir(shapes_dir) if f.endswith(".yaml"))
         for path in shapes:
             check_shape(chart, chart_dir, path, out_dir, lint_config)
-        print("sharded readers: not a shape yet (the chart has no sharding until the service has it)")
         # Names do not double up: `kv-writer` stays `kv-writer`; another release gets `-<role>`.
         other = chart.render({"role": "writer", "auth": {"disabled": True}}, name="shop", namespace=NAMESPACE)
         if "name: shop-writer\n" not in other["kafka-kv/templates/writer.yaml"]:

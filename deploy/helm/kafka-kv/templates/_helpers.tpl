@@ -35,6 +35,15 @@ app.kubernetes.io/component: {{ .Values.role }}
 {{- if and (eq .Values.role "reader") (eq .Values.reader.storage "disk") }}true{{ end -}}
 {{- end -}}
 
+{{/* A sharded reader is a StatefulSet too: its shard index is the pod's ordinal. */}}
+{{- define "kafka-kv.sharded" -}}
+{{- if and (eq .Values.role "reader") .Values.reader.sharding.enabled }}true{{ end -}}
+{{- end -}}
+
+{{- define "kafka-kv.statefulSet" -}}
+{{- if or (include "kafka-kv.onDisk" .) (include "kafka-kv.sharded" .) }}true{{ end -}}
+{{- end -}}
+
 {{- define "kafka-kv.resources" -}}
 {{- if eq .Values.role "writer" -}}
 {{- toYaml .Values.resources.writer -}}
@@ -297,6 +306,23 @@ spec:
 {{- else }}
 - name: KAFKA_GROUP_ID
   value: {{ .Values.reader.groupId | quote }}
+{{- end }}
+{{- if include "kafka-kv.sharded" . }}
+{{- if gt (int .Values.reader.sharding.replicas) (int .Values.replicaCount) }}
+{{- fail (printf "reader.sharding.replicas (%d) cannot exceed replicaCount (%d), the number of shards" (int .Values.reader.sharding.replicas) (int .Values.replicaCount)) }}
+{{- end }}
+# The shard index is the pod's ordinal (Kubernetes 1.28+ labels every StatefulSet pod with it);
+# the number of shards is replicaCount: changing it changes every shard's partitions.
+- name: POD_INDEX
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.labels['apps.kubernetes.io/pod-index']
+- name: KV_API_SHARD
+  value: "$(POD_INDEX)/{{ .Values.replicaCount }}"
+- name: KV_API_SHARD_REPLICAS
+  value: {{ .Values.reader.sharding.replicas | quote }}
+- name: KV_API_SHARD_PEERS
+  value: "http://{{ include "kafka-kv.name" . }}-{i}.{{ include "kafka-kv.name" . }}-headless.{{ .Release.Namespace }}.svc:8080"
 {{- end }}
 - name: KV_API_STATE_STORAGE_TYPE
   value: {{ .Values.reader.storage | quote }}
