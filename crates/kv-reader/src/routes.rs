@@ -1262,6 +1262,7 @@ pub async fn ready(state: web::Data<ReaderState>) -> HttpResponse {
         "skipped_records": report.skipped_records,
         "rebuilds": report.rebuilds,
         "records_applied": report.records_applied,
+        "misrouted_records": report.misrouted_records,
     });
     if let Some(misconfiguration) = &report.misconfiguration {
         body["misconfiguration"] = serde_json::json!(misconfiguration);
