@@ -22,7 +22,7 @@ const port = Number(process.env.PORT || 0);
 const audience = process.env.AUDIENCE || 'urn:kv-api';
 const otherAudience = process.env.OTHER_AUDIENCE || 'urn:kv-other';
 const shortTtl = Number(process.env.SHORT_TOKEN_TTL || 2);
-const scopes = 'kv:read kv:write kv:delete';
+const scopes = 'kv:read kv:write kv:delete kv:admin';
 
 async function signingKey(kid) {
   const { privateKey } = await generateKeyPair('RS256', { extractable: true });

@@ -37,6 +37,8 @@ fn produce(broker: &BrokerUnderTest, topic: &str, records: usize) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap_servers())
         .set("linger.ms", "20")
+        // The writer's partitioner, so sharded readers find every key where they look.
+        .set("partitioner", "murmur2_random")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .set("message.timeout.ms", "300000")

@@ -18,9 +18,10 @@ use kv_core::web::http::{
 use kv_core::web::metrics::{metrics_middleware, Metrics};
 use kv_core::web::routing::{register, route_not_found};
 
+use crate::bootstrap::BootstrapConfig;
 use crate::cluster::Cluster;
 use crate::framing::{Registry, RegistryError, SchemaFraming, SchemaIds};
-use crate::metrics::ReplicaCollector;
+use crate::metrics::{ReplicaCollector, SnapshotMetrics};
 use crate::replica::{DeleteRetention, Replica, ReplicaError};
 use crate::routes::{self, PeerClient, ReaderState};
 use crate::settings::{Settings, Storage};
@@ -178,13 +179,26 @@ impl App {
                 Some(cluster)
             }
         };
+        let bootstrap = (!settings.bootstrap_peers.is_empty()).then(|| {
+            let oidc = &settings.core.auth.oidc;
+            BootstrapConfig {
+                peers: settings.bootstrap_peers.clone(),
+                topic: settings.core.topic.clone(),
+                shard: settings.shard.as_ref().map(|s| s.spec),
+                client: settings.bootstrap_client.clone(),
+                token_endpoint: oidc.token_endpoint.clone(),
+                issuer: oidc.idp_address_for_server.clone(),
+                scopes: oidc.admin.clone(),
+            }
+        });
         let replica = Replica::start(
             &settings,
             store.clone(),
-            codec,
+            codec.clone(),
             framing,
             delete_retention,
-            topology,
+            topology.clone(),
+            bootstrap,
         )?;
         let state = web::Data::new(ReaderState {
             store,
@@ -193,12 +207,18 @@ impl App {
             max_batch_get_bytes: settings.max_batch_get_bytes,
             sealed_listings: Arc::new(tokio::sync::Semaphore::new(routes::MAX_SEALED_LISTINGS)),
             cluster,
+            topic: settings.core.topic.clone(),
+            topology,
+            codec,
+            snapshots: Arc::new(tokio::sync::Semaphore::new(settings.snapshot_concurrency)),
+            snapshot_metrics: SnapshotMetrics::new(metrics.registry())?,
         });
         // Built once to fail start-up on a bad TLS setup; each worker gets its own below.
         peer_client()?;
         metrics.registry().register(Box::new(ReplicaCollector::new(
             state.store.clone(),
             state.progress.clone(),
+            replica.import_progress(),
         )?))?;
         let server = HttpServer::new(move || {
             let client = PeerClient(peer_client().unwrap_or_default());

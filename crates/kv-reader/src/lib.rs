@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod at_rest;
+pub mod bootstrap;
 pub mod cluster;
 pub mod fanout;
 pub mod framing;
@@ -12,6 +13,7 @@ pub mod replica;
 pub mod routes;
 pub mod settings;
 pub mod shard;
+pub mod snapshot;
 pub mod store;
 
 pub use app::App;

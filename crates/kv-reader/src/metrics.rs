@@ -1,6 +1,7 @@
 //! The replica's own metrics, read from [`Progress`] and the store when `/metrics` is scraped,
 //! so the consumer loop does no extra work for them.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kv_core::record::DecodeError;
@@ -11,12 +12,17 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use crate::framing::BadSchemaHeader;
 use crate::progress::Progress;
 use crate::replica::{CONFIGURATION_REASONS, ENCRYPTED_ENVELOPE_REASON};
+use crate::snapshot::ImportProgress;
 use crate::store::Store;
 
 /// A collector that refreshes its metrics from the replica's state at each scrape.
 #[derive(Debug)]
 pub struct ReplicaCollector {
     progress: Arc<Progress>,
+    import: Arc<ImportProgress>,
+    bootstrap_entries: IntGauge,
+    bootstrap_bytes: IntGauge,
+    bootstrapped: IntGauge,
     store: Arc<Store>,
     applied_offset: IntGaugeVec,
     end_offset: IntGaugeVec,
@@ -39,11 +45,28 @@ pub struct ReplicaCollector {
 }
 
 impl ReplicaCollector {
-    pub fn new(store: Arc<Store>, progress: Arc<Progress>) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        store: Arc<Store>,
+        progress: Arc<Progress>,
+        import: Arc<ImportProgress>,
+    ) -> Result<Self, prometheus::Error> {
         let partition =
             |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["partition"]);
         let collector = Self {
             progress,
+            import,
+            bootstrap_entries: IntGauge::new(
+                "kv_reader_bootstrap_entries",
+                "Entries taken in from a peer's snapshot at start-up (KV_API_BOOTSTRAP_PEERS), so far",
+            )?,
+            bootstrap_bytes: IntGauge::new(
+                "kv_reader_bootstrap_bytes",
+                "Bytes of a peer's snapshot read at start-up, so far",
+            )?,
+            bootstrapped: IntGauge::new(
+                "kv_reader_bootstrapped_from_snapshot",
+                "1 when this replica started from a peer's snapshot, 0 when it replayed the topic",
+            )?,
             store,
             applied_offset: partition(
                 "kv_reader_partition_applied_offset",
@@ -131,7 +154,7 @@ impl ReplicaCollector {
     }
 
     /// Every metric but the store file's size, which exists only on disk.
-    fn metrics(&self) -> [&dyn Collector; 14] {
+    fn metrics(&self) -> [&dyn Collector; 17] {
         [
             &self.applied_offset,
             &self.end_offset,
@@ -147,6 +170,9 @@ impl ReplicaCollector {
             &self.read_your_writes_waiters,
             &self.owned_partitions,
             &self.misrouted,
+            &self.bootstrap_entries,
+            &self.bootstrap_bytes,
+            &self.bootstrapped,
         ]
     }
 
@@ -173,6 +199,13 @@ impl ReplicaCollector {
         catch_up(&self.tombstones_applied, report.tombstones_applied);
         catch_up(&self.rebuilds, report.rebuilds);
         catch_up(&self.misrouted, report.misrouted_records);
+        let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.bootstrap_entries
+            .set(as_gauge(self.import.entries.load(Ordering::Relaxed)));
+        self.bootstrap_bytes
+            .set(as_gauge(self.import.bytes.load(Ordering::Relaxed)));
+        self.bootstrapped
+            .set(i64::from(self.import.taken.load(Ordering::Relaxed)));
         self.owned_partitions
             .set(i64::try_from(report.partitions.len()).unwrap_or(i64::MAX));
         for (reason, &count) in &report.skipped_records.by_reason {
@@ -235,5 +268,37 @@ impl Collector for ReplicaCollector {
             families.extend(self.store_file_size.collect());
         }
         families
+    }
+}
+
+/// Snapshots this reader served (`GET /admin/v1/snapshot`).
+#[derive(Debug, Clone)]
+pub struct SnapshotMetrics {
+    pub served: IntCounterVec,
+    pub bytes_sent: IntCounter,
+}
+
+impl SnapshotMetrics {
+    pub fn new(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            served: IntCounterVec::new(
+                Opts::new(
+                    "kv_reader_snapshots_served_total",
+                    "Snapshots served to other readers, by outcome (complete, cut: the receiver \
+                     left or the store failed)",
+                ),
+                &["outcome"],
+            )?,
+            bytes_sent: IntCounter::new(
+                "kv_reader_snapshot_bytes_sent_total",
+                "Bytes of snapshots sent to other readers",
+            )?,
+        };
+        for outcome in ["complete", "cut"] {
+            metrics.served.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(metrics.served.clone()))?;
+        registry.register(Box::new(metrics.bytes_sent.clone()))?;
+        Ok(metrics)
     }
 }

@@ -24,10 +24,12 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::bootstrap::{self, BootstrapConfig};
 use crate::framing::{BadSchemaHeader, SchemaFraming};
 use crate::progress::{Misconfiguration, PartitionProgress, Progress};
 use crate::settings::Settings;
 use crate::shard::{ShardSpec, Topology};
+use crate::snapshot::ImportProgress;
 use crate::store::{Change, Store, StoreError};
 
 /// Most records applied in one redb transaction.
@@ -125,6 +127,8 @@ pub enum ReplicaError {
 /// The running consumer thread.
 #[derive(Debug)]
 pub struct Replica {
+    /// A snapshot being taken at start-up (`KV_API_BOOTSTRAP_PEERS`), for the metrics.
+    import: Arc<ImportProgress>,
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -142,6 +146,7 @@ impl Replica {
         framing: SchemaFraming,
         delete_retention: DeleteRetention,
         topology: Arc<Topology>,
+        bootstrap: Option<BootstrapConfig>,
     ) -> Result<Self, ReplicaError> {
         let interval = settings.commit_interval.as_millis().to_string();
         let commit = if settings.commit_progress {
@@ -175,7 +180,10 @@ impl Replica {
         let stop = Arc::new(AtomicBool::new(false));
         let (closing, closed) = mpsc::channel();
         let shard = settings.shard.as_ref().map(|sharding| sharding.spec);
+        let import = Arc::new(ImportProgress::default());
         let worker = Worker {
+            bootstrap,
+            import: import.clone(),
             shard,
             topology,
             consumer,
@@ -196,6 +204,7 @@ impl Replica {
                 worker.run();
             })?;
         Ok(Self {
+            import,
             progress,
             stop,
             thread: Some(thread),
@@ -205,6 +214,10 @@ impl Replica {
 
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
+    }
+
+    pub fn import_progress(&self) -> Arc<ImportProgress> {
+        self.import.clone()
     }
 
     /// Stops consuming and waits for the thread; the last batch is either committed or not begun.
@@ -230,6 +243,8 @@ impl Replica {
 }
 
 struct Worker {
+    bootstrap: Option<BootstrapConfig>,
+    import: Arc<ImportProgress>,
     /// Set on a sharded reader: only the shard's partitions are assigned.
     shard: Option<ShardSpec>,
     topology: Arc<Topology>,
@@ -357,6 +372,18 @@ impl std::fmt::Display for Skip {
 impl Worker {
     fn run(self) {
         let _alive = AliveGuard(self.progress.clone());
+        if let Some(config) = &self.bootstrap {
+            // A bug in taking a snapshot must cost a replay, never the replica.
+            let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                bootstrap::run(config, &self.store, &self.codec, &self.format, &self.import)
+                    .is_some()
+            }))
+            .unwrap_or_else(|_| {
+                tracing::error!("taking a snapshot failed unexpectedly; replaying the topic");
+                false
+            });
+            self.import.finished(taken);
+        }
         if let Err(error) = self.replicate() {
             tracing::error!(%error, "the consumer loop stopped; liveness now fails");
         }
@@ -865,7 +892,7 @@ fn looks_encrypted(record_key: &[u8], value: &[u8]) -> bool {
 /// How this reader reads records, as the store remembers it: the topic encryption and a keyed
 /// fingerprint of its key (never the key), and which parts carry schema-registry framing.
 /// A sharded store also names its layout: another layout holds other partitions.
-fn source_format(
+pub(crate) fn source_format(
     codec: &RecordCodec,
     framing: &SchemaFraming,
     shard: Option<&ShardSpec>,

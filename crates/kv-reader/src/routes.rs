@@ -16,6 +16,7 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use kv_core::consistency::{ConsistencyToken, RecordPosition, CONSISTENCY_TOKEN_PARAM};
+use kv_core::record::RecordCodec;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::{
@@ -29,7 +30,10 @@ use serde_json::Value;
 
 use crate::cluster::{Cluster, Target, FORWARDED_BY_HEADER, MAX_LAG_HEADER, SERVED_BY_HEADER};
 use crate::fanout::{self, PartError};
+use crate::metrics::SnapshotMetrics;
 use crate::progress::{Freshness, Progress, WaitError};
+use crate::shard::{ShardSpec, Topology};
+use crate::snapshot;
 use crate::store::{Store, StoredEntry};
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
@@ -62,6 +66,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("/healthz/live").on(Method::GET, web::to(live)),
         Endpoint::new("/healthz/ready").on(Method::GET, web::to(ready)),
         Endpoint::new("/healthz/cluster").on(Method::GET, web::to(cluster_health)),
+        Endpoint::new("/admin/v1/snapshot").on(Method::GET, web::to(snapshot)),
         Endpoint::new("/metrics").on(Method::GET, web::to(metrics_endpoint)),
         Endpoint::new("/openapi.yaml").on(Method::GET, openapi_document(OPENAPI)),
     ]
@@ -78,6 +83,13 @@ pub struct ReaderState {
     pub sealed_listings: Arc<tokio::sync::Semaphore>,
     /// Set on a sharded reader: who holds which partition, and how to reach them.
     pub cluster: Option<Arc<Cluster>>,
+    /// What a snapshot needs: the topic, its partition count, how records are encoded on it.
+    pub topic: String,
+    pub topology: Arc<Topology>,
+    pub codec: RecordCodec,
+    /// Snapshots being served (KV_API_SNAPSHOT_CONCURRENCY).
+    pub snapshots: Arc<tokio::sync::Semaphore>,
+    pub snapshot_metrics: SnapshotMetrics,
 }
 
 /// The HTTP client a worker forwards reads with; one per worker, so its connections stay on
@@ -1192,6 +1204,116 @@ async fn list_across(
         }
         return Ok(answer);
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotQuery {
+    /// The asking shard, `i/N`, and its `replicas`: the snapshot holds its partitions.
+    shard: Option<String>,
+    replicas: Option<String>,
+}
+
+/// `GET /admin/v1/snapshot[?shard=i/N&replicas=R]`: this replica's entries (of the asking
+/// shard's partitions) from one read transaction, streamed as docs/wire-format.md describes.
+pub async fn snapshot(
+    _auth: Authorized<operation::Admin>,
+    request: HttpRequest,
+    state: web::Data<ReaderState>,
+) -> Result<HttpResponse, ApiError> {
+    let query: SnapshotQuery = parse_query(&request)?;
+    let not_ready = |why: &str| {
+        ApiError::new(
+            ErrorCode::NotReady,
+            format!("this replica {why}; ask another, or later"),
+        )
+        .with_retry_after(Duration::from_secs(1))
+    };
+    if !state.progress.report().ready {
+        return Err(not_ready(
+            "is not ready: a snapshot is taken of a caught-up replica only",
+        ));
+    }
+    let held: Vec<i32> = state.progress.report().partitions.into_keys().collect();
+    let wanted: Vec<i32> = match (query.shard, query.replicas) {
+        (None, None) => held.clone(),
+        (Some(shard), replicas) => {
+            let replicas = replicas.as_deref().unwrap_or("1").parse().map_err(|_| {
+                ApiError::invalid_request("parameter `replicas` must be a whole number")
+            })?;
+            let spec = ShardSpec::parse(&shard, replicas).map_err(|e| {
+                ApiError::invalid_request(format!(
+                    "parameters `shard` (i/N) and `replicas`: {}",
+                    e.reason
+                ))
+            })?;
+            let count = state
+                .topology
+                .partitions()
+                .ok_or_else(|| not_ready("has not read the topic's partitions yet"))?;
+            (0..count as i32).filter(|&p| spec.holds(p)).collect()
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::invalid_request(
+                "parameter `replicas` needs parameter `shard`",
+            ))
+        }
+    };
+    if let Some(missing) = wanted.iter().find(|p| !held.contains(p)) {
+        return Err(ApiError::invalid_request(format!(
+            "this replica does not hold partition {missing}; ask one of its owners"
+        )));
+    }
+    let Ok(slot) = state.snapshots.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            ErrorCode::Overloaded,
+            "as many snapshots are being served as KV_API_SNAPSHOT_CONCURRENCY allows; retry",
+        )
+        .with_retry_after(Duration::from_secs(5)));
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(
+        snapshot::CHUNKS_IN_FLIGHT,
+    );
+    let (store, codec, topic, metrics) = (
+        state.store.clone(),
+        state.codec.clone(),
+        state.topic.clone(),
+        state.snapshot_metrics.clone(),
+    );
+    let partitions = wanted.clone();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let mut open = true;
+        let result = snapshot::write_snapshot(&store, &codec, &topic, &partitions, |chunk| {
+            metrics.bytes_sent.inc_by(chunk.len() as u64);
+            open = tx.blocking_send(Ok(chunk)).is_ok();
+            open
+        });
+        let outcome = match result {
+            Ok(_) if open => "complete",
+            Ok(_) => "cut",
+            Err(error) => {
+                tracing::error!(%error, "a snapshot failed while reading the store");
+                let _ = tx.blocking_send(Err(std::io::Error::other(error.to_string())));
+                "cut"
+            }
+        };
+        metrics.served.with_label_values(&[outcome]).inc();
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let listed = wanted
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut answer = HttpResponse::Ok();
+    answer.content_type(snapshot::CONTENT_TYPE);
+    if let Ok(value) = HeaderValue::from_str(&listed) {
+        answer.insert_header((HeaderName::from_static("x-snapshot-partitions"), value));
+    }
+    Ok(answer.streaming(body))
 }
 
 /// `/healthz/cluster`: every shard's partitions, readiness and lag as this shard last heard

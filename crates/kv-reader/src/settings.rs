@@ -45,7 +45,16 @@ pub struct Settings {
     pub max_read_your_writes_waiters: usize,
     /// `KV_API_SHARD`: this reader holds only its shard's partitions and forwards the rest.
     pub shard: Option<Sharding>,
+    /// `KV_API_BOOTSTRAP_PEERS`: readers an empty store takes a snapshot from, in order.
+    pub bootstrap_peers: Vec<String>,
+    /// The client-credentials grant a bootstrapping reader gets its admin token with.
+    pub bootstrap_client: Option<(String, Secret<String>)>,
+    /// Most snapshots this reader serves at once (503 past it).
+    pub snapshot_concurrency: usize,
 }
+
+/// KV_API_SNAPSHOT_CONCURRENCY unless set.
+pub const DEFAULT_SNAPSHOT_CONCURRENCY: usize = 2;
 
 /// A sharded reader's place and its peers.
 #[derive(Debug, Clone)]
@@ -121,12 +130,65 @@ impl Settings {
                 waiters => waiters,
             },
             shard: None,
+            bootstrap_peers: match env.string("KV_API_BOOTSTRAP_PEERS") {
+                None => Vec::new(),
+                Some(list) => bootstrap_peers(&list)?,
+            },
+            bootstrap_client: match (
+                env.string("KV_API_BOOTSTRAP_CLIENT_ID"),
+                env.string("KV_API_BOOTSTRAP_CLIENT_SECRET"),
+            ) {
+                (None, None) => None,
+                (Some(id), Some(secret)) => Some((id, Secret::new(secret))),
+                (Some(_), None) => {
+                    return Err(SettingsError::new(
+                        "KV_API_BOOTSTRAP_CLIENT_SECRET",
+                        "is required with KV_API_BOOTSTRAP_CLIENT_ID",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(SettingsError::new(
+                        "KV_API_BOOTSTRAP_CLIENT_ID",
+                        "is required with KV_API_BOOTSTRAP_CLIENT_SECRET",
+                    ))
+                }
+            },
+            snapshot_concurrency: match env
+                .number("KV_API_SNAPSHOT_CONCURRENCY", DEFAULT_SNAPSHOT_CONCURRENCY)?
+            {
+                0 => {
+                    return Err(SettingsError::new(
+                        "KV_API_SNAPSHOT_CONCURRENCY",
+                        "must be at least 1",
+                    ))
+                }
+                n => n,
+            },
         })
         .and_then(|mut settings: Self| {
             settings.shard = sharding(env, settings.read_your_writes_timeout)?;
             Ok(settings)
         })
     }
+}
+
+/// KV_API_BOOTSTRAP_PEERS: a comma list of http(s) URLs.
+fn bootstrap_peers(list: &str) -> Result<Vec<String>, SettingsError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| match reqwest::Url::parse(url) {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() =>
+            {
+                Ok(url.trim_end_matches('/').to_owned())
+            }
+            _ => Err(SettingsError::new(
+                "KV_API_BOOTSTRAP_PEERS",
+                format!("{url:?} is not an http:// or https:// URL with a host"),
+            )),
+        })
+        .collect()
 }
 
 /// KV_API_SHARD, KV_API_SHARD_REPLICAS, KV_API_SHARD_PEERS, KV_API_SHARD_FORWARD_TIMEOUT_MS.

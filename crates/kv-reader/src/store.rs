@@ -96,6 +96,16 @@ pub enum Change<'a> {
     },
 }
 
+/// What a snapshot states about the store it was taken of.
+#[derive(Debug, Clone)]
+pub struct ExportHeader {
+    pub topic: Option<String>,
+    pub source_format: Option<String>,
+    pub next_offsets: BTreeMap<i32, i64>,
+    /// Entries in the store (a shard's snapshot carries those of its partitions only).
+    pub entries: u64,
+}
+
 /// A value as stored, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEntry {
@@ -515,6 +525,96 @@ impl Store {
             keys.push(key.to_vec());
         }
         Ok((keys, false))
+    }
+
+    /// One consistent view for a snapshot: in a single read transaction, the topic, the
+    /// source format, the next offsets, the entry count, then every entry whose partition
+    /// `keep` admits, handed to `each` with its user key. `each` returning `false` stops early
+    /// (the receiver went away).
+    pub fn export(
+        &self,
+        keep: impl Fn(i32) -> bool,
+        header: impl FnOnce(ExportHeader) -> bool,
+        mut each: impl FnMut(&[u8], StoredEntry) -> bool,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let mut next_offsets = BTreeMap::new();
+        for row in txn.open_table(NEXT_OFFSETS)?.iter()? {
+            let (partition, offset) = row?;
+            let partition = partition.value() as i32;
+            if keep(partition) {
+                next_offsets.insert(partition, offset.value() as i64);
+            }
+        }
+        let entries = txn.open_table(ENTRIES)?;
+        let go_on = header(ExportHeader {
+            topic: meta.get("topic")?.map(|v| v.value().to_owned()),
+            source_format: meta.get("source_format")?.map(|v| v.value().to_owned()),
+            next_offsets,
+            entries: entries.len()?,
+        });
+        if !go_on {
+            return Ok(());
+        }
+        for row in entries.iter()? {
+            let (key, raw) = row?;
+            let (user_key, entry) = match &self.cipher {
+                None => (Cow::Borrowed(key.value()), decode_entry(raw.value())?),
+                Some(cipher) => {
+                    let (user_key, entry) = open_entry(cipher, key.value(), raw.value())?;
+                    (Cow::Owned(user_key), decode_entry(&entry)?)
+                }
+            };
+            if keep(entry.partition) && !each(&user_key, entry) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of a snapshot's import: the offsets it was taken at, and the topic and format
+    /// it was read under, in one transaction. Until this commits the store names no topic, so
+    /// an import cut short is rebuilt from scratch at the next start.
+    pub fn finish_import(
+        &self,
+        topic: &str,
+        source_format: &str,
+        next_offsets: &BTreeMap<i32, i64>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("topic", topic)?;
+            meta.insert("source_format", source_format)?;
+            let mut offsets = txn.open_table(NEXT_OFFSETS)?;
+            for (&partition, &offset) in next_offsets {
+                offsets.insert(partition as u32, offset as u64)?;
+            }
+        }
+        txn.commit()?;
+        self.refresh_snapshot();
+        Ok(())
+    }
+
+    /// Empties the store and forgets its topic: a snapshot import starts, or gives up.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.delete_table(ENTRIES)?;
+        txn.delete_table(RECORD_KEYS)?;
+        txn.delete_table(NEXT_OFFSETS)?;
+        txn.open_table(ENTRIES)?;
+        txn.open_table(RECORD_KEYS)?;
+        txn.open_table(NEXT_OFFSETS)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.remove("topic")?;
+            meta.remove("source_format")?;
+            meta.remove(BROKER_CONTACT)?;
+        }
+        txn.commit()?;
+        self.refresh_snapshot();
+        Ok(())
     }
 
     pub fn key_count(&self) -> Result<u64, StoreError> {

@@ -8,6 +8,7 @@ pub mod oidc;
 pub mod openapi;
 pub mod poll;
 pub mod prometheus;
+pub mod proxy;
 pub mod reader;
 pub mod services;
 pub mod topic;

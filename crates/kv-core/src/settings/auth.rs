@@ -30,6 +30,9 @@ pub struct OidcSettings {
     pub read: Vec<String>,
     pub write: Vec<String>,
     pub delete: Vec<String>,
+    /// KV_API_AUTH_ADMIN: the reader's snapshot route; `kv:admin` unless set (set it empty to
+    /// admit any valid token).
+    pub admin: Vec<String>,
     /// KV_API_AUTH_ALLOWED_CLIENTS: when not empty, a token's `azp` (or `client_id`) must be one
     /// of these clients.
     pub allowed_clients: Vec<String>,
@@ -47,6 +50,10 @@ pub struct OidcSettings {
 pub const ASYMMETRIC_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
+
+/// What KV_API_AUTH_ADMIN is unless set: a snapshot copies the whole replica, so no token
+/// gets it by default.
+pub const DEFAULT_ADMIN_SCOPE: &str = "kv:admin";
 
 fn word_list(raw: Option<String>) -> Vec<String> {
     raw.unwrap_or_default()
@@ -76,6 +83,10 @@ impl AuthSettings {
             read: word_list(env.string("KV_API_AUTH_READ")),
             write: word_list(env.string("KV_API_AUTH_WRITE")),
             delete: word_list(env.string("KV_API_AUTH_DELETE")),
+            admin: word_list(Some(
+                env.string("KV_API_AUTH_ADMIN")
+                    .unwrap_or_else(|| DEFAULT_ADMIN_SCOPE.to_owned()),
+            )),
             allowed_clients: word_list(env.string("KV_API_AUTH_ALLOWED_CLIENTS")),
             algorithms: match env.string("KV_API_AUTH_ALGORITHMS") {
                 None => ASYMMETRIC_ALGORITHMS

@@ -38,6 +38,8 @@ pub enum Operation {
     Read,
     Write,
     Delete,
+    /// The reader's snapshot of its whole replica (KV_API_AUTH_ADMIN).
+    Admin,
 }
 
 /// Why a request was refused; renders as 401 or 403 with a `WWW-Authenticate` challenge.
@@ -248,6 +250,7 @@ pub struct Authenticator {
     read: Vec<String>,
     write: Vec<String>,
     delete: Vec<String>,
+    admin: Vec<String>,
     allowed_clients: Vec<String>,
     keys: Arc<KeySource>,
 }
@@ -341,6 +344,7 @@ impl Authenticator {
             read: settings.read.clone(),
             write: settings.write.clone(),
             delete: settings.delete.clone(),
+            admin: settings.admin.clone(),
             allowed_clients: settings.allowed_clients.clone(),
             keys: {
                 let source = KeySource::new(http, jwks_uri, keys);
@@ -474,6 +478,7 @@ impl Authenticator {
             Operation::Read => &self.read,
             Operation::Write => &self.write,
             Operation::Delete => &self.delete,
+            Operation::Admin => &self.admin,
         };
         if required.is_empty() {
             return Ok(());
@@ -653,6 +658,11 @@ pub mod operation {
     pub struct Write;
     #[derive(Debug)]
     pub struct Delete;
+    #[derive(Debug)]
+    pub struct Admin;
+    impl Kind for Admin {
+        const OPERATION: super::Operation = super::Operation::Admin;
+    }
     impl Kind for Read {
         const OPERATION: super::Operation = super::Operation::Read;
     }

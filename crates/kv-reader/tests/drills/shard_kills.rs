@@ -91,8 +91,8 @@ async fn drill_a_shard_killed_every_few_seconds_costs_no_read_and_no_write() {
     for (_, shard) in shards.running() {
         wait_ready(&http, shard).await;
     }
+    settle(&http, &shards, &values).await;
     let model = Arc::new(Mutex::new(values.clone()));
-    settle(&http, &shards, &model.lock().expect("model").clone()).await;
 
     let up: Arc<Vec<AtomicBool>> = Arc::new((0..SHARDS).map(|_| AtomicBool::new(true)).collect());
     let urls: Arc<Vec<String>> = Arc::new(

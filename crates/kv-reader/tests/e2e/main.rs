@@ -8,6 +8,7 @@ mod openapi;
 mod read_routes;
 mod replication;
 mod shards;
+mod snapshot;
 mod topic_compatibility;
 mod topic_encryption;
 mod topic_safety;
