@@ -278,6 +278,8 @@ spec:
 {{- if eq .Values.role "reader" }}
 - name: KV_API_AUTH_READ
   value: {{ .Values.auth.read | quote }}
+- name: KV_API_AUTH_ADMIN
+  value: {{ .Values.auth.admin | quote }}
 {{- else }}
 - name: KV_API_AUTH_WRITE
   value: {{ .Values.auth.write | quote }}
@@ -323,6 +325,23 @@ spec:
   value: {{ .Values.reader.sharding.replicas | quote }}
 - name: KV_API_SHARD_PEERS
   value: "http://{{ include "kafka-kv.name" . }}-{i}.{{ include "kafka-kv.name" . }}-headless.{{ .Release.Namespace }}.svc:8080"
+{{- end }}
+{{- if .Values.reader.bootstrap.enabled }}
+# The readers' own Service routes only to ready pods: any of them serves a snapshot.
+- name: KV_API_BOOTSTRAP_PEERS
+  value: "http://{{ include "kafka-kv.name" . }}.{{ .Release.Namespace }}.svc:{{ .Values.service.port }}"
+{{- with .Values.reader.bootstrap.clientSecret }}
+- name: KV_API_BOOTSTRAP_CLIENT_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: client-id
+- name: KV_API_BOOTSTRAP_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: client-secret
+{{- end }}
 {{- end }}
 - name: KV_API_STATE_STORAGE_TYPE
   value: {{ .Values.reader.storage | quote }}
