@@ -314,7 +314,34 @@ LUA
 log "shards: GET of keys shard 0 holds, then of keys it forwards, $runs x ${seconds}s"
 BENCH_PATHS="$work/local.paths" http_reads "${shard_ports[0]}" shard_local "$work/paths.lua"
 BENCH_PATHS="$work/forwarded.paths" http_reads "${shard_ports[0]}" shard_forwarded "$work/paths.lua"
-kill "${shard_pids[@]}" "$reader_pid" 2>/dev/null || true
+kill "${shard_pids[@]}" 2>/dev/null || true
+
+# --- 7. snapshot bootstrap: a new reader ready from the full replica's snapshot, against one
+# replaying the same topic, and the full replica's reads while it serves the snapshot --------
+ready_in() { # ready_in LABEL [VAR=VALUE...]: starts a memory reader, prints seconds until ready
+    local port pid start
+    port=$(free_port)
+    start=$(date +%s.%N)
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$tansu" KV_API_KAFKA_KEY_VALUE_TOPIC="$read_topic" \
+        KAFKA_GROUP_ID="bench-$1" KV_API_STATE_STORAGE_TYPE=memory KV_API_LISTEN="127.0.0.1:$port" \
+        "${@:2}" "$bin/kv-reader" >"$work/$1.log" 2>&1 &
+    pid=$!
+    pids+=($pid)
+    wait_port "$port" "$pid" "$1"
+    wait_ready "http://127.0.0.1:$port/healthz/ready"
+    awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", e - s }'
+    kill "$pid" 2>/dev/null || true
+}
+log "snapshot: a new reader of $keys keys from a peer's snapshot, then one replaying the topic"
+snapshot_ready_s=$(ready_in snapshot-new KV_API_BOOTSTRAP_PEERS="http://127.0.0.1:$reader_port")
+grep -q "snapshot taken" "$work/snapshot-new.log" || die "the new reader took no snapshot; see $work/snapshot-new.log"
+replay_ready_s=$(ready_in replay-new)
+log "snapshot: reads on the peer while it serves a snapshot"
+ready_in snapshot-load KV_API_BOOTSTRAP_PEERS="http://127.0.0.1:$reader_port" >/dev/null &
+snapshot_load=$!
+http_reads "$reader_port" serving
+wait "$snapshot_load" || true
+kill "$reader_pid" 2>/dev/null || true
 
 # --- 2. writes: acked HTTP writes/s at 64 connections vs a raw rdkafka producer ----------------
 # The write and freshness figures each run on a fresh Tansu: after a 1M-record replay, or some
@@ -422,6 +449,8 @@ table="$work/results.md"
     limit_row "5. reader RSS, $keys keys on disk, after the read runs (ready: $rss_ready MB, peak $rss_peak MB, store $store_mb MB)" "$rss_after" 100 MB
     limit_row "6. largest shard's store / the full replica's, 3 shards R=1 ($shard_store_mb MB / $store_mb MB)" "$(awk -v a="$shard_store_mb" -v b="$store_mb" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')" 0.4 x
     limit_row "6. largest shard's RSS when ready / the full replica's ($shard_rss_mb MB / $rss_ready MB)" "$(awk -v a="$shard_rss_mb" -v b="$rss_ready" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')" 0.4 x
+    limit_row "7. new reader ready from a snapshot / by replay ($snapshot_ready_s s / $replay_ready_s s)" "$(awk -v a="$snapshot_ready_s" -v b="$replay_ready_s" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')" 0.3 x
+    row "7. peer reads/s while serving a snapshot vs idle (p99 $serving_p99 ms)" "$serving_rps" "$reader_rps" 0.7 "req/s"
     row "6. forwarded GET/s vs GET the shard answers itself" "$shard_forwarded_rps" "$shard_local_rps" 0.6 "req/s"
     limit_row "6. forwarded GET p99 / local GET p99 ($shard_forwarded_p99 ms / $shard_local_p99 ms)" "$(awk -v a="$shard_forwarded_p99" -v b="$shard_local_p99" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')" 2 x
     echo
