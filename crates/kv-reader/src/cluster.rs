@@ -276,7 +276,11 @@ impl Cluster {
                     };
                     ((rank, lag), Target::Local)
                 } else {
-                    let health = self.health(shard);
+                    // Read under the lock, never cloned: this runs for every forwarded read.
+                    let health = self.peers[shard as usize]
+                        .health
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
                     let lag = health.lag(partition);
                     let rank = if health.serves(partition) && lag <= bound {
                         1

@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use crate::cluster::{passed_back, read_bounded, Cluster, ForwardError, SERVED_BY_HEADER};
 
+/// Answers up to this size are passed back whole; larger ones are streamed.
+const SMALL_ANSWER: u64 = 256 * 1024;
+
 /// Why an owner's part is missing.
 #[derive(Debug)]
 pub enum PartError {
@@ -183,8 +186,23 @@ pub async fn passed_through(response: reqwest::Response, limit: usize) -> HttpRe
         }
     }
     if status.is_success() || status == StatusCode::NOT_MODIFIED {
-        if let Some(length) = response.content_length() {
-            answer.no_chunking(length);
+        match response.content_length() {
+            // Most values are small: one buffer costs less than a stream through both servers.
+            Some(length) if length <= SMALL_ANSWER => match response.bytes().await {
+                Ok(body) => return answer.body(body),
+                Err(error) => {
+                    return ApiError::new(
+                        ErrorCode::ShardUnavailable,
+                        format!("the owner's answer broke off: {error}"),
+                    )
+                    .with_retry_after(std::time::Duration::from_secs(1))
+                    .error_response()
+                }
+            },
+            Some(length) => {
+                answer.no_chunking(length);
+            }
+            None => {}
         }
         return answer.streaming(response.bytes_stream());
     }
