@@ -330,11 +330,12 @@ ready_in() { # ready_in LABEL [VAR=VALUE...]: starts a memory reader, prints sec
     wait_port "$port" "$pid" "$1"
     wait_ready "http://127.0.0.1:$port/healthz/ready"
     awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", e - s }'
+    curl -fsS "http://127.0.0.1:$port/metrics" | awk '$1 == "kv_reader_bootstrapped_from_snapshot" { print $2 }' >"$work/$1.bootstrapped"
     kill "$pid" 2>/dev/null || true
 }
 log "snapshot: a new reader of $keys keys from a peer's snapshot, then one replaying the topic"
 snapshot_ready_s=$(ready_in snapshot-new KV_API_BOOTSTRAP_PEERS="http://127.0.0.1:$reader_port")
-grep -q "snapshot taken" "$work/snapshot-new.log" || die "the new reader took no snapshot; see $work/snapshot-new.log"
+[ "$(cat "$work/snapshot-new.bootstrapped")" = 1 ] || die "the new reader took no snapshot; see $work/snapshot-new.log"
 replay_ready_s=$(ready_in replay-new)
 log "snapshot: reads on the peer while it serves a snapshot"
 ready_in snapshot-load KV_API_BOOTSTRAP_PEERS="http://127.0.0.1:$reader_port" >/dev/null &
