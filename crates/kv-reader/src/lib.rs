@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod at_rest;
+pub mod feed;
 pub mod framing;
 pub mod metrics;
 pub mod progress;
@@ -9,6 +10,7 @@ pub mod replica;
 pub mod routes;
 pub mod settings;
 pub mod store;
+pub mod watch;
 
 pub use app::App;
 pub use settings::Settings;

@@ -24,6 +24,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::feed::ChangeFeed;
 use crate::framing::{BadSchemaHeader, SchemaFraming};
 use crate::progress::{Misconfiguration, PartitionProgress, Progress};
 use crate::settings::Settings;
@@ -125,6 +126,7 @@ pub enum ReplicaError {
 #[derive(Debug)]
 pub struct Replica {
     progress: Arc<Progress>,
+    feed: Arc<ChangeFeed>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// Disconnected once the consumer thread has closed everything and is about to end.
@@ -166,6 +168,7 @@ impl Replica {
             // reset would skip deletes and keep stale keys forever.
             .set("auto.offset.reset", "error");
         let progress = Arc::new(Progress::new(settings.max_read_your_writes_waiters));
+        let feed = Arc::new(ChangeFeed::new(&settings.watch, store.clone()));
         let consumer: ReplicaConsumer = config.create_with_context(ReplicaContext {
             progress: progress.clone(),
             topic: settings.core.topic.clone(),
@@ -180,6 +183,7 @@ impl Replica {
             framing,
             topic: settings.core.topic.clone(),
             progress: progress.clone(),
+            feed: feed.clone(),
             stop: stop.clone(),
             discovery_interval: settings.partition_discovery_interval,
             delete_retention,
@@ -192,6 +196,7 @@ impl Replica {
             })?;
         Ok(Self {
             progress,
+            feed,
             stop,
             thread: Some(thread),
             closed,
@@ -200,6 +205,11 @@ impl Replica {
 
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
+    }
+
+    /// The changes the consumer committed, for watches.
+    pub fn feed(&self) -> Arc<ChangeFeed> {
+        self.feed.clone()
     }
 
     /// Stops consuming and waits for the thread; the last batch is either committed or not begun.
@@ -234,6 +244,7 @@ struct Worker {
     framing: SchemaFraming,
     topic: String,
     progress: Arc<Progress>,
+    feed: Arc<ChangeFeed>,
     stop: Arc<AtomicBool>,
     discovery_interval: Duration,
     delete_retention: DeleteRetention,
@@ -400,6 +411,7 @@ impl Worker {
             }
             next_offsets.clear();
             let mut changes = Vec::with_capacity(batch.len());
+            let mut origins = Vec::with_capacity(batch.len());
             for message in &batch {
                 next_offsets.insert(message.partition(), message.offset() + 1);
                 match self.change_for(message) {
@@ -408,6 +420,11 @@ impl Worker {
                             refusals.applied_put(message.partition());
                         }
                         changes.push(change);
+                        origins.push((
+                            message.partition(),
+                            message.offset(),
+                            correlation_id(message),
+                        ));
                     }
                     Err(skip) if skip.is_configuration() => {
                         refusals.refused(message.partition(), message.offset(), skip.reason())
@@ -420,7 +437,9 @@ impl Worker {
                 // the stored offset stays at the first of them until a put after them shows
                 // they were foreign records among good ones.
                 let durable = refusals.durable(&next_offsets);
-                self.store.apply(&changes, &durable)?;
+                let removed = self.store.apply(&changes, &durable)?;
+                self.feed
+                    .publish(&changes, &origins, &removed, &next_offsets);
                 self.hand_offsets_to_kafka(&durable);
                 let tombstones = changes
                     .iter()
@@ -428,7 +447,7 @@ impl Worker {
                     .count();
                 self.progress.count_tombstones(tombstones);
             }
-            drop(changes);
+            drop((changes, origins));
             let records = batch.len();
             batch.clear();
             if !next_offsets.is_empty() || !at_end.is_empty() {
@@ -674,6 +693,11 @@ impl Worker {
             progress.insert(partition, PartitionProgress::new(next, high, false));
         }
         self.consumer.assign(&list)?;
+        self.feed.restart(
+            progress
+                .iter()
+                .map(|(&p, started)| (p, started.next_offset)),
+        );
         self.progress.start(progress);
         Ok(watermarks.into_keys().collect())
     }

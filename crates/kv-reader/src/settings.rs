@@ -41,6 +41,7 @@ pub struct Settings {
     pub max_batch_get_bytes: usize,
     /// Most reads waiting for their consistency token at once (503 past it).
     pub max_read_your_writes_waiters: usize,
+    pub watch: WatchSettings,
 }
 
 /// KV_API_MAX_READ_YOUR_WRITES_WAITERS unless set.
@@ -105,6 +106,7 @@ impl Settings {
                 }
                 waiters => waiters,
             },
+            watch: WatchSettings::from_env(env)?,
         })
     }
 }
@@ -151,6 +153,49 @@ fn storage(env: &Env, notices: &mut Vec<String>) -> Result<Storage, SettingsErro
             TYPE,
             format!("expected memory or disk (or the original's dict, sqlite), got {other:?}"),
         )),
+    }
+}
+
+/// The change feed behind `GET /v1/kv:watch`: how much of it is kept for watches that fall
+/// behind or resume, and how many watches may be open at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSettings {
+    /// Most changes the feed keeps; a resume from before the oldest gets a reset.
+    pub buffer_events: usize,
+    /// Most bytes of keys and values the feed keeps (at least the newest change is kept).
+    pub buffer_bytes: usize,
+    /// Most watches open at once (503 past it).
+    pub max_watches: usize,
+}
+
+/// KV_API_WATCH_BUFFER_EVENTS unless set.
+pub const DEFAULT_WATCH_BUFFER_EVENTS: usize = 10_000;
+/// KV_API_WATCH_BUFFER_BYTES unless set: 16 MiB.
+pub const DEFAULT_WATCH_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// KV_API_MAX_WATCHES unless set.
+pub const DEFAULT_MAX_WATCHES: usize = 1000;
+
+impl WatchSettings {
+    fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let at_least_one = |var: &'static str, default: usize| match env.number(var, default)? {
+            0 => Err(SettingsError::new(var, "must be at least 1")),
+            n => Ok(n),
+        };
+        Ok(Self {
+            buffer_events: at_least_one("KV_API_WATCH_BUFFER_EVENTS", DEFAULT_WATCH_BUFFER_EVENTS)?,
+            buffer_bytes: at_least_one("KV_API_WATCH_BUFFER_BYTES", DEFAULT_WATCH_BUFFER_BYTES)?,
+            max_watches: at_least_one("KV_API_MAX_WATCHES", DEFAULT_MAX_WATCHES)?,
+        })
+    }
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            buffer_events: DEFAULT_WATCH_BUFFER_EVENTS,
+            buffer_bytes: DEFAULT_WATCH_BUFFER_BYTES,
+            max_watches: DEFAULT_MAX_WATCHES,
+        }
     }
 }
 
@@ -258,6 +303,35 @@ mod tests {
         assert_eq!(told.max_read_your_writes_waiters, 50);
         let error = settings(&[("KV_API_MAX_READ_YOUR_WRITES_WAITERS", "0")]).expect_err("zero");
         assert_eq!(error.var, "KV_API_MAX_READ_YOUR_WRITES_WAITERS");
+    }
+
+    #[test]
+    fn watches_keep_ten_thousand_changes_in_16_mib_and_a_thousand_open_unless_told_otherwise() {
+        assert_eq!(
+            settings(&[]).expect("settings").watch,
+            WatchSettings::default()
+        );
+        let told = settings(&[
+            ("KV_API_WATCH_BUFFER_EVENTS", "50"),
+            ("KV_API_WATCH_BUFFER_BYTES", "4096"),
+            ("KV_API_MAX_WATCHES", "3"),
+        ])
+        .expect("settings");
+        assert_eq!(
+            told.watch,
+            WatchSettings {
+                buffer_events: 50,
+                buffer_bytes: 4096,
+                max_watches: 3
+            }
+        );
+        for var in [
+            "KV_API_WATCH_BUFFER_EVENTS",
+            "KV_API_WATCH_BUFFER_BYTES",
+            "KV_API_MAX_WATCHES",
+        ] {
+            assert_eq!(settings(&[(var, "0")]).expect_err("zero").var, var);
+        }
     }
 
     #[test]

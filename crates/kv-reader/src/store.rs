@@ -320,17 +320,20 @@ impl Store {
     }
 
     /// Applies a batch and the offsets it reaches in one transaction: both or neither persist.
+    /// Answers, for each tombstone that removed an entry, its index in `changes` and the user
+    /// key it removed: on an encrypted topic the tombstone names only the key's MAC.
     pub fn apply(
         &self,
         changes: &[Change<'_>],
         next_offsets: &BTreeMap<i32, i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(usize, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_write()?;
+        let mut removed = Vec::new();
         {
             let mut entries = txn.open_table(ENTRIES)?;
             let mut record_keys = txn.open_table(RECORD_KEYS)?;
             let mut encoded = Vec::new();
-            for change in changes {
+            for (index, change) in changes.iter().enumerate() {
                 match change {
                     Change::Put {
                         record_key,
@@ -376,10 +379,15 @@ impl Store {
                         let Some(user_key) = mapped.as_deref().or(*user_key) else {
                             continue;
                         };
-                        match &self.cipher {
-                            None => entries.remove(user_key)?,
-                            Some(cipher) => entries.remove(cipher.index(user_key).as_slice())?,
+                        let gone = match &self.cipher {
+                            None => entries.remove(user_key)?.is_some(),
+                            Some(cipher) => {
+                                entries.remove(cipher.index(user_key).as_slice())?.is_some()
+                            }
                         };
+                        if gone {
+                            removed.push((index, user_key.to_vec()));
+                        }
                     }
                 }
             }
@@ -390,7 +398,7 @@ impl Store {
         }
         txn.commit()?;
         self.refresh_snapshot();
-        Ok(())
+        Ok(removed)
     }
 
     /// Replaces the snapshot reads use with the state just committed. Called after every commit
@@ -521,6 +529,72 @@ impl Store {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(ENTRIES)?.len()?)
     }
+
+    /// The entries as last committed, to be read page by page with [`Store::scan`] while later
+    /// batches commit. It pins that state in redb (on disk, its pages are not reused) for as
+    /// long as it is held.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.entries().map(Snapshot)
+    }
+
+    /// One page of the entries of `snapshot` whose key starts with `prefix`: at most
+    /// `max_entries`, stopping once `max_bytes` of values are held (one entry may pass it).
+    /// `after` is the `resume_after` of the previous page. In key order, except on a store
+    /// encrypted at rest, which is ordered by the keys' MACs and read whole, a bounded number of
+    /// rows per page.
+    pub fn scan(
+        &self,
+        snapshot: &Snapshot,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let entries = &snapshot.0;
+        let start = match (after, &self.cipher) {
+            (Some(after), _) => Bound::Excluded(after),
+            (None, None) => Bound::Included(prefix),
+            (None, Some(_)) => Bound::Unbounded,
+        };
+        let mut page = ScanPage::default();
+        let (mut bytes, mut rows) = (0, 0);
+        for row in entries.range::<&[u8]>((start, Bound::Unbounded))? {
+            let (table_key, raw) = row?;
+            let (key, entry) = match &self.cipher {
+                None if !table_key.value().starts_with(prefix) => return Ok(page),
+                None => (table_key.value().to_vec(), decode_entry(raw.value())?),
+                Some(cipher) => {
+                    let (key, entry) = open_entry(cipher, table_key.value(), raw.value())?;
+                    (key, decode_entry(&entry)?)
+                }
+            };
+            rows += 1;
+            if key.starts_with(prefix) {
+                bytes += entry.value.len();
+                page.entries.push((key, entry));
+            }
+            if page.entries.len() >= max_entries || bytes >= max_bytes || rows >= MAX_SCAN_ROWS {
+                page.resume_after = Some(table_key.value().to_vec());
+                return Ok(page);
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// Rows one [`Store::scan`] page reads at most: a sealed store is read whole to find a prefix.
+const MAX_SCAN_ROWS: usize = 4096;
+
+/// A committed state of the entries; see [`Store::snapshot`].
+#[derive(Debug, Clone)]
+pub struct Snapshot(Arc<Entries>);
+
+/// What [`Store::scan`] found: entries with their user keys, and where the next page starts
+/// (`None`: this was the last).
+#[derive(Debug, Default)]
+pub struct ScanPage {
+    pub entries: Vec<(Vec<u8>, StoredEntry)>,
+    pub resume_after: Option<Vec<u8>>,
 }
 
 /// Listing an encrypted store: its table is ordered by MAC, not by key, so every key is opened
