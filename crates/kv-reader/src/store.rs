@@ -876,6 +876,94 @@ mod tests {
     }
 
     #[test]
+    fn apply_names_the_user_key_of_every_entry_a_tombstone_removed_and_only_those() {
+        let store = Store::open(&Storage::Memory, None).expect("store");
+        let removed = store
+            .apply(
+                &[
+                    put(b"plain", 0, b"v"),
+                    Change::Put {
+                        record_key: b"mac-of-user-1",
+                        user_key: Cow::Borrowed(b"user-1"),
+                        partition: 0,
+                        offset: 1,
+                        correlation_id: None,
+                        value: Cow::Borrowed(b"Ada"),
+                    },
+                    Change::Delete {
+                        record_key: b"never-written",
+                        user_key: Some(b"never-written"),
+                    },
+                    Change::Delete {
+                        record_key: b"mac-of-user-1",
+                        user_key: None,
+                    },
+                    Change::Delete {
+                        record_key: b"plain",
+                        user_key: Some(b"plain"),
+                    },
+                ],
+                &BTreeMap::from([(0, 5)]),
+            )
+            .expect("apply");
+        assert_eq!(
+            removed,
+            vec![(3, b"user-1".to_vec()), (4, b"plain".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_scan_pages_through_the_entries_of_a_prefix_in_a_snapshot_taken_before_later_commits() {
+        for password in [None, Some(password("pw"))] {
+            let dir = tempfile::tempdir().expect("dir");
+            let storage = Storage::Disk {
+                location: dir.path().to_owned(),
+            };
+            let store = Store::open(&storage, password.as_ref()).expect("store");
+            let keys: [&[u8]; 5] = [b"a", b"user/1", b"user/2", b"user/3", b"v"];
+            let changes: Vec<_> = keys.iter().map(|k| put(k, 0, b"x")).collect();
+            store
+                .apply(&changes, &BTreeMap::from([(0, 1)]))
+                .expect("apply");
+            let snapshot = store.snapshot().expect("snapshot");
+            store
+                .apply(&[put(b"user/4", 1, b"later")], &BTreeMap::from([(0, 2)]))
+                .expect("apply");
+            let mut found = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store
+                    .scan(&snapshot, b"user/", after.as_deref(), 2, usize::MAX)
+                    .expect("scan");
+                assert!(page.entries.len() <= 2);
+                found.extend(page.entries.into_iter().map(|(key, entry)| {
+                    assert_eq!(entry.value, b"x");
+                    key
+                }));
+                match page.resume_after {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            found.sort();
+            assert_eq!(
+                found,
+                vec![b"user/1".to_vec(), b"user/2".to_vec(), b"user/3".to_vec()],
+                "encrypted at rest: {}",
+                password.is_some()
+            );
+            let one_page = store
+                .scan(&snapshot, b"", None, 100, 1)
+                .expect("scan by bytes");
+            assert_eq!(
+                one_page.entries.len(),
+                1,
+                "a page ends once its bytes are reached"
+            );
+        }
+    }
+
+    #[test]
     fn every_read_sees_the_last_commit_including_a_reset() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(
