@@ -158,7 +158,7 @@ impl App {
             store: store.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(settings.watch.max_watches)),
             max_watches: settings.watch.max_watches,
-            metrics: WatchMetrics::register(metrics.registry())?,
+            metrics: WatchMetrics::register(metrics.registry(), replica.feed())?,
             sealed_listings: sealed_listings.clone(),
         });
         end_watches_on_shutdown(replica.feed());

@@ -8,6 +8,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use crate::feed::ChangeFeed;
 use crate::framing::BadSchemaHeader;
 use crate::progress::Progress;
 use crate::replica::{CONFIGURATION_REASONS, ENCRYPTED_ENVELOPE_REASON};
@@ -264,7 +265,7 @@ pub struct WatchMetrics {
 }
 
 impl WatchMetrics {
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub fn register(registry: &Registry, feed: Arc<ChangeFeed>) -> Result<Self, prometheus::Error> {
         let sent = IntCounterVec::new(
             Opts::new(
                 "kv_reader_watch_events_sent_total",
@@ -289,6 +290,18 @@ impl WatchMetrics {
         registry.register(Box::new(sent))?;
         registry.register(Box::new(metrics.overflows.clone()))?;
         registry.register(Box::new(metrics.resets.clone()))?;
+        registry.register(Box::new(BufferCollector {
+            feed,
+            changes: IntGauge::new(
+                "kv_reader_watch_buffer_changes",
+                "Changes held for watches (at most KV_API_WATCH_BUFFER_EVENTS)",
+            )?,
+            bytes: IntGauge::new(
+                "kv_reader_watch_buffer_bytes",
+                "Bytes of the changes held for watches (at most KV_API_WATCH_BUFFER_BYTES, or \
+                 the newest change)",
+            )?,
+        }))?;
         Ok(metrics)
     }
 
@@ -298,5 +311,34 @@ impl WatchMetrics {
             .position(|e| *e == event)
             .unwrap_or_default();
         self.sent[index].inc();
+    }
+}
+
+/// The change feed's buffer, read at each scrape.
+#[derive(Debug)]
+struct BufferCollector {
+    feed: Arc<ChangeFeed>,
+    changes: IntGauge,
+    bytes: IntGauge,
+}
+
+impl Collector for BufferCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.changes
+            .desc()
+            .into_iter()
+            .chain(self.bytes.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (changes, bytes) = self.feed.held();
+        self.changes.set(i64::try_from(changes).unwrap_or(i64::MAX));
+        self.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.changes
+            .collect()
+            .into_iter()
+            .chain(self.bytes.collect())
+            .collect()
     }
 }

@@ -125,7 +125,7 @@ pub async fn watch(
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        // Proxies that buffer answers (nginx) would hold events back.
+        // A proxy that buffers answers would hold events back; this asks it not to.
         .insert_header((HeaderName::from_static("x-accel-buffering"), "no"))
         .streaming(body))
 }

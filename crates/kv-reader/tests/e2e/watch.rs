@@ -467,10 +467,11 @@ async fn a_watch_needs_the_read_scope_and_an_idle_one_receives_progress_every_se
 }
 
 #[tokio::test]
-async fn bad_watch_requests_get_clear_errors_and_watches_past_the_limit_get_503() {
+async fn bad_watch_requests_get_clear_errors_watches_past_the_limit_503_and_none_holds_up_a_shutdown(
+) {
     let broker = Broker::start();
     let topic = broker.create_topic("watch-limits", 1).await;
-    let reader = Service::start(
+    let mut reader = Service::start(
         READER,
         &service_env_with(&broker, &topic, &[("KV_API_MAX_WATCHES", "2")]),
     );
@@ -523,11 +524,33 @@ async fn bad_watch_requests_get_clear_errors_and_watches_past_the_limit_get_503(
     let metrics = reader.metrics(&http).await;
     assert_eq!(metric(&metrics, "kv_reader_watches_open", &[]), Some(2.0));
     drop(open);
-    eventually("a closed watch frees its slot", DEADLINE, || {
+    let mut last = eventually("a closed watch frees its slot", DEADLINE, || {
         let answer = request(&http, &reader, "", None, None);
-        async move { (answer.await.status() == StatusCode::OK).then_some(()) }
+        async move {
+            let answer = answer.await;
+            (answer.status() == StatusCode::OK).then_some(answer)
+        }
     })
-    .await;
+    .await
+    .bytes_stream()
+    .eventsource();
+
+    // An open watch does not hold up a shutdown: the stream ends, then the process.
+    assert!(matches!(last.next().await, Some(Ok(event)) if event.event == "progress"));
+    reader.terminate();
+    loop {
+        match tokio::time::timeout(DEADLINE, last.next()).await {
+            Ok(Some(Ok(event))) if event.event == "progress" => {}
+            Ok(None) => break,
+            other => panic!("the watch did not end at shutdown: {other:?}"),
+        }
+    }
+    assert_eq!(
+        reader.wait_for_exit(Duration::from_secs(15)).await,
+        Some(0),
+        "{}",
+        reader.output()
+    );
 }
 
 #[tokio::test]
