@@ -315,6 +315,11 @@ async fn a_resume_older_than_the_buffer_gets_a_reset_and_the_stores_state_and_a_
         metric(&metrics, "kv_reader_watch_resets_total", &[]),
         Some(1.0)
     );
+    assert_eq!(
+        metric(&metrics, "kv_reader_watch_buffer_changes", &[]),
+        Some(20.0),
+        "the buffer holds KV_API_WATCH_BUFFER_EVENTS changes"
+    );
 }
 
 #[tokio::test]
