@@ -419,6 +419,49 @@ freshness_on "$mock" mock5 KAFKA_FETCH_WAIT_MAX_MS=5
 fresh_tansu tansu-fresh5
 freshness_on "$tansu" tansu5 KAFKA_FETCH_WAIT_MAX_MS=5
 
+# --- 6. watch: write 2xx -> event at 100 watchers, and events/s one watcher takes -------------
+# The reader keeps a buffer of changes larger than the throughput run's, so its watcher is served
+# from the buffer; the latency goal is the freshness p99 of the same broker plus 5 ms.
+watch_on() { # watch_on BROKER LABEL
+    local topic="watch-$2-$RANDOM" wport rport wpid rpid
+    KAFKA_BOOTSTRAP_SERVERS="$1" timeout 15 "$bin/examples/create_topic" "$topic" 3 >/dev/null 2>&1 || true
+    wport=$(free_port)
+    rport=$(free_port)
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$1" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KV_API_LISTEN="127.0.0.1:$wport" "$bin/kv-writer" >"$work/watch-writer-$2.log" 2>&1 &
+    wpid=$!
+    pids+=($wpid)
+    wait_port "$wport" "$wpid" "kv-writer"
+    for _ in $(seq 1 100); do
+        curl -fsS -o /dev/null -X PUT --data-binary first "http://127.0.0.1:$wport/v1/kv/first" && break
+        sleep 0.2
+    done
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$1" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KAFKA_GROUP_ID="watch-$2" KV_API_LISTEN="127.0.0.1:$rport" \
+        KV_API_WATCH_BUFFER_EVENTS=100000 KV_API_WATCH_BUFFER_BYTES=67108864 "$bin/kv-reader" \
+        >"$work/watch-reader-$2.log" 2>&1 &
+    rpid=$!
+    pids+=($rpid)
+    wait_port "$rport" "$rpid" "kv-reader"
+    wait_ready "http://127.0.0.1:$wport/healthz/ready"
+    wait_ready "http://127.0.0.1:$rport/healthz/ready"
+    "$bin/examples/watch_latency" "http://127.0.0.1:$wport" "http://127.0.0.1:$rport" 100 "$probes" \
+        "$writes" 500 >"$work/watch-$2.txt"
+    kill "$wpid" "$rpid" 2>/dev/null || true
+    local name
+    for name in p50_ms p99_ms failed events_per_s; do
+        printf -v "watch_${2}_${name%_ms}" '%s' "$(grep BENCH "$work/watch-$2.txt" | field "$name")"
+    done
+}
+log "watch: $probes probes to 100 watchers under 500 writes/s, then $writes events to one watcher, MockCluster"
+watch_on "$mock" mock
+log "watch: the same on Tansu"
+fresh_tansu tansu-watch
+watch_on "$tansu" tansu
+watch_goal_mock=$(awk -v f="$fresh_mock_p99" 'BEGIN { printf "%.1f", f + 5 }')
+watch_goal_tansu=$(awk -v f="$fresh_tansu_p99" 'BEGIN { printf "%.1f", f + 5 }')
+# --- end of 6. watch -------------------------------------------------------------------------
+
 # --- the table -----------------------------------------------------------------------------
 row() { # row FIGURE OURS PEER GOAL-RATIO UNIT: ratio = ours / peer, met if ratio >= goal
     awk -v f="$1" -v o="$2" -v p="$3" -v g="$4" -v u="$5" 'BEGIN {
@@ -454,6 +497,10 @@ table="$work/results.md"
     row "7. peer reads/s while serving a snapshot vs idle (p99 $serving_p99 ms)" "$serving_rps" "$reader_rps" 0.7 "req/s"
     row "6. forwarded GET/s vs GET the shard answers itself" "$shard_forwarded_rps" "$shard_local_rps" 0.6 "req/s"
     limit_row "6. forwarded GET p99 / local GET p99 ($shard_forwarded_p99 ms / $shard_local_p99 ms)" "$(awk -v a="$shard_forwarded_p99" -v b="$shard_local_p99" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')" 2 x
+    limit_row "8. write -> watch event p99, 100 watchers, MockCluster (p50 $watch_mock_p50 ms, failed probes $watch_mock_failed; goal freshness p99 + 5 ms)" "$watch_mock_p99" "$watch_goal_mock" ms
+    limit_row "8. write -> watch event p99, 100 watchers, Tansu (p50 $watch_tansu_p50 ms, failed probes $watch_tansu_failed; goal freshness p99 + 5 ms)" "$watch_tansu_p99" "$watch_goal_tansu" ms
+    printf '| 8. events/s one watcher takes from the buffer (%s events): MockCluster / Tansu | %s / %s | | | | |\n' \
+        "$writes" "$watch_mock_events_per_s" "$watch_tansu_events_per_s"
     echo
     echo "took $((SECONDS - started)) s; raw output in $work"
 } >"$table"

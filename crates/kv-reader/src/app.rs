@@ -21,12 +21,13 @@ use kv_core::web::routing::{register, route_not_found};
 use crate::bootstrap::BootstrapConfig;
 use crate::cluster::Cluster;
 use crate::framing::{Registry, RegistryError, SchemaFraming, SchemaIds};
-use crate::metrics::{ReplicaCollector, SnapshotMetrics};
+use crate::metrics::{ReplicaCollector, SnapshotMetrics, WatchMetrics};
 use crate::replica::{DeleteRetention, Replica, ReplicaError};
 use crate::routes::{self, PeerClient, ReaderState};
 use crate::settings::{Settings, Storage};
 use crate::shard::Topology;
 use crate::store::{Store, StoreError};
+use crate::watch::{end_watches_on_shutdown, WatchState};
 
 /// JSON request bodies of the read routes hold a key or a list of keys.
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
@@ -200,12 +201,22 @@ impl App {
             topology.clone(),
             bootstrap,
         )?;
+        let sealed_listings = Arc::new(tokio::sync::Semaphore::new(routes::MAX_SEALED_LISTINGS));
+        let watches = web::Data::new(WatchState {
+            feed: replica.feed(),
+            store: store.clone(),
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.watch.max_watches)),
+            max_watches: settings.watch.max_watches,
+            metrics: WatchMetrics::register(metrics.registry(), replica.feed())?,
+            sealed_listings: sealed_listings.clone(),
+        });
+        end_watches_on_shutdown(replica.feed());
         let state = web::Data::new(ReaderState {
             store,
             progress: replica.progress(),
             read_your_writes_timeout: settings.read_your_writes_timeout,
             max_batch_get_bytes: settings.max_batch_get_bytes,
-            sealed_listings: Arc::new(tokio::sync::Semaphore::new(routes::MAX_SEALED_LISTINGS)),
+            sealed_listings,
             cluster,
             topic: settings.core.topic.clone(),
             topology,
@@ -228,6 +239,7 @@ impl App {
                 .wrap(from_fn(correlation_id_middleware))
                 .wrap(from_fn(close_when_body_unread))
                 .app_data(state.clone())
+                .app_data(watches.clone())
                 .app_data(auth.clone())
                 .app_data(metrics.clone())
                 .app_data(web::Data::new(client))

@@ -6,6 +6,7 @@ pub mod at_rest;
 pub mod bootstrap;
 pub mod cluster;
 pub mod fanout;
+pub mod feed;
 pub mod framing;
 pub mod metrics;
 pub mod progress;
@@ -15,6 +16,7 @@ pub mod settings;
 pub mod shard;
 pub mod snapshot;
 pub mod store;
+pub mod watch;
 
 pub use app::App;
 pub use settings::Settings;

@@ -25,6 +25,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::bootstrap::{self, BootstrapConfig};
+use crate::feed::ChangeFeed;
 use crate::framing::{BadSchemaHeader, SchemaFraming};
 use crate::progress::{Misconfiguration, PartitionProgress, Progress};
 use crate::settings::Settings;
@@ -130,6 +131,7 @@ pub struct Replica {
     /// A snapshot being taken at start-up (`KV_API_BOOTSTRAP_PEERS`), for the metrics.
     import: Arc<ImportProgress>,
     progress: Arc<Progress>,
+    feed: Arc<ChangeFeed>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// Disconnected once the consumer thread has closed everything and is about to end.
@@ -173,6 +175,7 @@ impl Replica {
             // reset would skip deletes and keep stale keys forever.
             .set("auto.offset.reset", "error");
         let progress = Arc::new(Progress::new(settings.max_read_your_writes_waiters));
+        let feed = Arc::new(ChangeFeed::new(&settings.watch, store.clone()));
         let consumer: ReplicaConsumer = config.create_with_context(ReplicaContext {
             progress: progress.clone(),
             topic: settings.core.topic.clone(),
@@ -193,6 +196,7 @@ impl Replica {
             framing,
             topic: settings.core.topic.clone(),
             progress: progress.clone(),
+            feed: feed.clone(),
             stop: stop.clone(),
             discovery_interval: settings.partition_discovery_interval,
             delete_retention,
@@ -206,6 +210,7 @@ impl Replica {
         Ok(Self {
             import,
             progress,
+            feed,
             stop,
             thread: Some(thread),
             closed,
@@ -218,6 +223,11 @@ impl Replica {
 
     pub fn import_progress(&self) -> Arc<ImportProgress> {
         self.import.clone()
+    }
+
+    /// The changes the consumer committed, for watches.
+    pub fn feed(&self) -> Arc<ChangeFeed> {
+        self.feed.clone()
     }
 
     /// Stops consuming and waits for the thread; the last batch is either committed or not begun.
@@ -257,6 +267,7 @@ struct Worker {
     framing: SchemaFraming,
     topic: String,
     progress: Arc<Progress>,
+    feed: Arc<ChangeFeed>,
     stop: Arc<AtomicBool>,
     discovery_interval: Duration,
     delete_retention: DeleteRetention,
@@ -435,6 +446,7 @@ impl Worker {
             }
             next_offsets.clear();
             let mut changes = Vec::with_capacity(batch.len());
+            let mut origins = Vec::with_capacity(batch.len());
             for message in &batch {
                 next_offsets.insert(message.partition(), message.offset() + 1);
                 match self.change_for(message) {
@@ -443,6 +455,11 @@ impl Worker {
                             refusals.applied_put(message.partition());
                         }
                         changes.push(change);
+                        origins.push((
+                            message.partition(),
+                            message.offset(),
+                            correlation_id(message),
+                        ));
                     }
                     Err(skip) if skip.is_configuration() => {
                         refusals.refused(message.partition(), message.offset(), skip.reason())
@@ -455,7 +472,9 @@ impl Worker {
                 // the stored offset stays at the first of them until a put after them shows
                 // they were foreign records among good ones.
                 let durable = refusals.durable(&next_offsets);
-                self.store.apply(&changes, &durable)?;
+                let removed = self.store.apply(&changes, &durable)?;
+                self.feed
+                    .publish(&changes, &origins, &removed, &next_offsets);
                 self.hand_offsets_to_kafka(&durable);
                 let tombstones = changes
                     .iter()
@@ -463,7 +482,7 @@ impl Worker {
                     .count();
                 self.progress.count_tombstones(tombstones);
             }
-            drop(changes);
+            drop((changes, origins));
             let records = batch.len();
             batch.clear();
             if !next_offsets.is_empty() || !at_end.is_empty() {
@@ -756,6 +775,11 @@ impl Worker {
             progress.insert(partition, PartitionProgress::new(next, high, false));
         }
         self.consumer.assign(&list)?;
+        self.feed.restart(
+            progress
+                .iter()
+                .map(|(&p, started)| (p, started.next_offset)),
+        );
         self.progress.start(progress);
         Ok(watermarks.into_keys().collect())
     }

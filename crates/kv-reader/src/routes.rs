@@ -60,6 +60,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::key_tail("/v1/kv/{key}").on(Method::GET, web::to(get_value)),
         Endpoint::new("/v1/kv").on(Method::GET, web::to(list_keys)),
         Endpoint::new("/v1/kv:batchGet").on(Method::POST, web::to(batch_get)),
+        Endpoint::new("/v1/kv:watch").on(Method::GET, web::to(crate::watch::watch)),
         Endpoint::new("/retrieve").on(Method::POST, web::to(retrieve)),
         Endpoint::new("/retrieve/b64").on(Method::POST, web::to(retrieve_b64)),
         Endpoint::new("/healthz").on(Method::GET, web::to(started)),
@@ -968,6 +969,23 @@ pub struct ListQuery {
     max_lag: Option<String>,
 }
 
+/// The key prefix of a listing or a watch: parameter `prefix`, or `prefix_b64` for bytes.
+pub(crate) fn prefix_param(
+    prefix: Option<String>,
+    prefix_b64: Option<String>,
+) -> Result<Vec<u8>, ApiError> {
+    match (prefix, prefix_b64) {
+        (Some(_), Some(_)) => Err(ApiError::invalid_request(
+            "give either parameter `prefix` or `prefix_b64`, not both",
+        )),
+        (Some(prefix), None) => Ok(prefix.into_bytes()),
+        (None, Some(b64)) => BASE64.decode(b64.trim()).map_err(|e| {
+            ApiError::invalid_request(format!("parameter `prefix_b64` is not valid base64: {e}"))
+        }),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct ListedKey {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -987,18 +1005,7 @@ pub async fn list_keys(
     // Parsed here, after the token was checked, never by an extractor that could answer 400
     // to a caller who has no right to an answer at all.
     let query: ListQuery = parse_query(&request)?;
-    let prefix = match (query.prefix, query.prefix_b64) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid_request(
-                "give either parameter `prefix` or `prefix_b64`, not both",
-            ))
-        }
-        (Some(prefix), None) => prefix.into_bytes(),
-        (None, Some(b64)) => BASE64.decode(b64.trim()).map_err(|e| {
-            ApiError::invalid_request(format!("parameter `prefix_b64` is not valid base64: {e}"))
-        })?,
-        (None, None) => Vec::new(),
-    };
+    let prefix = prefix_param(query.prefix, query.prefix_b64)?;
     let limit = match query.limit.as_deref() {
         None => DEFAULT_LIST_LIMIT,
         Some(text) => text

@@ -51,6 +51,7 @@ pub struct Settings {
     pub bootstrap_client: Option<(String, Secret<String>)>,
     /// Most snapshots this reader serves at once (503 past it).
     pub snapshot_concurrency: usize,
+    pub watch: WatchSettings,
 }
 
 /// KV_API_SNAPSHOT_CONCURRENCY unless set.
@@ -164,6 +165,7 @@ impl Settings {
                 }
                 n => n,
             },
+            watch: WatchSettings::from_env(env)?,
         })
         .and_then(|mut settings: Self| {
             settings.shard = sharding(env, settings.read_your_writes_timeout)?;
@@ -273,6 +275,49 @@ fn storage(env: &Env, notices: &mut Vec<String>) -> Result<Storage, SettingsErro
             TYPE,
             format!("expected memory or disk (or the original's dict, sqlite), got {other:?}"),
         )),
+    }
+}
+
+/// The change feed behind `GET /v1/kv:watch`: how much of it is kept for watches that fall
+/// behind or resume, and how many watches may be open at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSettings {
+    /// Most changes the feed keeps; a resume from before the oldest gets a reset.
+    pub buffer_events: usize,
+    /// Most bytes of keys and values the feed keeps (at least the newest change is kept).
+    pub buffer_bytes: usize,
+    /// Most watches open at once (503 past it).
+    pub max_watches: usize,
+}
+
+/// KV_API_WATCH_BUFFER_EVENTS unless set.
+pub const DEFAULT_WATCH_BUFFER_EVENTS: usize = 10_000;
+/// KV_API_WATCH_BUFFER_BYTES unless set: 16 MiB.
+pub const DEFAULT_WATCH_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// KV_API_MAX_WATCHES unless set.
+pub const DEFAULT_MAX_WATCHES: usize = 1000;
+
+impl WatchSettings {
+    fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let at_least_one = |var: &'static str, default: usize| match env.number(var, default)? {
+            0 => Err(SettingsError::new(var, "must be at least 1")),
+            n => Ok(n),
+        };
+        Ok(Self {
+            buffer_events: at_least_one("KV_API_WATCH_BUFFER_EVENTS", DEFAULT_WATCH_BUFFER_EVENTS)?,
+            buffer_bytes: at_least_one("KV_API_WATCH_BUFFER_BYTES", DEFAULT_WATCH_BUFFER_BYTES)?,
+            max_watches: at_least_one("KV_API_MAX_WATCHES", DEFAULT_MAX_WATCHES)?,
+        })
+    }
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            buffer_events: DEFAULT_WATCH_BUFFER_EVENTS,
+            buffer_bytes: DEFAULT_WATCH_BUFFER_BYTES,
+            max_watches: DEFAULT_MAX_WATCHES,
+        }
     }
 }
 
@@ -400,6 +445,35 @@ mod tests {
         assert_eq!(sharded.spec, ShardSpec::parse("1/3", 2).expect("spec"));
         assert_eq!(sharded.peers[2], "http://r-2:8081");
         assert_eq!(sharded.forward_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn watches_keep_ten_thousand_changes_in_16_mib_and_a_thousand_open_unless_told_otherwise() {
+        assert_eq!(
+            settings(&[]).expect("settings").watch,
+            WatchSettings::default()
+        );
+        let told = settings(&[
+            ("KV_API_WATCH_BUFFER_EVENTS", "50"),
+            ("KV_API_WATCH_BUFFER_BYTES", "4096"),
+            ("KV_API_MAX_WATCHES", "3"),
+        ])
+        .expect("settings");
+        assert_eq!(
+            told.watch,
+            WatchSettings {
+                buffer_events: 50,
+                buffer_bytes: 4096,
+                max_watches: 3
+            }
+        );
+        for var in [
+            "KV_API_WATCH_BUFFER_EVENTS",
+            "KV_API_WATCH_BUFFER_BYTES",
+            "KV_API_MAX_WATCHES",
+        ] {
+            assert_eq!(settings(&[(var, "0")]).expect_err("zero").var, var);
+        }
     }
 
     #[test]

@@ -330,17 +330,20 @@ impl Store {
     }
 
     /// Applies a batch and the offsets it reaches in one transaction: both or neither persist.
+    /// Answers, for each tombstone that removed an entry, its index in `changes` and the user
+    /// key it removed: on an encrypted topic the tombstone names only the key's MAC.
     pub fn apply(
         &self,
         changes: &[Change<'_>],
         next_offsets: &BTreeMap<i32, i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(usize, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_write()?;
+        let mut removed = Vec::new();
         {
             let mut entries = txn.open_table(ENTRIES)?;
             let mut record_keys = txn.open_table(RECORD_KEYS)?;
             let mut encoded = Vec::new();
-            for change in changes {
+            for (index, change) in changes.iter().enumerate() {
                 match change {
                     Change::Put {
                         record_key,
@@ -386,10 +389,15 @@ impl Store {
                         let Some(user_key) = mapped.as_deref().or(*user_key) else {
                             continue;
                         };
-                        match &self.cipher {
-                            None => entries.remove(user_key)?,
-                            Some(cipher) => entries.remove(cipher.index(user_key).as_slice())?,
+                        let gone = match &self.cipher {
+                            None => entries.remove(user_key)?.is_some(),
+                            Some(cipher) => {
+                                entries.remove(cipher.index(user_key).as_slice())?.is_some()
+                            }
                         };
+                        if gone {
+                            removed.push((index, user_key.to_vec()));
+                        }
                     }
                 }
             }
@@ -400,7 +408,7 @@ impl Store {
         }
         txn.commit()?;
         self.refresh_snapshot();
-        Ok(())
+        Ok(removed)
     }
 
     /// Replaces the snapshot reads use with the state just committed. Called after every commit
@@ -621,6 +629,72 @@ impl Store {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(ENTRIES)?.len()?)
     }
+
+    /// The entries as last committed, to be read page by page with [`Store::scan`] while later
+    /// batches commit. It pins that state in redb (on disk, its pages are not reused) for as
+    /// long as it is held.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.entries().map(Snapshot)
+    }
+
+    /// One page of the entries of `snapshot` whose key starts with `prefix`: at most
+    /// `max_entries`, stopping once `max_bytes` of values are held (one entry may pass it).
+    /// `after` is the `resume_after` of the previous page. In key order, except on a store
+    /// encrypted at rest, which is ordered by the keys' MACs and read whole, a bounded number of
+    /// rows per page.
+    pub fn scan(
+        &self,
+        snapshot: &Snapshot,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let entries = &snapshot.0;
+        let start = match (after, &self.cipher) {
+            (Some(after), _) => Bound::Excluded(after),
+            (None, None) => Bound::Included(prefix),
+            (None, Some(_)) => Bound::Unbounded,
+        };
+        let mut page = ScanPage::default();
+        let (mut bytes, mut rows) = (0, 0);
+        for row in entries.range::<&[u8]>((start, Bound::Unbounded))? {
+            let (table_key, raw) = row?;
+            let (key, entry) = match &self.cipher {
+                None if !table_key.value().starts_with(prefix) => return Ok(page),
+                None => (table_key.value().to_vec(), decode_entry(raw.value())?),
+                Some(cipher) => {
+                    let (key, entry) = open_entry(cipher, table_key.value(), raw.value())?;
+                    (key, decode_entry(&entry)?)
+                }
+            };
+            rows += 1;
+            if key.starts_with(prefix) {
+                bytes += entry.value.len();
+                page.entries.push((key, entry));
+            }
+            if page.entries.len() >= max_entries || bytes >= max_bytes || rows >= MAX_SCAN_ROWS {
+                page.resume_after = Some(table_key.value().to_vec());
+                return Ok(page);
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// Rows one [`Store::scan`] page reads at most: a sealed store is read whole to find a prefix.
+const MAX_SCAN_ROWS: usize = 4096;
+
+/// A committed state of the entries; see [`Store::snapshot`].
+#[derive(Debug, Clone)]
+pub struct Snapshot(Arc<Entries>);
+
+/// What [`Store::scan`] found: entries with their user keys, and where the next page starts
+/// (`None`: this was the last).
+#[derive(Debug, Default)]
+pub struct ScanPage {
+    pub entries: Vec<(Vec<u8>, StoredEntry)>,
+    pub resume_after: Option<Vec<u8>>,
 }
 
 /// Listing an encrypted store: its table is ordered by MAC, not by key, so every key is opened
@@ -899,6 +973,94 @@ mod tests {
             store.get(b"user-1").expect("get").expect("kept").value,
             b"Ada"
         );
+    }
+
+    #[test]
+    fn apply_names_the_user_key_of_every_entry_a_tombstone_removed_and_only_those() {
+        let store = Store::open(&Storage::Memory, None).expect("store");
+        let removed = store
+            .apply(
+                &[
+                    put(b"plain", 0, b"v"),
+                    Change::Put {
+                        record_key: b"mac-of-user-1",
+                        user_key: Cow::Borrowed(b"user-1"),
+                        partition: 0,
+                        offset: 1,
+                        correlation_id: None,
+                        value: Cow::Borrowed(b"Ada"),
+                    },
+                    Change::Delete {
+                        record_key: b"never-written",
+                        user_key: Some(b"never-written"),
+                    },
+                    Change::Delete {
+                        record_key: b"mac-of-user-1",
+                        user_key: None,
+                    },
+                    Change::Delete {
+                        record_key: b"plain",
+                        user_key: Some(b"plain"),
+                    },
+                ],
+                &BTreeMap::from([(0, 5)]),
+            )
+            .expect("apply");
+        assert_eq!(
+            removed,
+            vec![(3, b"user-1".to_vec()), (4, b"plain".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_scan_pages_through_the_entries_of_a_prefix_in_a_snapshot_taken_before_later_commits() {
+        for password in [None, Some(password("pw"))] {
+            let dir = tempfile::tempdir().expect("dir");
+            let storage = Storage::Disk {
+                location: dir.path().to_owned(),
+            };
+            let store = Store::open(&storage, password.as_ref()).expect("store");
+            let keys: [&[u8]; 5] = [b"a", b"user/1", b"user/2", b"user/3", b"v"];
+            let changes: Vec<_> = keys.iter().map(|k| put(k, 0, b"x")).collect();
+            store
+                .apply(&changes, &BTreeMap::from([(0, 1)]))
+                .expect("apply");
+            let snapshot = store.snapshot().expect("snapshot");
+            store
+                .apply(&[put(b"user/4", 1, b"later")], &BTreeMap::from([(0, 2)]))
+                .expect("apply");
+            let mut found = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store
+                    .scan(&snapshot, b"user/", after.as_deref(), 2, usize::MAX)
+                    .expect("scan");
+                assert!(page.entries.len() <= 2);
+                found.extend(page.entries.into_iter().map(|(key, entry)| {
+                    assert_eq!(entry.value, b"x");
+                    key
+                }));
+                match page.resume_after {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            found.sort();
+            assert_eq!(
+                found,
+                vec![b"user/1".to_vec(), b"user/2".to_vec(), b"user/3".to_vec()],
+                "encrypted at rest: {}",
+                password.is_some()
+            );
+            let one_page = store
+                .scan(&snapshot, b"", None, 100, 1)
+                .expect("scan by bytes");
+            assert_eq!(
+                one_page.entries.len(),
+                1,
+                "a page ends once its bytes are reached"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod snapshot;
 mod topic_compatibility;
 mod topic_encryption;
 mod topic_safety;
+mod watch;
 mod write_then_read;
 
 /// The binary under test, as cargo built it for this test.

@@ -55,6 +55,8 @@ async fn every_documented_operation_is_served_with_its_documented_security_and_o
     ];
     env.extend(idp.service_env());
     let reader = Service::start(READER, &env);
-    let token = idp.token("kv-full", "kv:read kv:write kv:delete kv:admin").await;
+    let token = idp
+        .token("kv-full", "kv:read kv:write kv:delete kv:admin")
+        .await;
     assert_served_as_documented(&reader, OPENAPI, &token).await;
 }

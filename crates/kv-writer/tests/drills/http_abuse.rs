@@ -81,7 +81,13 @@ fn reader_config() -> String {
          [[operations]]\n\
          include-path = \"/v1/kv\"\n\
          include-method = \"GET\"\n\
-         checks.positive_data_acceptance.enabled = false\n"
+         checks.positive_data_acceptance.enabled = false\n\
+         \n\
+         # A watch answers a stream that does not end, which a request timeout cannot tell from\n\
+         # a hang; its refusals are checked end to end (crates/kv-reader/tests/e2e/watch.rs).\n\
+         [[operations]]\n\
+         include-path = \"/v1/kv:watch\"\n\
+         enabled = false\n"
     )
 }
 

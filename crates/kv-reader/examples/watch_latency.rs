@@ -1,0 +1,270 @@
+//! Watch figures: the time from a write's `2xx` at kv-writer to its `put` event at every one of
+//! many watchers on a kv-reader, under a moderate background write load; and how many events a
+//! second one watcher takes when they are there to be sent. Both services must already run (as
+//! `scripts/bench.sh` starts them, the reader with a buffer of changes larger than `changes`).
+//!
+//! ```text
+//! cargo run --release -p kv-reader --example watch_latency -- WRITER_URL READER_URL [watchers] [probes] [changes] [background-writes/s]
+//! ```
+//!
+//! Latency: the watchers all watch one prefix; each probe writes a unique key under it, takes
+//! the clock at the `2xx`, and waits until every watcher received it (an event before the `2xx`
+//! counts 0). Probes run one at a time, 10 ms apart, with background writes outside the prefix
+//! going on. Throughput: `changes` puts under a second prefix are written and applied, then one
+//! watcher asks for them from the replica's buffer (`from=start`) and is timed from its request
+//! to the last of them.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+/// A probe not seen by every watcher within this long counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn arg<T: std::str::FromStr>(index: usize, default: T) -> T {
+    std::env::args()
+        .nth(index)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Opens a watch and hands every `put`'s key, with the time it arrived, to `seen`; `opened` is
+/// told once the watch's first event came.
+async fn watcher(
+    http: reqwest::Client,
+    url: String,
+    opened: mpsc::Sender<()>,
+    seen: mpsc::UnboundedSender<(String, Instant)>,
+) {
+    let response = http
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("open a watch");
+    assert!(
+        response.status().is_success(),
+        "watch: {}",
+        response.status()
+    );
+    let mut events = response.bytes_stream().eventsource();
+    let mut first = true;
+    while let Some(Ok(event)) = events.next().await {
+        if first {
+            first = false;
+            let _ = opened.send(()).await;
+        }
+        if event.event != "put" {
+            continue;
+        }
+        let data: serde_json::Value = serde_json::from_str(&event.data).expect("event data");
+        if let Some(key) = data["key"].as_str() {
+            if seen.send((key.to_owned(), Instant::now())).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(writer), Some(reader)) = (args.get(1), args.get(2)) else {
+        eprintln!(
+            "usage: watch_latency WRITER_URL READER_URL [watchers] [probes] [changes] \
+             [background-writes/s]"
+        );
+        std::process::exit(2);
+    };
+    let writer = writer.trim_end_matches('/').to_owned();
+    let reader = reader.trim_end_matches('/').to_owned();
+    let watchers: usize = arg(3, 100);
+    let probes: usize = arg(4, 200);
+    let changes: usize = arg(5, 20_000);
+    let rate: u64 = arg(6, 500);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client");
+    let run: u32 = rand::random();
+
+    let (opened_tx, mut opened) = mpsc::channel(watchers);
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let prefix = format!("lat-{run:08x}/");
+    let url = format!("{reader}/v1/kv:watch?prefix={}", prefix.replace('/', "%2F"));
+    for _ in 0..watchers {
+        tokio::spawn(watcher(
+            http.clone(),
+            url.clone(),
+            opened_tx.clone(),
+            seen_tx.clone(),
+        ));
+    }
+    for _ in 0..watchers {
+        opened.recv().await.expect("every watcher opens");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let background_acked = Arc::new(AtomicUsize::new(0));
+    let background = {
+        let (http, writer, stop, acked) = (
+            http.clone(),
+            writer.clone(),
+            stop.clone(),
+            background_acked.clone(),
+        );
+        tokio::spawn(async move {
+            if rate == 0 {
+                return;
+            }
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                i += 1;
+                let request = http
+                    .put(format!("{writer}/v1/kv/bg-{run:08x}-{}", i % 10_000))
+                    .body(vec![b'v'; 100])
+                    .send();
+                let acked = acked.clone();
+                tokio::spawn(async move {
+                    if matches!(request.await, Ok(r) if r.status().is_success()) {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        })
+    };
+    // Let the background load settle before probing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut times = Vec::with_capacity(probes * watchers);
+    let mut failed = 0usize;
+    for i in 0..probes {
+        let key = format!("{prefix}{i}");
+        let put = http
+            .put(format!("{writer}/v1/kv/{}", key.replace('/', "%2F")))
+            .body(format!("probe {i}"))
+            .send()
+            .await;
+        let acked_at = Instant::now();
+        if !matches!(put, Ok(ref r) if r.status().is_success()) {
+            failed += 1;
+            continue;
+        }
+        let mut pending = watchers;
+        let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+        while pending > 0 {
+            match tokio::time::timeout_at(deadline, seen.recv()).await {
+                Ok(Some((seen_key, at))) if seen_key == key => {
+                    times.push(at.saturating_duration_since(acked_at));
+                    pending -= 1;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if pending > 0 {
+            failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    background.await.ok();
+
+    // Throughput: `changes` puts written and applied before one watcher asks for them.
+    let bulk = format!("tp-{run:08x}/");
+    let value = "v".repeat(100);
+    let mut last_token = String::new();
+    for chunk in (0..changes).collect::<Vec<_>>().chunks(100) {
+        let items: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|i| serde_json::json!({"key": format!("{bulk}{i}"), "value": value}))
+            .collect();
+        let answer: serde_json::Value = http
+            .post(format!("{writer}/v1/kv:batch"))
+            .json(&serde_json::json!({ "items": items }))
+            .send()
+            .await
+            .expect("batch")
+            .json()
+            .await
+            .expect("batch answer");
+        if let Some(token) = answer["consistency_token"].as_str() {
+            last_token = token.to_owned();
+        }
+    }
+    let applied = http
+        .get(format!("{reader}/v1/kv/{}0", bulk.replace('/', "%2F")))
+        .header("x-consistency-token", &last_token)
+        .send()
+        .await
+        .expect("read");
+    assert!(applied.status().is_success(), "the reader applied the bulk");
+    let started = Instant::now();
+    let response = http
+        .get(format!(
+            "{reader}/v1/kv:watch?prefix={}&from=start",
+            bulk.replace('/', "%2F")
+        ))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("watch");
+    let mut events = response.bytes_stream().eventsource();
+    let mut received = 0usize;
+    let mut reset = false;
+    while received < changes {
+        match tokio::time::timeout(Duration::from_secs(30), events.next()).await {
+            Ok(Some(Ok(event))) if event.event == "put" => received += 1,
+            Ok(Some(Ok(event))) if event.event == "reset" => reset = true,
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    let took = started.elapsed();
+    let events_per_s = received as f64 / took.as_secs_f64();
+
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (p50, p99, max) = (
+        percentile(&times, 50.0),
+        percentile(&times, 99.0),
+        times.last().copied().unwrap_or_default(),
+    );
+    println!(
+        "{} deliveries to {watchers} watchers of {probes} probes ({failed} failed) under {rate} \
+         background writes/s ({} acked)",
+        times.len(),
+        background_acked.load(Ordering::Relaxed)
+    );
+    println!(
+        "write 2xx -> event: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(p50),
+        ms(p99),
+        ms(max)
+    );
+    println!(
+        "one watcher took {received} of {changes} events in {took:.2?}: {events_per_s:.0} events/s{}",
+        if reset { " (from a reset snapshot)" } else { "" }
+    );
+    println!(
+        "BENCH p50_ms={:.2} p99_ms={:.2} max_ms={:.2} failed={failed} events_per_s={events_per_s:.0} received={received}",
+        ms(p50),
+        ms(p99),
+        ms(max)
+    );
+}

@@ -1,0 +1,671 @@
+//! The change feed: every change the replica committed, in the order it applied them, kept in a
+//! bounded ring that the watches (`crate::watch`) read at their own pace.
+//!
+//! The consumer thread publishes each batch right after its redb commit, so a change is in the
+//! feed only once a read would find it. Publishing never waits for a watch: the ring is bounded
+//! by count and bytes and drops its oldest changes; a watch whose next change was dropped learns
+//! it on its next read (overflow). Watches hold a cursor into the ring, not a queue of their own,
+//! so a slow watch costs no memory.
+//!
+//! Positions are what the replica had applied, per partition (the consistency-token form): the
+//! feed's `position` after each batch, and its `horizon`, the highest offset per partition whose
+//! change may be missing from the ring (dropped, or applied before the replica started). A
+//! resume from a position at or past the horizon on every partition can be served from the ring
+//! exactly; any other gets a reset and a snapshot.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use tokio::sync::watch;
+
+use crate::settings::WatchSettings;
+use crate::store::{Change, Snapshot, Store};
+
+/// Highest applied offset per partition; a partition that is absent had nothing applied.
+pub type Positions = BTreeMap<i32, i64>;
+
+/// What a change's record carried besides its change: where it landed and its correlation id.
+pub type Origin<'m> = (i32, i64, Option<&'m [u8]>);
+
+/// What a ring entry costs beyond its bytes (the event, its `Arc`, the ring's slot).
+const EVENT_OVERHEAD: usize = 96;
+/// Longest correlation id an event carries, as the store keeps it.
+const MAX_CORRELATION_ID: usize = u8::MAX as usize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Put,
+    Delete,
+}
+
+/// One committed change. The key and value are the user's, in clear: on an encrypted topic the
+/// record key is a MAC and a tombstone names only that; the store told which entry it removed.
+#[derive(Debug)]
+pub struct ChangeEvent {
+    pub kind: ChangeKind,
+    pub partition: i32,
+    pub offset: i64,
+    /// The key, then the value, then the correlation id, in one allocation.
+    bytes: Box<[u8]>,
+    key_len: usize,
+    value_len: usize,
+}
+
+impl ChangeEvent {
+    fn new(
+        kind: ChangeKind,
+        (partition, offset, correlation_id): Origin<'_>,
+        key: &[u8],
+        value: &[u8],
+    ) -> Self {
+        let correlation_id = correlation_id
+            .filter(|id| id.iter().all(u8::is_ascii_graphic))
+            .map_or(&[][..], |id| &id[..id.len().min(MAX_CORRELATION_ID)]);
+        let mut bytes = Vec::with_capacity(key.len() + value.len() + correlation_id.len());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value);
+        bytes.extend_from_slice(correlation_id);
+        Self {
+            kind,
+            partition,
+            offset,
+            bytes: bytes.into_boxed_slice(),
+            key_len: key.len(),
+            value_len: value.len(),
+        }
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len]
+    }
+
+    /// The value a put stored; `None` for a delete.
+    pub fn value(&self) -> Option<&[u8]> {
+        (self.kind == ChangeKind::Put).then(|| &self.bytes[self.key_len..][..self.value_len])
+    }
+
+    /// The write's correlation id, when it was one a header may carry.
+    pub fn correlation_id(&self) -> Option<&str> {
+        let id = &self.bytes[self.key_len + self.value_len..];
+        std::str::from_utf8(id).ok().filter(|id| !id.is_empty())
+    }
+
+    fn cost(&self) -> usize {
+        self.bytes.len() + EVENT_OVERHEAD
+    }
+}
+
+/// A committed state of the store with the position it holds and where the ring continues
+/// after it. The feed takes it back (`entries` becomes `None`) once the ring dropped a change
+/// after it: a snapshot that cannot be continued is no use, and it pins pages in redb.
+#[derive(Debug)]
+pub struct SnapshotAt {
+    entries: Mutex<Option<Snapshot>>,
+    pub position: Positions,
+    /// The sequence number of the first change after the snapshot.
+    pub seq: u64,
+    pub epoch: u64,
+}
+
+impl SnapshotAt {
+    /// The state, unless the feed took it back.
+    pub fn entries(&self) -> Option<Snapshot> {
+        lock(&self.entries).clone()
+    }
+}
+
+/// What a watch reads from its cursor.
+#[derive(Debug)]
+pub enum Read {
+    /// The changes from the cursor on (possibly none) and the cursor after them; `position` is
+    /// the feed's when the changes reach the newest, for a progress event.
+    Changes {
+        next: u64,
+        position: Option<Positions>,
+    },
+    /// The change at the cursor was dropped from the ring.
+    Overflow,
+    /// The store was rebuilt since the watch began: what it had seen is void.
+    Reset,
+    /// The reader is shutting down.
+    Closed,
+}
+
+/// How a watch resuming from a position starts.
+#[derive(Debug)]
+pub enum Resume {
+    /// From this cursor, skipping changes at or below the position.
+    FromRing { cursor: u64, epoch: u64 },
+    /// The ring no longer holds every change after the position.
+    TooOld,
+}
+
+#[derive(Debug)]
+struct Ring {
+    events: VecDeque<Arc<ChangeEvent>>,
+    /// The sequence number of `events[0]`.
+    first_seq: u64,
+    bytes: usize,
+    position: Positions,
+    horizon: Positions,
+    /// Counts rebuilds of the store: every watch begun before one is reset.
+    epoch: u64,
+    started: bool,
+    closed: bool,
+    latest: Option<Arc<SnapshotAt>>,
+    /// Snapshots handed out, to take back when the ring passes them.
+    leases: Vec<Weak<SnapshotAt>>,
+}
+
+impl Ring {
+    fn head(&self) -> u64 {
+        self.first_seq + self.events.len() as u64
+    }
+
+    fn evict_front(&mut self) {
+        if let Some(event) = self.events.pop_front() {
+            self.bytes -= event.cost();
+            self.first_seq += 1;
+            raise(&mut self.horizon, event.partition, event.offset);
+        }
+    }
+
+    /// Takes back every snapshot the ring can no longer continue (all of them with `all`).
+    fn revoke_leases(&mut self, all: bool) {
+        let first = self.first_seq;
+        self.leases.retain(|lease| match lease.upgrade() {
+            Some(snapshot) if all || snapshot.seq < first => {
+                lock(&snapshot.entries).take();
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+    }
+}
+
+fn raise(positions: &mut Positions, partition: i32, offset: i64) {
+    let at = positions.entry(partition).or_insert(offset);
+    *at = (*at).max(offset);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether a watch that has seen everything up to `seen` misses nothing the ring dropped.
+fn covers(horizon: &Positions, seen: &Positions) -> bool {
+    horizon
+        .iter()
+        .all(|(partition, &offset)| seen.get(partition).copied().unwrap_or(-1) >= offset)
+}
+
+#[derive(Debug)]
+pub struct ChangeFeed {
+    ring: Mutex<Ring>,
+    /// The ring's head after every publish, and on rebuilds and shutdown: watches wait on it.
+    head: watch::Sender<u64>,
+    store: Arc<Store>,
+    max_events: usize,
+    max_bytes: usize,
+}
+
+impl ChangeFeed {
+    pub fn new(settings: &WatchSettings, store: Arc<Store>) -> Self {
+        Self {
+            ring: Mutex::new(Ring {
+                events: VecDeque::new(),
+                first_seq: 0,
+                bytes: 0,
+                position: Positions::new(),
+                horizon: Positions::new(),
+                epoch: 0,
+                started: false,
+                closed: false,
+                latest: None,
+                leases: Vec::new(),
+            }),
+            head: watch::Sender::new(0),
+            store,
+            max_events: settings.buffer_events,
+            max_bytes: settings.buffer_bytes,
+        }
+    }
+
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        lock(&self.ring)
+    }
+
+    /// Called by the consumer when it assigns the topic's partitions, with the next offset of
+    /// each: at start-up, and after a rebuild, which voids what every watch had seen.
+    pub fn restart(&self, next_offsets: impl IntoIterator<Item = (i32, i64)>) {
+        let start: Positions = next_offsets
+            .into_iter()
+            .filter(|&(_, next)| next > 0)
+            .map(|(partition, next)| (partition, next - 1))
+            .collect();
+        let snapshot = self.capture();
+        let mut ring = self.ring();
+        if ring.started {
+            ring.epoch += 1;
+            let previous = std::mem::take(&mut ring.position);
+            for (partition, offset) in previous {
+                raise(&mut ring.horizon, partition, offset);
+            }
+            ring.revoke_leases(true);
+        }
+        while !ring.events.is_empty() {
+            ring.evict_front();
+        }
+        for (&partition, &offset) in &start {
+            raise(&mut ring.horizon, partition, offset);
+        }
+        ring.position = start;
+        ring.started = true;
+        self.set_latest(&mut ring, snapshot);
+        let head = ring.head();
+        drop(ring);
+        self.head.send_replace(head);
+    }
+
+    /// Called by the consumer right after a batch committed: its changes (with the record
+    /// each came from), the tombstones that removed an entry (as [`Store::apply`] answered),
+    /// and the next offset of every partition the batch read.
+    pub fn publish(
+        &self,
+        changes: &[Change<'_>],
+        origins: &[Origin<'_>],
+        removed: &[(usize, Vec<u8>)],
+        next_offsets: &BTreeMap<i32, i64>,
+    ) {
+        let mut removed = removed.iter().peekable();
+        let mut published = Vec::new();
+        for (index, (change, &origin)) in changes.iter().zip(origins).enumerate() {
+            match change {
+                Change::Put {
+                    user_key, value, ..
+                } => published.push((origin, ChangeKind::Put, user_key.as_ref(), value.as_ref())),
+                Change::Delete { .. } => {
+                    if let Some((_, key)) = removed.next_if(|(at, _)| *at == index) {
+                        published.push((origin, ChangeKind::Delete, key.as_slice(), &[][..]));
+                    }
+                }
+            }
+        }
+        // A batch larger than the ring keeps only its newest changes; the rest are dropped at
+        // once, so replaying a large topic copies no more than the ring holds.
+        let dropped = published.len().saturating_sub(self.max_events);
+        let events: Vec<Arc<ChangeEvent>> = published[dropped..]
+            .iter()
+            .map(|&(origin, kind, key, value)| Arc::new(ChangeEvent::new(kind, origin, key, value)))
+            .collect();
+        let snapshot = self.capture();
+        let mut ring = self.ring();
+        if dropped > 0 {
+            while !ring.events.is_empty() {
+                ring.evict_front();
+            }
+            ring.first_seq += dropped as u64;
+            for &((partition, offset, _), ..) in &published[..dropped] {
+                raise(&mut ring.horizon, partition, offset);
+            }
+        }
+        for event in events {
+            ring.bytes += event.cost();
+            ring.events.push_back(event);
+        }
+        while ring.events.len() > self.max_events
+            || (ring.bytes > self.max_bytes && ring.events.len() > 1)
+        {
+            ring.evict_front();
+        }
+        for (&partition, &next) in next_offsets {
+            ring.position.insert(partition, next - 1);
+        }
+        ring.revoke_leases(false);
+        self.set_latest(&mut ring, snapshot);
+        let head = ring.head();
+        drop(ring);
+        if !published.is_empty() {
+            self.head.send_replace(head);
+        }
+    }
+
+    /// The store's state as this batch left it: only the consumer thread commits, and it is
+    /// the one asking.
+    fn capture(&self) -> Option<Snapshot> {
+        match self.store.snapshot() {
+            Ok(snapshot) => Some(snapshot),
+            Err(error) => {
+                tracing::warn!(%error, "cannot open a snapshot for watches");
+                None
+            }
+        }
+    }
+
+    fn set_latest(&self, ring: &mut Ring, snapshot: Option<Snapshot>) {
+        ring.latest = Some(Arc::new(SnapshotAt {
+            entries: Mutex::new(snapshot),
+            position: ring.position.clone(),
+            seq: ring.head(),
+            epoch: ring.epoch,
+        }));
+    }
+
+    /// Ends every watch: the reader is shutting down.
+    pub fn close(&self) {
+        let mut ring = self.ring();
+        ring.closed = true;
+        ring.revoke_leases(true);
+        ring.latest = None;
+        let head = ring.head();
+        drop(ring);
+        self.head.send_replace(head);
+    }
+
+    /// Whether the consumer assigned the topic's partitions yet.
+    pub fn started(&self) -> bool {
+        self.ring().started
+    }
+
+    /// A receiver told of every publish, for a watch to wait on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// Where a watch that wants only what comes next starts: the ring's head, the feed's
+    /// position and epoch.
+    pub fn live(&self) -> (u64, Positions, u64) {
+        let ring = self.ring();
+        (ring.head(), ring.position.clone(), ring.epoch)
+    }
+
+    /// Where a watch that has seen everything up to `seen` (on any replica) starts.
+    pub fn resume(&self, seen: &Positions) -> Resume {
+        let ring = self.ring();
+        if covers(&ring.horizon, seen) {
+            Resume::FromRing {
+                cursor: ring.first_seq,
+                epoch: ring.epoch,
+            }
+        } else {
+            Resume::TooOld
+        }
+    }
+
+    /// The newest committed state, with its position and where the ring continues after it;
+    /// `None` once the reader is shutting down.
+    pub fn snapshot(&self) -> Option<Arc<SnapshotAt>> {
+        let mut ring = self.ring();
+        let latest = ring.latest.clone()?;
+        if !ring
+            .leases
+            .iter()
+            .any(|lease| lease.as_ptr() == Arc::as_ptr(&latest))
+        {
+            ring.leases.push(Arc::downgrade(&latest));
+        }
+        Some(latest)
+    }
+
+    /// Appends to `out` the changes from `cursor` on, at most `max` of them, unless the ring
+    /// dropped the one at `cursor`, the store was rebuilt since `epoch`, or the reader closes.
+    pub fn read(
+        &self,
+        cursor: u64,
+        epoch: u64,
+        max: usize,
+        out: &mut Vec<Arc<ChangeEvent>>,
+    ) -> Read {
+        let ring = self.ring();
+        if ring.closed {
+            return Read::Closed;
+        }
+        if ring.epoch != epoch {
+            return Read::Reset;
+        }
+        if cursor < ring.first_seq {
+            return Read::Overflow;
+        }
+        let from = (cursor - ring.first_seq) as usize;
+        out.extend(
+            ring.events
+                .range(from.min(ring.events.len())..)
+                .take(max)
+                .cloned(),
+        );
+        let next = cursor + (ring.head() - cursor).min(max as u64);
+        Read::Changes {
+            next,
+            position: (next == ring.head()).then(|| ring.position.clone()),
+        }
+    }
+
+    /// Changes the ring holds and their cost in bytes.
+    pub fn held(&self) -> (usize, usize) {
+        let ring = self.ring();
+        (ring.events.len(), ring.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    use crate::settings::Storage;
+
+    fn feed(events: usize, bytes: usize) -> ChangeFeed {
+        let store = Arc::new(Store::open(&Storage::Memory, None).expect("store"));
+        let feed = ChangeFeed::new(
+            &WatchSettings {
+                buffer_events: events,
+                buffer_bytes: bytes,
+                max_watches: 1,
+            },
+            store,
+        );
+        feed.restart([(0, 0), (1, 0)]);
+        feed
+    }
+
+    fn put<'a>(key: &'a [u8], partition: i32, offset: i64) -> Change<'a> {
+        Change::Put {
+            record_key: key,
+            user_key: Cow::Borrowed(key),
+            partition,
+            offset,
+            correlation_id: None,
+            value: Cow::Borrowed(b"v"),
+        }
+    }
+
+    /// Publishes puts of `(key, partition, offset)` as one batch.
+    fn publish(feed: &ChangeFeed, puts: &[(&'static [u8], i32, i64)]) {
+        let changes: Vec<Change<'_>> = puts.iter().map(|&(k, p, o)| put(k, p, o)).collect();
+        let origins: Vec<Origin<'_>> = puts.iter().map(|&(_, p, o)| (p, o, None)).collect();
+        let mut next = BTreeMap::new();
+        for &(_, p, o) in puts {
+            next.insert(p, o + 1);
+        }
+        feed.publish(&changes, &origins, &[], &next);
+    }
+
+    fn read_all(feed: &ChangeFeed, cursor: u64) -> (Vec<(i32, i64)>, Read) {
+        let mut out = Vec::new();
+        let read = feed.read(cursor, 0, usize::MAX, &mut out);
+        (out.iter().map(|e| (e.partition, e.offset)).collect(), read)
+    }
+
+    #[test]
+    fn a_watch_reads_the_changes_after_its_cursor_in_the_order_they_were_applied() {
+        let feed = feed(100, 1 << 20);
+        let (cursor, position, _) = feed.live();
+        assert!(position.is_empty());
+        publish(&feed, &[(b"a", 0, 0), (b"b", 1, 0), (b"c", 0, 1)]);
+        let (changes, read) = read_all(&feed, cursor);
+        assert_eq!(changes, vec![(0, 0), (1, 0), (0, 1)]);
+        match read {
+            Read::Changes { next, position } => {
+                assert_eq!(next, cursor + 3);
+                assert_eq!(position, Some(Positions::from([(0, 1), (1, 0)])));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_ring_drops_its_oldest_changes_past_its_count_or_bytes_and_a_watch_behind_them_overflows()
+    {
+        let feed = feed(2, 1 << 20);
+        let (cursor, ..) = feed.live();
+        publish(&feed, &[(b"a", 0, 0), (b"b", 0, 1), (b"c", 0, 2)]);
+        assert_eq!(feed.held().0, 2);
+        assert!(matches!(read_all(&feed, cursor).1, Read::Overflow));
+        assert_eq!(read_all(&feed, cursor + 1).0, vec![(0, 1), (0, 2)]);
+
+        let small = feed_with_bytes(2 * (EVENT_OVERHEAD + 2));
+        publish(&small, &[(b"a", 0, 0), (b"b", 0, 1), (b"c", 0, 2)]);
+        assert_eq!(small.held().0, 2, "{:?}", small.held());
+        let tiny = feed_with_bytes(1);
+        publish(&tiny, &[(b"a", 0, 0), (b"b", 0, 1)]);
+        assert_eq!(tiny.held().0, 1, "the newest change is always kept");
+    }
+
+    fn feed_with_bytes(bytes: usize) -> ChangeFeed {
+        feed(100, bytes)
+    }
+
+    #[test]
+    fn a_resume_is_served_from_the_ring_only_from_a_position_past_every_dropped_change() {
+        let feed = feed(2, 1 << 20);
+        publish(
+            &feed,
+            &[(b"a", 0, 0), (b"b", 1, 0), (b"c", 0, 1), (b"d", 0, 2)],
+        );
+        // (0, 0) and (1, 0) were dropped.
+        for seen in [
+            Positions::new(),
+            Positions::from([(0, 5)]),
+            Positions::from([(1, 0)]),
+        ] {
+            assert!(matches!(feed.resume(&seen), Resume::TooOld), "{seen:?}");
+        }
+        let Resume::FromRing { cursor, .. } = feed.resume(&Positions::from([(0, 0), (1, 0)]))
+        else {
+            panic!("covered");
+        };
+        assert_eq!(read_all(&feed, cursor).0, vec![(0, 1), (0, 2)]);
+    }
+
+    #[test]
+    fn a_replica_that_resumed_from_its_store_cannot_replay_what_it_applied_before() {
+        let feed = feed(10, 1 << 20);
+        feed.restart([(0, 40), (1, 0)]);
+        assert!(matches!(
+            feed.resume(&Positions::from([(0, 38)])),
+            Resume::TooOld
+        ));
+        assert!(matches!(
+            feed.resume(&Positions::from([(0, 39)])),
+            Resume::FromRing { .. }
+        ));
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_ring_keeps_its_newest_changes() {
+        let feed = feed(2, 1 << 20);
+        let (cursor, ..) = feed.live();
+        publish(
+            &feed,
+            &[(b"a", 0, 0), (b"b", 0, 1), (b"c", 0, 2), (b"d", 1, 0)],
+        );
+        assert!(matches!(read_all(&feed, cursor).1, Read::Overflow));
+        assert_eq!(read_all(&feed, cursor + 2).0, vec![(0, 2), (1, 0)]);
+        assert!(matches!(
+            feed.resume(&Positions::from([(0, 0)])),
+            Resume::TooOld
+        ));
+        assert!(matches!(
+            feed.resume(&Positions::from([(0, 1)])),
+            Resume::FromRing { .. }
+        ));
+    }
+
+    #[test]
+    fn a_rebuild_resets_every_watch_and_takes_back_their_snapshots() {
+        let feed = feed(10, 1 << 20);
+        publish(&feed, &[(b"a", 0, 0)]);
+        let (cursor, _, epoch) = feed.live();
+        let snapshot = feed.snapshot().expect("snapshot");
+        assert!(snapshot.entries().is_some());
+        assert_eq!(snapshot.position, Positions::from([(0, 0)]));
+        feed.restart([(0, 0)]);
+        let mut out = Vec::new();
+        assert!(matches!(
+            feed.read(cursor, epoch, 10, &mut out),
+            Read::Reset
+        ));
+        assert!(snapshot.entries().is_none());
+        assert!(matches!(
+            feed.resume(&Positions::from([(0, 0)])),
+            Resume::FromRing { .. }
+        ));
+        assert!(matches!(feed.resume(&Positions::new()), Resume::TooOld));
+    }
+
+    #[test]
+    fn a_snapshot_is_taken_back_once_the_ring_drops_a_change_after_it() {
+        let feed = feed(1, 1 << 20);
+        let snapshot = feed.snapshot().expect("snapshot");
+        publish(&feed, &[(b"a", 0, 0)]);
+        assert!(snapshot.entries().is_some(), "the ring still continues it");
+        publish(&feed, &[(b"b", 0, 1)]);
+        assert!(snapshot.entries().is_none());
+    }
+
+    #[test]
+    fn a_delete_is_published_with_the_user_key_the_store_removed_and_never_the_record_key() {
+        let feed = feed(10, 1 << 20);
+        let (cursor, ..) = feed.live();
+        let changes = [
+            Change::Delete {
+                record_key: b"mac-1",
+                user_key: None,
+            },
+            Change::Delete {
+                record_key: b"mac-2",
+                user_key: None,
+            },
+        ];
+        let origins = [(0, 5, Some(&b"corr"[..])), (0, 6, None)];
+        feed.publish(
+            &changes,
+            &origins,
+            &[(1, b"user-2".to_vec())],
+            &BTreeMap::from([(0, 7)]),
+        );
+        let mut out = Vec::new();
+        feed.read(cursor, 0, 10, &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "a tombstone that removed nothing is no change"
+        );
+        assert_eq!(out[0].kind, ChangeKind::Delete);
+        assert_eq!(out[0].key(), b"user-2");
+        assert_eq!((out[0].partition, out[0].offset), (0, 6));
+        assert_eq!(out[0].value(), None);
+    }
+
+    #[test]
+    fn an_event_keeps_only_a_correlation_id_a_header_may_carry() {
+        let event = ChangeEvent::new(ChangeKind::Put, (0, 0, Some(b"id-1")), b"k", b"v");
+        assert_eq!(
+            (event.key(), event.value(), event.correlation_id()),
+            (&b"k"[..], Some(&b"v"[..]), Some("id-1"))
+        );
+        let bad = ChangeEvent::new(ChangeKind::Put, (0, 0, Some(b"a\nb")), b"k", b"v");
+        assert_eq!(bad.correlation_id(), None);
+    }
+}
