@@ -209,6 +209,7 @@ impl App {
             max_watches: settings.watch.max_watches,
             metrics: WatchMetrics::register(metrics.registry(), replica.feed())?,
             sealed_listings: sealed_listings.clone(),
+            shard: settings.shard.as_ref().map(|s| s.spec),
         });
         end_watches_on_shutdown(replica.feed());
         let state = web::Data::new(ReaderState {

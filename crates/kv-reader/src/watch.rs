@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::feed::{ChangeEvent, ChangeFeed, ChangeKind, Positions, Read, Resume, SnapshotAt};
 use crate::metrics::{WatchEvent, WatchMetrics};
 use crate::routes::prefix_param;
+use crate::shard::ShardSpec;
 use crate::store::{ScanPage, Snapshot, Store, StoreError, StoredEntry};
 
 /// The SSE header naming the last event a reconnecting client received.
@@ -54,6 +55,8 @@ pub struct WatchState {
     pub metrics: WatchMetrics,
     /// Shared with the listings of an encrypted-at-rest store: a snapshot of one reads it whole.
     pub sealed_listings: Arc<Semaphore>,
+    /// Set on a sharded reader, whose feed holds its own partitions' changes only.
+    pub shard: Option<ShardSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +66,8 @@ struct WatchQuery {
     prefix_b64: Option<String>,
     from: Option<String>,
     snapshot: Option<String>,
+    /// On a sharded reader: `true` to watch this shard's partitions, knowing that is all.
+    shard_local: Option<String>,
 }
 
 /// `GET /v1/kv:watch?prefix=&from=&snapshot=`: the changes under `prefix` as server-sent events.
@@ -78,6 +83,16 @@ pub async fn watch(
         ));
     }
     let query: WatchQuery = parse_query(&request)?;
+    if let Some(shard) = &state.shard {
+        // A watch that silently missed the other shards' changes would be worse than none.
+        if query.shard_local.as_deref() != Some("true") {
+            return Err(ApiError::invalid_request(format!(
+                "this reader is shard {shard} and sees the changes of its own partitions only: \
+                 watch every shard with `shard_local=true` (the ids of their events combine \
+                 into one position per partition), or watch a full replica"
+            )));
+        }
+    }
     let prefix = prefix_param(query.prefix, query.prefix_b64)?;
     let snapshot = match query.snapshot.as_deref() {
         None | Some("false") => false,
