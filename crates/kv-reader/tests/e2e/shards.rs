@@ -528,4 +528,24 @@ async fn max_lag_bounds_a_read_and_a_bad_bound_is_refused() {
         .await
         .expect("get");
     assert_eq!(header.status(), 400);
+    // A shard's watch sees its own partitions only: it must be asked for that knowingly.
+    let watch = |query: &'static str| {
+        http.get(shards.get(0).url(&format!("/v1/kv:watch{query}")))
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let refused = watch("").await.expect("watch");
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.expect("error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shard_local=true"),
+        "{body}"
+    );
+    assert_eq!(
+        watch("?shard_local=true").await.expect("watch").status(),
+        200
+    );
 }
