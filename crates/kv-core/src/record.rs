@@ -209,12 +209,9 @@ impl RecordCodec {
     ) -> Cow<'v, [u8]> {
         match self {
             Self::Plaintext => Cow::Borrowed(value),
-            Self::Encrypted(cipher) => Cow::Owned(cipher.seal_expiring(
-                record_key,
-                user_key,
-                value,
-                expires_at_ms,
-            )),
+            Self::Encrypted(cipher) => {
+                Cow::Owned(cipher.seal_expiring(record_key, user_key, value, expires_at_ms))
+            }
         }
     }
 
