@@ -24,6 +24,7 @@ use crate::replica::{DeleteRetention, Replica, ReplicaError};
 use crate::routes::{self, ReaderState};
 use crate::settings::{Settings, Storage};
 use crate::store::{Store, StoreError};
+use crate::ttl::{check_compaction_lag, SweptPartitions, Ttl, TtlError, TtlMetrics};
 
 /// JSON request bodies of the read routes hold a key or a list of keys.
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
@@ -49,6 +50,8 @@ pub enum StartupError {
     Auth(#[from] DiscoveryError),
     #[error(transparent)]
     UnsafeTopic(#[from] UnsafeTopic),
+    #[error(transparent)]
+    Ttl(#[from] TtlError),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -135,9 +138,21 @@ impl App {
         };
         let delete_retention = DeleteRetention::default();
         let (kafka, topic) = (settings.core.kafka.clone(), settings.core.topic.clone());
-        if settings.core.require_compacted_topic {
-            let config = check_topic_config(&kafka, &topic, true, TOPIC_CONFIG_TIMEOUT).await?;
+        // The one process that sweeps a partition: on this branch, a reader told so sweeps
+        // every partition it holds (docs/architecture.md, "Who sweeps").
+        let swept = if settings.ttl_sweeper {
+            SweptPartitions::All
+        } else {
+            SweptPartitions::None
+        };
+        // A sweeper waits for the topic's configuration: it relies on min.compaction.lag.ms.
+        if settings.core.require_compacted_topic || settings.ttl_sweeper {
+            let require = settings.core.require_compacted_topic;
+            let config = check_topic_config(&kafka, &topic, require, TOPIC_CONFIG_TIMEOUT).await?;
             delete_retention.set(config.as_ref().and_then(compacted_delete_retention));
+            if settings.ttl_sweeper {
+                check_compaction_lag(&topic, config.as_ref())?;
+            }
         } else {
             // Read beside the start-up, not before it: only a replica resuming from its stored
             // offsets waits for the answer (a broker may not answer DescribeConfigs at all).
@@ -150,7 +165,16 @@ impl App {
                 retention.set(config.as_ref().and_then(compacted_delete_retention));
             });
         }
-        let replica = Replica::start(&settings, store.clone(), codec, framing, delete_retention)?;
+        let ttl_metrics = TtlMetrics::register(metrics.registry())?;
+        let ttl = Ttl::new(&settings, codec.clone(), swept, ttl_metrics)?;
+        let replica = Replica::start(
+            &settings,
+            store.clone(),
+            codec,
+            framing,
+            delete_retention,
+            ttl,
+        )?;
         let state = web::Data::new(ReaderState {
             store,
             progress: replica.progress(),

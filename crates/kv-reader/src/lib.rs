@@ -9,6 +9,7 @@ pub mod replica;
 pub mod routes;
 pub mod settings;
 pub mod store;
+pub mod ttl;
 
 pub use app::App;
 pub use settings::Settings;

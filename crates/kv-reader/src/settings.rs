@@ -41,6 +41,9 @@ pub struct Settings {
     pub max_batch_get_bytes: usize,
     /// Most reads waiting for their consistency token at once (503 past it).
     pub max_read_your_writes_waiters: usize,
+    /// KV_API_TTL_SWEEPER: this reader produces the tombstones of expired keys for every
+    /// partition it holds. Exactly one reader of a topic may (docs/architecture.md).
+    pub ttl_sweeper: bool,
 }
 
 /// KV_API_MAX_READ_YOUR_WRITES_WAITERS unless set.
@@ -105,6 +108,7 @@ impl Settings {
                 }
                 waiters => waiters,
             },
+            ttl_sweeper: env.bool("KV_API_TTL_SWEEPER", false)?,
         })
     }
 }
@@ -258,6 +262,18 @@ mod tests {
         assert_eq!(told.max_read_your_writes_waiters, 50);
         let error = settings(&[("KV_API_MAX_READ_YOUR_WRITES_WAITERS", "0")]).expect_err("zero");
         assert_eq!(error.var, "KV_API_MAX_READ_YOUR_WRITES_WAITERS");
+    }
+
+    #[test]
+    fn a_reader_sweeps_expired_keys_only_when_told_to() {
+        assert!(!settings(&[]).expect("settings").ttl_sweeper);
+        assert!(
+            settings(&[("KV_API_TTL_SWEEPER", "true")])
+                .expect("settings")
+                .ttl_sweeper
+        );
+        let error = settings(&[("KV_API_TTL_SWEEPER", "maybe")]).expect_err("not a bool");
+        assert_eq!(error.var, "KV_API_TTL_SWEEPER");
     }
 
     #[test]
