@@ -106,14 +106,11 @@ impl ReplicaCollector {
             refresh: Mutex::new(()),
         };
         let reasons = DecodeError::ALL.map(DecodeError::reason);
-        for reason in reasons
-            .iter()
-            .chain([
-                &BadSchemaHeader::REASON,
-                &ENCRYPTED_ENVELOPE_REASON,
-                &BadTtlHeader::REASON,
-            ])
-        {
+        for reason in reasons.iter().chain([
+            &BadSchemaHeader::REASON,
+            &ENCRYPTED_ENVELOPE_REASON,
+            &BadTtlHeader::REASON,
+        ]) {
             // Present at zero from the start, so an alert on its increase sees the first skip.
             collector.skipped.with_label_values(&[*reason]);
         }

@@ -426,9 +426,9 @@ impl Worker {
                 // they were foreign records among good ones.
                 let durable = refusals.durable(&next_offsets);
                 let ttl = self.ttl.borrow();
-                let applied =
-                    self.store
-                        .apply_at(&changes, &durable, now_ms(), &|p| ttl.sweeps(p))?;
+                let applied = self
+                    .store
+                    .apply_at(&changes, &durable, now_ms(), &|p| ttl.sweeps(p))?;
                 drop(ttl);
                 self.ttl.borrow_mut().applied(&applied);
                 self.hand_offsets_to_kafka(&durable);

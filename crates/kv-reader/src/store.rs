@@ -36,8 +36,7 @@ const NEXT_OFFSETS: TableDefinition<u32, u64> = TableDefinition::new("next_offse
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// `(expires at, entry key)` → `(partition, offset, sealed record key)` of every entry that
 /// expires: the sweep and the purge read it in expiry order.
-const EXPIRIES: TableDefinition<(u64, &[u8]), (u32, u64, &[u8])> =
-    TableDefinition::new("expiries");
+const EXPIRIES: TableDefinition<(u64, &[u8]), (u32, u64, &[u8])> = TableDefinition::new("expiries");
 /// Record key (its index under encryption at rest) → `(offset, when applied)` of the last delete
 /// applied to it, for [`DELETE_MEMORY`].
 const DELETED: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("deleted");

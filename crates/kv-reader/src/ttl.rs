@@ -16,8 +16,8 @@ use kv_core::kafka::{
     PRODUCER_DEFAULTS,
 };
 use kv_core::record::{
-    RecordCodec, CORRELATION_ID_HEADER, EXPIRED_OFFSET_HEADER, EXPIRES_AT_HEADER,
-    REPAIR_OF_HEADER, WRITER_HEADER, WRITER_HEADER_VALUE,
+    RecordCodec, CORRELATION_ID_HEADER, EXPIRED_OFFSET_HEADER, EXPIRES_AT_HEADER, REPAIR_OF_HEADER,
+    WRITER_HEADER, WRITER_HEADER_VALUE,
 };
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rdkafka::config::ClientConfig;
@@ -499,7 +499,10 @@ impl Sweeper {
                     value: Some(expires.as_bytes()),
                 });
             }
-            if let Some(id) = state.as_ref().and_then(|(_, e)| e.correlation_id.as_deref()) {
+            if let Some(id) = state
+                .as_ref()
+                .and_then(|(_, e)| e.correlation_id.as_deref())
+            {
                 headers = headers.insert(Header {
                     key: CORRELATION_ID_HEADER,
                     value: Some(id.as_bytes()),
@@ -532,7 +535,12 @@ impl Sweeper {
             Ok(()) => true,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => false,
             Err((error, _)) => {
-                self.producer.client().context().metrics.produce_errors.inc();
+                self.producer
+                    .client()
+                    .context()
+                    .metrics
+                    .produce_errors
+                    .inc();
                 tracing::error!(%error, "cannot hand a TTL record to the producer");
                 false
             }
@@ -546,10 +554,7 @@ impl Sweeper {
         };
         tracing::error!(?code, %reason, "the TTL sweeper's producer failed fatally; replacing it");
         let metrics = self.producer.client().context().metrics.clone();
-        match self
-            .config
-            .create_with_context(SweepContext { metrics })
-        {
+        match self.config.create_with_context(SweepContext { metrics }) {
             Ok(fresh) => {
                 self.producer = fresh;
                 self.in_flight.clear();
@@ -565,7 +570,8 @@ impl Sweeper {
             return;
         }
         self.next_prune = Instant::now() + RESEND_AFTER;
-        self.in_flight.retain(|_, sent| sent.elapsed() < RESEND_AFTER);
+        self.in_flight
+            .retain(|_, sent| sent.elapsed() < RESEND_AFTER);
         self.repairs_in_flight
             .retain(|_, sent| sent.elapsed() < RESEND_AFTER);
     }

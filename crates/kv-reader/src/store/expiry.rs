@@ -111,7 +111,11 @@ struct Writing<'t> {
 }
 
 impl<'t> Writing<'t> {
-    fn open(txn: &'t WriteTransaction, cipher: Option<&'t StoreCipher>, now_ms: u64) -> Result<Self, StoreError> {
+    fn open(
+        txn: &'t WriteTransaction,
+        cipher: Option<&'t StoreCipher>,
+        now_ms: u64,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
             cipher,
             entries: txn.open_table(ENTRIES)?,
@@ -143,7 +147,11 @@ impl<'t> Writing<'t> {
 
     /// The user key a record key names: the mapping stored with its put on an encrypted topic,
     /// else `user_key` (the record key itself on a plaintext topic).
-    fn user_key_of(&self, record_key: &[u8], user_key: Option<&[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
+    fn user_key_of(
+        &self,
+        record_key: &[u8],
+        user_key: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let mapped = match self.record_keys.get(record_key)? {
             None => None,
             Some(mapped) => Some(match self.cipher {
@@ -171,7 +179,6 @@ impl<'t> Writing<'t> {
         }
     }
 
-
     #[allow(clippy::too_many_arguments)]
     fn put(
         &mut self,
@@ -184,7 +191,14 @@ impl<'t> Writing<'t> {
         expires_at_ms: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut encoded = std::mem::take(&mut self.encoded);
-        encode_entry(&mut encoded, partition, offset, correlation_id, value, expires_at_ms);
+        encode_entry(
+            &mut encoded,
+            partition,
+            offset,
+            correlation_id,
+            value,
+            expires_at_ms,
+        );
         let index = self.index(user_key).into_owned();
         let stored = match self.cipher {
             None => Cow::Borrowed(encoded.as_slice()),
@@ -247,13 +261,18 @@ impl<'t> Writing<'t> {
         if let Some(at) = old {
             self.deleted_by_time.remove((at, index.as_slice()))?;
         }
-        self.deleted_by_time.insert((self.now_ms, index.as_slice()), ())?;
+        self.deleted_by_time
+            .insert((self.now_ms, index.as_slice()), ())?;
         Ok(())
     }
 
     /// The offset of the newest record of the key applied here and still known: its entry, or
     /// its last delete within [`DELETE_MEMORY`]. `None`: never seen, or too long ago.
-    fn last_known(&self, record_key: &[u8], user_key: Option<&[u8]>) -> Result<Option<i64>, StoreError> {
+    fn last_known(
+        &self,
+        record_key: &[u8],
+        user_key: Option<&[u8]>,
+    ) -> Result<Option<i64>, StoreError> {
         let entry = match user_key {
             Some(user_key) => self.entry(user_key)?.map(|entry| entry.offset),
             None => None,
@@ -280,7 +299,12 @@ impl<'t> Writing<'t> {
     }
 
     /// Owes a repair re-asserting the key's state after the stale record at `stale_offset`.
-    fn owe(&mut self, record_key: &[u8], partition: i32, stale_offset: i64) -> Result<(), StoreError> {
+    fn owe(
+        &mut self,
+        record_key: &[u8],
+        partition: i32,
+        stale_offset: i64,
+    ) -> Result<(), StoreError> {
         let index = self.index(record_key).into_owned();
         let sealed = self.seal_record_key(&index, record_key);
         self.pending.insert(
@@ -298,7 +322,12 @@ impl<'t> Writing<'t> {
         }
     }
 
-    fn apply(&mut self, change: &Change<'_>, swept: &dyn Fn(i32) -> bool, applied: &mut Applied) -> Result<(), StoreError> {
+    fn apply(
+        &mut self,
+        change: &Change<'_>,
+        swept: &dyn Fn(i32) -> bool,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
         match change {
             Change::Put {
                 record_key,
@@ -464,7 +493,10 @@ impl Store {
                 if *at > now_ms {
                     return Ok(Vec::new());
                 }
-                expiries.range((std::ops::Bound::Excluded((*at, index.as_slice())), std::ops::Bound::Excluded(end)))?
+                expiries.range((
+                    std::ops::Bound::Excluded((*at, index.as_slice())),
+                    std::ops::Bound::Excluded(end),
+                ))?
             }
         };
         let mut found = Vec::new();
@@ -492,7 +524,9 @@ impl Store {
     fn open_record_key(&self, index: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
         match &self.cipher {
             None => Ok(sealed.to_vec()),
-            Some(cipher) => cipher.open(index, sealed).map_err(|_| StoreError::CorruptEntry),
+            Some(cipher) => cipher
+                .open(index, sealed)
+                .map_err(|_| StoreError::CorruptEntry),
         }
     }
 
@@ -539,7 +573,11 @@ impl Store {
             }
             let forget_before = now_ms.saturating_sub(DELETE_MEMORY.as_millis() as u64);
             let mut forgotten = Vec::new();
-            for row in writing.deleted_by_time.range(..(forget_before, &[][..]))?.take(limit) {
+            for row in writing
+                .deleted_by_time
+                .range(..(forget_before, &[][..]))?
+                .take(limit)
+            {
                 let (key, _) = row?;
                 let (at, index) = key.value();
                 forgotten.push((at, index.to_vec()));
@@ -598,5 +636,596 @@ impl Store {
     pub fn pending_repair_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(PENDING_REPAIRS)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::settings::Storage;
+    use crate::store::now_ms;
+
+    const NONE: &dyn Fn(i32) -> bool = &|_| false;
+    const ALL: &dyn Fn(i32) -> bool = &|_| true;
+
+    fn put<'a>(key: &'a [u8], offset: i64, value: &'a [u8], expires: Option<u64>) -> Change<'a> {
+        Change::Put {
+            record_key: key,
+            user_key: Cow::Borrowed(key),
+            partition: 0,
+            offset,
+            correlation_id: None,
+            value: Cow::Borrowed(value),
+            expires_at_ms: expires,
+            precondition: None,
+        }
+    }
+
+    fn delete(key: &[u8], offset: i64, precondition: Option<Precondition>) -> Change<'_> {
+        Change::Delete {
+            record_key: key,
+            user_key: Some(key),
+            partition: 0,
+            offset,
+            precondition,
+        }
+    }
+
+    fn repair<'a>(key: &'a [u8], offset: i64, stale: i64, value: &'a [u8]) -> Change<'a> {
+        Change::Put {
+            record_key: key,
+            user_key: Cow::Borrowed(key),
+            partition: 0,
+            offset,
+            correlation_id: None,
+            value: Cow::Borrowed(value),
+            expires_at_ms: None,
+            precondition: Some(Precondition::Repairs(stale)),
+        }
+    }
+
+    fn apply(
+        store: &Store,
+        changes: &[Change<'_>],
+        now: u64,
+        swept: &dyn Fn(i32) -> bool,
+    ) -> Applied {
+        let next = changes
+            .iter()
+            .map(|c| match c {
+                Change::Put { offset, .. } | Change::Delete { offset, .. } => *offset + 1,
+            })
+            .max()
+            .unwrap_or(0);
+        store
+            .apply_at(changes, &BTreeMap::from([(0, next)]), now, swept)
+            .expect("apply")
+    }
+
+    /// What a read at `now` sees: every live key and its value.
+    fn state_at(store: &Store, now: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let txn = store.db.begin_read().expect("read");
+        let entries = txn.open_table(ENTRIES).expect("entries");
+        let mut state = BTreeMap::new();
+        for row in entries.iter().expect("iter") {
+            let (key, raw) = row.expect("row");
+            let entry = decode_entry(raw.value()).expect("entry");
+            if entry.is_live(now) {
+                state.insert(key.value().to_vec(), entry.value);
+            }
+        }
+        state
+    }
+
+    fn memory() -> Store {
+        Store::open(&Storage::Memory, None).expect("store")
+    }
+
+    #[test]
+    fn an_expiring_put_is_hidden_at_its_expiry_then_purged_and_a_later_write_without_ttl_clears_it()
+    {
+        let store = memory();
+        apply(
+            &store,
+            &[
+                put(b"a", 0, b"1", Some(1_000)),
+                put(b"b", 1, b"2", Some(1_000)),
+            ],
+            500,
+            NONE,
+        );
+        assert_eq!(state_at(&store, 999).len(), 2);
+        apply(&store, &[put(b"b", 2, b"lasting", None)], 600, NONE);
+        assert_eq!(
+            state_at(&store, 1_000),
+            BTreeMap::from([(b"b".to_vec(), b"lasting".to_vec())]),
+            "hidden at its expiry, not a millisecond later"
+        );
+        assert_eq!(store.earliest_expiry().expect("earliest"), Some(1_000));
+        assert_eq!(store.purge(999, 10, 100, NONE).expect("purge"), 0);
+        assert_eq!(store.purge(1_000, 10, 100, NONE).expect("purge"), 1);
+        assert_eq!(
+            store.key_count().expect("count"),
+            1,
+            "the dead key left the store"
+        );
+        assert_eq!(store.earliest_expiry().expect("earliest"), None);
+    }
+
+    #[test]
+    fn reads_hide_an_expired_entry_on_every_path() {
+        let store = memory();
+        let past = now_ms() - 1;
+        apply(
+            &store,
+            &[
+                put(b"gone", 0, b"x", Some(past)),
+                put(b"kept", 1, b"y", Some(u64::MAX)),
+            ],
+            past - 10_000,
+            ALL,
+        );
+        assert_eq!(store.get(b"gone").expect("get"), None);
+        let kept = store.get(b"kept").expect("get").expect("kept");
+        assert_eq!(kept.expires_at_ms, Some(u64::MAX));
+        assert_eq!(
+            store.get_many([&b"gone"[..], b"kept"]).expect("many")[0],
+            None
+        );
+        assert_eq!(
+            store.list_keys(b"", None, 10).expect("list").0,
+            vec![b"kept".to_vec()]
+        );
+        let (page, more) = store.list_keys(b"", None, 1).expect("list");
+        assert_eq!(
+            (page.len(), more),
+            (1, false),
+            "an expired key is not one more to list"
+        );
+    }
+
+    #[test]
+    fn a_put_already_expired_when_applied_deletes_the_key_unless_its_partition_is_swept() {
+        let reader = memory();
+        apply(&reader, &[put(b"k", 0, b"old", None)], 100, NONE);
+        let applied = apply(&reader, &[put(b"k", 1, b"new", Some(50))], 100, NONE);
+        assert_eq!(applied.expired_on_replay, 1);
+        assert_eq!(reader.key_count().expect("count"), 0);
+
+        let sweeper = memory();
+        apply(
+            &sweeper,
+            &[put(b"k", 0, b"old", None), put(b"k", 1, b"new", Some(50))],
+            100,
+            ALL,
+        );
+        assert!(state_at(&sweeper, 100).is_empty());
+        let expired = sweeper.expired(100, None, 10, 100, ALL).expect("expired");
+        assert_eq!(expired.len(), 1, "kept for its tombstone");
+        assert_eq!(
+            (expired[0].record_key.as_slice(), expired[0].offset),
+            (&b"k"[..], 1)
+        );
+        assert_eq!(
+            sweeper.purge(100, 10, 100, ALL).expect("purge"),
+            0,
+            "a swept entry waits for its tombstone"
+        );
+    }
+
+    #[test]
+    fn an_expiry_tombstone_deletes_only_the_put_it_names_and_a_stale_one_owes_a_repair_on_the_sweeper(
+    ) {
+        for swept in [NONE, ALL] {
+            let store = memory();
+            apply(&store, &[put(b"k", 0, b"first", Some(1_000))], 0, swept);
+            let applied = apply(
+                &store,
+                &[delete(b"k", 1, Some(Precondition::Expires(0)))],
+                1_001,
+                swept,
+            );
+            assert_eq!(applied.tombstoned, 1);
+            assert_eq!(store.key_count().expect("count"), 0);
+
+            apply(
+                &store,
+                &[
+                    put(b"k", 2, b"second", Some(2_000)),
+                    put(b"k", 3, b"rewritten", None),
+                ],
+                1_500,
+                swept,
+            );
+            let applied = apply(
+                &store,
+                &[delete(b"k", 4, Some(Precondition::Expires(2)))],
+                2_001,
+                swept,
+            );
+            assert_eq!((applied.stale, applied.tombstoned), (1, 0));
+            assert_eq!(
+                state_at(&store, 2_001),
+                BTreeMap::from([(b"k".to_vec(), b"rewritten".to_vec())])
+            );
+            let owed = store.pending_repairs(2_001, 10).expect("pending");
+            if std::ptr::eq(swept, ALL) {
+                assert_eq!(applied.repairs_due, 1);
+                assert_eq!(owed.len(), 1);
+                assert_eq!(owed[0].stale_offset, 4);
+                let (user_key, entry) = owed[0].state.clone().expect("the live write");
+                assert_eq!(
+                    (user_key.as_slice(), entry.value.as_slice()),
+                    (&b"k"[..], &b"rewritten"[..])
+                );
+                apply(&store, &[repair(b"k", 5, 4, b"rewritten")], 2_002, swept);
+                assert!(
+                    store
+                        .pending_repairs(2_002, 10)
+                        .expect("pending")
+                        .is_empty(),
+                    "settled"
+                );
+                assert_eq!(
+                    store.get(b"k").expect("get").expect("k").offset,
+                    5,
+                    "the repair is the entry now"
+                );
+            } else {
+                assert!(owed.is_empty(), "only the sweeper owes repairs");
+            }
+        }
+    }
+
+    #[test]
+    fn a_repair_applies_on_first_sight_and_over_the_write_it_copies_but_never_over_a_later_write_or_delete(
+    ) {
+        let fresh = memory();
+        apply(&fresh, &[repair(b"k", 9, 7, b"v")], 0, NONE);
+        assert_eq!(
+            state_at(&fresh, 0).get(&b"k"[..]).map(Vec::as_slice),
+            Some(&b"v"[..]),
+            "a replica replaying the compacted topic"
+        );
+
+        let live = memory();
+        apply(
+            &live,
+            &[
+                put(b"k", 5, b"v", None),
+                delete(b"k", 7, Some(Precondition::Expires(3))),
+                repair(b"k", 9, 7, b"v"),
+            ],
+            0,
+            NONE,
+        );
+        assert_eq!(live.get(b"k").expect("get").expect("k").offset, 9);
+
+        let rewritten = memory();
+        apply(
+            &rewritten,
+            &[
+                put(b"k", 5, b"v", None),
+                delete(b"k", 7, Some(Precondition::Expires(3))),
+                put(b"k", 8, b"newer", None),
+                repair(b"k", 9, 7, b"v"),
+            ],
+            0,
+            NONE,
+        );
+        assert_eq!(
+            state_at(&rewritten, 0).get(&b"k"[..]).map(Vec::as_slice),
+            Some(&b"newer"[..])
+        );
+
+        let deleted = memory();
+        apply(
+            &deleted,
+            &[
+                put(b"k", 5, b"v", None),
+                delete(b"k", 7, Some(Precondition::Expires(3))),
+                delete(b"k", 8, None),
+                repair(b"k", 9, 7, b"v"),
+            ],
+            0,
+            NONE,
+        );
+        assert!(
+            state_at(&deleted, 0).is_empty(),
+            "a delete since the stale record is remembered"
+        );
+    }
+
+    #[test]
+    fn deletes_are_forgotten_after_the_delete_memory() {
+        let store = memory();
+        apply(&store, &[delete(b"k", 3, None)], 1_000, NONE);
+        let memory_ms = DELETE_MEMORY.as_millis() as u64;
+        store
+            .purge(1_000 + memory_ms, 10, 100, NONE)
+            .expect("purge");
+        apply(&store, &[repair(b"k", 9, 2, b"v")], 1_000 + memory_ms, NONE);
+        assert!(
+            state_at(&store, 0).is_empty(),
+            "still remembered at the bound"
+        );
+        store
+            .purge(1_001 + memory_ms, 10, 100, NONE)
+            .expect("purge");
+        apply(
+            &store,
+            &[repair(b"k", 10, 2, b"v")],
+            1_001 + memory_ms,
+            NONE,
+        );
+        assert_eq!(state_at(&store, 0).len(), 1, "forgotten after it");
+    }
+
+    #[test]
+    fn an_encrypted_store_keeps_expiries_without_keys_in_clear() {
+        let dir = tempfile::tempdir().expect("dir");
+        let storage = Storage::Disk {
+            location: dir.path().to_owned(),
+        };
+        let password = kv_core::secret::Secret::new("pw".to_owned());
+        let store = Store::open(&storage, Some(&password)).expect("store");
+        apply(
+            &store,
+            &[
+                put(b"secret-key-1", 0, b"v", Some(1_000)),
+                delete(b"secret-key-2", 1, None),
+            ],
+            0,
+            ALL,
+        );
+        apply(
+            &store,
+            &[
+                put(b"secret-key-1", 2, b"w", None),
+                delete(b"secret-key-1", 3, Some(Precondition::Expires(0))),
+            ],
+            500,
+            ALL,
+        );
+        let expired = store.expired(2_000, None, 10, 100, ALL).expect("expired");
+        assert!(
+            expired.is_empty(),
+            "the stale tombstone found a newer write"
+        );
+        assert_eq!(
+            store.pending_repairs(2_000, 10).expect("pending")[0].record_key,
+            b"secret-key-1"
+        );
+        apply(
+            &store,
+            &[put(b"secret-key-3", 4, b"v", Some(1_000))],
+            500,
+            ALL,
+        );
+        assert_eq!(
+            store.expired(2_000, None, 10, 100, ALL).expect("expired")[0].record_key,
+            b"secret-key-3"
+        );
+        drop(store);
+        let file = std::fs::read(dir.path().join(super::super::FILE_NAME)).expect("file");
+        assert!(
+            !file.windows(10).any(|w| w == b"secret-key"),
+            "a key in clear in the file"
+        );
+    }
+
+    /// A record on the simulated topic.
+    #[derive(Debug, Clone)]
+    struct Logged {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        expires: Option<u64>,
+        precondition: Option<Precondition>,
+        /// Written by a client (the model's truth), not by the sweeper.
+        client: bool,
+    }
+
+    fn change_of(record: &Logged, offset: i64) -> Change<'_> {
+        match &record.value {
+            Some(value) => Change::Put {
+                record_key: &record.key,
+                user_key: Cow::Borrowed(&record.key),
+                partition: 0,
+                offset,
+                correlation_id: None,
+                value: Cow::Borrowed(value),
+                expires_at_ms: record.expires,
+                precondition: record.precondition,
+            },
+            None => Change::Delete {
+                record_key: &record.key,
+                user_key: Some(&record.key),
+                partition: 0,
+                offset,
+                precondition: record.precondition,
+            },
+        }
+    }
+
+    /// Applies `log[*from..upto]` and moves `from` on.
+    fn catch_up(
+        store: &Store,
+        log: &[Logged],
+        from: &mut usize,
+        upto: usize,
+        now: u64,
+        swept: &dyn Fn(i32) -> bool,
+    ) {
+        if upto <= *from {
+            return;
+        }
+        let changes: Vec<Change<'_>> = (*from..upto)
+            .map(|i| change_of(&log[i], i as i64))
+            .collect();
+        store
+            .apply_at(&changes, &BTreeMap::from([(0, upto as i64)]), now, swept)
+            .expect("apply");
+        *from = upto;
+    }
+
+    /// What the sweeper puts on the topic at `now`: tombstones for what expired, repairs owed.
+    fn sweep(
+        store: &Store,
+        now: u64,
+        log: &mut Vec<Logged>,
+        sent: &mut BTreeSet<(Vec<u8>, i64, bool)>,
+    ) {
+        for expired in store
+            .expired(now, None, usize::MAX, usize::MAX, ALL)
+            .expect("expired")
+        {
+            if sent.insert((expired.record_key.clone(), expired.offset, false)) {
+                log.push(Logged {
+                    key: expired.record_key,
+                    value: None,
+                    expires: None,
+                    precondition: Some(Precondition::Expires(expired.offset)),
+                    client: false,
+                });
+            }
+        }
+        for owed in store.pending_repairs(now, usize::MAX).expect("pending") {
+            if sent.insert((owed.record_key.clone(), owed.stale_offset, true)) {
+                log.push(Logged {
+                    key: owed.record_key,
+                    value: owed.state.as_ref().map(|(_, e)| e.value.clone()),
+                    expires: owed.state.as_ref().and_then(|(_, e)| e.expires_at_ms),
+                    precondition: Some(Precondition::Repairs(owed.stale_offset)),
+                    client: false,
+                });
+            }
+        }
+    }
+
+    /// The race of docs/architecture.md, many times over: clients rewrite and delete keys around
+    /// their expiry while a sweeper that lags behind the topic by a random number of records
+    /// produces tombstones and repairs at its end. Afterwards the sweeper, a live reader and a
+    /// fresh replica fed only the last record of every key (what compaction keeps) all hold
+    /// exactly what the clients' last writes say.
+    #[test]
+    fn no_acknowledged_write_is_lost_to_a_stale_tombstone_live_or_after_compaction() {
+        let mut stale_seen = 0;
+        let mut repairs_seen = 0;
+        for seed in 0..40u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (sweeper, reader) = (memory(), memory());
+            let (mut swept_to, mut read_to) = (0usize, 0usize);
+            let mut log: Vec<Logged> = Vec::new();
+            let mut sent = BTreeSet::new();
+            let mut truth: BTreeMap<Vec<u8>, (Option<Vec<u8>>, Option<u64>)> = BTreeMap::new();
+            let mut now = 1_000u64;
+            for step in 0..600 {
+                now += rng.random_range(0..20);
+                if rng.random_bool(0.6) {
+                    let key = format!("k{}", rng.random_range(0..12)).into_bytes();
+                    let (value, expires) = match rng.random_range(0..10) {
+                        0 => (None, None),
+                        1..=3 => (Some(format!("v{step}").into_bytes()), None),
+                        _ => (
+                            Some(format!("v{step}").into_bytes()),
+                            Some(now + rng.random_range(1..60)),
+                        ),
+                    };
+                    log.push(Logged {
+                        key,
+                        value,
+                        expires,
+                        precondition: None,
+                        client: true,
+                    });
+                }
+                // The sweeper decides on what it has applied, which lags the topic's end.
+                let lag = rng.random_range(0..4);
+                catch_up(
+                    &sweeper,
+                    &log,
+                    &mut swept_to,
+                    log.len().saturating_sub(lag),
+                    now,
+                    ALL,
+                );
+                sweep(&sweeper, now, &mut log, &mut sent);
+                let lag = rng.random_range(0..6);
+                let upto = log.len().saturating_sub(lag);
+                for record in log[read_to.min(upto)..upto].iter().filter(|r| r.client) {
+                    truth.insert(record.key.clone(), (record.value.clone(), record.expires));
+                }
+                catch_up(&reader, &log, &mut read_to, upto, now, NONE);
+                reader.purge(now, 3, 100, NONE).expect("purge");
+                // Never a moment where the reader shows what the clients' writes so far do not.
+                let visible: BTreeMap<Vec<u8>, Vec<u8>> = truth
+                    .iter()
+                    .filter_map(|(key, (value, expires))| match (value, expires) {
+                        (Some(value), None) => Some((key.clone(), value.clone())),
+                        (Some(value), Some(at)) if *at > now => Some((key.clone(), value.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(
+                    state_at(&reader, now),
+                    visible,
+                    "seed {seed}, step {step}: the live reader"
+                );
+            }
+            // Every TTL has passed; the sweeper catches up until it has nothing more to say.
+            now += 1_000;
+            loop {
+                let before = log.len();
+                catch_up(&sweeper, &log, &mut swept_to, log.len(), now, ALL);
+                sweep(&sweeper, now, &mut log, &mut sent);
+                if log.len() == before {
+                    break;
+                }
+            }
+            catch_up(&reader, &log, &mut read_to, log.len(), now, NONE);
+
+            let mut model = BTreeMap::new();
+            for record in log.iter().filter(|r| r.client) {
+                match (&record.value, record.expires) {
+                    (Some(value), None) => model.insert(record.key.clone(), value.clone()),
+                    _ => model.remove(&record.key),
+                };
+            }
+            let mut last = BTreeMap::new();
+            for (offset, record) in log.iter().enumerate() {
+                last.insert(record.key.clone(), offset);
+            }
+            let compacted = memory();
+            let mut kept: Vec<usize> = last.into_values().collect();
+            kept.sort_unstable();
+            let changes: Vec<Change<'_>> =
+                kept.iter().map(|&i| change_of(&log[i], i as i64)).collect();
+            apply(&compacted, &changes, now, NONE);
+
+            assert_eq!(state_at(&sweeper, now), model, "seed {seed}: the sweeper");
+            assert_eq!(state_at(&reader, now), model, "seed {seed}: a live reader");
+            assert_eq!(
+                state_at(&compacted, now),
+                model,
+                "seed {seed}: the compacted topic replayed"
+            );
+            stale_seen += log
+                .iter()
+                .filter(|r| matches!(r.precondition, Some(Precondition::Expires(_))))
+                .count();
+            repairs_seen += log
+                .iter()
+                .filter(|r| matches!(r.precondition, Some(Precondition::Repairs(_))))
+                .count();
+        }
+        assert!(
+            repairs_seen > 0 && stale_seen > repairs_seen,
+            "the race happened: {stale_seen} tombstones, {repairs_seen} repairs"
+        );
     }
 }
