@@ -34,16 +34,18 @@ const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const RECORD_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("record_keys");
 const NEXT_OFFSETS: TableDefinition<u32, u64> = TableDefinition::new("next_offsets");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-/// `(expires at, entry key)` → `(partition, offset, sealed record key)` of every entry that
-/// expires: the sweep and the purge read it in expiry order.
-const EXPIRIES: TableDefinition<(u64, &[u8]), (u32, u64, &[u8])> = TableDefinition::new("expiries");
+/// `(expires at, entry key)`: the expiry order of every entry that expires.
+type ExpiryKey = (u64, &'static [u8]);
+/// `(partition, offset, sealed record key)` of an entry that expires, or of a repair owed.
+type SweepRow = (u32, u64, &'static [u8]);
+/// Every entry that expires, in expiry order: the sweep and the purge read it.
+const EXPIRIES: TableDefinition<ExpiryKey, SweepRow> = TableDefinition::new("expiries");
 /// Record key (its index under encryption at rest) → `(offset, when applied)` of the last delete
 /// applied to it, for [`DELETE_MEMORY`].
 const DELETED: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("deleted");
 const DELETED_BY_TIME: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("deleted_by_time");
 /// Record key (index) → `(partition, stale offset, sealed record key)`: repairs the sweeper owes.
-const PENDING_REPAIRS: TableDefinition<&[u8], (u32, u64, &[u8])> =
-    TableDefinition::new("pending_repairs");
+const PENDING_REPAIRS: TableDefinition<&[u8], SweepRow> = TableDefinition::new("pending_repairs");
 /// The META key of [`Store::note_broker_contact`].
 const BROKER_CONTACT: &str = "broker_contact_ms";
 

@@ -21,8 +21,9 @@ use std::time::Duration;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::{
-    decode_entry, encode_entry, entry_expiry, open_entry, Change, Store, StoreError, StoredEntry,
-    DELETED, DELETED_BY_TIME, ENTRIES, EXPIRIES, NEXT_OFFSETS, PENDING_REPAIRS, RECORD_KEYS,
+    decode_entry, encode_entry, entry_expiry, open_entry, Change, ExpiryKey, Store, StoreError,
+    StoredEntry, SweepRow, DELETED, DELETED_BY_TIME, ENTRIES, EXPIRIES, NEXT_OFFSETS,
+    PENDING_REPAIRS, RECORD_KEYS,
 };
 use crate::at_rest::StoreCipher;
 
@@ -102,10 +103,10 @@ struct Writing<'t> {
     cipher: Option<&'t StoreCipher>,
     entries: redb::Table<'t, &'static [u8], &'static [u8]>,
     record_keys: redb::Table<'t, &'static [u8], &'static [u8]>,
-    expiries: redb::Table<'t, (u64, &'static [u8]), (u32, u64, &'static [u8])>,
+    expiries: redb::Table<'t, ExpiryKey, SweepRow>,
     deleted: redb::Table<'t, &'static [u8], (u64, u64)>,
     deleted_by_time: redb::Table<'t, (u64, &'static [u8]), ()>,
-    pending: redb::Table<'t, &'static [u8], (u32, u64, &'static [u8])>,
+    pending: redb::Table<'t, &'static [u8], SweepRow>,
     now_ms: u64,
     encoded: Vec<u8>,
 }
@@ -1122,7 +1123,8 @@ mod tests {
             let (mut swept_to, mut read_to) = (0usize, 0usize);
             let mut log: Vec<Logged> = Vec::new();
             let mut sent = BTreeSet::new();
-            let mut truth: BTreeMap<Vec<u8>, (Option<Vec<u8>>, Option<u64>)> = BTreeMap::new();
+            // Each key's last client write so far: its value (none: deleted) and expiry.
+            let mut truth: BTreeMap<Vec<u8>, Logged> = BTreeMap::new();
             let mut now = 1_000u64;
             for step in 0..600 {
                 now += rng.random_range(0..20);
@@ -1158,14 +1160,14 @@ mod tests {
                 let lag = rng.random_range(0..6);
                 let upto = log.len().saturating_sub(lag);
                 for record in log[read_to.min(upto)..upto].iter().filter(|r| r.client) {
-                    truth.insert(record.key.clone(), (record.value.clone(), record.expires));
+                    truth.insert(record.key.clone(), record.clone());
                 }
                 catch_up(&reader, &log, &mut read_to, upto, now, NONE);
                 reader.purge(now, 3, 100, NONE).expect("purge");
                 // Never a moment where the reader shows what the clients' writes so far do not.
                 let visible: BTreeMap<Vec<u8>, Vec<u8>> = truth
                     .iter()
-                    .filter_map(|(key, (value, expires))| match (value, expires) {
+                    .filter_map(|(key, write)| match (&write.value, &write.expires) {
                         (Some(value), None) => Some((key.clone(), value.clone())),
                         (Some(value), Some(at)) if *at > now => Some((key.clone(), value.clone())),
                         _ => None,

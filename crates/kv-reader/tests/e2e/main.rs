@@ -10,6 +10,7 @@ mod replication;
 mod topic_compatibility;
 mod topic_encryption;
 mod topic_safety;
+mod ttl;
 mod write_then_read;
 
 /// The binary under test, as cargo built it for this test.
