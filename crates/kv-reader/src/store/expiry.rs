@@ -200,7 +200,7 @@ impl<'t> Writing<'t> {
             value,
             expires_at_ms,
         );
-        let index = self.index(user_key).into_owned();
+        let index = self.index(user_key);
         let stored = match self.cipher {
             None => Cow::Borrowed(encoded.as_slice()),
             Some(cipher) => {
@@ -209,18 +209,18 @@ impl<'t> Writing<'t> {
             }
         };
         let cipher = self.cipher;
-        let old = match self.entries.insert(index.as_slice(), stored.as_ref())? {
+        let old = match self.entries.insert(index.as_ref(), stored.as_ref())? {
             Some(old) => stored_expiry(cipher, &index, old.value())?,
             None => None,
         };
         self.encoded = encoded;
         if let Some(old) = old {
-            self.expiries.remove((old, index.as_slice()))?;
+            self.expiries.remove((old, index.as_ref()))?;
         }
         if let Some(expires_at) = expires_at_ms {
             let sealed = self.seal_record_key(&index, record_key);
             self.expiries.insert(
-                (expires_at, index.as_slice()),
+                (expires_at, index.as_ref()),
                 (partition as u32, offset as u64, sealed.as_slice()),
             )?;
         }
@@ -240,14 +240,14 @@ impl<'t> Writing<'t> {
         let Some(user_key) = user_key else {
             return Ok(false);
         };
-        let index = self.index(user_key).into_owned();
+        let index = self.index(user_key);
         let cipher = self.cipher;
-        let old = match self.entries.remove(index.as_slice())? {
+        let old = match self.entries.remove(index.as_ref())? {
             None => return Ok(false),
             Some(old) => stored_expiry(cipher, &index, old.value())?,
         };
         if let Some(old) = old {
-            self.expiries.remove((old, index.as_slice()))?;
+            self.expiries.remove((old, index.as_ref()))?;
         }
         Ok(true)
     }
@@ -549,12 +549,13 @@ impl Store {
         scan: usize,
         swept: &dyn Fn(i32) -> bool,
     ) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write()?;
-        let purged;
-        {
-            let mut writing = Writing::open(&txn, self.cipher.as_ref(), now_ms)?;
+        // Looked for in a read transaction first: an idle replica commits nothing.
+        let forget_before = now_ms.saturating_sub(DELETE_MEMORY.as_millis() as u64);
+        let (due, forgotten) = {
+            let txn = self.db.begin_read()?;
+            let expiries = txn.open_table(EXPIRIES)?;
             let mut due = Vec::new();
-            for row in writing.expiries.range(..after_expiry(now_ms))?.take(scan) {
+            for row in expiries.range(..after_expiry(now_ms))?.take(scan) {
                 let (key, value) = row?;
                 let (at, index) = key.value();
                 let (partition, _, sealed) = value.value();
@@ -565,23 +566,33 @@ impl Store {
                     }
                 }
             }
-            purged = due.len() as u64;
-            for (at, index, sealed) in due {
-                let record_key = self.open_record_key(&index, &sealed)?;
-                writing.entries.remove(index.as_slice())?;
-                writing.expiries.remove((at, index.as_slice()))?;
-                writing.record_keys.remove(record_key.as_slice())?;
-            }
-            let forget_before = now_ms.saturating_sub(DELETE_MEMORY.as_millis() as u64);
+            let deleted_by_time = txn.open_table(DELETED_BY_TIME)?;
             let mut forgotten = Vec::new();
-            for row in writing
-                .deleted_by_time
+            for row in deleted_by_time
                 .range(..(forget_before, &[][..]))?
                 .take(limit)
             {
                 let (key, _) = row?;
                 let (at, index) = key.value();
                 forgotten.push((at, index.to_vec()));
+            }
+            (due, forgotten)
+        };
+        if due.is_empty() && forgotten.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write()?;
+        let mut purged = 0;
+        {
+            let mut writing = Writing::open(&txn, self.cipher.as_ref(), now_ms)?;
+            for (at, index, sealed) in due {
+                // Only the consumer thread writes, so the row is as read; checked all the same.
+                if writing.expiries.remove((at, index.as_slice()))?.is_some() {
+                    let record_key = self.open_record_key(&index, &sealed)?;
+                    writing.entries.remove(index.as_slice())?;
+                    writing.record_keys.remove(record_key.as_slice())?;
+                    purged += 1;
+                }
             }
             for (at, index) in forgotten {
                 writing.deleted_by_time.remove((at, index.as_slice()))?;
