@@ -254,16 +254,16 @@ impl<'t> Writing<'t> {
 
     /// Notes the delete at `offset`, forgetting the one it replaces.
     fn remember_delete(&mut self, record_key: &[u8], offset: i64) -> Result<(), StoreError> {
-        let index = self.index(record_key).into_owned();
+        let index = self.index(record_key);
         let old = self
             .deleted
-            .insert(index.as_slice(), (offset as u64, self.now_ms))?
+            .insert(index.as_ref(), (offset as u64, self.now_ms))?
             .map(|old| old.value().1);
         if let Some(at) = old {
-            self.deleted_by_time.remove((at, index.as_slice()))?;
+            self.deleted_by_time.remove((at, index.as_ref()))?;
         }
         self.deleted_by_time
-            .insert((self.now_ms, index.as_slice()), ())?;
+            .insert((self.now_ms, index.as_ref()), ())?;
         Ok(())
     }
 
