@@ -94,8 +94,8 @@ pub async fn delete_value(
     state.write_one(&request, &write, Answer::Position).await
 }
 
-/// The TTL of a native write: header `X-KV-TTL-Seconds` or query parameter `ttl_seconds`. Other
-/// query parameters are ignored, as they always were.
+/// The TTL of a native write: header `X-KV-TTL-Seconds` or query parameter `ttl_seconds` (both
+/// only when they agree). Other query parameters are ignored, as they always were.
 fn ttl_of(request: &HttpRequest, max_ttl: MaxTtl) -> Result<Option<u64>, ApiError> {
     let header = match request.headers().get(TTL_SECONDS) {
         None => None,
@@ -115,9 +115,12 @@ fn ttl_of(request: &HttpRequest, max_ttl: MaxTtl) -> Result<Option<u64>, ApiErro
         }
     };
     match (header, parameter) {
-        (Some(_), Some(_)) => Err(ApiError::invalid_request(
-            "give either header X-KV-TTL-Seconds or parameter `ttl_seconds`, not both",
-        )),
+        (Some(header), Some(parameter)) if header != parameter => {
+            Err(ApiError::invalid_request(format!(
+                "header X-KV-TTL-Seconds ({header}) and parameter `ttl_seconds` ({parameter}) \
+                 name different TTLs; give one of them"
+            )))
+        }
         (header, parameter) => Ok(header.or(parameter)),
     }
 }

@@ -59,6 +59,10 @@ async fn every_write_route_records_the_expiry_its_ttl_asks_for_and_a_write_witho
             .send()
             .await,
         put("/v1/kv/by-parameter?ttl_seconds=40").send().await,
+        put("/v1/kv/by-both?ttl_seconds=45&other=ignored")
+            .header("X-KV-TTL-Seconds", "45")
+            .send()
+            .await,
         http.post(writer.url("/store"))
             .json(&json!({"key": "by-store", "value": "v", "ttlSeconds": 50}))
             .send()
@@ -85,6 +89,7 @@ async fn every_write_route_records_the_expiry_its_ttl_asks_for_and_a_write_witho
     for (key, ttl) in [
         ("by-header", 30),
         ("by-parameter", 40),
+        ("by-both", 45),
         ("by-store", 50),
         ("by-b64", 60),
         ("by-batch", 70),
@@ -178,11 +183,11 @@ async fn a_bad_ttl_is_a_400_naming_the_field_and_nothing_is_written() {
     }
     refused.push((
         http.put(writer.url("/v1/kv/k?ttl_seconds=5"))
-            .header("X-KV-TTL-Seconds", "5")
+            .header("X-KV-TTL-Seconds", "6")
             .body("v")
             .send()
             .await,
-        "not both",
+        "name different TTLs",
     ));
     refused.push((
         http.delete(writer.url("/v1/kv/k"))
