@@ -326,6 +326,50 @@ freshness_on "$mock" mock5 KAFKA_FETCH_WAIT_MAX_MS=5
 fresh_tansu tansu-fresh5
 freshness_on "$tansu" tansu5 KAFKA_FETCH_WAIT_MAX_MS=5
 
+# --- 6. TTL: keys expiring in the same second (issue 18) -------------------------------------
+# A fresh Tansu, a writer, a reader with KV_API_TTL_SWEEPER=true and a plain reader (memory
+# stores) on a 3-partition topic with the safe configuration (min.compaction.lag.ms 15 min); the
+# ttl_sweep example writes the keys, times the 404s on the plain reader and the sweeper's
+# tombstones from the start of the expiry second, and reads from the sweeper meanwhile.
+[ "$mode" = full ] && ttl_keys="${BENCH_TTL_KEYS:-100000}" || ttl_keys="${BENCH_TTL_KEYS:-10000}"
+ttl_sweep_on() { # ttl_sweep_on BROKER: sets ttl_404_ms, ttl_tombstones_ms, ttl_rps_during, ttl_rps_after
+    local topic="ttl-$RANDOM" wport sport rport wpid spid rpid out="$work/ttl.txt"
+    KAFKA_BOOTSTRAP_SERVERS="$1" timeout 15 "$bin/examples/create_topic" "$topic" 3 >/dev/null 2>&1 ||
+        die "cannot create the TTL topic"
+    wport=$(free_port)
+    sport=$(free_port)
+    rport=$(free_port)
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$1" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KV_API_LISTEN="127.0.0.1:$wport" "$bin/kv-writer" >"$work/ttl-writer.log" 2>&1 &
+    wpid=$!
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$1" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KAFKA_GROUP_ID=ttl-sweeper KV_API_TTL_SWEEPER=true KV_API_LISTEN="127.0.0.1:$sport" \
+        "$bin/kv-reader" >"$work/ttl-sweeper.log" 2>&1 &
+    spid=$!
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$1" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KAFKA_GROUP_ID=ttl-reader KV_API_LISTEN="127.0.0.1:$rport" \
+        "$bin/kv-reader" >"$work/ttl-reader.log" 2>&1 &
+    rpid=$!
+    pids+=($wpid $spid $rpid)
+    wait_port "$wport" "$wpid" "kv-writer"
+    wait_port "$sport" "$spid" "kv-reader (sweeper)"
+    wait_port "$rport" "$rpid" "kv-reader"
+    wait_ready "http://127.0.0.1:$wport/healthz/ready"
+    wait_ready "http://127.0.0.1:$sport/healthz/ready"
+    wait_ready "http://127.0.0.1:$rport/healthz/ready"
+    "$bin/examples/ttl_sweep" "http://127.0.0.1:$wport" "http://127.0.0.1:$sport" \
+        "http://127.0.0.1:$rport" "$ttl_keys" >"$out" 2>"$work/ttl.log" || die "ttl_sweep failed; see $work/ttl.log"
+    kill "$wpid" "$spid" "$rpid" 2>/dev/null || true
+    ttl_404_ms=$(grep BENCH "$out" | field all_404_ms)
+    ttl_tombstones_ms=$(grep BENCH "$out" | field tombstones_ms)
+    ttl_rps_during=$(grep BENCH "$out" | field rps_during)
+    ttl_rps_after=$(grep BENCH "$out" | field rps_after)
+}
+log "ttl: $ttl_keys keys expiring in the same second, on a fresh Tansu"
+fresh_tansu tansu-ttl
+ttl_sweep_on "$tansu"
+# --- end of 6 --------------------------------------------------------------------------------
+
 # --- the table -----------------------------------------------------------------------------
 row() { # row FIGURE OURS PEER GOAL-RATIO UNIT: ratio = ours / peer, met if ratio >= goal
     awk -v f="$1" -v o="$2" -v p="$3" -v g="$4" -v u="$5" 'BEGIN {
@@ -355,6 +399,10 @@ table="$work/results.md"
     row "4. replay records/s vs raw consumer, MockCluster ($mock_records)" "$replay_mock_ours" "$replay_mock_raw" 0.8 "rec/s"
     row "4. replay records/s vs raw consumer, Tansu ($keys)" "$replay_tansu_ours" "$replay_tansu_raw" 0.8 "rec/s"
     limit_row "5. reader RSS, $keys keys on disk, after the read runs (ready: $rss_ready MB, peak $rss_peak MB, store $store_mb MB)" "$rss_after" 100 MB
+    # 6. TTL (issue 18): times from the start of the expiry second; reads on the sweeper.
+    printf '| 6. TTL, %s keys expiring in one second: all 404 on a replica / all tombstones produced | %s / %s ms | | | | |\n' \
+        "$ttl_keys" "$ttl_404_ms" "$ttl_tombstones_ms"
+    row "6. reads/s on the sweeper while it sweeps, vs after" "$ttl_rps_during" "$ttl_rps_after" 0.5 "req/s"
     echo
     echo "took $((SECONDS - started)) s; raw output in $work"
 } >"$table"
