@@ -95,7 +95,7 @@ pub enum TtlError {
     #[error(
         "KV_API_TTL_SWEEPER=true on topic {topic}, whose min.compaction.lag.ms is {lag_ms} ms: \
          compaction could then remove a write before the sweeper repairs a tombstone produced \
-         just after it; set it to at least {min_ms} ms (900000 recommended, docs/operations.md)"
+         just after it; set it to at least {min_ms} ms (900000 recommended, docs/architecture.md)"
     )]
     CompactionLag {
         topic: String,
@@ -114,7 +114,7 @@ pub fn check_compaction_lag(
         tracing::warn!(
             %topic,
             "the broker did not report the topic's configuration: the TTL sweeper cannot check \
-             min.compaction.lag.ms, which must be at least {} ms (docs/operations.md)",
+             min.compaction.lag.ms, which must be at least {} ms (docs/architecture.md, \"Keys that expire\")",
             MIN_COMPACTION_LAG.as_millis()
         );
         return Ok(());
@@ -133,7 +133,7 @@ pub fn check_compaction_lag(
             tracing::warn!(
                 %topic,
                 "the broker does not report the topic's min.compaction.lag.ms: the TTL sweeper \
-                 relies on it being at least {} ms (docs/operations.md)",
+                 relies on it being at least {} ms (docs/architecture.md, \"Keys that expire\")",
                 MIN_COMPACTION_LAG.as_millis()
             );
             Ok(())
@@ -143,7 +143,7 @@ pub fn check_compaction_lag(
     }
 }
 
-/// The TTL metrics (docs/operations.md); labels from closed sets.
+/// The TTL metrics (docs/architecture.md, "Keys that expire"); labels from closed sets.
 #[derive(Debug, Clone)]
 pub struct TtlMetrics {
     expired: IntCounterVec,
