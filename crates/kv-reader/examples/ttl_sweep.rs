@@ -34,11 +34,7 @@ fn now_ms() -> u64 {
     .expect("ms")
 }
 
-async fn write_batches(
-    http: &reqwest::Client,
-    writer: &str,
-    items: Vec<Value>,
-) -> Vec<Value> {
+async fn write_batches(http: &reqwest::Client, writer: &str, items: Vec<Value>) -> Vec<Value> {
     let mut tokens = Vec::new();
     let mut chunks = items.chunks(CHUNK).map(<[Value]>::to_vec);
     loop {
@@ -162,7 +158,9 @@ async fn main() {
     let expiring: Vec<String> = (0..keys).map(|i| format!("expiring-{i:06}")).collect();
     let mut late = 0;
     for round in expiring.chunks(CHUNK * WRITERS) {
-        let ttl = (expiry_second * 1000).saturating_sub(now_ms()).div_ceil(1000);
+        let ttl = (expiry_second * 1000)
+            .saturating_sub(now_ms())
+            .div_ceil(1000);
         if ttl < 1 {
             late += round.len();
         }
@@ -187,8 +185,7 @@ async fn main() {
             );
         }
     }
-    let produced_before =
-        scrape(&http, sweeper, "kv_reader_ttl_tombstones_produced_total").await;
+    let produced_before = scrape(&http, sweeper, "kv_reader_ttl_tombstones_produced_total").await;
     tokio::time::sleep(Duration::from_millis(expires_from.saturating_sub(now_ms()))).await;
 
     // The sweep: reads on the sweeper meanwhile; the 404s on the other replica.
@@ -202,8 +199,7 @@ async fn main() {
             all_404_ms = Some(now_ms() - expires_from);
         }
         if tombstones_ms.is_none() {
-            let produced =
-                scrape(&http, sweeper, "kv_reader_ttl_tombstones_produced_total").await;
+            let produced = scrape(&http, sweeper, "kv_reader_ttl_tombstones_produced_total").await;
             if produced - produced_before >= keys as f64 {
                 tombstones_ms = Some(now_ms() - expires_from);
             }

@@ -46,6 +46,9 @@ const DELETED: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("delete
 const DELETED_BY_TIME: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("deleted_by_time");
 /// Record key (index) → `(partition, stale offset, sealed record key)`: repairs the sweeper owes.
 const PENDING_REPAIRS: TableDefinition<&[u8], SweepRow> = TableDefinition::new("pending_repairs");
+/// Entry key → expiry, under encryption at rest only: an overwrite reads the old expiry here
+/// instead of opening the old entry.
+const SEALED_EXPIRIES: TableDefinition<&[u8], u64> = TableDefinition::new("sealed_expiries");
 /// The META key of [`Store::note_broker_contact`].
 const BROKER_CONTACT: &str = "broker_contact_ms";
 
