@@ -171,6 +171,25 @@ pub fn classify_code(code: RDKafkaErrorCode) -> KafkaErrorClass {
     }
 }
 
+/// Errors after which a producer's idempotence state (producer id, epoch, sequence numbers) is
+/// out of step with the broker, so every later write on it would fail too: both roles that
+/// produce replace such a producer. `Unknown` is what some Kafka-compatible brokers answer for a
+/// producer id they lost in a restart.
+pub fn breaks_idempotence(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::Fatal
+                | Code::Unknown
+                | Code::OutOfOrderSequenceNumber
+                | Code::InvalidProducerEpoch
+                | Code::InvalidProducerIdMapping
+                | Code::UnknownProducerId
+                | Code::ProducerFenced
+        )
+    )
+}
+
 /// The configuration a topic of this service gets unless told otherwise (docs/operations.md,
 /// "Topic settings"): compacted, never deleted by time, recent versions kept for a while.
 pub const SAFE_TOPIC_CONFIG: &[(&str, &str)] = &[

@@ -8,12 +8,13 @@
 //! repairs. The store decides what is due (`store::expiry`); this module only acts on it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_core::kafka::{
-    classify, client_config, compacted_min_lag, is_compacted, ClientRole, KafkaErrorClass,
-    PRODUCER_DEFAULTS,
+    breaks_idempotence, classify, client_config, compacted_min_lag, is_compacted, ClientRole,
+    KafkaErrorClass, PRODUCER_DEFAULTS,
 };
 use kv_core::record::{
     RecordCodec, CORRELATION_ID_HEADER, EXPIRED_OFFSET_HEADER, EXPIRES_AT_HEADER, REPAIR_OF_HEADER,
@@ -226,6 +227,8 @@ const REPAIR: usize = 1;
 /// Counts the sweeper's records as Kafka acknowledges them.
 struct SweepContext {
     metrics: TtlMetrics,
+    /// Set when a delivery failed in a way no later write on this producer recovers from.
+    broken: AtomicBool,
 }
 
 impl ClientContext for SweepContext {}
@@ -239,6 +242,9 @@ impl ProducerContext for SweepContext {
             Ok(_) => self.metrics.tombstones_produced.inc(),
             Err((error, _)) => {
                 self.metrics.produce_errors.inc();
+                if breaks_idempotence(error) {
+                    self.broken.store(true, Ordering::Relaxed);
+                }
                 match classify(error) {
                     KafkaErrorClass::Retryable => {
                         tracing::warn!(%error, "a TTL tombstone or repair was not acknowledged; it is produced again")
@@ -300,6 +306,7 @@ impl Ttl {
             let config = client_config(&defaults, &settings.core.kafka, ClientRole::Producer);
             let producer = config.create_with_context(SweepContext {
                 metrics: metrics.clone(),
+                broken: AtomicBool::new(false),
             })?;
             Some(Sweeper {
                 producer,
@@ -395,7 +402,7 @@ impl Sweeper {
         now: u64,
         ready: &dyn Fn(i32) -> bool,
     ) -> Result<(), StoreError> {
-        self.renew_if_fatal();
+        self.renew_if_broken();
         self.prune();
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             return Ok(());
@@ -548,13 +555,21 @@ impl Sweeper {
     }
 
     /// A producer whose idempotence state broke refuses everything after: a fresh one sends.
-    fn renew_if_fatal(&mut self) {
-        let Some((code, reason)) = self.producer.client().fatal_error() else {
+    /// What the old one still holds fails, and is produced again after [`RESEND_AFTER`].
+    fn renew_if_broken(&mut self) {
+        let context = self.producer.client().context();
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::error!(?code, %reason, "the TTL sweeper's producer failed fatally; replacing it");
+        } else if context.broken.load(Ordering::Relaxed) {
+            tracing::warn!("the TTL sweeper's producer lost its idempotence state; replacing it");
+        } else {
             return;
-        };
-        tracing::error!(?code, %reason, "the TTL sweeper's producer failed fatally; replacing it");
-        let metrics = self.producer.client().context().metrics.clone();
-        match self.config.create_with_context(SweepContext { metrics }) {
+        }
+        let metrics = context.metrics.clone();
+        match self.config.create_with_context(SweepContext {
+            metrics,
+            broken: AtomicBool::new(false),
+        }) {
             Ok(fresh) => {
                 self.producer = fresh;
                 self.in_flight.clear();

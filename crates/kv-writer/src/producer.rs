@@ -4,7 +4,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use kv_core::consistency::RecordPosition;
-use kv_core::kafka::{classify, client_config, ClientRole, KafkaErrorClass, PRODUCER_DEFAULTS};
+use kv_core::kafka::{
+    breaks_idempotence, classify, client_config, ClientRole, KafkaErrorClass, PRODUCER_DEFAULTS,
+};
 use kv_core::record::{
     RecordCodec, CORRELATION_ID_HEADER, EXPIRES_AT_HEADER, WRITER_HEADER, WRITER_HEADER_VALUE,
 };
@@ -244,7 +246,7 @@ impl KvProducer {
             let fatal = current.producer.client().fatal_error().is_some();
             (current.generation, current.created, fatal)
         };
-        let broken = fatal || breaks_producer(error);
+        let broken = fatal || breaks_idempotence(error);
         // After a write timed out, librdkafka bumps the producer epoch to close the sequence gap;
         // some Kafka-compatible brokers (Tansu 0.6) mishandle the bumped epoch and then stop
         // serving every client. A fresh producer id needs no bump, so it is the safer recovery.
@@ -466,24 +468,6 @@ fn leaves_sequence_gap(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(RDKafkaErrorCode::MessageTimedOut)
-    )
-}
-
-/// Errors after which the producer's idempotence state (producer id, epoch, sequence numbers)
-/// is out of step with the broker, so every later write on it would fail too. `Unknown` is what
-/// some Kafka-compatible brokers answer for a producer id they lost in a restart.
-fn breaks_producer(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::Fatal
-                | RDKafkaErrorCode::Unknown
-                | RDKafkaErrorCode::OutOfOrderSequenceNumber
-                | RDKafkaErrorCode::InvalidProducerEpoch
-                | RDKafkaErrorCode::InvalidProducerIdMapping
-                | RDKafkaErrorCode::UnknownProducerId
-                | RDKafkaErrorCode::ProducerFenced
-        )
     )
 }
 
