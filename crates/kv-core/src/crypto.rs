@@ -10,7 +10,9 @@
 //! [format = 0x01][key id][12-byte random nonce][AES-256-GCM(key_len u32 BE ‖ user key ‖ value) ‖ 16-byte tag]
 //! ```
 //!
-//! with the record key as associated data, so an envelope cannot be moved to another key.
+//! with the record key as associated data, so an envelope cannot be moved to another key. A put
+//! that expires carries its expiry in a header (`X-KV-Expires-At`) and in the associated data
+//! too, so nobody without the key can extend, shorten, add or strip a TTL.
 //! docs/wire-format.md specifies it for other clients, with test vectors.
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
@@ -28,6 +30,8 @@ const HKDF_SALT: &[u8] = b"kafka-kv topic encryption v1";
 const INFO_VALUE_KEY: &[u8] = b"value encryption key";
 const INFO_RECORD_KEY: &[u8] = b"record key mac key";
 const INFO_KEY_ID: &[u8] = b"key id";
+/// Separates the expiry from the record key in the associated data of an expiring envelope.
+const AAD_EXPIRY_LABEL: &[u8] = b"X-KV-Expires-At";
 
 /// Why an envelope could not be opened; each is a reason readers count skipped records by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -104,12 +108,24 @@ impl TopicCipher {
 
     /// Seals `(user_key, value)` under a fresh random nonce.
     pub fn seal(&self, record_key: &[u8], user_key: &[u8], value: &[u8]) -> Vec<u8> {
+        self.seal_expiring(record_key, user_key, value, None)
+    }
+
+    /// As [`TopicCipher::seal`], the expiry (milliseconds since the Unix epoch) authenticated
+    /// with it: the envelope opens only beside the same expiry.
+    pub fn seal_expiring(
+        &self,
+        record_key: &[u8],
+        user_key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+    ) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         // The system's random source failing is not recoverable; refusing to write is right.
         self.random
             .fill(&mut nonce)
             .unwrap_or_else(|_| panic!("the system random number generator failed"));
-        self.seal_with_nonce(nonce, record_key, user_key, value)
+        self.seal_with_nonce(nonce, record_key, user_key, value, expires_at_ms)
     }
 
     /// Sealing with a given nonce, for test vectors; never reuse a nonce with one key.
@@ -119,6 +135,7 @@ impl TopicCipher {
         record_key: &[u8],
         user_key: &[u8],
         value: &[u8],
+        expires_at_ms: Option<u64>,
     ) -> Vec<u8> {
         let key_len = u32::try_from(user_key.len()).unwrap_or(u32::MAX);
         let mut out = Vec::with_capacity(HEADER_LEN + 4 + user_key.len() + value.len() + TAG_LEN);
@@ -132,7 +149,7 @@ impl TopicCipher {
             .value_key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(record_key),
+                Aad::from(associated_data(record_key, expires_at_ms)),
                 &mut out[HEADER_LEN..],
             )
             .unwrap_or_else(|_| unreachable!("AES-GCM sealing fails only past 64 GiB"));
@@ -145,6 +162,17 @@ impl TopicCipher {
         &self,
         record_key: &[u8],
         envelope: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), EnvelopeError> {
+        self.open_expiring(record_key, envelope, None)
+    }
+
+    /// As [`TopicCipher::open`] for a record carrying `expires_at_ms`: an envelope sealed with
+    /// another expiry, or with none, fails authentication.
+    pub fn open_expiring(
+        &self,
+        record_key: &[u8],
+        envelope: &[u8],
+        expires_at_ms: Option<u64>,
     ) -> Result<(Vec<u8>, Vec<u8>), EnvelopeError> {
         let Some(&format) = envelope.first() else {
             return Err(EnvelopeError::Truncated);
@@ -165,7 +193,7 @@ impl TopicCipher {
             .value_key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(record_key),
+                Aad::from(associated_data(record_key, expires_at_ms)),
                 &mut sealed,
             )
             .map_err(|_| EnvelopeError::Undecryptable)?;
@@ -182,6 +210,19 @@ impl TopicCipher {
         }
         Ok((user_key.to_vec(), value.to_vec()))
     }
+}
+
+/// The GCM associated data: the record key, then for an expiring put the label and the expiry
+/// as 8 bytes big-endian. An envelope without an expiry keeps the record key alone, as before
+/// TTLs existed.
+fn associated_data(record_key: &[u8], expires_at_ms: Option<u64>) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(record_key.len() + AAD_EXPIRY_LABEL.len() + 8);
+    aad.extend_from_slice(record_key);
+    if let Some(expires_at) = expires_at_ms {
+        aad.extend_from_slice(AAD_EXPIRY_LABEL);
+        aad.extend_from_slice(&expires_at.to_be_bytes());
+    }
+    aad
 }
 
 #[cfg(test)]
@@ -277,6 +318,30 @@ mod tests {
             Err(EnvelopeError::NotEncrypted)
         );
     }
+
+    #[test]
+    fn an_expiry_opens_only_beside_the_expiry_it_was_sealed_with() {
+        let cipher = TopicCipher::new(&KEY);
+        let record_key = cipher.record_key(b"k");
+        let expiring = cipher.seal_expiring(&record_key, b"k", b"v", Some(1_700_000_000_000));
+        assert_eq!(
+            cipher.open_expiring(&record_key, &expiring, Some(1_700_000_000_000)),
+            Ok((b"k".to_vec(), b"v".to_vec()))
+        );
+        for other in [None, Some(1_700_000_000_001), Some(u64::MAX)] {
+            assert_eq!(
+                cipher.open_expiring(&record_key, &expiring, other),
+                Err(EnvelopeError::Undecryptable),
+                "extended, shortened or stripped: {other:?}"
+            );
+        }
+        let lasting = cipher.seal(&record_key, b"k", b"v");
+        assert_eq!(
+            cipher.open_expiring(&record_key, &lasting, Some(1)),
+            Err(EnvelopeError::Undecryptable),
+            "an expiry added to a lasting value"
+        );
+    }
 }
 
 /// The vectors published in docs/wire-format.md, checked against an independent implementation
@@ -312,7 +377,7 @@ mod vectors {
         for (user_key, value, record_key, envelope) in cases {
             let rk = cipher.record_key(user_key);
             assert_eq!(hex(&rk), record_key);
-            let sealed = cipher.seal_with_nonce(nonce, &rk, user_key, value);
+            let sealed = cipher.seal_with_nonce(nonce, &rk, user_key, value, None);
             assert_eq!(hex(&sealed), envelope);
             assert_eq!(
                 cipher.open(&rk, &sealed),
@@ -320,4 +385,23 @@ mod vectors {
             );
         }
     }
+
+    #[test]
+    fn the_documented_expiring_test_vector_holds() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let nonce: [u8; 12] = std::array::from_fn(|i| i as u8);
+        let cipher = TopicCipher::new(&key);
+        let rk = cipher.record_key(b"user-1");
+        let sealed = cipher.seal_with_nonce(nonce, &rk, b"user-1", b"Ada", Some(1_767_225_600_000));
+        assert_eq!(hex(&sealed), EXPIRING_VECTOR);
+        assert_eq!(
+            cipher.open_expiring(&rk, &sealed, Some(1_767_225_600_000)),
+            Ok((b"user-1".to_vec(), b"Ada".to_vec()))
+        );
+    }
+
+    /// `user-1` = `Ada` expiring at 1767225600000 (2026-01-01T00:00:00Z), as docs/wire-format.md
+    /// publishes it.
+    const EXPIRING_VECTOR: &str =
+        "01be000102030405060708090a0b59462d15fa457b0400bc28603125c04f6991d8fe5fd01b01aba777af65";
 }

@@ -101,6 +101,18 @@ pub fn client_config(
     config
 }
 
+/// What every producer of this project starts from (the writer's, and the TTL sweeper's in the
+/// reader): idempotent, so a retry neither duplicates nor reorders a partition's records; keys
+/// on the partitions the Java client picks; a few milliseconds of batching. `KAFKA_*` properties
+/// override each.
+pub const PRODUCER_DEFAULTS: [(&str, &str); 3] = [
+    ("enable.idempotence", "true"),
+    // Same partition for the same key as Java clients, so mixed producers agree.
+    ("partitioner", "murmur2_random"),
+    // Many concurrent writes share batches; 5 ms costs little latency.
+    ("linger.ms", "5"),
+];
+
 /// What a caller should do about a Kafka error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KafkaErrorClass {
@@ -157,6 +169,25 @@ pub fn classify_code(code: RDKafkaErrorCode) -> KafkaErrorClass {
         | Code::RebootstrapRequired => KafkaErrorClass::Retryable,
         _ => KafkaErrorClass::Fatal,
     }
+}
+
+/// Errors after which a producer's idempotence state (producer id, epoch, sequence numbers) is
+/// out of step with the broker, so every later write on it would fail too: both roles that
+/// produce replace such a producer. `Unknown` is what some Kafka-compatible brokers answer for a
+/// producer id they lost in a restart.
+pub fn breaks_idempotence(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::Fatal
+                | Code::Unknown
+                | Code::OutOfOrderSequenceNumber
+                | Code::InvalidProducerEpoch
+                | Code::InvalidProducerIdMapping
+                | Code::UnknownProducerId
+                | Code::ProducerFenced
+        )
+    )
 }
 
 /// The configuration a topic of this service gets unless told otherwise (docs/operations.md,
@@ -296,6 +327,16 @@ pub fn is_compacted(config: &BTreeMap<String, String>) -> bool {
 pub fn compacted_delete_retention(config: &BTreeMap<String, String>) -> Option<Duration> {
     config
         .get("delete.retention.ms")
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .filter(|_| is_compacted(config))
+}
+
+/// How long a compacted topic keeps every record uncompacted (`min.compaction.lag.ms`, Kafka's
+/// default 0); `None` for a topic that is not compacted or does not say.
+pub fn compacted_min_lag(config: &BTreeMap<String, String>) -> Option<Duration> {
+    config
+        .get("min.compaction.lag.ms")
         .and_then(|ms| ms.parse::<u64>().ok())
         .map(Duration::from_millis)
         .filter(|_| is_compacted(config))

@@ -23,6 +23,93 @@ pub const WRITER_HEADER: &str = "X-KV-Writer";
 /// The value of [`WRITER_HEADER`]: the wire format's version.
 pub const WRITER_HEADER_VALUE: &[u8] = b"1";
 
+/// Kafka header of a put that expires: when, in milliseconds since the Unix epoch, as decimal
+/// ASCII (docs/wire-format.md). The writer stamps it with its clock; readers compare it with
+/// theirs. Under topic encryption it is authenticated with the envelope.
+pub const EXPIRES_AT_HEADER: &str = "X-KV-Expires-At";
+/// Kafka header of a tombstone the TTL sweeper produced: the offset of the expired put it
+/// removes. Readers apply it only while that put is the key's entry.
+pub const EXPIRED_OFFSET_HEADER: &str = "X-KV-Expired-Offset";
+/// Kafka header of a sweeper's repair (a put or a tombstone re-asserting the key's state after
+/// one of its own records turned out stale): the offset of that stale record. Readers apply it
+/// only if nothing of the key newer than that offset was applied.
+pub const REPAIR_OF_HEADER: &str = "X-KV-Repair-Of";
+/// Kafka header names a client cannot set through a write's `headers`: the gateway and the
+/// sweeper set them, and readers act on them.
+pub const RESERVED_HEADERS: [&str; 4] = [
+    CORRELATION_ID_HEADER,
+    EXPIRES_AT_HEADER,
+    EXPIRED_OFFSET_HEADER,
+    REPAIR_OF_HEADER,
+];
+
+/// What a record's TTL headers say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TtlHeaders {
+    /// [`EXPIRES_AT_HEADER`] of a put.
+    pub expires_at_ms: Option<u64>,
+    /// [`EXPIRED_OFFSET_HEADER`] of a sweeper's tombstone.
+    pub expired_offset: Option<i64>,
+    /// [`REPAIR_OF_HEADER`] of a sweeper's repair.
+    pub repair_of: Option<i64>,
+}
+
+/// A TTL header whose value is not a decimal number in range, or two that contradict each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadTtlHeader(pub String);
+
+impl BadTtlHeader {
+    /// The skip reason readers count such records by.
+    pub const REASON: &'static str = "bad_ttl_header";
+}
+
+impl TtlHeaders {
+    /// Reads the TTL headers among a record's headers (names in any case, a repeated one's
+    /// last value), `is_tombstone` saying whether the record has a null value.
+    pub fn from_headers<'h>(
+        headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+        is_tombstone: bool,
+    ) -> Result<Self, BadTtlHeader> {
+        let mut found = Self::default();
+        for (name, value) in headers {
+            let number = |value: Option<&[u8]>| {
+                value.and_then(decimal).ok_or_else(|| {
+                    BadTtlHeader(format!(
+                        "header {name} is not a whole number of at most 18 digits"
+                    ))
+                })
+            };
+            if name.eq_ignore_ascii_case(EXPIRES_AT_HEADER) {
+                found.expires_at_ms = Some(number(value)?);
+            } else if name.eq_ignore_ascii_case(EXPIRED_OFFSET_HEADER) {
+                found.expired_offset = Some(number(value)? as i64);
+            } else if name.eq_ignore_ascii_case(REPAIR_OF_HEADER) {
+                found.repair_of = Some(number(value)? as i64);
+            }
+        }
+        if found.expired_offset.is_some() && (found.repair_of.is_some() || !is_tombstone) {
+            return Err(BadTtlHeader(format!(
+                "header {EXPIRED_OFFSET_HEADER} belongs on a tombstone without {REPAIR_OF_HEADER}"
+            )));
+        }
+        if is_tombstone {
+            // A delete has nothing to expire.
+            found.expires_at_ms = None;
+        }
+        Ok(found)
+    }
+}
+
+/// A decimal header value: digits only, at most 18 of them, so it fits an i64 and a u64 alike.
+fn decimal(value: &[u8]) -> Option<u64> {
+    let digits = std::str::from_utf8(value).ok()?.trim();
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// The record codec of one topic; both roles must use the same one.
 #[derive(Debug, Clone, Default)]
 pub enum RecordCodec {
@@ -108,9 +195,23 @@ impl RecordCodec {
         user_key: &[u8],
         value: &'v [u8],
     ) -> Cow<'v, [u8]> {
+        self.encode_expiring_value(record_key, user_key, value, None)
+    }
+
+    /// The record value for a put that expires at `expires_at_ms` (sent beside it in
+    /// [`EXPIRES_AT_HEADER`]); on an encrypted topic the envelope authenticates the expiry.
+    pub fn encode_expiring_value<'v>(
+        &self,
+        record_key: &[u8],
+        user_key: &[u8],
+        value: &'v [u8],
+        expires_at_ms: Option<u64>,
+    ) -> Cow<'v, [u8]> {
         match self {
             Self::Plaintext => Cow::Borrowed(value),
-            Self::Encrypted(cipher) => Cow::Owned(cipher.seal(record_key, user_key, value)),
+            Self::Encrypted(cipher) => {
+                Cow::Owned(cipher.seal_expiring(record_key, user_key, value, expires_at_ms))
+            }
         }
     }
 
@@ -119,6 +220,17 @@ impl RecordCodec {
         &self,
         record_key: Option<&'a [u8]>,
         payload: Option<&'a [u8]>,
+    ) -> Result<DecodedRecord<'a>, DecodeError> {
+        self.decode_expiring(record_key, payload, None)
+    }
+
+    /// As [`RecordCodec::decode`] for a record whose [`EXPIRES_AT_HEADER`] says `expires_at_ms`:
+    /// on an encrypted topic an envelope sealed with another expiry (or none) is undecryptable.
+    pub fn decode_expiring<'a>(
+        &self,
+        record_key: Option<&'a [u8]>,
+        payload: Option<&'a [u8]>,
+        expires_at_ms: Option<u64>,
     ) -> Result<DecodedRecord<'a>, DecodeError> {
         let record_key = record_key.ok_or(DecodeError::MissingKey)?;
         if record_key.is_empty() {
@@ -134,7 +246,7 @@ impl RecordCodec {
                 value: Cow::Borrowed(payload),
             }),
             Self::Encrypted(cipher) => {
-                let (user_key, value) = cipher.open(record_key, payload)?;
+                let (user_key, value) = cipher.open_expiring(record_key, payload, expires_at_ms)?;
                 Ok(DecodedRecord::Put {
                     record_key,
                     user_key: Cow::Owned(user_key),
@@ -235,6 +347,67 @@ mod tests {
             .decode(Some(b"k"), Some(b"v"))
             .expect_err("must fail");
         assert_eq!(error.reason(), "not_encrypted");
+    }
+
+    #[test]
+    fn an_encrypted_put_decodes_only_beside_the_expiry_it_was_written_with() {
+        let codec = encrypted();
+        let record_key = codec.record_key(b"k");
+        let value = codec.encode_expiring_value(&record_key, b"k", b"v", Some(42_000));
+        assert!(codec
+            .decode_expiring(Some(&record_key), Some(&value), Some(42_000))
+            .is_ok());
+        for tampered in [None, Some(41_000), Some(43_000)] {
+            assert_eq!(
+                codec
+                    .decode_expiring(Some(&record_key), Some(&value), tampered)
+                    .expect_err("tampered expiry")
+                    .reason(),
+                "undecryptable"
+            );
+        }
+        assert_eq!(
+            &*RecordCodec::Plaintext.encode_expiring_value(b"k", b"k", b"v", Some(1)),
+            b"v",
+            "a plaintext value is the value; the expiry travels in its header"
+        );
+    }
+
+    fn headers<'h>(pairs: &'h [(&'h str, &'h str)]) -> Vec<(&'h str, Option<&'h [u8]>)> {
+        pairs
+            .iter()
+            .map(|(name, value)| (*name, Some(value.as_bytes())))
+            .collect()
+    }
+
+    #[test]
+    fn ttl_headers_are_read_in_any_case_and_a_bad_one_is_refused_with_its_name() {
+        let put = TtlHeaders::from_headers(
+            headers(&[("x-kv-expires-at", "1767225600000"), ("other", "x")]),
+            false,
+        )
+        .expect("headers");
+        assert_eq!(put.expires_at_ms, Some(1_767_225_600_000));
+        let tombstone =
+            TtlHeaders::from_headers(headers(&[(EXPIRED_OFFSET_HEADER, "41")]), true).expect("ok");
+        assert_eq!(tombstone.expired_offset, Some(41));
+        let repair =
+            TtlHeaders::from_headers(headers(&[(REPAIR_OF_HEADER, "7")]), false).expect("ok");
+        assert_eq!(repair.repair_of, Some(7));
+        for bad in ["", "-1", "1.5", "12a", "9999999999999999999"] {
+            let error = TtlHeaders::from_headers(headers(&[(EXPIRES_AT_HEADER, bad)]), false)
+                .expect_err(bad);
+            assert!(error.0.contains(EXPIRES_AT_HEADER), "{error}");
+        }
+        assert!(
+            TtlHeaders::from_headers(headers(&[(EXPIRED_OFFSET_HEADER, "1")]), false).is_err(),
+            "an expiry tombstone is a tombstone"
+        );
+        assert!(TtlHeaders::from_headers(
+            headers(&[(EXPIRED_OFFSET_HEADER, "1"), (REPAIR_OF_HEADER, "2")]),
+            true
+        )
+        .is_err());
     }
 
     #[test]

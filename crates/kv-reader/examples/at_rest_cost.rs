@@ -39,6 +39,8 @@ fn main() {
                     offset: (batch_index * 10_000 + i) as i64,
                     correlation_id: None,
                     value: Cow::Borrowed(&value),
+                    expires_at_ms: None,
+                    precondition: None,
                 })
                 .collect();
             store

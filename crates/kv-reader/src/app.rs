@@ -22,11 +22,12 @@ use crate::bootstrap::BootstrapConfig;
 use crate::cluster::Cluster;
 use crate::framing::{Registry, RegistryError, SchemaFraming, SchemaIds};
 use crate::metrics::{ReplicaCollector, SnapshotMetrics, WatchMetrics};
-use crate::replica::{DeleteRetention, Replica, ReplicaError};
+use crate::replica::{DeleteRetention, Replica, ReplicaError, Wiring};
 use crate::routes::{self, PeerClient, ReaderState};
 use crate::settings::{Settings, Storage};
 use crate::shard::Topology;
 use crate::store::{Store, StoreError};
+use crate::ttl::{check_compaction_lag, SweptPartitions, Ttl, TtlError, TtlMetrics};
 use crate::watch::{end_watches_on_shutdown, WatchState};
 
 /// JSON request bodies of the read routes hold a key or a list of keys.
@@ -53,6 +54,8 @@ pub enum StartupError {
     Auth(#[from] DiscoveryError),
     #[error(transparent)]
     UnsafeTopic(#[from] UnsafeTopic),
+    #[error(transparent)]
+    Ttl(#[from] TtlError),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("cannot build the HTTP client that forwards reads to peer shards: {0}")]
@@ -150,9 +153,25 @@ impl App {
         };
         let delete_retention = DeleteRetention::default();
         let (kafka, topic) = (settings.core.kafka.clone(), settings.core.topic.clone());
-        if settings.core.require_compacted_topic {
-            let config = check_topic_config(&kafka, &topic, true, TOPIC_CONFIG_TIMEOUT).await?;
+        // The one process that sweeps a partition (docs/architecture.md, "Who sweeps"): a
+        // reader told so sweeps every partition it holds; a shard told so, the partitions it
+        // is the primary of, so that with every shard told so each partition has one sweeper.
+        let swept = match (settings.ttl_sweeper, &settings.shard) {
+            (false, _) => SweptPartitions::None,
+            (true, None) => SweptPartitions::All,
+            (true, Some(sharding)) => {
+                let spec = sharding.spec;
+                SweptPartitions::Where(Arc::new(move |p| spec.primary(p) == spec.index))
+            }
+        };
+        // A sweeper waits for the topic's configuration: it relies on min.compaction.lag.ms.
+        if settings.core.require_compacted_topic || settings.ttl_sweeper {
+            let require = settings.core.require_compacted_topic;
+            let config = check_topic_config(&kafka, &topic, require, TOPIC_CONFIG_TIMEOUT).await?;
             delete_retention.set(config.as_ref().and_then(compacted_delete_retention));
+            if settings.ttl_sweeper {
+                check_compaction_lag(&topic, config.as_ref())?;
+            }
         } else {
             // Read beside the start-up, not before it: only a replica resuming from its stored
             // offsets waits for the answer (a broker may not answer DescribeConfigs at all).
@@ -192,14 +211,19 @@ impl App {
                 scopes: oidc.admin.clone(),
             }
         });
+        let ttl_metrics = TtlMetrics::register(metrics.registry())?;
+        let ttl = Ttl::new(&settings, codec.clone(), swept, ttl_metrics)?;
         let replica = Replica::start(
             &settings,
             store.clone(),
-            codec.clone(),
-            framing,
-            delete_retention,
-            topology.clone(),
-            bootstrap,
+            Wiring {
+                codec: codec.clone(),
+                framing,
+                delete_retention,
+                topology: topology.clone(),
+                bootstrap,
+                ttl,
+            },
         )?;
         let sealed_listings = Arc::new(tokio::sync::Semaphore::new(routes::MAX_SEALED_LISTINGS));
         let watches = web::Data::new(WatchState {

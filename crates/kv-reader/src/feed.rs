@@ -477,6 +477,8 @@ mod tests {
             offset,
             correlation_id: None,
             value: Cow::Borrowed(b"v"),
+            expires_at_ms: None,
+            precondition: None,
         }
     }
 
@@ -632,10 +634,16 @@ mod tests {
             Change::Delete {
                 record_key: b"mac-1",
                 user_key: None,
+                partition: 0,
+                offset: 0,
+                precondition: None,
             },
             Change::Delete {
                 record_key: b"mac-2",
                 user_key: None,
+                partition: 0,
+                offset: 0,
+                precondition: None,
             },
         ];
         let origins = [(0, 5, Some(&b"corr"[..])), (0, 6, None)];

@@ -16,6 +16,7 @@ pub mod settings;
 pub mod shard;
 pub mod snapshot;
 pub mod store;
+pub mod ttl;
 pub mod watch;
 
 pub use app::App;

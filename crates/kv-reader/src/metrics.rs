@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use kv_core::record::DecodeError;
+use kv_core::record::{BadTtlHeader, DecodeError};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -141,10 +141,11 @@ impl ReplicaCollector {
             refresh: Mutex::new(()),
         };
         let reasons = DecodeError::ALL.map(DecodeError::reason);
-        for reason in reasons
-            .iter()
-            .chain([&BadSchemaHeader::REASON, &ENCRYPTED_ENVELOPE_REASON])
-        {
+        for reason in reasons.iter().chain([
+            &BadSchemaHeader::REASON,
+            &ENCRYPTED_ENVELOPE_REASON,
+            &BadTtlHeader::REASON,
+        ]) {
             // Present at zero from the start, so an alert on its increase sees the first skip.
             collector.skipped.with_label_values(&[*reason]);
         }

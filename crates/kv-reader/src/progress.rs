@@ -340,6 +340,15 @@ impl Progress {
         }
     }
 
+    /// The partitions that reached the end offset seen at start-up (or since were added).
+    pub fn caught_up_partitions(&self) -> std::collections::BTreeSet<i32> {
+        self.lock_partitions()
+            .iter()
+            .filter(|(_, p)| p.caught_up)
+            .map(|(&partition, _)| partition)
+            .collect()
+    }
+
     /// Caught up: partitions are assigned and each reached its end offset seen at start-up.
     /// Readiness ([`Report::ready`]) also needs a live consumer and no misconfiguration.
     pub fn is_ready(&self) -> bool {

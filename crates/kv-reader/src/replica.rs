@@ -5,17 +5,19 @@
 //! next offset per partition. Offsets are handed to Kafka for committing only after that commit,
 //! so the group's offsets show lag to Kafka tooling but never claim more than redb holds.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use kv_core::crypto::{ENVELOPE_FORMAT, RECORD_KEY_LEN};
 use kv_core::kafka::{client_config, kafka_partition, ClientRole};
 use kv_core::record::{
-    DecodeError, DecodedRecord, RecordCodec, CORRELATION_ID_HEADER, WRITER_HEADER,
+    BadTtlHeader, DecodeError, DecodedRecord, RecordCodec, TtlHeaders, CORRELATION_ID_HEADER,
+    WRITER_HEADER,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -31,7 +33,8 @@ use crate::progress::{Misconfiguration, PartitionProgress, Progress};
 use crate::settings::Settings;
 use crate::shard::{ShardSpec, Topology};
 use crate::snapshot::ImportProgress;
-use crate::store::{Change, Store, StoreError};
+use crate::store::{now_ms, Change, Precondition, Store, StoreError};
+use crate::ttl::Ttl;
 
 /// Most records applied in one redb transaction.
 const MAX_BATCH_RECORDS: usize = 10_000;
@@ -138,18 +141,36 @@ pub struct Replica {
     closed: mpsc::Receiver<()>,
 }
 
+/// What the consumer thread works with besides the settings and the store.
+#[derive(Debug)]
+pub struct Wiring {
+    pub codec: RecordCodec,
+    pub framing: SchemaFraming,
+    /// Gets the topic's `delete.retention.ms` when the topic is compacted and the broker
+    /// reports it: a store that heard nothing from the broker for longer is rebuilt.
+    pub delete_retention: DeleteRetention,
+    /// Where the topic's partition count goes, for routing.
+    pub topology: Arc<Topology>,
+    /// Where a store without a replica takes a snapshot from first.
+    pub bootstrap: Option<BootstrapConfig>,
+    /// Purges expired entries and sweeps the partitions it is given, between batches.
+    pub ttl: Ttl,
+}
+
 impl Replica {
-    /// `delete_retention` gets the topic's `delete.retention.ms` when the topic is compacted and
-    /// the broker reports it: a store that heard nothing from the broker for longer is rebuilt.
     pub fn start(
         settings: &Settings,
         store: Arc<Store>,
-        codec: RecordCodec,
-        framing: SchemaFraming,
-        delete_retention: DeleteRetention,
-        topology: Arc<Topology>,
-        bootstrap: Option<BootstrapConfig>,
+        wiring: Wiring,
     ) -> Result<Self, ReplicaError> {
+        let Wiring {
+            codec,
+            framing,
+            delete_retention,
+            topology,
+            bootstrap,
+            ttl,
+        } = wiring;
         let interval = settings.commit_interval.as_millis().to_string();
         let commit = if settings.commit_progress {
             "true"
@@ -200,6 +221,7 @@ impl Replica {
             stop: stop.clone(),
             discovery_interval: settings.partition_discovery_interval,
             delete_retention,
+            ttl: RefCell::new(ttl),
         };
         let thread = std::thread::Builder::new()
             .name("kv-replica".to_owned())
@@ -271,6 +293,8 @@ struct Worker {
     stop: Arc<AtomicBool>,
     discovery_interval: Duration,
     delete_retention: DeleteRetention,
+    /// Only the consumer thread uses it, between batches.
+    ttl: RefCell<Ttl>,
 }
 
 /// The topic's `delete.retention.ms` (when compacted), read at start-up beside the replica:
@@ -302,12 +326,6 @@ impl DeleteRetention {
 /// How often the time of the last broker contact is written to the store.
 const CONTACT_NOTE_INTERVAL: Duration = Duration::from_secs(30);
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Why a store that heard from the broker at `last_contact_ms` cannot be trusted at `now_ms`:
 /// compaction removes a tombstone `delete.retention.ms` after it was written, so a replica away
 /// for longer may hold a key whose delete it never saw.
@@ -336,6 +354,7 @@ enum Skip {
     SchemaHeader,
     /// A plaintext reader met what has the shape of an envelope of an encrypted topic.
     EncryptedEnvelope,
+    TtlHeader(BadTtlHeader),
 }
 
 /// The skip reason of [`Skip::EncryptedEnvelope`].
@@ -356,6 +375,7 @@ impl Skip {
             Self::Decode(error) => error.reason(),
             Self::SchemaHeader => BadSchemaHeader::REASON,
             Self::EncryptedEnvelope => ENCRYPTED_ENVELOPE_REASON,
+            Self::TtlHeader(_) => BadTtlHeader::REASON,
         }
     }
 
@@ -376,6 +396,7 @@ impl std::fmt::Display for Skip {
                 "the record looks encrypted (a 32-byte binary key and an envelope value) but \
                  this reader has no KV_API_ENCRYPT_DATA_ON_KAFKA",
             ),
+            Self::TtlHeader(error) => write!(f, "{error}"),
         }
     }
 }
@@ -472,9 +493,14 @@ impl Worker {
                 // the stored offset stays at the first of them until a put after them shows
                 // they were foreign records among good ones.
                 let durable = refusals.durable(&next_offsets);
-                let removed = self.store.apply(&changes, &durable)?;
+                let ttl = self.ttl.borrow();
+                let applied = self
+                    .store
+                    .apply_at(&changes, &durable, now_ms(), &|p| ttl.sweeps(p))?;
+                drop(ttl);
                 self.feed
-                    .publish(&changes, &origins, &removed, &next_offsets);
+                    .publish(&changes, &origins, &applied.removed, &next_offsets);
+                self.ttl.borrow_mut().applied(&applied);
                 self.hand_offsets_to_kafka(&durable);
                 let tombstones = changes
                     .iter()
@@ -519,6 +545,7 @@ impl Worker {
                 self.progress.set_misconfiguration(None);
                 continue;
             }
+            self.ttl.borrow_mut().tick(&self.store, &self.progress)?;
             if Instant::now() >= next_contact_note {
                 self.note_contact()?;
                 next_contact_note = Instant::now() + CONTACT_NOTE_INTERVAL;
@@ -549,28 +576,38 @@ impl Worker {
     /// The change a record makes, or why (logged and counted) it cannot be applied.
     fn change_for<'m>(&self, message: &'m BorrowedMessage<'_>) -> Result<Change<'m>, Skip> {
         let decoded = self.decode(message);
-        if let Ok(DecodedRecord::Put { record_key, .. } | DecodedRecord::Delete { record_key }) =
-            &decoded
+        if let Ok((
+            DecodedRecord::Put { record_key, .. } | DecodedRecord::Delete { record_key },
+            _,
+        )) = &decoded
         {
             self.check_routing(message.partition(), message.offset(), record_key);
         }
         match decoded {
-            Ok(DecodedRecord::Put {
-                record_key,
-                user_key,
-                value,
-            }) => Ok(Change::Put {
+            Ok((
+                DecodedRecord::Put {
+                    record_key,
+                    user_key,
+                    value,
+                },
+                ttl,
+            )) => Ok(Change::Put {
                 record_key,
                 user_key,
                 partition: message.partition(),
                 offset: message.offset(),
                 correlation_id: correlation_id(message),
                 value,
+                expires_at_ms: ttl.expires_at_ms,
+                precondition: precondition(&ttl),
             }),
-            Ok(DecodedRecord::Delete { record_key }) => Ok(Change::Delete {
+            Ok((DecodedRecord::Delete { record_key }, ttl)) => Ok(Change::Delete {
                 record_key,
                 // On an encrypted topic a record key is a MAC, never a user key.
                 user_key: matches!(self.codec, RecordCodec::Plaintext).then_some(record_key),
+                partition: message.partition(),
+                offset: message.offset(),
+                precondition: precondition(&ttl),
             }),
             Err(skip) => {
                 self.progress.count_skipped(skip.reason());
@@ -605,11 +642,30 @@ impl Worker {
         }
     }
 
-    fn decode<'m>(&self, message: &'m BorrowedMessage<'_>) -> Result<DecodedRecord<'m>, Skip> {
+    /// The record's change and its TTL headers (docs/wire-format.md).
+    fn decode<'m>(
+        &self,
+        message: &'m BorrowedMessage<'_>,
+    ) -> Result<(DecodedRecord<'m>, TtlHeaders), Skip> {
+        let headers = message
+            .headers()
+            .into_iter()
+            .flat_map(|headers| headers.iter().map(|h| (h.key, h.value)));
+        let ttl = TtlHeaders::from_headers(headers, message.payload().is_none())
+            .map_err(Skip::TtlHeader)?;
+        self.decode_framed(message, ttl.expires_at_ms)
+            .map(|record| (record, ttl))
+    }
+
+    fn decode_framed<'m>(
+        &self,
+        message: &'m BorrowedMessage<'_>,
+        expires_at_ms: Option<u64>,
+    ) -> Result<DecodedRecord<'m>, Skip> {
         if self.framing.is_on() && written_by_kv_writer(message) {
             return self
                 .codec
-                .decode(message.key(), message.payload())
+                .decode_expiring(message.key(), message.payload(), expires_at_ms)
                 .map_err(Skip::Decode);
         }
         let key = self
@@ -620,7 +676,10 @@ impl Worker {
             .framing
             .strip_value(message.payload())
             .map_err(|_| Skip::SchemaHeader)?;
-        let record = self.codec.decode(key, payload).map_err(Skip::Decode)?;
+        let record = self
+            .codec
+            .decode_expiring(key, payload, expires_at_ms)
+            .map_err(Skip::Decode)?;
         match (&self.codec, &record) {
             (
                 RecordCodec::Plaintext,
@@ -1036,6 +1095,15 @@ fn rebuild_reason(
             )),
             _ => None,
         })
+}
+
+/// When a record the TTL sweeper wrote applies, from its headers; `None` for any other record.
+fn precondition(ttl: &TtlHeaders) -> Option<Precondition> {
+    match (ttl.expired_offset, ttl.repair_of) {
+        (Some(expired), _) => Some(Precondition::Expires(expired)),
+        (None, Some(stale)) => Some(Precondition::Repairs(stale)),
+        (None, None) => None,
+    }
 }
 
 /// Whether kv-writer produced the record: its bytes are the user's, never registry-framed.

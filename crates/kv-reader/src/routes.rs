@@ -21,6 +21,7 @@ use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::{
     key_from_path, parse_json, parse_query, started, JsonBody, CONSISTENCY_TOKEN, CORRELATION_ID,
+    EXPIRES_AT,
 };
 use kv_core::web::json::{field, BASE64};
 use kv_core::web::metrics::metrics_endpoint;
@@ -448,12 +449,15 @@ fn value_response(entry: StoredEntry, content_type: ContentType) -> HttpResponse
     response.content_type(content_type).body(entry.value)
 }
 
-/// A `200` with the entry's `ETag` and stored correlation id.
+/// A `200` with the entry's `ETag`, stored correlation id and, when it expires, `X-KV-Expires-At`.
 fn entry_headers(entry: &StoredEntry) -> actix_web::HttpResponseBuilder {
     let mut response = HttpResponse::Ok();
     response.insert_header((header::ETAG, etag(entry)));
     if let Some(id) = correlation_header(entry) {
         response.insert_header((CORRELATION_ID, id));
+    }
+    if let Some(expires_at) = entry.expires_at_ms {
+        response.insert_header((EXPIRES_AT, expires_at));
     }
     response
 }
@@ -610,6 +614,9 @@ struct BatchGetItem<'a> {
     etag: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     correlation_id: Option<&'a str>,
+    /// When the value expires, as `X-KV-Expires-At` says it on single reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a Value>,
 }
@@ -634,12 +641,14 @@ struct FoundValue {
     value: JsonBytes,
     etag: String,
     correlation_id: Option<String>,
+    expires_at: Option<u64>,
 }
 
 impl FoundValue {
     fn of(entry: StoredEntry) -> FoundValue {
         FoundValue {
             etag: etag(&entry),
+            expires_at: entry.expires_at_ms,
             correlation_id: correlation_header(&entry)
                 .and_then(|h| h.to_str().ok().map(str::to_owned)),
             value: json_bytes(entry.value),
@@ -740,6 +749,7 @@ impl BatchValues {
                 value_b64: found.value.b64.as_deref(),
                 etag: Some(&found.etag),
                 correlation_id: found.correlation_id.as_deref(),
+                expires_at: found.expires_at,
                 error: None,
             },
             None => BatchGetItem {
@@ -749,6 +759,7 @@ impl BatchValues {
                 value_b64: None,
                 etag: None,
                 correlation_id: None,
+                expires_at: None,
                 error: Some(&KEY_NOT_FOUND_ITEM),
             },
         }

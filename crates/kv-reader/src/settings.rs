@@ -52,6 +52,9 @@ pub struct Settings {
     /// Most snapshots this reader serves at once (503 past it).
     pub snapshot_concurrency: usize,
     pub watch: WatchSettings,
+    /// KV_API_TTL_SWEEPER: this reader produces the tombstones of expired keys for every
+    /// partition it holds. Exactly one reader of a topic may (docs/architecture.md).
+    pub ttl_sweeper: bool,
 }
 
 /// KV_API_SNAPSHOT_CONCURRENCY unless set.
@@ -166,6 +169,7 @@ impl Settings {
                 n => n,
             },
             watch: WatchSettings::from_env(env)?,
+            ttl_sweeper: env.bool("KV_API_TTL_SWEEPER", false)?,
         })
         .and_then(|mut settings: Self| {
             settings.shard = sharding(env, settings.read_your_writes_timeout)?;
@@ -474,6 +478,18 @@ mod tests {
         ] {
             assert_eq!(settings(&[(var, "0")]).expect_err("zero").var, var);
         }
+    }
+
+    #[test]
+    fn a_reader_sweeps_expired_keys_only_when_told_to() {
+        assert!(!settings(&[]).expect("settings").ttl_sweeper);
+        assert!(
+            settings(&[("KV_API_TTL_SWEEPER", "true")])
+                .expect("settings")
+                .ttl_sweeper
+        );
+        let error = settings(&[("KV_API_TTL_SWEEPER", "maybe")]).expect_err("not a bool");
+        assert_eq!(error.var, "KV_API_TTL_SWEEPER");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! ```text
 //! magic "KVSNAP\0\x01" | header length u32 | header JSON
 //! { 0x01 | record key len u32 | record key | value len u32 | value | correlation id len u8 |
-//!   correlation id | partition i32 | offset i64 }*
+//!   correlation id | partition i32 | offset i64 | expires at u64 (ms, 0: never) }*
 //! 0x00 | entries u64 | SHA-256 of every byte before it
 //! ```
 //!
@@ -113,7 +113,12 @@ pub fn write_snapshot(
         },
         |user_key, entry| {
             let record_key = codec.record_key(user_key);
-            let value = codec.encode_value(&record_key, user_key, &entry.value);
+            let value = codec.encode_expiring_value(
+                &record_key,
+                user_key,
+                &entry.value,
+                entry.expires_at_ms,
+            );
             let id = entry
                 .correlation_id
                 .as_deref()
@@ -130,6 +135,7 @@ pub fn write_snapshot(
             out.push(id);
             out.push(&entry.partition.to_be_bytes());
             out.push(&entry.offset.to_be_bytes());
+            out.push(&entry.expires_at_ms.unwrap_or(0).to_be_bytes());
             entries += 1;
             out.open
         },
@@ -304,6 +310,10 @@ fn import_into(
                 let id = input.take(id_len as usize)?;
                 let partition = i32::from_be_bytes(input.array()?);
                 let offset = i64::from_be_bytes(input.array()?);
+                let expires_at_ms = match u64::from_be_bytes(input.array()?) {
+                    0 => None,
+                    at => Some(at),
+                };
                 batch_bytes += record_key.len() + value.len();
                 batch.push(Frame {
                     record_key,
@@ -311,6 +321,7 @@ fn import_into(
                     correlation_id: (!id.is_empty()).then_some(id),
                     partition,
                     offset,
+                    expires_at_ms,
                 });
                 entries += 1;
                 if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BATCH_BYTES {
@@ -355,12 +366,17 @@ struct Frame {
     correlation_id: Option<Vec<u8>>,
     partition: i32,
     offset: i64,
+    expires_at_ms: Option<u64>,
 }
 
 fn apply(store: &Store, codec: &RecordCodec, frames: &[Frame]) -> Result<(), ImportError> {
     let mut changes = Vec::with_capacity(frames.len());
     for frame in frames {
-        match codec.decode(Some(&frame.record_key), Some(&frame.value)) {
+        match codec.decode_expiring(
+            Some(&frame.record_key),
+            Some(&frame.value),
+            frame.expires_at_ms,
+        ) {
             Ok(DecodedRecord::Put {
                 record_key,
                 user_key,
@@ -372,6 +388,9 @@ fn apply(store: &Store, codec: &RecordCodec, frames: &[Frame]) -> Result<(), Imp
                 offset: frame.offset,
                 correlation_id: frame.correlation_id.as_deref(),
                 value,
+                // An entry already expired applies as a delete, as on a replay.
+                expires_at_ms: frame.expires_at_ms,
+                precondition: None,
             }),
             Ok(DecodedRecord::Delete { .. }) => {
                 return Err(ImportError::Record("a snapshot holds no deletes".into()))
@@ -496,6 +515,8 @@ mod tests {
                 offset: *offset,
                 correlation_id: Some(b"c"),
                 value: Cow::Borrowed(value),
+                expires_at_ms: None,
+                precondition: None,
             })
             .collect();
         store

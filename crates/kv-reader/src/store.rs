@@ -7,6 +7,13 @@
 //!
 //! With a password (see [`crate::at_rest`]) keys are stored as keyed MACs and entries sealed, so
 //! the file holds neither keys nor values in clear; offsets and the topic name stay readable.
+//!
+//! Entries that expire are indexed by expiry, and deletes are remembered for a while; both serve
+//! the TTL rules of `expiry` (docs/architecture.md, "Keys that expire").
+
+mod expiry;
+
+pub use expiry::{Applied, Expired, PendingRepair, Precondition, DELETE_MEMORY};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -27,6 +34,21 @@ const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const RECORD_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("record_keys");
 const NEXT_OFFSETS: TableDefinition<u32, u64> = TableDefinition::new("next_offsets");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// `(expires at, entry key)`: the expiry order of every entry that expires.
+type ExpiryKey = (u64, &'static [u8]);
+/// `(partition, offset, sealed record key)` of an entry that expires, or of a repair owed.
+type SweepRow = (u32, u64, &'static [u8]);
+/// Every entry that expires, in expiry order: the sweep and the purge read it.
+const EXPIRIES: TableDefinition<ExpiryKey, SweepRow> = TableDefinition::new("expiries");
+/// Record key (its index under encryption at rest) → `(offset, when applied)` of the last delete
+/// applied to it, for [`DELETE_MEMORY`].
+const DELETED: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("deleted");
+const DELETED_BY_TIME: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("deleted_by_time");
+/// Record key (index) → `(partition, stale offset, sealed record key)`: repairs the sweeper owes.
+const PENDING_REPAIRS: TableDefinition<&[u8], SweepRow> = TableDefinition::new("pending_repairs");
+/// Entry key → expiry, under encryption at rest only: an overwrite reads the old expiry here
+/// instead of opening the old entry.
+const SEALED_EXPIRIES: TableDefinition<&[u8], u64> = TableDefinition::new("sealed_expiries");
 /// The META key of [`Store::note_broker_contact`].
 const BROKER_CONTACT: &str = "broker_contact_ms";
 
@@ -34,6 +56,8 @@ const BROKER_CONTACT: &str = "broker_contact_ms";
 pub const FILE_NAME: &str = "kv-reader.redb";
 
 const ENTRY_FORMAT: u8 = 1;
+/// The format of an entry that expires: the expiry after the offset.
+const ENTRY_FORMAT_EXPIRING: u8 = 2;
 const ENTRY_HEADER_LEN: usize = 1 + 4 + 8 + 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +110,10 @@ pub enum Change<'a> {
         offset: i64,
         correlation_id: Option<&'a [u8]>,
         value: Cow<'a, [u8]>,
+        /// When the value expires, in milliseconds since the Unix epoch.
+        expires_at_ms: Option<u64>,
+        /// Set on a record the TTL sweeper wrote: when it applies.
+        precondition: Option<Precondition>,
     },
     /// A tombstone. `user_key` is the user key when the record key is one (plaintext topics).
     /// On an encrypted topic it is `None`: only the mapping stored with the put names the entry,
@@ -93,6 +121,10 @@ pub enum Change<'a> {
     Delete {
         record_key: &'a [u8],
         user_key: Option<&'a [u8]>,
+        partition: i32,
+        offset: i64,
+        /// Set on a record the TTL sweeper wrote: when it applies.
+        precondition: Option<Precondition>,
     },
 }
 
@@ -113,6 +145,15 @@ pub struct StoredEntry {
     pub offset: i64,
     pub correlation_id: Option<String>,
     pub value: Vec<u8>,
+    /// When the value expires, in milliseconds since the Unix epoch; reads never see it after.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl StoredEntry {
+    /// Whether the entry is there for a read at `now_ms`: it has no expiry, or a later one.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_none_or(|at| at > now_ms)
+    }
 }
 
 #[derive(Debug)]
@@ -257,6 +298,7 @@ impl Store {
         txn.open_table(RECORD_KEYS)?;
         txn.open_table(NEXT_OFFSETS)?;
         txn.open_table(META)?;
+        expiry::ensure_tables(&txn)?;
         txn.commit()?;
         Ok(())
     }
@@ -318,6 +360,7 @@ impl Store {
         txn.open_table(ENTRIES)?;
         txn.open_table(RECORD_KEYS)?;
         txn.open_table(NEXT_OFFSETS)?;
+        expiry::reset_tables(&txn)?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert("topic", topic)?;
@@ -330,85 +373,16 @@ impl Store {
     }
 
     /// Applies a batch and the offsets it reaches in one transaction: both or neither persist.
-    /// Answers, for each tombstone that removed an entry, its index in `changes` and the user
-    /// key it removed: on an encrypted topic the tombstone names only the key's MAC.
+    /// A process that sweeps no partition; see [`Store::apply_at`]. Answers, for each
+    /// tombstone that removed an entry, its index in `changes` and the user key it removed: on
+    /// an encrypted topic the tombstone names only the key's MAC.
     pub fn apply(
         &self,
         changes: &[Change<'_>],
         next_offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<(usize, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_write()?;
-        let mut removed = Vec::new();
-        {
-            let mut entries = txn.open_table(ENTRIES)?;
-            let mut record_keys = txn.open_table(RECORD_KEYS)?;
-            let mut encoded = Vec::new();
-            for (index, change) in changes.iter().enumerate() {
-                match change {
-                    Change::Put {
-                        record_key,
-                        user_key,
-                        partition,
-                        offset,
-                        correlation_id,
-                        value,
-                    } => {
-                        encode_entry(&mut encoded, *partition, *offset, *correlation_id, value);
-                        match &self.cipher {
-                            None => {
-                                entries.insert(user_key.as_ref(), encoded.as_slice())?;
-                                if *record_key != user_key.as_ref() {
-                                    record_keys.insert(*record_key, user_key.as_ref())?;
-                                }
-                            }
-                            Some(cipher) => {
-                                let index = cipher.index(user_key);
-                                let key_len = (user_key.len() as u32).to_be_bytes();
-                                let sealed = cipher.seal(&index, &[&key_len, user_key, &encoded]);
-                                entries.insert(index.as_slice(), sealed.as_slice())?;
-                                if *record_key != user_key.as_ref() {
-                                    let sealed_key = cipher.seal(record_key, &[user_key]);
-                                    record_keys.insert(*record_key, sealed_key.as_slice())?;
-                                }
-                            }
-                        }
-                    }
-                    Change::Delete {
-                        record_key,
-                        user_key,
-                    } => {
-                        let mapped = match record_keys.remove(*record_key)? {
-                            None => None,
-                            Some(mapped) => Some(match &self.cipher {
-                                None => mapped.value().to_vec(),
-                                Some(cipher) => cipher
-                                    .open(record_key, mapped.value())
-                                    .map_err(|_| StoreError::CorruptEntry)?,
-                            }),
-                        };
-                        let Some(user_key) = mapped.as_deref().or(*user_key) else {
-                            continue;
-                        };
-                        let gone = match &self.cipher {
-                            None => entries.remove(user_key)?.is_some(),
-                            Some(cipher) => {
-                                entries.remove(cipher.index(user_key).as_slice())?.is_some()
-                            }
-                        };
-                        if gone {
-                            removed.push((index, user_key.to_vec()));
-                        }
-                    }
-                }
-            }
-            let mut offsets = txn.open_table(NEXT_OFFSETS)?;
-            for (&partition, &offset) in next_offsets {
-                offsets.insert(partition as u32, offset as u64)?;
-            }
-        }
-        txn.commit()?;
-        self.refresh_snapshot();
-        Ok(removed)
+        self.apply_at(changes, next_offsets, now_ms(), &|_| false)
+            .map(|applied| applied.removed)
     }
 
     /// Replaces the snapshot reads use with the state just committed. Called after every commit
@@ -446,11 +420,25 @@ impl Store {
         Ok(Arc::new(self.db.begin_read()?.open_table(ENTRIES)?))
     }
 
+    /// The key's entry, unless it has expired by this replica's clock.
     pub fn get(&self, user_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {
-        self.lookup(&*self.entries()?, user_key)
+        self.lookup(&*self.entries()?, user_key, now_ms())
     }
 
+    /// The key's entry if it is live at `now_ms`.
     fn lookup(
+        &self,
+        entries: &redb::ReadOnlyTable<&[u8], &[u8]>,
+        user_key: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<StoredEntry>, StoreError> {
+        Ok(self
+            .lookup_any(entries, user_key)?
+            .filter(|entry| entry.is_live(now_ms)))
+    }
+
+    /// The key's entry, expired or not.
+    fn lookup_any(
         &self,
         entries: &redb::ReadOnlyTable<&[u8], &[u8]>,
         user_key: &[u8],
@@ -479,9 +467,10 @@ impl Store {
         user_keys: impl IntoIterator<Item = &'k [u8]>,
     ) -> Result<Vec<Option<StoredEntry>>, StoreError> {
         let entries = self.entries()?;
+        let now = now_ms();
         user_keys
             .into_iter()
-            .map(|key| self.lookup(&entries, key))
+            .map(|key| self.lookup(&entries, key, now))
             .collect()
     }
 
@@ -493,9 +482,10 @@ impl Store {
         mut keep: impl FnMut(usize, &StoredEntry) -> bool,
     ) -> Result<Option<Vec<Option<StoredEntry>>>, StoreError> {
         let entries = self.entries()?;
+        let now = now_ms();
         let mut found = Vec::new();
         for (i, key) in user_keys.into_iter().enumerate() {
-            let entry = self.lookup(&entries, key)?;
+            let entry = self.lookup(&entries, key, now)?;
             if entry.as_ref().is_some_and(|entry| !keep(i, entry)) {
                 return Ok(None);
             }
@@ -513,8 +503,9 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
         let entries = self.entries()?;
+        let now = now_ms();
         if let Some(cipher) = &self.cipher {
-            return list_sealed_keys(cipher, &entries, prefix, after, limit);
+            return list_sealed_keys(cipher, &entries, prefix, after, limit, now);
         }
         let start = match after {
             Some(after) if after >= prefix => Bound::Excluded(after),
@@ -522,10 +513,13 @@ impl Store {
         };
         let mut keys = Vec::with_capacity(limit.min(1024));
         for row in entries.range::<&[u8]>((start, Bound::Unbounded))? {
-            let (key, _) = row?;
+            let (key, entry) = row?;
             let key = key.value();
             if !key.starts_with(prefix) {
                 break;
+            }
+            if !entry_is_live(entry.value(), now) {
+                continue;
             }
             if keys.len() == limit {
                 return Ok((keys, true));
@@ -705,12 +699,16 @@ fn list_sealed_keys(
     prefix: &[u8],
     after: Option<&[u8]>,
     limit: usize,
+    now_ms: u64,
 ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
     let mut keys = Vec::new();
     for row in entries.iter()? {
         let (index, sealed) = row?;
-        let (key, _) = open_entry(cipher, index.value(), sealed.value())?;
-        if key.starts_with(prefix) && after.is_none_or(|after| key.as_slice() > after) {
+        let (key, entry) = open_entry(cipher, index.value(), sealed.value())?;
+        if key.starts_with(prefix)
+            && after.is_none_or(|after| key.as_slice() > after)
+            && entry_is_live(&entry, now_ms)
+        {
             keys.push(key);
         }
     }
@@ -759,29 +757,60 @@ fn resolve_location(location: &Path) -> PathBuf {
     }
 }
 
-/// `[format][partition BE][offset BE][correlation id length][correlation id][value]`.
+/// `[format][partition BE][offset BE][correlation id length][correlation id][value]`, or for an
+/// entry that expires `[format 2][partition BE][offset BE][expires at BE][correlation id
+/// length][correlation id][value]`: entries without an expiry keep the first format, so stores
+/// written before TTLs existed read as they were.
 fn encode_entry(
     out: &mut Vec<u8>,
     partition: i32,
     offset: i64,
     correlation_id: Option<&[u8]>,
     value: &[u8],
+    expires_at_ms: Option<u64>,
 ) {
     // Ids longer than a byte's worth are cut; they are for tracing, not identity.
     let correlation_id = correlation_id.unwrap_or_default();
     let correlation_id = &correlation_id[..correlation_id.len().min(u8::MAX as usize)];
     out.clear();
-    out.reserve(ENTRY_HEADER_LEN + correlation_id.len() + value.len());
-    out.push(ENTRY_FORMAT);
+    out.reserve(ENTRY_HEADER_LEN + 8 + correlation_id.len() + value.len());
+    out.push(if expires_at_ms.is_some() {
+        ENTRY_FORMAT_EXPIRING
+    } else {
+        ENTRY_FORMAT
+    });
     out.extend_from_slice(&partition.to_be_bytes());
     out.extend_from_slice(&offset.to_be_bytes());
+    if let Some(expires_at) = expires_at_ms {
+        out.extend_from_slice(&expires_at.to_be_bytes());
+    }
     out.push(correlation_id.len() as u8);
     out.extend_from_slice(correlation_id);
     out.extend_from_slice(value);
 }
 
+/// An entry's expiry, read from its first bytes without decoding the rest.
+fn entry_expiry(raw: &[u8]) -> Result<Option<u64>, StoreError> {
+    match raw.first() {
+        Some(&ENTRY_FORMAT) => Ok(None),
+        Some(&ENTRY_FORMAT_EXPIRING) => raw
+            .get(13..21)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(|bytes| Some(u64::from_be_bytes(bytes)))
+            .ok_or(StoreError::CorruptEntry),
+        _ => Err(StoreError::CorruptEntry),
+    }
+}
+
+/// Whether a stored entry is live at `now_ms`; a corrupt one is listed, and its read reports it.
+fn entry_is_live(raw: &[u8], now_ms: u64) -> bool {
+    entry_expiry(raw).map_or(true, |at| at.is_none_or(|at| at > now_ms))
+}
+
 fn decode_entry(raw: &[u8]) -> Result<StoredEntry, StoreError> {
-    if raw.len() < ENTRY_HEADER_LEN || raw[0] != ENTRY_FORMAT {
+    let expires_at_ms = entry_expiry(raw)?;
+    let header_len = ENTRY_HEADER_LEN + if expires_at_ms.is_some() { 8 } else { 0 };
+    if raw.len() < header_len {
         return Err(StoreError::CorruptEntry);
     }
     let partition = i32::from_be_bytes(raw[1..5].try_into().map_err(|_| StoreError::CorruptEntry)?);
@@ -790,8 +819,8 @@ fn decode_entry(raw: &[u8]) -> Result<StoredEntry, StoreError> {
             .try_into()
             .map_err(|_| StoreError::CorruptEntry)?,
     );
-    let id_len = raw[13] as usize;
-    let rest = &raw[ENTRY_HEADER_LEN..];
+    let id_len = raw[header_len - 1] as usize;
+    let rest = &raw[header_len..];
     if rest.len() < id_len {
         return Err(StoreError::CorruptEntry);
     }
@@ -801,7 +830,15 @@ fn decode_entry(raw: &[u8]) -> Result<StoredEntry, StoreError> {
         offset,
         correlation_id: (!id.is_empty()).then(|| String::from_utf8_lossy(id).into_owned()),
         value: value.to_vec(),
+        expires_at_ms,
     })
+}
+
+/// This replica's clock, in milliseconds since the Unix epoch: what expiries are compared with.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -816,6 +853,8 @@ mod tests {
             offset,
             correlation_id: Some(b"corr-1"),
             value: Cow::Borrowed(value),
+            expires_at_ms: None,
+            precondition: None,
         }
     }
 
@@ -846,6 +885,9 @@ mod tests {
                     Change::Delete {
                         record_key: b"gone",
                         user_key: Some(b"gone"),
+                        partition: 0,
+                        offset: 9,
+                        precondition: None,
                     },
                 ],
                 &BTreeMap::from([(0, 3)]),
@@ -927,6 +969,8 @@ mod tests {
             offset: 0,
             correlation_id: None,
             value: Cow::Borrowed(b"Ada"),
+            expires_at_ms: None,
+            precondition: None,
         };
         store
             .apply(&[put], &BTreeMap::from([(0, 1)]))
@@ -944,6 +988,9 @@ mod tests {
                 &[Change::Delete {
                     record_key: b"mac-of-user-1",
                     user_key: None,
+                    partition: 0,
+                    offset: 9,
+                    precondition: None,
                 }],
                 &BTreeMap::from([(0, 2)]),
             )
@@ -961,10 +1008,15 @@ mod tests {
             offset: 0,
             correlation_id: None,
             value: Cow::Borrowed(b"Ada"),
+            expires_at_ms: None,
+            precondition: None,
         };
         let in_clear = Change::Delete {
             record_key: b"user-1",
             user_key: None,
+            partition: 0,
+            offset: 9,
+            precondition: None,
         };
         store
             .apply(&[put, in_clear], &BTreeMap::from([(0, 2)]))
@@ -989,18 +1041,29 @@ mod tests {
                         offset: 1,
                         correlation_id: None,
                         value: Cow::Borrowed(b"Ada"),
+                        expires_at_ms: None,
+                        precondition: None,
                     },
                     Change::Delete {
                         record_key: b"never-written",
                         user_key: Some(b"never-written"),
+                        partition: 0,
+                        offset: 0,
+                        precondition: None,
                     },
                     Change::Delete {
                         record_key: b"mac-of-user-1",
                         user_key: None,
+                        partition: 0,
+                        offset: 0,
+                        precondition: None,
                     },
                     Change::Delete {
                         record_key: b"plain",
                         user_key: Some(b"plain"),
+                        partition: 0,
+                        offset: 0,
+                        precondition: None,
                     },
                 ],
                 &BTreeMap::from([(0, 5)]),
@@ -1168,6 +1231,9 @@ mod tests {
                 &[Change::Delete {
                     record_key: b"order/1",
                     user_key: Some(b"order/1"),
+                    partition: 0,
+                    offset: 9,
+                    precondition: None,
                 }],
                 &BTreeMap::from([(0, 4)]),
             )

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::input::{ItemLimit, RawBatch};
 use crate::producer::Write;
-use crate::state::{token_for, with_token, WriterState};
+use crate::state::{expiry, token_for, with_token, WriterState};
 
 #[derive(Serialize)]
 struct ItemError<'a> {
@@ -62,10 +62,11 @@ pub async fn batch(
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
     let (body, _permit) = state.bodies.read_json(&request, body).await?;
-    let writes = RawBatch::parse(&body, ItemLimit(state.max_batch_items))?
-        .writes(state.max_batch_items, |write, path| {
-            state.check(write, path)
-        })?;
+    let writes = RawBatch::parse(&body, ItemLimit(state.max_batch_items))?.writes(
+        state.max_batch_items,
+        state.max_ttl,
+        |write, path| state.check(write, path),
+    )?;
     if writes.iter().any(|write| write.value.is_none()) {
         auth.permits(Operation::Delete)?;
     }
@@ -88,6 +89,7 @@ pub async fn batch(
                 value: write.value.as_deref(),
                 correlation_id: &correlation.0,
                 headers: &write.headers,
+                expires_at_ms: expiry(write.ttl_seconds),
             })
             .await;
         if let Err(error) = &queued {

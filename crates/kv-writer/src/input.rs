@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use kv_core::record::CORRELATION_ID_HEADER;
+use kv_core::record::{CORRELATION_ID_HEADER, RESERVED_HEADERS};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::json::BASE64;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -48,6 +48,42 @@ pub struct WriteInput<'a> {
     /// `None` deletes the key.
     pub value: Option<Cow<'a, [u8]>>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// A put that expires this many seconds after the writer takes it; checked against
+    /// [`MaxTtl`] already.
+    pub ttl_seconds: Option<u64>,
+}
+
+/// The longest TTL a write may ask for (KV_API_MAX_TTL_SECONDS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxTtl(pub u64);
+
+impl MaxTtl {
+    /// A TTL as given, `None` when it is not a whole number; `what` names where it was given.
+    pub fn check(
+        self,
+        seconds: Option<u64>,
+        what: impl FnOnce() -> String,
+    ) -> Result<u64, ApiError> {
+        match seconds {
+            Some(seconds) if (1..=self.0).contains(&seconds) => Ok(seconds),
+            _ => Err(ApiError::invalid_request(format!(
+                "{} must be a whole number of seconds from 1 to {} (KV_API_MAX_TTL_SECONDS)",
+                what(),
+                self.0
+            ))),
+        }
+    }
+
+    /// A TTL given as text (a request header or query parameter).
+    pub fn parse(self, text: &str, what: impl FnOnce() -> String) -> Result<u64, ApiError> {
+        let text = text.trim();
+        let seconds = text
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| text.parse::<u64>().ok())
+            .flatten();
+        self.check(seconds, what)
+    }
 }
 
 /// A JSON value where a string, a boolean or null is expected, as parsed: only strings keep their
@@ -57,8 +93,10 @@ pub struct WriteInput<'a> {
 pub enum Scalar<'de> {
     Str(Cow<'de, str>),
     Bool(bool),
+    /// A whole number from 0 to `u64::MAX`, as JSON spelled it without a fraction or exponent.
+    Whole(u64),
     Null,
-    /// A number, an array or an object.
+    /// Any other number, an array or an object.
     Other,
 }
 
@@ -149,7 +187,10 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("any JSON value")
             }
-            other_json_values!(Scalar::Other; i64, u64, f64, seq, map);
+            other_json_values!(Scalar::Other; i64, f64, seq, map);
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Whole(v))
+            }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
                 Ok(Scalar::Bool(v))
             }
@@ -265,6 +306,10 @@ pub struct RawWrite<'de> {
     value: Named<Scalar<'de>>,
     delete: Named<Scalar<'de>>,
     headers: Named<RawHeaders<'de>>,
+    /// The TTL under the original routes' spelling and under the batch's: either is taken
+    /// anywhere, so a TTL is never ignored for being spelled the other way.
+    ttl_camel: Named<Scalar<'de>>,
+    ttl_snake: Named<Scalar<'de>>,
 }
 
 impl<'de> RawWrite<'de> {
@@ -274,7 +319,9 @@ impl<'de> RawWrite<'de> {
             let taken = write.key.offer(&key, "key", &mut map)?
                 || write.value.offer(&key, "value", &mut map)?
                 || write.delete.offer(&key, "delete", &mut map)?
-                || write.headers.offer(&key, "headers", &mut map)?;
+                || write.headers.offer(&key, "headers", &mut map)?
+                || write.ttl_camel.offer(&key, TTL_FIELD, &mut map)?
+                || write.ttl_snake.offer(&key, TTL_BATCH_FIELD, &mut map)?;
             if !taken {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -282,6 +329,11 @@ impl<'de> RawWrite<'de> {
         Ok(write)
     }
 }
+
+/// The TTL field of `/store` and `/store/b64` bodies.
+pub const TTL_FIELD: &str = "ttlSeconds";
+/// The TTL field of a batch item.
+pub const TTL_BATCH_FIELD: &str = "ttl_seconds";
 
 /// A batch item: a write object, or any other JSON value (refused naming the item).
 #[derive(Debug)]
@@ -405,6 +457,7 @@ impl<'de> RawBatch<'de> {
     pub fn writes(
         self,
         max_items: usize,
+        max_ttl: MaxTtl,
         mut check: impl FnMut(&WriteInput<'de>, &str) -> Result<(), ApiError>,
     ) -> Result<Vec<WriteInput<'de>>, ApiError> {
         let items = match self.items.get() {
@@ -432,7 +485,7 @@ impl<'de> RawBatch<'de> {
                     "field `items[{index}]` must be an object"
                 )));
             };
-            let write = raw.batch_item(&path, encoding)?;
+            let write = raw.batch_item(&path, encoding, max_ttl)?;
             check(&write, &path)?;
             writes.push(write);
         }
@@ -479,29 +532,82 @@ impl<'de> RawWrite<'de> {
         })
     }
 
-    /// `{"key","value","headers"?}`: a put.
-    pub fn put(self, encoding: Encoding) -> Result<WriteInput<'de>, ApiError> {
+    /// `{"key","value","headers"?,"ttlSeconds"?}`: a put.
+    pub fn put(mut self, encoding: Encoding, max_ttl: MaxTtl) -> Result<WriteInput<'de>, ApiError> {
         let decode = Decode { path: "", encoding };
+        let ttl_seconds = self.ttl("", max_ttl)?;
         Ok(WriteInput {
             key: decode.required("key", self.key.get())?,
             value: Some(decode.required("value", self.value.get())?),
             headers: decode.headers(self.headers.get())?,
+            ttl_seconds,
         })
     }
 
     /// `{"key"}`: a delete.
     pub fn delete(self, encoding: Encoding) -> Result<WriteInput<'de>, ApiError> {
         let decode = Decode { path: "", encoding };
+        self.no_ttl_on_delete("", "a delete")?;
         Ok(WriteInput {
             key: decode.required("key", self.key.get())?,
             value: None,
             headers: decode.headers(self.headers.get())?,
+            ttl_seconds: None,
         })
     }
 
+    /// The TTL under either spelling (`null` is none), checked against `max_ttl`.
+    fn ttl(&mut self, path: &str, max_ttl: MaxTtl) -> Result<Option<u64>, ApiError> {
+        let camel = std::mem::take(&mut self.ttl_camel).get();
+        let snake = std::mem::take(&mut self.ttl_snake).get();
+        let (name, value) = match (camel, snake) {
+            (None | Some(Scalar::Null), None | Some(Scalar::Null)) => return Ok(None),
+            (Some(value), None | Some(Scalar::Null)) => (TTL_FIELD, value),
+            (None | Some(Scalar::Null), Some(value)) => (TTL_BATCH_FIELD, value),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid_request(format!(
+                    "give either field `{path}{TTL_FIELD}` or field `{path}{TTL_BATCH_FIELD}`, \
+                     not both"
+                )))
+            }
+        };
+        let seconds = match value {
+            Scalar::Whole(seconds) => Some(seconds),
+            _ => None,
+        };
+        max_ttl
+            .check(seconds, || format!("field `{path}{name}`"))
+            .map(Some)
+    }
+
+    /// Refuses a TTL on a write that deletes: a tombstone has nothing to expire.
+    fn no_ttl_on_delete(&self, path: &str, what: &str) -> Result<(), ApiError> {
+        for (named, name) in [
+            (&self.ttl_camel, TTL_FIELD),
+            (&self.ttl_snake, TTL_BATCH_FIELD),
+        ] {
+            let given = named
+                .exact
+                .as_ref()
+                .or(named.other.as_ref().map(|(_, v)| v));
+            if given.is_some_and(|value| *value != Scalar::Null) {
+                return Err(ApiError::invalid_request(format!(
+                    "field `{path}{name}` cannot be given with {what}: a delete has nothing to \
+                     expire"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// A batch item: a put, or a delete when it says `"delete": true`.
-    fn batch_item(self, path: &str, encoding: Encoding) -> Result<WriteInput<'de>, ApiError> {
-        let delete = match self.delete.get() {
+    fn batch_item(
+        mut self,
+        path: &str,
+        encoding: Encoding,
+        max_ttl: MaxTtl,
+    ) -> Result<WriteInput<'de>, ApiError> {
+        let delete = match std::mem::take(&mut self.delete).get() {
             None | Some(Scalar::Null) | Some(Scalar::Bool(false)) => false,
             Some(Scalar::Bool(true)) => true,
             Some(_) => {
@@ -510,6 +616,10 @@ impl<'de> RawWrite<'de> {
                 )))
             }
         };
+        if delete {
+            self.no_ttl_on_delete(path, &format!("`{path}delete`: true"))?;
+        }
+        let ttl_seconds = self.ttl(path, max_ttl)?;
         let key = self.key.get();
         let value = self.value.get();
         let headers = self.headers.get();
@@ -524,6 +634,7 @@ impl<'de> RawWrite<'de> {
                 key: decode.required("key", key)?,
                 value: Some(decode.required("value", Some(value))?),
                 headers: decode.headers(headers)?,
+                ttl_seconds,
             });
         }
         if value.is_some() {
@@ -535,6 +646,7 @@ impl<'de> RawWrite<'de> {
             key: decode.required("key", key)?,
             value: None,
             headers: decode.headers(headers)?,
+            ttl_seconds: None,
         })
     }
 }
@@ -608,6 +720,17 @@ impl Decode<'_> {
                         self.path
                     )));
                 }
+                // Readers act on these: a client's copy could set or fake a TTL.
+                if RESERVED_HEADERS
+                    .iter()
+                    .any(|r| name.eq_ignore_ascii_case(r))
+                {
+                    return Err(ApiError::invalid_request(format!(
+                        "field `{}{field_name}` is reserved: the writer sets the TTL headers \
+                         from the write's TTL field",
+                        self.path
+                    )));
+                }
                 match value {
                     Scalar::Str(text) => Ok((
                         name.into_owned(),
@@ -668,8 +791,10 @@ mod tests {
         Box::leak(json.to_string().into_bytes().into_boxed_slice())
     }
 
+    const MAX_TTL: MaxTtl = MaxTtl(86_400);
+
     fn put(json: Value, encoding: Encoding) -> Result<WriteInput<'static>, ApiError> {
-        RawWrite::parse(body(json))?.put(encoding)
+        RawWrite::parse(body(json))?.put(encoding, MAX_TTL)
     }
 
     #[test]
@@ -699,7 +824,8 @@ mod tests {
     }
 
     fn batch_writes(body: &Value, max: usize) -> Result<Vec<WriteInput<'static>>, ApiError> {
-        RawBatch::parse(self::body(body.clone()), ItemLimit(max))?.writes(max, |_, _| Ok(()))
+        RawBatch::parse(self::body(body.clone()), ItemLimit(max))?
+            .writes(max, MAX_TTL, |_, _| Ok(()))
     }
 
     #[test]
@@ -764,6 +890,130 @@ mod tests {
             serde_json::json!({"key": "k", "value": "v", "headers": {"x-correlation-id": "x"}});
         let error = put(json, Encoding::Utf8).expect_err("must fail");
         assert!(error.message.contains("reserved"), "{}", error.message);
+    }
+
+    #[test]
+    fn a_ttl_is_read_under_either_spelling_in_any_case_and_null_is_none() {
+        for field in ["ttlSeconds", "TTLSECONDS", "ttl_seconds"] {
+            let write = put(
+                serde_json::json!({"key": "k", "value": "v", field: 60}),
+                Encoding::Utf8,
+            )
+            .expect(field);
+            assert_eq!(write.ttl_seconds, Some(60), "{field}");
+        }
+        let write = put(
+            serde_json::json!({"key": "k", "value": "v", "ttlSeconds": null}),
+            Encoding::Utf8,
+        )
+        .expect("null");
+        assert_eq!(write.ttl_seconds, None);
+        let error = put(
+            serde_json::json!({"key": "k", "value": "v", "ttlSeconds": 1, "ttl_seconds": 1}),
+            Encoding::Utf8,
+        )
+        .expect_err("both");
+        assert!(error.message.contains("not both"), "{}", error.message);
+    }
+
+    #[test]
+    fn a_ttl_outside_one_second_to_the_maximum_is_refused_naming_the_field() {
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!(1.5),
+            serde_json::json!(1e3),
+            serde_json::json!("60"),
+            serde_json::json!(true),
+            serde_json::json!([60]),
+            serde_json::json!(86_401),
+            serde_json::json!(u64::MAX),
+        ] {
+            let error = put(
+                serde_json::json!({"key": "k", "value": "v", "ttlSeconds": bad}),
+                Encoding::Utf8,
+            )
+            .expect_err("bad ttl");
+            assert_eq!(error.code, ErrorCode::InvalidRequest);
+            assert!(
+                error.message.contains("field `ttlSeconds`")
+                    && error.message.contains("from 1 to 86400"),
+                "{bad}: {}",
+                error.message
+            );
+        }
+        assert_eq!(
+            put(
+                serde_json::json!({"key": "k", "value": "v", "ttlSeconds": 86_400}),
+                Encoding::Utf8
+            )
+            .expect("the maximum")
+            .ttl_seconds,
+            Some(86_400)
+        );
+    }
+
+    #[test]
+    fn a_batch_item_ttl_names_its_path_and_a_delete_takes_none() {
+        let body = serde_json::json!({"items": [
+            {"key": "a", "value": "1", "ttl_seconds": 5},
+            {"key": "b", "value": "2"},
+        ]});
+        let writes = batch_writes(&body, 10).expect("writes");
+        assert_eq!(writes[0].ttl_seconds, Some(5));
+        assert_eq!(writes[1].ttl_seconds, None);
+        let body = serde_json::json!({"items": [{"key": "a", "value": "1"}, {"key": "b", "value": "2", "ttl_seconds": 0}]});
+        let error = batch_writes(&body, 10).expect_err("zero");
+        assert!(
+            error.message.contains("field `items[1].ttl_seconds`"),
+            "{}",
+            error.message
+        );
+        let body = serde_json::json!({"items": [{"key": "a", "delete": true, "ttl_seconds": 5}]});
+        let error = batch_writes(&body, 10).expect_err("a delete with a ttl");
+        assert!(
+            error.message.contains("`items[0].ttl_seconds`")
+                && error.message.contains("nothing to expire"),
+            "{}",
+            error.message
+        );
+        let error = RawWrite::parse(self::body(serde_json::json!({"key": "k", "ttlSeconds": 5})))
+            .expect("parse")
+            .delete(Encoding::Utf8)
+            .expect_err("remove with a ttl");
+        assert!(error.message.contains("`ttlSeconds`"), "{}", error.message);
+    }
+
+    #[test]
+    fn ttl_headers_cannot_be_set_through_the_body() {
+        for name in ["X-KV-Expires-At", "x-kv-expired-offset", "X-KV-Repair-Of"] {
+            let json = serde_json::json!({"key": "k", "value": "v", "headers": {name: "1"}});
+            let error = put(json, Encoding::Utf8).expect_err(name);
+            assert!(error.message.contains("reserved"), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn a_ttl_in_text_is_digits_only() {
+        let what = || "header X-KV-TTL-Seconds".to_owned();
+        assert_eq!(MAX_TTL.parse(" 30 ", what), Ok(30));
+        for bad in [
+            "",
+            "+30",
+            "-1",
+            "0",
+            "30s",
+            "3 0",
+            "86401",
+            "99999999999999999999999",
+        ] {
+            let error = MAX_TTL.parse(bad, what).expect_err(bad);
+            assert!(
+                error.message.starts_with("header X-KV-TTL-Seconds must be"),
+                "{bad}: {}",
+                error.message
+            );
+        }
     }
 
     #[test]

@@ -4,8 +4,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use kv_core::consistency::RecordPosition;
-use kv_core::kafka::{classify, client_config, ClientRole, KafkaErrorClass};
-use kv_core::record::{RecordCodec, CORRELATION_ID_HEADER, WRITER_HEADER, WRITER_HEADER_VALUE};
+use kv_core::kafka::{
+    breaks_idempotence, classify, client_config, ClientRole, KafkaErrorClass, PRODUCER_DEFAULTS,
+};
+use kv_core::record::{
+    RecordCodec, CORRELATION_ID_HEADER, EXPIRES_AT_HEADER, WRITER_HEADER, WRITER_HEADER_VALUE,
+};
 use kv_core::web::error::{ApiError, ErrorCode};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -106,6 +110,8 @@ pub struct Write<'a> {
     pub correlation_id: &'a str,
     /// Extra Kafka headers the client asked for (the original's `headers` field).
     pub headers: &'a [(String, Vec<u8>)],
+    /// When a put expires, in milliseconds since the Unix epoch; sent as `X-KV-Expires-At`.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// A write librdkafka has queued; resolves once the broker acknowledged it or it failed.
@@ -165,16 +171,12 @@ impl KvProducer {
         let timeout_ms = settings.produce_timeout.as_millis().to_string();
         let max_message =
             (settings.max_value_bytes + settings.max_key_bytes + RECORD_OVERHEAD_BYTES).to_string();
-        let defaults = [
-            ("enable.idempotence", "true"),
-            // Same partition for the same key as Java clients, so mixed producers agree.
-            ("partitioner", "murmur2_random"),
-            // Many concurrent requests share batches; 5 ms costs little latency.
-            ("linger.ms", "5"),
+        let mut defaults = PRODUCER_DEFAULTS.to_vec();
+        defaults.extend([
             ("message.timeout.ms", timeout_ms.as_str()),
             ("queue.buffering.max.kbytes", "65536"),
             ("message.max.bytes", max_message.as_str()),
-        ];
+        ]);
         let mut config = client_config(&defaults, &settings.core.kafka, ClientRole::Producer);
         config.set("acks", settings.acks);
         // The idempotent producer requires acks=all; weaker acks were asked for explicitly.
@@ -244,7 +246,7 @@ impl KvProducer {
             let fatal = current.producer.client().fatal_error().is_some();
             (current.generation, current.created, fatal)
         };
-        let broken = fatal || breaks_producer(error);
+        let broken = fatal || breaks_idempotence(error);
         // After a write timed out, librdkafka bumps the producer epoch to close the sequence gap;
         // some Kafka-compatible brokers (Tansu 0.6) mishandle the bumped epoch and then stop
         // serving every client. A fresh producer id needs no bump, so it is the safer recovery.
@@ -353,10 +355,10 @@ impl KvProducer {
     ) -> Result<Pending, ApiError> {
         let codec = &self.shared.codec;
         let record_key = codec.record_key(write.key);
-        let value = write
-            .value
-            .map(|value| codec.encode_value(&record_key, write.key, value));
-        let mut headers = OwnedHeaders::new_with_capacity(2 + write.headers.len())
+        let value = write.value.map(|value| {
+            codec.encode_expiring_value(&record_key, write.key, value, write.expires_at_ms)
+        });
+        let mut headers = OwnedHeaders::new_with_capacity(3 + write.headers.len())
             .insert(Header {
                 key: CORRELATION_ID_HEADER,
                 value: Some(write.correlation_id),
@@ -365,6 +367,13 @@ impl KvProducer {
                 key: WRITER_HEADER,
                 value: Some(WRITER_HEADER_VALUE),
             });
+        let expires_at = write.expires_at_ms.map(|at| at.to_string());
+        if let Some(expires_at) = &expires_at {
+            headers = headers.insert(Header {
+                key: EXPIRES_AT_HEADER,
+                value: Some(expires_at.as_bytes()),
+            });
+        }
         for (name, value) in write.headers {
             headers = headers.insert(Header {
                 key: name,
@@ -459,24 +468,6 @@ fn leaves_sequence_gap(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(RDKafkaErrorCode::MessageTimedOut)
-    )
-}
-
-/// Errors after which the producer's idempotence state (producer id, epoch, sequence numbers)
-/// is out of step with the broker, so every later write on it would fail too. `Unknown` is what
-/// some Kafka-compatible brokers answer for a producer id they lost in a restart.
-fn breaks_producer(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::Fatal
-                | RDKafkaErrorCode::Unknown
-                | RDKafkaErrorCode::OutOfOrderSequenceNumber
-                | RDKafkaErrorCode::InvalidProducerEpoch
-                | RDKafkaErrorCode::InvalidProducerIdMapping
-                | RDKafkaErrorCode::UnknownProducerId
-                | RDKafkaErrorCode::ProducerFenced
-        )
     )
 }
 

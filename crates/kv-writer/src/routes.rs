@@ -1,18 +1,26 @@
 //! HTTP routes of the write gateway. Every write answers 2xx only after Kafka acknowledged it.
 
+use std::collections::HashMap;
+
+use actix_web::http::header::HeaderName;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
-use kv_core::web::http::{key_from_path, started, JsonBody, JsonLimit};
+use kv_core::web::http::{key_from_path, parse_query, started, JsonBody, JsonLimit};
 use kv_core::web::metrics::metrics_endpoint;
 use kv_core::web::routing::{openapi_document, Endpoint};
 
 use crate::batch;
-use crate::input::{check_key, Encoding, RawWrite, WriteInput};
+use crate::input::{check_key, Encoding, MaxTtl, RawWrite, WriteInput};
 use crate::state::{Answer, WriterState};
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
+
+/// The request header giving `PUT /v1/kv/{key}` a TTL in seconds.
+pub const TTL_SECONDS: HeaderName = HeaderName::from_static("x-kv-ttl-seconds");
+/// The query parameter doing the same, for clients that cannot set headers.
+pub const TTL_SECONDS_PARAM: &str = "ttl_seconds";
 
 /// The writer's OpenAPI document, served at `GET /openapi.yaml`.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi-writer.yaml");
@@ -47,8 +55,9 @@ pub async fn put_value(
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, NATIVE_PREFIX)?;
-    // Checked before the body is read, so an oversized key costs no body buffering.
+    // Checked before the body is read, so an oversized key or a bad TTL costs no body buffering.
     check_key(&key, state.max_key_bytes, || "the key in the path".into())?;
+    let ttl_seconds = ttl_of(&request, state.max_ttl)?;
     let (value, _permit) = state
         .bodies
         .read(&request, body, state.max_value_bytes)
@@ -57,6 +66,7 @@ pub async fn put_value(
         key: key.into(),
         value: Some((&value[..]).into()),
         headers: Vec::new(),
+        ttl_seconds,
     };
     state.write_one(&request, &write, Answer::Position).await
 }
@@ -69,15 +79,53 @@ pub async fn delete_value(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, NATIVE_PREFIX)?;
     check_key(&key, state.max_key_bytes, || "the key in the path".into())?;
+    if ttl_of(&request, state.max_ttl)?.is_some() {
+        return Err(ApiError::invalid_request(
+            "a delete takes no TTL (header X-KV-TTL-Seconds or parameter ttl_seconds): it has \
+             nothing to expire",
+        ));
+    }
     let write = WriteInput {
         key: key.into(),
         value: None,
         headers: Vec::new(),
+        ttl_seconds: None,
     };
     state.write_one(&request, &write, Answer::Position).await
 }
 
-/// `POST /store` `{"key","value","headers"?}`, the original service's write route.
+/// The TTL of a native write: header `X-KV-TTL-Seconds` or query parameter `ttl_seconds` (both
+/// only when they agree). Other query parameters are ignored, as they always were.
+fn ttl_of(request: &HttpRequest, max_ttl: MaxTtl) -> Result<Option<u64>, ApiError> {
+    let header = match request.headers().get(TTL_SECONDS) {
+        None => None,
+        Some(raw) => {
+            let text = raw.to_str().map_err(|_| {
+                ApiError::invalid_request("header X-KV-TTL-Seconds must be a whole number")
+            })?;
+            Some(max_ttl.parse(text, || "header X-KV-TTL-Seconds".to_owned())?)
+        }
+    };
+    let parameter = if request.query_string().is_empty() {
+        None
+    } else {
+        match parse_query::<HashMap<String, String>>(request)?.remove(TTL_SECONDS_PARAM) {
+            None => None,
+            Some(text) => Some(max_ttl.parse(&text, || "parameter `ttl_seconds`".to_owned())?),
+        }
+    };
+    match (header, parameter) {
+        (Some(header), Some(parameter)) if header != parameter => {
+            Err(ApiError::invalid_request(format!(
+                "header X-KV-TTL-Seconds ({header}) and parameter `ttl_seconds` ({parameter}) \
+                 name different TTLs; give one of them"
+            )))
+        }
+        (header, parameter) => Ok(header.or(parameter)),
+    }
+}
+
+/// `POST /store` `{"key","value","headers"?,"ttlSeconds"?}`, the original service's write route.
 pub async fn store(
     _auth: Authorized<operation::Write>,
     request: HttpRequest,
@@ -85,7 +133,7 @@ pub async fn store(
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
     let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
-    let write = RawWrite::parse(&bytes)?.put(Encoding::Utf8)?;
+    let write = RawWrite::parse(&bytes)?.put(Encoding::Utf8, state.max_ttl)?;
     state.check(&write, "")?;
     state
         .write_one(&request, &write, Answer::Original("Stored"))
@@ -100,7 +148,7 @@ pub async fn store_base64(
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
     let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
-    let write = RawWrite::parse(&bytes)?.put(Encoding::Base64)?;
+    let write = RawWrite::parse(&bytes)?.put(Encoding::Base64, state.max_ttl)?;
     state.check(&write, "")?;
     state
         .write_one(&request, &write, Answer::Original("Stored"))

@@ -23,6 +23,8 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// Most bytes of request bodies held at once, all requests together.
     pub max_buffered_body_bytes: usize,
+    /// The longest TTL a write may ask for.
+    pub max_ttl_seconds: u64,
 }
 
 pub const DEFAULT_MAX_KEY_BYTES: usize = 16 * 1024;
@@ -32,6 +34,11 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Four batches of the default largest size at once.
 pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// KV_API_MAX_TTL_SECONDS unless set: a year.
+pub const DEFAULT_MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
+/// The largest KV_API_MAX_TTL_SECONDS taken: a hundred years keeps every expiry, in
+/// milliseconds since the Unix epoch, within the wire format's 18 digits.
+const LARGEST_MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
@@ -49,7 +56,14 @@ impl Settings {
                 "KV_API_MAX_BUFFERED_BODY_BYTES",
                 DEFAULT_MAX_BUFFERED_BODY_BYTES,
             )?,
+            max_ttl_seconds: env.number("KV_API_MAX_TTL_SECONDS", DEFAULT_MAX_TTL_SECONDS)?,
         };
+        if !(1..=LARGEST_MAX_TTL_SECONDS).contains(&settings.max_ttl_seconds) {
+            return Err(SettingsError::new(
+                "KV_API_MAX_TTL_SECONDS",
+                format!("must be from 1 to {LARGEST_MAX_TTL_SECONDS} (a hundred years)"),
+            ));
+        }
         for (var, value) in [
             ("KV_API_MAX_KEY_BYTES", settings.max_key_bytes),
             ("KV_API_MAX_BATCH_ITEMS", settings.max_batch_items),
@@ -139,6 +153,17 @@ mod tests {
         assert_eq!(err.var, "KV_API_MAX_BATCH_ITEMS");
         let err = settings(&[("KV_API_PRODUCE_TIMEOUT_MS", "0")]).expect_err("must fail");
         assert_eq!(err.var, "KV_API_PRODUCE_TIMEOUT_MS");
+    }
+
+    #[test]
+    fn ttls_are_bounded_at_a_year_unless_told_otherwise() {
+        assert_eq!(settings(&[]).expect("settings").max_ttl_seconds, 31_536_000);
+        let told = settings(&[("KV_API_MAX_TTL_SECONDS", "60")]).expect("settings");
+        assert_eq!(told.max_ttl_seconds, 60);
+        for bad in ["0", "3153600001", "-1", "soon"] {
+            let err = settings(&[("KV_API_MAX_TTL_SECONDS", bad)]).expect_err(bad);
+            assert_eq!(err.var, "KV_API_MAX_TTL_SECONDS");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What the writer's handlers share: the limits, the producer, and how an acknowledged write is
 //! answered (the position in the body and in headers, and the consistency token).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
@@ -11,7 +11,7 @@ use kv_core::web::http::{CorrelationId, CONSISTENCY_TOKEN};
 use serde::Serialize;
 
 use crate::body::BodyLimits;
-use crate::input::{check_key, check_value, WriteInput};
+use crate::input::{check_key, check_value, MaxTtl, WriteInput};
 use crate::producer::{KvProducer, Write};
 use crate::settings::Settings;
 
@@ -25,6 +25,7 @@ pub struct WriterState {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_batch_items: usize,
+    pub max_ttl: MaxTtl,
     /// The time limit and the shared byte budget every request body is read under.
     pub bodies: BodyLimits,
     /// The last readiness answer and when it was taken: `/healthz/ready` is anonymous, and each
@@ -44,6 +45,7 @@ impl WriterState {
             max_key_bytes: settings.max_key_bytes,
             max_value_bytes: settings.max_value_bytes,
             max_batch_items: settings.max_batch_items,
+            max_ttl: MaxTtl(settings.max_ttl_seconds),
             bodies: BodyLimits::new(settings.body_timeout, settings.max_buffered_body_bytes),
             readiness: tokio::sync::Mutex::new(None),
         }
@@ -94,10 +96,21 @@ impl WriterState {
                 value: write.value.as_deref(),
                 correlation_id: &correlation.0,
                 headers: &write.headers,
+                expires_at_ms: expiry(write.ttl_seconds),
             })
             .await?;
         Ok(acknowledged(position, answer))
     }
+}
+
+/// When a write with this TTL expires, in milliseconds since the Unix epoch by this writer's
+/// clock: readers compare it with theirs, so the hosts' clocks must agree (docs/architecture.md,
+/// "Keys that expire").
+pub fn expiry(ttl_seconds: Option<u64>) -> Option<u64> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    ttl_seconds.map(|seconds| now_ms.saturating_add(seconds.saturating_mul(1000)))
 }
 
 /// The body of a write's `200`. The position is in the `X-Kafka-*` and `X-Consistency-Token`

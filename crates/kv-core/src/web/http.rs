@@ -38,6 +38,9 @@ pub struct ListenError {
 pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 /// The header carrying a consistency token: the writer's answer, a reader's request.
 pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
+/// A read answer's header for a key that expires: the record's [`crate::record::EXPIRES_AT_HEADER`],
+/// milliseconds since the Unix epoch.
+pub const EXPIRES_AT: HeaderName = HeaderName::from_static("x-kv-expires-at");
 
 const MAX_CORRELATION_ID_LEN: usize = 128;
 
@@ -387,6 +390,13 @@ mod tests {
 
     use super::*;
     use crate::web::routing::route_not_found;
+
+    #[actix_web::test]
+    async fn the_expiry_answer_header_is_the_records_expiry_header() {
+        assert!(EXPIRES_AT
+            .as_str()
+            .eq_ignore_ascii_case(crate::record::EXPIRES_AT_HEADER));
+    }
 
     async fn echo_correlation(request: HttpRequest) -> HttpResponse {
         HttpResponse::Ok().body(CorrelationId::of(&request).0)

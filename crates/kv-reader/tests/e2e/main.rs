@@ -12,6 +12,7 @@ mod snapshot;
 mod topic_compatibility;
 mod topic_encryption;
 mod topic_safety;
+mod ttl;
 mod watch;
 mod write_then_read;
 

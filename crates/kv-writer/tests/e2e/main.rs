@@ -5,6 +5,7 @@ mod injected_faults;
 mod openapi;
 mod outage;
 mod routes;
+mod ttl;
 
 /// The binary under test, as cargo built it for this test.
 pub const WRITER: &str = env!("CARGO_BIN_EXE_kv-writer");

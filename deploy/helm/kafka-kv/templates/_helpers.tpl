@@ -358,6 +358,10 @@ spec:
       key: password
 {{- end }}
 {{- end }}
+{{- if .Values.reader.ttlSweeper }}
+- name: KV_API_TTL_SWEEPER
+  value: "true"
+{{- end }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
