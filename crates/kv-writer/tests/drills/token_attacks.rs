@@ -27,7 +27,7 @@ use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use serde_json::{json, Value};
 
 /// Every scope the services know.
-const ALL_SCOPES: &str = "kv:read kv:write kv:delete";
+const ALL_SCOPES: &str = "kv:read kv:write kv:delete kv:admin";
 /// The services' `KV_API_AUTH_LEEWAY_SECONDS` in this drill.
 const LEEWAY_SECONDS: f64 = 1.0;
 /// A resource of the provider whose tokens carry another audience (`OTHER_AUDIENCE`).
