@@ -353,6 +353,17 @@ impl Store {
     /// Empties the store and records which topic it now replicates and how its records are
     /// read (a rebuild from scratch).
     pub fn reset(&self, topic: &str, source_format: &str) -> Result<(), StoreError> {
+        self.empty(Some((topic, source_format)))
+    }
+
+    /// Empties the store and forgets its topic: a snapshot import starts, or gives up.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.empty(None)
+    }
+
+    /// Every entry, offset and expiry gone, in one transaction; the topic and source format
+    /// recorded, or forgotten.
+    fn empty(&self, replicating: Option<(&str, &str)>) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.delete_table(ENTRIES)?;
         txn.delete_table(RECORD_KEYS)?;
@@ -363,8 +374,16 @@ impl Store {
         expiry::reset_tables(&txn)?;
         {
             let mut meta = txn.open_table(META)?;
-            meta.insert("topic", topic)?;
-            meta.insert("source_format", source_format)?;
+            match replicating {
+                Some((topic, source_format)) => {
+                    meta.insert("topic", topic)?;
+                    meta.insert("source_format", source_format)?;
+                }
+                None => {
+                    meta.remove("topic")?;
+                    meta.remove("source_format")?;
+                }
+            }
             meta.remove(BROKER_CONTACT)?;
         }
         txn.commit()?;
@@ -593,26 +612,6 @@ impl Store {
             for (&partition, &offset) in next_offsets {
                 offsets.insert(partition as u32, offset as u64)?;
             }
-        }
-        txn.commit()?;
-        self.refresh_snapshot();
-        Ok(())
-    }
-
-    /// Empties the store and forgets its topic: a snapshot import starts, or gives up.
-    pub fn clear(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.delete_table(ENTRIES)?;
-        txn.delete_table(RECORD_KEYS)?;
-        txn.delete_table(NEXT_OFFSETS)?;
-        txn.open_table(ENTRIES)?;
-        txn.open_table(RECORD_KEYS)?;
-        txn.open_table(NEXT_OFFSETS)?;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.remove("topic")?;
-            meta.remove("source_format")?;
-            meta.remove(BROKER_CONTACT)?;
         }
         txn.commit()?;
         self.refresh_snapshot();
