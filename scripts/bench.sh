@@ -352,6 +352,13 @@ snapshot_load=$!
 http_reads "$reader_port" serving
 wait "$snapshot_load" || true
 kill "$reader_pid" 2>/dev/null || true
+# Kept as soon as measured: a later step that fails does not take these figures with it.
+cat >"$work/cluster-figures.txt" <<FIGURES
+shards: largest store ${shard_store_mb} MB (full replica ${store_mb} MB), largest RSS ready ${shard_rss_mb} MB (full replica ${rss_ready} MB)
+forwarded GET ${shard_forwarded_rps} req/s p99 ${shard_forwarded_p99} ms; local GET ${shard_local_rps} req/s p99 ${shard_local_p99} ms
+snapshot: ready in ${snapshot_ready_s} s from a snapshot, ${replay_ready_s} s by replay; peer reads ${serving_rps} req/s (p99 ${serving_p99} ms) while serving, ${reader_rps} req/s idle
+FIGURES
+log "cluster figures: $(tr '\n' ';' <"$work/cluster-figures.txt")"
 
 # --- 2. writes: acked HTTP writes/s at 64 connections vs a raw rdkafka producer ----------------
 # The write and freshness figures each run on a fresh Tansu: after a 1M-record replay, or some
