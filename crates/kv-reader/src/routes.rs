@@ -1247,12 +1247,13 @@ pub async fn snapshot(
         )
         .with_retry_after(Duration::from_secs(1))
     };
-    if !state.progress.report().ready {
+    let report = state.progress.report();
+    if !report.ready {
         return Err(not_ready(
             "is not ready: a snapshot is taken of a caught-up replica only",
         ));
     }
-    let held: Vec<i32> = state.progress.report().partitions.into_keys().collect();
+    let held: Vec<i32> = report.partitions.into_keys().collect();
     let wanted: Vec<i32> = match (query.shard, query.replicas) {
         (None, None) => held.clone(),
         (Some(shard), replicas) => {
