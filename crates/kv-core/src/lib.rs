@@ -2,6 +2,7 @@
 //! read-your-writes tokens, secrets), settings, Kafka client set-up, and the actix plumbing
 //! under `web`.
 
+pub mod cli;
 pub mod consistency;
 pub mod crypto;
 pub mod kafka;

@@ -124,10 +124,11 @@ impl App {
         let (listener, address) = bind(&settings.core.listen)?;
         let metrics = web::Data::new(Metrics::new("kv-reader"));
         auth.register_metrics(metrics.registry())?;
-        let framing = match &settings.schema_registry_url {
+        let framing = match &settings.schema_registry {
             None => SchemaFraming::default(),
-            Some(url) => {
-                let registry = Registry::new(url, &settings.core.topic, REGISTRY_TIMEOUT)?;
+            Some(access) => {
+                let url = &access.url;
+                let registry = Registry::new(access, &settings.core.topic, REGISTRY_TIMEOUT)?;
                 let mut framing = registry.discover().await?;
                 if matches!(codec, RecordCodec::Encrypted(_)) {
                     framing = framing.without_keys();
@@ -286,6 +287,41 @@ impl App {
             port: address.port(),
             replica,
         })
+    }
+
+    /// `check-config`: the settings were read; reach what start-up needs and say what was found.
+    pub async fn check(settings: &Settings) -> std::process::ExitCode {
+        let mut report = kv_core::cli::Report::default();
+        let storage = match &settings.storage {
+            Storage::Memory => "store in memory".to_owned(),
+            Storage::Disk { .. } => "store on disk".to_owned(),
+        };
+        report.ok(
+            "settings",
+            format!("topic {}, listen {}, {storage}", settings.core.topic, settings.core.listen),
+        );
+        kv_core::cli::check_shared(&settings.core, "kv-reader", &mut report).await;
+        match &settings.schema_registry {
+            None => report.skip("schema registry", "KAFKA_SCHEMA_REGISTRY_URL is not set"),
+            Some(access) => {
+                let url = &access.url;
+                let found = match Registry::new(access, &settings.core.topic, REGISTRY_TIMEOUT) {
+                    Ok(registry) => registry.discover().await.map(|framing| {
+                        format!(
+                            "{url}: key schema ids {}, value schema ids {}",
+                            framing.key.as_ref().map_or(0, SchemaIds::len),
+                            framing.value.as_ref().map_or(0, SchemaIds::len)
+                        )
+                    }),
+                    Err(error) => Err(error),
+                };
+                match found {
+                    Ok(found) => report.ok("schema registry", found),
+                    Err(error) => report.fail("schema registry", format!("{url}: {error}")),
+                }
+            }
+        }
+        report.exit_code()
     }
 
     pub fn port(&self) -> u16 {

@@ -10,6 +10,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use kv_core::secret::Secret;
+use kv_core::settings::client_trusting;
+
+use crate::settings::RegistrySettings;
+
 /// Magic byte plus schema id.
 pub const CONFLUENT_HEADER_LEN: usize = 5;
 const CONFLUENT_MAGIC: u8 = 0;
@@ -257,11 +262,17 @@ pub struct Registry {
     client: reqwest::Client,
     url: String,
     topic: String,
+    user_info: Option<Secret<String>>,
 }
 
 impl Registry {
-    pub fn new(url: &str, topic: &str, timeout: Duration) -> Result<Registry, RegistryError> {
-        let client = reqwest::Client::builder()
+    pub fn new(
+        access: &RegistrySettings,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Registry, RegistryError> {
+        let url = access.url.as_str();
+        let client = client_trusting(access.ca.as_ref())
             .timeout(timeout)
             .build()
             .map_err(|e| RegistryError {
@@ -272,6 +283,7 @@ impl Registry {
             client,
             url: url.trim_end_matches('/').to_owned(),
             topic: topic.to_owned(),
+            user_info: access.user_info.clone(),
         })
     }
 
@@ -283,9 +295,15 @@ impl Registry {
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, RegistryError> {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.url))
+        let mut request = self.client.get(format!("{}{path}", self.url));
+        if let Some((user, password)) = self
+            .user_info
+            .as_ref()
+            .and_then(|u| u.expose().split_once(':'))
+        {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request
             .header(
                 "Accept",
                 "application/vnd.schemaregistry.v1+json, application/json",

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use kv_core::record::{BadTtlHeader, DecodeError};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::feed::ChangeFeed;
 use crate::framing::BadSchemaHeader;
@@ -40,6 +40,10 @@ pub struct ReplicaCollector {
     read_your_writes_waiters: IntGauge,
     owned_partitions: IntGauge,
     misrouted: IntCounter,
+    replay_remaining: IntGauge,
+    replay_rate: Gauge,
+    replay_eta: Gauge,
+    ready_after: Gauge,
     /// Counters are brought up to the replica's totals by adding the difference; two scrapes at
     /// once must not both add it.
     refresh: Mutex<()>,
@@ -138,6 +142,23 @@ impl ReplicaCollector {
                 "Records on another partition than murmur2 of their key gives (a producer with \
                  another partitioner): sharded readers cannot route their keys",
             )?,
+            replay_remaining: IntGauge::new(
+                "kv_reader_replay_remaining_records",
+                "Records left to replay before the replica is ready (up to the end offsets seen \
+                 at start-up); 0 once ready",
+            )?,
+            replay_rate: Gauge::new(
+                "kv_reader_replay_records_per_second",
+                "Records applied per second since the replay started (until ready)",
+            )?,
+            replay_eta: Gauge::new(
+                "kv_reader_replay_eta_seconds",
+                "Seconds the replay should still take at its rate so far; 0 once ready",
+            )?,
+            ready_after: Gauge::new(
+                "kv_reader_ready_after_seconds",
+                "How long the replay since the last start or rebuild took to be ready; 0 before",
+            )?,
             refresh: Mutex::new(()),
         };
         let reasons = DecodeError::ALL.map(DecodeError::reason);
@@ -156,7 +177,7 @@ impl ReplicaCollector {
     }
 
     /// Every metric but the store file's size, which exists only on disk.
-    fn metrics(&self) -> [&dyn Collector; 17] {
+    fn metrics(&self) -> [&dyn Collector; 21] {
         [
             &self.applied_offset,
             &self.end_offset,
@@ -175,6 +196,10 @@ impl ReplicaCollector {
             &self.bootstrap_entries,
             &self.bootstrap_bytes,
             &self.bootstrapped,
+            &self.replay_remaining,
+            &self.replay_rate,
+            &self.replay_eta,
+            &self.ready_after,
         ]
     }
 
@@ -213,6 +238,16 @@ impl ReplicaCollector {
         for (reason, &count) in &report.skipped_records.by_reason {
             catch_up(&self.skipped.with_label_values(&[reason]), count);
         }
+        let replay = self.progress.replay();
+        self.replay_remaining.set(as_gauge(replay.remaining));
+        self.replay_rate.set(replay.records_per_second);
+        let eta = match replay.ready_after {
+            Some(_) => 0.0,
+            None => replay.eta.map_or(0.0, |eta| eta.as_secs_f64()),
+        };
+        self.replay_eta.set(eta);
+        self.ready_after
+            .set(replay.ready_after.map_or(0.0, |after| after.as_secs_f64()));
         self.consumer_alive.set(i64::from(report.alive));
         self.ready.set(i64::from(report.ready));
         for reason in CONFIGURATION_REASONS {

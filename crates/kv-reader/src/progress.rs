@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
 use kv_core::consistency::ConsistencyToken;
@@ -218,18 +218,67 @@ pub struct Progress {
     /// When a broker last sent the consumer anything, in milliseconds since the Unix epoch; 0
     /// before the first time.
     broker_answered_ms: AtomicU64,
+    /// The replay since partitions were last (re)assigned, for its progress lines and metrics.
+    replay: Mutex<ReplayClock>,
+    /// KV_API_REPLAY_PROGRESS_INTERVAL_MS: how often a replaying reader says how far it got.
+    replay_note_interval: Duration,
+}
+
+#[derive(Debug)]
+struct ReplayClock {
+    started: Instant,
+    /// `records_applied` when the replay started.
+    applied_before: u64,
+    next_note: Instant,
+    /// Set once the replica was first ready after the start.
+    ready_after: Option<Duration>,
+}
+
+impl ReplayClock {
+    fn new(applied_before: u64, interval: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            applied_before,
+            next_note: now + interval,
+            ready_after: None,
+        }
+    }
+}
+
+/// How far a replay got: what the progress lines say and the replay metrics show.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Replay {
+    /// Records applied since the replay started.
+    pub applied: u64,
+    /// Records between the applied offsets and the end offsets seen at the start.
+    pub remaining: u64,
+    pub elapsed: Duration,
+    pub records_per_second: f64,
+    /// `None` before any record was applied.
+    pub eta: Option<Duration>,
+    /// Once ready: how long the replay took.
+    pub ready_after: Option<Duration>,
+}
+
+/// What the consumer loop logs about its replay now, if anything.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReplayNote {
+    Progress(Replay),
+    Ready(Replay),
 }
 
 #[cfg(test)]
 impl Default for Progress {
     fn default() -> Self {
-        Self::new(10_000)
+        Self::new(10_000, Duration::from_secs(10))
     }
 }
 
 impl Progress {
-    /// At most `max_waiters` reads wait for their consistency token at once.
-    pub fn new(max_waiters: usize) -> Self {
+    /// At most `max_waiters` reads wait for their consistency token at once; a replay says how
+    /// far it got every `replay_note_interval`.
+    pub fn new(max_waiters: usize, replay_note_interval: Duration) -> Self {
         Self {
             partitions: Mutex::default(),
             freshness: Mutex::default(),
@@ -244,7 +293,60 @@ impl Progress {
             records_applied: AtomicU64::new(0),
             tombstones_applied: AtomicU64::new(0),
             broker_answered_ms: AtomicU64::new(0),
+            replay: Mutex::new(ReplayClock::new(0, replay_note_interval)),
+            replay_note_interval,
         }
+    }
+
+    /// How far the replay since the last (re)assignment got.
+    pub fn replay(&self) -> Replay {
+        let clock = self.replay.lock().unwrap_or_else(PoisonError::into_inner);
+        self.replay_of(&clock)
+    }
+
+    fn replay_of(&self, clock: &ReplayClock) -> Replay {
+        let remaining: u64 = self
+            .lock_partitions()
+            .values()
+            .filter(|p| !p.caught_up)
+            .map(|p| u64::try_from(p.end_offset_at_start - p.next_offset).unwrap_or(0))
+            .sum();
+        let applied = self
+            .records_applied
+            .load(Ordering::Relaxed)
+            .saturating_sub(clock.applied_before);
+        let elapsed = clock.ready_after.unwrap_or_else(|| clock.started.elapsed());
+        let records_per_second = applied as f64 / elapsed.as_secs_f64().max(0.001);
+        let eta = (applied > 0).then(|| {
+            Duration::from_secs_f64(remaining as f64 / records_per_second.max(f64::MIN_POSITIVE))
+        });
+        Replay {
+            applied,
+            remaining,
+            elapsed,
+            records_per_second,
+            eta,
+            ready_after: clock.ready_after,
+        }
+    }
+
+    /// Called by the consumer loop after each batch: a progress note every interval while it
+    /// replays, and one when it is first ready.
+    pub(crate) fn replay_note(&self) -> Option<ReplayNote> {
+        let mut clock = self.replay.lock().unwrap_or_else(PoisonError::into_inner);
+        if clock.ready_after.is_some() {
+            return None;
+        }
+        if self.is_ready() {
+            clock.ready_after = Some(clock.started.elapsed());
+            return Some(ReplayNote::Ready(self.replay_of(&clock)));
+        }
+        let now = Instant::now();
+        if now < clock.next_note {
+            return None;
+        }
+        clock.next_note = now + self.replay_note_interval;
+        Some(ReplayNote::Progress(self.replay_of(&clock)))
     }
 
     /// Notes that a broker sent the consumer something at `at_ms` (from librdkafka's statistics).
@@ -477,6 +579,10 @@ impl Progress {
 
     /// Replaces the partitions: at start and after a rebuild.
     pub(crate) fn start(&self, partitions: BTreeMap<i32, PartitionProgress>) {
+        *self.replay.lock().unwrap_or_else(PoisonError::into_inner) = ReplayClock::new(
+            self.records_applied.load(Ordering::Relaxed),
+            self.replay_note_interval,
+        );
         let mut guard = self.lock_partitions();
         *guard = partitions;
         self.started.store(true, Ordering::Relaxed);
@@ -875,7 +981,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiters_past_the_limit_are_refused_and_a_timed_out_one_frees_its_place() {
-        let progress = std::sync::Arc::new(Progress::new(2));
+        let progress = std::sync::Arc::new(Progress::new(2, Duration::from_secs(10)));
         progress.start(BTreeMap::from([(0, PartitionProgress::new(0, 100, false))]));
         let mut held = Vec::new();
         for _ in 0..2 {

@@ -29,7 +29,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::bootstrap::{self, BootstrapConfig};
 use crate::feed::ChangeFeed;
 use crate::framing::{BadSchemaHeader, SchemaFraming};
-use crate::progress::{Misconfiguration, PartitionProgress, Progress};
+use crate::progress::{Misconfiguration, PartitionProgress, Progress, ReplayNote};
 use crate::settings::Settings;
 use crate::shard::{ShardSpec, Topology};
 use crate::snapshot::ImportProgress;
@@ -195,7 +195,10 @@ impl Replica {
             // passed it, the topic was recreated) the loop must hear of it and rebuild; a silent
             // reset would skip deletes and keep stale keys forever.
             .set("auto.offset.reset", "error");
-        let progress = Arc::new(Progress::new(settings.max_read_your_writes_waiters));
+        let progress = Arc::new(Progress::new(
+            settings.max_read_your_writes_waiters,
+            settings.replay_progress_interval,
+        ));
         let feed = Arc::new(ChangeFeed::new(&settings.watch, store.clone()));
         let consumer: ReplicaConsumer = config.create_with_context(ReplicaContext {
             progress: progress.clone(),
@@ -546,6 +549,7 @@ impl Worker {
                 continue;
             }
             self.ttl.borrow_mut().tick(&self.store, &self.progress)?;
+            note_replay(&self.progress);
             if Instant::now() >= next_contact_note {
                 self.note_contact()?;
                 next_contact_note = Instant::now() + CONTACT_NOTE_INTERVAL;
@@ -1129,6 +1133,36 @@ enum LoopError {
     Kafka(#[from] KafkaError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+}
+
+/// Says how far a replay got every KV_API_REPLAY_PROGRESS_INTERVAL_MS, and when the replica is
+/// ready: a replay of millions of records otherwise shows nothing between
+/// "rebuilding" and ready.
+fn note_replay(progress: &Progress) {
+    match progress.replay_note() {
+        None => {}
+        Some(ReplayNote::Progress(replay)) => {
+            let eta = replay.eta.map(|eta| eta.as_secs());
+            tracing::info!(
+                applied = replay.applied,
+                total = replay.applied + replay.remaining,
+                records_per_second = replay.records_per_second.round() as u64,
+                eta_seconds = eta,
+                "replaying: {} of {} records applied, {:.0} records/s, ready in about {}",
+                replay.applied,
+                replay.applied + replay.remaining,
+                replay.records_per_second,
+                eta.map_or_else(|| "?".to_owned(), |s| format!("{s} s")),
+            );
+        }
+        Some(ReplayNote::Ready(replay)) => tracing::info!(
+            seconds = replay.elapsed.as_secs_f64(),
+            records = replay.applied,
+            "ready after {:.1} s, {} records",
+            replay.elapsed.as_secs_f64(),
+            replay.applied
+        ),
+    }
 }
 
 #[cfg(test)]

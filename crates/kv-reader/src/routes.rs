@@ -25,7 +25,7 @@ use kv_core::web::http::{
 };
 use kv_core::web::json::{field, BASE64};
 use kv_core::web::metrics::metrics_endpoint;
-use kv_core::web::routing::{openapi_document, Endpoint};
+use kv_core::web::routing::{openapi_document, openapi_json_document, Endpoint};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -71,6 +71,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("/admin/v1/snapshot").on(Method::GET, web::to(snapshot)),
         Endpoint::new("/metrics").on(Method::GET, web::to(metrics_endpoint)),
         Endpoint::new("/openapi.yaml").on(Method::GET, openapi_document(OPENAPI)),
+        Endpoint::new("/openapi.json").on(Method::GET, openapi_json_document(OPENAPI)),
     ]
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kv_core::secret::Secret;
-use kv_core::settings::{CoreSettings, Env, SettingsError};
+use kv_core::settings::{CaFile, CoreSettings, Env, SettingsError};
 
 use crate::shard::{peer_urls, ShardSpec};
 
@@ -34,7 +34,8 @@ pub struct Settings {
     /// KAFKA_ENABLE_AUTO_COMMIT: commit progress to the group (after it is in redb).
     pub commit_progress: bool,
     pub commit_interval: Duration,
-    pub schema_registry_url: Option<String>,
+    /// KAFKA_SCHEMA_REGISTRY_URL and how to reach it.
+    pub schema_registry: Option<RegistrySettings>,
     /// Longest a read carrying a consistency token waits for this replica to catch up.
     pub read_your_writes_timeout: Duration,
     /// How often the consumer looks for partitions added to the topic while it runs.
@@ -43,6 +44,8 @@ pub struct Settings {
     pub max_batch_get_bytes: usize,
     /// Most reads waiting for their consistency token at once (503 past it).
     pub max_read_your_writes_waiters: usize,
+    /// KV_API_REPLAY_PROGRESS_INTERVAL_MS: how often a replay logs how far it got.
+    pub replay_progress_interval: Duration,
     /// `KV_API_SHARD`: this reader holds only its shard's partitions and forwards the rest.
     pub shard: Option<Sharding>,
     /// `KV_API_BOOTSTRAP_PEERS`: readers an empty store takes a snapshot from, in order.
@@ -103,7 +106,7 @@ impl Settings {
             group_id: env.required("KAFKA_GROUP_ID")?,
             commit_progress: env.bool("KAFKA_ENABLE_AUTO_COMMIT", true)?,
             commit_interval: env.millis("KAFKA_AUTO_COMMIT_INTERVAL_MS", Duration::from_secs(1))?,
-            schema_registry_url: env.string("KAFKA_SCHEMA_REGISTRY_URL"),
+            schema_registry: RegistrySettings::from_env(env)?,
             read_your_writes_timeout: env
                 .millis("KV_API_READ_YOUR_WRITES_TIMEOUT_MS", Duration::from_secs(5))?,
             partition_discovery_interval: env.millis(
@@ -121,6 +124,8 @@ impl Settings {
                 }
                 bytes => bytes,
             },
+            replay_progress_interval: env
+                .millis("KV_API_REPLAY_PROGRESS_INTERVAL_MS", Duration::from_secs(10))?,
             max_read_your_writes_waiters: match env.number(
                 "KV_API_MAX_READ_YOUR_WRITES_WAITERS",
                 DEFAULT_MAX_READ_YOUR_WRITES_WAITERS,
@@ -322,6 +327,36 @@ impl Default for WatchSettings {
             buffer_bytes: DEFAULT_WATCH_BUFFER_BYTES,
             max_watches: DEFAULT_MAX_WATCHES,
         }
+    }
+}
+
+/// The schema registry a topic's foreign producers framed their records for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    pub url: String,
+    /// KAFKA_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO: `user:password`, Confluent's
+    /// `basic.auth.user.info` (credentials in the URL work too).
+    pub user_info: Option<Secret<String>>,
+    /// KAFKA_SCHEMA_REGISTRY_CA_PEM_LOCATION: authorities trusted beside the system's store.
+    pub ca: Option<CaFile>,
+}
+
+const REGISTRY_USER_INFO: &str = "KAFKA_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO";
+
+impl RegistrySettings {
+    fn from_env(env: &Env) -> Result<Option<Self>, SettingsError> {
+        let Some(url) = env.string("KAFKA_SCHEMA_REGISTRY_URL") else {
+            return Ok(None);
+        };
+        let user_info = env.string(REGISTRY_USER_INFO).map(Secret::new);
+        if user_info.as_ref().is_some_and(|u| !u.expose().contains(':')) {
+            return Err(SettingsError::new(REGISTRY_USER_INFO, "must be user:password"));
+        }
+        Ok(Some(Self {
+            url,
+            user_info,
+            ca: CaFile::from_env(env, "KAFKA_SCHEMA_REGISTRY_CA_PEM_LOCATION")?,
+        }))
     }
 }
 

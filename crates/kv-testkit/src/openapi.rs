@@ -262,4 +262,18 @@ pub async fn assert_served_as_documented(service: &Service, yaml: &str, token: &
         .and_then(|t| t.to_str().ok())
         .is_some_and(|t| t.starts_with("application/yaml")));
     assert_eq!(served.text().await.expect("text"), yaml);
+    let served = http
+        .get(service.url("/openapi.json"))
+        .send()
+        .await
+        .expect("the JSON document");
+    assert_eq!(served.status(), 200);
+    assert!(served
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json")));
+    let json: serde_json::Value = served.json().await.expect("JSON");
+    let from_yaml: serde_json::Value = serde_yaml::from_str(yaml).expect("YAML");
+    assert_eq!(json, from_yaml, "/openapi.json is /openapi.yaml as JSON");
 }

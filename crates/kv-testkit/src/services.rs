@@ -298,8 +298,19 @@ pub fn run_to_exit(
     env: &[(&str, String)],
     timeout: Duration,
 ) -> (Option<i32>, String) {
+    run_command_to_exit(program, &[], env, timeout)
+}
+
+/// As [`run_to_exit`], with command-line arguments.
+pub fn run_command_to_exit(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> (Option<i32>, String) {
     let mut command = Command::new(program);
     command
+        .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .stdin(Stdio::null())
@@ -436,4 +447,69 @@ impl Shards {
             .enumerate()
             .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
     }
+}
+
+/// The checks of the command line both binaries share: `--help` lists every variable of the
+/// role (from the settings catalogue, the table the settings code is checked against),
+/// `--version` the package's, and `check-config` against a broker that is down exits non-zero
+/// naming it.
+pub fn check_command_line(program: &str, role: kv_core::settings::catalogue::Role) {
+    use kv_core::settings::catalogue::VARS;
+    let name = program_name(program);
+    let (code, help) = run_command_to_exit(program, &["--help"], &[], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{name} --help: {help}");
+    for var in VARS.iter().filter(|var| var.group.read_by(role)) {
+        assert!(help.contains(var.name), "{name} --help does not list {}:\n{help}", var.name);
+    }
+    let (code, version) = run_command_to_exit(program, &["--version"], &[], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{name} --version: {version}");
+    assert!(version.starts_with(&format!("{name} ")), "{version}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let down = closed.local_addr().expect("address").to_string();
+    drop(closed);
+    let env = [
+        ("KAFKA_BOOTSTRAP_SERVERS", down.clone()),
+        ("KV_API_KAFKA_KEY_VALUE_TOPIC", "check-config".to_owned()),
+        ("KAFKA_GROUP_ID", "check-config".to_owned()),
+        ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
+    ];
+    let (code, report) =
+        run_command_to_exit(program, &["check-config"], &env, Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{name} check-config: {report}");
+    assert!(report.contains(&format!("FAIL  broker: {down}")), "{report}");
+    assert!(report.contains("check-config failed: broker"), "{report}");
+    let (code, unknown) = run_command_to_exit(program, &["frobnicate"], &[], Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{name} frobnicate: {unknown}");
+}
+
+/// `healthcheck` against `service` (exit 0 once it is ready) and against a port nothing
+/// listens on (exit 1).
+pub async fn check_healthcheck(program: &str, service: &Service) {
+    let address = service.base_url.trim_start_matches("http://").to_owned();
+    let (code, output) = run_command_to_exit(
+        program,
+        &["healthcheck", "--live"],
+        &[("KV_API_LISTEN", address.clone())],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(0), "healthcheck --live of a running service: {output}");
+    crate::eventually("healthcheck exits 0 for the ready service", crate::DEADLINE, || {
+        let env = [("KV_API_LISTEN", address.clone())];
+        async move {
+            let (code, _) =
+                run_command_to_exit(program, &["healthcheck"], &env, Duration::from_secs(10));
+            (code == Some(0)).then_some(())
+        }
+    })
+    .await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let down = closed.local_addr().expect("address").to_string();
+    drop(closed);
+    let (code, output) = run_command_to_exit(
+        program,
+        &["healthcheck"],
+        &[("KV_API_LISTEN", down)],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(1), "healthcheck of nothing: {output}");
 }

@@ -1,19 +1,42 @@
 use std::process::ExitCode;
 
-use kv_core::settings::Env;
+use kv_core::cli::{self, Command};
+use kv_core::settings::catalogue::Role;
+use kv_core::settings::{listen_address, Env};
 use kv_writer::{App, Settings};
 
-#[actix_web::main]
-async fn main() -> ExitCode {
-    let settings = match Env::from_process()
-        .and_then(|env| Settings::from_env(&env).map_err(|error| env.locate(error)))
-    {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("kv-writer: invalid configuration: {error}");
-            return ExitCode::from(2);
-        }
+fn main() -> ExitCode {
+    let command = cli::parse(Role::Writer, "kv-writer", env!("CARGO_PKG_VERSION"), ABOUT);
+    let env = match Env::from_process() {
+        Ok(env) => env,
+        Err(error) => return invalid(&error),
     };
+    if let Command::Healthcheck { live } = command {
+        return match listen_address(&env) {
+            Ok(listen) => cli::healthcheck(&listen, live),
+            Err(error) => invalid(&env.locate(error)),
+        };
+    }
+    let settings = match Settings::from_env(&env) {
+        Ok(settings) => settings,
+        Err(error) => return invalid(&env.locate(error)),
+    };
+    actix_web::rt::System::new().block_on(async move {
+        match command {
+            Command::CheckConfig => App::check(&settings).await,
+            Command::Serve | Command::Healthcheck { .. } => serve(settings).await,
+        }
+    })
+}
+
+const ABOUT: &str = "Takes key-value writes over HTTP and produces them to the Kafka topic. Configured by the environment (below).";
+
+fn invalid(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("kv-writer: invalid configuration: {error}");
+    ExitCode::from(2)
+}
+
+async fn serve(settings: Settings) -> ExitCode {
     kv_core::telemetry::init(&settings.core.log);
     let app = match App::build(settings).await {
         Ok(app) => app,

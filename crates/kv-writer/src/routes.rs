@@ -9,7 +9,7 @@ use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::{key_from_path, parse_query, started, JsonBody, JsonLimit};
 use kv_core::web::metrics::metrics_endpoint;
-use kv_core::web::routing::{openapi_document, Endpoint};
+use kv_core::web::routing::{openapi_document, openapi_json_document, Endpoint};
 
 use crate::batch;
 use crate::input::{check_key, Encoding, MaxTtl, RawWrite, WriteInput};
@@ -44,6 +44,7 @@ pub fn endpoints(batch_limit: usize) -> Vec<Endpoint> {
         Endpoint::new("/healthz/ready").on(Method::GET, web::to(ready)),
         Endpoint::new("/metrics").on(Method::GET, web::to(metrics_endpoint)),
         Endpoint::new("/openapi.yaml").on(Method::GET, openapi_document(OPENAPI)),
+        Endpoint::new("/openapi.json").on(Method::GET, openapi_json_document(OPENAPI)),
     ]
 }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::env::{Env, SettingsError};
+use super::tls::CaFile;
 
 /// OpenID Connect bearer-token settings, named as in the original service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub struct OidcSettings {
     pub audience: Option<String>,
     pub require_https_metadata: bool,
     pub validate_external_certificates: bool,
+    /// OIDC_CA_PEM_LOCATION: authorities trusted for the provider beside the system's store.
+    pub ca: Option<CaFile>,
     pub jwks_uri: Option<String>,
     pub token_endpoint: Option<String>,
     pub authorization_endpoint: Option<String>,
@@ -73,6 +76,7 @@ impl AuthSettings {
             require_https_metadata: env.bool("OIDC_REQUIRE_HTTPS_METADATA", true)?,
             validate_external_certificates: env
                 .bool("OIDC_HTTPCLIENT_VALIDATE_EXTERNAL_CERTIFICATES", true)?,
+            ca: CaFile::from_env(env, "OIDC_CA_PEM_LOCATION")?,
             jwks_uri: env.string("OIDC_JWKS_URI"),
             token_endpoint: env.string("OIDC_TOKEN_ENDPOINT"),
             authorization_endpoint: env.string("OIDC_AUTHORIZATION_ENDPOINT"),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat, Source, Value, ValueKind};
 
+use super::catalogue;
 use crate::secret::Secret;
 
 /// A setting that is missing or malformed. `Display` names the variable, so a start-up failure
@@ -108,17 +109,22 @@ impl Env {
     }
 
     /// The variable's value, or `None` when unset or empty.
+    #[track_caller]
     pub fn string(&self, var: &str) -> Option<String> {
+        catalogue::check(var, None);
         self.vars.get_string(&var.to_ascii_lowercase()).ok()
     }
 
+    #[track_caller]
     pub fn required(&self, var: &str) -> Result<String, SettingsError> {
         self.string(var)
             .ok_or_else(|| SettingsError::new(var, "is required but not set"))
     }
 
     /// Accepts the spellings .NET and shells use: true/false, 1/0, yes/no, on/off, any case.
+    #[track_caller]
     pub fn bool(&self, var: &str, default: bool) -> Result<bool, SettingsError> {
+        catalogue::check(var, Some(&default));
         let Some(raw) = self.string(var) else {
             return Ok(default);
         };
@@ -132,11 +138,13 @@ impl Env {
         }
     }
 
+    #[track_caller]
     pub fn number<T>(&self, var: &str, default: T) -> Result<T, SettingsError>
     where
-        T: FromStr,
+        T: FromStr + fmt::Display,
         T::Err: fmt::Display,
     {
+        catalogue::check(var, Some(&default));
         match self.string(var) {
             None => Ok(default),
             Some(raw) => raw.trim().parse().map_err(|e| {
@@ -146,6 +154,7 @@ impl Env {
     }
 
     /// A duration given in whole milliseconds, which must be positive.
+    #[track_caller]
     pub fn millis(&self, var: &str, default: Duration) -> Result<Duration, SettingsError> {
         let default_ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
         match self.number::<u64>(var, default_ms)? {

@@ -5,16 +5,19 @@
 //! binaries need; each binary adds its own role's settings on top.
 
 mod auth;
+pub mod catalogue;
 mod encryption;
 mod env;
 mod kafka;
 mod log;
+mod tls;
 
 pub use auth::{AuthSettings, OidcSettings, ASYMMETRIC_ALGORITHMS};
 pub use encryption::TopicEncryption;
 pub use env::{read_first_line, Env, SettingsError, CONFIG_FILE_VAR};
 pub use kafka::KafkaProperties;
 pub use log::{LogFormat, LogSettings};
+pub use tls::{client_trusting, CaFile};
 
 /// What both binaries need.
 #[derive(Debug, Clone)]
@@ -53,7 +56,7 @@ const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 
 /// KV_API_LISTEN (`host:port`) wins; otherwise the first `http://` entry of ASPNETCORE_URLS, the
 /// original's variable (`http://+:8080;https://...`), where `+` and `*` mean every interface.
-fn listen_address(env: &Env) -> Result<String, SettingsError> {
+pub fn listen_address(env: &Env) -> Result<String, SettingsError> {
     if let Some(listen) = env.string("KV_API_LISTEN") {
         return parse_host_port("KV_API_LISTEN", &listen);
     }
@@ -177,12 +180,27 @@ mod tests {
 
     #[test]
     fn dotnet_spellings_of_bools_are_accepted() {
-        let env = env(&[("A", "True"), ("B", "FALSE"), ("C", "1"), ("D", "off")]);
-        assert!(env.bool("A", false).expect("A"));
-        assert!(!env.bool("B", true).expect("B"));
-        assert!(env.bool("C", false).expect("C"));
-        assert!(!env.bool("D", true).expect("D"));
-        assert!(env.bool("UNSET", true).expect("default"));
+        // Each variable with its own default, so that the value read is never the default.
+        let (off, on) = ("KV_API_DISABLE_API_AUTH", "KAFKA_ENABLE_AUTO_COMMIT");
+        for raw in ["True", "1", "yes", "ON"] {
+            assert!(env(&[(off, raw)]).bool(off, false).expect(raw), "{raw}");
+        }
+        for raw in ["FALSE", "0", "no", "off"] {
+            assert!(!env(&[(on, raw)]).bool(on, true).expect(raw), "{raw}");
+        }
+        assert!(env(&[]).bool(on, true).expect("default"));
+    }
+
+    #[test]
+    fn every_variable_of_the_catalogue_is_documented() {
+        let reference = include_str!("../../../../docs/configuration.md");
+        for var in catalogue::VARS {
+            assert!(
+                reference.contains(&format!("`{}`", var.name)),
+                "{} is missing from docs/configuration.md",
+                var.name
+            );
+        }
     }
 
     #[test]

@@ -293,7 +293,7 @@ impl Authenticator {
                     .map_err(|_| DiscoveryError::Config(format!("unknown algorithm {name}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let http = reqwest::Client::builder()
+        let http = crate::settings::client_trusting(settings.ca.as_ref())
             .danger_accept_invalid_certs(!settings.validate_external_certificates)
             .timeout(Duration::from_secs(10))
             .build()

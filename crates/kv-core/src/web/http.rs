@@ -76,9 +76,14 @@ fn correlation_id_from(request: &ServiceRequest) -> Result<CorrelationId, ApiErr
     }
 }
 
+/// The target of the access log: one line per request at info (`RUST_LOG=info,kv_access=off`
+/// turns it off).
+pub const ACCESS_LOG_TARGET: &str = "kv_access";
+
 /// Gives every request a correlation id and echoes it on every response, errors included. The
 /// rest of the request runs in a `request` span carrying that id, so every log line of a request
-/// can be found by it.
+/// can be found by it; the access log line (method, route pattern, status, duration and the id,
+/// never the path, which holds the key) is written when the answer's head is ready.
 pub async fn correlation_id_middleware(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -108,11 +113,20 @@ pub async fn correlation_id_middleware(
         // middleware reuses this match instead of making its own.
         extensions.insert(route);
     }
+    let started = std::time::Instant::now();
     let mut response = next
         .call(request)
-        .instrument(span)
+        .instrument(span.clone())
         .await?
         .map_into_left_body();
+    span.in_scope(|| {
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "answered"
+        );
+    });
     // A handler may answer with the correlation id of what it serves (a reader returns the
     // stored record's); otherwise the request's id is echoed.
     if let Some(header) = header {
@@ -509,6 +523,49 @@ mod tests {
             !logs.contains("secret-key"),
             "keys must not reach the logs: {logs}"
         );
+    }
+
+    #[actix_web::test]
+    async fn every_request_gets_one_access_log_line_with_its_status_and_duration_but_not_its_key() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _subscriber = tracing::subscriber::set_default(subscriber);
+        let app = test::init_service(App::new().wrap(from_fn(correlation_id_middleware)).route(
+            "/kv/{key:.*}",
+            web::get().to(|| async { HttpResponse::NotFound().finish() }),
+        ))
+        .await;
+        test::call_service(
+            &app,
+            test::TestRequest::get()
+                .uri("/kv/secret-key")
+                .insert_header(("X-Correlation-Id", "access-1"))
+                .to_request(),
+        )
+        .await;
+
+        let logs =
+            String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
+        let lines: Vec<serde_json::Value> = logs
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON log line"))
+            .filter(|line: &serde_json::Value| line["target"] == ACCESS_LOG_TARGET)
+            .collect();
+        assert_eq!(lines.len(), 1, "{logs}");
+        let line = &lines[0];
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert_eq!(line["status"], 404, "{line}");
+        assert!(line["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
+        assert_eq!(line["span"]["correlation_id"], "access-1", "{line}");
+        assert_eq!(line["span"]["method"], "GET", "{line}");
+        assert_eq!(line["span"]["route"], "/kv/{key:.*}", "{line}");
+        assert!(!logs.contains("secret-key"), "keys must not reach the logs: {logs}");
     }
 
     #[actix_web::test]

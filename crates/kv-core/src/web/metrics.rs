@@ -1,5 +1,6 @@
-//! Prometheus metrics both binaries expose at `/metrics`: HTTP requests and build info. Each
-//! binary registers its own role's metrics on the same [`Metrics::registry`].
+//! Prometheus metrics both binaries expose at `/metrics`: HTTP requests, build info and the
+//! process's own (`process_*`: CPU, resident memory, open file descriptors). Each binary
+//! registers its own role's metrics on the same [`Metrics::registry`].
 
 use std::time::Instant;
 
@@ -63,6 +64,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry
                 .register(collector)

@@ -300,6 +300,24 @@ pub fn openapi_document(yaml: &'static str) -> Route {
     })
 }
 
+/// The same document as JSON (`GET /openapi.json`), for tools that read no YAML; converted once
+/// when the routes are built, from the one YAML source.
+pub fn openapi_json_document(yaml: &'static str) -> Route {
+    let json = web::Bytes::from(
+        serde_yaml::from_str::<serde_json::Value>(yaml)
+            .map(|document| serde_json::to_vec(&document).unwrap_or_default())
+            .unwrap_or_else(|e| unreachable!("the embedded OpenAPI document is YAML: {e}")),
+    );
+    web::get().to(move || {
+        let json = json.clone();
+        async move {
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(json)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

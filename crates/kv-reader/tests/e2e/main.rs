@@ -2,6 +2,7 @@
 //! writes, the real kv-writer beside it). One test binary, so actix and rdkafka link once.
 
 mod at_rest;
+mod cli;
 mod auth;
 mod metrics;
 mod openapi;

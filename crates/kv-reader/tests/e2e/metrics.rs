@@ -163,6 +163,14 @@ async fn after_writes_and_reads_both_services_report_their_role_metrics() {
     );
 
     let writer_metrics = metrics_of(&http, &writer).await;
+    for (service, text) in [("reader", &reader_metrics), ("writer", &writer_metrics)] {
+        for process in ["process_resident_memory_bytes", "process_open_fds"] {
+            assert!(
+                sample(text, process, &[]).is_some_and(|v| v > 0.0),
+                "{service} has no {process}: {text}"
+            );
+        }
+    }
     assert_eq!(
         sample(
             &writer_metrics,

@@ -608,3 +608,61 @@ async fn a_schema_registered_while_the_reader_runs_is_stripped_at_once() {
         b"\x00\x00\x00\x00\x63{\"e\":5}"
     );
 }
+
+#[tokio::test]
+async fn a_long_replay_logs_its_progress_and_when_it_is_ready_and_shows_both_as_metrics() {
+    const RECORDS: usize = 200_000;
+    let broker = Broker::start();
+    let topic = broker.create_topic("replay-progress", 3).await;
+    let records: Vec<RawRecord> = mixed_records(RECORDS, 50_000)
+        .into_iter()
+        .map(|(key, value)| RawRecord {
+            key: Some(key),
+            value,
+            correlation_id: None,
+        })
+        .collect();
+    produce_raw(&broker.bootstrap_servers(), &topic, &records).await;
+    let mut env = reader_env(&broker, &topic, "replay-progress");
+    env.push(("KV_API_REPLAY_PROGRESS_INTERVAL_MS", "200".to_owned()));
+    let reader = Service::start(READER, &env);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &reader).await;
+    let output = eventually("the ready line", DEADLINE, || async {
+        let output = reader.output();
+        output.contains("ready after").then_some(output)
+    })
+    .await;
+    let total = format!("of {RECORDS} records applied");
+    let progress = output
+        .lines()
+        .find(|line| line.contains("replaying: ") && line.contains(&total))
+        .unwrap_or_else(|| panic!("no progress line saying {total:?}:\n{output}"));
+    assert!(
+        progress.contains("records/s") && progress.contains("ready in about"),
+        "{progress}"
+    );
+    assert!(
+        output.contains(&format!(", {RECORDS} records")),
+        "the ready line counts every record: {output}"
+    );
+    let metrics = http
+        .get(reader.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} is missing: {metrics}"))
+    };
+    assert!(value("kv_reader_ready_after_seconds") > 0.0);
+    assert!(value("kv_reader_replay_records_per_second") > 0.0);
+    assert_eq!(value("kv_reader_replay_remaining_records"), 0.0);
+    assert_eq!(value("kv_reader_replay_eta_seconds"), 0.0);
+}

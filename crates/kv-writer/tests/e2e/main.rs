@@ -1,6 +1,7 @@
 //! kv-writer end to end: the real binary against a real broker process, and in-process against
 //! librdkafka's MockCluster for injected faults. One test binary, so actix and rdkafka link once.
 
+mod cli;
 mod injected_faults;
 mod openapi;
 mod outage;

@@ -1,0 +1,259 @@
+//! The command line both binaries share: `serve` (the default), `check-config` and
+//! `healthcheck`, with `--help` listing every variable from [`crate::settings::catalogue`].
+//! Configuration stays in the environment; the command line only picks what to do with it.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::kafka::{client_config, topic_config, topic_config_problems, ClientRole};
+use crate::settings::catalogue::{self, Role};
+use crate::settings::CoreSettings;
+use crate::web::auth::AuthGate;
+
+#[derive(Debug, Parser)]
+#[command(disable_help_subcommand = true)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What the binary was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Serve (the default): read the environment, connect, answer HTTP.
+    Serve,
+    /// Validate the environment and reach the broker, the topic, the OpenID provider (and, for
+    /// kv-reader, the schema registry); print what was found; exit 1 naming what failed.
+    CheckConfig,
+    /// GET the readiness endpoint of the service on KV_API_LISTEN; exit 0 when ready, 1
+    /// otherwise. For container health checks that have no curl.
+    Healthcheck {
+        /// Probe liveness (/healthz/live) instead of readiness.
+        #[arg(long)]
+        live: bool,
+    },
+}
+
+/// Parses the command line; `--help`, `--version` and a bad argument print and exit here.
+pub fn parse(role: Role, name: &'static str, version: &'static str, about: &'static str) -> Command {
+    let command = Args::command()
+        .name(name)
+        .bin_name(name)
+        .version(version)
+        .about(about)
+        .after_help(catalogue::help(role));
+    let matches = command.get_matches();
+    match Args::from_arg_matches(&matches) {
+        Ok(args) => args.command.unwrap_or(Command::Serve),
+        Err(error) => error.exit(),
+    }
+}
+
+/// What `check-config` found: one line per check, printed as they complete.
+#[derive(Debug, Default)]
+pub struct Report {
+    failed: Vec<&'static str>,
+}
+
+impl Report {
+    pub fn ok(&mut self, what: &'static str, found: impl std::fmt::Display) {
+        println!("ok    {what}: {found}");
+    }
+
+    pub fn warn(&mut self, what: &'static str, found: impl std::fmt::Display) {
+        println!("WARN  {what}: {found}");
+    }
+
+    pub fn fail(&mut self, what: &'static str, error: impl std::fmt::Display) {
+        println!("FAIL  {what}: {error}");
+        self.failed.push(what);
+    }
+
+    pub fn skip(&mut self, what: &'static str, why: impl std::fmt::Display) {
+        println!("skip  {what}: {why}");
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        if self.failed.is_empty() {
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        } else {
+            let mut failed = String::new();
+            for (i, what) in self.failed.iter().enumerate() {
+                let _ = write!(failed, "{}{what}", if i == 0 { "" } else { ", " });
+            }
+            eprintln!("check-config failed: {failed}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long `check-config` waits for the broker's answers.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The checks both roles make: the brokers and the topic (its partitions, then its
+/// configuration), then the OpenID provider. `service` names the binary in the provider's log.
+pub async fn check_shared(core: &CoreSettings, service: &str, report: &mut Report) {
+    let servers = core.kafka.bootstrap_servers().to_owned();
+    let (properties, topic) = (core.kafka.clone(), core.topic.clone());
+    let metadata = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&[], &properties, ClientRole::Consumer).create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), BROKER_TIMEOUT)?;
+        let brokers = metadata.brokers().len();
+        let partitions = metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().len());
+        Ok::<_, rdkafka::error::KafkaError>((brokers, partitions))
+    })
+    .await;
+    match metadata {
+        Ok(Ok((brokers, partitions))) => {
+            report.ok("broker", format!("{servers}: {brokers} broker(s) in the cluster"));
+            match partitions {
+                Some(n) if n > 0 => report.ok("topic", format!("{}: {n} partition(s)", core.topic)),
+                _ => report.fail("topic", format!("{} does not exist on {servers}", core.topic)),
+            }
+        }
+        Ok(Err(error)) => report.fail("broker", format!("{servers}: {error}")),
+        Err(error) => report.fail("broker", format!("{servers}: {error}")),
+    }
+    match topic_config(&core.kafka, &core.topic, BROKER_TIMEOUT).await {
+        Ok(config) => {
+            let problems = topic_config_problems(&config);
+            let found = format!(
+                "cleanup.policy={} retention.ms={}",
+                config.get("cleanup.policy").map_or("?", String::as_str),
+                config.get("retention.ms").map_or("?", String::as_str)
+            );
+            match (problems.is_empty(), core.require_compacted_topic) {
+                (true, _) => report.ok("topic configuration", found),
+                (false, true) => report.fail("topic configuration", problems.join("; ")),
+                (false, false) => report.warn("topic configuration", problems.join("; ")),
+            }
+        }
+        Err(error) if core.require_compacted_topic => {
+            report.fail("topic configuration", format!("cannot be read: {error}"));
+        }
+        Err(error) => report.warn("topic configuration", format!("cannot be read: {error}")),
+    }
+    if core.auth.disabled {
+        report.skip("OpenID provider", "KV_API_DISABLE_API_AUTH=true");
+    } else {
+        let issuer = core.auth.oidc.idp_address_for_server.clone().unwrap_or_default();
+        match AuthGate::from_settings(&core.auth, service).await {
+            Ok(_) => report.ok("OpenID provider", format!("{issuer}: discovered, keys fetched")),
+            Err(error) => report.fail("OpenID provider", format!("{issuer}: {error}")),
+        }
+    }
+}
+
+/// How long `healthcheck` waits for the service; container health checks have their own timeout.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `healthcheck`: GETs the readiness (or liveness) endpoint on the address the service listens
+/// on, every interface meaning loopback. Plain HTTP/1.1 by hand: the check must not need more
+/// than the binary itself. Both binaries answer the same endpoints, so either one checks
+/// either service (the image's HEALTHCHECK relies on it).
+pub fn healthcheck(listen: &str, live: bool) -> ExitCode {
+    let path = if live { "/healthz/live" } else { "/healthz/ready" };
+    match probe(listen, path) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("healthcheck: {path} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("healthcheck: {listen}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(listen: &str, path: &str) -> std::io::Result<u16> {
+    let address = own_address(listen)?;
+    let mut stream = TcpStream::connect_timeout(&address, HEALTHCHECK_TIMEOUT)?;
+    stream.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+    stream.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    // The status line is all that is needed; a readiness body is small anyway.
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        match stream.read(&mut head[read..])? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..read]);
+    line.split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {line:?}")))
+}
+
+fn own_address(listen: &str) -> std::io::Result<SocketAddr> {
+    let mut address = listen
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    if address.ip().is_unspecified() {
+        address.set_ip(if address.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Ok(address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_interface_is_probed_on_loopback() {
+        assert_eq!(
+            own_address("0.0.0.0:8080").expect("address").to_string(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(
+            own_address("[::]:9").expect("address").to_string(),
+            "[::1]:9"
+        );
+    }
+
+    #[test]
+    fn a_closed_port_is_an_unhealthy_service() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        drop(listener);
+        assert!(probe(&address.to_string(), "/healthz/ready").is_err());
+    }
+
+    #[test]
+    fn the_status_of_the_answer_decides() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 256];
+            let _ = stream.read(&mut request);
+            stream
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .expect("answer");
+        });
+        assert_eq!(probe(&address.to_string(), "/healthz/ready").expect("probe"), 503);
+        server.join().expect("server");
+    }
+}
