@@ -6,6 +6,8 @@ FROM rust:1.90-bookworm AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         cmake=3.25.1-1 \
+        libcurl4-openssl-dev=7.88.1-10+deb12u15 \
+        libsasl2-dev=2.1.28+dfsg-10+deb12u1 \
         libssl-dev=3.0.22-1~deb12u2 \
         pkg-config=1.8.1-1 \
         zlib1g-dev=1:1.2.13.dfsg-1+deb12u1 \
@@ -21,7 +23,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && mkdir -p /out \
     && cp target/release/kv-writer target/release/kv-reader /out/
 
-# Slim rather than distroless: librdkafka links the system's OpenSSL and zlib. The health
+# Slim rather than distroless: librdkafka links the system's OpenSSL, zlib, Cyrus SASL (GSSAPI)
+# and libcurl (OAUTHBEARER's OIDC token fetch). The health
 # check is the binary's own (`healthcheck`), so the image carries no curl.
 FROM debian:bookworm-slim
 ARG VERSION=0.1.0
@@ -35,6 +38,9 @@ LABEL org.opencontainers.image.title="kafka-kv" \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         ca-certificates=20250419~deb12u2 \
+        libcurl4=7.88.1-10+deb12u15 \
+        libsasl2-2=2.1.28+dfsg-10+deb12u1 \
+        libsasl2-modules-gssapi-mit=2.1.28+dfsg-10+deb12u1 \
         libssl3=3.0.22-1~deb12u2 \
         zlib1g=1:1.2.13.dfsg-1+deb12u1 \
     && rm -rf /var/lib/apt/lists/* \
