@@ -1,6 +1,7 @@
 //! Fault and abuse drills that centre on the writer (docs/reliability.md). Ignored by
 //! `cargo test`; `make drills` runs them one at a time and prints each figure.
 
+mod batch_restart;
 mod broker_outage;
 mod hardening;
 mod http_abuse;
