@@ -34,6 +34,8 @@ pub struct ReplicaCollector {
     rebuilds: IntCounter,
     store_keys: IntGauge,
     store_file_size: IntGauge,
+    store_writable: IntGauge,
+    store_full_stops: IntCounter,
     consumer_alive: IntGauge,
     ready: IntGauge,
     misconfigured: IntGaugeVec,
@@ -107,6 +109,16 @@ impl ReplicaCollector {
                 "kv_reader_store_file_size_bytes",
                 "Size of the replica's store file (disk storage only)",
             )?,
+            store_writable: IntGauge::new(
+                "kv_reader_store_writable",
+                "1 while the store has room for what the replica applies; 0 while a disk \
+                 replica stopped applying because its file system has less free space than \
+                 the next batch needs plus KV_API_STATE_STORAGE_MIN_FREE_MB",
+            )?,
+            store_full_stops: IntCounter::new(
+                "kv_reader_store_full_stops_total",
+                "Times the replica stopped applying for want of room in its store",
+            )?,
             consumer_alive: IntGauge::new(
                 "kv_reader_consumer_alive",
                 "1 while the consumer loop runs; 0 once it died (liveness then fails)",
@@ -156,8 +168,10 @@ impl ReplicaCollector {
     }
 
     /// Every metric but the store file's size, which exists only on disk.
-    fn metrics(&self) -> [&dyn Collector; 17] {
+    fn metrics(&self) -> [&dyn Collector; 19] {
         [
+            &self.store_writable,
+            &self.store_full_stops,
             &self.applied_offset,
             &self.end_offset,
             &self.lag,
@@ -201,6 +215,9 @@ impl ReplicaCollector {
         catch_up(&self.tombstones_applied, report.tombstones_applied);
         catch_up(&self.rebuilds, report.rebuilds);
         catch_up(&self.misrouted, report.misrouted_records);
+        catch_up(&self.store_full_stops, report.store_full_stops);
+        self.store_writable
+            .set(i64::from(report.store_full.is_none()));
         let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.bootstrap_entries
             .set(as_gauge(self.import.entries.load(Ordering::Relaxed)));

@@ -11,6 +11,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod reader;
 pub mod services;
+pub mod tmpfs;
 pub mod topic;
 
 use std::net::TcpListener;
