@@ -5,6 +5,7 @@ mod batch_restart;
 mod broker_outage;
 mod hardening;
 mod http_abuse;
+mod network_faults;
 mod token_attacks;
 
 /// The binary under test, as cargo built it for this test.
