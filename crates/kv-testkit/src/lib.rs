@@ -8,6 +8,7 @@ pub mod netns;
 pub mod oidc;
 pub mod openapi;
 pub mod poll;
+pub mod procfs;
 pub mod prometheus;
 pub mod proxy;
 pub mod reader;
