@@ -125,8 +125,8 @@ impl ReplicaCollector {
             )?,
             ready: IntGauge::new(
                 "kv_reader_ready",
-                "1 once every partition reached the end offset seen at start-up and records \
-                 are not all refused for a configuration reason",
+                "1 once every partition reached the end offset seen at start-up, records \
+                 are not all refused for a configuration reason and the store has room",
             )?,
             misconfigured: IntGaugeVec::new(
                 Opts::new(

@@ -1,4 +1,4 @@
-//! Drill 12 (docs/reliability.md): a disk replica whose file system fills up. The store lives on
+//! Drill 11 (docs/reliability.md): a disk replica whose file system fills up. The store lives on
 //! a 64 MiB tmpfs of the drill's own; once it holds a first set of keys, a filler file takes the
 //! space down below the reader's reserve while writes go on. The reader must stop applying and
 //! say so (readiness `503 store_full` naming the path, `kv_reader_store_writable 0`, an error

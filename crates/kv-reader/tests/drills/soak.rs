@@ -1,4 +1,4 @@
-//! Drill 15 (docs/reliability.md): a soak. One writer and two readers with auth on (a real
+//! Drill 14 (docs/reliability.md): a soak. One writer and two readers with auth on (a real
 //! OpenID provider, scopes per operation) take mixed load for `KV_SOAK_SECONDS` (180 by
 //! default, for CI; 1200 for the long run): puts each followed by a read carrying the write's
 //! consistency token on either reader, deletes each followed by such a read, batch gets and

@@ -1,4 +1,4 @@
-//! Drill 11 (docs/reliability.md): the broker is killed and started again while clients post
+//! Drill 10 (docs/reliability.md): the broker is killed and started again while clients post
 //! `POST /v1/kv:batch` requests of 1 000 items one after the other. Every item answered `2xx`
 //! must be on the topic exactly once, where its answer said, and the acknowledged items of a
 //! batch must sit on each partition in the order they came in the batch; every other item must

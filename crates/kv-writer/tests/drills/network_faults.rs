@@ -1,4 +1,4 @@
-//! Drills 13 and 14 (docs/reliability.md): the network between the services and the broker
+//! Drills 12 and 13 (docs/reliability.md): the network between the services and the broker
 //! fails while clients write and read. A writer and a reader run against the broker; write
 //! clients `PUT` their own keys one after the other (a write not answered `2xx` is retried on
 //! the same key with a new value), read clients read keys written before the fault. Then:
