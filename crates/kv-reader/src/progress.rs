@@ -982,4 +982,22 @@ mod tests {
         assert!(!report.ready);
         assert_eq!(report.misconfiguration.map(|m| m.reason), Some("wrong_key"));
     }
+
+    #[test]
+    fn a_replica_out_of_room_is_not_ready_until_the_room_is_back_and_each_stop_counts() {
+        let progress = one_partition(0, 0);
+        progress.set_store_full(Some(StoreFull {
+            path: "/data/kv-reader.redb".to_owned(),
+            free_bytes: 1,
+            needed_bytes: 2,
+            message: "full".to_owned(),
+        }));
+        let report = progress.report();
+        assert!(!report.ready);
+        assert_eq!(report.store_full_stops, 1);
+        progress.set_store_full(None);
+        let report = progress.report();
+        assert!(report.ready && report.store_full.is_none());
+        assert_eq!(report.store_full_stops, 1);
+    }
 }

@@ -431,6 +431,16 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_store_keeps_64_mib_free_unless_told_otherwise() {
+        assert_eq!(
+            settings(&[]).expect("settings").storage_min_free_bytes,
+            64 << 20
+        );
+        let told = settings(&[("KV_API_STATE_STORAGE_MIN_FREE_MB", "8")]).expect("settings");
+        assert_eq!(told.storage_min_free_bytes, 8 << 20);
+    }
+
+    #[test]
     fn read_your_writes_waiters_are_bounded_at_ten_thousand_unless_told_otherwise() {
         assert_eq!(
             settings(&[])
