@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 install_test_tools
+# `ip netns` for the partition drill (it also needs root or CAP_NET_ADMIN, and says so).
+apt_install iproute2
 KV_SCHEMATHESIS=$(scripts/install-schemathesis.sh)
 export KV_SCHEMATHESIS
 

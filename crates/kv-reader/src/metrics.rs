@@ -34,6 +34,8 @@ pub struct ReplicaCollector {
     rebuilds: IntCounter,
     store_keys: IntGauge,
     store_file_size: IntGauge,
+    store_writable: IntGauge,
+    store_full_stops: IntCounter,
     consumer_alive: IntGauge,
     ready: IntGauge,
     misconfigured: IntGaugeVec,
@@ -111,14 +113,24 @@ impl ReplicaCollector {
                 "kv_reader_store_file_size_bytes",
                 "Size of the replica's store file (disk storage only)",
             )?,
+            store_writable: IntGauge::new(
+                "kv_reader_store_writable",
+                "1 while the store has room for what the replica applies; 0 while a disk \
+                 replica stopped applying because its file system has less free space than \
+                 the next batch needs plus KV_API_STATE_STORAGE_MIN_FREE_MB",
+            )?,
+            store_full_stops: IntCounter::new(
+                "kv_reader_store_full_stops_total",
+                "Times the replica stopped applying for want of room in its store",
+            )?,
             consumer_alive: IntGauge::new(
                 "kv_reader_consumer_alive",
                 "1 while the consumer loop runs; 0 once it died (liveness then fails)",
             )?,
             ready: IntGauge::new(
                 "kv_reader_ready",
-                "1 once every partition reached the end offset seen at start-up and records \
-                 are not all refused for a configuration reason",
+                "1 once every partition reached the end offset seen at start-up, records \
+                 are not all refused for a configuration reason and the store has room",
             )?,
             misconfigured: IntGaugeVec::new(
                 Opts::new(
@@ -177,8 +189,10 @@ impl ReplicaCollector {
     }
 
     /// Every metric but the store file's size, which exists only on disk.
-    fn metrics(&self) -> [&dyn Collector; 21] {
+    fn metrics(&self) -> [&dyn Collector; 23] {
         [
+            &self.store_writable,
+            &self.store_full_stops,
             &self.applied_offset,
             &self.end_offset,
             &self.lag,
@@ -226,6 +240,9 @@ impl ReplicaCollector {
         catch_up(&self.tombstones_applied, report.tombstones_applied);
         catch_up(&self.rebuilds, report.rebuilds);
         catch_up(&self.misrouted, report.misrouted_records);
+        catch_up(&self.store_full_stops, report.store_full_stops);
+        self.store_writable
+            .set(i64::from(report.store_full.is_none()));
         let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.bootstrap_entries
             .set(as_gauge(self.import.entries.load(Ordering::Relaxed)));

@@ -194,6 +194,16 @@ pub struct Misconfiguration {
     pub message: String,
 }
 
+/// Why a disk replica stopped applying records: its file system lacks the room the next batch
+/// needs (see `replica::Worker::wait_for_room`). It resumes by itself once the room is there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreFull {
+    pub path: String,
+    pub free_bytes: u64,
+    pub needed_bytes: u64,
+    pub message: String,
+}
+
 #[derive(Debug)]
 pub struct Progress {
     partitions: Mutex<BTreeMap<i32, PartitionProgress>>,
@@ -204,6 +214,9 @@ pub struct Progress {
     waiters: Mutex<Waiters>,
     max_waiters: usize,
     misconfiguration: Mutex<Option<Misconfiguration>>,
+    store_full: Mutex<Option<StoreFull>>,
+    /// Times the replica stopped applying for want of room in its store.
+    store_full_stops: AtomicU64,
     alive: AtomicBool,
     /// Partitions were assigned (a shard may hold none of them).
     started: AtomicBool,
@@ -285,6 +298,8 @@ impl Progress {
             waiters: Mutex::default(),
             max_waiters,
             misconfiguration: Mutex::default(),
+            store_full: Mutex::default(),
+            store_full_stops: AtomicU64::new(0),
             alive: AtomicBool::new(true),
             started: AtomicBool::new(false),
             skipped: Mutex::default(),
@@ -379,6 +394,9 @@ pub struct Report {
     pub tombstones_applied: u64,
     /// Set while the replica refuses every record it reads for a configuration reason.
     pub misconfiguration: Option<Misconfiguration>,
+    /// Set while the replica does not apply records for want of room in its store.
+    pub store_full: Option<StoreFull>,
+    pub store_full_stops: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -412,6 +430,24 @@ impl Progress {
             .unwrap_or_else(PoisonError::into_inner) = misconfiguration;
     }
 
+    pub fn store_full(&self) -> Option<StoreFull> {
+        self.store_full
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sets or clears why the replica stopped applying; each stop is counted.
+    pub(crate) fn set_store_full(&self, store_full: Option<StoreFull>) {
+        if store_full.is_some() {
+            self.store_full_stops.fetch_add(1, Ordering::Relaxed);
+        }
+        *self
+            .store_full
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = store_full;
+    }
+
     /// Reads waiting for their consistency token right now.
     pub fn waiters(&self) -> usize {
         self.lock_waiters().count
@@ -420,13 +456,17 @@ impl Progress {
     pub fn report(&self) -> Report {
         let partitions = self.lock_partitions().clone();
         let misconfiguration = self.misconfiguration();
+        let store_full = self.store_full();
         let by_reason = self
             .skipped
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         Report {
-            ready: self.ready(&partitions) && self.is_alive() && misconfiguration.is_none(),
+            ready: self.ready(&partitions)
+                && self.is_alive()
+                && misconfiguration.is_none()
+                && store_full.is_none(),
             alive: self.is_alive(),
             lag: partitions.values().map(PartitionProgress::lag).sum(),
             skipped_records: SkippedRecords {
@@ -439,6 +479,8 @@ impl Progress {
             tombstones_applied: self.tombstones_applied.load(Ordering::Relaxed),
             partitions,
             misconfiguration,
+            store_full,
+            store_full_stops: self.store_full_stops.load(Ordering::Relaxed),
         }
     }
 
@@ -452,7 +494,8 @@ impl Progress {
     }
 
     /// Caught up: partitions are assigned and each reached its end offset seen at start-up.
-    /// Readiness ([`Report::ready`]) also needs a live consumer and no misconfiguration.
+    /// Readiness ([`Report::ready`]) also needs a live consumer, no misconfiguration and room in
+    /// the store.
     pub fn is_ready(&self) -> bool {
         self.ready(&self.lock_partitions())
     }
@@ -1044,5 +1087,23 @@ mod tests {
         let report = progress.report();
         assert!(!report.ready);
         assert_eq!(report.misconfiguration.map(|m| m.reason), Some("wrong_key"));
+    }
+
+    #[test]
+    fn a_replica_out_of_room_is_not_ready_until_the_room_is_back_and_each_stop_counts() {
+        let progress = one_partition(0, 0);
+        progress.set_store_full(Some(StoreFull {
+            path: "/data/kv-reader.redb".to_owned(),
+            free_bytes: 1,
+            needed_bytes: 2,
+            message: "full".to_owned(),
+        }));
+        let report = progress.report();
+        assert!(!report.ready);
+        assert_eq!(report.store_full_stops, 1);
+        progress.set_store_full(None);
+        let report = progress.report();
+        assert!(report.ready && report.store_full.is_none());
+        assert_eq!(report.store_full_stops, 1);
     }
 }

@@ -1388,12 +1388,14 @@ pub async fn live(state: web::Data<ReaderState>) -> HttpResponse {
 }
 
 /// `/healthz/ready`: ready once every partition reached its end offset seen at start-up, unless
-/// the replica refuses every record it reads for a configuration reason.
+/// the replica refuses every record it reads for a configuration reason or stopped applying for
+/// want of room in its store.
 pub async fn ready(state: web::Data<ReaderState>) -> HttpResponse {
     let report = state.progress.report();
     let status = match (&report.misconfiguration, report.alive, report.ready) {
         (_, false, _) => "dead",
         (Some(_), true, _) => "misconfigured",
+        (None, true, _) if report.store_full.is_some() => "store_full",
         (None, true, true) => "ready",
         (None, true, false) => "catching_up",
     };
@@ -1406,6 +1408,13 @@ pub async fn ready(state: web::Data<ReaderState>) -> HttpResponse {
         "records_applied": report.records_applied,
         "misrouted_records": report.misrouted_records,
     });
+    if let Some(store_full) = &report.store_full {
+        body["store_full"] = serde_json::json!(store_full);
+        body["error"] = serde_json::json!({
+            "code": ErrorCode::NotReady,
+            "message": store_full.message,
+        });
+    }
     if let Some(misconfiguration) = &report.misconfiguration {
         body["misconfiguration"] = serde_json::json!(misconfiguration);
         body["error"] = serde_json::json!({

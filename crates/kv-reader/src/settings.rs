@@ -10,6 +10,9 @@ use crate::shard::{peer_urls, ShardSpec};
 
 /// redb's page cache of a disk store unless KV_API_STATE_STORAGE_CACHE_MB says otherwise.
 pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Free space a disk store's file system keeps beyond what a batch needs, unless
+/// KV_API_STATE_STORAGE_MIN_FREE_MB says otherwise.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Where the replica lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,10 @@ pub struct Settings {
     /// redb's page cache. Pages beyond it are read from the file (through the OS page cache) or,
     /// in memory, from redb's in-memory backend, so it bounds what the cache adds to memory.
     pub storage_cache_bytes: usize,
+    /// KV_API_STATE_STORAGE_MIN_FREE_MB: a disk replica stops applying (and is not ready) while
+    /// its file system has less free space than this beyond what the next batch needs, instead
+    /// of failing a commit there.
+    pub storage_min_free_bytes: u64,
     /// Used only to commit progress, so lag is visible to Kafka tooling; every reader reads
     /// every partition.
     pub group_id: String,
@@ -103,6 +110,12 @@ impl Settings {
             storage,
             storage_password,
             storage_cache_bytes: storage_cache_mib.saturating_mul(1024 * 1024),
+            storage_min_free_bytes: env
+                .number::<u64>(
+                    "KV_API_STATE_STORAGE_MIN_FREE_MB",
+                    DEFAULT_MIN_FREE_BYTES >> 20,
+                )?
+                .saturating_mul(1024 * 1024),
             group_id: env.required("KAFKA_GROUP_ID")?,
             commit_progress: env.bool("KAFKA_ENABLE_AUTO_COMMIT", true)?,
             commit_interval: env.millis("KAFKA_AUTO_COMMIT_INTERVAL_MS", Duration::from_secs(1))?,
@@ -450,6 +463,16 @@ mod tests {
         assert_eq!(told.storage_cache_bytes, 256 * 1024 * 1024);
         let error = settings(&[("KV_API_STATE_STORAGE_CACHE_MB", "0")]).expect_err("zero");
         assert!(error.to_string().contains("KV_API_STATE_STORAGE_CACHE_MB"));
+    }
+
+    #[test]
+    fn a_disk_store_keeps_64_mib_free_unless_told_otherwise() {
+        assert_eq!(
+            settings(&[]).expect("settings").storage_min_free_bytes,
+            64 << 20
+        );
+        let told = settings(&[("KV_API_STATE_STORAGE_MIN_FREE_MB", "8")]).expect("settings");
+        assert_eq!(told.storage_min_free_bytes, 8 << 20);
     }
 
     #[test]

@@ -291,6 +291,17 @@ impl Store {
         self.path.as_deref()
     }
 
+    /// The space left to unprivileged writers on the disk store's file system; `None` in memory.
+    pub fn free_bytes(&self) -> Option<std::io::Result<u64>> {
+        let path = self.path.as_deref()?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        Some(
+            rustix::fs::statvfs(dir.unwrap_or(Path::new(".")))
+                .map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
+                .map_err(std::io::Error::from),
+        )
+    }
+
     /// Creates the tables so read transactions never meet a missing table.
     fn ensure_tables(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;

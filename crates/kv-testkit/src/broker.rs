@@ -30,10 +30,31 @@ fn tansu_binary() -> PathBuf {
         .join("bin")
         .join("tansu")
 }
+/// Where a broker listens, what it tells clients to connect to (Kafka clients reconnect to the
+/// advertised address, so a proxy in front of the broker must be advertised), and the network
+/// namespace it runs in, if any.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub listen: (String, u16),
+    pub advertised: (String, u16),
+    pub netns: Option<String>,
+}
+
+impl Placement {
+    fn loopback() -> Placement {
+        let port = free_port();
+        Placement {
+            listen: ("127.0.0.1".to_owned(), port),
+            advertised: ("127.0.0.1".to_owned(), port),
+            netns: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Broker {
     child: Option<Child>,
-    port: u16,
+    placement: Placement,
     dir: tempfile::TempDir,
     /// Where the running process's part of the log starts.
     log_start: u64,
@@ -41,10 +62,14 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_at(Placement::loopback())
+    }
+
+    pub fn start_at(placement: Placement) -> Broker {
         let dir = tempfile::tempdir().expect("broker data dir");
         let mut broker = Broker {
             child: None,
-            port: free_port(),
+            placement,
             dir,
             log_start: 0,
         };
@@ -59,7 +84,10 @@ impl Broker {
             "no broker at {}: run scripts/install-broker.sh (make test does)",
             binary.display()
         );
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let (host, port) = &self.placement.listen;
+        let listen = format!("tcp://{host}:{port}");
+        let (host, port) = &self.placement.advertised;
+        let advertised = format!("tcp://{host}:{port}");
         // Appended across restarts, so a drill's failure can show what the broker said.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -67,9 +95,23 @@ impl Broker {
             .open(self.log_path())
             .expect("broker log file");
         self.log_start = log.metadata().map_or(0, |m| m.len());
-        let child = Command::new(&binary)
+        let mut command = match &self.placement.netns {
+            // `ip netns exec` execs the broker, so the child is the broker itself.
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        let child = command
             .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "--listener-url",
+                &listen,
+                "--advertised-listener-url",
+                &advertised,
+            ])
             // A relative sqlite URL is resolved against the working directory.
             .args(["--storage-engine", "sqlite://broker.db"])
             .current_dir(self.dir.path())
@@ -81,7 +123,8 @@ impl Broker {
             .expect("start the broker");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let (host, port) = &self.placement.listen;
+        while std::net::TcpStream::connect((host.as_str(), *port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the broker did not start listening"
@@ -128,8 +171,10 @@ impl Broker {
         failed
     }
 
+    /// The advertised address: clients go where the broker tells them anyway.
     pub fn bootstrap_servers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        let (host, port) = &self.placement.advertised;
+        format!("{host}:{port}")
     }
 
     /// Kills the broker process, as an outage would; its data stays for [`Broker::restart`].

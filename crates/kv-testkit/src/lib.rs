@@ -4,13 +4,16 @@
 
 pub mod broker;
 pub mod decoders;
+pub mod netns;
 pub mod oidc;
 pub mod openapi;
 pub mod poll;
+pub mod procfs;
 pub mod prometheus;
 pub mod proxy;
 pub mod reader;
 pub mod services;
+pub mod tmpfs;
 pub mod topic;
 
 use std::net::TcpListener;

@@ -230,22 +230,7 @@ impl Service {
 
     /// Resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.
     pub fn rss_bytes(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-                .map_or(0, |kib| kib * 1024)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        crate::procfs::rss_bytes(self.pid())
     }
 
     /// Sends SIGKILL: no shutdown hooks run, as in a crash.

@@ -3,6 +3,8 @@
 //! the state a sequence of records leaves behind.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -11,7 +13,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -347,7 +349,14 @@ fn read_all(bootstrap_servers: &str, topic: &str) -> Vec<Record> {
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let message = message.expect("consume");
+        records.push(Record::of(&message.expect("consume")));
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}
+
+impl Record {
+    fn of(message: &BorrowedMessage<'_>) -> Record {
         let headers = message
             .headers()
             .map(|headers| {
@@ -357,16 +366,126 @@ fn read_all(bootstrap_servers: &str, topic: &str) -> Vec<Record> {
                     .collect()
             })
             .unwrap_or_default();
-        records.push(Record {
+        Record {
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().unwrap_or_default().to_vec(),
             value: message.payload().map(<[u8]>::to_vec),
             headers,
-        });
+        }
     }
-    records.sort_by_key(|r| (r.partition, r.offset));
-    records
+}
+
+/// Every record of a topic, read from its start as it lands. The test broker serves a topic of
+/// tens of thousands of records read whole from offset 0 so slowly that [`records`] times out
+/// (its fetches seem to cost more the further the log reaches); a consumer that follows the
+/// topic along, as a replica does, keeps up. Start it before the load.
+#[derive(Debug)]
+pub struct TopicTail {
+    bootstrap_servers: String,
+    topic: String,
+    records: Arc<Mutex<Vec<Record>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TopicTail {
+    pub fn start(bootstrap_servers: &str, topic: &str) -> TopicTail {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap_servers)
+            .set("group.id", format!("{topic}-test-tail"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .expect("consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut list = TopicPartitionList::new();
+        for partition in metadata.topics()[0].partitions() {
+            list.add_partition_offset(topic, partition.id(), Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&list).expect("assign");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (records, stop) = (records.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Errors while the broker is away are retried by librdkafka itself.
+                    if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                        records.lock().expect("tail").push(Record::of(&message));
+                    }
+                }
+            })
+        };
+        TopicTail {
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            topic: topic.to_owned(),
+            records,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every record on the topic, in partition then offset order, once the tail has reached the
+    /// end of each partition as the broker reports it now; fails the test after `deadline`.
+    pub async fn records(&self, deadline: Duration) -> Vec<Record> {
+        let (bootstrap, topic) = (self.bootstrap_servers.clone(), self.topic.clone());
+        let ends = tokio::task::spawn_blocking(move || high_watermarks(&bootstrap, &topic))
+            .await
+            .expect("watermarks thread");
+        crate::eventually(
+            "the tail to reach the end of the topic",
+            deadline,
+            || async {
+                let records = self.records.lock().expect("tail");
+                let reached = ends.iter().all(|(&partition, &high)| {
+                    high == 0
+                        || records
+                            .iter()
+                            .any(|r| r.partition == partition && r.offset + 1 >= high)
+                });
+                reached.then(|| {
+                    let mut records = records.clone();
+                    records.sort_by_key(|r| (r.partition, r.offset));
+                    records
+                })
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for TopicTail {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().ok();
+        }
+    }
+}
+
+fn high_watermarks(bootstrap_servers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let timeout = Duration::from_secs(10);
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .create()
+        .expect("client");
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .expect("metadata");
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (_, high) = client
+                .fetch_watermarks(topic, p.id(), timeout)
+                .expect("watermarks");
+            (p.id(), high)
+        })
+        .collect()
 }
 
 /// The one record at `partition`/`offset`.

@@ -458,6 +458,12 @@ pub static VARS: &[Var] = &[
         help: "redb's page cache, in MiB",
     },
     Var {
+        name: "KV_API_STATE_STORAGE_MIN_FREE_MB",
+        group: Group::Reader,
+        default: Default::Value("64"),
+        help: "free space (MiB) a disk store keeps beyond the next batch; below it the replica stops applying, is not ready, and resumes by itself",
+    },
+    Var {
         name: "KV_API_READ_YOUR_WRITES_TIMEOUT_MS",
         group: Group::Reader,
         default: Default::Value("5000"),

@@ -2,9 +2,11 @@
 //! `make drills` runs them one at a time and prints each figure.
 
 mod batch_get_attack;
+mod disk_full;
 mod killed_during_replay;
 mod poison_records;
 mod shard_kills;
+mod soak;
 
 /// The binary under test, as cargo built it for this test.
 pub const READER: &str = env!("CARGO_BIN_EXE_kv-reader");

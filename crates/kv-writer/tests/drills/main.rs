@@ -1,9 +1,11 @@
 //! Fault and abuse drills that centre on the writer (docs/reliability.md). Ignored by
 //! `cargo test`; `make drills` runs them one at a time and prints each figure.
 
+mod batch_restart;
 mod broker_outage;
 mod hardening;
 mod http_abuse;
+mod network_faults;
 mod token_attacks;
 
 /// The binary under test, as cargo built it for this test.
