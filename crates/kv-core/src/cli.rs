@@ -41,7 +41,12 @@ pub enum Command {
 }
 
 /// Parses the command line; `--help`, `--version` and a bad argument print and exit here.
-pub fn parse(role: Role, name: &'static str, version: &'static str, about: &'static str) -> Command {
+pub fn parse(
+    role: Role,
+    name: &'static str,
+    version: &'static str,
+    about: &'static str,
+) -> Command {
     let command = Args::command()
         .name(name)
         .bin_name(name)
@@ -103,7 +108,8 @@ pub async fn check_shared(core: &CoreSettings, service: &str, report: &mut Repor
     let servers = core.kafka.bootstrap_servers().to_owned();
     let (properties, topic) = (core.kafka.clone(), core.topic.clone());
     let metadata = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_config(&[], &properties, ClientRole::Consumer).create()?;
+        let consumer: BaseConsumer =
+            client_config(&[], &properties, ClientRole::Consumer).create()?;
         let metadata = consumer.fetch_metadata(Some(&topic), BROKER_TIMEOUT)?;
         let brokers = metadata.brokers().len();
         let partitions = metadata
@@ -116,10 +122,16 @@ pub async fn check_shared(core: &CoreSettings, service: &str, report: &mut Repor
     .await;
     match metadata {
         Ok(Ok((brokers, partitions))) => {
-            report.ok("broker", format!("{servers}: {brokers} broker(s) in the cluster"));
+            report.ok(
+                "broker",
+                format!("{servers}: {brokers} broker(s) in the cluster"),
+            );
             match partitions {
                 Some(n) if n > 0 => report.ok("topic", format!("{}: {n} partition(s)", core.topic)),
-                _ => report.fail("topic", format!("{} does not exist on {servers}", core.topic)),
+                _ => report.fail(
+                    "topic",
+                    format!("{} does not exist on {servers}", core.topic),
+                ),
             }
         }
         Ok(Err(error)) => report.fail("broker", format!("{servers}: {error}")),
@@ -147,9 +159,17 @@ pub async fn check_shared(core: &CoreSettings, service: &str, report: &mut Repor
     if core.auth.disabled {
         report.skip("OpenID provider", "KV_API_DISABLE_API_AUTH=true");
     } else {
-        let issuer = core.auth.oidc.idp_address_for_server.clone().unwrap_or_default();
+        let issuer = core
+            .auth
+            .oidc
+            .idp_address_for_server
+            .clone()
+            .unwrap_or_default();
         match AuthGate::from_settings(&core.auth, service).await {
-            Ok(_) => report.ok("OpenID provider", format!("{issuer}: discovered, keys fetched")),
+            Ok(_) => report.ok(
+                "OpenID provider",
+                format!("{issuer}: discovered, keys fetched"),
+            ),
             Err(error) => report.fail("OpenID provider", format!("{issuer}: {error}")),
         }
     }
@@ -163,7 +183,11 @@ const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// than the binary itself. Both binaries answer the same endpoints, so either one checks
 /// either service (the image's HEALTHCHECK relies on it).
 pub fn healthcheck(listen: &str, live: bool) -> ExitCode {
-    let path = if live { "/healthz/live" } else { "/healthz/ready" };
+    let path = if live {
+        "/healthz/live"
+    } else {
+        "/healthz/ready"
+    };
     match probe(listen, path) {
         Ok(200) => ExitCode::SUCCESS,
         Ok(status) => {
@@ -253,7 +277,10 @@ mod tests {
                 .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
                 .expect("answer");
         });
-        assert_eq!(probe(&address.to_string(), "/healthz/ready").expect("probe"), 503);
+        assert_eq!(
+            probe(&address.to_string(), "/healthz/ready").expect("probe"),
+            503
+        );
         server.join().expect("server");
     }
 }

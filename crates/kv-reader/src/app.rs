@@ -298,7 +298,10 @@ impl App {
         };
         report.ok(
             "settings",
-            format!("topic {}, listen {}, {storage}", settings.core.topic, settings.core.listen),
+            format!(
+                "topic {}, listen {}, {storage}",
+                settings.core.topic, settings.core.listen
+            ),
         );
         kv_core::cli::check_shared(&settings.core, "kv-reader", &mut report).await;
         match &settings.schema_registry {

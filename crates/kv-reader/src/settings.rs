@@ -137,8 +137,10 @@ impl Settings {
                 }
                 bytes => bytes,
             },
-            replay_progress_interval: env
-                .millis("KV_API_REPLAY_PROGRESS_INTERVAL_MS", Duration::from_secs(10))?,
+            replay_progress_interval: env.millis(
+                "KV_API_REPLAY_PROGRESS_INTERVAL_MS",
+                Duration::from_secs(10),
+            )?,
             max_read_your_writes_waiters: match env.number(
                 "KV_API_MAX_READ_YOUR_WRITES_WAITERS",
                 DEFAULT_MAX_READ_YOUR_WRITES_WAITERS,
@@ -362,8 +364,14 @@ impl RegistrySettings {
             return Ok(None);
         };
         let user_info = env.string(REGISTRY_USER_INFO).map(Secret::new);
-        if user_info.as_ref().is_some_and(|u| !u.expose().contains(':')) {
-            return Err(SettingsError::new(REGISTRY_USER_INFO, "must be user:password"));
+        if user_info
+            .as_ref()
+            .is_some_and(|u| !u.expose().contains(':'))
+        {
+            return Err(SettingsError::new(
+                REGISTRY_USER_INFO,
+                "must be user:password",
+            ));
         }
         Ok(Some(Self {
             url,

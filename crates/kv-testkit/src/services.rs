@@ -444,9 +444,14 @@ pub fn check_command_line(program: &str, role: kv_core::settings::catalogue::Rol
     let (code, help) = run_command_to_exit(program, &["--help"], &[], Duration::from_secs(10));
     assert_eq!(code, Some(0), "{name} --help: {help}");
     for var in VARS.iter().filter(|var| var.group.read_by(role)) {
-        assert!(help.contains(var.name), "{name} --help does not list {}:\n{help}", var.name);
+        assert!(
+            help.contains(var.name),
+            "{name} --help does not list {}:\n{help}",
+            var.name
+        );
     }
-    let (code, version) = run_command_to_exit(program, &["--version"], &[], Duration::from_secs(10));
+    let (code, version) =
+        run_command_to_exit(program, &["--version"], &[], Duration::from_secs(10));
     assert_eq!(code, Some(0), "{name} --version: {version}");
     assert!(version.starts_with(&format!("{name} ")), "{version}");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -461,9 +466,13 @@ pub fn check_command_line(program: &str, role: kv_core::settings::catalogue::Rol
     let (code, report) =
         run_command_to_exit(program, &["check-config"], &env, Duration::from_secs(60));
     assert_eq!(code, Some(1), "{name} check-config: {report}");
-    assert!(report.contains(&format!("FAIL  broker: {down}")), "{report}");
+    assert!(
+        report.contains(&format!("FAIL  broker: {down}")),
+        "{report}"
+    );
     assert!(report.contains("check-config failed: broker"), "{report}");
-    let (code, unknown) = run_command_to_exit(program, &["frobnicate"], &[], Duration::from_secs(10));
+    let (code, unknown) =
+        run_command_to_exit(program, &["frobnicate"], &[], Duration::from_secs(10));
     assert_eq!(code, Some(2), "{name} frobnicate: {unknown}");
 }
 
@@ -477,15 +486,23 @@ pub async fn check_healthcheck(program: &str, service: &Service) {
         &[("KV_API_LISTEN", address.clone())],
         Duration::from_secs(10),
     );
-    assert_eq!(code, Some(0), "healthcheck --live of a running service: {output}");
-    crate::eventually("healthcheck exits 0 for the ready service", crate::DEADLINE, || {
-        let env = [("KV_API_LISTEN", address.clone())];
-        async move {
-            let (code, _) =
-                run_command_to_exit(program, &["healthcheck"], &env, Duration::from_secs(10));
-            (code == Some(0)).then_some(())
-        }
-    })
+    assert_eq!(
+        code,
+        Some(0),
+        "healthcheck --live of a running service: {output}"
+    );
+    crate::eventually(
+        "healthcheck exits 0 for the ready service",
+        crate::DEADLINE,
+        || {
+            let env = [("KV_API_LISTEN", address.clone())];
+            async move {
+                let (code, _) =
+                    run_command_to_exit(program, &["healthcheck"], &env, Duration::from_secs(10));
+                (code == Some(0)).then_some(())
+            }
+        },
+    )
     .await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let down = closed.local_addr().expect("address").to_string();

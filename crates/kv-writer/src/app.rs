@@ -115,7 +115,13 @@ impl App {
     /// `check-config`: the settings were read; reach what start-up needs and say what was found.
     pub async fn check(settings: &Settings) -> std::process::ExitCode {
         let mut report = kv_core::cli::Report::default();
-        report.ok("settings", format!("topic {}, listen {}", settings.core.topic, settings.core.listen));
+        report.ok(
+            "settings",
+            format!(
+                "topic {}, listen {}",
+                settings.core.topic, settings.core.listen
+            ),
+        );
         kv_core::cli::check_shared(&settings.core, "kv-writer", &mut report).await;
         report.exit_code()
     }

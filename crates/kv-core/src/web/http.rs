@@ -561,11 +561,17 @@ mod tests {
         let line = &lines[0];
         assert_eq!(line["level"], "INFO", "{line}");
         assert_eq!(line["status"], 404, "{line}");
-        assert!(line["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
+        assert!(
+            line["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{line}"
+        );
         assert_eq!(line["span"]["correlation_id"], "access-1", "{line}");
         assert_eq!(line["span"]["method"], "GET", "{line}");
         assert_eq!(line["span"]["route"], "/kv/{key:.*}", "{line}");
-        assert!(!logs.contains("secret-key"), "keys must not reach the logs: {logs}");
+        assert!(
+            !logs.contains("secret-key"),
+            "keys must not reach the logs: {logs}"
+        );
     }
 
     #[actix_web::test]

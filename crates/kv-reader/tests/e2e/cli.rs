@@ -25,7 +25,10 @@ async fn check_config_finds_the_broker_the_topic_and_its_partitions() {
         run_command_to_exit(READER, &["check-config"], &env, Duration::from_secs(60));
     assert_eq!(code, Some(0), "{report}");
     assert!(report.contains("ok    broker: "), "{report}");
-    assert!(report.contains(&format!("ok    topic: {topic}: 3 partition(s)")), "{report}");
+    assert!(
+        report.contains(&format!("ok    topic: {topic}: 3 partition(s)")),
+        "{report}"
+    );
     assert!(report.contains("configuration OK"), "{report}");
 }
 

@@ -2,8 +2,8 @@
 //! writes, the real kv-writer beside it). One test binary, so actix and rdkafka link once.
 
 mod at_rest;
-mod cli;
 mod auth;
+mod cli;
 mod metrics;
 mod openapi;
 mod read_routes;
