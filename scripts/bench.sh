@@ -119,6 +119,91 @@ start_tansu() { # start_tansu NAME: a fresh Tansu with its own sqlite store; set
 }
 start_tansu tansu
 
+# --- 10. the Redis-protocol read port (issue 20): redis-benchmark GET against kv-reader's RESP
+# port and against a redis-server holding the same keys, in the same run; GET p99 at half of
+# each one's own top rate; the reader's RSS after. Its own Tansu, topic, store and redis-server,
+# so the step runs alone too: `BENCH_ONLY=resp scripts/bench.sh quick`.
+resp_reads() { # sets resp_{ours,peer}_{rps,p16_rps}, resp_{ours,peer}_p99_half, resp_rss_after
+    local saved_tansu="$tansu" saved_tansu_pid="$tansu_pid" rport hport rpid spid sport out
+    start_tansu tansu-resp
+    # The keys redis-benchmark -r asks for, key:000000000000 .. , with 100-byte values.
+    rm -rf "$work/resp-store"
+    mkdir -p "$work/resp-store"
+    KV_BENCH_BOOTSTRAP="$tansu" KV_BENCH_STORE_DIR="$work/resp-store" KV_BENCH_KEYS_LIKE=redis-benchmark \
+        "$bin/examples/replay_speed" "$keys" 3 disk >"$work/resp-replay.txt" 2>"$work/resp-replay.log"
+    local topic
+    topic=$(grep BENCH "$work/resp-replay.txt" | tail -1 | field topic)
+    rport=$(free_port)
+    hport=$(free_port)
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$tansu" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KAFKA_GROUP_ID=bench-resp KV_API_STATE_STORAGE_DISK_LOCATION="$work/resp-store" \
+        KV_API_LISTEN="127.0.0.1:$hport" KV_API_RESP_LISTEN="127.0.0.1:$rport" \
+        "$bin/kv-reader" >"$work/resp-reader.log" 2>&1 &
+    rpid=$!
+    pids+=($rpid)
+    wait_port "$rport" "$rpid" "kv-reader's RESP port"
+    wait_ready "http://127.0.0.1:$hport/healthz/ready"
+    sport=$(free_port)
+    redis-server --port "$sport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+        --logfile "$work/resp-redis.log" &
+    spid=$!
+    pids+=($spid)
+    wait_port "$sport" "$spid" "redis-server"
+    awk -v n="$keys" -v v="$(head -c "$value_bytes" /dev/zero | tr '\0' v)" \
+        'BEGIN { for (i = 0; i < n; i++) printf "SET key:%012d %s\r\n", i, v }' |
+        redis-cli -p "$sport" --pipe >"$work/resp-redis-load.log"
+    [ "$(redis-cli -p "$rport" GET key:000000000000)" = "$(redis-cli -p "$sport" GET key:000000000000)" ] ||
+        die "the RESP port and redis-server answer key:000000000000 differently"
+    # bench_get PORT PIPELINE: medians of $runs redis-benchmark runs, "rps p99"
+    bench_get() {
+        local requests=$((seconds * (${2} > 1 ? 400000 : 100000))) run
+        out="$work/resp-bench-$1-P$2.txt"
+        redis-benchmark -p "$1" -c "$connections" --threads "$threads" -P "$2" -n $((requests / 4)) \
+            -r "$keys" -d "$value_bytes" -t get -q >/dev/null
+        : >"$out"
+        for run in $(seq 1 "$runs"); do
+            redis-benchmark -p "$1" -c "$connections" --threads "$threads" -P "$2" -n "$requests" \
+                -r "$keys" -d "$value_bytes" -t get --csv | tail -1 >>"$out"
+        done
+        echo "$(tr -d '"' <"$out" | cut -d, -f2 | median) $(tr -d '"' <"$out" | cut -d, -f7 | median)"
+    }
+    read -r resp_ours_rps resp_ours_p99 <<<"$(bench_get "$rport" 1)"
+    read -r resp_peer_rps resp_peer_p99 <<<"$(bench_get "$sport" 1)"
+    read -r resp_ours_p16_rps _ <<<"$(bench_get "$rport" 16)"
+    read -r resp_peer_p16_rps _ <<<"$(bench_get "$sport" 16)"
+    # Half of each one's own top rate (no pipelining), open loop over 16 connections.
+    half_rate() { awk -v r="$1" 'BEGIN { printf "%d", r / 2 }'; }
+    "$bin/examples/resp_latency" "127.0.0.1:$rport" "$(half_rate "$resp_ours_rps")" "$seconds" 16 "$keys" \
+        >"$work/resp-latency-ours.txt"
+    "$bin/examples/resp_latency" "127.0.0.1:$sport" "$(half_rate "$resp_peer_rps")" "$seconds" 16 "$keys" \
+        >"$work/resp-latency-peer.txt"
+    resp_ours_p99_half=$(grep BENCH "$work/resp-latency-ours.txt" | field p99_ms)
+    resp_peer_p99_half=$(grep BENCH "$work/resp-latency-peer.txt" | field p99_ms)
+    [ "$(grep BENCH "$work/resp-latency-ours.txt" | field missing)" = 0 ] ||
+        die "the RESP port missed keys; see $work/resp-latency-ours.txt"
+    resp_rss_after=$(rss_mb "$rpid")
+    kill "$rpid" "$spid" "$tansu_pid" 2>/dev/null || true
+    tansu="$saved_tansu" tansu_pid="$saved_tansu_pid"
+    cat >"$work/resp-figures.txt" <<FIGURES
+resp: GET ${resp_ours_rps} req/s (p99 ${resp_ours_p99} ms) vs redis-server ${resp_peer_rps} (p99 ${resp_peer_p99} ms); -P 16 ${resp_ours_p16_rps} vs ${resp_peer_p16_rps}
+resp: p99 at half rate ${resp_ours_p99_half} ms vs ${resp_peer_p99_half} ms; reader RSS after ${resp_rss_after} MB
+FIGURES
+    log "resp figures: $(tr '\n' ';' <"$work/resp-figures.txt")"
+}
+resp_rows() {
+    row "10. RESP GET/s, kv-reader vs redis-server (redis-benchmark, $connections conns; p99 $resp_ours_p99 / $resp_peer_p99 ms)" "$resp_ours_rps" "$resp_peer_rps" 1.0 "req/s"
+    row "10. RESP GET/s with -P 16, kv-reader vs redis-server" "$resp_ours_p16_rps" "$resp_peer_p16_rps" 1.0 "req/s"
+    limit_row "10. RESP GET p99 at half the top rate, open loop, 16 conns (redis-server: $resp_peer_p99_half ms)" "$resp_ours_p99_half" 1 ms
+    limit_row "10. reader RSS after the RESP runs, $keys keys on disk" "$resp_rss_after" 100 MB
+}
+if [ "${BENCH_ONLY:-}" = resp ]; then
+    log "resp: the Redis-protocol port only (BENCH_ONLY=resp), $keys keys"
+    resp_reads
+    cat "$work/resp-figures.txt"
+    exit 0
+fi
+# --- end of 10. the Redis-protocol read port --------------------------------------------
+
 # --- 4. replay: a fresh reader loading N records vs a raw rdkafka consumer ----------------------
 # On Tansu the run's disk store (N keys) is kept for the read figures. The MockCluster keeps only
 # about 5 MB per partition (older records are dropped), so it replays at most 100 000 records.
@@ -250,6 +335,8 @@ redis_rps=$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f2 | median)
 redis_p50=$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f5 | median)
 redis_p99=$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f7 | median)
 kill "$nginx_pid" "$redis_pid" 2>/dev/null || true
+log "resp: redis-benchmark GET against the Redis-protocol port and a redis-server, $keys keys"
+resp_reads
 
 # --- 6. shards: the same topic over 3 sharded readers (R=1); their stores and RSS against the
 # full replica's, and a GET forwarded one hop against a GET the shard answers itself ----------
@@ -550,6 +637,7 @@ table="$work/results.md"
     echo "|---|---|---|---|---|---|"
     row "1. reads/s, kv-reader vs redis-benchmark GET" "$reader_rps" "$redis_rps" 1.0 "req/s"
     row "1. reads/s, kv-reader vs nginx static file" "$reader_rps" "$nginx_rps" 0.9 "req/s"
+    resp_rows
     printf '| 1. read latency p50 / p99 (ms): kv-reader / redis / nginx | %s / %s | %s / %s ; %s / %s | | | |\n' \
         "$reader_p50" "$reader_p99" "$redis_p50" "$redis_p99" "$nginx_p50" "$nginx_p99"
     row "2. acked writes/s vs raw producer, MockCluster" "$writes_mock_ours" "$writes_mock_raw" 0.8 "w/s"
