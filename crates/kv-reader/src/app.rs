@@ -21,8 +21,9 @@ use kv_core::web::routing::{register, route_not_found};
 use crate::bootstrap::BootstrapConfig;
 use crate::cluster::Cluster;
 use crate::framing::{Registry, RegistryError, SchemaFraming, SchemaIds};
-use crate::metrics::{ReplicaCollector, SnapshotMetrics, WatchMetrics};
+use crate::metrics::{ReplicaCollector, RespMetrics, SnapshotMetrics, WatchMetrics};
 use crate::replica::{DeleteRetention, Replica, ReplicaError, Wiring};
+use crate::resp::{self, RespServer};
 use crate::routes::{self, PeerClient, ReaderState};
 use crate::settings::{Settings, Storage};
 use crate::shard::Topology;
@@ -74,6 +75,7 @@ fn peer_client() -> Result<reqwest::Client, reqwest::Error> {
 pub struct App {
     server: Server,
     port: u16,
+    resp: Option<RespServer>,
     replica: Replica,
 }
 
@@ -81,6 +83,7 @@ impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
             .field("port", &self.port)
+            .field("resp_port", &self.resp_port())
             .finish_non_exhaustive()
     }
 }
@@ -257,6 +260,17 @@ impl App {
             state.progress.clone(),
             replica.import_progress(),
         )?))?;
+        let resp = match &settings.resp {
+            None => None,
+            Some(resp) => {
+                let metrics = RespMetrics::register(metrics.registry(), &resp::metric_labels())?;
+                let (state, auth) = (state.clone(), auth.clone());
+                let max_connections = resp.max_connections;
+                Some(RespServer::start(&resp.listen, |port| {
+                    resp::Shared::new(state, auth, metrics, port, max_connections)
+                })?)
+            }
+        };
         let server = HttpServer::new(move || {
             let client = PeerClient(peer_client().unwrap_or_default());
             actix_web::App::new()
@@ -285,6 +299,7 @@ impl App {
         Ok(Self {
             server,
             port: address.port(),
+            resp,
             replica,
         })
     }
@@ -331,9 +346,15 @@ impl App {
         self.port
     }
 
+    /// The Redis-protocol read port, when `KV_API_RESP_LISTEN` turned it on.
+    pub fn resp_port(&self) -> Option<u16> {
+        self.resp.as_ref().map(RespServer::port)
+    }
+
     /// Serves until SIGTERM/SIGINT, then stops the consumer after its current batch.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
+        drop(self.resp);
         let replica = self.replica;
         tokio::task::spawn_blocking(move || replica.stop())
             .await

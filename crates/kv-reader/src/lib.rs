@@ -11,6 +11,7 @@ pub mod framing;
 pub mod metrics;
 pub mod progress;
 pub mod replica;
+pub mod resp;
 pub mod routes;
 pub mod settings;
 pub mod shard;

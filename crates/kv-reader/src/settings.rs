@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kv_core::secret::Secret;
-use kv_core::settings::{CaFile, CoreSettings, Env, SettingsError};
+use kv_core::settings::{parse_host_port, CaFile, CoreSettings, Env, SettingsError};
 
 use crate::shard::{peer_urls, ShardSpec};
 
@@ -65,6 +65,8 @@ pub struct Settings {
     /// KV_API_TTL_SWEEPER: this reader produces the tombstones of expired keys for every
     /// partition it holds. Exactly one reader of a topic may (docs/architecture.md).
     pub ttl_sweeper: bool,
+    /// `KV_API_RESP_LISTEN`: the Redis-protocol read port, off unless set.
+    pub resp: Option<RespSettings>,
 }
 
 /// KV_API_SNAPSHOT_CONCURRENCY unless set.
@@ -190,6 +192,7 @@ impl Settings {
             },
             watch: WatchSettings::from_env(env)?,
             ttl_sweeper: env.bool("KV_API_TTL_SWEEPER", false)?,
+            resp: RespSettings::from_env(env)?,
         })
         .and_then(|mut settings: Self| {
             settings.shard = sharding(env, settings.read_your_writes_timeout)?;
@@ -381,6 +384,41 @@ impl RegistrySettings {
     }
 }
 
+/// The Redis-protocol (RESP) read port beside the HTTP one (docs/api.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RespSettings {
+    /// `host:port`; port 0 takes a free one, which `App::resp_port` reports.
+    pub listen: String,
+    /// Most connections open at once; one more is answered an error and closed.
+    pub max_connections: usize,
+}
+
+/// KV_API_RESP_MAX_CONNECTIONS unless set.
+pub const DEFAULT_RESP_MAX_CONNECTIONS: usize = 1000;
+
+impl RespSettings {
+    fn from_env(env: &Env) -> Result<Option<Self>, SettingsError> {
+        const LISTEN: &str = "KV_API_RESP_LISTEN";
+        const MAX: &str = "KV_API_RESP_MAX_CONNECTIONS";
+        let Some(listen) = env.string(LISTEN).filter(|l| !l.trim().is_empty()) else {
+            if env.string(MAX).is_some() {
+                return Err(SettingsError::new(
+                    MAX,
+                    "has no effect without KV_API_RESP_LISTEN: set both, or neither",
+                ));
+            }
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            listen: parse_host_port(LISTEN, listen.trim())?,
+            max_connections: match env.number(MAX, DEFAULT_RESP_MAX_CONNECTIONS)? {
+                0 => return Err(SettingsError::new(MAX, "must be at least 1")),
+                n => n,
+            },
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,6 +594,29 @@ mod tests {
         );
         let error = settings(&[("KV_API_TTL_SWEEPER", "maybe")]).expect_err("not a bool");
         assert_eq!(error.var, "KV_API_TTL_SWEEPER");
+    }
+
+    #[test]
+    fn the_resp_port_is_off_unless_an_address_is_given() {
+        assert_eq!(settings(&[]).expect("settings").resp, None);
+        let on = settings(&[("KV_API_RESP_LISTEN", "127.0.0.1:0")]).expect("settings");
+        assert_eq!(
+            on.resp,
+            Some(RespSettings {
+                listen: "127.0.0.1:0".into(),
+                max_connections: DEFAULT_RESP_MAX_CONNECTIONS
+            })
+        );
+        let error = settings(&[("KV_API_RESP_LISTEN", "6380")]).expect_err("no host");
+        assert_eq!(error.var, "KV_API_RESP_LISTEN");
+        let error = settings(&[("KV_API_RESP_MAX_CONNECTIONS", "5")]).expect_err("no listen");
+        assert_eq!(error.var, "KV_API_RESP_MAX_CONNECTIONS");
+        let error = settings(&[
+            ("KV_API_RESP_LISTEN", "127.0.0.1:0"),
+            ("KV_API_RESP_MAX_CONNECTIONS", "0"),
+        ])
+        .expect_err("zero");
+        assert_eq!(error.var, "KV_API_RESP_MAX_CONNECTIONS");
     }
 
     #[test]

@@ -218,6 +218,19 @@ impl Service {
             .expect("metrics text")
     }
 
+    /// The address a second listener logged as `listening on SCHEME://ADDRESS` (the reader's
+    /// Redis-protocol port: `redis`), once it did; it logs it before the HTTP one.
+    pub fn logged_address(&self, scheme: &str) -> Option<String> {
+        let marker = format!("listening on {scheme}://");
+        let log = self.log.lock().expect("log lock");
+        log.iter().find_map(|line| {
+            let rest = line.split(&marker).nth(1)?;
+            rest.split(|c: char| c.is_whitespace() || c == '"')
+                .next()
+                .map(str::to_owned)
+        })
+    }
+
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
         self.log.lock().expect("log lock").join("\n")

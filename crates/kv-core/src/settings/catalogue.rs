@@ -476,6 +476,18 @@ pub static VARS: &[Var] = &[
         help: "most reads waiting for their consistency token at once; one more is answered 503 not_ready with Retry-After at once",
     },
     Var {
+        name: "KV_API_RESP_LISTEN",
+        group: Group::Reader,
+        default: Default::Unset,
+        help: "host:port of the Redis-protocol (RESP) read port; off unless set (docs/api.md)",
+    },
+    Var {
+        name: "KV_API_RESP_MAX_CONNECTIONS",
+        group: Group::Reader,
+        default: Default::Value("1000"),
+        help: "most connections the RESP port holds at once; one more is answered an error and closed",
+    },
+    Var {
         name: "KV_API_REPLAY_PROGRESS_INTERVAL_MS",
         group: Group::Reader,
         default: Default::Value("10000"),

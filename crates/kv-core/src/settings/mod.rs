@@ -89,7 +89,8 @@ pub fn listen_address(env: &Env) -> Result<String, SettingsError> {
     parse_host_port("ASPNETCORE_URLS", &format!("{host}:{port}"))
 }
 
-fn parse_host_port(var: &str, value: &str) -> Result<String, SettingsError> {
+/// A `host:port` listen address in `var`, as the services' listen variables take it.
+pub fn parse_host_port(var: &str, value: &str) -> Result<String, SettingsError> {
     let bad = || {
         SettingsError::new(
             var,

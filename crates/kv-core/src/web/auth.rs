@@ -620,6 +620,36 @@ impl AuthGate {
         Ok(Some(claims))
     }
 
+    /// Authenticates a bare access token, as a protocol without headers hands it over (the
+    /// reader's Redis-protocol `AUTH`), exactly as [`AuthGate::check`] does a bearer header,
+    /// and checks it may perform `operation`. `Ok(None)` when auth is off.
+    pub async fn check_token(
+        &self,
+        token: &str,
+        operation: Operation,
+    ) -> Result<Option<Claims>, AuthError> {
+        let Self::Enabled(authenticator) = self else {
+            return Ok(None);
+        };
+        let claims = authenticator
+            .authenticate(Some(&format!("Bearer {token}")))
+            .await?;
+        authenticator.authorize(&claims, operation)?;
+        Ok(Some(claims))
+    }
+
+    /// The last moment, in milliseconds since the Unix epoch, at which [`AuthGate::check`]
+    /// would still accept the token these claims came from: its `exp` plus the leeway. A
+    /// session that outlives one request compares its clock with it before each command.
+    pub fn valid_until_ms(&self, claims: &Claims) -> Option<u64> {
+        let Self::Enabled(authenticator) = self else {
+            return None;
+        };
+        let exp = claims.0.get("exp").and_then(Value::as_f64)?;
+        let until = (exp + authenticator.leeway.as_secs_f64()) * 1000.0;
+        Some(until.max(0.0) as u64)
+    }
+
     /// Exports the auth metrics (provider key-set fetches) on `registry`; none when auth is off.
     pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
         match self {

@@ -8,6 +8,7 @@ mod metrics;
 mod openapi;
 mod read_routes;
 mod replication;
+mod resp;
 mod shards;
 mod snapshot;
 mod topic_compatibility;

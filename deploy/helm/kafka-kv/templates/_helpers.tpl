@@ -40,6 +40,11 @@ app.kubernetes.io/component: {{ .Values.role }}
 {{- if and (eq .Values.role "reader") .Values.reader.sharding.enabled }}true{{ end -}}
 {{- end -}}
 
+{{/* Whether the reader's Redis-protocol read port is on (docs/api.md). */}}
+{{- define "kafka-kv.resp" -}}
+{{- if and (eq .Values.role "reader") .Values.reader.resp.enabled }}true{{ end -}}
+{{- end -}}
+
 {{- define "kafka-kv.statefulSet" -}}
 {{- if or (include "kafka-kv.onDisk" .) (include "kafka-kv.sharded" .) }}true{{ end -}}
 {{- end -}}
@@ -125,6 +130,10 @@ spec:
       ports:
         - name: http
           containerPort: 8080
+        {{- if include "kafka-kv.resp" . }}
+        - name: resp
+          containerPort: {{ .Values.reader.resp.port }}
+        {{- end }}
       env:
         {{- include "kafka-kv.env" . | nindent 8 }}
       {{- with .Values.extraEnvFrom }}
@@ -361,6 +370,10 @@ spec:
 {{- if .Values.reader.ttlSweeper }}
 - name: KV_API_TTL_SWEEPER
   value: "true"
+{{- end }}
+{{- if .Values.reader.resp.enabled }}
+- name: KV_API_RESP_LISTEN
+  value: "0.0.0.0:{{ .Values.reader.resp.port }}"
 {{- end }}
 {{- end }}
 {{- with .Values.extraEnv }}
