@@ -408,6 +408,45 @@ pub fn kafka_partition(record_key: &[u8], partitions: u32) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::BaseProducer;
+
+    /// librdkafka refuses a mechanism it was built without ("No provider for SASL mechanism",
+    /// "sasl.oauthbearer.method=oidc requires libcurl") when the client is created.
+    #[test]
+    fn the_client_is_built_with_gssapi_and_oauthbearer_oidc() {
+        let kerberos = [
+            ("bootstrap.servers", "127.0.0.1:1"),
+            ("security.protocol", "sasl_plaintext"),
+            ("sasl.mechanism", "GSSAPI"),
+            ("sasl.kerberos.service.name", "kafka"),
+            // No kinit here: the test machine has no Kerberos, and creating needs no ticket.
+            ("sasl.kerberos.kinit.cmd", "true"),
+        ];
+        let oidc = [
+            ("bootstrap.servers", "127.0.0.1:1"),
+            ("security.protocol", "sasl_plaintext"),
+            ("sasl.mechanism", "OAUTHBEARER"),
+            ("sasl.oauthbearer.method", "oidc"),
+            ("sasl.oauthbearer.client.id", "kv"),
+            ("sasl.oauthbearer.client.secret", "secret"),
+            ("sasl.oauthbearer.token.endpoint.url", "http://127.0.0.1:1/token"),
+        ];
+        for properties in [&kerberos[..], &oidc[..]] {
+            let mut config = rdkafka::ClientConfig::new();
+            for (name, value) in properties {
+                config.set(*name, *value);
+            }
+            config
+                .create::<BaseProducer>()
+                .unwrap_or_else(|e| panic!("{properties:?}: {e}"));
+            config
+                .set("group.id", "sasl-check")
+                .create::<BaseConsumer>()
+                .unwrap_or_else(|e| panic!("{properties:?}: {e}"));
+        }
+    }
+
     #[test]
     fn murmur2_matches_kafkas_published_vectors() {
         // Values from Kafka's UtilsTest.testMurmur2.

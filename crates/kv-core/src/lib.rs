@@ -6,6 +6,7 @@ pub mod cli;
 pub mod consistency;
 pub mod crypto;
 pub mod kafka;
+pub mod kafka_stats;
 pub mod record;
 pub mod secret;
 pub mod settings;

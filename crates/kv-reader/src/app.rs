@@ -9,6 +9,7 @@ use actix_web::{web, HttpServer};
 use kv_core::kafka::{
     check_topic_config, compacted_delete_retention, UnsafeTopic, TOPIC_CONFIG_TIMEOUT,
 };
+use kv_core::kafka_stats::KafkaStats;
 use kv_core::record::RecordCodec;
 use kv_core::web::auth::{AuthGate, DiscoveryError};
 use kv_core::web::http::{
@@ -227,6 +228,7 @@ impl App {
                 topology: topology.clone(),
                 bootstrap,
                 ttl,
+                kafka_stats: KafkaStats::register(metrics.registry(), Some(&settings.core.topic))?,
             },
         )?;
         let sealed_listings = Arc::new(tokio::sync::Semaphore::new(routes::MAX_SEALED_LISTINGS));

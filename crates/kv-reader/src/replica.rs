@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use kv_core::crypto::{ENVELOPE_FORMAT, RECORD_KEY_LEN};
 use kv_core::kafka::{client_config, kafka_partition, ClientRole};
+use kv_core::kafka_stats::KafkaStats;
 use kv_core::record::{
     BadTtlHeader, DecodeError, DecodedRecord, RecordCodec, TtlHeaders, CORRELATION_ID_HEADER,
     WRITER_HEADER,
@@ -68,6 +69,7 @@ const KEY_FINGERPRINT_LABEL: &[u8] = b"kv-store-key-id";
 struct ReplicaContext {
     progress: Arc<Progress>,
     topic: String,
+    kafka: Arc<KafkaStats>,
 }
 
 impl ClientContext for ReplicaContext {
@@ -84,6 +86,7 @@ impl ClientContext for ReplicaContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        self.kafka.observe(&statistics);
         // `rxidle`: microseconds since the connection last received anything (-1: never).
         let heard = statistics
             .brokers
@@ -157,6 +160,8 @@ pub struct Wiring {
     pub bootstrap: Option<BootstrapConfig>,
     /// Purges expired entries and sweeps the partitions it is given, between batches.
     pub ttl: Ttl,
+    /// Where the consumer's librdkafka statistics become metrics.
+    pub kafka_stats: Arc<KafkaStats>,
 }
 
 impl Replica {
@@ -172,6 +177,7 @@ impl Replica {
             topology,
             bootstrap,
             ttl,
+            kafka_stats,
         } = wiring;
         let interval = settings.commit_interval.as_millis().to_string();
         let commit = if settings.commit_progress {
@@ -205,6 +211,7 @@ impl Replica {
         let consumer: ReplicaConsumer = config.create_with_context(ReplicaContext {
             progress: progress.clone(),
             topic: settings.core.topic.clone(),
+            kafka: kafka_stats,
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let (closing, closed) = mpsc::channel();

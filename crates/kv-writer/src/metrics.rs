@@ -1,7 +1,10 @@
 //! The write gateway's own metrics, on the registry `/metrics` serves: how long Kafka takes to
 //! acknowledge, what it refuses, how often the producer is replaced, and how many writes wait.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use kv_core::kafka_stats::KafkaStats;
 
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::metrics::LATENCY_BUCKETS;
@@ -15,6 +18,8 @@ pub struct ProducerMetrics {
     errors: IntCounterVec,
     replacements: IntCounter,
     in_flight: IntGauge,
+    /// librdkafka's statistics of the producer: broker round trips and request errors.
+    pub kafka: Arc<KafkaStats>,
 }
 
 impl ProducerMetrics {
@@ -56,6 +61,7 @@ impl ProducerMetrics {
             errors,
             replacements,
             in_flight,
+            kafka: KafkaStats::register(registry, None)?,
         })
     }
 

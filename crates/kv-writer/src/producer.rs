@@ -14,6 +14,7 @@ use kv_core::web::error::{ApiError, ErrorCode};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use kv_core::kafka_stats::StatsContext;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 
 use crate::metrics::{InFlight, ProducerMetrics};
@@ -68,11 +69,14 @@ struct Shared {
     metrics: ProducerMetrics,
 }
 
+/// The producer, with a context that turns librdkafka's statistics into metrics.
+type KvFutureProducer = FutureProducer<StatsContext>;
+
 #[derive(Clone)]
 struct Current {
     /// Behind its own `Arc` so a replaced producer can be dropped by its last owner on a blocking
     /// thread: dropping one joins librdkafka's threads, which must not stall an HTTP worker.
-    producer: Arc<FutureProducer>,
+    producer: Arc<KvFutureProducer>,
     generation: u64,
     created: Instant,
 }
@@ -176,6 +180,8 @@ impl KvProducer {
             ("message.timeout.ms", timeout_ms.as_str()),
             ("queue.buffering.max.kbytes", "65536"),
             ("message.max.bytes", max_message.as_str()),
+            // Feeds the kv_kafka_broker_* metrics.
+            ("statistics.interval.ms", "5000"),
         ]);
         let mut config = client_config(&defaults, &settings.core.kafka, ClientRole::Producer);
         config.set("acks", settings.acks);
@@ -203,7 +209,8 @@ impl KvProducer {
             .filter_map(|property| config.get(property)?.parse::<u64>().ok())
             .max()
             .map_or(settings.produce_timeout, Duration::from_millis);
-        let producer = config.create()?;
+        let producer: KvFutureProducer =
+            config.create_with_context(StatsContext(metrics.kafka.clone()))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 current: RwLock::new(Current {
@@ -276,7 +283,8 @@ impl KvProducer {
             if current.generation != generation {
                 return; // Another request replaced it already.
             }
-            let fresh = match self.shared.config.create::<FutureProducer>() {
+            let context = StatsContext(self.shared.metrics.kafka.clone());
+            let fresh = match self.shared.config.create_with_context(context) {
                 Ok(fresh) => fresh,
                 Err(error) => {
                     tracing::error!(%error, "cannot create a replacement Kafka producer");
