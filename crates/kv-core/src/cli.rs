@@ -206,10 +206,8 @@ fn probe(listen: &str, path: &str) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect_timeout(&address, HEALTHCHECK_TIMEOUT)?;
     stream.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
     stream.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     // The status line is all that is needed; a readiness body is small anyway.
     let mut head = [0u8; 64];
     let mut read = 0;
@@ -271,8 +269,14 @@ mod tests {
         let address = listener.local_addr().expect("address");
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().expect("accept");
-            let mut request = [0u8; 256];
-            let _ = stream.read(&mut request);
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 256];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut chunk).expect("read") {
+                    0 => break,
+                    n => request.extend_from_slice(&chunk[..n]),
+                }
+            }
             stream
                 .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
                 .expect("answer");

@@ -430,7 +430,10 @@ mod tests {
             ("sasl.oauthbearer.method", "oidc"),
             ("sasl.oauthbearer.client.id", "kv"),
             ("sasl.oauthbearer.client.secret", "secret"),
-            ("sasl.oauthbearer.token.endpoint.url", "http://127.0.0.1:1/token"),
+            (
+                "sasl.oauthbearer.token.endpoint.url",
+                "http://127.0.0.1:1/token",
+            ),
         ];
         for properties in [&kerberos[..], &oidc[..]] {
             let mut config = rdkafka::ClientConfig::new();

@@ -74,41 +74,69 @@ impl KafkaStats {
 
     /// Takes one statistics report.
     pub fn observe(&self, statistics: &Statistics) {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         // Bootstrap connections (node id -1) are not brokers of the cluster.
-        for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
-            let label = broker.nodeid.to_string();
-            if let Some(rtt) = &broker.rtt {
+        let brokers: Vec<BrokerSample> = statistics
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0)
+            .map(|b| BrokerSample {
+                node: b.nodeid,
+                rtt_us: b.rtt.as_ref().map(|w| (w.avg, w.p99)),
+                errors: [b.txerrs, b.rxerrs, b.req_timeouts],
+            })
+            .collect();
+        // -1 while unknown (no fetch yet).
+        let lags: Vec<(i32, i64)> = self
+            .topic
+            .as_ref()
+            .and_then(|t| statistics.topics.get(t))
+            .map(|topic| {
+                topic
+                    .partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                    .map(|p| (p.partition, p.consumer_lag))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.observe_samples(&brokers, &lags);
+    }
+
+    fn observe_samples(&self, brokers: &[BrokerSample], lags: &[(i32, i64)]) {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        for broker in brokers {
+            let label = broker.node.to_string();
+            if let Some((avg, p99)) = broker.rtt_us {
                 // Microseconds; a window without requests reports 0.
                 self.rtt
                     .with_label_values(&[label.as_str()])
-                    .set(rtt.avg as f64 / 1e6);
+                    .set(avg as f64 / 1e6);
                 self.rtt_p99
                     .with_label_values(&[label.as_str()])
-                    .set(rtt.p99 as f64 / 1e6);
+                    .set(p99 as f64 / 1e6);
             }
-            for (kind, total) in ERROR_KINDS.into_iter().zip([
-                broker.txerrs,
-                broker.rxerrs,
-                broker.req_timeouts,
-            ]) {
-                let before = last.insert((broker.nodeid, kind), total).unwrap_or(0);
-                let counter = self.errors.with_label_values(&[label.as_str(), kind]);
-                counter.inc_by(total.saturating_sub(before));
+            for (kind, total) in ERROR_KINDS.into_iter().zip(broker.errors) {
+                let before = last.insert((broker.node, kind), total).unwrap_or(0);
+                self.errors
+                    .with_label_values(&[label.as_str(), kind])
+                    .inc_by(total.saturating_sub(before));
             }
         }
-        let Some(topic) = self.topic.as_ref().and_then(|t| statistics.topics.get(t)) else {
-            return;
-        };
-        for partition in topic.partitions.values().filter(|p| p.partition >= 0) {
-            // -1 while unknown (no fetch yet).
-            if partition.consumer_lag >= 0 {
-                self.fetch_lag
-                    .with_label_values(&[partition.partition.to_string().as_str()])
-                    .set(partition.consumer_lag);
-            }
+        for (partition, lag) in lags {
+            self.fetch_lag
+                .with_label_values(&[partition.to_string().as_str()])
+                .set(*lag);
         }
     }
+}
+
+/// What one report says of one broker: its node id, the round trip's average and p99 in
+/// microseconds, and its totals of transmit errors, receive errors and timeouts.
+#[derive(Debug, Clone, Copy)]
+struct BrokerSample {
+    node: i32,
+    rtt_us: Option<(i64, i64)>,
+    errors: [u64; 3],
 }
 
 /// A client context that only feeds [`KafkaStats`]: for clients with no other callback (the
@@ -126,54 +154,38 @@ impl ClientContext for StatsContext {
 mod tests {
     use super::*;
 
-    fn report(txerrs: u64) -> Statistics {
-        let json = format!(
-            r#"{{"name":"c","client_id":"c","type":"consumer","ts":0,"time":0,"age":0,"replyq":0,
-            "msg_cnt":0,"msg_size":0,"msg_max":0,"msg_size_max":0,"simple_cnt":0,
-            "metadata_cache_cnt":0,"tx":0,"tx_bytes":0,"rx":0,"rx_bytes":0,"txmsgs":0,
-            "txmsg_bytes":0,"rxmsgs":0,"rxmsg_bytes":0,
-            "brokers":{{"b:9092/1":{{"name":"b:9092/1","nodeid":1,"nodename":"b:9092",
-              "source":"configured","state":"UP","stateage":0,"outbuf_cnt":0,"outbuf_msg_cnt":0,
-              "waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":0,"txbytes":0,"txerrs":{txerrs},
-              "txretries":0,"req_timeouts":2,"rx":0,"rxbytes":0,"rxerrs":0,"rxcorriderrs":0,
-              "rxpartial":0,"zbuf_grow":0,"buf_grow":0,"wakeups":0,
-              "rtt":{{"min":0,"max":0,"avg":2500,"sum":0,"cnt":0,"stddev":0,"hdrsize":0,
-                "p50":0,"p75":0,"p90":0,"p95":0,"p99":9000,"p99_99":0,"outofrange":0}},
-              "toppars":{{}}}}}},
-            "topics":{{"kv":{{"topic":"kv","age":0,"metadata_age":0,"batchsize":{{"min":0,"max":0,
-              "avg":0,"sum":0,"cnt":0,"stddev":0,"hdrsize":0,"p50":0,"p75":0,"p90":0,"p95":0,
-              "p99":0,"p99_99":0,"outofrange":0}},"batchcnt":{{"min":0,"max":0,"avg":0,"sum":0,
-              "cnt":0,"stddev":0,"hdrsize":0,"p50":0,"p75":0,"p90":0,"p95":0,"p99":0,
-              "p99_99":0,"outofrange":0}},"partitions":{{}}}}}}}}"#
-        );
-        serde_json::from_str(&json).expect("a statistics report")
+    fn sample(transmit_errors: u64) -> BrokerSample {
+        BrokerSample {
+            node: 1,
+            rtt_us: Some((2500, 9000)),
+            errors: [transmit_errors, 0, 2],
+        }
     }
 
     #[test]
     fn a_report_sets_the_round_trip_and_counts_only_new_errors() {
         let registry = Registry::new();
         let stats = KafkaStats::register(&registry, Some("kv")).expect("register");
-        stats.observe(&report(3));
-        stats.observe(&report(5));
-        let text = {
-            let mut buffer = Vec::new();
-            prometheus::Encoder::encode(
-                &prometheus::TextEncoder::new(),
-                &registry.gather(),
-                &mut buffer,
-            )
-            .expect("encode");
-            String::from_utf8(buffer).expect("utf-8")
-        };
-        assert!(text.contains("kv_kafka_broker_rtt_seconds{broker=\"1\"} 0.0025"), "{text}");
-        assert!(text.contains("kv_kafka_broker_rtt_p99_seconds{broker=\"1\"} 0.009"), "{text}");
-        assert!(
-            text.contains("kv_kafka_broker_errors_total{broker=\"1\",kind=\"transmit\"} 5"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kv_kafka_broker_errors_total{broker=\"1\",kind=\"timeout\"} 2"),
-            "{text}"
-        );
+        stats.observe_samples(&[sample(3)], &[(0, 7)]);
+        stats.observe_samples(&[sample(5)], &[(0, 4)]);
+        // A replaced client starts its totals from 0: nothing is taken back.
+        stats.observe_samples(&[sample(1)], &[]);
+        let mut buffer = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut buffer,
+        )
+        .expect("encode");
+        let text = String::from_utf8(buffer).expect("utf-8");
+        for line in [
+            "kv_kafka_broker_rtt_seconds{broker=\"1\"} 0.0025",
+            "kv_kafka_broker_rtt_p99_seconds{broker=\"1\"} 0.009",
+            "kv_kafka_broker_errors_total{broker=\"1\",kind=\"transmit\"} 5",
+            "kv_kafka_broker_errors_total{broker=\"1\",kind=\"timeout\"} 2",
+            "kv_kafka_consumer_fetch_lag_records{partition=\"0\"} 4",
+        ] {
+            assert!(text.contains(line), "{line} is missing: {text}");
+        }
     }
 }

@@ -7,6 +7,7 @@ use kv_core::consistency::RecordPosition;
 use kv_core::kafka::{
     breaks_idempotence, classify, client_config, ClientRole, KafkaErrorClass, PRODUCER_DEFAULTS,
 };
+use kv_core::kafka_stats::StatsContext;
 use kv_core::record::{
     RecordCodec, CORRELATION_ID_HEADER, EXPIRES_AT_HEADER, WRITER_HEADER, WRITER_HEADER_VALUE,
 };
@@ -14,7 +15,6 @@ use kv_core::web::error::{ApiError, ErrorCode};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use kv_core::kafka_stats::StatsContext;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 
 use crate::metrics::{InFlight, ProducerMetrics};

@@ -164,12 +164,16 @@ async fn after_writes_and_reads_both_services_report_their_role_metrics() {
 
     // librdkafka's statistics: every second on the reader, every 5 s on the writer.
     for service in [&reader, &writer] {
-        eventually("the Kafka client statistics as metrics", DEADLINE, || async {
-            let text = metrics_of(&http, service).await;
-            (text.contains("kv_kafka_broker_rtt_seconds{broker=\"")
-                && text.contains("kv_kafka_broker_errors_total{broker=\""))
-            .then_some(())
-        })
+        eventually(
+            "the Kafka client statistics as metrics",
+            DEADLINE,
+            || async {
+                let text = metrics_of(&http, service).await;
+                (text.contains("kv_kafka_broker_rtt_seconds{broker=\"")
+                    && text.contains("kv_kafka_broker_errors_total{broker=\""))
+                .then_some(())
+            },
+        )
         .await;
     }
     let writer_metrics = metrics_of(&http, &writer).await;
