@@ -1,7 +1,7 @@
 //! A kv-reader seen from outside: key paths, readiness, and its whole state read back through
 //! its listing and batchGet routes; and a schema-registry stub for it to ask.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -108,6 +108,35 @@ pub async fn dump(http: &reqwest::Client, reader: &Service) -> BTreeMap<Vec<u8>,
         }
     }
     state
+}
+
+/// The values `reader` holds for text `keys` (`None`: not found), through `POST /v1/kv:batchGet`
+/// in chunks of 1000; a chunk that fails leaves its keys out of the answer.
+pub async fn read_back(
+    http: &reqwest::Client,
+    reader: &Service,
+    keys: &[&String],
+) -> HashMap<String, Option<String>> {
+    let mut found = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(1000) {
+        let Ok(response) = http
+            .post(reader.url("/v1/kv:batchGet"))
+            .json(&serde_json::json!({ "keys": chunk }))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(body) = response.json::<Value>().await else {
+            continue;
+        };
+        for item in body["results"].as_array().into_iter().flatten() {
+            let key = item["key"].as_str().unwrap_or_default().to_owned();
+            let value = item["value"].as_str().map(str::to_owned);
+            found.insert(key, value);
+        }
+    }
+    found
 }
 
 /// A schema registry that knows only `subjects`, each with its schema ids (one version each),

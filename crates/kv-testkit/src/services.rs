@@ -489,9 +489,31 @@ pub fn check_command_line(program: &str, role: kv_core::settings::catalogue::Rol
     assert_eq!(code, Some(2), "{name} frobnicate: {unknown}");
 }
 
-/// `healthcheck` against `service` (exit 0 once it is ready) and against a port nothing
-/// listens on (exit 1).
-pub async fn check_healthcheck(program: &str, service: &Service) {
+/// `check-config` against a real broker with the topic: the broker, the topic's partitions and
+/// an exit 0.
+pub async fn check_config_finds_the_topic(program: &str) {
+    let broker = Broker::start();
+    let topic = crate::topic::random_topic("check-config");
+    crate::topic::create_topic(&broker.bootstrap_servers(), &topic, 3, &[]).await;
+    let env = service_env(&broker, &topic);
+    let (code, report) =
+        run_command_to_exit(program, &["check-config"], &env, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("ok    broker: "), "{report}");
+    assert!(
+        report.contains(&format!("ok    topic: {topic}: 3 partition(s)")),
+        "{report}"
+    );
+    assert!(report.contains("configuration OK"), "{report}");
+}
+
+/// `healthcheck` against a running `program` (`--live` exits 0, and plain exits 0 once it is
+/// ready) and against a port nothing listens on (exit 1).
+pub async fn check_healthcheck(program: &str) {
+    let broker = Broker::start();
+    let topic = crate::topic::random_topic("healthcheck");
+    crate::topic::create_topic(&broker.bootstrap_servers(), &topic, 1, &[]).await;
+    let service = Service::start(program, &service_env(&broker, &topic));
     let address = service.base_url.trim_start_matches("http://").to_owned();
     let (code, output) = run_command_to_exit(
         program,

@@ -385,37 +385,92 @@ pub struct TopicTail {
     bootstrap_servers: String,
     topic: String,
     records: Arc<Mutex<Vec<Record>>>,
+    /// Each partition's fetch position when the consumer last reached its end: past the last
+    /// record when the log ends in offsets that hold no record for a consumer.
+    ends_reached: Arc<Mutex<BTreeMap<i32, i64>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TopicTail {
     pub fn start(bootstrap_servers: &str, topic: &str) -> TopicTail {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap_servers)
-            .set("group.id", format!("{topic}-test-tail"))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "50")
-            .create()
-            .expect("consumer");
+        let connect = {
+            let (bootstrap_servers, topic) = (bootstrap_servers.to_owned(), topic.to_owned());
+            move || -> BaseConsumer {
+                ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap_servers)
+                    .set("group.id", format!("{topic}-test-tail"))
+                    .set("enable.auto.commit", "false")
+                    .set("fetch.wait.max.ms", "50")
+                    .set("enable.partition.eof", "true")
+                    .create()
+                    .expect("consumer")
+            }
+        };
+        let mut consumer = connect();
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .expect("metadata");
+        let partitions: Vec<i32> = metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| p.id())
+            .collect();
         let mut list = TopicPartitionList::new();
-        for partition in metadata.topics()[0].partitions() {
-            list.add_partition_offset(topic, partition.id(), Offset::Beginning)
+        for &partition in &partitions {
+            list.add_partition_offset(topic, partition, Offset::Beginning)
                 .expect("partition");
         }
         consumer.assign(&list).expect("assign");
         let records = Arc::new(Mutex::new(Vec::new()));
+        let ends_reached = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (records, stop) = (records.clone(), stop.clone());
+            let (records, ends_reached, stop) =
+                (records.clone(), ends_reached.clone(), stop.clone());
+            let topic = topic.to_owned();
             std::thread::spawn(move || {
+                // After the broker was away, a consumer may stay idle on the restarted broker
+                // (seen with Tansu): a new one, at the next offsets not read yet, fetches.
+                let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+                let mut broker_was_away = false;
                 while !stop.load(Ordering::Relaxed) {
-                    // Errors while the broker is away are retried by librdkafka itself.
-                    if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-                        records.lock().expect("tail").push(Record::of(&message));
+                    match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(message)) => {
+                            next.insert(message.partition(), message.offset() + 1);
+                            records.lock().expect("tail").push(Record::of(&message));
+                        }
+                        Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {
+                            let Ok(positions) = consumer.position() else {
+                                continue;
+                            };
+                            let mut ends = ends_reached.lock().expect("tail ends");
+                            for element in positions.elements() {
+                                if let Offset::Offset(position) = element.offset() {
+                                    ends.insert(element.partition(), position);
+                                }
+                            }
+                        }
+                        // Errors while the broker is away are retried by librdkafka itself.
+                        Some(Err(_)) => broker_was_away = true,
+                        None if broker_was_away => {
+                            broker_was_away = false;
+                            let mut list = TopicPartitionList::new();
+                            for &partition in &partitions {
+                                let offset = next
+                                    .get(&partition)
+                                    .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+                                if list
+                                    .add_partition_offset(&topic, partition, offset)
+                                    .is_err()
+                                {
+                                    continue;
+                                }
+                            }
+                            consumer = connect();
+                            consumer.assign(&list).ok();
+                        }
+                        None => {}
                     }
                 }
             })
@@ -424,6 +479,7 @@ impl TopicTail {
             bootstrap_servers: bootstrap_servers.to_owned(),
             topic: topic.to_owned(),
             records,
+            ends_reached,
             stop,
             thread: Some(thread),
         }
@@ -441,8 +497,10 @@ impl TopicTail {
             deadline,
             || async {
                 let records = self.records.lock().expect("tail");
+                let positions = self.ends_reached.lock().expect("tail ends");
                 let reached = ends.iter().all(|(&partition, &high)| {
                     high == 0
+                        || positions.get(&partition).is_some_and(|&at| at >= high)
                         || records
                             .iter()
                             .any(|r| r.partition == partition && r.offset + 1 >= high)

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kv_testkit::reader::read_back;
 use kv_testkit::service_env;
 use kv_testkit::{eventually, metric, Broker, Service};
 use serde_json::{json, Value};
@@ -43,7 +44,6 @@ const ACKED_AFTER_RESTART: usize = 500;
 /// For the replicas to hold every acknowledged write, and for the writer to recover.
 const DEADLINE: Duration = Duration::from_secs(90);
 /// Most keys one `POST /v1/kv:batchGet` may ask for.
-const BATCH_GET: usize = 1000;
 
 /// One answered (or failed) write.
 #[derive(Debug)]
@@ -112,34 +112,6 @@ async fn client(
         });
     }
     attempts
-}
-
-/// The values `reader` holds for `keys` (`None`: not found), through `POST /v1/kv:batchGet`.
-async fn read_back(
-    http: &reqwest::Client,
-    reader: &Service,
-    keys: &[&String],
-) -> HashMap<String, Option<String>> {
-    let mut found = HashMap::with_capacity(keys.len());
-    for chunk in keys.chunks(BATCH_GET) {
-        let Ok(response) = http
-            .post(reader.url("/v1/kv:batchGet"))
-            .json(&json!({ "keys": chunk }))
-            .send()
-            .await
-        else {
-            continue;
-        };
-        let Ok(body) = response.json::<Value>().await else {
-            continue;
-        };
-        for item in body["results"].as_array().into_iter().flatten() {
-            let key = item["key"].as_str().unwrap_or_default().to_owned();
-            let value = item["value"].as_str().map(str::to_owned);
-            found.insert(key, value);
-        }
-    }
-    found
 }
 
 /// Acknowledged keys `reader` does not hold with their last acknowledged value, polling until

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use kv_testkit::broker::Placement;
 use kv_testkit::netns::NetNamespace;
 use kv_testkit::proxy::{Conditions, Fault, FaultyProxy, Passage};
-use kv_testkit::reader::key_path;
+use kv_testkit::reader::{key_path, read_back};
 use kv_testkit::services::service_env_with;
 use kv_testkit::topic::TopicTail;
 use kv_testkit::{eventually, free_port, Broker, Service};
@@ -162,28 +162,10 @@ async fn missing(
     expected: &BTreeMap<String, String>,
 ) -> Vec<String> {
     let keys: Vec<&String> = expected.keys().collect();
-    let mut held = HashMap::new();
-    for chunk in keys.chunks(1000) {
-        let Ok(response) = http
-            .post(reader.url("/v1/kv:batchGet"))
-            .json(&json!({ "keys": chunk }))
-            .send()
-            .await
-        else {
-            continue;
-        };
-        let Ok(body) = response.json::<Value>().await else {
-            continue;
-        };
-        for item in body["results"].as_array().into_iter().flatten() {
-            if let (Some(key), Some(value)) = (item["key"].as_str(), item["value"].as_str()) {
-                held.insert(key.to_owned(), value.to_owned());
-            }
-        }
-    }
+    let held = read_back(http, reader, &keys).await;
     expected
         .iter()
-        .filter(|(key, value)| held.get(*key) != Some(*value))
+        .filter(|(key, value)| held.get(*key) != Some(&Some((*value).clone())))
         .map(|(key, value)| format!("{key}: acknowledged {value:?}, held {:?}", held.get(key)))
         .collect()
 }
