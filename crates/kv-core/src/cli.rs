@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::kafka::{client_config, topic_config, topic_config_problems, ClientRole};
 use crate::settings::catalogue::{self, Role};
-use crate::settings::CoreSettings;
+use crate::settings::{listen_address, CoreSettings, Env, SettingsError};
 use crate::web::auth::AuthGate;
 
 #[derive(Debug, Parser)]
@@ -58,6 +58,32 @@ pub fn parse(
         Ok(args) => args.command.unwrap_or(Command::Serve),
         Err(error) => error.exit(),
     }
+}
+
+/// What `main` does before it serves or checks: parses the command line, reads the environment,
+/// runs `healthcheck` (which needs only the listen address) and loads the role's settings with
+/// `load`. `Err` is the exit code of a run that ended here: 2 for a bad variable, named.
+pub fn prepare<S>(
+    role: Role,
+    name: &'static str,
+    version: &'static str,
+    about: &'static str,
+    load: impl FnOnce(&Env) -> Result<S, SettingsError>,
+) -> Result<(Command, S), ExitCode> {
+    let command = parse(role, name, version, about);
+    let invalid = |error: SettingsError| {
+        eprintln!("{name}: invalid configuration: {error}");
+        ExitCode::from(2)
+    };
+    let env = Env::from_process().map_err(invalid)?;
+    if let Command::Healthcheck { live } = command {
+        return Err(match listen_address(&env) {
+            Ok(listen) => healthcheck(&listen, live),
+            Err(error) => invalid(env.locate(error)),
+        });
+    }
+    let settings = load(&env).map_err(|error| invalid(env.locate(error)))?;
+    Ok((command, settings))
 }
 
 /// What `check-config` found: one line per check, printed as they complete.

@@ -2,24 +2,21 @@ use std::process::ExitCode;
 
 use kv_core::cli::{self, Command};
 use kv_core::settings::catalogue::Role;
-use kv_core::settings::{listen_address, Env};
 use kv_reader::{App, Settings};
 
+const ABOUT: &str = "A replica of the key-value topic in a local store, serving reads over HTTP. Configured by the environment (below).";
+
 fn main() -> ExitCode {
-    let command = cli::parse(Role::Reader, "kv-reader", env!("CARGO_PKG_VERSION"), ABOUT);
-    let env = match Env::from_process() {
-        Ok(env) => env,
-        Err(error) => return invalid(&error),
-    };
-    if let Command::Healthcheck { live } = command {
-        return match listen_address(&env) {
-            Ok(listen) => cli::healthcheck(&listen, live),
-            Err(error) => invalid(&env.locate(error)),
-        };
-    }
-    let settings = match Settings::from_env(&env) {
-        Ok(settings) => settings,
-        Err(error) => return invalid(&env.locate(error)),
+    let version = env!("CARGO_PKG_VERSION");
+    let (command, settings) = match cli::prepare(
+        Role::Reader,
+        "kv-reader",
+        version,
+        ABOUT,
+        Settings::from_env,
+    ) {
+        Ok(ready) => ready,
+        Err(code) => return code,
     };
     actix_web::rt::System::new().block_on(async move {
         match command {
@@ -27,13 +24,6 @@ fn main() -> ExitCode {
             Command::Serve | Command::Healthcheck { .. } => serve(settings).await,
         }
     })
-}
-
-const ABOUT: &str = "A replica of the key-value topic in a local store, serving reads over HTTP. Configured by the environment (below).";
-
-fn invalid(error: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("kv-reader: invalid configuration: {error}");
-    ExitCode::from(2)
 }
 
 async fn serve(settings: Settings) -> ExitCode {

@@ -479,19 +479,26 @@ mod tests {
         }
     }
 
+    impl Captured {
+        /// JSON log lines at `filter`, captured on this thread until the guard drops. The test
+        /// runtime is single-threaded, so a thread-local subscriber sees the handler.
+        fn json_lines(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .json()
+                .flatten_event(true)
+                .with_writer(move || writer.clone())
+                .finish();
+            (captured, tracing::subscriber::set_default(subscriber))
+        }
+    }
+
     #[actix_web::test]
     async fn log_lines_of_a_request_carry_its_correlation_id_method_and_route_but_not_its_key() {
-        let captured = Captured::default();
-        let writer = captured.clone();
         // A production-like filter: warnings only.
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-            .json()
-            .flatten_event(true)
-            .with_writer(move || writer.clone())
-            .finish();
-        // The test runtime is single-threaded, so a thread-local subscriber sees the handler.
-        let _subscriber = tracing::subscriber::set_default(subscriber);
+        let (captured, _subscriber) = Captured::json_lines("warn");
         let app = test::init_service(App::new().wrap(from_fn(correlation_id_middleware)).route(
             "/kv/{key:.*}",
             web::get().to(|| async {
@@ -527,15 +534,7 @@ mod tests {
 
     #[actix_web::test]
     async fn every_request_gets_one_access_log_line_with_its_status_and_duration_but_not_its_key() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .json()
-            .flatten_event(true)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _subscriber = tracing::subscriber::set_default(subscriber);
+        let (captured, _subscriber) = Captured::json_lines("info");
         let app = test::init_service(App::new().wrap(from_fn(correlation_id_middleware)).route(
             "/kv/{key:.*}",
             web::get().to(|| async { HttpResponse::NotFound().finish() }),

@@ -19,7 +19,7 @@
 //! write must still be in the log.
 
 use crate::{reader, WRITER};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use kv_testkit::reader::read_back;
 use kv_testkit::service_env;
 use kv_testkit::{eventually, metric, Broker, Service};
-use serde_json::{json, Value};
 
 use kv_testkit::services::service_env_with as writer_env;
 
@@ -43,8 +42,6 @@ const STEADY: Duration = Duration::from_secs(4);
 const ACKED_AFTER_RESTART: usize = 500;
 /// For the replicas to hold every acknowledged write, and for the writer to recover.
 const DEADLINE: Duration = Duration::from_secs(90);
-/// Most keys one `POST /v1/kv:batchGet` may ask for.
-
 /// One answered (or failed) write.
 #[derive(Debug)]
 struct Attempt {

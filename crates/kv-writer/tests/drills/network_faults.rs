@@ -28,7 +28,6 @@ use kv_testkit::reader::{key_path, read_back};
 use kv_testkit::services::service_env_with;
 use kv_testkit::topic::TopicTail;
 use kv_testkit::{eventually, free_port, Broker, Service};
-use serde_json::{json, Value};
 
 const WRITERS: usize = 8;
 const READERS: usize = 4;
