@@ -6,6 +6,7 @@ use crate::{writer, READER};
 use std::time::Duration;
 
 use kv_testkit::{eventually, metric as sample, Broker, Service};
+use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -160,6 +161,31 @@ async fn after_writes_and_reads_both_services_report_their_role_metrics() {
     assert!(
         !reader_metrics.contains("/v1/kv/a"),
         "raw paths must not become labels"
+    );
+    // The access log: one JSON line per request (the writer logs JSON here), with the route
+    // pattern, the status and the correlation id, never the key.
+    let access = eventually("the writer's access-log lines", DEADLINE, || async {
+        let output = writer.output();
+        let lines: Vec<Value> = output
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["target"] == "kv_access")
+            .collect();
+        (lines.len() >= 4).then_some(lines)
+    })
+    .await;
+    let put = access
+        .iter()
+        .find(|line| line["span"]["correlation_id"] == "metrics-put-a")
+        .unwrap_or_else(|| panic!("no access line of the first put: {access:?}"));
+    assert_eq!(put["level"], "INFO", "{put}");
+    assert_eq!(put["status"], 200, "{put}");
+    assert_eq!(put["span"]["method"], "PUT", "{put}");
+    assert_eq!(put["span"]["route"], "/v1/kv/{key}", "{put}");
+    assert!(put["duration_ms"].as_f64().is_some(), "{put}");
+    assert!(
+        !writer.output().contains("/v1/kv/a\""),
+        "paths, which hold keys, must not be logged"
     );
 
     // librdkafka's statistics: every second on the reader, every 5 s on the writer.
