@@ -391,6 +391,46 @@ fn redact_userinfo(url: &str) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_registry_is_asked_with_the_basic_auth_user_info() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut chunk).expect("read") {
+                    0 => break,
+                    n => request.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body = "[]";
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .expect("answer");
+            String::from_utf8_lossy(&request).to_ascii_lowercase()
+        });
+        let access = RegistrySettings {
+            url,
+            user_info: Some(Secret::new("user:pass".to_owned())),
+            ca: None,
+        };
+        let registry = Registry::new(&access, "kv", Duration::from_secs(5)).expect("client");
+        let framing = registry.discover().await.expect("discover");
+        assert!(!framing.is_on());
+        let request = server.join().expect("server");
+        // base64("user:pass")
+        assert!(
+            request.contains("authorization: basic dxnlcjpwyxnz"),
+            "{request}"
+        );
+    }
+
     #[test]
     fn registry_credentials_never_reach_an_error_message() {
         assert_eq!(
