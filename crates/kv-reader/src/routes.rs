@@ -44,6 +44,10 @@ pub const NATIVE_PREFIX: &str = "/v1/kv/";
 pub const REPLICA_APPLIED_HEADER: HeaderName = HeaderName::from_static("x-replica-applied");
 /// Records in the topic this replica has not applied yet, over all partitions.
 pub const REPLICA_LAG_HEADER: HeaderName = HeaderName::from_static("x-replica-lag");
+/// Milliseconds since a broker last answered this replica's consumer. The lag is counted
+/// against the end offsets the broker last reported, so a replica cut off from the broker shows
+/// its last lag; this header is what grows then.
+pub const REPLICA_SILENCE_HEADER: HeaderName = HeaderName::from_static("x-replica-silence-ms");
 
 /// Most keys one `POST /v1/kv:batchGet` may ask for.
 pub const MAX_BATCH_KEYS: usize = 1000;
@@ -405,14 +409,15 @@ fn consistency_token(request: &HttpRequest) -> Result<Option<ConsistencyToken>, 
 }
 
 /// Adds `X-Replica-Applied` and `X-Replica-Lag` to every answer of a read, errors included, as
-/// the replica was when the handler read the store: the data served is at least that fresh.
+/// the replica was when the handler read the store: the data served is at least that fresh; and
+/// `X-Replica-Silence-Ms`, how long ago a broker last answered (once one has).
 pub async fn freshness_middleware(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let served_by = request
-        .app_data::<web::Data<ReaderState>>()
-        .and_then(|state| state.cluster.as_ref().map(|c| c.served_by()));
+    let state = request.app_data::<web::Data<ReaderState>>();
+    let served_by = state.and_then(|state| state.cluster.as_ref().map(|c| c.served_by()));
+    let answered_ms = state.and_then(|state| state.progress.broker_answered_ms());
     let mut response = next.call(request).await?;
     // Every answer of a shard names who answered: a forwarded one carries the owner's.
     if let Some(served_by) = served_by {
@@ -427,6 +432,10 @@ pub async fn freshness_middleware(
             headers.insert(REPLICA_APPLIED_HEADER, applied);
         }
         headers.insert(REPLICA_LAG_HEADER, HeaderValue::from(freshness.lag));
+        if let Some(answered_ms) = answered_ms {
+            let silence = crate::store::now_ms().saturating_sub(answered_ms);
+            headers.insert(REPLICA_SILENCE_HEADER, HeaderValue::from(silence));
+        }
     }
     Ok(response)
 }

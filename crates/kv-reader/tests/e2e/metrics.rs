@@ -162,6 +162,23 @@ async fn after_writes_and_reads_both_services_report_their_role_metrics() {
         !reader_metrics.contains("/v1/kv/a"),
         "raw paths must not become labels"
     );
+    // How long ago the broker last answered: statistics come every second.
+    eventually(
+        "a read saying the broker answered lately",
+        DEADLINE,
+        || async {
+            let read = http.get(reader.url("/v1/kv/a")).send().await.ok()?;
+            let silence: u64 = read
+                .headers()
+                .get("x-replica-silence-ms")?
+                .to_str()
+                .ok()?
+                .parse()
+                .ok()?;
+            (silence < 5_000).then_some(())
+        },
+    )
+    .await;
     // The access log: one JSON line per request (the writer logs JSON here), with the route
     // pattern, the status and the correlation id, never the key.
     let access = eventually("the writer's access-log lines", DEADLINE, || async {

@@ -50,6 +50,8 @@ struct Reads {
     ok: AtomicU64,
     failed: AtomicU64,
     max_lag: AtomicU64,
+    /// The largest `X-Replica-Silence-Ms`: how long the reader had not heard from a broker.
+    max_silence_ms: AtomicU64,
     first_failures: Mutex<Vec<String>>,
 }
 
@@ -135,6 +137,12 @@ async fn read_client(
                     .and_then(|v| v.to_str().ok()?.parse().ok())
                     .unwrap_or(0);
                 reads.max_lag.fetch_max(lag, Ordering::Relaxed);
+                let silence = response
+                    .headers()
+                    .get("x-replica-silence-ms")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(0);
+                reads.max_silence_ms.fetch_max(silence, Ordering::Relaxed);
                 let status = response.status();
                 let body = response.text().await.unwrap_or_default();
                 let good = status == 200 && body == *value;
@@ -305,11 +313,12 @@ fn report(name: &str, outcome: &Outcome, window: (Instant, Instant), extra: &str
     println!(
         "drill {name}: writes acked {acked} ({acked_during} sent during the fault), \
          acked-but-lost = {}, 503 with Retry-After {refused}, other answers {other_total} \
-         {other:?}, reads {} failed {reads_failed}, largest X-Replica-Lag {}, every acked \
-         write on the reader {:.1} s after the heal, restarts {}{extra}",
+         {other:?}, reads {} failed {reads_failed}, largest X-Replica-Lag {} and \
+         X-Replica-Silence-Ms {}, every acked write on the reader {:.1} s after the heal, restarts {}{extra}",
         outcome.lost,
         reads_ok + reads_failed,
         outcome.reads.max_lag.load(Ordering::Relaxed),
+        outcome.reads.max_silence_ms.load(Ordering::Relaxed),
         outcome.caught_up_after.as_secs_f64(),
         outcome.restarts,
     );
@@ -364,6 +373,13 @@ async fn drill_a_15_s_partition_from_the_broker_loses_no_acknowledged_write_and_
         &outcome,
         window,
         "",
+    );
+    // The lag cannot grow while the reader hears no end offsets; its silence must.
+    let silence = outcome.reads.max_silence_ms.load(Ordering::Relaxed);
+    assert!(
+        silence >= (CUT.as_millis() as u64) * 2 / 3,
+        "reads during a {} s cut said the broker was silent for at most {silence} ms",
+        CUT.as_secs()
     );
 }
 
