@@ -41,7 +41,7 @@ pub enum Command {
 }
 
 /// Parses the command line; `--help`, `--version` and a bad argument print and exit here.
-pub fn parse(
+fn parse(
     role: Role,
     name: &'static str,
     version: &'static str,
