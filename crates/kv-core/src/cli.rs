@@ -41,12 +41,7 @@ pub enum Command {
 }
 
 /// Parses the command line; `--help`, `--version` and a bad argument print and exit here.
-fn parse(
-    role: Role,
-    name: &'static str,
-    version: &'static str,
-    about: &'static str,
-) -> Command {
+fn parse(role: Role, name: &'static str, version: &'static str, about: &'static str) -> Command {
     let command = Args::command()
         .name(name)
         .bin_name(name)
