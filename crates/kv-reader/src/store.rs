@@ -152,8 +152,13 @@ pub struct StoredEntry {
 impl StoredEntry {
     /// Whether the entry is there for a read at `now_ms`: it has no expiry, or a later one.
     pub fn is_live(&self, now_ms: u64) -> bool {
-        self.expires_at_ms.is_none_or(|at| at > now_ms)
+        live_at(self.expires_at_ms, now_ms)
     }
+}
+
+/// Whether an entry expiring at `expires_at_ms` (if ever) is there for a read at `now_ms`.
+fn live_at(expires_at_ms: Option<u64>, now_ms: u64) -> bool {
+    expires_at_ms.is_none_or(|at| at > now_ms)
 }
 
 #[derive(Debug)]
@@ -453,6 +458,37 @@ impl Store {
     /// The key's entry, unless it has expired by this replica's clock.
     pub fn get(&self, user_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {
         self.lookup(&*self.entries()?, user_key, now_ms())
+    }
+
+    /// Hands `read` the key's live value where it lies in the store's page, without copying it
+    /// out: the Redis-protocol port writes it straight into its reply.
+    pub fn read_value<R>(
+        &self,
+        user_key: &[u8],
+        read: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, StoreError> {
+        let entries = self.entries()?;
+        let now = now_ms();
+        match &self.cipher {
+            None => match entries.get(user_key)? {
+                Some(raw) => {
+                    let view = EntryView::of(raw.value())?;
+                    Ok(read(view.is_live(now).then_some(view.value)))
+                }
+                None => Ok(read(None)),
+            },
+            Some(cipher) => {
+                let index = cipher.index(user_key);
+                match entries.get(index.as_slice())? {
+                    Some(sealed) => {
+                        let (_, entry) = open_entry(cipher, &index, sealed.value())?;
+                        let view = EntryView::of(&entry)?;
+                        Ok(read(view.is_live(now).then_some(view.value)))
+                    }
+                    None => Ok(read(None)),
+                }
+            }
+        }
     }
 
     /// The key's entry if it is live at `now_ms`.
@@ -814,33 +850,61 @@ fn entry_expiry(raw: &[u8]) -> Result<Option<u64>, StoreError> {
 
 /// Whether a stored entry is live at `now_ms`; a corrupt one is listed, and its read reports it.
 fn entry_is_live(raw: &[u8], now_ms: u64) -> bool {
-    entry_expiry(raw).map_or(true, |at| at.is_none_or(|at| at > now_ms))
+    entry_expiry(raw).map_or(true, |at| live_at(at, now_ms))
+}
+
+/// A stored entry as it lies in the store's page: the layout's one reader.
+struct EntryView<'a> {
+    partition: i32,
+    offset: i64,
+    correlation_id: &'a [u8],
+    value: &'a [u8],
+    expires_at_ms: Option<u64>,
+}
+
+impl<'a> EntryView<'a> {
+    fn of(raw: &'a [u8]) -> Result<EntryView<'a>, StoreError> {
+        let expires_at_ms = entry_expiry(raw)?;
+        let header_len = ENTRY_HEADER_LEN + if expires_at_ms.is_some() { 8 } else { 0 };
+        if raw.len() < header_len {
+            return Err(StoreError::CorruptEntry);
+        }
+        let partition =
+            i32::from_be_bytes(raw[1..5].try_into().map_err(|_| StoreError::CorruptEntry)?);
+        let offset = i64::from_be_bytes(
+            raw[5..13]
+                .try_into()
+                .map_err(|_| StoreError::CorruptEntry)?,
+        );
+        let id_len = raw[header_len - 1] as usize;
+        let rest = &raw[header_len..];
+        if rest.len() < id_len {
+            return Err(StoreError::CorruptEntry);
+        }
+        let (correlation_id, value) = rest.split_at(id_len);
+        Ok(EntryView {
+            partition,
+            offset,
+            correlation_id,
+            value,
+            expires_at_ms,
+        })
+    }
+
+    fn is_live(&self, now_ms: u64) -> bool {
+        live_at(self.expires_at_ms, now_ms)
+    }
 }
 
 fn decode_entry(raw: &[u8]) -> Result<StoredEntry, StoreError> {
-    let expires_at_ms = entry_expiry(raw)?;
-    let header_len = ENTRY_HEADER_LEN + if expires_at_ms.is_some() { 8 } else { 0 };
-    if raw.len() < header_len {
-        return Err(StoreError::CorruptEntry);
-    }
-    let partition = i32::from_be_bytes(raw[1..5].try_into().map_err(|_| StoreError::CorruptEntry)?);
-    let offset = i64::from_be_bytes(
-        raw[5..13]
-            .try_into()
-            .map_err(|_| StoreError::CorruptEntry)?,
-    );
-    let id_len = raw[header_len - 1] as usize;
-    let rest = &raw[header_len..];
-    if rest.len() < id_len {
-        return Err(StoreError::CorruptEntry);
-    }
-    let (id, value) = rest.split_at(id_len);
+    let view = EntryView::of(raw)?;
     Ok(StoredEntry {
-        partition,
-        offset,
-        correlation_id: (!id.is_empty()).then(|| String::from_utf8_lossy(id).into_owned()),
-        value: value.to_vec(),
-        expires_at_ms,
+        partition: view.partition,
+        offset: view.offset,
+        correlation_id: (!view.correlation_id.is_empty())
+            .then(|| String::from_utf8_lossy(view.correlation_id).into_owned()),
+        value: view.value.to_vec(),
+        expires_at_ms: view.expires_at_ms,
     })
 }
 
@@ -967,6 +1031,43 @@ mod tests {
             .expect("get");
         assert_eq!(found[0], None);
         assert_eq!(found[1].as_ref().expect("present").value, b"v");
+    }
+
+    #[test]
+    fn a_borrowed_value_read_answers_as_get_does_live_expired_missing_and_encrypted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let encrypted = Storage::Disk {
+            location: dir.path().to_owned(),
+        };
+        for (storage, secret) in [
+            (Storage::Memory, None),
+            (encrypted, Some(password("correct horse"))),
+        ] {
+            let store = Store::open(&storage, secret.as_ref()).expect("store");
+            let mut expired = put(b"gone", 1, b"old");
+            if let Change::Put { expires_at_ms, .. } = &mut expired {
+                *expires_at_ms = Some(1);
+            }
+            store
+                .apply(
+                    &[put(b"k", 0, b"value"), expired],
+                    &BTreeMap::from([(0, 2)]),
+                )
+                .expect("apply");
+            for key in [b"k".as_slice(), b"gone", b"missing"] {
+                let borrowed = store
+                    .read_value(key, |value| value.map(<[u8]>::to_vec))
+                    .expect("read");
+                let copied = store.get(key).expect("get").map(|entry| entry.value);
+                assert_eq!(borrowed, copied, "{}", String::from_utf8_lossy(key));
+            }
+            assert_eq!(
+                store
+                    .read_value(b"k", |value| value.map(<[u8]>::len))
+                    .expect("read"),
+                Some(5)
+            );
+        }
     }
 
     #[test]

@@ -12,8 +12,11 @@ use actix_web::error::{PathError, PayloadError, QueryPayloadError};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use tracing::field::{display, FieldSet, Value};
+use tracing::span::Record;
 use tracing::Instrument;
 
+use crate::telemetry::{self, DeferredRecord};
 use crate::web::error::{ApiError, ErrorCode};
 use crate::web::routing::RoutePattern;
 
@@ -98,13 +101,22 @@ pub async fn correlation_id_middleware(
     let header = HeaderValue::from_str(&id.0).ok();
     // At error level so that the span, and with it the correlation id, is kept on every line
     // that passes the filter, even with RUST_LOG=warn. The route *pattern*, never the raw path:
-    // paths hold keys, which must not reach the logs.
+    // paths hold keys, which must not reach the logs. The fields are formatted only when a line
+    // is written in the span: most requests write none.
     let route = RoutePattern::of(request.request());
     let span = tracing::error_span!(
         "request",
-        correlation_id = %id.0,
-        method = %request.method(),
-        route = route.as_str(),
+        correlation_id = tracing::field::Empty,
+        method = tracing::field::Empty,
+        route = tracing::field::Empty,
+    );
+    telemetry::defer(
+        &span,
+        RequestFields {
+            correlation_id: id.clone(),
+            method: request.method().clone(),
+            route: route.clone(),
+        },
     );
     {
         let mut extensions = request.extensions_mut();
@@ -135,6 +147,31 @@ pub async fn correlation_id_middleware(
         }
     }
     Ok(response)
+}
+
+/// The fields of a request's span, recorded when a line is written in it.
+struct RequestFields {
+    correlation_id: CorrelationId,
+    method: actix_web::http::Method,
+    route: RoutePattern,
+}
+
+impl DeferredRecord for RequestFields {
+    fn record(&self, fields: &FieldSet, sink: &mut dyn FnMut(&Record<'_>)) {
+        let (Some(id), Some(method), Some(route)) = (
+            fields.field("correlation_id"),
+            fields.field("method"),
+            fields.field("route"),
+        ) else {
+            return;
+        };
+        let values = [
+            (&id, Some(&display(&self.correlation_id.0) as &dyn Value)),
+            (&method, Some(&display(&self.method) as &dyn Value)),
+            (&route, Some(&self.route.as_str() as &dyn Value)),
+        ];
+        sink(&Record::new(&fields.value_set(&values)));
+    }
 }
 
 /// Closes the connection after answering a request whose body was not read to its end, instead
@@ -403,6 +440,7 @@ mod tests {
     use actix_web::{test, web, App, HttpResponse};
 
     use super::*;
+    use crate::telemetry::tests::Captured;
     use crate::web::routing::route_not_found;
 
     #[actix_web::test]
@@ -464,41 +502,24 @@ mod tests {
         assert_eq!(test::read_body(response).await, "abc-123");
     }
 
-    /// Log output captured in memory.
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        /// JSON log lines at `filter`, captured on this thread until the guard drops. The test
-        /// runtime is single-threaded, so a thread-local subscriber sees the handler.
-        fn json_lines(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
-            let captured = Captured::default();
-            let writer = captured.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .json()
-                .flatten_event(true)
-                .with_writer(move || writer.clone())
-                .finish();
-            (captured, tracing::subscriber::set_default(subscriber))
-        }
+    /// The services' JSON log lines at `filter`, captured on this thread until the guard drops.
+    /// The test runtime is single-threaded, so a thread-local subscriber sees the handler.
+    fn json_lines(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = crate::telemetry::subscriber(
+            crate::settings::LogFormat::Json,
+            tracing_subscriber::EnvFilter::new(filter),
+            false,
+            move || writer.clone(),
+        );
+        (captured, tracing::subscriber::set_default(subscriber))
     }
 
     #[actix_web::test]
     async fn log_lines_of_a_request_carry_its_correlation_id_method_and_route_but_not_its_key() {
         // A production-like filter: warnings only.
-        let (captured, _subscriber) = Captured::json_lines("warn");
+        let (captured, _subscriber) = json_lines("warn");
         let app = test::init_service(App::new().wrap(from_fn(correlation_id_middleware)).route(
             "/kv/{key:.*}",
             web::get().to(|| async {
@@ -516,8 +537,7 @@ mod tests {
         )
         .await;
 
-        let logs =
-            String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
+        let logs = captured.text();
         let line = logs
             .lines()
             .find(|line| line.contains("inside the handler"))
@@ -534,7 +554,7 @@ mod tests {
 
     #[actix_web::test]
     async fn every_request_gets_one_access_log_line_with_its_status_and_duration_but_not_its_key() {
-        let (captured, _subscriber) = Captured::json_lines("info");
+        let (captured, _subscriber) = json_lines("info");
         let app = test::init_service(App::new().wrap(from_fn(correlation_id_middleware)).route(
             "/kv/{key:.*}",
             web::get().to(|| async { HttpResponse::NotFound().finish() }),
@@ -549,8 +569,7 @@ mod tests {
         )
         .await;
 
-        let logs =
-            String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
+        let logs = captured.text();
         let lines: Vec<serde_json::Value> = logs
             .lines()
             .map(|line| serde_json::from_str(line).expect("a JSON log line"))

@@ -81,9 +81,9 @@ impl Metrics {
         &self.registry
     }
 
-    fn observe(&self, route: &str, method: &str, status: u16, started: Instant) {
+    fn observe(&self, route: &str, method: &str, status: &str, started: Instant) {
         self.requests
-            .with_label_values(&[route, method, status.to_string().as_str()])
+            .with_label_values(&[route, method, status])
             .inc();
         self.latency
             .with_label_values(&[route, method])
@@ -130,7 +130,7 @@ pub async fn metrics_middleware(
         metrics.observe(
             route.as_str(),
             method_label(http_request.method()),
-            response.status().as_u16(),
+            response.status().as_str(),
             started,
         );
     }

@@ -508,10 +508,12 @@ pub fn execute(shared: &Shared, session: &mut Session, args: Args<'_>, out: &mut
                 reply.error(&refusal);
                 return Next::Continue;
             }
-            match state.store.get(key) {
-                Ok(Some(entry)) => reply.bulk(&entry.value),
-                Ok(None) => reply.null(),
-                Err(error) => store_failed(&mut reply, &error),
+            let read = state.store.read_value(key, |value| match value {
+                Some(value) => reply.bulk(value),
+                None => reply.null(),
+            });
+            if let Err(error) = read {
+                store_failed(&mut reply, &error);
             }
         }
         Name::Mget => mget(shared, args, &mut reply),
