@@ -70,23 +70,43 @@ fig() { # fig NAME VALUE: a figure, kept for the table even when the step fails 
     printf '%s=%q\n' "$1" "$2" >>"$figures"
 }
 step_notes=()
+# No step may hang the run: one that takes longer than this is stopped, and counts as failed.
+step_seconds="${BENCH_STEP_SECONDS:-900}"
+kill_tree() { # kill_tree PID: the process and everything it started, children first
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+    kill "$1" 2>/dev/null || true
+}
 step() { # step NAME FUNCTION ARGS...: runs the step, retries it once, then marks it failed
-    local name=$1 attempt first=""
+    local name=$1 attempt first="" sub dog status
     shift
     for attempt in 1 2; do
         rm -f "$work/step-error"
-        if (
+        (
             pids=()
             trap cleanup EXIT
             die() { log "error: $*"; printf '%s' "$*" >"$work/step-error"; exit 1; }
             "$@"
-        ); then
+        ) &
+        sub=$!
+        (
+            sleep "$step_seconds"
+            log "error: step $name still running after ${step_seconds} s (BENCH_STEP_SECONDS); stopping it"
+            printf 'still running after %s s' "$step_seconds" >"$work/step-error"
+            kill_tree "$sub"
+        ) &
+        dog=$!
+        status=0
+        wait "$sub" || status=$?
+        kill_tree "$dog"
+        wait "$dog" 2>/dev/null || true
+        if [ "$status" = 0 ]; then
             # shellcheck disable=SC1090
             . "$figures"
             [ -z "$first" ] || step_notes+=("$name: retried once, on a fresh broker; the first try failed: $first")
             return 0
         fi
-        first=$(cat "$work/step-error" 2>/dev/null || echo "exit status $?")
+        first=$(cat "$work/step-error" 2>/dev/null || echo "exit status $status")
         [ "$attempt" = 2 ] || log "step $name failed ($first); retrying it once"
     done
     # shellcheck disable=SC1090
@@ -412,6 +432,15 @@ reads_step() {
     http_reads "$reader_port" reader
     fig rss_after "$(rss_mb "$reader_pid")"
     fig rss_peak "$(hwm_mb "$reader_pid")"
+    # The same server, middlewares and log span with no store and no key: the HTTP ceiling a
+    # read could reach on this box.
+    printf 'request = function() return wrk.format("GET", "/healthz/live") end\n' >"$work/live.lua"
+    log "reads: kv-reader GET /healthz/live (the HTTP ceiling, no store)"
+    http_reads "$reader_port" live "$work/live.lua"
+    # One key over and over: a read whose pages are always in the cache.
+    printf 'request = function() return wrk.format("GET", "/v1/kv/key-000000001") end\n' >"$work/hot.lua"
+    log "reads: kv-reader GET of one key over and over (no page-cache misses)"
+    http_reads "$reader_port" hot "$work/hot.lua"
 
     on_free_port nginx nginx_on
     log "reads: nginx (one static 100-byte file)"
@@ -614,11 +643,17 @@ pair_on() { # pair_on BROKER LABEL [VAR=VALUE for the reader...]: a writer and a
     wait_ready "http://127.0.0.1:$wport/healthz/ready"
     wait_ready "http://127.0.0.1:$rport/healthz/ready"
 }
+# Tansu's sqlite storage stops keeping up some 20 000 records into a run (see 2.): 300 probes
+# under 500 writes/s (the full mode's freshness and watch) came near it and lost probes to
+# connection resets on fresh brokers, twice in a row. On Tansu those steps take at most 100
+# probes (and the watch step 3 000 bulk events), which the table says.
+tansu_probes=$((probes < 100 ? probes : 100))
+probes_on() { if [ "$1" = tansu ]; then echo "$tansu_probes"; else echo "$probes"; fi; }
 freshness_on() { # freshness_on mock|tansu LABEL [VAR=VALUE for the reader]
     local broker wport rport
     broker_of "$1"
     pair_on "$broker" "fresh-$2" "${@:3}"
-    "$bin/examples/freshness" "http://127.0.0.1:$wport" "http://127.0.0.1:$rport" "$probes" 500 \
+    "$bin/examples/freshness" "http://127.0.0.1:$wport" "http://127.0.0.1:$rport" "$(probes_on "$1")" 500 \
         >"$work/fresh-$2.txt" || die "the freshness probes on $2 failed"
     fig "fresh_${2}_p50" "$(grep BENCH "$work/fresh-$2.txt" | field p50_ms)"
     fig "fresh_${2}_p99" "$(grep BENCH "$work/fresh-$2.txt" | field p99_ms)"
@@ -630,7 +665,7 @@ freshness_on() { # freshness_on mock|tansu LABEL [VAR=VALUE for the reader]
 }
 log "freshness: $probes probes under 500 writes/s on the MockCluster"
 step fresh-mock freshness_on mock mock
-log "freshness: $probes probes under 500 writes/s on a fresh Tansu"
+log "freshness: $tansu_probes probes under 500 writes/s on a fresh Tansu"
 step fresh-tansu freshness_on tansu tansu
 # Both brokers hold a fetch until fetch.wait.max.ms (50 ms by default) instead of answering when
 # a record arrives; the same probes with the reader's wait at 5 ms show what that costs.
@@ -641,21 +676,22 @@ step fresh-tansu5 freshness_on tansu tansu5 KAFKA_FETCH_WAIT_MAX_MS=5
 # --- 6. watch: write 2xx -> event at 100 watchers, and events/s one watcher takes -------------
 # The reader keeps a buffer of changes larger than the throughput run's, so its watcher is served
 # from the buffer; the latency goal is the freshness p99 of the same broker plus 5 ms.
-watch_on() { # watch_on mock|tansu
+watch_writes_tansu=$((writes < 3000 ? writes : 3000))
+watch_on() { # watch_on mock|tansu PROBES CHANGES
     local broker wport rport name
     broker_of "$1"
     pair_on "$broker" "watch-$1" KV_API_WATCH_BUFFER_EVENTS=100000 KV_API_WATCH_BUFFER_BYTES=67108864
-    "$bin/examples/watch_latency" "http://127.0.0.1:$wport" "http://127.0.0.1:$rport" 100 "$probes" \
-        "$writes" 500 >"$work/watch-$1.txt" || die "the watch probes on $1 failed"
+    "$bin/examples/watch_latency" "http://127.0.0.1:$wport" "http://127.0.0.1:$rport" 100 "$2" \
+        "$3" 500 >"$work/watch-$1.txt" || die "the watch probes on $1 failed"
     for name in p50_ms p99_ms failed events_per_s; do
         fig "watch_${1}_${name%_ms}" "$(grep BENCH "$work/watch-$1.txt" | field "$name")"
     done
     [ "$(grep BENCH "$work/watch-$1.txt" | field failed)" = 0 ] || die "failed watch probes on $1"
 }
 log "watch: $probes probes to 100 watchers under 500 writes/s, then $writes events to one watcher, MockCluster"
-step watch-mock watch_on mock
-log "watch: the same on a fresh Tansu"
-step watch-tansu watch_on tansu
+step watch-mock watch_on mock "$probes" "$writes"
+log "watch: $tansu_probes probes and $watch_writes_tansu events on a fresh Tansu"
+step watch-tansu watch_on tansu "$tansu_probes" "$watch_writes_tansu"
 watch_goal_mock=$(awk -v f="${fresh_mock_p99:-0}" 'BEGIN { printf "%.1f", f + 5 }')
 watch_goal_tansu=$(awk -v f="${fresh_tansu_p99:-0}" 'BEGIN { printf "%.1f", f + 5 }')
 # --- end of 6. watch -------------------------------------------------------------------------
@@ -723,15 +759,19 @@ table="$work/results.md"
     echo "|---|---|---|---|---|---|"
     row "1. reads/s, kv-reader vs redis-benchmark GET$(retried reads)" "$reader_rps" "$redis_rps" 1.0 "req/s"
     row "1. reads/s, kv-reader vs nginx static file" "$reader_rps" "$nginx_rps" 0.9 "req/s"
+    printf '| 1. the HTTP ceiling: kv-reader GET /healthz/live (same server and middlewares, no store) vs nginx | %s req/s | %s req/s | %s | | |\n' \
+        "${live_rps%.*}" "${nginx_rps%.*}" "$(ratio "$live_rps" "$nginx_rps")"
+    printf '| 1. random keys vs one key over and over (its pages always cached): what page-cache misses cost | %s req/s | %s req/s | %s | | |\n' \
+        "${reader_rps%.*}" "${hot_rps%.*}" "$(ratio "$reader_rps" "$hot_rps")"
     resp_rows
     printf '| 1. read latency p50 / p99 (ms): kv-reader / redis / nginx | %s / %s | %s / %s ; %s / %s | | | |\n' \
         "$reader_p50" "$reader_p99" "$redis_p50" "$redis_p99" "$nginx_p50" "$nginx_p99"
     row "2. acked writes/s vs raw producer, MockCluster$(retried writes-mock)" "$writes_mock_ours" "$writes_mock_raw" 0.8 "w/s"
     row "2. acked writes/s vs raw producer, Tansu$(retried writes-tansu)" "$writes_tansu_ours" "$writes_tansu_raw" 0.8 "w/s"
     limit_row "3. freshness p99, MockCluster$(retried fresh-mock) (p50 $fresh_mock_p50 ms, failed probes $fresh_mock_failed)" "$fresh_mock_p99" 20 ms
-    limit_row "3. freshness p99, Tansu$(retried fresh-tansu) (p50 $fresh_tansu_p50 ms, failed probes $fresh_tansu_failed)" "$fresh_tansu_p99" 20 ms
+    limit_row "3. freshness p99, Tansu$(retried fresh-tansu) ($tansu_probes probes, p50 $fresh_tansu_p50 ms, failed probes $fresh_tansu_failed)" "$fresh_tansu_p99" 20 ms
     limit_row "3. freshness p99, MockCluster, reader KAFKA_FETCH_WAIT_MAX_MS=5$(retried fresh-mock5) (p50 $fresh_mock5_p50 ms, failed probes $fresh_mock5_failed)" "$fresh_mock5_p99" 20 ms
-    limit_row "3. freshness p99, Tansu, reader KAFKA_FETCH_WAIT_MAX_MS=5$(retried fresh-tansu5) (p50 $fresh_tansu5_p50 ms, failed probes $fresh_tansu5_failed)" "$fresh_tansu5_p99" 20 ms
+    limit_row "3. freshness p99, Tansu, reader KAFKA_FETCH_WAIT_MAX_MS=5$(retried fresh-tansu5) ($tansu_probes probes, p50 $fresh_tansu5_p50 ms, failed probes $fresh_tansu5_failed)" "$fresh_tansu5_p99" 20 ms
     row "4. replay records/s vs raw consumer, MockCluster ($mock_records)$(retried replay-mock)" "$replay_mock_ours" "$replay_mock_raw" 0.8 "rec/s"
     row "4. replay records/s vs raw consumer, Tansu ($keys)$(retried replay-tansu)" "$replay_tansu_ours" "$replay_tansu_raw" 0.8 "rec/s"
     limit_row "5. reader RSS, $keys keys on disk, after the read runs (ready: $rss_ready MB, peak $rss_peak MB, store $store_mb MB)" "$rss_after" 100 MB
@@ -742,9 +782,9 @@ table="$work/results.md"
     row "6. forwarded GET/s vs GET the shard answers itself" "$shard_forwarded_rps" "$shard_local_rps" 0.6 "req/s"
     limit_row "6. forwarded GET p99 / local GET p99 ($shard_forwarded_p99 ms / $shard_local_p99 ms)" "$(ratio "$shard_forwarded_p99" "$shard_local_p99")" 2 x
     limit_row "8. write -> watch event p99, 100 watchers, MockCluster$(retried watch-mock) (p50 $watch_mock_p50 ms, failed probes $watch_mock_failed; goal freshness p99 + 5 ms)" "$watch_mock_p99" "$watch_goal_mock" ms
-    limit_row "8. write -> watch event p99, 100 watchers, Tansu$(retried watch-tansu) (p50 $watch_tansu_p50 ms, failed probes $watch_tansu_failed; goal freshness p99 + 5 ms)" "$watch_tansu_p99" "$watch_goal_tansu" ms
-    printf '| 8. events/s one watcher takes from the buffer (%s events): MockCluster / Tansu | %s / %s | | | | |\n' \
-        "$writes" "$watch_mock_events_per_s" "$watch_tansu_events_per_s"
+    limit_row "8. write -> watch event p99, 100 watchers, Tansu$(retried watch-tansu) ($tansu_probes probes, p50 $watch_tansu_p50 ms, failed probes $watch_tansu_failed; goal freshness p99 + 5 ms)" "$watch_tansu_p99" "$watch_goal_tansu" ms
+    printf '| 8. events/s one watcher takes from the buffer (%s / %s events): MockCluster / Tansu | %s / %s | | | | |\n' \
+        "$writes" "$watch_writes_tansu" "$watch_mock_events_per_s" "$watch_tansu_events_per_s"
     for ttl_on in mock tansu; do
         ttl_n=$ttl_keys
         [ "$ttl_on" = tansu ] && ttl_n=$((ttl_keys / 20))

@@ -227,6 +227,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// A span declaring `id` and `count` empty, given them by [`defer`].
+    fn deferred_span(id: &'static str, count: u64, formatted: &Arc<AtomicUsize>) -> Span {
+        let span = tracing::error_span!("work", id = Empty, count = Empty);
+        let formatted = formatted.clone();
+        defer(
+            &span,
+            Fields {
+                id,
+                count,
+                formatted,
+            },
+        );
+        span
+    }
+
     fn write_lines(format: LogFormat, filter: &str, ansi: bool) -> (Vec<String>, usize) {
         let captured = Captured::default();
         let writer = captured.clone();
@@ -235,15 +250,7 @@ pub(crate) mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let given = tracing::error_span!("work", id = "abc-1", count = 7_u64);
             given.in_scope(|| tracing::warn!(step = 1, "inside"));
-            let deferred = tracing::error_span!("work", id = Empty, count = Empty);
-            defer(
-                &deferred,
-                Fields {
-                    id: "abc-1",
-                    count: 7,
-                    formatted: formatted.clone(),
-                },
-            );
+            let deferred = deferred_span("abc-1", 7, &formatted);
             deferred.in_scope(|| {
                 tracing::info!("filtered out at warn");
                 tracing::warn!(step = 1, "inside");
@@ -286,15 +293,7 @@ pub(crate) mod tests {
             .finish();
         let formatted = Arc::new(AtomicUsize::new(0));
         tracing::subscriber::with_default(plain, || {
-            let span = tracing::error_span!("work", id = Empty, count = Empty);
-            defer(
-                &span,
-                Fields {
-                    id: "abc-2",
-                    count: 9,
-                    formatted: formatted.clone(),
-                },
-            );
+            let span = deferred_span("abc-2", 9, &formatted);
             span.in_scope(|| tracing::warn!("inside"));
         });
         assert_eq!(formatted.load(Ordering::SeqCst), 1);

@@ -194,15 +194,20 @@ async fn main() {
             .iter()
             .map(|i| serde_json::json!({"key": format!("{bulk}{i}"), "value": value}))
             .collect();
-        let answer: serde_json::Value = http
+        let answer = http
             .post(format!("{writer}/v1/kv:batch"))
             .json(&serde_json::json!({ "items": items }))
             .send()
             .await
-            .expect("batch")
-            .json()
-            .await
-            .expect("batch answer");
+            .expect("batch");
+        // A broker that stopped acknowledging fails the run now, so the bench replaces it,
+        // instead of waiting out a produce timeout for each of the remaining batches.
+        let status = answer.status();
+        let answer: serde_json::Value = answer.json().await.expect("batch answer");
+        assert!(
+            status.is_success(),
+            "the writer did not acknowledge a batch: {status} {answer}"
+        );
         if let Some(token) = answer["consistency_token"].as_str() {
             last_token = token.to_owned();
         }
