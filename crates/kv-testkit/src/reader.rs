@@ -47,6 +47,23 @@ pub async fn wait_ready(http: &reqwest::Client, reader: &Service) -> Value {
     .await
 }
 
+/// `/healthz/cluster` of `asker` once it sees shard `shard` ready: shards poll their peers once
+/// a second, so a shard's view of another trails that shard's own readiness.
+pub async fn wait_seen_ready(http: &reqwest::Client, asker: &Service, shard: usize) -> Value {
+    eventually("a shard to see its peer ready", DEADLINE, || async {
+        let view: Value = http
+            .get(asker.url("/healthz/cluster"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (view["cluster"][shard]["status"] == "ready").then_some(view)
+    })
+    .await
+}
+
 fn bytes_of(item: &Value, field: &str) -> Option<Vec<u8>> {
     if let Some(text) = item[field].as_str() {
         return Some(text.as_bytes().to_vec());

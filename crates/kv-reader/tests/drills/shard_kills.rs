@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kv_core::kafka::kafka_partition;
 use kv_testkit::reader::{key_path, wait_ready};
-use kv_testkit::{eventually, service_env, workspace_binary, Broker, Service, Shards, DEADLINE};
+use kv_testkit::{service_env, workspace_binary, Broker, Service, Shards, DEADLINE};
 use rand::Rng;
 
 const PARTITIONS: u32 = 6;
@@ -188,18 +188,7 @@ async fn drill_a_shard_killed_every_few_seconds_costs_no_read_and_no_write() {
         shards.restart(victim, &[]);
         wait_ready(&http, shards.get(victim)).await;
         // Back into the clients' rotation once its peers have seen it ready.
-        eventually("the peers to see the shard ready", DEADLINE, || async {
-            let view: serde_json::Value = http
-                .get(shards.get((victim + 1) % SHARDS).url("/healthz/cluster"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (view["cluster"][victim]["status"] == "ready").then_some(())
-        })
-        .await;
+        kv_testkit::reader::wait_seen_ready(&http, shards.get((victim + 1) % SHARDS), victim).await;
         up[victim].store(true, Ordering::Relaxed);
         println!(
             "kill {} of shard {victim} at {:.1?}",

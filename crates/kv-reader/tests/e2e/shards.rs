@@ -289,18 +289,7 @@ async fn with_one_replica_a_killed_shard_fails_exactly_its_own_keys() {
         "a listing needs every partition"
     );
     // Shard 0 polls its peers once a second: its view of shard 1 may still be older than ready.
-    let cluster: Value = eventually("shard 0 to see shard 1 ready", DEADLINE, || async {
-        let cluster: Value = http
-            .get(shards.get(0).url("/healthz/cluster"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (cluster["cluster"][1]["status"] == "ready").then_some(cluster)
-    })
-    .await;
+    let cluster = kv_testkit::reader::wait_seen_ready(&http, shards.get(0), 1).await;
     assert_eq!(cluster["shards"], 3);
     assert_eq!(cluster["cluster"][2]["reachable"], false, "{cluster}");
     let without: Vec<i64> = cluster["partitions_without_ready_owner"]
