@@ -35,12 +35,16 @@ pub const EXPIRED_OFFSET_HEADER: &str = "X-KV-Expired-Offset";
 /// only if nothing of the key newer than that offset was applied.
 pub const REPAIR_OF_HEADER: &str = "X-KV-Repair-Of";
 /// Kafka header names a client cannot set through a write's `headers`: the gateway and the
-/// sweeper set them, and readers act on them.
-pub const RESERVED_HEADERS: [&str; 4] = [
+/// partition's owner set them, and readers act on them.
+pub const RESERVED_HEADERS: [&str; 8] = [
     CORRELATION_ID_HEADER,
     EXPIRES_AT_HEADER,
     EXPIRED_OFFSET_HEADER,
     REPAIR_OF_HEADER,
+    crate::conditional::IF_MATCH_HEADER,
+    crate::conditional::IF_NONE_MATCH_HEADER,
+    crate::conditional::IDEMPOTENCY_KEY_HEADER,
+    crate::conditional::VERSION_HEADER,
 ];
 
 /// What a record's TTL headers say.
