@@ -321,6 +321,54 @@ if [ "${BENCH_ONLY:-}" = resp ]; then
 fi
 # --- end of 10. the Redis-protocol read port --------------------------------------------
 
+# --- 11. conditional writes: decided in log order, vs unconditional writes --------------------
+# A writer whose KV_API_READERS names two owner candidates; the conditional example writes
+# $writes unconditional puts, then as many conditional ones (each connection If-Match-ing its own
+# counter, so nothing conflicts), on the same topic of one broker; then kills the first candidate
+# and times the next applied conditional write and the survivor owning every partition.
+conditional_on() { # conditional_on mock|tansu: sets cond_<broker>_{plain_wps,...}
+    local broker topic="cond-$1-$RANDOM" out="$work/conditional-$1.txt" a_port a_pid b_port
+    broker_of "$1"
+    KAFKA_BOOTSTRAP_SERVERS="$broker" timeout 15 "$bin/examples/create_topic" "$topic" 3 >/dev/null 2>&1 || true
+    # The MockCluster has no CreateTopics: a first write creates the topic before readers start.
+    start_service "$work/cond-first-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" \
+        KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" "$bin/kv-writer" || die "$svc_error"
+    for _ in $(seq 1 100); do
+        curl -fsS -o /dev/null -X PUT --data-binary first "http://127.0.0.1:$svc_port/v1/kv/first" && break
+        sleep 0.2
+    done
+    start_service "$work/cond-a-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KAFKA_GROUP_ID="cond-a" KV_API_OWNER=true "$bin/kv-reader" || die "$svc_error"
+    a_port=$svc_port a_pid=$svc_pid
+    start_service "$work/cond-b-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KAFKA_GROUP_ID="cond-b" KV_API_OWNER=true "$bin/kv-reader" || die "$svc_error"
+    b_port=$svc_port
+    start_service "$work/cond-writer-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KV_API_READERS="http://127.0.0.1:$a_port,http://127.0.0.1:$b_port" "$bin/kv-writer" || die "$svc_error"
+    local wport=$svc_port
+    wait_ready "http://127.0.0.1:$a_port/healthz/ready"
+    wait_ready "http://127.0.0.1:$b_port/healthz/ready"
+    wait_ready "http://127.0.0.1:$wport/healthz/ready"
+    "$bin/examples/conditional" rates "http://127.0.0.1:$wport" "$cond_writes" "$connections" \
+        >"$out" 2>"$work/conditional-$1.log" || die "the conditional rates on $1 failed: $(tail -1 "$work/conditional-$1.log")"
+    "$bin/examples/conditional" failover "http://127.0.0.1:$wport" "$a_pid" "http://127.0.0.1:$b_port" \
+        >>"$out" 2>>"$work/conditional-$1.log" || die "the owner failover on $1 failed: $(tail -1 "$work/conditional-$1.log")"
+    local name
+    for name in plain_wps plain_p50_ms plain_p99_ms conditional_wps conditional_p50_ms conditional_p99_ms failover_write_ms failover_owner_ms; do
+        fig "cond_${1}_${name%_ms}" "$(grep BENCH "$out" | field "$name" | head -1)"
+    done
+}
+# Tansu's sqlite storage slows past some 20 000 records (see 2.): at most 3 000 writes a side.
+cond_writes=$((writes < 3000 ? writes : 3000))
+log "conditional writes: $cond_writes unconditional then $cond_writes conditional, MockCluster and a fresh Tansu"
+step conditional-mock conditional_on mock
+step conditional-tansu conditional_on tansu
+if [ "${BENCH_ONLY:-}" = conditional ]; then
+    grep -h BENCH "$work"/conditional-*.txt
+    exit 0
+fi
+# --- end of 11. conditional writes ------------------------------------------------------------
+
 # --- 4. replay: a fresh reader loading N records vs a raw rdkafka consumer ----------------------
 # On Tansu the run's disk store (N keys) is kept for the read figures. The MockCluster keeps only
 # about 5 MB per partition (older records are dropped), so it replays at most 100 000 records.
@@ -785,6 +833,15 @@ table="$work/results.md"
     limit_row "8. write -> watch event p99, 100 watchers, Tansu$(retried watch-tansu) ($tansu_probes probes, p50 $watch_tansu_p50 ms, failed probes $watch_tansu_failed; goal freshness p99 + 5 ms)" "$watch_tansu_p99" "$watch_goal_tansu" ms
     printf '| 8. events/s one watcher takes from the buffer (%s / %s events): MockCluster / Tansu | %s / %s | | | | |\n' \
         "$writes" "$watch_writes_tansu" "$watch_mock_events_per_s" "$watch_tansu_events_per_s"
+    for cond_on in mock tansu; do
+        c_plain="cond_${cond_on}_plain_wps" c_cond="cond_${cond_on}_conditional_wps"
+        c_pp99="cond_${cond_on}_plain_p99" c_cp99="cond_${cond_on}_conditional_p99"
+        c_pp50="cond_${cond_on}_plain_p50" c_cp50="cond_${cond_on}_conditional_p50"
+        row "11. conditional writes/s (If-Match, no conflicts) vs unconditional, $cond_on$(retried "conditional-$cond_on")" "${!c_cond}" "${!c_plain}" 0.5 "w/s"
+        limit_row "11. conditional write p99 / unconditional p99, $cond_on (${!c_cp99} ms / ${!c_pp99} ms; p50 ${!c_cp50} / ${!c_pp50} ms)" "$(ratio "${!c_cp99}" "${!c_pp99}")" 3 x
+        c_fw="cond_${cond_on}_failover_write" c_fo="cond_${cond_on}_failover_owner"
+        limit_row "11. owner killed -> next applied conditional write, $cond_on (its partitions owned by the survivor after ${!c_fo} ms)" "${!c_fw}" 10000 ms
+    done
     for ttl_on in mock tansu; do
         ttl_n=$ttl_keys
         [ "$ttl_on" = tansu ] && ttl_n=$((ttl_keys / 20))

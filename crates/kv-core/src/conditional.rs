@@ -69,7 +69,9 @@ impl Version {
             (partition >= 0 && offset >= 0).then_some(Self { partition, offset })
         });
         parsed.map(Some).ok_or_else(|| {
-            format!("{tag:?} is not a version this service gave (expected \"<partition>-<offset>\")")
+            format!(
+                "{tag:?} is not a version this service gave (expected \"<partition>-<offset>\")"
+            )
         })
     }
 }
@@ -154,6 +156,53 @@ impl Condition {
         versions.sort_unstable();
         versions.dedup();
         Ok(Self::IfMatch(versions))
+    }
+}
+
+/// What a record's headers say about its conditions (`from_headers`; names in any case).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordConditions<'h> {
+    pub condition: Option<Condition>,
+    pub idempotency_key: Option<&'h [u8]>,
+    /// [`VERSION_HEADER`] of a repair.
+    pub version: Option<i64>,
+}
+
+impl<'h> RecordConditions<'h> {
+    /// Reads the condition, idempotency and version headers among a record's headers; a
+    /// malformed one is an error naming it (the record is skipped, never applied unconditionally).
+    pub fn from_headers(
+        headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+    ) -> Result<Self, String> {
+        let mut found = Self::default();
+        for (name, value) in headers {
+            let is_condition = name.eq_ignore_ascii_case(IF_MATCH_HEADER)
+                || name.eq_ignore_ascii_case(IF_NONE_MATCH_HEADER);
+            if is_condition {
+                if found.condition.is_some() {
+                    return Err(format!("a record carries more than one condition ({name})"));
+                }
+                let value = value.ok_or_else(|| format!("header {name} has no value"))?;
+                found.condition = Some(Condition::from_record_header(name, value)?);
+            } else if name.eq_ignore_ascii_case(IDEMPOTENCY_KEY_HEADER) {
+                let value = value.ok_or_else(|| format!("header {name} has no value"))?;
+                check_idempotency_key(value).map_err(|e| format!("header {name}: {e}"))?;
+                found.idempotency_key = Some(value);
+            } else if name.eq_ignore_ascii_case(VERSION_HEADER) {
+                let version = value
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .filter(|v| *v >= 0)
+                    .ok_or_else(|| format!("header {name} is not an offset"))?;
+                found.version = Some(version);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether the record is decided by a reader for a writer that waits for the outcome.
+    pub fn is_decided(&self) -> bool {
+        self.condition.is_some() || self.idempotency_key.is_some()
     }
 }
 
@@ -264,7 +313,8 @@ mod tests {
 
     #[test]
     fn http_conditions_parse_entity_tag_lists() {
-        let c = condition_from_http(Some("\"1-5\", \"2-7\", W/\"1-9\", \"1-5\""), None).expect("ok");
+        let c =
+            condition_from_http(Some("\"1-5\", \"2-7\", W/\"1-9\", \"1-5\""), None).expect("ok");
         assert_eq!(c, Some(Condition::IfMatch(vec![v(1, 5), v(2, 7)])));
         let c = condition_from_http(Some("W/\"2-7\""), None).expect("ok");
         assert_eq!(c, Some(Condition::IfMatch(vec![])));
@@ -310,6 +360,32 @@ mod tests {
         assert!(!Condition::IfExists.holds(None));
         assert!(Condition::IfAbsent.holds(None));
         assert!(!Condition::IfAbsent.holds(Some(v(0, 0))));
+    }
+
+    #[test]
+    fn record_headers_give_the_condition_the_idempotency_key_and_a_repairs_version() {
+        let headers = [
+            ("x-kv-if-match", Some(&b"0-3,0-1"[..])),
+            (IDEMPOTENCY_KEY_HEADER, Some(&b"k1"[..])),
+            ("X-Other", Some(&b"x"[..])),
+        ];
+        let found = RecordConditions::from_headers(headers).expect("ok");
+        assert_eq!(
+            found.condition,
+            Some(Condition::IfMatch(vec![v(0, 1), v(0, 3)]))
+        );
+        assert_eq!(found.idempotency_key, Some(&b"k1"[..]));
+        assert!(found.is_decided());
+        let found = RecordConditions::from_headers([(VERSION_HEADER, Some(&b"42"[..]))]);
+        assert_eq!(found.expect("ok").version, Some(42));
+        let two = [
+            (IF_MATCH_HEADER, Some(&b"*"[..])),
+            (IF_NONE_MATCH_HEADER, Some(&b"*"[..])),
+        ];
+        assert!(RecordConditions::from_headers(two).is_err());
+        assert!(RecordConditions::from_headers([(IF_MATCH_HEADER, None)]).is_err());
+        assert!(RecordConditions::from_headers([(VERSION_HEADER, Some(&b"-1"[..]))]).is_err());
+        assert!(!RecordConditions::default().is_decided());
     }
 
     #[test]

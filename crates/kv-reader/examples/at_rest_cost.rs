@@ -41,6 +41,7 @@ fn main() {
                     value: Cow::Borrowed(&value),
                     expires_at_ms: None,
                     precondition: None,
+                    decided: None,
                 })
                 .collect();
             store

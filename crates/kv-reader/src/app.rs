@@ -23,6 +23,7 @@ use crate::bootstrap::BootstrapConfig;
 use crate::cluster::Cluster;
 use crate::framing::{Registry, RegistryError, SchemaFraming, SchemaIds};
 use crate::metrics::{ReplicaCollector, RespMetrics, SnapshotMetrics, WatchMetrics};
+use crate::owner::{self, Election};
 use crate::replica::{DeleteRetention, Replica, ReplicaError, Wiring};
 use crate::resp::{self, RespServer};
 use crate::routes::{self, PeerClient, ReaderState};
@@ -58,6 +59,8 @@ pub enum StartupError {
     UnsafeTopic(#[from] UnsafeTopic),
     #[error(transparent)]
     Ttl(#[from] TtlError),
+    #[error(transparent)]
+    Owner(#[from] owner::OwnerError),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("cannot build the HTTP client that forwards reads to peer shards: {0}")]
@@ -78,6 +81,8 @@ pub struct App {
     port: u16,
     resp: Option<RespServer>,
     replica: Replica,
+    /// Membership of the owner group, left when the app stops.
+    owner_group: Option<owner::GroupMember>,
 }
 
 impl std::fmt::Debug for App {
@@ -158,23 +163,20 @@ impl App {
         };
         let delete_retention = DeleteRetention::default();
         let (kafka, topic) = (settings.core.kafka.clone(), settings.core.topic.clone());
-        // The one process that sweeps a partition (docs/architecture.md, "Who sweeps"): a
-        // reader told so sweeps every partition it holds; a shard told so, the partitions it
-        // is the primary of, so that with every shard told so each partition has one sweeper.
-        let swept = match (settings.ttl_sweeper, &settings.shard) {
-            (false, _) => SweptPartitions::None,
-            (true, None) => SweptPartitions::All,
-            (true, Some(sharding)) => {
-                let spec = sharding.spec;
-                SweptPartitions::Where(Arc::new(move |p| spec.primary(p) == spec.index))
-            }
+        // Owner candidates keep the owner's bookkeeping for every partition they hold, so any
+        // of them can act on one as soon as it owns it (docs/architecture.md, "The acting owner
+        // of a partition").
+        let swept = if settings.owner {
+            SweptPartitions::All
+        } else {
+            SweptPartitions::None
         };
         // A sweeper waits for the topic's configuration: it relies on min.compaction.lag.ms.
-        if settings.core.require_compacted_topic || settings.ttl_sweeper {
+        if settings.core.require_compacted_topic || settings.owner {
             let require = settings.core.require_compacted_topic;
             let config = check_topic_config(&kafka, &topic, require, TOPIC_CONFIG_TIMEOUT).await?;
             delete_retention.set(config.as_ref().and_then(compacted_delete_retention));
-            if settings.ttl_sweeper {
+            if settings.owner {
                 check_compaction_lag(&topic, config.as_ref())?;
             }
         } else {
@@ -217,7 +219,30 @@ impl App {
             }
         });
         let ttl_metrics = TtlMetrics::register(metrics.registry())?;
-        let ttl = Ttl::new(&settings, codec.clone(), swept, ttl_metrics)?;
+        let (election, owner_group) = match (settings.owner, &cluster) {
+            (false, _) => (Election::Off, None),
+            (true, Some(cluster)) => (Election::Shards(cluster.clone()), None),
+            (true, None) => {
+                let (ownership, member) = owner::join_group(
+                    &settings.core.kafka,
+                    &settings.core.topic,
+                    &settings.owner_group_id,
+                    metrics.registry(),
+                )?;
+                tracing::info!(
+                    group = %settings.owner_group_id,
+                    "an owner candidate: partitions are acted on as the group assigns them"
+                );
+                (Election::Group(ownership), Some(member))
+            }
+        };
+        let ttl = Ttl::new(
+            &settings,
+            codec.clone(),
+            swept,
+            election.clone(),
+            ttl_metrics,
+        )?;
         let replica = Replica::start(
             &settings,
             store.clone(),
@@ -254,6 +279,7 @@ impl App {
             codec,
             snapshots: Arc::new(tokio::sync::Semaphore::new(settings.snapshot_concurrency)),
             snapshot_metrics: SnapshotMetrics::new(metrics.registry())?,
+            election,
         });
         // Built once to fail start-up on a bad TLS setup; each worker gets its own below.
         peer_client()?;
@@ -303,6 +329,7 @@ impl App {
             port: address.port(),
             resp,
             replica,
+            owner_group,
         })
     }
 
@@ -357,6 +384,12 @@ impl App {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
         drop(self.resp);
+        // Handed on at once, not after the group's session timeout.
+        if let Some(member) = self.owner_group {
+            tokio::task::spawn_blocking(move || drop(member))
+                .await
+                .map_err(std::io::Error::other)?;
+        }
         let replica = self.replica;
         tokio::task::spawn_blocking(move || replica.stop())
             .await

@@ -140,6 +140,9 @@ pub struct Cluster {
     pub forward_timeout: Duration,
     metrics: ForwardMetrics,
     served_by: HeaderValue,
+    /// Since when this shard has been the acting owner of each partition it owns, as
+    /// `owner::Election::view` last saw.
+    pub owned_since: Mutex<BTreeMap<i32, u64>>,
 }
 
 /// What `/healthz/cluster` shows of one shard.
@@ -212,6 +215,27 @@ impl Cluster {
             forward_timeout: sharding.forward_timeout,
             metrics,
             served_by: HeaderValue::from(sharding.spec.index),
+            owned_since: Mutex::default(),
+        })
+    }
+
+    /// The acting owner of `partition` (docs/architecture.md, "The acting owner of a
+    /// partition"): its first owner, primary first, that is caught up on it as this shard last
+    /// heard; `None` while none is.
+    pub fn acting_owner(&self, partition: i32, local: &Progress) -> Option<u32> {
+        self.spec.owners(partition).find(|&shard| {
+            if shard == self.spec.index {
+                local.is_alive()
+                    && local
+                        .partition_state(partition)
+                        .is_some_and(|(caught_up, _)| caught_up)
+            } else {
+                self.peers[shard as usize]
+                    .health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .serves(partition)
+            }
         })
     }
 

@@ -270,18 +270,22 @@ impl ChangeFeed {
 
     /// Called by the consumer right after a batch committed: its changes (with the record
     /// each came from), the tombstones that removed an entry (as [`Store::apply`] answered),
-    /// and the next offset of every partition the batch read.
+    /// the puts that did not take effect (in index order), and the next offset of every
+    /// partition the batch read.
     pub fn publish(
         &self,
         changes: &[Change<'_>],
         origins: &[Origin<'_>],
         removed: &[(usize, Vec<u8>)],
+        not_applied: &[usize],
         next_offsets: &BTreeMap<i32, i64>,
     ) {
         let mut removed = removed.iter().peekable();
+        let mut not_applied = not_applied.iter().peekable();
         let mut published = Vec::new();
         for (index, (change, &origin)) in changes.iter().zip(origins).enumerate() {
             match change {
+                Change::Put { .. } if not_applied.next_if(|at| **at == index).is_some() => {}
                 Change::Put {
                     user_key, value, ..
                 } => published.push((origin, ChangeKind::Put, user_key.as_ref(), value.as_ref())),
@@ -479,6 +483,7 @@ mod tests {
             value: Cow::Borrowed(b"v"),
             expires_at_ms: None,
             precondition: None,
+            decided: None,
         }
     }
 
@@ -490,7 +495,7 @@ mod tests {
         for &(_, p, o) in puts {
             next.insert(p, o + 1);
         }
-        feed.publish(&changes, &origins, &[], &next);
+        feed.publish(&changes, &origins, &[], &[], &next);
     }
 
     fn read_all(feed: &ChangeFeed, cursor: u64) -> (Vec<(i32, i64)>, Read) {
@@ -637,6 +642,7 @@ mod tests {
                 partition: 0,
                 offset: 0,
                 precondition: None,
+                decided: None,
             },
             Change::Delete {
                 record_key: b"mac-2",
@@ -644,6 +650,7 @@ mod tests {
                 partition: 0,
                 offset: 0,
                 precondition: None,
+                decided: None,
             },
         ];
         let origins = [(0, 5, Some(&b"corr"[..])), (0, 6, None)];
@@ -651,6 +658,7 @@ mod tests {
             &changes,
             &origins,
             &[(1, b"user-2".to_vec())],
+            &[],
             &BTreeMap::from([(0, 7)]),
         );
         let mut out = Vec::new();

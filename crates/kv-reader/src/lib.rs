@@ -9,6 +9,8 @@ pub mod fanout;
 pub mod feed;
 pub mod framing;
 pub mod metrics;
+pub mod outcome;
+pub mod owner;
 pub mod progress;
 pub mod replica;
 pub mod resp;

@@ -12,7 +12,7 @@ use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, 
 use crate::feed::ChangeFeed;
 use crate::framing::BadSchemaHeader;
 use crate::progress::Progress;
-use crate::replica::{CONFIGURATION_REASONS, ENCRYPTED_ENVELOPE_REASON};
+use crate::replica::{CONDITION_HEADER_REASON, CONFIGURATION_REASONS, ENCRYPTED_ENVELOPE_REASON};
 use crate::snapshot::ImportProgress;
 use crate::store::Store;
 
@@ -178,6 +178,7 @@ impl ReplicaCollector {
             &BadSchemaHeader::REASON,
             &ENCRYPTED_ENVELOPE_REASON,
             &BadTtlHeader::REASON,
+            &CONDITION_HEADER_REASON,
         ]) {
             // Present at zero from the start, so an alert on its increase sees the first skip.
             collector.skipped.with_label_values(&[*reason]);

@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use kv_core::conditional::RecordConditions;
 use kv_core::crypto::{ENVELOPE_FORMAT, RECORD_KEY_LEN};
 use kv_core::kafka::{client_config, kafka_partition, ClientRole};
 use kv_core::kafka_stats::KafkaStats;
@@ -34,7 +35,7 @@ use crate::progress::{Misconfiguration, PartitionProgress, Progress, ReplayNote,
 use crate::settings::Settings;
 use crate::shard::{ShardSpec, Topology};
 use crate::snapshot::ImportProgress;
-use crate::store::{now_ms, Change, Precondition, Store, StoreError};
+use crate::store::{now_ms, Change, Decided, Precondition, Store, StoreError};
 use crate::ttl::Ttl;
 
 /// Most records applied in one redb transaction.
@@ -370,7 +371,13 @@ enum Skip {
     /// A plaintext reader met what has the shape of an envelope of an encrypted topic.
     EncryptedEnvelope,
     TtlHeader(BadTtlHeader),
+    /// A condition, idempotency or version header that does not parse: such a record is never
+    /// applied as if it had no condition.
+    ConditionHeader(String),
 }
+
+/// The skip reason of [`Skip::ConditionHeader`].
+pub const CONDITION_HEADER_REASON: &str = "bad_condition_header";
 
 /// The skip reason of [`Skip::EncryptedEnvelope`].
 pub const ENCRYPTED_ENVELOPE_REASON: &str = "encrypted_envelope";
@@ -391,6 +398,7 @@ impl Skip {
             Self::SchemaHeader => BadSchemaHeader::REASON,
             Self::EncryptedEnvelope => ENCRYPTED_ENVELOPE_REASON,
             Self::TtlHeader(_) => BadTtlHeader::REASON,
+            Self::ConditionHeader(_) => CONDITION_HEADER_REASON,
         }
     }
 
@@ -412,6 +420,7 @@ impl std::fmt::Display for Skip {
                  this reader has no KV_API_ENCRYPT_DATA_ON_KAFKA",
             ),
             Self::TtlHeader(error) => write!(f, "{error}"),
+            Self::ConditionHeader(error) => f.write_str(error),
         }
     }
 }
@@ -517,8 +526,13 @@ impl Worker {
                     .store
                     .apply_at(&changes, &durable, now_ms(), &|p| ttl.sweeps(p))?;
                 drop(ttl);
-                self.feed
-                    .publish(&changes, &origins, &applied.removed, &next_offsets);
+                self.feed.publish(
+                    &changes,
+                    &origins,
+                    &applied.removed,
+                    &applied.not_applied,
+                    &next_offsets,
+                );
                 self.ttl.borrow_mut().applied(&applied);
                 self.hand_offsets_to_kafka(&durable);
                 let tombstones = changes
@@ -692,14 +706,26 @@ impl Worker {
         {
             self.check_routing(message.partition(), message.offset(), record_key);
         }
-        match decoded {
+        let conditions = decoded.and_then(|decoded| {
+            let headers = message
+                .headers()
+                .into_iter()
+                .flat_map(|headers| headers.iter().map(|h| (h.key, h.value)));
+            RecordConditions::from_headers(headers)
+                .map(|conditions| (decoded, conditions))
+                .map_err(Skip::ConditionHeader)
+        });
+        match conditions {
             Ok((
-                DecodedRecord::Put {
-                    record_key,
-                    user_key,
-                    value,
-                },
-                ttl,
+                (
+                    DecodedRecord::Put {
+                        record_key,
+                        user_key,
+                        value,
+                    },
+                    ttl,
+                ),
+                conditions,
             )) => Ok(Change::Put {
                 record_key,
                 user_key,
@@ -708,15 +734,17 @@ impl Worker {
                 correlation_id: correlation_id(message),
                 value,
                 expires_at_ms: ttl.expires_at_ms,
-                precondition: precondition(&ttl),
+                precondition: precondition(&ttl, conditions.version),
+                decided: decided(message, conditions),
             }),
-            Ok((DecodedRecord::Delete { record_key }, ttl)) => Ok(Change::Delete {
+            Ok(((DecodedRecord::Delete { record_key }, ttl), conditions)) => Ok(Change::Delete {
                 record_key,
                 // On an encrypted topic a record key is a MAC, never a user key.
                 user_key: matches!(self.codec, RecordCodec::Plaintext).then_some(record_key),
                 partition: message.partition(),
                 offset: message.offset(),
-                precondition: precondition(&ttl),
+                precondition: precondition(&ttl, None),
+                decided: decided(message, conditions),
             }),
             Err(skip) => {
                 self.progress.count_skipped(skip.reason());
@@ -1206,13 +1234,30 @@ fn rebuild_reason(
         })
 }
 
-/// When a record the TTL sweeper wrote applies, from its headers; `None` for any other record.
-fn precondition(ttl: &TtlHeaders) -> Option<Precondition> {
+/// When a record a partition's owner wrote applies, from its headers (`version`: a repair's
+/// `X-KV-Version`); `None` for any other record.
+fn precondition(ttl: &TtlHeaders, version: Option<i64>) -> Option<Precondition> {
     match (ttl.expired_offset, ttl.repair_of) {
         (Some(expired), _) => Some(Precondition::Expires(expired)),
-        (None, Some(stale)) => Some(Precondition::Repairs(stale)),
+        (None, Some(stale)) => Some(Precondition::Repairs(stale, version)),
         (None, None) => None,
     }
+}
+
+/// What a writer waits to have decided about the record, if anything.
+fn decided<'m>(
+    message: &BorrowedMessage<'_>,
+    conditions: RecordConditions<'m>,
+) -> Option<Decided<'m>> {
+    conditions.is_decided().then(|| Decided {
+        condition: conditions.condition,
+        idempotency_key: conditions.idempotency_key,
+        timestamp_ms: message
+            .timestamp()
+            .to_millis()
+            .and_then(|at| u64::try_from(at).ok())
+            .unwrap_or(0),
+    })
 }
 
 /// Whether kv-writer produced the record: its bytes are the user's, never registry-framed.

@@ -32,6 +32,7 @@ use serde_json::Value;
 use crate::cluster::{Cluster, Target, FORWARDED_BY_HEADER, MAX_LAG_HEADER, SERVED_BY_HEADER};
 use crate::fanout::{self, PartError};
 use crate::metrics::SnapshotMetrics;
+use crate::owner::Election;
 use crate::progress::{Freshness, Progress, WaitError};
 use crate::shard::{ShardSpec, Topology};
 use crate::snapshot;
@@ -66,6 +67,8 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("/v1/kv").on(Method::GET, web::to(list_keys)),
         Endpoint::new("/v1/kv:batchGet").on(Method::POST, web::to(batch_get)),
         Endpoint::new("/v1/kv:watch").on(Method::GET, web::to(crate::watch::watch)),
+        Endpoint::new("/v1/outcomes/{partition}/{offset}")
+            .on(Method::GET, web::to(crate::outcome::outcome)),
         Endpoint::new("/retrieve").on(Method::POST, web::to(retrieve)),
         Endpoint::new("/retrieve/b64").on(Method::POST, web::to(retrieve_b64)),
         Endpoint::new("/healthz").on(Method::GET, web::to(started)),
@@ -97,6 +100,8 @@ pub struct ReaderState {
     /// Snapshots being served (KV_API_SNAPSHOT_CONCURRENCY).
     pub snapshots: Arc<tokio::sync::Semaphore>,
     pub snapshot_metrics: SnapshotMetrics,
+    /// Which partitions this process acts on as their owner.
+    pub election: Election,
 }
 
 /// The HTTP client a worker forwards reads with; one per worker, so its connections stay on
@@ -1348,6 +1353,7 @@ pub async fn snapshot(
 /// `/healthz/cluster`: every shard's partitions, readiness and lag as this shard last heard
 /// them. Anonymous, like the other health routes: it names no key and no peer address.
 pub async fn cluster_health(state: web::Data<ReaderState>) -> HttpResponse {
+    let owner = state.election.view(&state.progress);
     let Some(cluster) = &state.cluster else {
         let report = state.progress.report();
         return HttpResponse::Ok().json(serde_json::json!({
@@ -1355,6 +1361,7 @@ pub async fn cluster_health(state: web::Data<ReaderState>) -> HttpResponse {
             "shards": 1,
             "replicas": 1,
             "partitions": report.partitions.len(),
+            "owner": owner,
         }));
     };
     let shards = cluster.view(&state.progress);
@@ -1377,6 +1384,7 @@ pub async fn cluster_health(state: web::Data<ReaderState>) -> HttpResponse {
         "replicas": cluster.spec.replicas,
         "partitions": count,
         "partitions_without_ready_owner": unavailable,
+        "owner": owner,
         "cluster": shards,
     }))
 }

@@ -62,11 +62,33 @@ pub struct Settings {
     /// Most snapshots this reader serves at once (503 past it).
     pub snapshot_concurrency: usize,
     pub watch: WatchSettings,
-    /// KV_API_TTL_SWEEPER: this reader produces the tombstones of expired keys for every
-    /// partition it holds. Exactly one reader of a topic may (docs/architecture.md).
-    pub ttl_sweeper: bool,
+    /// `KV_API_OWNER` (alias `KV_API_TTL_SWEEPER`): this reader is a candidate owner of the
+    /// partitions it holds; the one acting on each produces its TTL tombstones and repairs
+    /// (docs/architecture.md, "The acting owner of a partition").
+    pub owner: bool,
+    /// `KV_API_OWNER_GROUP_ID`: the consumer group unsharded candidates elect owners through.
+    pub owner_group_id: String,
     /// `KV_API_RESP_LISTEN`: the Redis-protocol read port, off unless set.
     pub resp: Option<RespSettings>,
+}
+
+/// `KV_API_OWNER`, or its older name `KV_API_TTL_SWEEPER`; both set must agree.
+fn owner_candidate(env: &Env) -> Result<bool, SettingsError> {
+    let owner = env
+        .string("KV_API_OWNER")
+        .map(|_| env.bool("KV_API_OWNER", false))
+        .transpose()?;
+    let sweeper = env
+        .string("KV_API_TTL_SWEEPER")
+        .map(|_| env.bool("KV_API_TTL_SWEEPER", false))
+        .transpose()?;
+    match (owner, sweeper) {
+        (Some(owner), Some(sweeper)) if owner != sweeper => Err(SettingsError::new(
+            "KV_API_OWNER",
+            "contradicts KV_API_TTL_SWEEPER, its older name: set one of them",
+        )),
+        (owner, sweeper) => Ok(owner.or(sweeper).unwrap_or(false)),
+    }
 }
 
 /// KV_API_SNAPSHOT_CONCURRENCY unless set.
@@ -93,6 +115,9 @@ impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         let mut core = CoreSettings::from_env(env)?;
         let storage = storage(env, &mut core.notices)?;
+        let owner_group_id = env
+            .string("KV_API_OWNER_GROUP_ID")
+            .unwrap_or_else(|| format!("kv-owners.{}", core.topic));
         let storage_password = match env.string("KV_API_STATE_STORAGE_PASSWORD") {
             Some(password) => Some(Secret::new(password)),
             None => env
@@ -191,7 +216,8 @@ impl Settings {
                 n => n,
             },
             watch: WatchSettings::from_env(env)?,
-            ttl_sweeper: env.bool("KV_API_TTL_SWEEPER", false)?,
+            owner: owner_candidate(env)?,
+            owner_group_id,
             resp: RespSettings::from_env(env)?,
         })
         .and_then(|mut settings: Self| {
@@ -585,15 +611,27 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_sweeps_expired_keys_only_when_told_to() {
-        assert!(!settings(&[]).expect("settings").ttl_sweeper);
+    fn a_reader_is_an_owner_candidate_only_when_told_to_under_either_name() {
+        assert!(!settings(&[]).expect("settings").owner);
         assert!(
             settings(&[("KV_API_TTL_SWEEPER", "true")])
                 .expect("settings")
-                .ttl_sweeper
+                .owner
         );
         let error = settings(&[("KV_API_TTL_SWEEPER", "maybe")]).expect_err("not a bool");
         assert_eq!(error.var, "KV_API_TTL_SWEEPER");
+        assert!(
+            settings(&[("KV_API_OWNER", "true")])
+                .expect("settings")
+                .owner
+        );
+        let both = [("KV_API_OWNER", "true"), ("KV_API_TTL_SWEEPER", "false")];
+        assert_eq!(
+            settings(&both).expect_err("contradiction").var,
+            "KV_API_OWNER"
+        );
+        let s = settings(&[]).expect("settings");
+        assert_eq!(s.owner_group_id, format!("kv-owners.{}", s.core.topic));
     }
 
     #[test]

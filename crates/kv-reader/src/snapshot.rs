@@ -391,6 +391,7 @@ fn apply(store: &Store, codec: &RecordCodec, frames: &[Frame]) -> Result<(), Imp
                 // An entry already expired applies as a delete, as on a replay.
                 expires_at_ms: frame.expires_at_ms,
                 precondition: None,
+                decided: None,
             }),
             Ok(DecodedRecord::Delete { .. }) => {
                 return Err(ImportError::Record("a snapshot holds no deletes".into()))
@@ -517,6 +518,7 @@ mod tests {
                 value: Cow::Borrowed(value),
                 expires_at_ms: None,
                 precondition: None,
+                decided: None,
             })
             .collect();
         store

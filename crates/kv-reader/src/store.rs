@@ -11,8 +11,10 @@
 //! Entries that expire are indexed by expiry, and deletes are remembered for a while; both serve
 //! the TTL rules of `expiry` (docs/architecture.md, "Keys that expire").
 
+mod decide;
 mod expiry;
 
+pub use decide::{Decided, OUTCOME_MEMORY};
 pub use expiry::{Applied, Expired, PendingRepair, Precondition, DELETE_MEMORY};
 
 use std::borrow::Cow;
@@ -49,6 +51,15 @@ const PENDING_REPAIRS: TableDefinition<&[u8], SweepRow> = TableDefinition::new("
 /// Entry key → expiry, under encryption at rest only: an overwrite reads the old expiry here
 /// instead of opening the old entry.
 const SEALED_EXPIRIES: TableDefinition<&[u8], u64> = TableDefinition::new("sealed_expiries");
+/// `(partition, offset)` of a decided record → `(applied, version partition, version offset,
+/// first offset, when decided)`, `-1` for none: what `GET /v1/outcomes` answers a writer.
+const OUTCOMES: TableDefinition<(u32, u64), (u8, i32, i64, i64, u64)> =
+    TableDefinition::new("outcomes");
+/// `(record key index, idempotency key)` → `(first offset, its record timestamp, applied)`.
+const IDEMPOTENCY: TableDefinition<(&[u8], &[u8]), (u64, u64, u8)> =
+    TableDefinition::new("idempotency");
+const IDEMPOTENCY_BY_TIME: TableDefinition<(u64, &[u8], &[u8]), ()> =
+    TableDefinition::new("idempotency_by_time");
 /// The META key of [`Store::note_broker_contact`].
 const BROKER_CONTACT: &str = "broker_contact_ms";
 
@@ -114,6 +125,8 @@ pub enum Change<'a> {
         expires_at_ms: Option<u64>,
         /// Set on a record the TTL sweeper wrote: when it applies.
         precondition: Option<Precondition>,
+        /// Set on a record a writer waits on: decided in log order (`store::decide`).
+        decided: Option<Decided<'a>>,
     },
     /// A tombstone. `user_key` is the user key when the record key is one (plaintext topics).
     /// On an encrypted topic it is `None`: only the mapping stored with the put names the entry,
@@ -125,6 +138,8 @@ pub enum Change<'a> {
         offset: i64,
         /// Set on a record the TTL sweeper wrote: when it applies.
         precondition: Option<Precondition>,
+        /// Set on a record a writer waits on: decided in log order (`store::decide`).
+        decided: Option<Decided<'a>>,
     },
 }
 
@@ -315,6 +330,7 @@ impl Store {
         txn.open_table(NEXT_OFFSETS)?;
         txn.open_table(META)?;
         expiry::ensure_tables(&txn)?;
+        decide::ensure_tables(&txn)?;
         txn.commit()?;
         Ok(())
     }
@@ -388,6 +404,7 @@ impl Store {
         txn.open_table(RECORD_KEYS)?;
         txn.open_table(NEXT_OFFSETS)?;
         expiry::reset_tables(&txn)?;
+        decide::reset_tables(&txn)?;
         {
             let mut meta = txn.open_table(META)?;
             match replicating {
@@ -929,6 +946,7 @@ mod tests {
             value: Cow::Borrowed(value),
             expires_at_ms: None,
             precondition: None,
+            decided: None,
         }
     }
 
@@ -962,6 +980,7 @@ mod tests {
                         partition: 0,
                         offset: 9,
                         precondition: None,
+                        decided: None,
                     },
                 ],
                 &BTreeMap::from([(0, 3)]),
@@ -1082,6 +1101,7 @@ mod tests {
             value: Cow::Borrowed(b"Ada"),
             expires_at_ms: None,
             precondition: None,
+            decided: None,
         };
         store
             .apply(&[put], &BTreeMap::from([(0, 1)]))
@@ -1102,6 +1122,7 @@ mod tests {
                     partition: 0,
                     offset: 9,
                     precondition: None,
+                    decided: None,
                 }],
                 &BTreeMap::from([(0, 2)]),
             )
@@ -1121,6 +1142,7 @@ mod tests {
             value: Cow::Borrowed(b"Ada"),
             expires_at_ms: None,
             precondition: None,
+            decided: None,
         };
         let in_clear = Change::Delete {
             record_key: b"user-1",
@@ -1128,6 +1150,7 @@ mod tests {
             partition: 0,
             offset: 9,
             precondition: None,
+            decided: None,
         };
         store
             .apply(&[put, in_clear], &BTreeMap::from([(0, 2)]))
@@ -1154,6 +1177,7 @@ mod tests {
                         value: Cow::Borrowed(b"Ada"),
                         expires_at_ms: None,
                         precondition: None,
+                        decided: None,
                     },
                     Change::Delete {
                         record_key: b"never-written",
@@ -1161,6 +1185,7 @@ mod tests {
                         partition: 0,
                         offset: 0,
                         precondition: None,
+                        decided: None,
                     },
                     Change::Delete {
                         record_key: b"mac-of-user-1",
@@ -1168,6 +1193,7 @@ mod tests {
                         partition: 0,
                         offset: 0,
                         precondition: None,
+                        decided: None,
                     },
                     Change::Delete {
                         record_key: b"plain",
@@ -1175,6 +1201,7 @@ mod tests {
                         partition: 0,
                         offset: 0,
                         precondition: None,
+                        decided: None,
                     },
                 ],
                 &BTreeMap::from([(0, 5)]),
@@ -1345,6 +1372,7 @@ mod tests {
                     partition: 0,
                     offset: 9,
                     precondition: None,
+                    decided: None,
                 }],
                 &BTreeMap::from([(0, 4)]),
             )

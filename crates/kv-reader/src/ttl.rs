@@ -7,11 +7,12 @@
 //! handed to the producer (which sends them from its own thread), at most [`REPAIR_BATCH`]
 //! repairs. The store decides what is due (`store::expiry`); this module only acts on it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kv_core::conditional::VERSION_HEADER;
 use kv_core::kafka::{
     breaks_idempotence, classify, client_config, compacted_min_lag, is_compacted, ClientRole,
     KafkaErrorClass, PRODUCER_DEFAULTS,
@@ -27,6 +28,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
+use crate::owner::Election;
 use crate::progress::Progress;
 use crate::settings::Settings;
 use crate::store::{now_ms, Applied, Expired, PendingRepair, Store, StoreError};
@@ -262,7 +264,10 @@ type SweepProducer = ThreadedProducer<SweepContext>;
 
 /// The TTL work of one replica, driven by its consumer thread.
 pub struct Ttl {
+    /// The partitions this process keeps the owner's bookkeeping for (it is a candidate).
     swept: SweptPartitions,
+    /// Which of them it acts on now.
+    election: Election,
     metrics: TtlMetrics,
     sweeper: Option<Sweeper>,
     next_tick: Instant,
@@ -298,6 +303,7 @@ impl Ttl {
         settings: &Settings,
         codec: RecordCodec,
         swept: SweptPartitions,
+        election: Election,
         metrics: TtlMetrics,
     ) -> Result<Self, TtlError> {
         let sweeper = if swept.sweeps_any() {
@@ -324,6 +330,7 @@ impl Ttl {
         metrics.swept_partitions.set(i64::from(sweeper.is_some()));
         Ok(Self {
             swept,
+            election,
             metrics,
             sweeper,
             next_tick: Instant::now(),
@@ -367,6 +374,9 @@ impl Ttl {
             SCAN
         };
         let purged = store.purge(now, PURGE_BATCH, scan, &|p| self.swept.sweeps(p))?;
+        if store.purge_decisions(now, PURGE_BATCH)? == PURGE_BATCH {
+            self.next_tick = Instant::now();
+        }
         self.metrics
             .expired
             .with_label_values(&["purged"])
@@ -379,9 +389,11 @@ impl Ttl {
             // A partition still replaying may hold tombstones and repairs further on in the
             // log: sweeping it now would produce them again.
             let caught_up = progress.caught_up_partitions();
-            let ready = |p: i32| self.swept.sweeps(p) && caught_up.contains(&p);
+            let ready = |p: i32| {
+                self.swept.sweeps(p) && caught_up.contains(&p) && self.election.owns(p, progress)
+            };
             sweeper.sweep(store, now, &ready)?;
-            sweeper.repair(store, now, &caught_up, &self.swept)?;
+            sweeper.repair(store, now, &ready)?;
             self.metrics
                 .pending_repairs
                 .set(i64::try_from(store.pending_repair_count()?).unwrap_or(i64::MAX));
@@ -453,13 +465,13 @@ impl Sweeper {
         Ok(())
     }
 
-    /// Produces the repairs the store says are owed on caught-up swept partitions.
+    /// Produces the repairs the store says are owed on the partitions `ready` names (owned
+    /// and caught up).
     fn repair(
         &mut self,
         store: &Store,
         now: u64,
-        caught_up: &BTreeSet<i32>,
-        swept: &SweptPartitions,
+        ready: &dyn Fn(i32) -> bool,
     ) -> Result<(), StoreError> {
         for repair in store.pending_repairs(now, REPAIR_BATCH)? {
             let PendingRepair {
@@ -468,7 +480,7 @@ impl Sweeper {
                 stale_offset,
                 state,
             } = repair;
-            if !swept.sweeps(partition) || !caught_up.contains(&partition) {
+            if !ready(partition) {
                 continue;
             }
             let in_flight = (record_key, stale_offset);
@@ -490,6 +502,14 @@ impl Sweeper {
                     value: Some(WRITER_HEADER_VALUE),
                 });
             let record_key = in_flight.0.as_slice();
+            // The state keeps its version: its ETag survives the repair, on every replica.
+            let version_text = state.as_ref().map(|(_, entry)| entry.offset.to_string());
+            if let Some(version) = &version_text {
+                headers = headers.insert(Header {
+                    key: VERSION_HEADER,
+                    value: Some(version.as_bytes()),
+                });
+            }
             let mut expires_text = None;
             let value = state.as_ref().map(|(user_key, entry)| {
                 expires_text = entry.expires_at_ms.map(|at| at.to_string());
@@ -529,7 +549,7 @@ impl Sweeper {
                 partition,
                 stale_offset,
                 tombstone = state.is_none(),
-                "repaired a key after a TTL record that turned out stale"
+                "repaired a key after a record that, left last, would state another value"
             );
             self.repairs_in_flight.insert(in_flight, Instant::now());
         }

@@ -257,6 +257,33 @@ impl Service {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends SIGSTOP: the process stops where it is, holding its connections, as a process
+    /// paused by its host (a long GC, a frozen VM) would; [`Service::resume`] lets it go on.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Sends SIGCONT to a paused process.
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal_quietly(&self, signal: &str) {
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .ok();
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed: {status}");
+    }
+
     /// Sends SIGTERM, as an orchestrator stopping the service would.
     pub fn terminate(&mut self) {
         let status = Command::new("kill")
@@ -285,6 +312,8 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        // A paused process is killed all the same, but continued first so nothing lingers.
+        self.signal_quietly("-CONT");
         self.kill();
     }
 }

@@ -553,3 +553,53 @@ pub fn record_at(records: &[Record], partition: i64, offset: i64) -> &Record {
         .find(|r| i64::from(r.partition) == partition && r.offset == offset)
         .unwrap_or_else(|| panic!("no record at {partition}/{offset} in {records:?}"))
 }
+
+/// What compaction keeps of `records`: the last record of every key, in log order. The local
+/// broker compacts only now and then, so tests about compaction build this view themselves.
+pub fn last_per_key(records: &[Record]) -> Vec<&Record> {
+    let mut last: BTreeMap<&[u8], &Record> = BTreeMap::new();
+    for record in records {
+        last.insert(&record.key, record);
+    }
+    let mut kept: Vec<&Record> = last.into_values().collect();
+    kept.sort_by_key(|r| (r.partition, r.offset));
+    kept
+}
+
+/// Produces `records` to `topic` exactly as they are: same partition, key, value and headers,
+/// in the order given.
+pub async fn produce_as_they_are<'r>(
+    bootstrap_servers: &str,
+    topic: &str,
+    records: impl IntoIterator<Item = &'r Record>,
+) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let sends: Vec<_> = records
+        .into_iter()
+        .map(|record| {
+            let mut headers = OwnedHeaders::new();
+            for (name, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            let mut outgoing = FutureRecord::<[u8], [u8]>::to(topic)
+                .key(&record.key)
+                .partition(record.partition)
+                .headers(headers);
+            if let Some(value) = &record.value {
+                outgoing = outgoing.payload(value);
+            }
+            producer.send(outgoing, Duration::from_secs(10))
+        })
+        .collect();
+    for sent in futures::future::join_all(sends).await {
+        sent.map_err(|(e, _)| e)
+            .expect("produce the records as they are");
+    }
+}

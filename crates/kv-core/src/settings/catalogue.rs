@@ -500,10 +500,22 @@ pub static VARS: &[Var] = &[
         help: "how often the reader looks for partitions added to the topic",
     },
     Var {
+        name: "KV_API_OWNER",
+        group: Group::Reader,
+        default: Default::Value("false"),
+        help: "true makes this reader a candidate owner of the partitions it holds: one live candidate per partition acts on it (TTL tombstones, repairs), and another takes over within about 10 s when it dies",
+    },
+    Var {
         name: "KV_API_TTL_SWEEPER",
         group: Group::Reader,
         default: Default::Value("false"),
-        help: "true makes this reader the topic's TTL sweeper: it produces the tombstones of expired keys (and the repairs that keep them from removing a newer ...",
+        help: "the older name of KV_API_OWNER; if both are set they must agree",
+    },
+    Var {
+        name: "KV_API_OWNER_GROUP_ID",
+        group: Group::Reader,
+        default: Default::Described("kv-owners.<topic>"),
+        help: "the consumer group unsharded owner candidates elect partition owners through (sharded candidates use the shards' readiness instead)",
     },
     Var {
         name: "KV_API_MAX_BATCH_GET_BYTES",

@@ -42,6 +42,10 @@ pub enum ErrorCode {
     /// (`max_lag`, `X-Max-Replica-Lag`).
     ReplicaLagging,
     Internal,
+    /// A reader holds no decision for the record a writer asked about (`GET /v1/outcomes`).
+    OutcomeNotFound,
+    /// This sharded reader does not hold the partition asked about; another shard does.
+    PartitionNotHeld,
 }
 
 impl ErrorCode {
@@ -62,6 +66,8 @@ impl ErrorCode {
             | Self::ReplicaLagging => StatusCode::SERVICE_UNAVAILABLE,
             Self::KafkaRejected => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::OutcomeNotFound => StatusCode::NOT_FOUND,
+            Self::PartitionNotHeld => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 }

@@ -22,8 +22,8 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransact
 
 use super::{
     decode_entry, encode_entry, entry_expiry, open_entry, Change, ExpiryKey, Store, StoreError,
-    StoredEntry, SweepRow, DELETED, DELETED_BY_TIME, ENTRIES, EXPIRIES, NEXT_OFFSETS,
-    PENDING_REPAIRS, RECORD_KEYS, SEALED_EXPIRIES,
+    StoredEntry, SweepRow, DELETED, DELETED_BY_TIME, ENTRIES, EXPIRIES, IDEMPOTENCY,
+    IDEMPOTENCY_BY_TIME, NEXT_OFFSETS, OUTCOMES, PENDING_REPAIRS, RECORD_KEYS, SEALED_EXPIRIES,
 };
 use crate::at_rest::StoreCipher;
 
@@ -40,8 +40,10 @@ pub enum Precondition {
     /// this offset.
     Expires(i64),
     /// A repair (`X-KV-Repair-Of`): only if no record of the key newer than this offset (the
-    /// stale sweeper record it repairs) was applied.
-    Repairs(i64),
+    /// stale record it repairs) was applied. The second field is the repair's `X-KV-Version`:
+    /// the version of the state it re-asserts, which the entry keeps (a repair from a sweeper
+    /// that predates it has none and gives the entry its own offset).
+    Repairs(i64, Option<i64>),
 }
 
 /// What the TTL rules of one applied batch came to.
@@ -58,6 +60,11 @@ pub struct Applied {
     /// For each delete that removed an entry, its index among the changes and the user key
     /// it removed, for watches: on an encrypted topic a tombstone names only the key's MAC.
     pub removed: Vec<(usize, Vec<u8>)>,
+    /// The indexes of the puts that did not take effect (a failed condition, a repeat, a stale
+    /// repair): watches must not show them.
+    pub not_applied: Vec<usize>,
+    /// Records a writer waits on that the batch decided.
+    pub decided: u64,
 }
 
 /// An expired entry the sweep found: what its tombstone needs.
@@ -104,7 +111,7 @@ pub(super) fn reset_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// The tables of one write transaction, and the rules over them.
-struct Writing<'t> {
+pub(super) struct Writing<'t> {
     cipher: Option<&'t StoreCipher>,
     entries: redb::Table<'t, &'static [u8], &'static [u8]>,
     record_keys: redb::Table<'t, &'static [u8], &'static [u8]>,
@@ -115,12 +122,15 @@ struct Writing<'t> {
     /// Under encryption at rest, the expiry of each entry that has one, so an overwrite learns
     /// the old expiry without opening the old entry.
     sealed_expiries: redb::Table<'t, &'static [u8], u64>,
-    now_ms: u64,
+    pub(super) outcomes: redb::Table<'t, (u32, u64), (u8, i32, i64, i64, u64)>,
+    pub(super) idempotency: redb::Table<'t, (&'static [u8], &'static [u8]), (u64, u64, u8)>,
+    pub(super) idempotency_by_time: redb::Table<'t, (u64, &'static [u8], &'static [u8]), ()>,
+    pub(super) now_ms: u64,
     encoded: Vec<u8>,
 }
 
 impl<'t> Writing<'t> {
-    fn open(
+    pub(super) fn open(
         txn: &'t WriteTransaction,
         cipher: Option<&'t StoreCipher>,
         now_ms: u64,
@@ -134,13 +144,16 @@ impl<'t> Writing<'t> {
             deleted_by_time: txn.open_table(DELETED_BY_TIME)?,
             pending: txn.open_table(PENDING_REPAIRS)?,
             sealed_expiries: txn.open_table(SEALED_EXPIRIES)?,
+            outcomes: txn.open_table(OUTCOMES)?,
+            idempotency: txn.open_table(IDEMPOTENCY)?,
+            idempotency_by_time: txn.open_table(IDEMPOTENCY_BY_TIME)?,
             now_ms,
             encoded: Vec::new(),
         })
     }
 
     /// A key as the file holds it: itself, or its keyed MAC under encryption at rest.
-    fn index<'k>(&self, key: &'k [u8]) -> Cow<'k, [u8]> {
+    pub(super) fn index<'k>(&self, key: &'k [u8]) -> Cow<'k, [u8]> {
         match self.cipher {
             None => Cow::Borrowed(key),
             Some(cipher) => Cow::Owned(cipher.index(key).to_vec()),
@@ -175,7 +188,7 @@ impl<'t> Writing<'t> {
     }
 
     /// The key's entry, expired or not.
-    fn entry(&self, user_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {
+    pub(super) fn entry(&self, user_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {
         let index = self.index(user_key);
         let Some(raw) = self.entries.get(index.as_ref())? else {
             return Ok(None);
@@ -318,6 +331,13 @@ impl<'t> Writing<'t> {
         Ok(())
     }
 
+    /// Drops the repair owed for the key, if any: its last record now states it by itself.
+    fn forgive(&mut self, record_key: &[u8]) -> Result<(), StoreError> {
+        let index = self.index(record_key).into_owned();
+        self.pending.remove(index.as_slice())?;
+        Ok(())
+    }
+
     /// Owes a repair re-asserting the key's state after the stale record at `stale_offset`.
     fn owe(
         &mut self,
@@ -342,6 +362,77 @@ impl<'t> Writing<'t> {
         }
     }
 
+    /// Puts a value (at `version`: the record's offset, or the version a repair re-asserts),
+    /// or, when it already expired on a partition this process is no candidate owner of, applies
+    /// it as a delete.
+    #[allow(clippy::too_many_arguments)]
+    fn put_or_expire(
+        &mut self,
+        record_key: &[u8],
+        user_key: &[u8],
+        partition: i32,
+        version: i64,
+        correlation_id: Option<&[u8]>,
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+        swept: &dyn Fn(i32) -> bool,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        let expired = expires_at_ms.is_some_and(|at| at <= self.now_ms);
+        if expired && !swept(partition) {
+            self.remove(record_key, Some(user_key))?;
+            self.remember_delete(record_key, version)?;
+            applied.expired_on_replay += 1;
+            Ok(())
+        } else {
+            self.put(
+                record_key,
+                user_key,
+                partition,
+                version,
+                correlation_id,
+                value,
+                expires_at_ms,
+            )
+        }
+    }
+
+    /// Whether the key's state here is what a replica that saw nothing of it before would reach
+    /// from its last record alone: `alone` is that state (value, expiry, version), `None`
+    /// absent. When it is not, and `partition` is one this process is a candidate owner of, the
+    /// record is harmful left last (compaction may keep only it) and a repair is owed; when it
+    /// is, any repair owed for an earlier record of the key is no longer needed.
+    fn judge(
+        &mut self,
+        record_key: &[u8],
+        user_key: Option<&[u8]>,
+        partition: i32,
+        offset: i64,
+        alone: Option<(&[u8], Option<u64>, i64)>,
+        swept: &dyn Fn(i32) -> bool,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        if !swept(partition) {
+            return Ok(());
+        }
+        let alone = alone.filter(|(_, expires, _)| expires.is_none_or(|at| at > self.now_ms));
+        let state = self.live_entry(user_key)?;
+        let same = match (&state, alone) {
+            (None, None) => true,
+            (Some(entry), Some((value, expires, version))) => {
+                entry.value == value && entry.expires_at_ms == expires && entry.offset == version
+            }
+            _ => false,
+        };
+        if same {
+            self.forgive(record_key)?;
+        } else {
+            self.owe(record_key, partition, offset)?;
+            applied.repairs_due += 1;
+        }
+        Ok(())
+    }
+
     fn apply(
         &mut self,
         index: usize,
@@ -359,51 +450,91 @@ impl<'t> Writing<'t> {
                 value,
                 expires_at_ms,
                 precondition,
+                decided,
             } => {
                 let user_key = user_key.as_ref();
-                if let Some(Precondition::Repairs(stale)) = precondition {
-                    self.settle(record_key, *stale)?;
-                    let last = self.last_known(record_key, Some(user_key))?;
-                    if last.is_some_and(|last| last > *stale) {
-                        applied.stale += 1;
-                        if swept(*partition) {
-                            // Left last, this repair would put its value back over what came
-                            // after the record it repairs.
-                            let outcome = expires_at_ms
-                                .is_none_or(|at| at > self.now_ms)
-                                .then_some((value.as_ref(), *expires_at_ms));
-                            let state = self.live_entry(Some(user_key))?;
-                            let same = match (&state, outcome) {
-                                (None, None) => true,
-                                (Some(entry), Some((value, expires))) => {
-                                    entry.value == value && entry.expires_at_ms == expires
-                                }
-                                _ => false,
-                            };
-                            if !same {
-                                self.owe(record_key, *partition, *offset)?;
-                                applied.repairs_due += 1;
-                            }
-                        }
-                        return Ok(());
+                if let Some(decided) = decided {
+                    let decision = self.decide(record_key, Some(user_key), *offset, decided)?;
+                    if decision.takes_effect() {
+                        self.put_or_expire(
+                            record_key,
+                            user_key,
+                            *partition,
+                            *offset,
+                            *correlation_id,
+                            value,
+                            *expires_at_ms,
+                            swept,
+                            applied,
+                        )?;
+                    } else {
+                        applied.not_applied.push(index);
                     }
-                }
-                let expired = expires_at_ms.is_some_and(|at| at <= self.now_ms);
-                if expired && !swept(*partition) {
-                    self.remove(record_key, Some(user_key))?;
-                    self.remember_delete(record_key, *offset)?;
-                    applied.expired_on_replay += 1;
-                } else {
-                    self.put(
+                    self.record_decision(
                         record_key,
-                        user_key,
+                        Some(user_key),
                         *partition,
                         *offset,
-                        *correlation_id,
-                        value,
-                        *expires_at_ms,
+                        decided,
+                        &decision,
                     )?;
+                    applied.decided += 1;
+                    let alone = decided
+                        .condition
+                        .as_ref()
+                        .is_none_or(|c| c.holds(None))
+                        .then_some((value.as_ref(), *expires_at_ms, *offset));
+                    return self.judge(
+                        record_key,
+                        Some(user_key),
+                        *partition,
+                        *offset,
+                        alone,
+                        swept,
+                        applied,
+                    );
                 }
+                let version = match precondition {
+                    Some(Precondition::Repairs(stale, version)) => {
+                        self.settle(record_key, *stale)?;
+                        let last = self.last_known(record_key, Some(user_key))?;
+                        let version = version.unwrap_or(*offset);
+                        if last.is_some_and(|last| last > *stale) {
+                            applied.stale += 1;
+                            applied.not_applied.push(index);
+                            // Left last, this repair would put its value back over what came
+                            // after the record it repairs.
+                            let alone = Some((value.as_ref(), *expires_at_ms, version));
+                            return self.judge(
+                                record_key,
+                                Some(user_key),
+                                *partition,
+                                *offset,
+                                alone,
+                                swept,
+                                applied,
+                            );
+                        }
+                        version
+                    }
+                    Some(Precondition::Expires(_)) => *offset,
+                    None => {
+                        // A plain put is the key's whole state by itself.
+                        self.forgive(record_key)?;
+                        *offset
+                    }
+                };
+                self.put_or_expire(
+                    record_key,
+                    user_key,
+                    *partition,
+                    version,
+                    *correlation_id,
+                    value,
+                    *expires_at_ms,
+                    swept,
+                    applied,
+                )?;
             }
             Change::Delete {
                 record_key,
@@ -411,18 +542,26 @@ impl<'t> Writing<'t> {
                 partition,
                 offset,
                 precondition,
+                decided,
             } => {
                 let user_key = self.user_key_of(record_key, *user_key)?;
-                let applies = match precondition {
-                    None => true,
-                    Some(Precondition::Expires(expired)) => {
+                let decision = match decided {
+                    Some(decided) => {
+                        Some(self.decide(record_key, user_key.as_deref(), *offset, decided)?)
+                    }
+                    None => None,
+                };
+                let applies = match (&decision, precondition) {
+                    (Some(decision), _) => decision.takes_effect(),
+                    (None, None) => true,
+                    (None, Some(Precondition::Expires(expired))) => {
                         let current = match &user_key {
                             Some(user_key) => self.entry(user_key)?,
                             None => None,
                         };
                         current.is_some_and(|entry| entry.offset == *expired)
                     }
-                    Some(Precondition::Repairs(stale)) => {
+                    (None, Some(Precondition::Repairs(stale, _))) => {
                         self.settle(record_key, *stale)?;
                         let last = self.last_known(record_key, user_key.as_deref())?;
                         last.is_none_or(|last| last <= *stale)
@@ -439,14 +578,33 @@ impl<'t> Writing<'t> {
                     if removed && matches!(precondition, Some(Precondition::Expires(_))) {
                         applied.tombstoned += 1;
                     }
-                } else {
+                } else if decision.is_none() {
                     applied.stale += 1;
-                    // Left last, this tombstone would delete what came after the record it
-                    // names.
-                    if swept(*partition) && self.live_entry(user_key.as_deref())?.is_some() {
-                        self.owe(record_key, *partition, *offset)?;
-                        applied.repairs_due += 1;
-                    }
+                }
+                if let (Some(decided), Some(decision)) = (decided, &decision) {
+                    self.record_decision(
+                        record_key,
+                        user_key.as_deref(),
+                        *partition,
+                        *offset,
+                        decided,
+                        decision,
+                    )?;
+                    applied.decided += 1;
+                }
+                if decided.is_some() || !applies {
+                    // Left last, a tombstone makes the key absent: harmful while it lives here.
+                    self.judge(
+                        record_key,
+                        user_key.as_deref(),
+                        *partition,
+                        *offset,
+                        None,
+                        swept,
+                        applied,
+                    )?;
+                } else if precondition.is_none() {
+                    self.forgive(record_key)?;
                 }
             }
         }
@@ -689,6 +847,7 @@ mod tests {
             value: Cow::Borrowed(value),
             expires_at_ms: expires,
             precondition: None,
+            decided: None,
         }
     }
 
@@ -699,6 +858,7 @@ mod tests {
             partition: 0,
             offset,
             precondition,
+            decided: None,
         }
     }
 
@@ -711,7 +871,8 @@ mod tests {
             correlation_id: None,
             value: Cow::Borrowed(value),
             expires_at_ms: None,
-            precondition: Some(Precondition::Repairs(stale)),
+            precondition: Some(Precondition::Repairs(stale, None)),
+            decided: None,
         }
     }
 
@@ -1086,6 +1247,7 @@ mod tests {
                 value: Cow::Borrowed(value),
                 expires_at_ms: record.expires,
                 precondition: record.precondition,
+                decided: None,
             },
             None => Change::Delete {
                 record_key: &record.key,
@@ -1093,6 +1255,7 @@ mod tests {
                 partition: 0,
                 offset,
                 precondition: record.precondition,
+                decided: None,
             },
         }
     }
@@ -1145,7 +1308,10 @@ mod tests {
                     key: owed.record_key,
                     value: owed.state.as_ref().map(|(_, e)| e.value.clone()),
                     expires: owed.state.as_ref().and_then(|(_, e)| e.expires_at_ms),
-                    precondition: Some(Precondition::Repairs(owed.stale_offset)),
+                    precondition: Some(Precondition::Repairs(
+                        owed.stale_offset,
+                        owed.state.as_ref().map(|(_, e)| e.offset),
+                    )),
                     client: false,
                 });
             }
@@ -1276,7 +1442,7 @@ mod tests {
                 .count();
             repairs_seen += log
                 .iter()
-                .filter(|r| matches!(r.precondition, Some(Precondition::Repairs(_))))
+                .filter(|r| matches!(r.precondition, Some(Precondition::Repairs(..))))
                 .count();
         }
         assert!(

@@ -4,6 +4,7 @@
 mod batch_get_attack;
 mod disk_full;
 mod killed_during_replay;
+mod owner_failover;
 mod poison_records;
 mod shard_kills;
 mod soak;

@@ -4,6 +4,7 @@
 mod at_rest;
 mod auth;
 mod cli;
+mod conditional;
 mod metrics;
 mod openapi;
 mod read_routes;

@@ -12,12 +12,9 @@ use kv_core::crypto::TopicCipher;
 use kv_core::record::{EXPIRED_OFFSET_HEADER, EXPIRES_AT_HEADER, REPAIR_OF_HEADER};
 use kv_testkit::reader::{all_keys, dump, wait_ready};
 use kv_testkit::services::{reader_env, service_env_with};
-use kv_testkit::topic::{create_topic, random_topic, records, Record};
+use kv_testkit::topic::{create_topic, last_per_key, produce_as_they_are, random_topic, records};
 use kv_testkit::{eventually, metric, run_to_exit, Broker, Service, DEADLINE};
 use rand::Rng;
-use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 
 use crate::{writer, READER};
@@ -532,12 +529,13 @@ async fn keys_rewritten_around_their_expiry_while_the_sweeper_runs_lose_no_write
     // What compaction keeps: the last record of every key. The local broker does not compact,
     // so the test builds that view and replays it into a fresh replica on a topic of its own.
     let all = records(broker.bootstrap_servers(), &topic).await;
-    let mut last: BTreeMap<Vec<u8>, &Record> = BTreeMap::new();
-    for record in &all {
-        last.insert(record.key.clone(), record);
-    }
     let compacted_topic = sweepable_topic(&broker, "ttl-race-compacted", PARTITIONS).await;
-    produce_as_they_are(&broker, &compacted_topic, last.values().copied()).await;
+    produce_as_they_are(
+        &broker.bootstrap_servers(),
+        &compacted_topic,
+        last_per_key(&all),
+    )
+    .await;
     let fresh = Service::start(READER, &reader_env(&broker, &compacted_topic, "fresh"));
     wait_ready(&http, &fresh).await;
     let state = dump(&http, &fresh).await;
@@ -574,42 +572,6 @@ async fn keys_rewritten_around_their_expiry_while_the_sweeper_runs_lose_no_write
             >= KEYS,
         "every first write, and half the rewrites, expire"
     );
-}
-
-/// Produces `records` to `topic` exactly as they are: same partition, key, value and headers.
-async fn produce_as_they_are<'r>(
-    broker: &Broker,
-    topic: &str,
-    records: impl Iterator<Item = &'r Record>,
-) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap_servers())
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
-    let sends: Vec<_> = records
-        .map(|record| {
-            let mut headers = OwnedHeaders::new();
-            for (name, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
-            }
-            let mut outgoing = FutureRecord::<[u8], [u8]>::to(topic)
-                .key(&record.key)
-                .partition(record.partition)
-                .headers(headers);
-            if let Some(value) = &record.value {
-                outgoing = outgoing.payload(value);
-            }
-            producer.send(outgoing, Duration::from_secs(10))
-        })
-        .collect();
-    for sent in futures::future::join_all(sends).await {
-        sent.map_err(|(e, _)| e)
-            .expect("produce the compacted view");
-    }
 }
 
 #[tokio::test]
@@ -697,7 +659,12 @@ async fn under_topic_encryption_tombstones_name_the_mac_key_and_a_forged_expiry_
             *value = (at + 365 * 86_400_000).to_string().into_bytes();
         }
     }
-    produce_as_they_are(&broker, &topic, std::iter::once(&forged)).await;
+    produce_as_they_are(
+        &broker.bootstrap_servers(),
+        &topic,
+        std::iter::once(&forged),
+    )
+    .await;
     eventually("the forged record refused", DEADLINE, || async {
         let text = metrics_of(&http, &sweeper).await;
         let refused = metric(
