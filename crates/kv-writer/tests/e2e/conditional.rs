@@ -43,7 +43,7 @@ async fn a_conditional_write_carries_its_precondition_in_the_record_and_is_answe
     let broker = Broker::start();
     let topic = broker.create_topic("conditional", 2).await;
     let reader = StubReader::start();
-    reader.answer_others(|p, o| Reply::applied(p, o));
+    reader.answer_others(Reply::applied);
     let writer = Service::start(
         WRITER,
         &writer_env(&broker, &topic, &[("KV_API_READERS", reader.base_url())]),
