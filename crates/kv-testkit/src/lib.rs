@@ -14,6 +14,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod reader;
 pub mod services;
+pub mod stub_reader;
 pub mod tmpfs;
 pub mod topic;
 

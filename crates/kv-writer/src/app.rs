@@ -13,7 +13,8 @@ use kv_core::web::http::{
 use kv_core::web::metrics::{metrics_middleware, Metrics};
 use kv_core::web::routing::{register, route_not_found};
 
-use crate::metrics::ProducerMetrics;
+use crate::conditional::Readers;
+use crate::metrics::{ConditionalMetrics, ProducerMetrics};
 use crate::producer::KvProducer;
 use crate::routes;
 use crate::settings::Settings;
@@ -31,6 +32,8 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     UnsafeTopic(#[from] UnsafeTopic),
+    #[error("cannot build the HTTP client that asks readers for outcomes: {0}")]
+    ReaderClient(#[from] reqwest::Error),
 }
 
 pub struct App {
@@ -45,6 +48,39 @@ impl std::fmt::Debug for App {
         f.debug_struct("App")
             .field("port", &self.port)
             .finish_non_exhaustive()
+    }
+}
+
+/// `check-config`: whether each reader of KV_API_READERS answers `/healthz/live`. Only a
+/// warning when one does not: readers may start after the writer, and conditional writes ask
+/// the next one.
+async fn check_readers(settings: &Settings, report: &mut kv_core::cli::Report) {
+    if settings.readers.is_empty() {
+        report.skip(
+            "readers",
+            "KV_API_READERS is not set: conditional writes answer 501",
+        );
+        return;
+    }
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => return report.fail("readers", error),
+    };
+    for base in &settings.readers {
+        match client.get(format!("{base}/healthz/live")).send().await {
+            Ok(response) if response.status().is_success() => {
+                report.ok("readers", format!("{base} is live"));
+            }
+            Ok(response) => report.warn(
+                "readers",
+                format!("{base}/healthz/live answered {}", response.status()),
+            ),
+            Err(error) => report.warn("readers", format!("{base} is not reachable: {error}")),
+        }
     }
 }
 
@@ -78,8 +114,22 @@ impl App {
         auth.register_metrics(metrics.registry())?;
         let producer_metrics = ProducerMetrics::register(metrics.registry())?;
         let producer = KvProducer::new(&settings, codec, producer_metrics)?;
+        let conditional_metrics = ConditionalMetrics::register(metrics.registry())?;
+        let readers = if settings.readers.is_empty() {
+            None
+        } else {
+            tracing::info!(
+                readers = %settings.readers.join(","),
+                "conditional writes ask these readers for their outcome (KV_API_READERS)"
+            );
+            Some(Readers::new(
+                settings.readers.clone(),
+                settings.conditional_timeout,
+                conditional_metrics,
+            )?)
+        };
         let (listener, address) = bind(&settings.core.listen)?;
-        let state = web::Data::new(WriterState::new(&settings, producer.clone()));
+        let state = web::Data::new(WriterState::new(&settings, producer.clone(), readers));
         let json_limit = settings.json_body_limit();
         let batch_limit = settings.max_batch_bytes;
         let server = HttpServer::new(move || {
@@ -123,6 +173,7 @@ impl App {
             ),
         );
         kv_core::cli::check_shared(&settings.core, "kv-writer", &mut report).await;
+        check_readers(settings, &mut report).await;
         report.exit_code()
     }
 

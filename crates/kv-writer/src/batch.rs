@@ -12,7 +12,7 @@
 //! `error` object beside the per-item results, because a 2xx must never cover an unacknowledged
 //! write.
 
-use actix_web::http::header::RETRY_AFTER;
+use actix_web::http::header::{IF_MATCH, IF_NONE_MATCH, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::future::join_all;
@@ -22,6 +22,7 @@ use kv_core::web::error::{retry_after_seconds, ApiError, ErrorCode};
 use kv_core::web::http::{CorrelationId, JsonBody};
 use serde::Serialize;
 
+use crate::conditional::IDEMPOTENCY_KEY;
 use crate::input::{ItemLimit, RawBatch};
 use crate::producer::Write;
 use crate::state::{expiry, token_for, with_token, WriterState};
@@ -61,6 +62,7 @@ pub async fn batch(
     body: JsonBody<()>,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
+    refuse_conditional_headers(&request)?;
     let (body, _permit) = state.bodies.read_json(&request, body).await?;
     let writes = RawBatch::parse(&body, ItemLimit(state.max_batch_items))?.writes(
         state.max_batch_items,
@@ -109,6 +111,28 @@ pub async fn batch(
         }))
         .await;
     Ok(respond(&outcomes))
+}
+
+/// A batch is unconditional: a precondition or idempotency key on it is refused rather than
+/// ignored, so no client takes a `200` for a conditional write.
+fn refuse_conditional_headers(request: &HttpRequest) -> Result<(), ApiError> {
+    let named = [
+        (IF_MATCH, "If-Match"),
+        (IF_NONE_MATCH, "If-None-Match"),
+        (IDEMPOTENCY_KEY, "Idempotency-Key"),
+    ]
+    .into_iter()
+    .find(|(name, _)| request.headers().contains_key(name));
+    match named {
+        None => Ok(()),
+        Some((_, shown)) => Err(ApiError::new(
+            ErrorCode::ConditionalBatchUnsupported,
+            format!(
+                "header {shown}: a batch cannot be conditional or idempotent; send such writes \
+                 alone, as PUT or DELETE /v1/kv/{{key}}"
+            ),
+        )),
+    }
 }
 
 fn respond(outcomes: &[Result<RecordPosition, ApiError>]) -> HttpResponse {

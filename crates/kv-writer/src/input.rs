@@ -310,6 +310,10 @@ pub struct RawWrite<'de> {
     /// anywhere, so a TTL is never ignored for being spelled the other way.
     ttl_camel: Named<Scalar<'de>>,
     ttl_snake: Named<Scalar<'de>>,
+    /// A batch item's precondition fields, only to refuse them (batches are unconditional);
+    /// ignored on the original routes, as the original ignored unknown fields.
+    if_match: Named<Scalar<'de>>,
+    if_none_match: Named<Scalar<'de>>,
 }
 
 impl<'de> RawWrite<'de> {
@@ -321,7 +325,11 @@ impl<'de> RawWrite<'de> {
                 || write.delete.offer(&key, "delete", &mut map)?
                 || write.headers.offer(&key, "headers", &mut map)?
                 || write.ttl_camel.offer(&key, TTL_FIELD, &mut map)?
-                || write.ttl_snake.offer(&key, TTL_BATCH_FIELD, &mut map)?;
+                || write.ttl_snake.offer(&key, TTL_BATCH_FIELD, &mut map)?
+                || write.if_match.offer(&key, IF_MATCH_FIELD, &mut map)?
+                || write
+                    .if_none_match
+                    .offer(&key, IF_NONE_MATCH_FIELD, &mut map)?;
             if !taken {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -334,6 +342,9 @@ impl<'de> RawWrite<'de> {
 pub const TTL_FIELD: &str = "ttlSeconds";
 /// The TTL field of a batch item.
 pub const TTL_BATCH_FIELD: &str = "ttl_seconds";
+/// A batch item's precondition fields, refused: conditional writes go one at a time.
+pub const IF_MATCH_FIELD: &str = "if_match";
+pub const IF_NONE_MATCH_FIELD: &str = "if_none_match";
 
 /// A batch item: a write object, or any other JSON value (refused naming the item).
 #[derive(Debug)]
@@ -607,6 +618,14 @@ impl<'de> RawWrite<'de> {
         encoding: Encoding,
         max_ttl: MaxTtl,
     ) -> Result<WriteInput<'de>, ApiError> {
+        for (field, name) in [
+            (&self.if_match, IF_MATCH_FIELD),
+            (&self.if_none_match, IF_NONE_MATCH_FIELD),
+        ] {
+            if field.exact.is_some() || field.other.is_some() {
+                return Err(conditional_batch_item(path, name));
+            }
+        }
         let delete = match std::mem::take(&mut self.delete).get() {
             None | Some(Scalar::Null) | Some(Scalar::Bool(false)) => false,
             Some(Scalar::Bool(true)) => true,
@@ -649,6 +668,16 @@ impl<'de> RawWrite<'de> {
             ttl_seconds: None,
         })
     }
+}
+
+fn conditional_batch_item(path: &str, name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ConditionalBatchUnsupported,
+        format!(
+            "field `{path}{name}`: batch items cannot be conditional; send a conditional write \
+             alone, as PUT or DELETE /v1/kv/{{key}} with If-Match or If-None-Match"
+        ),
+    )
 }
 
 /// Turns parsed fields into bytes, naming the field (with its path) in every error.
@@ -855,6 +884,26 @@ mod tests {
         assert_eq!(writes[0].headers, vec![("h".to_owned(), b"x".to_vec())]);
         let body = serde_json::json!({"Items": 5, "items": [{"key": "k", "value": "v"}]});
         assert_eq!(batch_writes(&body, 10).expect("exact wins").len(), 1);
+    }
+
+    #[test]
+    fn a_conditional_batch_item_is_refused_naming_its_field() {
+        for (field, named) in [("if_match", "if_match"), ("If_None_Match", "if_none_match")] {
+            let body = serde_json::json!({"items": [
+                {"key": "a", "value": "1"},
+                {"key": "b", "value": "2", field: "\"0-1\""},
+            ]});
+            let error = batch_writes(&body, 10).expect_err(field);
+            assert_eq!(error.code, ErrorCode::ConditionalBatchUnsupported);
+            assert!(
+                error.message.contains(&format!("`items[1].{named}`")),
+                "{}",
+                error.message
+            );
+        }
+        // The original routes ignore unknown fields, these among them.
+        let json = serde_json::json!({"key": "k", "value": "v", "if_match": "*"});
+        assert!(put(json, Encoding::Utf8).is_ok());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod batch;
 pub mod body;
+pub mod conditional;
 pub mod input;
 pub mod metrics;
 pub mod producer;

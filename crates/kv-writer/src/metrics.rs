@@ -9,7 +9,7 @@ use kv_core::kafka_stats::KafkaStats;
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::metrics::LATENCY_BUCKETS;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 #[derive(Debug, Clone)]
@@ -98,6 +98,134 @@ impl ProducerMetrics {
     }
 }
 
+/// What one reader answered to one outcome request (`kv_writer_outcome_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderReply {
+    Decided,
+    Unknown,
+    NotHeld,
+    NotYet,
+    Refused,
+    Failed,
+}
+
+impl ReaderReply {
+    const ALL: [ReaderReply; 6] = [
+        ReaderReply::Decided,
+        ReaderReply::Unknown,
+        ReaderReply::NotHeld,
+        ReaderReply::NotYet,
+        ReaderReply::Refused,
+        ReaderReply::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Decided => "decided",
+            Self::Unknown => "unknown",
+            Self::NotHeld => "not_held",
+            Self::NotYet => "not_yet",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// How a conditional write ended (`kv_writer_conditional_writes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionalEnd {
+    /// `200`: it took effect.
+    Applied,
+    /// `412`: its precondition did not hold.
+    PreconditionFailed,
+    /// Its idempotency key repeated an earlier record's: answered as that one was.
+    Repeat,
+    /// `503 outcome_unknown`: no reader told in time.
+    Unknown,
+}
+
+impl ConditionalEnd {
+    const ALL: [ConditionalEnd; 4] = [
+        ConditionalEnd::Applied,
+        ConditionalEnd::PreconditionFailed,
+        ConditionalEnd::Repeat,
+        ConditionalEnd::Unknown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::PreconditionFailed => "precondition_failed",
+            Self::Repeat => "repeat",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Conditional writes: how they ended, how long their outcome took, what the readers answered.
+#[derive(Debug, Clone)]
+pub struct ConditionalMetrics {
+    writes: IntCounterVec,
+    wait: Histogram,
+    replies: IntCounterVec,
+}
+
+impl ConditionalMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let writes = IntCounterVec::new(
+            Opts::new(
+                "kv_writer_conditional_writes_total",
+                "Conditional writes Kafka acknowledged, by how they were answered: applied (200), \
+                 precondition_failed (412), repeat (an Idempotency-Key's retry, answered as the \
+                 first), unknown (503 outcome_unknown)",
+            ),
+            &["outcome"],
+        )?;
+        let wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "kv_writer_outcome_wait_seconds",
+                "Time from Kafka's acknowledgement of a conditional write to its outcome, or to \
+                 giving up (KV_API_CONDITIONAL_TIMEOUT_MS)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let replies = IntCounterVec::new(
+            Opts::new(
+                "kv_writer_outcome_requests_total",
+                "Outcome requests to readers, by reply: decided (200), unknown (404), not_held \
+                 (421), not_yet (503), refused (401/403), failed (unreachable, timed out, other)",
+            ),
+            &["reply"],
+        )?;
+        registry.register(Box::new(writes.clone()))?;
+        registry.register(Box::new(wait.clone()))?;
+        registry.register(Box::new(replies.clone()))?;
+        for end in ConditionalEnd::ALL {
+            writes.with_label_values(&[end.label()]);
+        }
+        for reply in ReaderReply::ALL {
+            replies.with_label_values(&[reply.label()]);
+        }
+        Ok(Self {
+            writes,
+            wait,
+            replies,
+        })
+    }
+
+    pub(crate) fn count_write(&self, end: ConditionalEnd) {
+        self.writes.with_label_values(&[end.label()]).inc();
+    }
+
+    pub(crate) fn count_reply(&self, reply: ReaderReply) {
+        self.replies.with_label_values(&[reply.label()]).inc();
+    }
+
+    pub(crate) fn observe_wait(&self, started: Instant) {
+        self.wait.observe(started.elapsed().as_secs_f64());
+    }
+}
+
 /// One write in flight; a client that disconnects drops it too, so the gauge never leaks.
 #[derive(Debug)]
 pub(crate) struct InFlight(IntGauge);
@@ -122,6 +250,23 @@ mod tests {
         assert_eq!(metrics.errors.with_label_values(&["retryable"]).get(), 2);
         assert_eq!(metrics.errors.with_label_values(&["too_large"]).get(), 1);
         assert_eq!(metrics.errors.with_label_values(&["fatal"]).get(), 0);
+    }
+
+    #[test]
+    fn conditional_writes_and_reader_replies_are_counted_under_closed_labels() {
+        let registry = Registry::new();
+        let metrics = ConditionalMetrics::register(&registry).expect("register");
+        metrics.count_write(ConditionalEnd::Repeat);
+        metrics.count_reply(ReaderReply::NotHeld);
+        assert_eq!(metrics.writes.with_label_values(&["repeat"]).get(), 1);
+        assert_eq!(metrics.replies.with_label_values(&["not_held"]).get(), 1);
+        // Every label is present from the start, at zero.
+        let families = registry.gather();
+        let writes = families
+            .iter()
+            .find(|f| f.name() == "kv_writer_conditional_writes_total")
+            .expect("registered");
+        assert_eq!(writes.get_metric().len(), ConditionalEnd::ALL.len());
     }
 
     #[test]

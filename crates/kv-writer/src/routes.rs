@@ -59,6 +59,7 @@ pub async fn put_value(
     // Checked before the body is read, so an oversized key or a bad TTL costs no body buffering.
     check_key(&key, state.max_key_bytes, || "the key in the path".into())?;
     let ttl_seconds = ttl_of(&request, state.max_ttl)?;
+    let conditional = state.conditional_of(&request)?;
     let (value, _permit) = state
         .bodies
         .read(&request, body, state.max_value_bytes)
@@ -69,7 +70,10 @@ pub async fn put_value(
         headers: Vec::new(),
         ttl_seconds,
     };
-    state.write_one(&request, &write, Answer::Position).await
+    match &conditional {
+        None => state.write_one(&request, &write, Answer::Position).await,
+        Some(conditional) => state.write_conditional(&request, write, conditional).await,
+    }
 }
 
 /// `DELETE /v1/kv/{key}`: writes a tombstone.
@@ -86,13 +90,17 @@ pub async fn delete_value(
              nothing to expire",
         ));
     }
+    let conditional = state.conditional_of(&request)?;
     let write = WriteInput {
         key: key.into(),
         value: None,
         headers: Vec::new(),
         ttl_seconds: None,
     };
-    state.write_one(&request, &write, Answer::Position).await
+    match &conditional {
+        None => state.write_one(&request, &write, Answer::Position).await,
+        Some(conditional) => state.write_conditional(&request, write, conditional).await,
+    }
 }
 
 /// The TTL of a native write: header `X-KV-TTL-Seconds` or query parameter `ttl_seconds` (both

@@ -25,6 +25,12 @@ pub struct Settings {
     pub max_buffered_body_bytes: usize,
     /// The longest TTL a write may ask for.
     pub max_ttl_seconds: u64,
+    /// The readers a conditional write's outcome is asked of (KV_API_READERS), in order: base
+    /// URLs without a trailing `/`. Empty: conditional writes are not configured (501).
+    pub readers: Vec<String>,
+    /// How long after Kafka's acknowledgement a conditional write waits for a reader to tell its
+    /// outcome before it is answered 503 `outcome_unknown`.
+    pub conditional_timeout: Duration,
 }
 
 pub const DEFAULT_MAX_KEY_BYTES: usize = 16 * 1024;
@@ -36,6 +42,8 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// KV_API_MAX_TTL_SECONDS unless set: a year.
 pub const DEFAULT_MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
+/// KV_API_CONDITIONAL_TIMEOUT_MS unless set.
+pub const DEFAULT_CONDITIONAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest KV_API_MAX_TTL_SECONDS taken: a hundred years keeps every expiry, in
 /// milliseconds since the Unix epoch, within the wire format's 18 digits.
 const LARGEST_MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
@@ -57,7 +65,20 @@ impl Settings {
                 DEFAULT_MAX_BUFFERED_BODY_BYTES,
             )?,
             max_ttl_seconds: env.number("KV_API_MAX_TTL_SECONDS", DEFAULT_MAX_TTL_SECONDS)?,
+            readers: match env.string("KV_API_READERS") {
+                None => Vec::new(),
+                Some(list) => reader_urls(&list)?,
+            },
+            conditional_timeout: env
+                .millis("KV_API_CONDITIONAL_TIMEOUT_MS", DEFAULT_CONDITIONAL_TIMEOUT)?,
         };
+        if !settings.readers.is_empty() && settings.acks == "0" {
+            return Err(SettingsError::new(
+                "KV_API_READERS",
+                "conditional writes need the offset Kafka assigns, which KAFKA_ACKS=none does \
+                 not report: use KAFKA_ACKS=all (or leader), or unset KV_API_READERS",
+            ));
+        }
         if !(1..=LARGEST_MAX_TTL_SECONDS).contains(&settings.max_ttl_seconds) {
             return Err(SettingsError::new(
                 "KV_API_MAX_TTL_SECONDS",
@@ -103,6 +124,45 @@ impl Settings {
             .max(self.json_body_limit())
             .max(self.max_value_bytes)
     }
+}
+
+/// KV_API_READERS: one base URL or a comma list of them, each http:// or https:// with a host
+/// and no query or fragment.
+fn reader_urls(list: &str) -> Result<Vec<String>, SettingsError> {
+    const VAR: &str = "KV_API_READERS";
+    if list.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    list.split(',')
+        .map(str::trim)
+        .map(|url| {
+            if url.is_empty() {
+                return Err(SettingsError::new(
+                    VAR,
+                    "has an empty entry: give one URL or a comma list of URLs",
+                ));
+            }
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| SettingsError::new(VAR, format!("{url:?} is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.host_str().is_none()
+                || parsed.query().is_some()
+                || parsed.fragment().is_some()
+                || !parsed.username().is_empty()
+                || parsed.password().is_some()
+            {
+                return Err(SettingsError::new(
+                    VAR,
+                    format!(
+                        "{url:?} must be an http:// or https:// URL with a host and no query, \
+                         fragment or credentials (a reader's base URL, such as \
+                         http://kv-reader:8080)"
+                    ),
+                ));
+            }
+            Ok(url.trim_end_matches('/').to_owned())
+        })
+        .collect()
 }
 
 fn acks(raw: Option<&str>) -> Result<&'static str, SettingsError> {
@@ -153,6 +213,34 @@ mod tests {
         assert_eq!(err.var, "KV_API_MAX_BATCH_ITEMS");
         let err = settings(&[("KV_API_PRODUCE_TIMEOUT_MS", "0")]).expect_err("must fail");
         assert_eq!(err.var, "KV_API_PRODUCE_TIMEOUT_MS");
+    }
+
+    #[test]
+    fn readers_are_one_url_or_a_comma_list_and_off_unless_set() {
+        let defaults = settings(&[]).expect("settings");
+        assert!(defaults.readers.is_empty());
+        assert_eq!(defaults.conditional_timeout, DEFAULT_CONDITIONAL_TIMEOUT);
+        let one = settings(&[("KV_API_READERS", "http://kv-reader:8080/")]).expect("one");
+        assert_eq!(one.readers, vec!["http://kv-reader:8080"]);
+        let list = settings(&[("KV_API_READERS", " http://a:8081, https://b.example/kv ")])
+            .expect("a list");
+        assert_eq!(list.readers, vec!["http://a:8081", "https://b.example/kv"]);
+        for bad in [
+            "kv-reader:8080",
+            "ftp://a",
+            "http://a:8081,",
+            "http://a/?x=1",
+            "http://user:pw@a",
+            "http://",
+        ] {
+            let err = settings(&[("KV_API_READERS", bad)]).expect_err(bad);
+            assert_eq!(err.var, "KV_API_READERS", "{bad}");
+        }
+        let err = settings(&[("KV_API_READERS", "http://a"), ("KAFKA_ACKS", "none")])
+            .expect_err("acks none");
+        assert!(err.to_string().contains("KAFKA_ACKS=none"), "{err}");
+        let err = settings(&[("KV_API_CONDITIONAL_TIMEOUT_MS", "0")]).expect_err("zero");
+        assert_eq!(err.var, "KV_API_CONDITIONAL_TIMEOUT_MS");
     }
 
     #[test]

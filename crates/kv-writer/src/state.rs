@@ -11,7 +11,9 @@ use kv_core::web::http::{CorrelationId, CONSISTENCY_TOKEN};
 use serde::Serialize;
 
 use crate::body::BodyLimits;
+use crate::conditional::{self, answered, Asker, ConditionalRequest, Readers};
 use crate::input::{check_key, check_value, MaxTtl, WriteInput};
+use crate::metrics::ConditionalEnd;
 use crate::producer::{KvProducer, Write};
 use crate::settings::Settings;
 
@@ -28,6 +30,8 @@ pub struct WriterState {
     pub max_ttl: MaxTtl,
     /// The time limit and the shared byte budget every request body is read under.
     pub bodies: BodyLimits,
+    /// Where conditional writes learn their outcome (KV_API_READERS); `None`: not configured.
+    pub readers: Option<Readers>,
     /// The last readiness answer and when it was taken: `/healthz/ready` is anonymous, and each
     /// fresh answer costs a metadata request and a blocking thread for up to two seconds.
     readiness: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
@@ -39,7 +43,7 @@ const READINESS_CACHE: Duration = Duration::from_secs(1);
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl WriterState {
-    pub fn new(settings: &Settings, producer: KvProducer) -> Self {
+    pub fn new(settings: &Settings, producer: KvProducer, readers: Option<Readers>) -> Self {
         Self {
             producer,
             max_key_bytes: settings.max_key_bytes,
@@ -47,6 +51,7 @@ impl WriterState {
             max_batch_items: settings.max_batch_items,
             max_ttl: MaxTtl(settings.max_ttl_seconds),
             bodies: BodyLimits::new(settings.body_timeout, settings.max_buffered_body_bytes),
+            readers,
             readiness: tokio::sync::Mutex::new(None),
         }
     }
@@ -101,6 +106,77 @@ impl WriterState {
             .await?;
         Ok(acknowledged(position, answer))
     }
+
+    /// The conditional part of a native write from its headers: `None` for an ordinary write,
+    /// `400` naming a header with bad syntax, `501` when this writer has no `KV_API_READERS`.
+    /// Checked before the body is read.
+    pub fn conditional_of(
+        &self,
+        request: &HttpRequest,
+    ) -> Result<Option<ConditionalRequest>, ApiError> {
+        let conditional = ConditionalRequest::from_headers(request.headers())?;
+        if conditional.is_some() && self.readers.is_none() {
+            return Err(conditional::not_configured());
+        }
+        Ok(conditional)
+    }
+
+    /// A native write with a precondition or an idempotency key: produced with their record
+    /// headers, then answered from the outcome a reader tells (docs/api.md, "Conditional
+    /// writes").
+    pub async fn write_conditional(
+        &self,
+        request: &HttpRequest,
+        mut write: WriteInput<'_>,
+        conditional: &ConditionalRequest,
+    ) -> Result<HttpResponse, ApiError> {
+        let readers = self
+            .readers
+            .as_ref()
+            .ok_or_else(conditional::not_configured)?;
+        // Taken before producing: a write refused for want of room was not written.
+        let _waiting = readers.wait_slot()?;
+        write.headers.extend(conditional.record_headers());
+        let correlation = CorrelationId::of(request);
+        let position = self
+            .producer
+            .write(Write {
+                key: &write.key,
+                value: write.value.as_deref(),
+                correlation_id: &correlation.0,
+                headers: &write.headers,
+                expires_at_ms: expiry(write.ttl_seconds),
+            })
+            .await?;
+        let metrics = readers.metrics();
+        let outcome = match readers
+            .outcome(position, Asker::of(request, &correlation.0))
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::warn!(
+                    partition = position.partition,
+                    offset = position.offset,
+                    "a conditional write's outcome is unknown: {}",
+                    error.message
+                );
+                metrics.count_write(ConditionalEnd::Unknown);
+                return Err(error);
+            }
+        };
+        let answer = answered(position, &outcome, conditional.condition.as_ref());
+        metrics.count_write(match (&answer, outcome.first) {
+            (_, Some(_)) => ConditionalEnd::Repeat,
+            (conditional::Answered::Applied { .. }, None) => ConditionalEnd::Applied,
+            (conditional::Answered::Failed { .. }, None) => ConditionalEnd::PreconditionFailed,
+        });
+        Ok(conditional::respond(
+            answer,
+            position,
+            write.value.is_none(),
+        ))
+    }
 }
 
 /// When a write with this TTL expires, in milliseconds since the Unix epoch by this writer's
@@ -147,7 +223,7 @@ pub fn token_for(positions: impl IntoIterator<Item = RecordPosition>) -> Option<
     Some(ConsistencyToken::from_positions(known).to_string())
 }
 
-fn acknowledged(position: RecordPosition, answer: Answer) -> HttpResponse {
+pub(crate) fn acknowledged(position: RecordPosition, answer: Answer) -> HttpResponse {
     let token = token_for([position]);
     let offset = (position.offset >= 0).then_some(position.offset);
     let mut response = HttpResponse::Ok();

@@ -410,6 +410,18 @@ pub static VARS: &[Var] = &[
         help: "most bytes of request bodies the writer holds at once, all requests together (64 MiB)",
     },
     Var {
+        name: "KV_API_READERS",
+        group: Group::Writer,
+        default: Default::Unset,
+        help: "readers (a base URL or a comma list, http:// or https://) a conditional write asks its outcome of; unset: If-Match, If-None-Match, ...",
+    },
+    Var {
+        name: "KV_API_CONDITIONAL_TIMEOUT_MS",
+        group: Group::Writer,
+        default: Default::Value("10000"),
+        help: "longest wait after Kafka's acknowledgement for a reader to tell a conditional write's outcome; then 503 outcome_unknown",
+    },
+    Var {
         name: "KAFKA_GROUP_ID",
         group: Group::Reader,
         default: Default::Required,

@@ -41,6 +41,16 @@ pub enum ErrorCode {
     /// The replica is further behind on the partitions a read touches than the read allows
     /// (`max_lag`, `X-Max-Replica-Lag`).
     ReplicaLagging,
+    /// A conditional write's precondition (`If-Match`, `If-None-Match`) did not hold when its
+    /// record was decided in log order: the write did not take effect.
+    PreconditionFailed,
+    /// A conditional or idempotent write reached a writer without `KV_API_READERS`.
+    ConditionalWritesNotConfigured,
+    /// A conditional write's record is on the topic but no reader told its outcome in time: it
+    /// may or may not have taken effect (retry with the same `Idempotency-Key`, or re-read).
+    OutcomeUnknown,
+    /// A batch item (or a batch request) asked for a precondition, which batches do not take.
+    ConditionalBatchUnsupported,
     Internal,
     /// A reader holds no decision for the record a writer asked about (`GET /v1/outcomes`).
     OutcomeNotFound,
@@ -51,7 +61,11 @@ pub enum ErrorCode {
 impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
-            Self::InvalidRequest | Self::InvalidKey => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest | Self::InvalidKey | Self::ConditionalBatchUnsupported => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::ConditionalWritesNotConfigured => StatusCode::NOT_IMPLEMENTED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -63,7 +77,8 @@ impl ErrorCode {
             | Self::NotReady
             | Self::Overloaded
             | Self::ShardUnavailable
-            | Self::ReplicaLagging => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::ReplicaLagging
+            | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
             Self::KafkaRejected => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::OutcomeNotFound => StatusCode::NOT_FOUND,

@@ -2,6 +2,7 @@
 //! librdkafka's MockCluster for injected faults. One test binary, so actix and rdkafka link once.
 
 mod cli;
+mod conditional;
 mod injected_faults;
 mod openapi;
 mod outage;
