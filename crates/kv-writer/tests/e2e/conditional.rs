@@ -242,8 +242,14 @@ async fn the_readers_are_asked_in_turn_until_one_tells_and_none_telling_in_time_
     let took = started.elapsed();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
-    let (_, etag, _, body) = answer(response).await;
+    let (_, etag, headers, body) = answer(response).await;
     assert_eq!(etag, None);
+    // Where the record is, for a read that must see the key after the write was decided.
+    let offset = headers["x-kafka-offset"].to_str().expect("ascii");
+    assert_eq!(
+        headers["x-consistency-token"],
+        format!("{p}:{offset}").as_str()
+    );
     assert_eq!(body["error"]["code"], "outcome_unknown");
     let message = body["error"]["message"].as_str().expect("message");
     assert!(
