@@ -23,7 +23,7 @@ use kv_core::web::http::CONSISTENCY_TOKEN;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::{ConditionalMetrics, ReaderReply};
-use crate::state::{acknowledged, token_for, Answer};
+use crate::state::{acknowledged, token_for, Answer, KAFKA_OFFSET, KAFKA_PARTITION};
 
 /// The request header naming a retry: `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
@@ -523,12 +523,29 @@ pub fn respond(answered: Answered, position: RecordPosition, delete: bool) -> Ht
                 ApiError::new(ErrorCode::PreconditionFailed, message).error_response();
             set_etag(&mut response, version);
             // A read with it sees at least the state the write was decided against.
-            if let Some(token) = token_for([position]) {
-                if let Ok(value) = HeaderValue::from_str(&token) {
-                    response.headers_mut().insert(CONSISTENCY_TOKEN, value);
-                }
-            }
+            set_token(&mut response, position);
             response
+        }
+    }
+}
+
+/// The `503 outcome_unknown` answer: with where the record is, so that a read given its
+/// `X-Consistency-Token` sees the key as it is after the write was decided.
+pub fn unknown_response(error: &ApiError, position: RecordPosition) -> HttpResponse {
+    let mut response = error.error_response();
+    if position.offset >= 0 {
+        let headers = response.headers_mut();
+        headers.insert(KAFKA_PARTITION, HeaderValue::from(position.partition));
+        headers.insert(KAFKA_OFFSET, HeaderValue::from(position.offset));
+    }
+    set_token(&mut response, position);
+    response
+}
+
+fn set_token(response: &mut HttpResponse, position: RecordPosition) {
+    if let Some(token) = token_for([position]) {
+        if let Ok(value) = HeaderValue::from_str(&token) {
+            response.headers_mut().insert(CONSISTENCY_TOKEN, value);
         }
     }
 }
@@ -712,6 +729,45 @@ mod tests {
         assert!(!respond(absent, at(2, 9), false)
             .headers()
             .contains_key(header::ETAG));
+    }
+
+    #[test]
+    fn past_the_bound_of_waiting_writes_a_conditional_write_is_refused_before_it_is_produced() {
+        let metrics = ConditionalMetrics::register(&prometheus::Registry::new()).expect("metrics");
+        let readers = Readers::new(vec!["http://r:1".into()], Duration::from_secs(1), metrics)
+            .expect("client");
+        let held: Vec<Waiting> = (0..MAX_WAITING_WRITES)
+            .map(|_| readers.wait_slot().expect("room"))
+            .collect();
+        let error = readers.wait_slot().expect_err("full");
+        assert_eq!(error.code, ErrorCode::Overloaded);
+        assert!(error.retry_after.is_some());
+        assert!(
+            error.message.contains("nothing was written"),
+            "{}",
+            error.message
+        );
+        drop(held);
+        assert!(readers.wait_slot().is_ok());
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_503_with_where_the_record_is() {
+        let response = unknown_response(&unknown("test".into()), at(1, 8));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(CONSISTENCY_TOKEN).expect("header"),
+            "1:8"
+        );
+        assert_eq!(response.headers().get(KAFKA_OFFSET).expect("header"), "8");
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        let body = body_of(response);
+        assert_eq!(body["error"]["code"], "outcome_unknown");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains("may or may not") && message.contains("Idempotency-Key"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -162,7 +162,7 @@ impl WriterState {
                     error.message
                 );
                 metrics.count_write(ConditionalEnd::Unknown);
-                return Err(error);
+                return Ok(conditional::unknown_response(&error, position));
             }
         };
         let answer = answered(position, &outcome, conditional.condition.as_ref());

@@ -242,8 +242,14 @@ async fn the_readers_are_asked_in_turn_until_one_tells_and_none_telling_in_time_
     let took = started.elapsed();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
-    let (_, etag, _, body) = answer(response).await;
+    let (_, etag, headers, body) = answer(response).await;
     assert_eq!(etag, None);
+    // Where the record is, for a read that must see the key after the write was decided.
+    let offset = headers["x-kafka-offset"].to_str().expect("ascii");
+    assert_eq!(
+        headers["x-consistency-token"],
+        format!("{p}:{offset}").as_str()
+    );
     assert_eq!(body["error"]["code"], "outcome_unknown");
     let message = body["error"]["message"].as_str().expect("message");
     assert!(
@@ -277,6 +283,30 @@ async fn the_readers_are_asked_in_turn_until_one_tells_and_none_telling_in_time_
         .await
         .expect("put");
     assert_eq!(response.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // So does every reader refusing the client's credentials, and the answer says so.
+    elsewhere.answer_others(|_, _| Reply::error(401, "unauthorized"));
+    holder.answer_others(|_, _| Reply::error(403, "forbidden"));
+    let started = Instant::now();
+    let response = http
+        .put(writer_one.url("/v1/kv/job-11"))
+        .header("If-Match", "*")
+        .send()
+        .await
+        .expect("put");
+    let (status, _, _, body) = answer(response).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "outcome_unknown");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("credentials")),
+        "{body}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
