@@ -81,8 +81,8 @@ pub struct App {
     port: u16,
     resp: Option<RespServer>,
     replica: Replica,
-    /// Membership of the owner group, left when the app stops.
-    owner_group: Option<owner::GroupMember>,
+    /// This candidate's owner lease, ended when the app stops.
+    owner_lease: Option<owner::LeaseHolder>,
 }
 
 impl std::fmt::Debug for App {
@@ -219,21 +219,18 @@ impl App {
             }
         });
         let ttl_metrics = TtlMetrics::register(metrics.registry())?;
-        let (election, owner_group) = match (settings.owner, &cluster) {
+        let (election, owner_lease) = match (settings.owner, &cluster) {
             (false, _) => (Election::Off, None),
             (true, Some(cluster)) => (Election::Shards(cluster.clone()), None),
             (true, None) => {
-                let (ownership, member) = owner::join_group(
+                let (ownership, lease) = owner::hold_lease(
                     &settings.core.kafka,
-                    &settings.core.topic,
-                    &settings.owner_group_id,
+                    &settings.owner_topic,
+                    topology.clone(),
                     metrics.registry(),
-                )?;
-                tracing::info!(
-                    group = %settings.owner_group_id,
-                    "an owner candidate: partitions are acted on as the group assigns them"
-                );
-                (Election::Group(ownership), Some(member))
+                )
+                .await?;
+                (Election::Leases(ownership), Some(lease))
             }
         };
         let ttl = Ttl::new(
@@ -329,7 +326,7 @@ impl App {
             port: address.port(),
             resp,
             replica,
-            owner_group,
+            owner_lease,
         })
     }
 
@@ -384,9 +381,9 @@ impl App {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
         drop(self.resp);
-        // Handed on at once, not after the group's session timeout.
-        if let Some(member) = self.owner_group {
-            tokio::task::spawn_blocking(move || drop(member))
+        // Handed on at once, not after the lease's session timeout.
+        if let Some(lease) = self.owner_lease {
+            tokio::task::spawn_blocking(move || drop(lease))
                 .await
                 .map_err(std::io::Error::other)?;
         }

@@ -5,10 +5,12 @@
 //! owed), so any of them can take a partition over at once; only the partition's current owner
 //! produces (the TTL sweep, repairs). Who owns what:
 //!
-//! - unsharded: Kafka's own group membership. Every candidate joins the consumer group
-//!   `KV_API_OWNER_GROUP_ID` (default `kv-owners.<topic>`) on the topic, with its partitions
-//!   paused (it fetches nothing); the group's assignment is the ownership, and the broker
-//!   reassigns a dead or paused member's partitions after its session timeout.
+//! - unsharded: leases in the log. Every candidate produces a heartbeat, keyed by an id of its
+//!   own, to the one-partition topic `KV_API_OWNER_TOPIC` (default `<topic>-owners`) every
+//!   second, and reads everyone's back; a candidate is live while its heartbeat came back within
+//!   [`SESSION_TIMEOUT`], and each partition is owned by one live candidate, the same one in
+//!   every candidate's view ([`owner_among`]). It needs nothing from the broker but produce and
+//!   fetch (no group coordination).
 //! - sharded: the first owner of the partition, primary first, that is caught up on it, as this
 //!   shard last heard from its peers (the readiness poll, once a second).
 //!
@@ -16,37 +18,39 @@
 //! resuming, a partition of the network) only produce records every replica decides in log
 //! order, which a duplicate or a stale one cannot turn into a lost or changed write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kv_core::kafka::{client_config, ClientRole};
 use kv_core::settings::KafkaProperties;
 use prometheus::{IntGauge, Registry};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::progress::Progress;
 use crate::store::now_ms;
 
-/// How long a candidate's group session lives without a heartbeat: a dead or paused owner's
-/// partitions move after about this long (the failover goal is 10 s).
+/// How long a candidate's lease lives without a heartbeat: a dead or paused owner's partitions
+/// move after about this long (the failover goal is 10 s).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(100);
+const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How this process learns which partitions it owns.
 #[derive(Clone)]
 pub enum Election {
     /// Not a candidate: it owns nothing.
     Off,
-    /// The consumer group's assignment.
-    Group(Arc<GroupOwnership>),
+    /// The live candidates' leases.
+    Leases(Arc<LeaseOwnership>),
     /// The shards' readiness, as this shard last heard it.
     Shards(Arc<Cluster>),
 }
@@ -69,7 +73,7 @@ impl Election {
     pub fn mode(&self) -> &'static str {
         match self {
             Self::Off => "off",
-            Self::Group(_) => "group",
+            Self::Leases(_) => "leases",
             Self::Shards(_) => "shards",
         }
     }
@@ -78,7 +82,7 @@ impl Election {
     pub fn owns(&self, partition: i32, progress: &Progress) -> bool {
         match self {
             Self::Off => false,
-            Self::Group(group) => group.owns(partition),
+            Self::Leases(leases) => leases.owns(partition),
             Self::Shards(cluster) => {
                 cluster.acting_owner(partition, progress) == Some(cluster.spec.index)
             }
@@ -88,7 +92,7 @@ impl Election {
     pub fn view(&self, progress: &Progress) -> OwnerView {
         let partitions = match self {
             Self::Off => BTreeMap::new(),
-            Self::Group(group) => group.owned(),
+            Self::Leases(leases) => leases.owned(),
             Self::Shards(cluster) => {
                 let count = cluster.partitions().unwrap_or(0) as i32;
                 let mut since = cluster
@@ -111,14 +115,14 @@ impl Election {
     }
 }
 
-/// The partitions the owner group assigned this process, and since when.
+/// Which partitions the live candidates' leases give this process, and since when.
 #[derive(Debug, Default)]
-pub struct GroupOwnership {
+pub struct LeaseOwnership {
     owned: RwLock<BTreeMap<i32, u64>>,
     gauge: Option<IntGauge>,
 }
 
-impl GroupOwnership {
+impl LeaseOwnership {
     fn owns(&self, partition: i32) -> bool {
         self.owned
             .read()
@@ -133,70 +137,48 @@ impl GroupOwnership {
             .clone()
     }
 
-    fn change(&self, list: &TopicPartitionList, assigned: bool) {
+    /// Makes `partitions` the owned set, keeping the `since` of those already owned.
+    fn set(&self, partitions: &[i32]) {
         let mut owned = self.owned.write().unwrap_or_else(PoisonError::into_inner);
         let now = now_ms();
-        for element in list.elements() {
-            if assigned {
-                owned.entry(element.partition()).or_insert(now);
-            } else {
-                owned.remove(&element.partition());
-            }
+        let before: Vec<i32> = owned.keys().copied().collect();
+        owned.retain(|p, _| partitions.contains(p));
+        for &p in partitions {
+            owned.entry(p).or_insert(now);
         }
         if let Some(gauge) = &self.gauge {
             gauge.set(owned.len() as i64);
         }
-        tracing::info!(
-            owned = ?owned.keys().collect::<Vec<_>>(),
-            "the partitions this process acts on as owner changed"
-        );
-    }
-}
-
-/// The owner group's consumer context: its rebalances are the ownership.
-struct OwnerContext {
-    ownership: Arc<GroupOwnership>,
-}
-
-impl ClientContext for OwnerContext {}
-
-impl ConsumerContext for OwnerContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            // Given up before the group hands them on.
-            self.ownership.change(list, false);
-            let _ = consumer;
+        if before.iter().copied().ne(owned.keys().copied()) {
+            tracing::info!(
+                owned = ?owned.keys().collect::<Vec<_>>(),
+                "the partitions this process acts on as owner changed"
+            );
         }
     }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(list) => {
-                // The candidate only needs the membership: it fetches nothing.
-                if let Err(error) = consumer.pause(list) {
-                    tracing::warn!(%error, "cannot pause the owner group's partitions");
-                }
-                self.ownership.change(list, true);
-            }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(error) => {
-                tracing::warn!(%error, "the owner group's rebalance failed");
-            }
-        }
-    }
-
-    fn commit_callback(&self, _: KafkaResult<()>, _: &TopicPartitionList) {}
 }
 
-/// The thread that keeps this candidate in the owner group; dropping it leaves the group, so a
-/// stopping owner hands its partitions on at once instead of after its session timeout.
+/// The owner of `partition` among `live` candidates: with their ids in order, the one at
+/// `partition mod count`, so every candidate with the same view picks the same one and the
+/// partitions are spread evenly.
+pub fn owner_among<'a>(live: impl IntoIterator<Item = &'a str>, partition: i32) -> Option<&'a str> {
+    let mut live: Vec<&str> = live.into_iter().collect();
+    if live.is_empty() {
+        return None;
+    }
+    live.sort_unstable();
+    Some(live[partition.unsigned_abs() as usize % live.len()])
+}
+
+/// The thread that keeps this candidate's lease; dropping it ends the lease with a tombstone, so
+/// the others take its partitions over at once instead of after [`SESSION_TIMEOUT`].
 #[derive(Debug)]
-pub struct GroupMember {
+pub struct LeaseHolder {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for GroupMember {
+impl Drop for LeaseHolder {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
@@ -205,70 +187,163 @@ impl Drop for GroupMember {
     }
 }
 
-/// Joins the owner group `group_id` on `topic`.
-pub fn join_group(
+/// Starts this candidate's lease on `owner_topic` (created, one partition, when missing): a
+/// heartbeat record keyed by a random id every [`HEARTBEAT_INTERVAL`], and the others' heartbeats
+/// read back. A candidate is live while its last heartbeat came back within [`SESSION_TIMEOUT`]
+/// (by this process's clock: no two clocks are compared); `partitions` are the topic's
+/// partitions, each owned by [`owner_among`] the live candidates. A new candidate listens one
+/// session before it owns anything, so it knows who else is live.
+pub async fn hold_lease(
     kafka: &KafkaProperties,
-    topic: &str,
-    group_id: &str,
+    owner_topic: &str,
+    partitions: Arc<crate::shard::Topology>,
     registry: &Registry,
-) -> Result<(Arc<GroupOwnership>, GroupMember), OwnerError> {
+) -> Result<(Arc<LeaseOwnership>, LeaseHolder), OwnerError> {
     let gauge = IntGauge::new(
-        "kv_reader_owned_partitions",
+        "kv_reader_acting_owner_partitions",
         "Partitions this process acts on as their owner (TTL sweep, repairs) now",
     )?;
     registry.register(Box::new(gauge.clone()))?;
-    let ownership = Arc::new(GroupOwnership {
+    let ownership = Arc::new(LeaseOwnership {
         owned: RwLock::default(),
         gauge: Some(gauge),
     });
-    let session = SESSION_TIMEOUT.as_millis().to_string();
-    let heartbeat = HEARTBEAT_INTERVAL.as_millis().to_string();
-    let defaults = [
-        ("group.id", group_id),
-        ("enable.auto.commit", "false"),
-        ("enable.auto.offset.store", "false"),
-        ("auto.offset.reset", "latest"),
-        ("session.timeout.ms", session.as_str()),
-        ("heartbeat.interval.ms", heartbeat.as_str()),
-        ("partition.assignment.strategy", "roundrobin"),
+    let lease_config = [
+        ("cleanup.policy", "compact,delete"),
+        ("retention.ms", "3600000"),
+        ("min.compaction.lag.ms", "0"),
     ];
-    let mut config = client_config(&defaults, kafka, ClientRole::Consumer);
-    // The group is the project's, whatever KAFKA_GROUP_ID says.
-    config.set("group.id", group_id);
-    let consumer: BaseConsumer<OwnerContext> = config.create_with_context(OwnerContext {
-        ownership: ownership.clone(),
-    })?;
-    consumer.subscribe(&[topic])?;
+    kv_core::kafka::create_topic(kafka, owner_topic, 1, None, &lease_config, CREATE_TIMEOUT)
+        .await
+        .map_err(|error| OwnerError::Topic(owner_topic.to_owned(), error))?;
+    let mut producer_defaults = kv_core::kafka::PRODUCER_DEFAULTS.to_vec();
+    producer_defaults.push(("linger.ms", "0"));
+    let producer: BaseProducer =
+        client_config(&producer_defaults, kafka, ClientRole::Producer).create()?;
+    let consumer: BaseConsumer = client_config(
+        &[("enable.auto.commit", "false"), ("fetch.wait.max.ms", "100")],
+        kafka,
+        ClientRole::Consumer,
+    )
+    .set("group.id", "kv-owner-leases-unused")
+    .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(owner_topic, 0, Offset::End)?;
+    consumer.assign(&assignment)?;
+    let mut random = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+        .map_err(|_| OwnerError::Random)?;
+    let id: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    tracing::info!(%id, topic = owner_topic, "an owner candidate: holding a lease");
     let stop = Arc::new(AtomicBool::new(false));
-    let stopping = stop.clone();
+    let (stopping, owned, topic) = (stop.clone(), ownership.clone(), owner_topic.to_owned());
     let thread = std::thread::Builder::new()
         .name("kv-owner".into())
         .spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                if let Some(Err(error)) = consumer.poll(POLL) {
-                    tracing::debug!(%error, "owner group consumer");
-                }
+            Lease {
+                id,
+                topic,
+                producer,
+                consumer,
+                seen: HashMap::new(),
+                started: Instant::now(),
             }
-            consumer.unsubscribe();
-            // Serves the revocation, so the group hands the partitions on now.
-            let _ = consumer.poll(POLL);
+            .run(&stopping, &owned, &partitions)
         })
         .map_err(OwnerError::Thread)?;
     Ok((
         ownership,
-        GroupMember {
+        LeaseHolder {
             stop,
             thread: Some(thread),
         },
     ))
 }
 
+struct Lease {
+    id: String,
+    topic: String,
+    producer: BaseProducer,
+    consumer: BaseConsumer,
+    /// Each candidate's last heartbeat, as this process received it.
+    seen: HashMap<String, Instant>,
+    started: Instant,
+}
+
+impl Lease {
+    fn run(mut self, stop: &AtomicBool, owned: &LeaseOwnership, topology: &crate::shard::Topology) {
+        let mut next_beat = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next_beat {
+                next_beat = Instant::now() + HEARTBEAT_INTERVAL;
+                let record = BaseRecord::<str, [u8]>::to(&self.topic)
+                    .key(&self.id)
+                    .payload(&b"alive"[..]);
+                if let Err((error, _)) = self.producer.send(record) {
+                    tracing::warn!(%error, "cannot send the owner lease's heartbeat");
+                }
+            }
+            self.producer.poll(Duration::ZERO);
+            match self.consumer.poll(POLL) {
+                Some(Ok(message)) => {
+                    if let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                        if message.payload().is_some() {
+                            if self.seen.insert(key.to_owned(), Instant::now()).is_none() {
+                                tracing::info!(
+                                    live = self.seen.len(),
+                                    "an owner candidate's lease began"
+                                );
+                            }
+                        } else {
+                            self.seen.remove(key);
+                        }
+                    }
+                }
+                Some(Err(error)) => tracing::debug!(%error, "owner lease consumer"),
+                None => {}
+            }
+            let before = self.seen.len();
+            self.seen.retain(|_, at| at.elapsed() < SESSION_TIMEOUT);
+            if self.seen.len() != before {
+                tracing::info!(live = self.seen.len(), "an owner candidate's lease ran out");
+            }
+            // A candidate whose own heartbeat does not come back (cut off from Kafka) owns
+            // nothing; a new one listens one session first, to know who else is live.
+            let listening = self.started.elapsed() < SESSION_TIMEOUT;
+            let mine = match (listening, self.seen.contains_key(&self.id)) {
+                (false, true) => {
+                    let count = topology.partitions().unwrap_or(0) as i32;
+                    let live = || self.seen.keys().map(String::as_str);
+                    (0..count)
+                        .filter(|&p| owner_among(live(), p) == Some(self.id.as_str()))
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            owned.set(&mine);
+        }
+        owned.set(&[]);
+        // Ends the lease at once: the others stop counting this candidate.
+        let record = BaseRecord::<str, [u8]>::to(&self.topic).key(&self.id);
+        if self.producer.send(record).is_ok() {
+            let _ = self.producer.flush(Duration::from_secs(2));
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
-    #[error("cannot join the owner group: {0}")]
+    #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(
+        "cannot create the owner lease topic {0} (KV_API_OWNER_TOPIC): {1}; create it (one \
+         partition) or grant the right to"
+    )]
+    Topic(String, rdkafka::error::KafkaError),
     #[error("cannot register the owner metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("cannot start the owner group's thread: {0}")]
+    #[error("cannot start the owner lease's thread: {0}")]
     Thread(std::io::Error),
+    #[error("the system's random number generator failed")]
+    Random,
 }

@@ -66,8 +66,8 @@ pub struct Settings {
     /// partitions it holds; the one acting on each produces its TTL tombstones and repairs
     /// (docs/architecture.md, "The acting owner of a partition").
     pub owner: bool,
-    /// `KV_API_OWNER_GROUP_ID`: the consumer group unsharded candidates elect owners through.
-    pub owner_group_id: String,
+    /// `KV_API_OWNER_TOPIC`: where unsharded candidates hold their leases.
+    pub owner_topic: String,
     /// `KV_API_RESP_LISTEN`: the Redis-protocol read port, off unless set.
     pub resp: Option<RespSettings>,
 }
@@ -115,9 +115,9 @@ impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         let mut core = CoreSettings::from_env(env)?;
         let storage = storage(env, &mut core.notices)?;
-        let owner_group_id = env
-            .string("KV_API_OWNER_GROUP_ID")
-            .unwrap_or_else(|| format!("kv-owners.{}", core.topic));
+        let owner_topic = env
+            .string("KV_API_OWNER_TOPIC")
+            .unwrap_or_else(|| format!("{}-owners", core.topic));
         let storage_password = match env.string("KV_API_STATE_STORAGE_PASSWORD") {
             Some(password) => Some(Secret::new(password)),
             None => env
@@ -217,7 +217,7 @@ impl Settings {
             },
             watch: WatchSettings::from_env(env)?,
             owner: owner_candidate(env)?,
-            owner_group_id,
+            owner_topic,
             resp: RespSettings::from_env(env)?,
         })
         .and_then(|mut settings: Self| {
@@ -631,7 +631,7 @@ mod tests {
             "KV_API_OWNER"
         );
         let s = settings(&[]).expect("settings");
-        assert_eq!(s.owner_group_id, format!("kv-owners.{}", s.core.topic));
+        assert_eq!(s.owner_topic, format!("{}-owners", s.core.topic));
     }
 
     #[test]

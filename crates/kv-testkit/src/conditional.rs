@@ -21,7 +21,8 @@ pub async fn owned(http: &reqwest::Client, reader: &Service) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Waits until `readers` together own every partition, each exactly once.
+/// Waits until `readers` together own every partition, each exactly once, and each reader owns
+/// some while there are partitions enough.
 pub async fn owners_settled(
     http: &reqwest::Client,
     readers: &[&Service],
@@ -34,7 +35,8 @@ pub async fn owners_settled(
         }
         let mut all: Vec<i32> = each.iter().flatten().copied().collect();
         all.sort_unstable();
-        (all == (0..partitions).collect::<Vec<_>>()).then_some(each)
+        let everyone = readers.len() > partitions as usize || each.iter().all(|o| !o.is_empty());
+        (all == (0..partitions).collect::<Vec<_>>() && everyone).then_some(each)
     })
     .await
 }
@@ -63,10 +65,17 @@ async fn increment(
 ) {
     for n in 0..times {
         let idempotency_key = format!("client-{client}-increment-{n}");
+        // After a 412, the next read waits for the record that was refused: it then sees at
+        // least the version that refused it.
+        let mut after: Option<String> = None;
         'read: loop {
             let mut seen = None;
             for reader in &readers {
-                let Ok(response) = http.get(format!("{reader}/v1/kv/{key}")).send().await else {
+                let mut request = http.get(format!("{reader}/v1/kv/{key}"));
+                if let Some(token) = &after {
+                    request = request.header("X-Consistency-Token", token);
+                }
+                let Ok(response) = request.send().await else {
                     continue;
                 };
                 match response.status().as_u16() {
@@ -100,7 +109,14 @@ async fn increment(
                     .send()
                     .await;
                 let status = match answer {
-                    Ok(answer) => answer.status().as_u16(),
+                    Ok(answer) => {
+                        after = answer
+                            .headers()
+                            .get("x-consistency-token")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        answer.status().as_u16()
+                    }
                     Err(_) => 0,
                 };
                 match status {

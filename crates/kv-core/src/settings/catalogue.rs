@@ -524,10 +524,10 @@ pub static VARS: &[Var] = &[
         help: "the older name of KV_API_OWNER; if both are set they must agree",
     },
     Var {
-        name: "KV_API_OWNER_GROUP_ID",
+        name: "KV_API_OWNER_TOPIC",
         group: Group::Reader,
-        default: Default::Described("kv-owners.<topic>"),
-        help: "the consumer group unsharded owner candidates elect partition owners through (sharded candidates use the shards' readiness instead)",
+        default: Default::Described("<topic>-owners"),
+        help: "the one-partition topic unsharded owner candidates hold their leases on (created when missing); sharded candidates use the shards' readiness instead",
     },
     Var {
         name: "KV_API_MAX_BATCH_GET_BYTES",
