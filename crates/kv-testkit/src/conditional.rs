@@ -64,7 +64,7 @@ async fn increment(
     tally: Arc<Tally>,
 ) {
     for n in 0..times {
-        let idempotency_key = format!("client-{client}-increment-{n}");
+        let mut attempt = 0;
         // After a 412, the next read waits for the record that was refused: it then sees at
         // least the version that refused it.
         let mut after: Option<String> = None;
@@ -96,6 +96,10 @@ async fn increment(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            // One key per request: a retry of the same request (no answer, or 503) reuses it; a
+            // new attempt after a 412 is another request, with another key.
+            attempt += 1;
+            let idempotency_key = format!("client-{client}-increment-{n}-attempt-{attempt}");
             let (condition, next) = match &seen {
                 Some((etag, value)) => (("If-Match", etag.clone()), value + 1),
                 None => (("If-None-Match", "*".to_owned()), 1),
