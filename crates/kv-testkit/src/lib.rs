@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod decoders;
+pub mod gateway;
 pub mod netns;
 pub mod oidc;
 pub mod openapi;

@@ -493,10 +493,17 @@ pub fn check_command_line(program: &str, role: kv_core::settings::catalogue::Rol
         ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
     ];
     let refused = [env.to_vec(), vec![(contradicting, "true".to_owned())]].concat();
-    let (code, said) =
-        run_command_to_exit(program, &["check-config"], &refused, Duration::from_secs(60));
+    let (code, said) = run_command_to_exit(
+        program,
+        &["check-config"],
+        &refused,
+        Duration::from_secs(60),
+    );
     assert_eq!(code, Some(2), "{name} with {contradicting}=true: {said}");
-    assert!(said.contains(contradicting) && said.contains(other), "{said}");
+    assert!(
+        said.contains(contradicting) && said.contains(other),
+        "{said}"
+    );
     let env = [env.to_vec(), vec![(agreeing, "true".to_owned())]].concat();
     let (code, report) =
         run_command_to_exit(program, &["check-config"], &env, Duration::from_secs(60));

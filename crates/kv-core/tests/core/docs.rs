@@ -15,7 +15,10 @@ fn read(path: &str) -> String {
 
 /// Every `.rs` file under `dir`.
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("read a source folder").flatten() {
+    for entry in std::fs::read_dir(dir)
+        .expect("read a source folder")
+        .flatten()
+    {
         let path = entry.path();
         if path.is_dir() {
             sources(&path, out);
@@ -198,7 +201,10 @@ fn usage_http_addresses_the_services_on_the_ports_compose_publishes() {
 fn deploy_readme_names_every_chart_shape_and_top_level_value() {
     let readme = read("deploy/README.md");
     let chart = repo().join("deploy/helm/kafka-kv");
-    for entry in std::fs::read_dir(chart.join("ci")).expect("ci shapes").flatten() {
+    for entry in std::fs::read_dir(chart.join("ci"))
+        .expect("ci shapes")
+        .flatten()
+    {
         let shape = entry.file_name().to_string_lossy().into_owned();
         assert!(
             readme.contains(&format!("`{shape}`")),

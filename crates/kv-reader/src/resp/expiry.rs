@@ -25,7 +25,9 @@ pub fn reply(asked: Asked, key: Option<Option<u64>>, now_ms: u64) -> i64 {
         return -1;
     };
     let at = i64::try_from(at).unwrap_or(i64::MAX);
-    let left = at.saturating_sub(i64::try_from(now_ms).unwrap_or(i64::MAX)).max(0);
+    let left = at
+        .saturating_sub(i64::try_from(now_ms).unwrap_or(i64::MAX))
+        .max(0);
     match asked {
         // Redis: (ttl + 500) / 1000.
         Asked::Ttl => left.saturating_add(500) / 1000,
@@ -43,7 +45,12 @@ mod tests {
 
     #[test]
     fn an_absent_key_is_minus_two_and_a_key_without_expiry_minus_one() {
-        for asked in [Asked::Ttl, Asked::Pttl, Asked::ExpireTime, Asked::PexpireTime] {
+        for asked in [
+            Asked::Ttl,
+            Asked::Pttl,
+            Asked::ExpireTime,
+            Asked::PexpireTime,
+        ] {
             assert_eq!(reply(asked, None, NOW), -2, "{asked:?}");
             assert_eq!(reply(asked, Some(None), NOW), -1, "{asked:?}");
         }
@@ -53,7 +60,11 @@ mod tests {
     fn an_expiring_key_tells_what_is_left_and_when_it_ends() {
         let at = Some(NOW + 59_600);
         assert_eq!(reply(Asked::Pttl, Some(at), NOW), 59_600);
-        assert_eq!(reply(Asked::Ttl, Some(at), NOW), 60, "rounded as Redis rounds");
+        assert_eq!(
+            reply(Asked::Ttl, Some(at), NOW),
+            60,
+            "rounded as Redis rounds"
+        );
         assert_eq!(reply(Asked::Ttl, Some(Some(NOW + 1_499)), NOW), 1);
         assert_eq!(reply(Asked::ExpireTime, Some(at), NOW), 1_700_000_059);
         assert_eq!(reply(Asked::PexpireTime, Some(at), NOW), 1_700_000_059_600);

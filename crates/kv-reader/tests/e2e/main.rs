@@ -4,11 +4,13 @@
 mod at_rest;
 mod auth;
 mod cli;
+mod gateway;
 mod metrics;
 mod openapi;
 mod read_routes;
 mod replication;
 mod resp;
+mod resp_clients;
 mod shards;
 mod snapshot;
 mod topic_compatibility;
