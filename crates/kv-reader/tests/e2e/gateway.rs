@@ -200,17 +200,24 @@ async fn the_originals_usage_flow_replays_through_the_gateway_to_the_right_servi
         ("/retrieve", "greeting", r#""hello, world""#),
         ("/retrieve/b64", "AP8=", r#""aGVsbG8=""#),
     ] {
-        assert!(originals.contains_key(path), "docs/usage.http has no {path}");
-        eventually(&format!("{path} {key} through the gateway"), DEADLINE, || {
-            let request = http
-                .post(gateway.url(path))
-                .header("Content-Type", "application/json")
-                .body(format!(r#"{{"key":"{key}"}}"#));
-            async move {
-                let text = request.send().await.ok()?.text().await.ok()?;
-                (text == value).then_some(())
-            }
-        })
+        assert!(
+            originals.contains_key(path),
+            "docs/usage.http has no {path}"
+        );
+        eventually(
+            &format!("{path} {key} through the gateway"),
+            DEADLINE,
+            || {
+                let request = http
+                    .post(gateway.url(path))
+                    .header("Content-Type", "application/json")
+                    .body(format!(r#"{{"key":"{key}"}}"#));
+                async move {
+                    let text = request.send().await.ok()?.text().await.ok()?;
+                    (text == value).then_some(())
+                }
+            },
+        )
         .await;
     }
     // Each service's own documents and health, by name.
