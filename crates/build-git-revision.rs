@@ -22,13 +22,16 @@ fn main() {
         .ok()
         .filter(|revision| !revision.trim().is_empty());
     let revision = from_env.or_else(|| {
-        // HEAD, and the branch it points at, so a commit reruns this; paths as git resolves
-        // them (a worktree's HEAD is not under the work tree).
-        for path in [git(&["rev-parse", "--git-path", "HEAD"]), git(&["symbolic-ref", "-q", "HEAD"])
-            .and_then(|branch| git(&["rev-parse", "--git-path", &branch]))]
-        .into_iter()
-        .flatten()
-        {
+        // HEAD, and the branch it points at (loose or packed), so a commit reruns this; paths
+        // as git resolves them (a worktree's HEAD is not under the work tree).
+        let branch = git(&["symbolic-ref", "-q", "HEAD"])
+            .and_then(|branch| git(&["rev-parse", "--git-path", &branch]));
+        let watched = [
+            git(&["rev-parse", "--git-path", "HEAD"]),
+            branch,
+            git(&["rev-parse", "--git-path", "packed-refs"]),
+        ];
+        for path in watched.into_iter().flatten() {
             if Path::new(&path).exists() {
                 println!("cargo:rerun-if-changed={path}");
             }
