@@ -33,8 +33,8 @@ oidc_provider_dir() {
 }
 
 # Installs what the end-to-end tests, the drills and the deployment checks need (the build's
-# packages, the broker, the test OpenID provider, promtool and the chart tools) and exports where
-# the broker, the provider and promtool are.
+# packages, the broker, the test OpenID provider, promtool and the chart tools, nginx and
+# redis-py) and exports where the broker, the provider, promtool, nginx and redis-py's python are.
 install_test_tools() {
     scripts/install-deps.sh
     scripts/install-broker.sh
@@ -42,4 +42,5 @@ install_test_tools() {
     KV_OIDC_PROVIDER=$(scripts/install-oidc-provider.sh)
     export KV_OIDC_PROVIDER
     eval "$(scripts/install-deploy-tools.sh)"
+    eval "$(scripts/install-client-tools.sh)"
 }

@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::kafka::{client_config, topic_config, topic_config_problems, ClientRole};
 use crate::settings::catalogue::{self, Role};
-use crate::settings::{listen_address, CoreSettings, Env, SettingsError};
+use crate::settings::{check_role_flags, listen_address, CoreSettings, Env, SettingsError};
 use crate::web::auth::AuthGate;
 
 #[derive(Debug, Parser)]
@@ -40,8 +40,22 @@ pub enum Command {
     },
 }
 
+/// What `--version` prints after the binary's name: the package version, the git revision it
+/// was built from (`revision`, embedded by the binary's build script) and librdkafka's version.
+pub fn version_line(version: &str, revision: &str) -> String {
+    let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+    format!("{version} (git {revision}, librdkafka {librdkafka})")
+}
+
 /// Parses the command line; `--help`, `--version` and a bad argument print and exit here.
-fn parse(role: Role, name: &'static str, version: &'static str, about: &'static str) -> Command {
+fn parse(
+    role: Role,
+    name: &'static str,
+    (version, revision): (&'static str, &'static str),
+    about: &'static str,
+) -> Command {
+    // Built once per process, for clap, which keeps a `&'static str`.
+    let version: &'static str = Box::leak(version_line(version, revision).into_boxed_str());
     let command = Args::command()
         .name(name)
         .bin_name(name)
@@ -57,11 +71,13 @@ fn parse(role: Role, name: &'static str, version: &'static str, about: &'static 
 
 /// What `main` does before it serves or checks: parses the command line, reads the environment,
 /// runs `healthcheck` (which needs only the listen address) and loads the role's settings with
-/// `load`. `Err` is the exit code of a run that ended here: 2 for a bad variable, named.
+/// `load`. `Err` is the exit code of a run that ended here: 2 for a bad variable, named (a
+/// `KV_API_DISABLE_READ` / `KV_API_DISABLE_WRITE` contradicting `role` included). `version` is
+/// the package version and the git revision the binary was built from.
 pub fn prepare<S>(
     role: Role,
     name: &'static str,
-    version: &'static str,
+    version: (&'static str, &'static str),
     about: &'static str,
     load: impl FnOnce(&Env) -> Result<S, SettingsError>,
 ) -> Result<(Command, S), ExitCode> {
@@ -77,6 +93,7 @@ pub fn prepare<S>(
             Err(error) => invalid(env.locate(error)),
         });
     }
+    check_role_flags(&env, role).map_err(|error| invalid(env.locate(error)))?;
     let settings = load(&env).map_err(|error| invalid(env.locate(error)))?;
     Ok((command, settings))
 }

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod conditional;
 pub mod decoders;
+pub mod gateway;
 pub mod netns;
 pub mod oidc;
 pub mod openapi;

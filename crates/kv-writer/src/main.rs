@@ -7,7 +7,8 @@ use kv_writer::{App, Settings};
 const ABOUT: &str = "Takes key-value writes over HTTP and produces them to the Kafka topic. Configured by the environment (below).";
 
 fn main() -> ExitCode {
-    let version = env!("CARGO_PKG_VERSION");
+    // KV_GIT_REVISION: set by build.rs.
+    let version = (env!("CARGO_PKG_VERSION"), env!("KV_GIT_REVISION"));
     let (command, settings) = match cli::prepare(
         Role::Writer,
         "kv-writer",

@@ -206,6 +206,18 @@ pub static VARS: &[Var] = &[
         help: "both roles read the topic's configuration at start-up (DescribeConfigs) and log UNSAFE TOPIC CONFIGURATION when it is not compacted, or keeps a ...",
     },
     Var {
+        name: "KV_API_DISABLE_READ",
+        group: Group::Service,
+        default: Default::Value("false"),
+        help: "original: true made an instance write-only, which is kv-writer: kv-reader refuses it at start-up",
+    },
+    Var {
+        name: "KV_API_DISABLE_WRITE",
+        group: Group::Service,
+        default: Default::Value("false"),
+        help: "original: true made an instance read-only, which is kv-reader: kv-writer refuses it at start-up",
+    },
+    Var {
         name: "KV_API_CONFIG_FILE",
         group: Group::Service,
         default: Default::Unset,

@@ -10,6 +10,7 @@ mod encryption;
 mod env;
 mod kafka;
 mod log;
+mod role;
 mod tls;
 
 pub use auth::{AuthSettings, OidcSettings, ASYMMETRIC_ALGORITHMS};
@@ -17,6 +18,7 @@ pub use encryption::TopicEncryption;
 pub use env::{read_first_line, Env, SettingsError, CONFIG_FILE_VAR};
 pub use kafka::KafkaProperties;
 pub use log::{LogFormat, LogSettings};
+pub use role::check_role_flags;
 pub use tls::{client_trusting, CaFile};
 
 /// What both binaries need.
