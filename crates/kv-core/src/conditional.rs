@@ -69,7 +69,9 @@ impl Version {
             (partition >= 0 && offset >= 0).then_some(Self { partition, offset })
         });
         parsed.map(Some).ok_or_else(|| {
-            format!("{tag:?} is not a version this service gave (expected \"<partition>-<offset>\")")
+            format!(
+                "{tag:?} is not a version this service gave (expected \"<partition>-<offset>\")"
+            )
         })
     }
 }
@@ -264,7 +266,8 @@ mod tests {
 
     #[test]
     fn http_conditions_parse_entity_tag_lists() {
-        let c = condition_from_http(Some("\"1-5\", \"2-7\", W/\"1-9\", \"1-5\""), None).expect("ok");
+        let c =
+            condition_from_http(Some("\"1-5\", \"2-7\", W/\"1-9\", \"1-5\""), None).expect("ok");
         assert_eq!(c, Some(Condition::IfMatch(vec![v(1, 5), v(2, 7)])));
         let c = condition_from_http(Some("W/\"2-7\""), None).expect("ok");
         assert_eq!(c, Some(Condition::IfMatch(vec![])));

@@ -217,6 +217,8 @@ impl App {
             }
         });
         let ttl_metrics = TtlMetrics::register(metrics.registry())?;
+        // What /healthz/cluster and /status say of who sweeps which partition.
+        let swept_view = web::Data::new(swept.clone());
         let ttl = Ttl::new(&settings, codec.clone(), swept, ttl_metrics)?;
         let replica = Replica::start(
             &settings,
@@ -281,6 +283,7 @@ impl App {
                 .wrap(from_fn(correlation_id_middleware))
                 .wrap(from_fn(close_when_body_unread))
                 .app_data(state.clone())
+                .app_data(swept_view.clone())
                 .app_data(watches.clone())
                 .app_data(auth.clone())
                 .app_data(metrics.clone())

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod reader;
 pub mod services;
 pub mod tmpfs;
+pub mod tools;
 pub mod topic;
 
 use std::net::TcpListener;

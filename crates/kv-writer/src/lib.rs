@@ -5,6 +5,7 @@ pub mod batch;
 pub mod body;
 pub mod input;
 pub mod metrics;
+pub mod migrate;
 pub mod producer;
 pub mod routes;
 pub mod settings;

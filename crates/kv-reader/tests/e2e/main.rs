@@ -11,6 +11,7 @@ mod replication;
 mod resp;
 mod shards;
 mod snapshot;
+mod status_page;
 mod topic_compatibility;
 mod topic_encryption;
 mod topic_safety;

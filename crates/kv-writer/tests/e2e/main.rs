@@ -3,6 +3,7 @@
 
 mod cli;
 mod injected_faults;
+mod migrate;
 mod openapi;
 mod outage;
 mod routes;
