@@ -28,9 +28,9 @@ use std::fmt;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use aes::cipher::block_padding::Pkcs7;
-use aes::cipher::{BlockDecryptMut, KeyIvInit};
 use base64::Engine as _;
+use cbc::cipher::block_padding::Pkcs7;
+use cbc::cipher::{BlockDecryptMut, KeyIvInit};
 use futures::stream::{FuturesUnordered, StreamExt};
 use kv_core::kafka::{client_config, ClientRole};
 use kv_core::record::{RecordCodec, CORRELATION_ID_HEADER, RESERVED_HEADERS};
@@ -521,17 +521,20 @@ async fn produce(
 mod tests {
     use super::*;
 
-    use aes::cipher::BlockEncryptMut;
+    use cbc::cipher::BlockEncryptMut;
 
     type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 
     const KEY: [u8; 32] = [7; 32];
 
     fn seal(iv: [u8; 16], plain: &[u8]) -> Vec<u8> {
+        let mut buffer = plain.to_vec();
+        buffer.resize((plain.len() / BLOCK + 1) * BLOCK, 0);
+        let sealed = Aes256CbcEnc::new(&KEY.into(), &iv.into())
+            .encrypt_padded_mut::<Pkcs7>(&mut buffer, plain.len())
+            .expect("room for the padding");
         let mut out = iv.to_vec();
-        out.extend(
-            Aes256CbcEnc::new(&KEY.into(), &iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plain),
-        );
+        out.extend_from_slice(sealed);
         out
     }
 
@@ -558,7 +561,7 @@ mod tests {
         let mut sealed = iv.clone();
         sealed.extend(&first);
         let encrypted_padding = {
-            use aes::cipher::{BlockEncrypt, KeyInit};
+            use cbc::cipher::{BlockEncrypt, KeyInit};
             let aes = aes::Aes256::new(&key.into());
             let mut block = padding.into();
             aes.encrypt_block(&mut block);
