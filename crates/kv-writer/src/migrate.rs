@@ -139,7 +139,7 @@ impl SeedCipher {
 
     /// Opens one sealed field: the first 16 bytes are the IV, the rest whole blocks.
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, SeedError> {
-        if sealed.len() < IV_LEN + BLOCK || (sealed.len() - IV_LEN) % BLOCK != 0 {
+        if sealed.len() < IV_LEN + BLOCK || !(sealed.len() - IV_LEN).is_multiple_of(BLOCK) {
             return Err(SeedError::Length(sealed.len()));
         }
         let (iv, ciphertext) = sealed.split_at(IV_LEN);
