@@ -253,6 +253,13 @@ pub fn render(view: &ClusterHealth) -> String {
         );
     }
     out.push_str("</tbody></table>");
+    if view.sharded {
+        out.push_str(
+            "<p>Among shards run with <code>KV_API_TTL_SWEEPER=true</code>, a partition's \
+             primary (its first owner) is its TTL sweeper; this page knows only its own shard's \
+             setting.</p>",
+        );
+    }
 
     if let Some(shards) = &view.cluster {
         out.push_str(
