@@ -17,6 +17,7 @@ pub mod reader;
 pub mod services;
 pub mod stub_reader;
 pub mod tmpfs;
+pub mod tools;
 pub mod topic;
 
 use std::net::TcpListener;

@@ -434,6 +434,18 @@ pub static VARS: &[Var] = &[
         help: "longest wait after Kafka's acknowledgement for a reader to tell a conditional write's outcome; then 503 outcome_unknown",
     },
     Var {
+        name: "KV_API_SEED_AES_KEY",
+        group: Group::Writer,
+        default: Default::Described("KV_API_AES_KEY"),
+        help: "migrate-seed-topic only: the original service's AES key (64 hex characters) the source topic was sealed with; wins over the file",
+    },
+    Var {
+        name: "KV_API_SEED_AES_KEY_LOCATION",
+        group: Group::Writer,
+        default: Default::Described("KV_API_AES_KEY_LOCATION"),
+        help: "migrate-seed-topic only: a file whose first line is that key",
+    },
+    Var {
         name: "KAFKA_GROUP_ID",
         group: Group::Reader,
         default: Default::Required,

@@ -14,6 +14,7 @@ mod resp;
 mod resp_clients;
 mod shards;
 mod snapshot;
+mod status_page;
 mod topic_compatibility;
 mod topic_encryption;
 mod topic_safety;
