@@ -3,6 +3,9 @@
 # Debian packages are pinned to bookworm's current versions (hadolint DL3008); when a build says
 # a version is gone, take the new one from `apt-cache policy PACKAGE` in a bookworm container.
 FROM rust:1.90-bookworm AS build
+# The git revision `--version` prints (the build context has no .git):
+#   docker build --build-arg REVISION="$(git rev-parse --short=12 HEAD)" -t kafka-kv .
+ARG REVISION=""
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         cmake=3.25.1-1 \
@@ -19,7 +22,7 @@ COPY crates crates
 COPY docs/openapi-writer.yaml docs/openapi-reader.yaml docs/
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+    KV_GIT_REVISION="${REVISION}" cargo build --release --locked --bins \
     && mkdir -p /out \
     && cp target/release/kv-writer target/release/kv-reader /out/
 

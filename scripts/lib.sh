@@ -33,8 +33,9 @@ oidc_provider_dir() {
 }
 
 # Installs what the end-to-end tests, the drills and the deployment checks need (the build's
-# packages, the broker, the test OpenID provider, promtool and the chart tools) and exports where
-# the broker, the provider and promtool are.
+# packages, the broker, the test OpenID provider, promtool and the chart tools, nginx and
+# redis-py, the seed records' Python tools and chromium) and exports where the broker, the
+# provider, promtool, nginx, redis-py's python, the seed records' Python and the browser are.
 install_test_tools() {
     scripts/install-deps.sh
     scripts/install-broker.sh
@@ -42,4 +43,9 @@ install_test_tools() {
     KV_OIDC_PROVIDER=$(scripts/install-oidc-provider.sh)
     export KV_OIDC_PROVIDER
     eval "$(scripts/install-deploy-tools.sh)"
+    eval "$(scripts/install-client-tools.sh)"
+    # The migration test's Python (cryptography, kafka-python) and the status page's browser.
+    KV_SEED_PYTHON=$(scripts/install-seed-tools.sh)
+    KV_CHROMIUM=$(scripts/install-chromium.sh)
+    export KV_SEED_PYTHON KV_CHROMIUM
 }

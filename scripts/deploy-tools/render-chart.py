@@ -10,8 +10,8 @@ For each shape (SHAPES_DIR/*.yaml, a values file) it renders the chart as `helm 
 (values.schema.json included), lints it (`helm lint --strict`), runs yamllint on the manifests,
 validates every object strictly against the Kubernetes API schemas of each pinned version
 (unknown fields are errors) and checks the chart's own promises (names, labels, pod hardening,
-probes). Sharded readers are not a shape: the service does not shard yet. Kinds of CRDs that kubernetes-validate has no schema for (the Prometheus Operator's) are
-skipped by name and said so. The PrometheusRule of each shape is written to
+probes, the gateway's routes, the NetworkPolicy). Kinds of CRDs that kubernetes-validate has no
+schema for (the Prometheus Operator's) are skipped by name and said so. The PrometheusRule of each shape is written to
 OUT_DIR/<shape>.rules.yaml for promtool. Every file in BAD_VALUES_DIR must be refused
 at render, at the value its second line names (`# at: /json/pointer`). Exits non-zero on any problem.
 """
@@ -65,7 +65,10 @@ def check_promises(shape, values, release, objects):
                 problem(shape, f"{obj['kind']}/{obj['metadata']['name']} lacks the label {label}")
         if not obj["metadata"]["name"].startswith(name):
             problem(shape, f"{obj['kind']}/{obj['metadata']['name']} is not named after {name}")
-    workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    gateway = [o for o in objects
+               if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "gateway"]
+    check_gateway(shape, values, gateway)
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet") and o not in gateway]
     if len(workloads) != 1:
         problem(shape, f"expected one workload, got {len(workloads)}")
         return
@@ -121,6 +124,65 @@ def check_promises(shape, values, release, objects):
             problem(shape, "KAFKA_GROUP_ID is not per pod")
     if not any(o["kind"] == "PodDisruptionBudget" for o in objects):
         problem(shape, "no PodDisruptionBudget")
+    probes = values.get("probes", {})
+    for probe, key in (("liveness", "livenessProbe"), ("readiness", "readinessProbe"), ("startup", "startupProbe")):
+        for timing, wanted in probes.get(probe, {}).items():
+            if container[key].get(timing) != wanted:
+                problem(shape, f"{key}.{timing} is {container[key].get(timing)}, the values say {wanted}")
+    if values.get("configFile"):
+        if env.get("KV_API_CONFIG_FILE", {}).get("value") != "/etc/kafka-kv/config.yaml":
+            problem(shape, "KV_API_CONFIG_FILE does not name the mounted settings file")
+        config = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == f"{name}-config"]
+        file = yaml.safe_load(config[0]["data"]["config.yaml"]) if config else {}
+        if {k: str(v) for k, v in values["configFile"].items()} != file:
+            problem(shape, f"the settings file holds {file}, not configFile")
+    mounts = {m["name"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"] for v in spec.get("volumes", [])}
+    for extra in values.get("extraVolumeMounts", []):
+        if extra["name"] not in mounts:
+            problem(shape, f"extraVolumeMounts {extra['name']} is not mounted")
+    for extra in values.get("extraVolumes", []):
+        if extra["name"] not in volumes:
+            problem(shape, f"extraVolumes {extra['name']} is not a volume of the pod")
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    if values.get("networkPolicy", {}).get("enabled"):
+        if len(policies) != 1:
+            problem(shape, "networkPolicy.enabled but no NetworkPolicy")
+        else:
+            sources = [peer for rule in policies[0]["spec"]["ingress"] for peer in rule.get("from", [])]
+            if not sources or any(peer == {} for peer in sources):
+                problem(shape, "the NetworkPolicy admits everyone")
+
+
+ROUTES = "deploy/helm/kafka-kv/files/gateway-routes.conf"
+
+
+def check_gateway(shape, values, objects):
+    """The gateway runs the routes file as it is in the repository, behind its Service and,
+    when asked, an Ingress to that Service."""
+    gateway = values.get("gateway", {})
+    if not gateway.get("enabled"):
+        if objects:
+            problem(shape, "gateway objects rendered although gateway.enabled is false")
+        return
+    kinds = {o["kind"]: o for o in objects}
+    for kind in ("ConfigMap", "Deployment", "Service"):
+        if kind not in kinds:
+            problem(shape, f"the gateway has no {kind}")
+            return
+    with open(ROUTES) as f:
+        routes = f.read()
+    if kinds["ConfigMap"]["data"]["kv-gateway-routes.conf"].strip() != routes.strip():
+        problem(shape, f"the gateway's routes differ from {ROUTES}")
+    default = kinds["ConfigMap"]["data"]["default.conf"]
+    for upstream in (gateway["writer"], gateway["reader"]):
+        if f"server {upstream};" not in default:
+            problem(shape, f"the gateway does not route to {upstream}")
+    if gateway.get("ingress", {}).get("enabled"):
+        ingress = kinds.get("Ingress")
+        backend = ingress and ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]
+        if backend != kinds["Service"]["metadata"]["name"]:
+            problem(shape, f"the Ingress does not route to the gateway's Service: {backend}")
 
 
 def check_shape(chart, chart_dir, path, out_dir, lint_config):

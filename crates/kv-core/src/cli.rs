@@ -1,5 +1,6 @@
 //! The command line both binaries share: `serve` (the default), `check-config` and
-//! `healthcheck`, with `--help` listing every variable from [`crate::settings::catalogue`].
+//! `healthcheck`, with `--help` listing every variable from [`crate::settings::catalogue`], plus
+//! the one-shot commands of one role ([`prepare_with`]: kv-writer's `migrate-seed-topic`).
 //! Configuration stays in the environment; the command line only picks what to do with it.
 
 use std::fmt::Write as _;
@@ -8,12 +9,12 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::kafka::{client_config, topic_config, topic_config_problems, ClientRole};
 use crate::settings::catalogue::{self, Role};
-use crate::settings::{listen_address, CoreSettings, Env, SettingsError};
+use crate::settings::{check_role_flags, listen_address, CoreSettings, Env, SettingsError};
 use crate::web::auth::AuthGate;
 
 #[derive(Debug, Parser)]
@@ -40,45 +41,124 @@ pub enum Command {
     },
 }
 
+/// What `--version` prints after the binary's name: the package version, the git revision it
+/// was built from (`revision`, embedded by the binary's build script) and librdkafka's version.
+pub fn version_line(version: &str, revision: &str) -> String {
+    let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+    format!("{version} (git {revision}, librdkafka {librdkafka})")
+}
+
+/// What the binary was asked to do: one of the shared commands, or one of its role's own
+/// (`X`, a clap [`Subcommand`] enum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation<X> {
+    Shared(Command),
+    Own(X),
+}
+
+/// A role without commands of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoOwnCommand {}
+
+impl FromArgMatches for NoOwnCommand {
+    fn from_arg_matches(_: &ArgMatches) -> Result<Self, clap::Error> {
+        Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
+    }
+
+    fn update_from_arg_matches(&mut self, _: &ArgMatches) -> Result<(), clap::Error> {
+        Ok(())
+    }
+}
+
+impl Subcommand for NoOwnCommand {
+    fn augment_subcommands(command: clap::Command) -> clap::Command {
+        command
+    }
+
+    fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
+        command
+    }
+
+    fn has_subcommand(_: &str) -> bool {
+        false
+    }
+}
+
 /// Parses the command line; `--help`, `--version` and a bad argument print and exit here.
-fn parse(role: Role, name: &'static str, version: &'static str, about: &'static str) -> Command {
-    let command = Args::command()
+fn parse<X: Subcommand>(
+    role: Role,
+    name: &'static str,
+    (version, revision): (&'static str, &'static str),
+    about: &'static str,
+) -> Invocation<X> {
+    // Built once per process, for clap, which keeps a `&'static str`.
+    let version: &'static str = Box::leak(version_line(version, revision).into_boxed_str());
+    let command = X::augment_subcommands(Args::command())
         .name(name)
         .bin_name(name)
         .version(version)
         .about(about)
         .after_help(catalogue::help(role));
     let matches = command.get_matches();
+    if matches
+        .subcommand_name()
+        .is_some_and(|sub| X::has_subcommand(sub))
+    {
+        return match X::from_arg_matches(&matches) {
+            Ok(own) => Invocation::Own(own),
+            Err(error) => error.exit(),
+        };
+    }
     match Args::from_arg_matches(&matches) {
-        Ok(args) => args.command.unwrap_or(Command::Serve),
+        Ok(args) => Invocation::Shared(args.command.unwrap_or(Command::Serve)),
         Err(error) => error.exit(),
     }
 }
 
 /// What `main` does before it serves or checks: parses the command line, reads the environment,
 /// runs `healthcheck` (which needs only the listen address) and loads the role's settings with
-/// `load`. `Err` is the exit code of a run that ended here: 2 for a bad variable, named.
+/// `load`. `Err` is the exit code of a run that ended here: 2 for a bad variable, named (a
+/// `KV_API_DISABLE_READ` / `KV_API_DISABLE_WRITE` contradicting `role` included). `version` is
+/// the package version and the git revision the binary was built from.
 pub fn prepare<S>(
     role: Role,
     name: &'static str,
-    version: &'static str,
+    version: (&'static str, &'static str),
     about: &'static str,
     load: impl FnOnce(&Env) -> Result<S, SettingsError>,
 ) -> Result<(Command, S), ExitCode> {
-    let command = parse(role, name, version, about);
+    let (invocation, settings) =
+        prepare_with::<NoOwnCommand, S>(role, name, version, about, |_, env| load(env))?;
+    match invocation {
+        Invocation::Shared(command) => Ok((command, settings)),
+        Invocation::Own(never) => match never {},
+    }
+}
+
+/// As [`prepare`], for a binary with commands of its own (`X`): `load` is told what was asked,
+/// so a one-shot command can read only the settings it needs.
+pub fn prepare_with<X: Subcommand, S>(
+    role: Role,
+    name: &'static str,
+    version: (&'static str, &'static str),
+    about: &'static str,
+    load: impl FnOnce(&Invocation<X>, &Env) -> Result<S, SettingsError>,
+) -> Result<(Invocation<X>, S), ExitCode> {
+    let invocation = parse::<X>(role, name, version, about);
     let invalid = |error: SettingsError| {
         eprintln!("{name}: invalid configuration: {error}");
         ExitCode::from(2)
     };
     let env = Env::from_process().map_err(invalid)?;
-    if let Command::Healthcheck { live } = command {
+    if let Invocation::Shared(Command::Healthcheck { live }) = invocation {
         return Err(match listen_address(&env) {
             Ok(listen) => healthcheck(&listen, live),
             Err(error) => invalid(env.locate(error)),
         });
     }
-    let settings = load(&env).map_err(|error| invalid(env.locate(error)))?;
-    Ok((command, settings))
+    check_role_flags(&env, role).map_err(|error| invalid(env.locate(error)))?;
+    let settings = load(&invocation, &env).map_err(|error| invalid(env.locate(error)))?;
+    Ok((invocation, settings))
 }
 
 /// What `check-config` found: one line per check, printed as they complete.

@@ -18,6 +18,7 @@ pub mod routes;
 pub mod settings;
 pub mod shard;
 pub mod snapshot;
+pub mod status_page;
 pub mod store;
 pub mod ttl;
 pub mod watch;

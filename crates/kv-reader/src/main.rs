@@ -7,7 +7,8 @@ use kv_reader::{App, Settings};
 const ABOUT: &str = "A replica of the key-value topic in a local store, serving reads over HTTP. Configured by the environment (below).";
 
 fn main() -> ExitCode {
-    let version = env!("CARGO_PKG_VERSION");
+    // KV_GIT_REVISION: set by build.rs.
+    let version = (env!("CARGO_PKG_VERSION"), env!("KV_GIT_REVISION"));
     let (command, settings) = match cli::prepare(
         Role::Reader,
         "kv-reader",

@@ -221,7 +221,10 @@ pub async fn hold_lease(
     let producer: BaseProducer =
         client_config(&producer_defaults, kafka, ClientRole::Producer).create()?;
     let consumer: BaseConsumer = client_config(
-        &[("enable.auto.commit", "false"), ("fetch.wait.max.ms", "100")],
+        &[
+            ("enable.auto.commit", "false"),
+            ("fetch.wait.max.ms", "100"),
+        ],
         kafka,
         ClientRole::Consumer,
     )

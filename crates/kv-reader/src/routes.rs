@@ -75,6 +75,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("/healthz/live").on(Method::GET, web::to(live)),
         Endpoint::new("/healthz/ready").on(Method::GET, web::to(ready)),
         Endpoint::new("/healthz/cluster").on(Method::GET, web::to(cluster_health)),
+        Endpoint::new("/status").on(Method::GET, web::to(crate::status_page::status_page)),
         Endpoint::new("/admin/v1/snapshot").on(Method::GET, web::to(snapshot)),
         Endpoint::new("/metrics").on(Method::GET, web::to(metrics_endpoint)),
         Endpoint::new("/openapi.yaml").on(Method::GET, openapi_document(OPENAPI)),
@@ -1351,42 +1352,16 @@ pub async fn snapshot(
 }
 
 /// `/healthz/cluster`: every shard's partitions, readiness and lag as this shard last heard
-/// them. Anonymous, like the other health routes: it names no key and no peer address.
+/// them, this replica's own partitions, replay and freshness, and the partitions it acts on as
+/// their owner (`owner`, from [`crate::owner::Election`]); `/status` shows the same value.
+/// Anonymous, like the other health routes: it names no key and no peer address.
 pub async fn cluster_health(state: web::Data<ReaderState>) -> HttpResponse {
-    let owner = state.election.view(&state.progress);
-    let Some(cluster) = &state.cluster else {
-        let report = state.progress.report();
-        return HttpResponse::Ok().json(serde_json::json!({
-            "sharded": false,
-            "shards": 1,
-            "replicas": 1,
-            "partitions": report.partitions.len(),
-            "owner": owner,
-        }));
-    };
-    let shards = cluster.view(&state.progress);
-    let count = cluster.partitions().unwrap_or(0) as i32;
-    let unavailable: Vec<i32> = (0..count)
-        .filter(|&p| {
-            !cluster.spec.owners(p).any(|owner| {
-                shards[owner as usize].reachable
-                    && shards[owner as usize]
-                        .partitions
-                        .get(&p)
-                        .is_some_and(|view| view.caught_up)
-            })
-        })
-        .collect();
-    HttpResponse::Ok().json(serde_json::json!({
-        "sharded": true,
-        "shard": cluster.spec.index,
-        "shards": cluster.spec.count,
-        "replicas": cluster.spec.replicas,
-        "partitions": count,
-        "partitions_without_ready_owner": unavailable,
-        "owner": owner,
-        "cluster": shards,
-    }))
+    HttpResponse::Ok().json(crate::cluster::health(
+        &state.topic,
+        state.cluster.as_deref(),
+        &state.progress,
+        &state.election,
+    ))
 }
 
 /// `/healthz/live`: fails once the consumer loop has died, so the orchestrator restarts us.

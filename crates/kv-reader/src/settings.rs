@@ -271,7 +271,7 @@ fn sharding(
                 "KV_API_SHARD_PEERS",
                 format!(
                     "is required with KV_API_SHARD={shard}: where each shard answers, as a \
-                     template (http://kv-reader-{{i}}.kv-reader-headless:8081) or {} URLs",
+                     template (http://kv-reader-{{i}}.kv-reader-headless:8080) or {} URLs",
                     spec.count
                 ),
             ))

@@ -51,12 +51,18 @@ const PENDING_REPAIRS: TableDefinition<&[u8], SweepRow> = TableDefinition::new("
 /// Entry key → expiry, under encryption at rest only: an overwrite reads the old expiry here
 /// instead of opening the old entry.
 const SEALED_EXPIRIES: TableDefinition<&[u8], u64> = TableDefinition::new("sealed_expiries");
-/// `(partition, offset)` of a decided record → `(applied, version partition, version offset,
-/// first offset, when decided)`, `-1` for none: what `GET /v1/outcomes` answers a writer.
-const OUTCOMES: TableDefinition<(u32, u64), (u8, i32, i64, i64, u64)> =
-    TableDefinition::new("outcomes");
+/// `(applied, version partition, version offset, first offset, when decided)` of a decided
+/// record, `-1` for none.
+type OutcomeRow = (u8, i32, i64, i64, u64);
+/// `(record key index, idempotency key)`.
+type IdempotencyKey = (&'static [u8], &'static [u8]);
+/// `(first offset, its record timestamp, applied)`.
+type IdempotencyRow = (u64, u64, u8);
+/// `(partition, offset)` of a decided record → its [`OutcomeRow`]: what `GET /v1/outcomes`
+/// answers a writer.
+const OUTCOMES: TableDefinition<(u32, u64), OutcomeRow> = TableDefinition::new("outcomes");
 /// `(record key index, idempotency key)` → `(first offset, its record timestamp, applied)`.
-const IDEMPOTENCY: TableDefinition<(&[u8], &[u8]), (u64, u64, u8)> =
+const IDEMPOTENCY: TableDefinition<IdempotencyKey, IdempotencyRow> =
     TableDefinition::new("idempotency");
 const IDEMPOTENCY_BY_TIME: TableDefinition<(u64, &[u8], &[u8]), ()> =
     TableDefinition::new("idempotency_by_time");

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod conditional;
 pub mod decoders;
+pub mod gateway;
 pub mod netns;
 pub mod oidc;
 pub mod openapi;
@@ -16,6 +17,7 @@ pub mod reader;
 pub mod services;
 pub mod stub_reader;
 pub mod tmpfs;
+pub mod tools;
 pub mod topic;
 
 use std::net::TcpListener;

@@ -16,7 +16,7 @@ pub struct Document(Value);
 
 impl Document {
     pub fn parse(yaml: &str) -> Document {
-        Document(serde_yaml::from_str(yaml).expect("the OpenAPI document is YAML"))
+        Document(serde_yaml_ng::from_str(yaml).expect("the OpenAPI document is YAML"))
     }
 
     /// Every operation as (METHOD, path), with whether it is anonymous (`security: []`;
@@ -274,6 +274,6 @@ pub async fn assert_served_as_documented(service: &Service, yaml: &str, token: &
         .and_then(|t| t.to_str().ok())
         .is_some_and(|t| t.starts_with("application/json")));
     let json: serde_json::Value = served.json().await.expect("JSON");
-    let from_yaml: serde_json::Value = serde_yaml::from_str(yaml).expect("YAML");
+    let from_yaml: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("YAML");
     assert_eq!(json, from_yaml, "/openapi.json is /openapi.yaml as JSON");
 }

@@ -496,6 +496,22 @@ pub fn check_command_line(program: &str, role: kv_core::settings::catalogue::Rol
         run_command_to_exit(program, &["--version"], &[], Duration::from_secs(10));
     assert_eq!(code, Some(0), "{name} --version: {version}");
     assert!(version.starts_with(&format!("{name} ")), "{version}");
+    assert!(
+        version.contains(env!("CARGO_PKG_VERSION")) && version.contains("(git "),
+        "--version names the package version and the git revision: {version}"
+    );
+    assert!(version.contains("librdkafka 2."), "{version}");
+    // The original's KV_API_DISABLE_READ / KV_API_DISABLE_WRITE: the flag contradicting the
+    // role stops the binary naming the other one; the one agreeing with it is accepted (and
+    // check-config goes on to the broker).
+    let (contradicting, other, agreeing) = match role {
+        kv_core::settings::catalogue::Role::Reader => {
+            ("KV_API_DISABLE_READ", "kv-writer", "KV_API_DISABLE_WRITE")
+        }
+        kv_core::settings::catalogue::Role::Writer => {
+            ("KV_API_DISABLE_WRITE", "kv-reader", "KV_API_DISABLE_READ")
+        }
+    };
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let down = closed.local_addr().expect("address").to_string();
     drop(closed);
@@ -505,6 +521,19 @@ pub fn check_command_line(program: &str, role: kv_core::settings::catalogue::Rol
         ("KAFKA_GROUP_ID", "check-config".to_owned()),
         ("KV_API_DISABLE_API_AUTH", "true".to_owned()),
     ];
+    let refused = [env.to_vec(), vec![(contradicting, "true".to_owned())]].concat();
+    let (code, said) = run_command_to_exit(
+        program,
+        &["check-config"],
+        &refused,
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(2), "{name} with {contradicting}=true: {said}");
+    assert!(
+        said.contains(contradicting) && said.contains(other),
+        "{said}"
+    );
+    let env = [env.to_vec(), vec![(agreeing, "true".to_owned())]].concat();
     let (code, report) =
         run_command_to_exit(program, &["check-config"], &env, Duration::from_secs(60));
     assert_eq!(code, Some(1), "{name} check-config: {report}");

@@ -6,6 +6,7 @@ pub mod body;
 pub mod conditional;
 pub mod input;
 pub mod metrics;
+pub mod migrate;
 pub mod producer;
 pub mod routes;
 pub mod settings;

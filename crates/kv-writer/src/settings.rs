@@ -50,8 +50,17 @@ const LARGEST_MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Self::with_core(env, CoreSettings::from_env(env)?)
+    }
+
+    /// For `migrate-seed-topic`, which serves no HTTP: the auth settings are not read.
+    pub fn from_env_serving_nothing(env: &Env) -> Result<Self, SettingsError> {
+        Self::with_core(env, CoreSettings::from_env_serving_nothing(env)?)
+    }
+
+    fn with_core(env: &Env, core: CoreSettings) -> Result<Self, SettingsError> {
         let settings = Self {
-            core: CoreSettings::from_env(env)?,
+            core,
             acks: acks(env.string("KAFKA_ACKS").as_deref())?,
             produce_timeout: env.millis("KV_API_PRODUCE_TIMEOUT_MS", Duration::from_secs(10))?,
             max_key_bytes: env.number("KV_API_MAX_KEY_BYTES", DEFAULT_MAX_KEY_BYTES)?,

@@ -206,6 +206,18 @@ pub static VARS: &[Var] = &[
         help: "both roles read the topic's configuration at start-up (DescribeConfigs) and log UNSAFE TOPIC CONFIGURATION when it is not compacted, or keeps a ...",
     },
     Var {
+        name: "KV_API_DISABLE_READ",
+        group: Group::Service,
+        default: Default::Value("false"),
+        help: "original: true made an instance write-only, which is kv-writer: kv-reader refuses it at start-up",
+    },
+    Var {
+        name: "KV_API_DISABLE_WRITE",
+        group: Group::Service,
+        default: Default::Value("false"),
+        help: "original: true made an instance read-only, which is kv-reader: kv-writer refuses it at start-up",
+    },
+    Var {
         name: "KV_API_CONFIG_FILE",
         group: Group::Service,
         default: Default::Unset,
@@ -420,6 +432,18 @@ pub static VARS: &[Var] = &[
         group: Group::Writer,
         default: Default::Value("10000"),
         help: "longest wait after Kafka's acknowledgement for a reader to tell a conditional write's outcome; then 503 outcome_unknown",
+    },
+    Var {
+        name: "KV_API_SEED_AES_KEY",
+        group: Group::Writer,
+        default: Default::Described("KV_API_AES_KEY"),
+        help: "migrate-seed-topic only: the original service's AES key (64 hex characters) the source topic was sealed with; wins over the file",
+    },
+    Var {
+        name: "KV_API_SEED_AES_KEY_LOCATION",
+        group: Group::Writer,
+        default: Default::Described("KV_API_AES_KEY_LOCATION"),
+        help: "migrate-seed-topic only: a file whose first line is that key",
     },
     Var {
         name: "KAFKA_GROUP_ID",

@@ -24,33 +24,39 @@ impl TopicEncryption {
             }
             return Ok(Self::Off);
         }
-        // As in the original, the variable wins over the file when both are set.
-        let (var, hex) = match env.string("KV_API_AES_KEY") {
-            Some(hex) => ("KV_API_AES_KEY", Secret::new(hex)),
-            None => match env.string("KV_API_AES_KEY_LOCATION") {
-                Some(path) => (
-                    "KV_API_AES_KEY_LOCATION",
-                    read_first_line("KV_API_AES_KEY_LOCATION", &path)?,
-                ),
-                None => {
-                    return Err(SettingsError::new(
-                        "KV_API_AES_KEY",
-                        "KV_API_ENCRYPT_DATA_ON_KAFKA is true, so KV_API_AES_KEY or \
-                         KV_API_AES_KEY_LOCATION must give a 256-bit key as 64 hex characters",
-                    ))
-                }
-            },
-        };
-        let key = decode_hex_key(hex.expose().trim()).ok_or_else(|| {
+        let key = aes_key(env, "KV_API_AES_KEY", "KV_API_AES_KEY_LOCATION")?.ok_or_else(|| {
             SettingsError::new(
-                var,
-                "expected 64 hex characters (0-9, a-f, A-F), a 256-bit key",
+                "KV_API_AES_KEY",
+                "KV_API_ENCRYPT_DATA_ON_KAFKA is true, so KV_API_AES_KEY or \
+                 KV_API_AES_KEY_LOCATION must give a 256-bit key as 64 hex characters",
             )
         })?;
-        Ok(Self::On {
-            key: Secret::new(key),
-        })
+        Ok(Self::On { key })
     }
+}
+
+/// A 256-bit key given as 64 hex characters in `var`, or on the first line of the file
+/// `location_var` names, as the original service took its AES key: the variable wins over the
+/// file when both are set. `None` when neither is set.
+pub fn aes_key(
+    env: &Env,
+    var: &str,
+    location_var: &str,
+) -> Result<Option<Secret<[u8; 32]>>, SettingsError> {
+    let (var, hex) = match env.string(var) {
+        Some(hex) => (var, Secret::new(hex)),
+        None => match env.string(location_var) {
+            Some(path) => (location_var, read_first_line(location_var, &path)?),
+            None => return Ok(None),
+        },
+    };
+    let key = decode_hex_key(hex.expose().trim()).ok_or_else(|| {
+        SettingsError::new(
+            var,
+            "expected 64 hex characters (0-9, a-f, A-F), a 256-bit key",
+        )
+    })?;
+    Ok(Some(Secret::new(key)))
 }
 
 fn decode_hex_key(text: &str) -> Option<[u8; 32]> {

@@ -10,13 +10,15 @@ mod encryption;
 mod env;
 mod kafka;
 mod log;
+mod role;
 mod tls;
 
 pub use auth::{AuthSettings, OidcSettings, ASYMMETRIC_ALGORITHMS};
-pub use encryption::TopicEncryption;
+pub use encryption::{aes_key, TopicEncryption};
 pub use env::{read_first_line, Env, SettingsError, CONFIG_FILE_VAR};
 pub use kafka::KafkaProperties;
 pub use log::{LogFormat, LogSettings};
+pub use role::check_role_flags;
 pub use tls::{client_trusting, CaFile};
 
 /// What both binaries need.
@@ -45,6 +47,25 @@ impl CoreSettings {
             kafka: KafkaProperties::from_env_noting(env, &mut notices)?,
             topic_encryption: TopicEncryption::from_env(env, &mut notices)?,
             auth: AuthSettings::from_env(env)?,
+            log: LogSettings::from_env(env)?,
+            require_compacted_topic: env.bool("KV_API_REQUIRE_COMPACTED_TOPIC", false)?,
+            notices,
+        })
+    }
+
+    /// As [`CoreSettings::from_env`] for a one-shot command that serves no HTTP (kv-writer's
+    /// `migrate-seed-topic`): the auth settings are not read, so it needs no OpenID provider.
+    pub fn from_env_serving_nothing(env: &Env) -> Result<Self, SettingsError> {
+        let mut notices = Vec::new();
+        Ok(Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+            topic: topic_name(env)?,
+            kafka: KafkaProperties::from_env_noting(env, &mut notices)?,
+            topic_encryption: TopicEncryption::from_env(env, &mut notices)?,
+            auth: AuthSettings {
+                disabled: true,
+                oidc: OidcSettings::default(),
+            },
             log: LogSettings::from_env(env)?,
             require_compacted_topic: env.bool("KV_API_REQUIRE_COMPACTED_TOPIC", false)?,
             notices,

@@ -304,7 +304,7 @@ pub fn openapi_document(yaml: &'static str) -> Route {
 /// when the routes are built, from the one YAML source.
 pub fn openapi_json_document(yaml: &'static str) -> Route {
     let json = web::Bytes::from(
-        serde_yaml::from_str::<serde_json::Value>(yaml)
+        serde_yaml_ng::from_str::<serde_json::Value>(yaml)
             .map(|document| serde_json::to_vec(&document).unwrap_or_default())
             .unwrap_or_else(|e| unreachable!("the embedded OpenAPI document is YAML: {e}")),
     );

@@ -19,6 +19,7 @@ use bytes::BytesMut;
 use kv_core::consistency::{ConsistencyToken, RecordPosition};
 use kv_core::web::auth::{AuthError, AuthGate, Operation};
 
+use super::expiry::{self, Asked};
 use super::reply::Reply;
 use crate::metrics::RespMetrics;
 use crate::progress::WaitError;
@@ -115,6 +116,10 @@ enum Name {
     Hello,
     Auth,
     KvWait,
+    Ttl,
+    Pttl,
+    ExpireTime,
+    PexpireTime,
 }
 
 /// A command as `COMMAND` describes it to clients, and how it is counted.
@@ -136,7 +141,7 @@ const READ: &[&str] = &["readonly", "fast"];
 const CONNECTION: &[&str] = &["fast", "loading", "stale"];
 const NO_AUTH: &[&str] = &["noscript", "loading", "stale", "fast", "no_auth"];
 
-const COMMANDS: [Spec; 18] = [
+const COMMANDS: [Spec; 22] = [
     spec(Name::Get, "get", 2, READ, (1, 1, 1)),
     spec(Name::Mget, "mget", -2, READ, (1, -1, 1)),
     spec(Name::Exists, "exists", -2, READ, (1, -1, 1)),
@@ -176,6 +181,10 @@ const COMMANDS: [Spec; 18] = [
         ..spec(Name::Auth, "auth", -2, NO_AUTH, (0, 0, 0))
     },
     spec(Name::KvWait, "kv.wait", 3, &["readonly"], (0, 0, 0)),
+    spec(Name::Ttl, "ttl", 2, READ, (1, 1, 1)),
+    spec(Name::Pttl, "pttl", 2, READ, (1, 1, 1)),
+    spec(Name::ExpireTime, "expiretime", 2, READ, (1, 1, 1)),
+    spec(Name::PexpireTime, "pexpiretime", 2, READ, (1, 1, 1)),
 ];
 
 const fn spec(
@@ -334,6 +343,10 @@ fn lookup(name: &[u8]) -> Lookup {
         b"HELLO" => 15,
         b"AUTH" => 16,
         b"KV.WAIT" => 17,
+        b"TTL" => 18,
+        b"PTTL" => 19,
+        b"EXPIRETIME" => 20,
+        b"PEXPIRETIME" => 21,
         _ if WRITE_COMMANDS.iter().any(|w| w.as_bytes() == &*upper) => return Lookup::Write,
         _ => return Lookup::Unknown,
     };
@@ -592,6 +605,26 @@ pub fn execute(shared: &Shared, session: &mut Session, args: Args<'_>, out: &mut
             }
         }
         Name::KvWait => return kv_wait(shared, args, &mut reply),
+        Name::Ttl | Name::Pttl | Name::ExpireTime | Name::PexpireTime => {
+            let key = args.get(1);
+            if let Some(refusal) = shared.shard_refusal(key) {
+                reply.error(&refusal);
+                return Next::Continue;
+            }
+            let asked = match spec.command {
+                Name::Ttl => Asked::Ttl,
+                Name::Pttl => Asked::Pttl,
+                Name::ExpireTime => Asked::ExpireTime,
+                _ => Asked::PexpireTime,
+            };
+            match state.store.get(key) {
+                Ok(entry) => {
+                    let expiry = entry.map(|entry| entry.expires_at_ms);
+                    reply.integer(expiry::reply(asked, expiry, now_ms()));
+                }
+                Err(error) => store_failed(&mut reply, &error),
+            }
+        }
     }
     Next::Continue
 }
@@ -1241,6 +1274,7 @@ mod tests {
     fn names_are_found_in_any_case_and_writes_are_told_from_unknown_commands() {
         assert!(matches!(lookup(b"get"), Lookup::Known(0)));
         assert!(matches!(lookup(b"Kv.Wait"), Lookup::Known(17)));
+        assert!(matches!(lookup(b"pexpiretime"), Lookup::Known(21)));
         assert!(matches!(lookup(b"set"), Lookup::Write));
         assert!(matches!(lookup(b"FLUSHALL"), Lookup::Write));
         assert!(matches!(lookup(b"nosuch"), Lookup::Unknown));

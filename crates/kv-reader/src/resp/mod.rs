@@ -3,10 +3,11 @@
 //! `SCAN` and a few more, and waits for its own writes with `KV.WAIT`. Writes are refused as
 //! a Redis replica refuses them. docs/api.md has the commands, limits and errors.
 //!
-//! `parser` reads requests in place, `commands` runs them, `reply` writes the answers,
+//! `parser` reads requests in place, `commands` runs them (`expiry`: `TTL` and its kin), `reply` writes the answers,
 //! `server` holds the listener and the connections.
 
 mod commands;
+mod expiry;
 mod parser;
 mod reply;
 mod server;

@@ -21,9 +21,10 @@ use std::time::Duration;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::{
-    decode_entry, encode_entry, entry_expiry, open_entry, Change, ExpiryKey, Store, StoreError,
-    StoredEntry, SweepRow, DELETED, DELETED_BY_TIME, ENTRIES, EXPIRIES, IDEMPOTENCY,
-    IDEMPOTENCY_BY_TIME, NEXT_OFFSETS, OUTCOMES, PENDING_REPAIRS, RECORD_KEYS, SEALED_EXPIRIES,
+    decode_entry, encode_entry, entry_expiry, open_entry, Change, ExpiryKey, IdempotencyKey,
+    IdempotencyRow, OutcomeRow, Store, StoreError, StoredEntry, SweepRow, DELETED, DELETED_BY_TIME,
+    ENTRIES, EXPIRIES, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, NEXT_OFFSETS, OUTCOMES, PENDING_REPAIRS,
+    RECORD_KEYS, SEALED_EXPIRIES,
 };
 use crate::at_rest::StoreCipher;
 
@@ -122,8 +123,8 @@ pub(super) struct Writing<'t> {
     /// Under encryption at rest, the expiry of each entry that has one, so an overwrite learns
     /// the old expiry without opening the old entry.
     sealed_expiries: redb::Table<'t, &'static [u8], u64>,
-    pub(super) outcomes: redb::Table<'t, (u32, u64), (u8, i32, i64, i64, u64)>,
-    pub(super) idempotency: redb::Table<'t, (&'static [u8], &'static [u8]), (u64, u64, u8)>,
+    pub(super) outcomes: redb::Table<'t, (u32, u64), OutcomeRow>,
+    pub(super) idempotency: redb::Table<'t, IdempotencyKey, IdempotencyRow>,
     pub(super) idempotency_by_time: redb::Table<'t, (u64, &'static [u8], &'static [u8]), ()>,
     pub(super) now_ms: u64,
     encoded: Vec<u8>,
@@ -402,6 +403,7 @@ impl<'t> Writing<'t> {
     /// absent. When it is not, and `partition` is one this process is a candidate owner of, the
     /// record is harmful left last (compaction may keep only it) and a repair is owed; when it
     /// is, any repair owed for an earlier record of the key is no longer needed.
+    #[allow(clippy::too_many_arguments)] // the record's coordinates, each needed; one caller
     fn judge(
         &mut self,
         record_key: &[u8],

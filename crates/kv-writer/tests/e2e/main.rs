@@ -4,6 +4,7 @@
 mod cli;
 mod conditional;
 mod injected_faults;
+mod migrate;
 mod openapi;
 mod outage;
 mod routes;

@@ -145,28 +145,23 @@ spec:
       # outage, so clients get the JSON 503 with Retry-After rather than connection refused
       # (Kafka's health is in /healthz/ready's body and the metrics); a reader is ready once
       # caught up with the topic.
+      # Timings from `probes` (the start-up probe's default 45 x 2 s covers auth discovery's
+      # 60 s of retries before the listener opens).
       livenessProbe:
         httpGet:
           path: /healthz/live
           port: http
-        periodSeconds: 10
-        timeoutSeconds: 3
-        failureThreshold: 3
+        {{- toYaml .Values.probes.liveness | nindent 8 }}
       readinessProbe:
         httpGet:
           path: {{ if eq .Values.role "writer" }}{{ .Values.writer.readinessPath }}{{ else }}/healthz/ready{{ end }}
           port: http
-        periodSeconds: 5
-        timeoutSeconds: 3
-        failureThreshold: 2
+        {{- toYaml .Values.probes.readiness | nindent 8 }}
       startupProbe:
         httpGet:
           path: /healthz
           port: http
-        periodSeconds: 2
-        timeoutSeconds: 3
-        # Auth discovery may retry for up to 60 s before the listener opens.
-        failureThreshold: 45
+        {{- toYaml .Values.probes.startup | nindent 8 }}
       lifecycle:
         # Endpoints are removed asynchronously; keep serving until they are, then SIGTERM.
         preStop:
@@ -194,7 +189,15 @@ spec:
         - name: tmp
           mountPath: /tmp
         {{- end }}
-  {{- if or .Values.kafka.tlsSecret .Values.encryption.onKafka (not (include "kafka-kv.onDisk" .)) }}
+        {{- if .Values.configFile }}
+        - name: config-file
+          mountPath: /etc/kafka-kv
+          readOnly: true
+        {{- end }}
+        {{- with .Values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+  {{- if or .Values.kafka.tlsSecret .Values.encryption.onKafka (not (include "kafka-kv.onDisk" .)) .Values.configFile .Values.extraVolumes }}
   volumes:
     {{- if .Values.kafka.tlsSecret }}
     - name: kafka-tls
@@ -216,7 +219,34 @@ spec:
       emptyDir:
         sizeLimit: 64Mi
     {{- end }}
+    {{- if .Values.configFile }}
+    - name: config-file
+      configMap:
+        name: {{ include "kafka-kv.name" . }}-config
+    {{- end }}
+    {{- with .Values.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   {{- end }}
+{{- end -}}
+
+{{/* The gateway's objects: their own component, so neither the role's Service nor its PDB selects them. */}}
+{{- define "kafka-kv.gatewayName" -}}
+{{- printf "%s-gateway" (include "kafka-kv.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kafka-kv.gatewaySelector" -}}
+app.kubernetes.io/name: kafka-kv
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "kafka-kv.gatewayLabels" -}}
+helm.sh/chart: {{ include "kafka-kv.chart" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kafka-kv
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{ include "kafka-kv.gatewaySelector" . }}
 {{- end -}}
 
 {{- define "kafka-kv.env" -}}
@@ -224,6 +254,10 @@ spec:
   value: "0.0.0.0:8080"
 - name: KV_API_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- if .Values.configFile }}
+- name: KV_API_CONFIG_FILE
+  value: /etc/kafka-kv/config.yaml
+{{- end }}
 {{- with .Values.logLevel }}
 - name: RUST_LOG
   value: {{ . | quote }}

@@ -1,0 +1,2 @@
+// See crates/build-git-revision.rs.
+include!("../build-git-revision.rs");
