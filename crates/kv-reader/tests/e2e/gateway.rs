@@ -78,9 +78,12 @@ fn substitute(text: &str, base: &str, answers: &HashMap<String, serde_json::Valu
         let value = answers
             .get(name)
             .and_then(|answer| answer.get(field.unwrap_or_default()))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_else(|| panic!("no earlier answer has {reference}"))
-            .to_owned();
+            .and_then(|value| match value {
+                serde_json::Value::String(text) => Some(text.clone()),
+                serde_json::Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no earlier answer has {reference}"));
         text.replace_range(start..end + 2, &value);
     }
     text
@@ -95,6 +98,8 @@ fn expected(method: &str, path: &str) -> (u16, &'static str) {
         (_, "/metrics" | "/admin/v1/snapshot" | "/openapi.yaml" | "/openapi.json") => {
             (404, "gateway")
         }
+        // The writer's question to a reader: between the services, never through the gateway.
+        (_, p) if p.starts_with("/v1/outcomes/") => (404, "gateway"),
         ("PUT" | "DELETE", _) | (_, "/store" | "/store/b64" | "/remove") => (200, "writer"),
         (_, "/v1/kv:batch") => (200, "writer"),
         (_, p) if p.starts_with("/v1/kv") || p.starts_with("/retrieve") => (200, "reader"),
