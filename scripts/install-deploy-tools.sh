@@ -16,26 +16,10 @@ cd "$(dirname "$0")/.."
 apt_install prometheus docker-compose redis-tools
 command -v promtool >/dev/null \
     || die "no promtool although the Debian package prometheus is known to dpkg (removed but not purged?)"
-command -v python3 >/dev/null || apt_install python3 python3-venv
-python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 
 tools=scripts/deploy-tools
-# Named after the pins and the Python that built it, so either changing makes a new one.
-venv_hash=$( (cat "$tools/requirements.txt"; python3 -c 'import sys; print(sys.version)') | sha256sum | cut -c1-12)
-venv="$KV_CACHE_DIR/deploy-tools-python-$venv_hash"
-if [ ! -f "$venv/.installed" ]; then
-    log "installing the deployment checks' Python tools into $venv"
-    rm -rf "$venv.partial"
-    mkdir -p "$KV_CACHE_DIR"
-    python3 -m venv "$venv.partial" >&2
-    "$venv.partial/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
-        -r "$tools/requirements.txt" >&2
-    "$venv.partial/bin/python" -m pip check >&2
-    touch "$venv.partial/.installed"
-    rm -rf "$venv"
-    mv "$venv.partial" "$venv"
-fi
+python_venv deploy-tools "$tools/requirements.txt" "the deployment checks' Python tools"
 
 npm_hash=$(cat "$tools/package.json" "$tools/package-lock.json" | sha256sum | cut -c1-12)
 npm_dir="$KV_CACHE_DIR/deploy-tools-npm-$npm_hash"

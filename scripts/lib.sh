@@ -24,6 +24,29 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# python_venv NAME REQUIREMENTS WHAT: a virtual environment in the cache folder with the pinned
+# REQUIREMENTS installed (no dependency resolution: every package is pinned), named after the
+# pins and the Python that built it, so either changing makes a new one; built whole or not at
+# all. Sets `venv` to its folder; logs go to stderr.
+python_venv() {
+    command -v python3 >/dev/null || apt_install python3 python3-venv
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+    local hash
+    hash=$( (cat "$2"; python3 -c 'import sys; print(sys.version)') | sha256sum | cut -c1-12)
+    venv="$KV_CACHE_DIR/$1-python-$hash"
+    [ -f "$venv/.installed" ] && return 0
+    log "installing $3 into $venv"
+    rm -rf "$venv.partial"
+    mkdir -p "$KV_CACHE_DIR"
+    python3 -m venv "$venv.partial" >&2
+    "$venv.partial/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+        -r "$2" >&2
+    "$venv.partial/bin/python" -m pip check >&2
+    touch "$venv.partial/.installed"
+    rm -rf "$venv"
+    mv "$venv.partial" "$venv"
+}
+
 # The OpenID provider the end-to-end auth tests run: installed from scripts/oidc with its lock
 # file into a folder named after the content, so a changed pin installs afresh.
 oidc_provider_dir() {

@@ -126,8 +126,10 @@ impl Deployment {
             ("KV_API_READ_YOUR_WRITES_TIMEOUT_MS", "100".to_owned()),
         ];
         env.extend(idp.service_env());
-        let writer = Service::start(WRITER, &env);
         let reader = Service::start(reader(), &env);
+        // Conditional writes on, as deployed: the writer asks this reader for their outcome.
+        env.push(("KV_API_READERS", reader.base_url.clone()));
+        let writer = Service::start(WRITER, &env);
         let http = reqwest::Client::new();
         for service in [&writer, &reader] {
             eventually("the service is ready", Duration::from_secs(60), || async {
@@ -320,7 +322,10 @@ impl Fuzzed {
             .ok()
             .and_then(|body| body["error"]["code"].as_str().map(str::to_owned));
         let uri = request["uri"].as_str().unwrap_or_default();
+        // A read given a position waits for it, and says `not_ready` when it was not applied in
+        // time: a token, or the outcome of the record at a position (`/v1/outcomes/{p}/{o}`).
         let carries_token = uri.contains("consistency_token=")
+            || uri.contains("/v1/outcomes/")
             || request["headers"].as_object().is_some_and(|h| {
                 h.keys()
                     .any(|k| k.eq_ignore_ascii_case("x-consistency-token"))
