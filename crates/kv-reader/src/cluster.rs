@@ -681,13 +681,7 @@ pub fn health(
     election: &Election,
 ) -> ClusterHealth {
     let report = progress.report();
-    let status = match (&report.misconfiguration, report.alive, report.ready) {
-        (_, false, _) => "dead",
-        (Some(_), true, _) => "misconfigured",
-        (None, true, _) if report.store_full.is_some() => "store_full",
-        (None, true, true) => "ready",
-        (None, true, false) => "catching_up",
-    };
+    let status = report.status();
     let replay = progress.replay();
     let freshness = progress.freshness();
     let local = |p: i32| {

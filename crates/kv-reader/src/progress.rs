@@ -399,6 +399,19 @@ pub struct Report {
     pub store_full_stops: u64,
 }
 
+impl Report {
+    /// The replica's state in one word, as `/healthz/ready` and `/healthz/cluster` say it.
+    pub fn status(&self) -> &'static str {
+        match (&self.misconfiguration, self.alive, self.ready) {
+            (_, false, _) => "dead",
+            (Some(_), true, _) => "misconfigured",
+            (None, true, _) if self.store_full.is_some() => "store_full",
+            (None, true, true) => "ready",
+            (None, true, false) => "catching_up",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SkippedRecords {
     pub total: u64,

@@ -1384,13 +1384,7 @@ pub async fn live(state: web::Data<ReaderState>) -> HttpResponse {
 /// want of room in its store.
 pub async fn ready(state: web::Data<ReaderState>) -> HttpResponse {
     let report = state.progress.report();
-    let status = match (&report.misconfiguration, report.alive, report.ready) {
-        (_, false, _) => "dead",
-        (Some(_), true, _) => "misconfigured",
-        (None, true, _) if report.store_full.is_some() => "store_full",
-        (None, true, true) => "ready",
-        (None, true, false) => "catching_up",
-    };
+    let status = report.status();
     let mut body = serde_json::json!({
         "status": status,
         "lag": report.lag,
