@@ -42,7 +42,7 @@ use crate::store::now_ms;
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(100);
-const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How this process learns which partitions it owns.
 #[derive(Clone)]
@@ -213,9 +213,20 @@ pub async fn hold_lease(
         ("retention.ms", "3600000"),
         ("min.compaction.lag.ms", "0"),
     ];
-    kv_core::kafka::create_topic(kafka, owner_topic, 1, None, &lease_config, CREATE_TIMEOUT)
-        .await
-        .map_err(|error| OwnerError::Topic(owner_topic.to_owned(), error))?;
+    // A broker that refuses CreateTopics (no right, or none offered) may still have the topic,
+    // or create it on first produce: the candidate starts either way, and owns nothing until its
+    // own heartbeat comes back (`kv_reader_acting_owner_partitions` stays 0).
+    if let Err(error) =
+        kv_core::kafka::create_topic(kafka, owner_topic, 1, None, &lease_config, CREATE_TIMEOUT)
+            .await
+    {
+        tracing::warn!(
+            %error,
+            topic = owner_topic,
+            "cannot create the owner lease topic (KV_API_OWNER_TOPIC); create it with one \
+             partition, or grant the right to: until it exists this candidate owns nothing"
+        );
+    }
     let mut producer_defaults = kv_core::kafka::PRODUCER_DEFAULTS.to_vec();
     producer_defaults.push(("linger.ms", "0"));
     let producer: BaseProducer =
@@ -338,11 +349,6 @@ impl Lease {
 pub enum OwnerError {
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error(
-        "cannot create the owner lease topic {0} (KV_API_OWNER_TOPIC): {1}; create it (one \
-         partition) or grant the right to"
-    )]
-    Topic(String, rdkafka::error::KafkaError),
     #[error("cannot register the owner metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot start the owner lease's thread: {0}")]
