@@ -93,6 +93,16 @@ impl WriterState {
         write: &WriteInput<'_>,
         answer: Answer,
     ) -> Result<HttpResponse, ApiError> {
+        let (position, _) = self.produce(request, write).await?;
+        Ok(acknowledged(position, answer))
+    }
+
+    /// Produces one write under the request's correlation id: where Kafka stored it, and the id.
+    async fn produce(
+        &self,
+        request: &HttpRequest,
+        write: &WriteInput<'_>,
+    ) -> Result<(RecordPosition, CorrelationId), ApiError> {
         let correlation = CorrelationId::of(request);
         let position = self
             .producer
@@ -104,7 +114,7 @@ impl WriterState {
                 expires_at_ms: expiry(write.ttl_seconds),
             })
             .await?;
-        Ok(acknowledged(position, answer))
+        Ok((position, correlation))
     }
 
     /// The conditional part of a native write from its headers: `None` for an ordinary write,
@@ -137,17 +147,7 @@ impl WriterState {
         // Taken before producing: a write refused for want of room was not written.
         let _waiting = readers.wait_slot()?;
         write.headers.extend(conditional.record_headers());
-        let correlation = CorrelationId::of(request);
-        let position = self
-            .producer
-            .write(Write {
-                key: &write.key,
-                value: write.value.as_deref(),
-                correlation_id: &correlation.0,
-                headers: &write.headers,
-                expires_at_ms: expiry(write.ttl_seconds),
-            })
-            .await?;
+        let (position, correlation) = self.produce(request, &write).await?;
         let metrics = readers.metrics();
         let outcome = match readers
             .outcome(position, Asker::of(request, &correlation.0))
