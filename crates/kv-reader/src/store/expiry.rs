@@ -64,8 +64,6 @@ pub struct Applied {
     /// The indexes of the puts that did not take effect (a failed condition, a repeat, a stale
     /// repair): watches must not show them.
     pub not_applied: Vec<usize>,
-    /// Records a writer waits on that the batch decided.
-    pub decided: u64,
 }
 
 /// An expired entry the sweep found: what its tombstone needs.
@@ -480,7 +478,6 @@ impl<'t> Writing<'t> {
                         decided,
                         &decision,
                     )?;
-                    applied.decided += 1;
                     let alone = decided
                         .condition
                         .as_ref()
@@ -592,7 +589,6 @@ impl<'t> Writing<'t> {
                         decided,
                         decision,
                     )?;
-                    applied.decided += 1;
                 }
                 if decided.is_some() || !applies {
                     // Left last, a tombstone makes the key absent: harmful while it lives here.
