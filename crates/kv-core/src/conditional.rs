@@ -166,6 +166,8 @@ pub struct RecordConditions<'h> {
     pub idempotency_key: Option<&'h [u8]>,
     /// [`VERSION_HEADER`] of a repair.
     pub version: Option<i64>,
+    /// Whether the record carries [`crate::computed::PUBLISHED_HEADER`]: an owner's publication.
+    pub published: bool,
 }
 
 impl<'h> RecordConditions<'h> {
@@ -188,6 +190,8 @@ impl<'h> RecordConditions<'h> {
                 let value = value.ok_or_else(|| format!("header {name} has no value"))?;
                 check_idempotency_key(value).map_err(|e| format!("header {name}: {e}"))?;
                 found.idempotency_key = Some(value);
+            } else if name.eq_ignore_ascii_case(crate::computed::PUBLISHED_HEADER) {
+                found.published = true;
             } else if name.eq_ignore_ascii_case(VERSION_HEADER) {
                 let version = value
                     .and_then(|v| std::str::from_utf8(v).ok())

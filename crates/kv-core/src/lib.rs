@@ -3,6 +3,7 @@
 //! under `web`.
 
 pub mod cli;
+pub mod computed;
 pub mod conditional;
 pub mod consistency;
 pub mod crypto;

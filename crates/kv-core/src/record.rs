@@ -36,7 +36,7 @@ pub const EXPIRED_OFFSET_HEADER: &str = "X-KV-Expired-Offset";
 pub const REPAIR_OF_HEADER: &str = "X-KV-Repair-Of";
 /// Kafka header names a client cannot set through a write's `headers`: the gateway and the
 /// partition's owner set them, and readers act on them.
-pub const RESERVED_HEADERS: [&str; 8] = [
+pub const RESERVED_HEADERS: [&str; 12] = [
     CORRELATION_ID_HEADER,
     EXPIRES_AT_HEADER,
     EXPIRED_OFFSET_HEADER,
@@ -45,6 +45,10 @@ pub const RESERVED_HEADERS: [&str; 8] = [
     crate::conditional::IF_NONE_MATCH_HEADER,
     crate::conditional::IDEMPOTENCY_KEY_HEADER,
     crate::conditional::VERSION_HEADER,
+    crate::computed::REPORT_AGENT_HEADER,
+    crate::computed::TICK_HEADER,
+    crate::computed::SINK_DONE_HEADER,
+    crate::computed::PUBLISHED_HEADER,
 ];
 
 /// What a record's TTL headers say.

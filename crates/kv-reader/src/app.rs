@@ -123,6 +123,7 @@ impl App {
         })
         .await??;
         let store = Arc::new(store);
+        store.set_rules(settings.core.state_rules.clone());
         if store.is_encrypted() {
             tracing::info!("the replica is encrypted at rest (KV_API_STATE_STORAGE_PASSWORD)");
         }
@@ -239,6 +240,7 @@ impl App {
             swept,
             election.clone(),
             ttl_metrics,
+            crate::computed::ComputedMetrics::register(metrics.registry())?,
         )?;
         let replica = Replica::start(
             &settings,

@@ -294,6 +294,8 @@ impl ChangeFeed {
                         published.push((origin, ChangeKind::Delete, key.as_slice(), &[][..]));
                     }
                 }
+                // Reports, ticks and sink marks are never entries.
+                Change::Report { .. } | Change::Tick { .. } | Change::SinkDone { .. } => {}
             }
         }
         // A batch larger than the ring keeps only its newest changes; the rest are dropped at

@@ -5,6 +5,8 @@ pub mod app;
 pub mod at_rest;
 pub mod bootstrap;
 pub mod cluster;
+pub mod computed;
+pub mod explain;
 pub mod fanout;
 pub mod feed;
 pub mod framing;

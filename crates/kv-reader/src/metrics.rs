@@ -12,7 +12,10 @@ use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, 
 use crate::feed::ChangeFeed;
 use crate::framing::BadSchemaHeader;
 use crate::progress::Progress;
-use crate::replica::{CONDITION_HEADER_REASON, CONFIGURATION_REASONS, ENCRYPTED_ENVELOPE_REASON};
+use crate::replica::{
+    CONDITION_HEADER_REASON, CONFIGURATION_REASONS, CONTROL_RECORD_REASON,
+    ENCRYPTED_ENVELOPE_REASON,
+};
 use crate::snapshot::ImportProgress;
 use crate::store::Store;
 
@@ -179,6 +182,7 @@ impl ReplicaCollector {
             &ENCRYPTED_ENVELOPE_REASON,
             &BadTtlHeader::REASON,
             &CONDITION_HEADER_REASON,
+            &CONTROL_RECORD_REASON,
         ]) {
             // Present at zero from the start, so an alert on its increase sees the first skip.
             collector.skipped.with_label_values(&[*reason]);

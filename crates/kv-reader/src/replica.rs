@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use kv_core::computed::{control_record, Control};
 use kv_core::conditional::RecordConditions;
 use kv_core::crypto::{ENVELOPE_FORMAT, RECORD_KEY_LEN};
 use kv_core::kafka::{client_config, kafka_partition, ClientRole};
@@ -374,7 +375,12 @@ enum Skip {
     /// A condition, idempotency or version header that does not parse: such a record is never
     /// applied as if it had no condition.
     ConditionHeader(String),
+    /// A report, tick or sink mark whose record key or header does not fit its header.
+    ControlRecord(String),
 }
+
+/// The skip reason of [`Skip::ControlRecord`].
+pub const CONTROL_RECORD_REASON: &str = "bad_control_record";
 
 /// The skip reason of [`Skip::ConditionHeader`].
 pub const CONDITION_HEADER_REASON: &str = "bad_condition_header";
@@ -399,6 +405,7 @@ impl Skip {
             Self::EncryptedEnvelope => ENCRYPTED_ENVELOPE_REASON,
             Self::TtlHeader(_) => BadTtlHeader::REASON,
             Self::ConditionHeader(_) => CONDITION_HEADER_REASON,
+            Self::ControlRecord(_) => CONTROL_RECORD_REASON,
         }
     }
 
@@ -420,7 +427,7 @@ impl std::fmt::Display for Skip {
                  this reader has no KV_API_ENCRYPT_DATA_ON_KAFKA",
             ),
             Self::TtlHeader(error) => write!(f, "{error}"),
-            Self::ConditionHeader(error) => f.write_str(error),
+            Self::ConditionHeader(error) | Self::ControlRecord(error) => f.write_str(error),
         }
     }
 }
@@ -698,6 +705,11 @@ impl Worker {
 
     /// The change a record makes, or why (logged and counted) it cannot be applied.
     fn change_for<'m>(&self, message: &'m BorrowedMessage<'_>) -> Result<Change<'m>, Skip> {
+        match self.control_change(message) {
+            Ok(None) => {}
+            Ok(Some(change)) => return Ok(change),
+            Err(skip) => return Err(self.skipping(message, skip)),
+        }
         let decoded = self.decode(message);
         if let Ok((
             DecodedRecord::Put { record_key, .. } | DecodedRecord::Delete { record_key },
@@ -746,17 +758,62 @@ impl Worker {
                 precondition: precondition(&ttl, None),
                 decided: decided(message, conditions),
             }),
-            Err(skip) => {
-                self.progress.count_skipped(skip.reason());
-                tracing::warn!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    reason = skip.reason(),
-                    "skipping a record that cannot be applied: {skip}"
-                );
-                Err(skip)
-            }
+            Err(skip) => Err(self.skipping(message, skip)),
         }
+    }
+
+    fn skipping(&self, message: &BorrowedMessage<'_>, skip: Skip) -> Skip {
+        self.progress.count_skipped(skip.reason());
+        tracing::warn!(
+            partition = message.partition(),
+            offset = message.offset(),
+            reason = skip.reason(),
+            "skipping a record that cannot be applied: {skip}"
+        );
+        skip
+    }
+
+    /// A report, tick or sink mark (`kv_core::computed`), recognised by its header whether or
+    /// not this reader has rules: such a record is never an entry.
+    fn control_change<'m>(
+        &self,
+        message: &'m BorrowedMessage<'_>,
+    ) -> Result<Option<Change<'m>>, Skip> {
+        let Some(headers) = message.headers() else {
+            return Ok(None);
+        };
+        let record_key = message.key().unwrap_or_default();
+        let control = control_record(record_key, headers.iter().map(|h| (h.key, h.value)))
+            .map_err(Skip::ControlRecord)?;
+        let at_ms = || {
+            message
+                .timestamp()
+                .to_millis()
+                .and_then(|at| u64::try_from(at).ok())
+                .unwrap_or(0)
+        };
+        let (partition, offset) = (message.partition(), message.offset());
+        Ok(control.map(|control| match control {
+            Control::Report { key, agent } => Change::Report {
+                key,
+                agent,
+                value: message.payload().unwrap_or_default(),
+                partition,
+                offset,
+                at_ms: at_ms(),
+            },
+            Control::Tick { key, at_ms } => Change::Tick {
+                key,
+                partition,
+                offset,
+                at_ms,
+            },
+            Control::SinkDone { upto } => Change::SinkDone {
+                partition,
+                offset,
+                upto,
+            },
+        }))
     }
 
     /// Counts a record that sits on another partition than the writer's partitioner gives its
@@ -1250,6 +1307,7 @@ fn decided<'m>(
     conditions: RecordConditions<'m>,
 ) -> Option<Decided<'m>> {
     conditions.is_decided().then(|| Decided {
+        published: conditions.published,
         condition: conditions.condition,
         idempotency_key: conditions.idempotency_key,
         timestamp_ms: message

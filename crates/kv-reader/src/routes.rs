@@ -67,6 +67,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("/v1/kv").on(Method::GET, web::to(list_keys)),
         Endpoint::new("/v1/kv:batchGet").on(Method::POST, web::to(batch_get)),
         Endpoint::new("/v1/kv:watch").on(Method::GET, web::to(crate::watch::watch)),
+        Endpoint::key_tail("/v1/state/{key}").on(Method::GET, web::to(crate::explain::explain)),
         Endpoint::new("/v1/outcomes/{partition}/{offset}")
             .on(Method::GET, web::to(crate::outcome::outcome)),
         Endpoint::new("/retrieve").on(Method::POST, web::to(retrieve)),
@@ -120,7 +121,7 @@ pub enum Scope<'a> {
 }
 
 /// Where a read of one key is answered.
-enum Routed {
+pub(crate) enum Routed {
     /// Here, scoped to these partitions.
     Local(Vec<i32>),
     /// By an owner; its answer.
@@ -133,7 +134,11 @@ pub const MAX_SEALED_LISTINGS: usize = 2;
 impl ReaderState {
     /// Waits for the request's consistency token, if any, then notes how fresh the replica is
     /// for [`freshness_middleware`]. Call it right before reading the store.
-    async fn prepare_read(&self, request: &HttpRequest, scope: Scope<'_>) -> Result<(), ApiError> {
+    pub(crate) async fn prepare_read(
+        &self,
+        request: &HttpRequest,
+        scope: Scope<'_>,
+    ) -> Result<(), ApiError> {
         let token = match consistency_token(request)? {
             Some(token) => self.scoped(token, scope)?,
             None => None,
@@ -226,7 +231,7 @@ impl ReaderState {
 
     /// Answers the read of `key` by forwarding it to an owner of its partition when this shard
     /// should not answer it itself. `body` is the request's own, for the owner.
-    async fn route_key(
+    pub(crate) async fn route_key(
         &self,
         client: &PeerClient,
         request: &HttpRequest,
@@ -270,7 +275,7 @@ impl ReaderState {
     }
 
     /// A full replica's reads touch every partition; a shard's, the ones routed to it.
-    fn scope<'a>(&self, partitions: &'a [i32]) -> Scope<'a> {
+    pub(crate) fn scope<'a>(&self, partitions: &'a [i32]) -> Scope<'a> {
         match self.cluster {
             None => Scope::All,
             Some(_) => Scope::Partitions(partitions),

@@ -124,6 +124,13 @@ impl Settings {
                 .string("KV_API_STATE_STORAGE_SQLITE_PASSWORD")
                 .map(Secret::new),
         };
+        if storage_password.is_some() && !core.state_rules.is_empty() {
+            return Err(SettingsError::new(
+                "KV_API_STATE_RULES",
+                "computed state is not available on a replica encrypted at rest yet \
+                 (KV_API_STATE_STORAGE_PASSWORD): its reports would be stored in clear",
+            ));
+        }
         let storage_cache_mib: usize =
             env.number("KV_API_STATE_STORAGE_CACHE_MB", DEFAULT_CACHE_BYTES >> 20)?;
         if storage_cache_mib == 0 {

@@ -11,9 +11,11 @@
 //! Entries that expire are indexed by expiry, and deletes are remembered for a while; both serve
 //! the TTL rules of `expiry` (docs/architecture.md, "Keys that expire").
 
+mod computed;
 mod decide;
 mod expiry;
 
+pub use computed::{DueTimer, Explained, SinkPending};
 pub use decide::{Decided, OUTCOME_MEMORY};
 pub use expiry::{Applied, Expired, PendingRepair, Precondition, DELETE_MEMORY};
 
@@ -147,6 +149,41 @@ pub enum Change<'a> {
         /// Set on a record a writer waits on: decided in log order (`store::decide`).
         decided: Option<Decided<'a>>,
     },
+    /// An agent's report on a ruled key (`store::computed`); never an entry.
+    Report {
+        key: &'a [u8],
+        agent: &'a [u8],
+        value: &'a [u8],
+        partition: i32,
+        offset: i64,
+        at_ms: u64,
+    },
+    /// An owner's tick: evaluate the key's rule at `at_ms`.
+    Tick {
+        key: &'a [u8],
+        partition: i32,
+        offset: i64,
+        at_ms: u64,
+    },
+    /// An owner's sink mark: the partition's publications up to `upto` are on their sink.
+    SinkDone {
+        partition: i32,
+        offset: i64,
+        upto: i64,
+    },
+}
+
+impl Change<'_> {
+    /// The offset of the record the change came from.
+    pub fn offset(&self) -> i64 {
+        match self {
+            Self::Put { offset, .. }
+            | Self::Delete { offset, .. }
+            | Self::Report { offset, .. }
+            | Self::Tick { offset, .. }
+            | Self::SinkDone { offset, .. } => *offset,
+        }
+    }
 }
 
 /// What a snapshot states about the store it was taken of.
@@ -194,6 +231,8 @@ pub struct Store {
     path: Option<PathBuf>,
     /// Present when the store is encrypted at rest.
     cipher: Option<StoreCipher>,
+    /// The rules of computed keys (`store::computed`), set once before the replica starts.
+    rules: std::sync::OnceLock<Arc<kv_core::computed::StateRules>>,
 }
 
 type Entries = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
@@ -242,6 +281,7 @@ impl Store {
             db,
             path,
             cipher: None,
+            rules: std::sync::OnceLock::new(),
         };
         store.ensure_tables()?;
         store.cipher = store.at_rest_cipher(password)?;
@@ -337,6 +377,7 @@ impl Store {
         txn.open_table(META)?;
         expiry::ensure_tables(&txn)?;
         decide::ensure_tables(&txn)?;
+        computed::ensure_tables(&txn)?;
         txn.commit()?;
         Ok(())
     }
@@ -411,6 +452,7 @@ impl Store {
         txn.open_table(NEXT_OFFSETS)?;
         expiry::reset_tables(&txn)?;
         decide::reset_tables(&txn)?;
+        computed::reset_tables(&txn)?;
         {
             let mut meta = txn.open_table(META)?;
             match replicating {

@@ -270,6 +270,9 @@ pub struct Ttl {
     election: Election,
     metrics: TtlMetrics,
     sweeper: Option<Sweeper>,
+    /// The owner's computed-state actions, on a candidate with rules.
+    acting: Option<crate::computed::Acting>,
+    computed_metrics: crate::computed::ComputedMetrics,
     next_tick: Instant,
 }
 
@@ -305,7 +308,16 @@ impl Ttl {
         swept: SweptPartitions,
         election: Election,
         metrics: TtlMetrics,
+        computed_metrics: crate::computed::ComputedMetrics,
     ) -> Result<Self, TtlError> {
+        let acting = if swept.sweeps_any() && !settings.core.state_rules.is_empty() {
+            Some(crate::computed::Acting::new(
+                settings,
+                computed_metrics.clone(),
+            )?)
+        } else {
+            None
+        };
         let sweeper = if swept.sweeps_any() {
             let mut defaults = PRODUCER_DEFAULTS.to_vec();
             defaults.push(("message.timeout.ms", "30000"));
@@ -333,6 +345,8 @@ impl Ttl {
             election,
             metrics,
             sweeper,
+            acting,
+            computed_metrics,
             next_tick: Instant::now(),
         })
     }
@@ -353,7 +367,9 @@ impl Ttl {
             .with_label_values(&["tombstoned"])
             .inc_by(applied.tombstoned);
         self.metrics.stale_records.inc_by(applied.stale);
-        if applied.repairs_due > 0 {
+        self.computed_metrics
+            .ignored_reports(applied.ignored_reports);
+        if applied.repairs_due > 0 || (applied.evaluated > 0 && self.acting.is_some()) {
             // Produced at the next tick, which may be now.
             self.next_tick = self.next_tick.min(Instant::now());
         }
@@ -394,6 +410,9 @@ impl Ttl {
             };
             sweeper.sweep(store, now, &ready)?;
             sweeper.repair(store, now, &ready)?;
+            if let Some(acting) = &mut self.acting {
+                acting.act(store, now, &ready)?;
+            }
             self.metrics
                 .pending_repairs
                 .set(i64::try_from(store.pending_repair_count()?).unwrap_or(i64::MAX));

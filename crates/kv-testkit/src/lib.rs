@@ -3,6 +3,7 @@
 //! conformance check, Prometheus text parsing, and polling with a deadline instead of sleeps.
 
 pub mod broker;
+pub mod computed;
 pub mod conditional;
 pub mod decoders;
 pub mod gateway;

@@ -92,6 +92,7 @@ pub async fn batch(
                 correlation_id: &correlation.0,
                 headers: &write.headers,
                 expires_at_ms: expiry(write.ttl_seconds),
+                partition: None,
             })
             .await;
         if let Err(error) = &queued {

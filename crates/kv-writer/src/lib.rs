@@ -8,6 +8,7 @@ pub mod input;
 pub mod metrics;
 pub mod migrate;
 pub mod producer;
+pub mod reports;
 pub mod routes;
 pub mod settings;
 pub mod state;

@@ -495,6 +495,7 @@ async fn produce(
             correlation_id: &correlation,
             headers: &headers,
             expires_at_ms: None,
+            partition: None,
         };
         let queued = producer.enqueue(write).await.map_err(|e| e.to_string())?;
         pending.push(queued.acknowledged());

@@ -116,6 +116,8 @@ pub struct Write<'a> {
     pub headers: &'a [(String, Vec<u8>)],
     /// When a put expires, in milliseconds since the Unix epoch; sent as `X-KV-Expires-At`.
     pub expires_at_ms: Option<u64>,
+    /// The partition, when not the one the key hashes to (a report goes to its state key's).
+    pub partition: Option<i32>,
 }
 
 /// A write librdkafka has queued; resolves once the broker acknowledged it or it failed.
@@ -394,6 +396,9 @@ impl KvProducer {
         if let Some(value) = value.as_deref() {
             record = record.payload(value);
         }
+        if let Some(partition) = write.partition {
+            record = record.partition(partition);
+        }
         let give_up_at = started + QUEUE_WAIT;
         loop {
             let (generation, sent) = {
@@ -461,6 +466,22 @@ impl KvProducer {
                 found.error()
             )),
             None => Err(format!("topic {topic} is not in the metadata")),
+        }
+    }
+
+    /// How many partitions the topic has, from a metadata request. Blocking.
+    pub fn partition_count(&self, timeout: Duration) -> Result<u32, String> {
+        let producer = self.current().producer;
+        let topic = &self.shared.topic;
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("Kafka metadata request failed: {e}"))?;
+        match metadata.topics().first() {
+            Some(found) if found.error().is_none() && !found.partitions().is_empty() => {
+                Ok(found.partitions().len() as u32)
+            }
+            _ => Err(format!("topic {topic} is not available")),
         }
     }
 

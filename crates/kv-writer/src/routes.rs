@@ -32,6 +32,8 @@ pub fn endpoints(batch_limit: usize) -> Vec<Endpoint> {
         Endpoint::key_tail("/v1/kv/{key}")
             .on(Method::PUT, web::to(put_value))
             .on(Method::DELETE, web::to(delete_value)),
+        Endpoint::key_tail("/v1/reports/{key}")
+            .on(Method::PUT, web::to(crate::reports::put_report)),
         Endpoint::new("/v1/kv:batch")
             // A batch carries many values, so its body limit is its own.
             .app_data(JsonLimit(batch_limit))

@@ -35,6 +35,10 @@ pub struct WriterState {
     /// The last readiness answer and when it was taken: `/healthz/ready` is anonymous, and each
     /// fresh answer costs a metadata request and a blocking thread for up to two seconds.
     readiness: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// KV_API_STATE_RULES: which keys take reports.
+    pub rules: std::sync::Arc<kv_core::computed::StateRules>,
+    /// The topic's partition count, for a report's partition.
+    pub partitions: crate::reports::Partitions,
 }
 
 /// How long a readiness answer is reused.
@@ -53,6 +57,8 @@ impl WriterState {
             bodies: BodyLimits::new(settings.body_timeout, settings.max_buffered_body_bytes),
             readers,
             readiness: tokio::sync::Mutex::new(None),
+            rules: settings.core.state_rules.clone(),
+            partitions: Default::default(),
         }
     }
 
@@ -112,6 +118,7 @@ impl WriterState {
                 correlation_id: &correlation.0,
                 headers: &write.headers,
                 expires_at_ms: expiry(write.ttl_seconds),
+                partition: None,
             })
             .await?;
         Ok((position, correlation))

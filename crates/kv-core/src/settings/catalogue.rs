@@ -206,6 +206,12 @@ pub static VARS: &[Var] = &[
         help: "both roles read the topic's configuration at start-up (DescribeConfigs) and log UNSAFE TOPIC CONFIGURATION when it is not compacted, or keeps a ...",
     },
     Var {
+        name: "KV_API_STATE_RULES",
+        group: Group::Service,
+        default: Default::Unset,
+        help: "path of a YAML rules file: keys under a rule's prefix are computed from agents' reports (PUT /v1/reports/{key}) by majority, at least one, all, latest or count, with optional holds and a sink topic; both roles must read the same file",
+    },
+    Var {
         name: "KV_API_DISABLE_READ",
         group: Group::Service,
         default: Default::Value("false"),

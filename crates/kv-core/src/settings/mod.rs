@@ -34,6 +34,8 @@ pub struct CoreSettings {
     /// KV_API_REQUIRE_COMPACTED_TOPIC: refuse to start on a topic whose configuration would
     /// lose keys (not compacted, or time retention under a delete policy).
     pub require_compacted_topic: bool,
+    /// KV_API_STATE_RULES: the rules that compute keys from agents' reports (empty: none).
+    pub state_rules: std::sync::Arc<crate::computed::StateRules>,
     /// Lines worth logging once tracing is up, such as a deprecated alias in use.
     pub notices: Vec<String>,
 }
@@ -49,6 +51,7 @@ impl CoreSettings {
             auth: AuthSettings::from_env(env)?,
             log: LogSettings::from_env(env)?,
             require_compacted_topic: env.bool("KV_API_REQUIRE_COMPACTED_TOPIC", false)?,
+            state_rules: state_rules(env)?,
             notices,
         })
     }
@@ -68,9 +71,32 @@ impl CoreSettings {
             },
             log: LogSettings::from_env(env)?,
             require_compacted_topic: env.bool("KV_API_REQUIRE_COMPACTED_TOPIC", false)?,
+            state_rules: Default::default(),
             notices,
         })
     }
+}
+
+/// KV_API_STATE_RULES: the path of a rules file, read and validated once.
+fn state_rules(env: &Env) -> Result<std::sync::Arc<crate::computed::StateRules>, SettingsError> {
+    const VAR: &str = "KV_API_STATE_RULES";
+    let Some(path) = env.string(VAR).filter(|p| !p.trim().is_empty()) else {
+        return Ok(Default::default());
+    };
+    let rules = crate::computed::StateRules::load(std::path::Path::new(path.trim()))
+        .map_err(|reason| SettingsError::new(VAR, reason))?;
+    if !rules.is_empty()
+        && !matches!(
+            TopicEncryption::from_env(env, &mut Vec::new())?,
+            TopicEncryption::Off
+        )
+    {
+        return Err(SettingsError::new(
+            VAR,
+            "computed state is not available on an encrypted topic yet (reports would name agents in clear)",
+        ));
+    }
+    Ok(std::sync::Arc::new(rules))
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";

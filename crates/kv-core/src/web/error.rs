@@ -56,6 +56,8 @@ pub enum ErrorCode {
     OutcomeNotFound,
     /// This sharded reader does not hold the partition asked about; another shard does.
     PartitionNotHeld,
+    /// A report or state request names a key under no rule of `KV_API_STATE_RULES`.
+    NoRule,
 }
 
 impl ErrorCode {
@@ -83,6 +85,7 @@ impl ErrorCode {
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::OutcomeNotFound => StatusCode::NOT_FOUND,
             Self::PartitionNotHeld => StatusCode::MISDIRECTED_REQUEST,
+            Self::NoRule => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }

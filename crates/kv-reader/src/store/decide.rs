@@ -31,6 +31,8 @@ pub struct Decided<'a> {
     pub idempotency_key: Option<&'a [u8]>,
     /// The record's timestamp (milliseconds since the Unix epoch; 0 when it has none).
     pub timestamp_ms: u64,
+    /// The record is an owner's publication of a computed value (`X-KV-Published`).
+    pub published: bool,
 }
 
 /// How one decided record came out.
@@ -314,6 +316,7 @@ mod tests {
                     condition: self.condition.clone(),
                     idempotency_key: self.idempotency_key.as_deref(),
                     timestamp_ms: NOW,
+                    published: false,
                 });
             let precondition = self
                 .repairs

@@ -64,6 +64,10 @@ pub struct Applied {
     /// The indexes of the puts that did not take effect (a failed condition, a repeat, a stale
     /// repair): watches must not show them.
     pub not_applied: Vec<usize>,
+    /// Reports ignored: their key is under no rule here, or one agent too many reported on it.
+    pub ignored_reports: u64,
+    /// Reports, ticks and publications applied: the owner may have timers due at once.
+    pub evaluated: u64,
 }
 
 /// An expired entry the sweep found: what its tombstone needs.
@@ -125,6 +129,8 @@ pub(super) struct Writing<'t> {
     pub(super) idempotency: redb::Table<'t, IdempotencyKey, IdempotencyRow>,
     pub(super) idempotency_by_time: redb::Table<'t, (u64, &'static [u8], &'static [u8]), ()>,
     pub(super) now_ms: u64,
+    /// Open when the store has rules (`store::computed`).
+    pub(super) computed: Option<super::computed::Tables<'t>>,
     encoded: Vec<u8>,
 }
 
@@ -132,9 +138,15 @@ impl<'t> Writing<'t> {
     pub(super) fn open(
         txn: &'t WriteTransaction,
         cipher: Option<&'t StoreCipher>,
+        rules: Option<&'t kv_core::computed::StateRules>,
         now_ms: u64,
     ) -> Result<Self, StoreError> {
+        let computed = match rules {
+            Some(rules) => super::computed::Tables::open(txn, rules)?,
+            None => None,
+        };
         Ok(Self {
+            computed,
             cipher,
             entries: txn.open_table(ENTRIES)?,
             record_keys: txn.open_table(RECORD_KEYS)?,
@@ -441,6 +453,32 @@ impl<'t> Writing<'t> {
         applied: &mut Applied,
     ) -> Result<(), StoreError> {
         match change {
+            Change::Report {
+                key,
+                agent,
+                value,
+                partition,
+                offset,
+                at_ms,
+            } => {
+                if self.report(key, agent, value, *partition, *offset, *at_ms)? {
+                    applied.evaluated += 1;
+                } else {
+                    applied.ignored_reports += 1;
+                }
+            }
+            Change::Tick {
+                key,
+                partition,
+                at_ms,
+                ..
+            } => {
+                self.tick(key, *partition, *at_ms)?;
+                applied.evaluated += 1;
+            }
+            Change::SinkDone {
+                partition, upto, ..
+            } => self.sink_done(*partition, *upto)?,
             Change::Put {
                 record_key,
                 user_key,
@@ -455,6 +493,11 @@ impl<'t> Writing<'t> {
                 let user_key = user_key.as_ref();
                 if let Some(decided) = decided {
                     let decision = self.decide(record_key, Some(user_key), *offset, decided)?;
+                    let previous = if decided.published && decision.takes_effect() {
+                        self.live_entry(Some(user_key))?.map(|entry| entry.value)
+                    } else {
+                        None
+                    };
                     if decision.takes_effect() {
                         self.put_or_expire(
                             record_key,
@@ -478,6 +521,20 @@ impl<'t> Writing<'t> {
                         decided,
                         &decision,
                     )?;
+                    if decision.takes_effect() {
+                        if decided.published {
+                            self.published(
+                                user_key,
+                                *partition,
+                                *offset,
+                                previous,
+                                value,
+                                decided.timestamp_ms,
+                            )?;
+                        } else {
+                            self.overridden(user_key)?;
+                        }
+                    }
                     let alone = decided
                         .condition
                         .as_ref()
@@ -520,6 +577,7 @@ impl<'t> Writing<'t> {
                     None => {
                         // A plain put is the key's whole state by itself.
                         self.forgive(record_key)?;
+                        self.overridden(user_key)?;
                         *offset
                     }
                 };
@@ -567,6 +625,11 @@ impl<'t> Writing<'t> {
                     }
                 };
                 if applies {
+                    if precondition.is_none() {
+                        if let Some(user_key) = &user_key {
+                            self.overridden(user_key)?;
+                        }
+                    }
                     let removed = self.remove(record_key, user_key.as_deref())?;
                     if removed {
                         if let Some(user_key) = &user_key {
@@ -629,7 +692,12 @@ impl Store {
         let mut applied = Applied::default();
         let txn = self.db.begin_write()?;
         {
-            let mut writing = Writing::open(&txn, self.cipher.as_ref(), now_ms)?;
+            let mut writing = Writing::open(
+                &txn,
+                self.cipher.as_ref(),
+                self.rules.get().map(|r| r.as_ref()),
+                now_ms,
+            )?;
             for (index, change) in changes.iter().enumerate() {
                 writing.apply(index, change, swept, &mut applied)?;
             }
@@ -753,7 +821,7 @@ impl Store {
         let txn = self.db.begin_write()?;
         let mut purged = 0;
         {
-            let mut writing = Writing::open(&txn, self.cipher.as_ref(), now_ms)?;
+            let mut writing = Writing::open(&txn, self.cipher.as_ref(), None, now_ms)?;
             for (at, index, sealed) in due {
                 // Only the consumer thread writes, so the row is as read; checked all the same.
                 if writing.expiries.remove((at, index.as_slice()))?.is_some() {
@@ -883,7 +951,7 @@ mod tests {
         let next = changes
             .iter()
             .map(|c| match c {
-                Change::Put { offset, .. } | Change::Delete { offset, .. } => *offset + 1,
+                change => change.offset() + 1,
             })
             .max()
             .unwrap_or(0);

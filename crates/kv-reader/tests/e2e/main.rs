@@ -4,6 +4,7 @@
 mod at_rest;
 mod auth;
 mod cli;
+mod computed;
 mod conditional;
 mod gateway;
 mod metrics;
