@@ -206,6 +206,15 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The checks both roles make: the brokers and the topic (its partitions, then its
 /// configuration), then the OpenID provider. `service` names the binary in the provider's log.
 pub async fn check_shared(core: &CoreSettings, service: &str, report: &mut Report) {
+    if core.state_rules.is_empty() {
+        report.skip("state rules", "KV_API_STATE_RULES is not set");
+    } else {
+        let rules = &core.state_rules;
+        report.ok(
+            "state rules",
+            format!("{} rule(s):{}", rules.rules().len(), rules.describe()),
+        );
+    }
     let servers = core.kafka.bootstrap_servers().to_owned();
     let (properties, topic) = (core.kafka.clone(), core.topic.clone());
     let metadata = tokio::task::spawn_blocking(move || {

@@ -375,7 +375,7 @@ pub fn control_record<'a>(
             let key = record_key
                 .strip_suffix(&[SEPARATOR])
                 .filter(|k| !k.is_empty())
-                .ok_or_else(|| format!("a tick's record key must be <key> 0x1F"))?;
+                .ok_or_else(|| "a tick's record key must be <key> 0x1F".to_owned())?;
             return Ok(Some(Control::Tick { key, at_ms }));
         }
         if name.eq_ignore_ascii_case(SINK_DONE_HEADER) {

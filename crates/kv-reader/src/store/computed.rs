@@ -25,8 +25,14 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use super::expiry::Writing;
 use super::{Store, StoreError};
 
+/// `(state key, agent)`.
+type ReportKey = (&'static [u8], &'static [u8]);
+/// `(record time, offset, value)` of an agent's last report.
+type ReportRow = (u64, u64, &'static [u8]);
+/// `(sink topic, state key, sink record value)`.
+type SinkRow = (&'static [u8], &'static [u8], &'static [u8]);
 /// `(state key, agent)` → `(record time, offset, value)` of the agent's last report.
-const REPORTS: TableDefinition<(&[u8], &[u8]), (u64, u64, &[u8])> = TableDefinition::new("reports");
+const REPORTS: TableDefinition<ReportKey, ReportRow> = TableDefinition::new("reports");
 /// `(partition, due, candidate since, has candidate, candidate value)`; due 0: no timer.
 type RuledRow = (u32, u64, u64, u8, &'static [u8]);
 /// State key → its candidate and timer, for keys that have either.
@@ -34,8 +40,7 @@ const RULED: TableDefinition<&[u8], RuledRow> = TableDefinition::new("ruled");
 /// `(due, state key)` → partition: the timers in due order.
 const TIMERS: TableDefinition<(u64, &[u8]), u32> = TableDefinition::new("timers");
 /// `(partition, publication offset)` → `(sink topic, state key, sink record value)`.
-const SINK_PENDING: TableDefinition<(u32, u64), (&[u8], &[u8], &[u8])> =
-    TableDefinition::new("sink_pending");
+const SINK_PENDING: TableDefinition<(u32, u64), SinkRow> = TableDefinition::new("sink_pending");
 
 pub(super) fn ensure_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(REPORTS)?;
@@ -56,10 +61,10 @@ pub(super) fn reset_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// The computed-state tables of one write transaction; open only when there are rules.
 pub(super) struct Tables<'t> {
     rules: &'t StateRules,
-    reports: redb::Table<'t, (&'static [u8], &'static [u8]), (u64, u64, &'static [u8])>,
+    reports: redb::Table<'t, ReportKey, ReportRow>,
     ruled: redb::Table<'t, &'static [u8], RuledRow>,
     timers: redb::Table<'t, (u64, &'static [u8]), u32>,
-    sink: redb::Table<'t, (u32, u64), (&'static [u8], &'static [u8], &'static [u8])>,
+    sink: redb::Table<'t, (u32, u64), SinkRow>,
 }
 
 impl<'t> Tables<'t> {
@@ -84,7 +89,7 @@ impl<'t> Tables<'t> {
 type StoredReports = Vec<(Vec<u8>, u64, u64, Vec<u8>)>;
 
 fn reports_of(
-    reports: &impl ReadableTable<(&'static [u8], &'static [u8]), (u64, u64, &'static [u8])>,
+    reports: &impl ReadableTable<ReportKey, ReportRow>,
     key: &[u8],
 ) -> Result<StoredReports, StoreError> {
     let mut found = Vec::new();

@@ -948,13 +948,7 @@ mod tests {
         now: u64,
         swept: &dyn Fn(i32) -> bool,
     ) -> Applied {
-        let next = changes
-            .iter()
-            .map(|c| match c {
-                change => change.offset() + 1,
-            })
-            .max()
-            .unwrap_or(0);
+        let next = changes.iter().map(|c| c.offset() + 1).max().unwrap_or(0);
         store
             .apply_at(changes, &BTreeMap::from([(0, next)]), now, swept)
             .expect("apply")

@@ -386,3 +386,62 @@ async fn an_owner_killed_with_a_hundred_holds_pending_has_each_fire_once_on_the_
     assert_eq!(dump(&c.http, &fresh).await, survivor_state);
     let _ = expected;
 }
+
+#[tokio::test]
+async fn reports_produced_by_kafka_python_count_like_reports_through_the_writer() {
+    let broker = Broker::start();
+    let c = cluster(
+        &broker,
+        "computed-python",
+        "rules: [{prefix: 'py/', reducer: majority}]\n",
+        1,
+    )
+    .await;
+    let spec = serde_json::json!({
+        "bootstrap": broker.bootstrap_servers(),
+        "topic": c.topic,
+        "reports": [
+            ["py/1", "edge-a", "up"], ["py/1", "edge-b", "down"], ["py/1", "edge-c", "down"],
+            ["py/2", "edge-a", "up"], ["py/2", "edge-b", "up"],
+        ],
+    });
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/e2e/kafka_python_reports.py"
+    );
+    let mut child = std::process::Command::new(kv_testkit::tools::seed_python())
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kafka-python");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(spec.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().expect("kafka-python ran");
+    assert!(output.status.success(), "kafka-python failed");
+    // One more agent through the writer: the same key, the same partition.
+    assert_eq!(
+        report(&c.http, &c.writer, "py/2", "edge-c", "down").await,
+        200
+    );
+    let expected = BTreeMap::from([
+        ("py/1".to_owned(), Some("down".to_owned())),
+        ("py/2".to_owned(), Some("up".to_owned())),
+    ]);
+    c.settles(&expected).await;
+    let state: Value = c
+        .http
+        .get(c.readers[0].url("/v1/state/py/2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["reports"].as_array().unwrap().len(), 3, "{state}");
+}

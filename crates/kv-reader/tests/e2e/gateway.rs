@@ -102,7 +102,13 @@ fn expected(method: &str, path: &str) -> (u16, &'static str) {
         (_, p) if p.starts_with("/v1/outcomes/") => (404, "gateway"),
         ("PUT" | "DELETE", _) | (_, "/store" | "/store/b64" | "/remove") => (200, "writer"),
         (_, "/v1/kv:batch") => (200, "writer"),
-        (_, p) if p.starts_with("/v1/kv") || p.starts_with("/retrieve") => (200, "reader"),
+        (_, p)
+            if p.starts_with("/v1/kv")
+                || p.starts_with("/v1/state/")
+                || p.starts_with("/retrieve") =>
+        {
+            (200, "reader")
+        }
         _ => (200, "any"),
     }
 }
@@ -111,8 +117,12 @@ fn expected(method: &str, path: &str) -> (u16, &'static str) {
 async fn the_originals_usage_flow_replays_through_the_gateway_to_the_right_service() {
     let broker = Broker::start();
     let topic = broker.create_topic("gateway", 3).await;
-    let writer = Service::start(writer(), &service_env(&broker, &topic));
-    let reader = Service::start(READER, &service_env(&broker, &topic));
+    // The rule usage.http's report and state requests name.
+    let rules = kv_testkit::computed::rules_file("rules: [{prefix: 'sites/', reducer: majority}]");
+    let mut env = service_env(&broker, &topic);
+    env.push(("KV_API_STATE_RULES", rules.path().display().to_string()));
+    let writer = Service::start(writer(), &env);
+    let reader = Service::start(READER, &env);
     let gateway = Gateway::start(&writer, &reader);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
