@@ -345,3 +345,53 @@ async fn the_seed_routes_answer_a_dotnet_client_exactly_the_originals_bodies() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_report_counts_as_the_token_subject_whatever_agent_header_it_sends() {
+    use base64::Engine as _;
+    let broker = Broker::start();
+    let topic = broker.create_topic("auth-reports", 1).await;
+    let idp = OidcProvider::start("key-a");
+    let rules = kv_testkit::computed::rules_file("rules: [{prefix: 'site/', reducer: latest}]");
+    let mut env = env_with_auth(&broker, &topic, &idp);
+    env.push(("KV_API_STATE_RULES", rules.path().display().to_string()));
+    let writer = Service::start(writer(), &env);
+    let reader = Service::start(READER, &env);
+    let http = reqwest::Client::new();
+    let token = idp.token("kv-full", "kv:read kv:write").await;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .expect("base64url"),
+    )
+    .expect("claims");
+    let subject = claims["sub"]
+        .as_str()
+        .or(claims["client_id"].as_str())
+        .expect("a subject")
+        .to_owned();
+    let answer = http
+        .put(writer.url("/v1/reports/site/1"))
+        .bearer_auth(&token)
+        .header("X-KV-Agent", "somebody-else")
+        .body("down")
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let state = eventually("the report on the reader", DEADLINE, || async {
+        let state: serde_json::Value = http
+            .get(reader.url("/v1/state/site/1"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (state["reports"].as_array()?.len() == 1).then_some(state)
+    })
+    .await;
+    assert_eq!(state["reports"][0]["agent"], subject.as_str(), "{state}");
+}
