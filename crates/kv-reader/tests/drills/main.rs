@@ -2,6 +2,7 @@
 //! `make drills` runs them one at a time and prints each figure.
 
 mod batch_get_attack;
+mod computed_failover;
 mod disk_full;
 mod killed_during_replay;
 mod owner_failover;
