@@ -447,26 +447,13 @@ impl KvProducer {
 
     /// Whether the broker answers metadata for the topic within `timeout`. Blocking.
     pub fn topic_reachable(&self, timeout: Duration) -> Result<(), String> {
-        let producer = self.current().producer;
         // A producer in a fatal state refuses every write until the next write replaces it.
-        if let Some((code, reason)) = producer.client().fatal_error() {
+        if let Some((code, reason)) = self.current().producer.client().fatal_error() {
             return Err(format!(
                 "the Kafka producer failed fatally: {code:?}: {reason}"
             ));
         }
-        let topic = &self.shared.topic;
-        let metadata = producer
-            .client()
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| format!("Kafka metadata request failed: {e}"))?;
-        match metadata.topics().first() {
-            Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => Ok(()),
-            Some(found) => Err(format!(
-                "topic {topic} is not available: {:?}",
-                found.error()
-            )),
-            None => Err(format!("topic {topic} is not in the metadata")),
-        }
+        self.partition_count(timeout).map(|_| ())
     }
 
     /// How many partitions the topic has, from a metadata request. Blocking.
@@ -481,7 +468,11 @@ impl KvProducer {
             Some(found) if found.error().is_none() && !found.partitions().is_empty() => {
                 Ok(found.partitions().len() as u32)
             }
-            _ => Err(format!("topic {topic} is not available")),
+            Some(found) => Err(format!(
+                "topic {topic} is not available: {:?}",
+                found.error()
+            )),
+            None => Err(format!("topic {topic} is not in the metadata")),
         }
     }
 

@@ -33,6 +33,8 @@ type ReportRow = (u64, u64, &'static [u8]);
 type SinkRow = (&'static [u8], &'static [u8], &'static [u8]);
 /// `(state key, agent)` → `(record time, offset, value)` of the agent's last report.
 const REPORTS: TableDefinition<ReportKey, ReportRow> = TableDefinition::new("reports");
+/// Most rows one owner's query reads, whatever it finds.
+const SCAN: usize = 20_000;
 /// `(partition, due, candidate since, has candidate, candidate value)`; due 0: no timer.
 type RuledRow = (u32, u64, u64, u8, &'static [u8]);
 /// State key → its candidate and timer, for keys that have either.
@@ -346,7 +348,10 @@ impl Store {
         let ruled = txn.open_table(RULED)?;
         let entries = txn.open_table(super::ENTRIES)?;
         let mut found = Vec::new();
-        for row in timers.range(..=(now_ms, &[0xffu8; 1][..]))?.take(limit * 4) {
+        for row in timers
+            .range(..(now_ms.saturating_add(1), &[][..]))?
+            .take(SCAN)
+        {
             let (k, partition) = row?;
             let (due, key) = k.value();
             if due > now_ms {
@@ -406,7 +411,9 @@ impl Store {
         let txn = self.db.begin_read()?;
         let sink = txn.open_table(SINK_PENDING)?;
         let mut found = Vec::new();
-        for row in sink.iter()? {
+        // Rows of partitions another owner forwards are stepped over; at most SCAN of them, so
+        // a sink that is down for long never makes this scan long.
+        for row in sink.iter()?.take(SCAN) {
             let (k, v) = row?;
             let (partition, offset) = k.value();
             if !ready(partition as i32) {
