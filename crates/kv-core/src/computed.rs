@@ -40,6 +40,9 @@ pub const MAX_AGENT_BYTES: usize = 128;
 /// Most agents a key keeps reports of: a report from one more is ignored (counted), so no
 /// caller can grow a key's evaluation without bound.
 pub const MAX_AGENTS_PER_KEY: usize = 1000;
+/// Largest report value, in bytes: a rule compares states (`up`, `down`, a level), and a key's
+/// evaluation holds every agent's report, so 1000 agents stay within 4 MiB.
+pub const MAX_REPORT_BYTES: usize = 4096;
 /// Most rules a file may hold.
 pub const MAX_RULES: usize = 1000;
 /// Longest hold and report lifetime a rule may ask for: a week.

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use kv_core::computed::{check_agent, report_record_key, AGENT_HTTP_HEADER, REPORT_AGENT_HEADER};
+use kv_core::computed::{
+    check_agent, report_record_key, AGENT_HTTP_HEADER, MAX_REPORT_BYTES, REPORT_AGENT_HEADER,
+};
 use kv_core::kafka::kafka_partition;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
@@ -75,7 +77,7 @@ pub async fn put_report(
     let agent = agent_of(&auth, &request)?;
     let (value, _permit) = state
         .bodies
-        .read(&request, body, state.max_value_bytes)
+        .read(&request, body, MAX_REPORT_BYTES.min(state.max_value_bytes))
         .await?;
     let partitions = state.partitions.count(&state).await?;
     let record_key = report_record_key(&key, agent.as_bytes());

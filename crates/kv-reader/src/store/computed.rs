@@ -18,7 +18,9 @@
 //! - Everything here follows from the log alone; the owner's clock only decides *when* its
 //!   records are produced, and every replica decides what they mean.
 
-use kv_core::computed::{Report, Rule, SinkChange, StateRules, MAX_AGENTS_PER_KEY};
+use kv_core::computed::{
+    Report, Rule, SinkChange, StateRules, MAX_AGENTS_PER_KEY, MAX_REPORT_BYTES,
+};
 use kv_core::conditional::Version;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
@@ -139,7 +141,7 @@ impl Writing<'_> {
         let Some(tables) = self.computed.as_mut() else {
             return Ok(false);
         };
-        if tables.rules.rule_for(key).is_none() {
+        if tables.rules.rule_for(key).is_none() || value.len() > MAX_REPORT_BYTES {
             return Ok(false);
         }
         let known = tables.reports.get((key, agent))?.is_some();

@@ -119,6 +119,8 @@ async fn five_agents_reporting_on_two_hundred_objects_publish_what_a_reference_c
     let text = no_agent.text().await.unwrap();
     assert!(text.contains("X-KV-Agent"), "{text}");
     assert_eq!(report(&c.http, &c.writer, "other/1", "a", "up").await, 422);
+    let oversized = report(&c.http, &c.writer, "site/1", "a", &"x".repeat(4097)).await;
+    assert_eq!(oversized, 413, "a report is a state, at most 4 KiB");
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(32);
     let agents: Vec<String> = (0..5).map(|i| format!("agent-{i}")).collect();
