@@ -79,7 +79,7 @@ impl Reports {
     }
 }
 
-/// The published value of `key` on `reader`, if any.
+/// The value of `key` on `reader` as text, if it has one (a computed key's published value).
 pub async fn published(http: &reqwest::Client, reader: &Service, key: &str) -> Option<String> {
     let response = http
         .get(reader.url(&format!("/v1/kv/{key}")))

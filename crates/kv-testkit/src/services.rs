@@ -40,6 +40,13 @@ pub fn reader_env(broker: &Broker, topic: &str, group: &str) -> Vec<(&'static st
     env
 }
 
+/// An owner candidate's environment (`KV_API_OWNER=true`) with its own consumer group.
+pub fn candidate_env(broker: &Broker, topic: &str, group: &str) -> Vec<(&'static str, String)> {
+    let mut env = reader_env(broker, topic, group);
+    env.push(("KV_API_OWNER", "true".to_owned()));
+    env
+}
+
 /// The path of another package's binary of this workspace, in the target directory the running
 /// test was built in. A test's own package's binary comes from `env!("CARGO_BIN_EXE_<name>")`
 /// instead; this is for the peer (a reader test's writer). `cargo test --workspace` builds it

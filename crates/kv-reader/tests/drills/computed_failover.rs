@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kv_testkit::computed::{published, report, rules_file, Reports};
 use kv_testkit::reader::wait_ready;
-use kv_testkit::services::reader_env;
+use kv_testkit::services::candidate_env;
 use kv_testkit::topic::{create_topic, random_topic, records};
 use kv_testkit::{free_port, service_env, workspace_binary, Broker, Service, DEADLINE};
 use rand::{Rng, SeedableRng};
@@ -47,8 +47,7 @@ async fn drill_owners_killed_while_agents_report_publish_every_change_once() {
     let path = rules.path().display().to_string();
     let envs: Vec<Vec<(&'static str, String)>> = (0..CANDIDATES)
         .map(|i| {
-            let mut env = reader_env(&broker, &topic, &format!("drill-computed-{i}"));
-            env.push(("KV_API_OWNER", "true".to_owned()));
+            let mut env = candidate_env(&broker, &topic, &format!("drill-computed-{i}"));
             env.push(("KV_API_STATE_RULES", path.clone()));
             env.push(("KV_API_LISTEN", format!("127.0.0.1:{}", free_port())));
             env

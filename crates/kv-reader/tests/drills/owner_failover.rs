@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kv_testkit::conditional::{owned, spawn_increments, Tally};
 use kv_testkit::reader::wait_ready;
-use kv_testkit::services::reader_env;
+use kv_testkit::services::candidate_env;
 use kv_testkit::topic::{create_topic, random_topic};
 use kv_testkit::{eventually, free_port, service_env, workspace_binary, Broker, Service, DEADLINE};
 use rand::Rng;
@@ -45,8 +45,7 @@ async fn drill_owners_killed_or_paused_every_few_seconds_lose_and_double_no_incr
     .await;
     let envs: Vec<Vec<(&'static str, String)>> = (0..CANDIDATES)
         .map(|i| {
-            let mut env = reader_env(&broker, &topic, &format!("drill-owner-{i}"));
-            env.push(("KV_API_OWNER", "true".to_owned()));
+            let mut env = candidate_env(&broker, &topic, &format!("drill-owner-{i}"));
             env.push(("KV_API_LISTEN", format!("127.0.0.1:{}", free_port())));
             env
         })

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use kv_testkit::computed::{published, report, rules_file, Reports};
 use kv_testkit::conditional::{owned, owners_settled};
 use kv_testkit::reader::{dump, wait_ready};
-use kv_testkit::services::reader_env;
+use kv_testkit::services::{candidate_env, reader_env};
 use kv_testkit::topic::{create_topic, last_per_key, produce_as_they_are, random_topic, records};
 use kv_testkit::{eventually, service_env, Broker, Service, DEADLINE};
 use rand::{Rng, SeedableRng};
@@ -40,8 +40,7 @@ async fn cluster(broker: &Broker, prefix: &str, rules: &str, candidates: usize) 
     let path = file.path().display().to_string();
     let readers: Vec<Service> = (0..candidates)
         .map(|i| {
-            let mut env = reader_env(broker, &topic, &format!("{prefix}-{i}"));
-            env.push(("KV_API_OWNER", "true".to_owned()));
+            let mut env = candidate_env(broker, &topic, &format!("{prefix}-{i}"));
             env.push(("KV_API_STATE_RULES", path.clone()));
             Service::start(READER, &env)
         })
@@ -441,4 +440,80 @@ async fn reports_produced_by_kafka_python_count_like_reports_through_the_writer(
         (state["reports"].as_array()?.len() == 3).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_owner_paused_past_its_failover_with_holds_due_publishes_nothing_twice_when_it_resumes()
+{
+    let broker = Broker::start();
+    let sink = random_topic("computed-pause-sink");
+    create_topic(&broker.bootstrap_servers(), &sink, 1, &[]).await;
+    let mut c = cluster(
+        &broker,
+        "computed-pause",
+        &format!(
+            "rules: [{{prefix: 'p/', reducer: latest, hold_seconds: 3, sink_topic: '{sink}'}}]\n"
+        ),
+        2,
+    )
+    .await;
+    let keys: Vec<String> = (0..60).map(|i| format!("p/{i}")).collect();
+    let statuses = futures::future::join_all(
+        keys.iter()
+            .map(|key| report(&c.http, &c.writer, key, "probe", "on")),
+    )
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    // Paused with its holds pending, it wakes long after they fell due: it still believes it
+    // owns its partitions and acts on the same timers the other owner already fired.
+    let victim = if owned(&c.http, &c.readers[1]).await.is_empty() {
+        0
+    } else {
+        1
+    };
+    c.readers[victim].pause();
+    let other = 1 - victim;
+    eventually(
+        "the other candidate to own everything",
+        DEADLINE,
+        || async {
+            (owned(&c.http, &c.readers[other]).await.len() == PARTITIONS as usize).then_some(())
+        },
+    )
+    .await;
+    eventually("every hold to fire on the other", DEADLINE, || async {
+        for key in &keys {
+            if published(&c.http, &c.readers[other], key).await.as_deref() != Some("on") {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    c.readers[victim].resume();
+    let refs: Vec<&Service> = c.readers.iter().collect();
+    owners_settled(&c.http, &refs, PARTITIONS).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Both replicas agree exactly, and the sink names one deciding position per key.
+    let state = dump(&c.http, &c.readers[other]).await;
+    assert_eq!(state.len(), keys.len());
+    eventually("the resumed replica to agree", DEADLINE, || async {
+        (dump(&c.http, &c.readers[victim]).await == state).then_some(())
+    })
+    .await;
+    let sunk = records(broker.bootstrap_servers(), &sink).await;
+    let mut decided: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for record in &sunk {
+        let position = record.header("X-KV-Decided-At").expect("position").to_vec();
+        decided
+            .entry(record.key.clone())
+            .or_default()
+            .insert(position);
+    }
+    assert_eq!(decided.len(), keys.len(), "every change on the sink");
+    assert!(
+        decided.values().all(|positions| positions.len() == 1),
+        "one publication took effect per key: {decided:?}"
+    );
+    println!("sink: {} records for {} changes", sunk.len(), decided.len());
 }

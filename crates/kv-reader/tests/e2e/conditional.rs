@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kv_testkit::conditional::{owned, owners_settled, spawn_increments, Tally};
 use kv_testkit::reader::{dump, wait_ready};
-use kv_testkit::services::reader_env;
+use kv_testkit::services::{candidate_env, reader_env};
 use kv_testkit::topic::{create_topic, last_per_key, produce_as_they_are, random_topic, records};
 use kv_testkit::{eventually, service_env, Broker, Service, DEADLINE};
 use serde_json::Value;
@@ -29,9 +29,7 @@ async fn owned_topic(broker: &Broker, prefix: &str) -> String {
 }
 
 fn candidate(broker: &Broker, topic: &str, group: &str) -> Service {
-    let mut env = reader_env(broker, topic, group);
-    env.push(("KV_API_OWNER", "true".to_owned()));
-    Service::start(READER, &env)
+    Service::start(READER, &candidate_env(broker, topic, group))
 }
 
 fn writer_for(broker: &Broker, topic: &str, readers: &[&Service]) -> Service {
@@ -42,13 +40,10 @@ fn writer_for(broker: &Broker, topic: &str, readers: &[&Service]) -> Service {
 }
 
 async fn value_on(http: &reqwest::Client, reader: &Service, key: &str) -> Option<u64> {
-    let response = http
-        .get(reader.url(&format!("/v1/kv/{key}")))
-        .send()
-        .await
-        .ok()?;
-    (response.status() == 200).then_some(())?;
-    response.text().await.ok()?.parse().ok()
+    kv_testkit::computed::published(http, reader, key)
+        .await?
+        .parse()
+        .ok()
 }
 
 async fn settles_at(http: &reqwest::Client, readers: &[&Service], key: &str, expected: u64) {
