@@ -361,13 +361,56 @@ conditional_on() { # conditional_on mock|tansu: sets cond_<broker>_{plain_wps,..
 # Tansu's sqlite storage slows past some 20 000 records (see 2.): at most 3 000 writes a side.
 cond_writes=$((writes < 3000 ? writes : 3000))
 # On Tansu only: the MockCluster offers no CreateTopics for the owners' lease topic.
-log "conditional writes: $cond_writes unconditional then $cond_writes conditional on a fresh Tansu"
-step conditional-tansu conditional_on tansu
+if [ -z "${BENCH_ONLY:-}" ] || [ "$BENCH_ONLY" = conditional ]; then
+    log "conditional writes: $cond_writes unconditional then $cond_writes conditional on a fresh Tansu"
+    step conditional-tansu conditional_on tansu
+fi
 if [ "${BENCH_ONLY:-}" = conditional ]; then
     grep -h BENCH "$work"/conditional-*.txt
     exit 0
 fi
 # --- end of 11. conditional writes ------------------------------------------------------------
+
+# --- 12. computed state: reports through a majority rule vs a raw consume -> produce loop -------
+# One owner candidate and a writer sharing a rules file on a fresh Tansu; the computed example
+# sends $comp_reports reports from 5 agents and waits for every computed value, then runs a raw
+# rdkafka loop over as many records on two topics of the same broker; then report -> computed
+# value readable probes beside plain write -> readable probes, and the lateness of 1 s holds.
+computed_on() { # computed_on tansu: sets comp_<broker>_{reports_rps,...}
+    local broker topic="comp-$1-$RANDOM" out="$work/computed-$1.txt" rules="$work/computed-rules.yaml"
+    broker_of "$1"
+    printf '%s\n' "rules:" "  - {prefix: 'site/', reducer: majority}" \
+        "  - {prefix: 'held/', reducer: latest, hold_seconds: 1}" >"$rules"
+    for t in "$topic" "$topic-raw-in" "$topic-raw-out"; do
+        KAFKA_BOOTSTRAP_SERVERS="$broker" timeout 15 "$bin/examples/create_topic" "$t" 3 >/dev/null 2>&1 || true
+    done
+    start_service "$work/comp-reader-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KAFKA_GROUP_ID="comp" KV_API_OWNER=true KV_API_STATE_RULES="$rules" "$bin/kv-reader" || die "$svc_error"
+    local rport=$svc_port
+    start_service "$work/comp-writer-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
+        KV_API_STATE_RULES="$rules" "$bin/kv-writer" || die "$svc_error"
+    local wport=$svc_port
+    wait_ready "http://127.0.0.1:$rport/healthz/ready"
+    wait_ready "http://127.0.0.1:$wport/healthz/ready"
+    "$bin/examples/computed" "http://127.0.0.1:$wport" "http://127.0.0.1:$rport" "$broker" \
+        "$topic-raw-in" "$topic-raw-out" "$comp_reports" "$connections" "$comp_probes" \
+        >"$out" 2>"$work/computed-$1.log" || die "the computed-state figures on $1 failed: $(tail -1 "$work/computed-$1.log")"
+    local name
+    for name in reports_rps raw_rps computed_p50_ms computed_p99_ms fresh_p50_ms fresh_p99_ms hold_late_p50_ms hold_late_p99_ms; do
+        fig "comp_${1}_${name%_ms}" "$(grep BENCH "$out" | field "$name" | head -1)"
+    done
+}
+# Tansu slows past some 20 000 records (see 2.): reports and the raw loop share that budget.
+comp_reports=$((writes < 5000 ? writes : 5000))
+# As the Tansu freshness probes below: at most 100.
+comp_probes=$((probes < 100 ? probes : 100))
+log "computed state: $comp_reports reports through a majority rule vs a raw consume -> produce loop on a fresh Tansu"
+step computed-tansu computed_on tansu
+if [ "${BENCH_ONLY:-}" = computed ]; then
+    grep -h BENCH "$work"/computed-*.txt
+    exit 0
+fi
+# --- end of 12. computed state ------------------------------------------------------------------
 
 # --- 4. replay: a fresh reader loading N records vs a raw rdkafka consumer ----------------------
 # On Tansu the run's disk store (N keys) is kept for the read figures. The MockCluster keeps only
@@ -841,6 +884,16 @@ table="$work/results.md"
         limit_row "11. conditional write p99 / unconditional p99, $cond_on (${!c_cp99} ms / ${!c_pp99} ms; p50 ${!c_cp50} / ${!c_pp50} ms)" "$(ratio "${!c_cp99}" "${!c_pp99}")" 3 x
         c_fw="cond_${cond_on}_failover_write" c_fo="cond_${cond_on}_failover_owner"
         limit_row "11. owner killed -> next applied conditional write, $cond_on (its partitions owned by the survivor after ${!c_fo} ms)" "${!c_fw}" 10000 ms
+    done
+    for comp_on in tansu; do
+        c_ours="comp_${comp_on}_reports_rps" c_raw="comp_${comp_on}_raw_rps"
+        c_p50="comp_${comp_on}_computed_p50" c_p99="comp_${comp_on}_computed_p99"
+        c_f50="comp_${comp_on}_fresh_p50" c_f99="comp_${comp_on}_fresh_p99"
+        c_l50="comp_${comp_on}_hold_late_p50" c_l99="comp_${comp_on}_hold_late_p99"
+        row "12. reports/s through a majority rule (to every value readable) vs a raw consume -> produce loop, $comp_on$(retried "computed-$comp_on")" "${!c_ours}" "${!c_raw}" 0.7 "rec/s"
+        limit_row "12. report acked -> computed value readable p99 / write -> readable p99, $comp_on (${!c_p99} ms / ${!c_f99} ms; p50 ${!c_p50} / ${!c_f50} ms)" "$(ratio "${!c_p99}" "${!c_f99}")" 2 x
+        printf '| 12. hold lateness (readable - acked - 1 s hold), %s: p50 / p99 | %s / %s ms | | | | |\n' \
+            "$comp_on" "${!c_l50}" "${!c_l99}"
     done
     for ttl_on in mock tansu; do
         ttl_n=$ttl_keys
