@@ -68,7 +68,7 @@ pub async fn explain(
     state.prepare_read(&request, state.scope(&scope)).await?;
     let store = state.store.clone();
     let lookup = key.clone();
-    let explained = web::block(move || store.explain(&lookup, now_ms()))
+    let explained = web::block(move || store.explain(&lookup, now_ms(), SHOWN_VALUE_BYTES + 1))
         .await
         .map_err(|e| ApiError::internal(format!("the state lookup did not run: {e}")))?
         .map_err(|e| ApiError::internal(format!("cannot read the store: {e}")))?

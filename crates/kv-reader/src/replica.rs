@@ -480,7 +480,7 @@ impl Worker {
         while !self.stopping() {
             let mut out_of_range = None;
             let mut bytes = 0;
-            let mut wait = POLL_WAIT;
+            let mut wait = self.ttl.borrow().wait_at_most(POLL_WAIT);
             while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
                 match self.consumer.poll(wait) {
                     None => break,

@@ -351,6 +351,11 @@ impl Ttl {
         })
     }
 
+    /// How long the consumer may wait for records before the next tick is due.
+    pub fn wait_at_most(&self, wait: Duration) -> Duration {
+        wait.min(self.next_tick.saturating_duration_since(Instant::now()))
+    }
+
     /// Whether this process sweeps `partition`.
     pub fn sweeps(&self, partition: i32) -> bool {
         self.swept.sweeps(partition)
@@ -412,6 +417,12 @@ impl Ttl {
             sweeper.repair(store, now, &ready)?;
             if let Some(acting) = &mut self.acting {
                 acting.act(store, now, &ready)?;
+                // A timer due before the next tick wakes the loop for it (one already due is in
+                // flight, and waits for the tick).
+                if let Some(due) = store.earliest_timer()?.filter(|due| *due > now) {
+                    let soon = Instant::now() + Duration::from_millis(due - now);
+                    self.next_tick = self.next_tick.min(soon);
+                }
             }
             self.metrics
                 .pending_repairs

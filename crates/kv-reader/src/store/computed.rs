@@ -92,9 +92,11 @@ impl<'t> Tables<'t> {
 /// A key's reports as stored: `(agent, record time, offset, value)`.
 type StoredReports = Vec<(Vec<u8>, u64, u64, Vec<u8>)>;
 
+/// A key's reports, each value cut to `max_value` bytes.
 fn reports_of(
     reports: &impl ReadableTable<ReportKey, ReportRow>,
     key: &[u8],
+    max_value: usize,
 ) -> Result<StoredReports, StoreError> {
     let mut found = Vec::new();
     for row in reports.range((key, &[][..])..)? {
@@ -104,7 +106,8 @@ fn reports_of(
             break;
         }
         let (at, offset, value) = v.value();
-        found.push((agent.to_vec(), at, offset, value.to_vec()));
+        let shown = &value[..value.len().min(max_value)];
+        found.push((agent.to_vec(), at, offset, shown.to_vec()));
     }
     Ok(found)
 }
@@ -255,7 +258,7 @@ impl Writing<'_> {
         let Some(rule) = tables.rules.rule_for(key) else {
             return Ok(());
         };
-        let stored = reports_of(&tables.reports, key)?;
+        let stored = reports_of(&tables.reports, key, usize::MAX)?;
         let (computed, next_expiry) = evaluate(rule, &stored, now_ms);
         let old = tables.ruled.get(key)?.map(|row| {
             let (_, due, since, has, value) = row.value();
@@ -455,8 +458,14 @@ impl Store {
         Ok(txn.open_table(SINK_PENDING)?.len()?)
     }
 
-    /// The rule's view of `key` at `now_ms`; `None` when no rule covers it.
-    pub fn explain(&self, key: &[u8], now_ms: u64) -> Result<Option<Explained>, StoreError> {
+    /// The rule's view of `key` at `now_ms`, each report value cut to `max_value` bytes (an
+    /// answer stays small whatever the reports); `None` when no rule covers it.
+    pub fn explain(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        max_value: usize,
+    ) -> Result<Option<Explained>, StoreError> {
         let Some(rule) = self.rules.get().and_then(|r| r.rule_for(key)) else {
             return Ok(None);
         };
@@ -464,7 +473,7 @@ impl Store {
         let reports = txn.open_table(REPORTS)?;
         let ruled = txn.open_table(RULED)?;
         let entries = txn.open_table(super::ENTRIES)?;
-        let stored = reports_of(&reports, key)?;
+        let stored = reports_of(&reports, key, max_value)?;
         let candidate = ruled.get(key)?.and_then(|row| {
             let (_, _, since, has, value) = row.value();
             (has == 1).then(|| (value.to_vec(), since))
