@@ -25,12 +25,17 @@ use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
 use crate::shard::ShardSpec;
-use crate::store::{Change, ExportHeader, Store, StoreError};
+use crate::store::{Change, ComputedRow, ExportHeader, Store, StoreError};
 
 pub const MAGIC: &[u8; 8] = b"KVSNAP\0\x01";
 pub const FORMAT_VERSION: u32 = 1;
 pub const CONTENT_TYPE: &str = "application/vnd.kafka-kv.snapshot";
 const ENTRY: u8 = 1;
+/// A computed-state row (`store::ComputedRow`), after the entries; its kind follows.
+const COMPUTED: u8 = 2;
+const REPORT_ROW: u8 = 1;
+const RULED_ROW: u8 = 2;
+const SINK_ROW: u8 = 3;
 const END: u8 = 0;
 /// Bytes buffered before a chunk goes to the HTTP body.
 const CHUNK: usize = 256 * 1024;
@@ -139,6 +144,62 @@ pub fn write_snapshot(
             entries += 1;
             out.open
         },
+        |row| {
+            let mut out = out.borrow_mut();
+            out.push(&[COMPUTED]);
+            match row {
+                ComputedRow::Report {
+                    key,
+                    agent,
+                    partition,
+                    at_ms,
+                    offset,
+                    value,
+                } => {
+                    out.push(&[REPORT_ROW]);
+                    out.field(&key);
+                    out.field(&agent);
+                    out.push(&partition.to_be_bytes());
+                    out.push(&at_ms.to_be_bytes());
+                    out.push(&offset.to_be_bytes());
+                    out.field(&value);
+                }
+                ComputedRow::Ruled {
+                    key,
+                    partition,
+                    due_ms,
+                    candidate,
+                } => {
+                    out.push(&[RULED_ROW]);
+                    out.field(&key);
+                    out.push(&partition.to_be_bytes());
+                    out.push(&due_ms.to_be_bytes());
+                    match candidate {
+                        None => out.push(&[0]),
+                        Some((value, since)) => {
+                            out.push(&[1]);
+                            out.field(&value);
+                            out.push(&since.to_be_bytes());
+                        }
+                    }
+                }
+                ComputedRow::Sink {
+                    partition,
+                    offset,
+                    topic,
+                    key,
+                    value,
+                } => {
+                    out.push(&[SINK_ROW]);
+                    out.push(&partition.to_be_bytes());
+                    out.push(&offset.to_be_bytes());
+                    out.field(&topic);
+                    out.field(&key);
+                    out.field(&value);
+                }
+            }
+            out.open
+        },
     )?;
     let mut out = out.into_inner();
     out.push(&[END]);
@@ -160,6 +221,12 @@ struct Output<'a, F: FnMut(Bytes) -> bool> {
 }
 
 impl<F: FnMut(Bytes) -> bool> Output<'_, F> {
+    /// A length-prefixed field (u32 length, then the bytes).
+    fn field(&mut self, bytes: &[u8]) {
+        self.push(&(bytes.len() as u32).to_be_bytes());
+        self.push(bytes);
+    }
+
     fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= CHUNK {
@@ -296,6 +363,8 @@ fn import_into(
     }
     progress.start(header.entries_at_most);
     let mut batch: Vec<Frame> = Vec::with_capacity(IMPORT_BATCH);
+    let mut computed: Vec<ComputedRow> = Vec::new();
+    let mut computed_bytes = 0usize;
     let mut batch_bytes = 0usize;
     let mut entries = 0u64;
     loop {
@@ -331,6 +400,16 @@ fn import_into(
                     progress.advance(entries, input.bytes);
                 }
             }
+            COMPUTED => {
+                let before = input.bytes;
+                computed.push(computed_row(&mut input)?);
+                computed_bytes += (input.bytes - before) as usize;
+                if computed.len() >= IMPORT_BATCH || computed_bytes >= IMPORT_BATCH_BYTES {
+                    store.import_computed(&computed)?;
+                    computed.clear();
+                    computed_bytes = 0;
+                }
+            }
             END => {
                 let counted = u64::from_be_bytes(input.array()?);
                 if counted != entries {
@@ -344,6 +423,7 @@ fn import_into(
         }
     }
     apply(store, codec, &batch)?;
+    store.import_computed(&computed)?;
     let digest = input.hash.clone().finish();
     let mut trailer = [0u8; 32];
     input.body.read_exact(&mut trailer)?;
@@ -357,6 +437,60 @@ fn import_into(
         header,
         entries,
         bytes,
+    })
+}
+
+/// A [`COMPUTED`] frame's row, its tag read.
+fn computed_row(input: &mut Input<'_>) -> Result<ComputedRow, ImportError> {
+    let field = |input: &mut Input<'_>| {
+        let len = u32::from_be_bytes(input.array()?) as usize;
+        input.field(len)
+    };
+    let [kind] = input.array::<1>()?;
+    Ok(match kind {
+        REPORT_ROW => ComputedRow::Report {
+            key: field(input)?,
+            agent: field(input)?,
+            partition: i32::from_be_bytes(input.array()?),
+            at_ms: u64::from_be_bytes(input.array()?),
+            offset: i64::from_be_bytes(input.array()?),
+            value: field(input)?,
+        },
+        RULED_ROW => {
+            let key = field(input)?;
+            let partition = i32::from_be_bytes(input.array()?);
+            let due_ms = u64::from_be_bytes(input.array()?);
+            let candidate = match input.array::<1>()? {
+                [0] => None,
+                [1] => {
+                    let value = field(input)?;
+                    Some((value, u64::from_be_bytes(input.array()?)))
+                }
+                [other] => {
+                    return Err(ImportError::Malformed(format!(
+                        "a computed row's candidate flag {other}"
+                    )))
+                }
+            };
+            ComputedRow::Ruled {
+                key,
+                partition,
+                due_ms,
+                candidate,
+            }
+        }
+        SINK_ROW => ComputedRow::Sink {
+            partition: i32::from_be_bytes(input.array()?),
+            offset: i64::from_be_bytes(input.array()?),
+            topic: field(input)?,
+            key: field(input)?,
+            value: field(input)?,
+        },
+        other => {
+            return Err(ImportError::Malformed(format!(
+                "a computed row of kind {other}"
+            )))
+        }
     })
 }
 

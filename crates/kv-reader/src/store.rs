@@ -15,7 +15,7 @@ mod computed;
 mod decide;
 mod expiry;
 
-pub use computed::{DueTimer, Explained, SinkPending};
+pub use computed::{ComputedRow, DueTimer, Explained, SinkPending};
 pub use decide::{Decided, OUTCOME_MEMORY};
 pub use expiry::{Applied, Expired, PendingRepair, Precondition, DELETE_MEMORY};
 
@@ -662,13 +662,15 @@ impl Store {
 
     /// One consistent view for a snapshot: in a single read transaction, the topic, the
     /// source format, the next offsets, the entry count, then every entry whose partition
-    /// `keep` admits, handed to `each` with its user key. `each` returning `false` stops early
-    /// (the receiver went away).
+    /// `keep` admits, handed to `each` with its user key, then every computed-state row of
+    /// those partitions, handed to `computed`. Either returning `false` stops early (the
+    /// receiver went away).
     pub fn export(
         &self,
         keep: impl Fn(i32) -> bool,
         header: impl FnOnce(ExportHeader) -> bool,
         mut each: impl FnMut(&[u8], StoredEntry) -> bool,
+        mut computed: impl FnMut(ComputedRow) -> bool,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
@@ -700,9 +702,11 @@ impl Store {
                 }
             };
             if keep(entry.partition) && !each(&user_key, entry) {
-                break;
+                return Ok(());
             }
         }
+        // The same read transaction: the rows match the entries and the offsets exactly.
+        computed::export_rows(&txn, &keep, &mut computed)?;
         Ok(())
     }
 

@@ -29,11 +29,11 @@ use super::{Store, StoreError};
 
 /// `(state key, agent)`.
 type ReportKey = (&'static [u8], &'static [u8]);
-/// `(record time, offset, value)` of an agent's last report.
-type ReportRow = (u64, u64, &'static [u8]);
+/// `(partition, record time, offset, value)` of an agent's last report.
+type ReportRow = (u32, u64, u64, &'static [u8]);
 /// `(sink topic, state key, sink record value)`.
 type SinkRow = (&'static [u8], &'static [u8], &'static [u8]);
-/// `(state key, agent)` → `(record time, offset, value)` of the agent's last report.
+/// `(state key, agent)` → `(partition, record time, offset, value)` of the agent's last report.
 const REPORTS: TableDefinition<ReportKey, ReportRow> = TableDefinition::new("reports");
 /// Most rows one owner's query reads, whatever it finds.
 const SCAN: usize = 20_000;
@@ -105,7 +105,7 @@ fn reports_of(
         if k_key != key {
             break;
         }
-        let (at, offset, value) = v.value();
+        let (_, at, offset, value) = v.value();
         let shown = &value[..value.len().min(max_value)];
         found.push((agent.to_vec(), at, offset, shown.to_vec()));
     }
@@ -159,9 +159,10 @@ impl Writing<'_> {
                 return Ok(false);
             }
         }
-        tables
-            .reports
-            .insert((key, agent), (at_ms, offset as u64, value))?;
+        tables.reports.insert(
+            (key, agent),
+            (partition as u32, at_ms, offset as u64, value),
+        )?;
         self.evaluate_key(key, partition, at_ms)?;
         Ok(true)
     }
@@ -504,5 +505,149 @@ impl Store {
             .get()
             .map(|r| r.as_ref())
             .filter(|r| !r.is_empty())
+    }
+}
+
+/// One row of the computed-state tables, as a snapshot carries it (`crate::snapshot`): a new
+/// replica bootstrapped from a peer has the same reports, candidates, timers and pending sink
+/// records, so it can act as owner at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComputedRow {
+    Report {
+        key: Vec<u8>,
+        agent: Vec<u8>,
+        partition: i32,
+        at_ms: u64,
+        offset: i64,
+        value: Vec<u8>,
+    },
+    Ruled {
+        key: Vec<u8>,
+        partition: i32,
+        due_ms: u64,
+        candidate: Option<(Vec<u8>, u64)>,
+    },
+    Sink {
+        partition: i32,
+        offset: i64,
+        topic: Vec<u8>,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+}
+
+/// Calls `each` with every computed-state row of the partitions `keep` names, in `txn` (the
+/// snapshot's own read transaction); stops when `each` answers `false`.
+pub(super) fn export_rows(
+    txn: &redb::ReadTransaction,
+    keep: &dyn Fn(i32) -> bool,
+    each: &mut dyn FnMut(ComputedRow) -> bool,
+) -> Result<bool, StoreError> {
+    for row in txn.open_table(REPORTS)?.iter()? {
+        let (k, v) = row?;
+        let (key, agent) = k.value();
+        let (partition, at_ms, offset, value) = v.value();
+        if keep(partition as i32) {
+            let row = ComputedRow::Report {
+                key: key.to_vec(),
+                agent: agent.to_vec(),
+                partition: partition as i32,
+                at_ms,
+                offset: offset as i64,
+                value: value.to_vec(),
+            };
+            if !each(row) {
+                return Ok(false);
+            }
+        }
+    }
+    for row in txn.open_table(RULED)?.iter()? {
+        let (k, v) = row?;
+        let (partition, due_ms, since, has, value) = v.value();
+        if keep(partition as i32) {
+            let row = ComputedRow::Ruled {
+                key: k.value().to_vec(),
+                partition: partition as i32,
+                due_ms,
+                candidate: (has == 1).then(|| (value.to_vec(), since)),
+            };
+            if !each(row) {
+                return Ok(false);
+            }
+        }
+    }
+    for row in txn.open_table(SINK_PENDING)?.iter()? {
+        let (k, v) = row?;
+        let (partition, offset) = k.value();
+        let (topic, key, value) = v.value();
+        if keep(partition as i32) {
+            let row = ComputedRow::Sink {
+                partition: partition as i32,
+                offset: offset as i64,
+                topic: topic.to_vec(),
+                key: key.to_vec(),
+                value: value.to_vec(),
+            };
+            if !each(row) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+impl Store {
+    /// Writes rows a snapshot carried, in one transaction.
+    pub fn import_computed(&self, rows: &[ComputedRow]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut reports = txn.open_table(REPORTS)?;
+            let mut ruled = txn.open_table(RULED)?;
+            let mut timers = txn.open_table(TIMERS)?;
+            let mut sink = txn.open_table(SINK_PENDING)?;
+            for row in rows {
+                match row {
+                    ComputedRow::Report {
+                        key,
+                        agent,
+                        partition,
+                        at_ms,
+                        offset,
+                        value,
+                    } => {
+                        let row = (*partition as u32, *at_ms, *offset as u64, value.as_slice());
+                        reports.insert((key.as_slice(), agent.as_slice()), row)?;
+                    }
+                    ComputedRow::Ruled {
+                        key,
+                        partition,
+                        due_ms,
+                        candidate,
+                    } => {
+                        let (has, value, since) = match candidate {
+                            Some((value, since)) => (1, value.as_slice(), *since),
+                            None => (0, &[][..], 0),
+                        };
+                        let row = (*partition as u32, *due_ms, since, has, value);
+                        ruled.insert(key.as_slice(), row)?;
+                        if *due_ms > 0 {
+                            timers.insert((*due_ms, key.as_slice()), *partition as u32)?;
+                        }
+                    }
+                    ComputedRow::Sink {
+                        partition,
+                        offset,
+                        topic,
+                        key,
+                        value,
+                    } => {
+                        let row = (topic.as_slice(), key.as_slice(), value.as_slice());
+                        sink.insert((*partition as u32, *offset as u64), row)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 }

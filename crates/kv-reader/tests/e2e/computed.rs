@@ -517,3 +517,60 @@ async fn an_owner_paused_past_its_failover_with_holds_due_publishes_nothing_twic
     );
     println!("sink: {} records for {} changes", sunk.len(), decided.len());
 }
+
+#[tokio::test]
+async fn a_snapshot_bootstrap_carries_reports_candidates_and_timers() {
+    let broker = Broker::start();
+    let rules = "rules:\n\
+                 - {prefix: 'c/', reducer: majority}\n\
+                 - {prefix: 'b/', reducer: latest, hold_seconds: 600}\n";
+    let c = cluster(&broker, "computed-snap", rules, 1).await;
+    for (agent, value) in [("a", "up"), ("b", "up"), ("c", "down")] {
+        assert_eq!(report(&c.http, &c.writer, "c/1", agent, value).await, 200);
+    }
+    assert_eq!(report(&c.http, &c.writer, "b/1", "a", "on").await, 200);
+    let peer = &c.readers[0];
+    eventually("the majority published", DEADLINE, || async {
+        published(&c.http, peer, "c/1").await.filter(|v| v == "up")
+    })
+    .await;
+    let pending = eventually("the held candidate", DEADLINE, || async {
+        let state = c.state("b/1").await;
+        state["candidate"].is_string().then_some(state)
+    })
+    .await;
+
+    // A new replica (not a candidate) bootstrapped from the peer's snapshot.
+    let mut env = reader_env(&broker, &c.topic, "computed-snap-new");
+    env.push(("KV_API_BOOTSTRAP_PEERS", peer.base_url.clone()));
+    env.push(("KV_API_STATE_RULES", c._rules.path().display().to_string()));
+    let fresh = Service::start(READER, &env);
+    wait_ready(&c.http, &fresh).await;
+    let metrics = fresh.metrics(&c.http).await;
+    assert_eq!(
+        kv_testkit::metric(&metrics, "kv_reader_bootstrapped_from_snapshot", &[]),
+        Some(1.0),
+        "{}",
+        fresh.output()
+    );
+    for key in ["c/1", "b/1"] {
+        let theirs: Value = c
+            .http
+            .get(fresh.url(&format!("/v1/state/{key}")))
+            .send()
+            .await
+            .expect("state")
+            .json()
+            .await
+            .expect("state json");
+        let ours = if key == "b/1" {
+            pending.clone()
+        } else {
+            c.state(key).await
+        };
+        assert_eq!(theirs["reports"], ours["reports"], "{key}");
+        assert_eq!(theirs["candidate"], ours["candidate"], "{key}");
+        assert_eq!(theirs["publish_at"], ours["publish_at"], "{key}");
+        assert_eq!(theirs["value"], ours["value"], "{key}");
+    }
+}

@@ -251,8 +251,18 @@ async fn a_resume_older_than_the_buffer_gets_a_reset_and_the_stores_state_and_a_
         })
         .collect();
     let written = write(&http, &writer, &items).await;
-    let last = written.last().expect("written");
-    let last_token = format!("{}:{}", last.3, last.4);
+    // Every partition's last write: the dump below must see all of them, not only the last
+    // write's partition.
+    let mut last_of: BTreeMap<i64, i64> = BTreeMap::new();
+    for change in &written {
+        let offset = last_of.entry(change.3).or_default();
+        *offset = (*offset).max(change.4);
+    }
+    let last_token = last_of
+        .iter()
+        .map(|(partition, offset)| format!("{partition}:{offset}"))
+        .collect::<Vec<_>>()
+        .join(",");
     eventually("the reader applied the writes", DEADLINE, || {
         let read = http
             .get(reader.url("/v1/kv/s/0"))
