@@ -37,8 +37,9 @@ use crate::store::{DueTimer, Store, StoreError};
 
 /// Most timers acted on per step.
 const TIMER_BATCH: usize = 1000;
-/// Most sink records one partition has in flight at once.
-const SINK_BATCH: usize = 500;
+/// Most sink records one partition has in flight at once: after a failover the next owner
+/// produces at most this many again (its predecessor's unmarked batch); one mark per batch.
+const SINK_BATCH: usize = 100;
 /// How long a record may take to come back through the topic before it is produced again.
 const RESEND_AFTER: Duration = Duration::from_secs(5);
 
