@@ -488,10 +488,18 @@ impl TopicTail {
     /// Every record on the topic, in partition then offset order, once the tail has reached the
     /// end of each partition as the broker reports it now; fails the test after `deadline`.
     pub async fn records(&self, deadline: Duration) -> Vec<Record> {
-        let (bootstrap, topic) = (self.bootstrap_servers.clone(), self.topic.clone());
-        let ends = tokio::task::spawn_blocking(move || high_watermarks(&bootstrap, &topic))
-            .await
-            .expect("watermarks thread");
+        // A broker just restarted may refuse a first metadata request: asked again until the
+        // deadline.
+        let ends = crate::eventually("the broker to tell its high watermarks", deadline, || {
+            let (bootstrap, topic) = (self.bootstrap_servers.clone(), self.topic.clone());
+            async move {
+                tokio::task::spawn_blocking(move || high_watermarks(&bootstrap, &topic))
+                    .await
+                    .expect("watermarks thread")
+                    .ok()
+            }
+        })
+        .await;
         crate::eventually(
             "the tail to reach the end of the topic",
             deadline,
@@ -525,23 +533,22 @@ impl Drop for TopicTail {
     }
 }
 
-fn high_watermarks(bootstrap_servers: &str, topic: &str) -> BTreeMap<i32, i64> {
+/// Each partition's high watermark, or the broker's error.
+fn high_watermarks(
+    bootstrap_servers: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, rdkafka::error::KafkaError> {
     let timeout = Duration::from_secs(10);
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap_servers)
-        .create()
-        .expect("client");
-    let metadata = client
-        .fetch_metadata(Some(topic), timeout)
-        .expect("metadata");
+        .create()?;
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
     metadata.topics()[0]
         .partitions()
         .iter()
         .map(|p| {
-            let (_, high) = client
-                .fetch_watermarks(topic, p.id(), timeout)
-                .expect("watermarks");
-            (p.id(), high)
+            let (_, high) = client.fetch_watermarks(topic, p.id(), timeout)?;
+            Ok((p.id(), high))
         })
         .collect()
 }
