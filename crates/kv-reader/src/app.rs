@@ -19,19 +19,19 @@ use kv_core::web::http::{
 use kv_core::web::metrics::{metrics_middleware, Metrics};
 use kv_core::web::routing::{register, route_not_found};
 
-use crate::bootstrap::BootstrapConfig;
+use crate::acting::owner::{self, Election};
+use crate::acting::ttl::{check_compaction_lag, SweptPartitions, Ttl, TtlError, TtlMetrics};
+use crate::cluster::shard::Topology;
 use crate::cluster::Cluster;
-use crate::framing::{Registry, RegistryError, SchemaFraming, SchemaIds};
+use crate::http::watch::{end_watches_on_shutdown, WatchState};
+use crate::http::{self, PeerClient, ReaderState};
 use crate::metrics::{ReplicaCollector, RespMetrics, SnapshotMetrics, WatchMetrics};
-use crate::owner::{self, Election};
+use crate::replica::schema_registry::{Registry, RegistryError, SchemaFraming, SchemaIds};
 use crate::replica::{DeleteRetention, Replica, ReplicaError, Wiring};
 use crate::resp::{self, RespServer};
-use crate::routes::{self, PeerClient, ReaderState};
 use crate::settings::{Settings, Storage};
-use crate::shard::Topology;
 use crate::store::{Store, StoreError};
-use crate::ttl::{check_compaction_lag, SweptPartitions, Ttl, TtlError, TtlMetrics};
-use crate::watch::{end_watches_on_shutdown, WatchState};
+use crate::transfer::bootstrap::BootstrapConfig;
 
 /// JSON request bodies of the read routes hold a key or a list of keys.
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
@@ -240,7 +240,7 @@ impl App {
             swept,
             election.clone(),
             ttl_metrics,
-            crate::computed::ComputedMetrics::register(metrics.registry())?,
+            crate::acting::computed::ComputedMetrics::register(metrics.registry())?,
         )?;
         let replica = Replica::start(
             &settings,
@@ -255,7 +255,7 @@ impl App {
                 kafka_stats: KafkaStats::register(metrics.registry(), Some(&settings.core.topic))?,
             },
         )?;
-        let sealed_listings = Arc::new(tokio::sync::Semaphore::new(routes::MAX_SEALED_LISTINGS));
+        let sealed_listings = Arc::new(tokio::sync::Semaphore::new(http::MAX_SEALED_LISTINGS));
         let watches = web::Data::new(WatchState {
             feed: replica.feed(),
             store: store.clone(),
@@ -301,7 +301,7 @@ impl App {
         let server = HttpServer::new(move || {
             let client = PeerClient(peer_client().unwrap_or_default());
             actix_web::App::new()
-                .wrap(from_fn(routes::freshness_middleware))
+                .wrap(from_fn(http::freshness_middleware))
                 .wrap(from_fn(metrics_middleware))
                 .wrap(from_fn(correlation_id_middleware))
                 .wrap(from_fn(close_when_body_unread))
@@ -313,7 +313,7 @@ impl App {
                 .app_data(JsonLimit(JSON_LIMIT))
                 .app_data(path_config())
                 .app_data(query_config())
-                .configure(|config| register(config, routes::endpoints()))
+                .configure(|config| register(config, http::endpoints()))
                 .default_service(web::to(route_not_found))
         })
         .listen(listener)

@@ -9,15 +9,15 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::feed::ChangeFeed;
-use crate::framing::BadSchemaHeader;
-use crate::progress::Progress;
+use crate::changes::feed::ChangeFeed;
+use crate::replica::progress::Progress;
+use crate::replica::schema_registry::BadSchemaHeader;
 use crate::replica::{
     CONDITION_HEADER_REASON, CONFIGURATION_REASONS, CONTROL_RECORD_REASON,
     ENCRYPTED_ENVELOPE_REASON,
 };
-use crate::snapshot::ImportProgress;
 use crate::store::Store;
+use crate::transfer::format::ImportProgress;
 
 /// A collector that refreshes its metrics from the replica's state at each scrape.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use kv_core::secret::Secret;
 use kv_core::settings::{parse_host_port, CaFile, CoreSettings, Env, SettingsError};
 
-use crate::shard::{peer_urls, ShardSpec};
+use crate::cluster::shard::{peer_urls, ShardSpec};
 
 /// redb's page cache of a disk store unless KV_API_STATE_STORAGE_CACHE_MB says otherwise.
 pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;

@@ -7,7 +7,7 @@
 //!   computed value); one equal to it, or no winner, clears the candidate.
 //! - Each ruled key with a candidate or a report that will expire has one timer (`TIMERS`): the
 //!   earlier of the candidate's publication time (since + hold) and the next report expiry. The
-//!   partition's owner acts on due timers (`crate::computed`): it publishes a candidate whose
+//!   partition's owner acts on due timers (`crate::acting::computed`): it publishes a candidate whose
 //!   hold passed, as a conditional put of the key (so a duplicate or a stale one is refused by
 //!   every replica alike, `store::decide`), or produces a tick that evaluates the key at the due
 //!   time. Every replica keeps the same timers, so a new owner resumes them.
@@ -508,7 +508,7 @@ impl Store {
     }
 }
 
-/// One row of the computed-state tables, as a snapshot carries it (`crate::snapshot`): a new
+/// One row of the computed-state tables, as a snapshot carries it (`crate::transfer::format`): a new
 /// replica bootstrapped from a peer has the same reports, candidates, timers and pending sink
 /// records, so it can act as owner at once.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use super::{
     ENTRIES, EXPIRIES, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, NEXT_OFFSETS, OUTCOMES, PENDING_REPAIRS,
     RECORD_KEYS, SEALED_EXPIRIES,
 };
-use crate::at_rest::StoreCipher;
+use crate::store::at_rest::StoreCipher;
 
 /// How long an applied delete is remembered. A repair the sweeper makes lands within its
 /// repair latency (milliseconds) after the stale record it repairs, and any delete a repair must

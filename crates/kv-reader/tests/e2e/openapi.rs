@@ -4,7 +4,7 @@
 use crate::READER;
 use std::collections::BTreeSet;
 
-use kv_reader::routes::{endpoints, OPENAPI};
+use kv_reader::http::{endpoints, OPENAPI};
 use kv_testkit::openapi::{assert_served_as_documented, assert_usage_matches_document, Document};
 use kv_testkit::{Broker, OidcProvider, Service};
 

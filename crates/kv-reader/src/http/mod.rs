@@ -3,6 +3,11 @@
 //! Every read may carry a consistency token (read-your-writes) and every read answer, found or
 //! not, says how fresh the replica was when it read (see [`freshness_middleware`]).
 
+pub mod explain;
+pub mod outcome;
+pub mod status_page;
+pub mod watch;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,14 +34,14 @@ use kv_core::web::routing::{openapi_document, openapi_json_document, Endpoint};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::acting::owner::Election;
+use crate::cluster::fanout::{self, PartError};
+use crate::cluster::shard::{ShardSpec, Topology};
 use crate::cluster::{Cluster, Target, FORWARDED_BY_HEADER, MAX_LAG_HEADER, SERVED_BY_HEADER};
-use crate::fanout::{self, PartError};
 use crate::metrics::SnapshotMetrics;
-use crate::owner::Election;
-use crate::progress::{Freshness, Progress, WaitError};
-use crate::shard::{ShardSpec, Topology};
-use crate::snapshot;
+use crate::replica::progress::{Freshness, Progress, WaitError};
 use crate::store::{Store, StoredEntry};
+use crate::transfer::format;
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
 
@@ -57,7 +62,7 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub const MAX_LIST_LIMIT: usize = 1000;
 
 /// The reader's OpenAPI document, served at `GET /openapi.yaml`.
-pub const OPENAPI: &str = include_str!("../../../docs/openapi-reader.yaml");
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi-reader.yaml");
 
 /// Every route the reader serves. The app registers exactly these, and the OpenAPI test checks
 /// the document against them.
@@ -66,17 +71,18 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::key_tail("/v1/kv/{key}").on(Method::GET, web::to(get_value)),
         Endpoint::new("/v1/kv").on(Method::GET, web::to(list_keys)),
         Endpoint::new("/v1/kv:batchGet").on(Method::POST, web::to(batch_get)),
-        Endpoint::new("/v1/kv:watch").on(Method::GET, web::to(crate::watch::watch)),
-        Endpoint::key_tail("/v1/state/{key}").on(Method::GET, web::to(crate::explain::explain)),
+        Endpoint::new("/v1/kv:watch").on(Method::GET, web::to(crate::http::watch::watch)),
+        Endpoint::key_tail("/v1/state/{key}")
+            .on(Method::GET, web::to(crate::http::explain::explain)),
         Endpoint::new("/v1/outcomes/{partition}/{offset}")
-            .on(Method::GET, web::to(crate::outcome::outcome)),
+            .on(Method::GET, web::to(crate::http::outcome::outcome)),
         Endpoint::new("/retrieve").on(Method::POST, web::to(retrieve)),
         Endpoint::new("/retrieve/b64").on(Method::POST, web::to(retrieve_b64)),
         Endpoint::new("/healthz").on(Method::GET, web::to(started)),
         Endpoint::new("/healthz/live").on(Method::GET, web::to(live)),
         Endpoint::new("/healthz/ready").on(Method::GET, web::to(ready)),
         Endpoint::new("/healthz/cluster").on(Method::GET, web::to(cluster_health)),
-        Endpoint::new("/status").on(Method::GET, web::to(crate::status_page::status_page)),
+        Endpoint::new("/status").on(Method::GET, web::to(crate::http::status_page::status_page)),
         Endpoint::new("/admin/v1/snapshot").on(Method::GET, web::to(snapshot)),
         Endpoint::new("/metrics").on(Method::GET, web::to(metrics_endpoint)),
         Endpoint::new("/openapi.yaml").on(Method::GET, openapi_document(OPENAPI)),
@@ -1312,7 +1318,7 @@ pub async fn snapshot(
         .with_retry_after(Duration::from_secs(5)));
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(
-        snapshot::CHUNKS_IN_FLIGHT,
+        format::CHUNKS_IN_FLIGHT,
     );
     let (store, codec, topic, metrics) = (
         state.store.clone(),
@@ -1324,7 +1330,7 @@ pub async fn snapshot(
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let mut open = true;
-        let result = snapshot::write_snapshot(&store, &codec, &topic, &partitions, |chunk| {
+        let result = format::write_snapshot(&store, &codec, &topic, &partitions, |chunk| {
             metrics.bytes_sent.inc_by(chunk.len() as u64);
             open = tx.blocking_send(Ok(chunk)).is_ok();
             open
@@ -1349,7 +1355,7 @@ pub async fn snapshot(
         .collect::<Vec<_>>()
         .join(",");
     let mut answer = HttpResponse::Ok();
-    answer.content_type(snapshot::CONTENT_TYPE);
+    answer.content_type(format::CONTENT_TYPE);
     if let Ok(value) = HeaderValue::from_str(&listed) {
         answer.insert_header((HeaderName::from_static("x-snapshot-partitions"), value));
     }
@@ -1358,7 +1364,7 @@ pub async fn snapshot(
 
 /// `/healthz/cluster`: every shard's partitions, readiness and lag as this shard last heard
 /// them, this replica's own partitions, replay and freshness, and the partitions it acts on as
-/// their owner (`owner`, from [`crate::owner::Election`]); `/status` shows the same value.
+/// their owner (`owner`, from [`crate::acting::owner::Election`]); `/status` shows the same value.
 /// Anonymous, like the other health routes: it names no key and no peer address.
 pub async fn cluster_health(state: web::Data<ReaderState>) -> HttpResponse {
     HttpResponse::Ok().json(crate::cluster::health(

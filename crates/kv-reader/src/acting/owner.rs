@@ -34,7 +34,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::cluster::Cluster;
-use crate::progress::Progress;
+use crate::replica::progress::Progress;
 use crate::store::now_ms;
 
 /// How long a candidate's lease lives without a heartbeat: a dead or paused owner's partitions
@@ -196,7 +196,7 @@ impl Drop for LeaseHolder {
 pub async fn hold_lease(
     kafka: &KafkaProperties,
     owner_topic: &str,
-    partitions: Arc<crate::shard::Topology>,
+    partitions: Arc<crate::cluster::shard::Topology>,
     registry: &Registry,
 ) -> Result<(Arc<LeaseOwnership>, LeaseHolder), OwnerError> {
     let gauge = IntGauge::new(
@@ -285,7 +285,12 @@ struct Lease {
 }
 
 impl Lease {
-    fn run(mut self, stop: &AtomicBool, owned: &LeaseOwnership, topology: &crate::shard::Topology) {
+    fn run(
+        mut self,
+        stop: &AtomicBool,
+        owned: &LeaseOwnership,
+        topology: &crate::cluster::shard::Topology,
+    ) {
         let mut next_beat = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             if Instant::now() >= next_beat {

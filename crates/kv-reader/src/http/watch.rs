@@ -1,7 +1,7 @@
 //! `GET /v1/kv:watch`: the replica's committed changes under a prefix as server-sent events,
 //! resumable from any event's id on any replica.
 //!
-//! A watch reads the change feed (`crate::feed`) from a cursor of its own, so it never holds more
+//! A watch reads the change feed (`crate::changes::feed`) from a cursor of its own, so it never holds more
 //! than one chunk of output: when the client reads too slowly for the feed's ring, the watch
 //! finds its next change dropped and ends with `overflow`. Every `put` and `delete` carries as
 //! its id the position the watch has seen (the consistency-token form), which a resume, here or
@@ -23,10 +23,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::feed::{ChangeEvent, ChangeFeed, ChangeKind, Positions, Read, Resume, SnapshotAt};
+use crate::changes::feed::{
+    ChangeEvent, ChangeFeed, ChangeKind, Positions, Read, Resume, SnapshotAt,
+};
+use crate::cluster::shard::ShardSpec;
+use crate::http::prefix_param;
 use crate::metrics::{WatchEvent, WatchMetrics};
-use crate::routes::prefix_param;
-use crate::shard::ShardSpec;
 use crate::store::{ScanPage, Snapshot, Store, StoreError, StoredEntry};
 
 /// The SSE header naming the last event a reconnecting client received.

@@ -8,6 +8,9 @@
 //! caller sends makes the reader call anywhere but the configured peers, and only after its
 //! own token check passed.
 
+pub mod fanout;
+pub mod shard;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -20,10 +23,10 @@ use kv_core::web::http::{CorrelationId, CORRELATION_ID};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
-use crate::owner::{Election, OwnerView};
-use crate::progress::Progress;
+use crate::acting::owner::{Election, OwnerView};
+use crate::cluster::shard::{partition_of, ShardSpec, Topology};
+use crate::replica::progress::Progress;
 use crate::settings::Sharding;
-use crate::shard::{partition_of, ShardSpec, Topology};
 
 /// Names the shard that answered a read (a comma list when several did).
 pub const SERVED_BY_HEADER: HeaderName = HeaderName::from_static("x-served-by");

@@ -10,8 +10,8 @@ use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use serde::Deserialize;
 
-use crate::progress::WaitError;
-use crate::routes::ReaderState;
+use crate::http::ReaderState;
+use crate::replica::progress::WaitError;
 
 /// How long one question waits for the record to be applied, unless it asks for less; the
 /// writer asks again until its own deadline.

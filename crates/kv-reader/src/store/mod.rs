@@ -5,11 +5,13 @@
 //! that MAC, so `record_keys` maps each record key to its user key; on a plaintext topic the two
 //! are the same and that table stays empty.
 //!
-//! With a password (see [`crate::at_rest`]) keys are stored as keyed MACs and entries sealed, so
+//! With a password (see [`crate::store::at_rest`]) keys are stored as keyed MACs and entries sealed, so
 //! the file holds neither keys nor values in clear; offsets and the topic name stay readable.
 //!
 //! Entries that expire are indexed by expiry, and deletes are remembered for a while; both serve
 //! the TTL rules of `expiry` (docs/architecture.md, "Keys that expire").
+
+pub mod at_rest;
 
 mod computed;
 mod decide;
@@ -31,8 +33,8 @@ use kv_core::secret::Secret;
 use redb::backends::InMemoryBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::at_rest::{StoreCipher, DEFAULT_ITERATIONS};
 use crate::settings::{Storage, DEFAULT_CACHE_BYTES};
+use crate::store::at_rest::{StoreCipher, DEFAULT_ITERATIONS};
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const RECORD_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("record_keys");

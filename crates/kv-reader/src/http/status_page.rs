@@ -1,7 +1,7 @@
 //! `GET /status`: the reader's state for a person, as one HTML page. It renders the value
 //! `/healthz/cluster` answers as JSON ([`crate::cluster::health`]), so the two cannot drift: the
 //! topic, the shards and their partitions, who holds each partition and who acts as its owner
-//! (this process's part from [`crate::owner::Election`]), lag, replay progress and freshness. No script, no external asset (the style is inline, and the
+//! (this process's part from [`crate::acting::owner::Election`]), lag, replay progress and freshness. No script, no external asset (the style is inline, and the
 //! Content-Security-Policy allows nothing else); every value is HTML-escaped, peers' answers
 //! included.
 
@@ -11,7 +11,7 @@ use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
 use actix_web::{web, HttpResponse};
 
 use crate::cluster::{health, ClusterHealth};
-use crate::routes::ReaderState;
+use crate::http::ReaderState;
 
 /// The page allows its inline style and nothing else: no script, no fetch, no frame.
 const CONTENT_SECURITY_POLICY: &str =
@@ -328,10 +328,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::acting::owner::OwnerView;
     use crate::cluster::{
         FreshnessView, LocalPartition, PartitionOwners, PartitionView, ReplayView, ShardView,
     };
-    use crate::owner::OwnerView;
 
     fn view() -> ClusterHealth {
         ClusterHealth {

@@ -8,9 +8,9 @@ use std::time::Duration;
 use kv_core::record::RecordCodec;
 use kv_core::secret::Secret;
 
-use crate::shard::ShardSpec;
-use crate::snapshot::{self, Expected, ImportProgress, Imported};
+use crate::cluster::shard::ShardSpec;
 use crate::store::Store;
+use crate::transfer::format::{self, Expected, ImportProgress, Imported};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that sends nothing for this long is given up on.
@@ -129,7 +129,7 @@ pub fn run(
             response,
             chunk: bytes::Bytes::new(),
         };
-        match snapshot::import(&mut body, store, codec, &expected, progress) {
+        match format::import(&mut body, store, codec, &expected, progress) {
             Ok(imported) => {
                 tracing::info!(
                     peer = %peer,

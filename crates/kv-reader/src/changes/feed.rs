@@ -1,5 +1,5 @@
 //! The change feed: every change the replica committed, in the order it applied them, kept in a
-//! bounded ring that the watches (`crate::watch`) read at their own pace.
+//! bounded ring that the watches (`crate::http::watch`) read at their own pace.
 //!
 //! The consumer thread publishes each batch right after its redb commit, so a change is in the
 //! feed only once a read would find it. Publishing never waits for a watch: the ring is bounded

@@ -5,6 +5,9 @@
 //! next offset per partition. Offsets are handed to Kafka for committing only after that commit,
 //! so the group's offsets show lag to Kafka tooling but never claim more than redb holds.
 
+pub mod progress;
+pub mod schema_registry;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,15 +32,17 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::bootstrap::{self, BootstrapConfig};
-use crate::feed::ChangeFeed;
-use crate::framing::{BadSchemaHeader, SchemaFraming};
-use crate::progress::{Misconfiguration, PartitionProgress, Progress, ReplayNote, StoreFull};
+use crate::acting::ttl::Ttl;
+use crate::changes::feed::ChangeFeed;
+use crate::cluster::shard::{ShardSpec, Topology};
+use crate::replica::progress::{
+    Misconfiguration, PartitionProgress, Progress, ReplayNote, StoreFull,
+};
+use crate::replica::schema_registry::{BadSchemaHeader, SchemaFraming};
 use crate::settings::Settings;
-use crate::shard::{ShardSpec, Topology};
-use crate::snapshot::ImportProgress;
 use crate::store::{now_ms, Change, Decided, Precondition, Store, StoreError};
-use crate::ttl::Ttl;
+use crate::transfer::bootstrap::{self, BootstrapConfig};
+use crate::transfer::format::ImportProgress;
 
 /// Most records applied in one redb transaction.
 const MAX_BATCH_RECORDS: usize = 10_000;
@@ -1376,7 +1381,7 @@ fn note_replay(progress: &Progress) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::framing::SchemaIds;
+    use crate::replica::schema_registry::SchemaIds;
 
     #[test]
     fn stored_offsets_inside_the_log_resume() {

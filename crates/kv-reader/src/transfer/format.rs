@@ -24,7 +24,7 @@ use kv_core::record::{DecodedRecord, RecordCodec};
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
-use crate::shard::ShardSpec;
+use crate::cluster::shard::ShardSpec;
 use crate::store::{Change, ComputedRow, ExportHeader, Store, StoreError};
 
 pub const MAGIC: &[u8; 8] = b"KVSNAP\0\x01";

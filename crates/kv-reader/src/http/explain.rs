@@ -8,7 +8,7 @@ use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::key_from_path;
 use serde::Serialize;
 
-use crate::routes::{PeerClient, ReaderState, Routed};
+use crate::http::{PeerClient, ReaderState, Routed};
 use crate::store::now_ms;
 
 pub const STATE_PREFIX: &str = "/v1/state/";

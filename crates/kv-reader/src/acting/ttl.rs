@@ -28,8 +28,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::owner::Election;
-use crate::progress::Progress;
+use crate::acting::owner::Election;
+use crate::replica::progress::Progress;
 use crate::settings::Settings;
 use crate::store::{now_ms, Applied, Expired, PendingRepair, Store, StoreError};
 
@@ -271,8 +271,8 @@ pub struct Ttl {
     metrics: TtlMetrics,
     sweeper: Option<Sweeper>,
     /// The owner's computed-state actions, on a candidate with rules.
-    acting: Option<crate::computed::Acting>,
-    computed_metrics: crate::computed::ComputedMetrics,
+    acting: Option<crate::acting::computed::Acting>,
+    computed_metrics: crate::acting::computed::ComputedMetrics,
     next_tick: Instant,
 }
 
@@ -308,10 +308,10 @@ impl Ttl {
         swept: SweptPartitions,
         election: Election,
         metrics: TtlMetrics,
-        computed_metrics: crate::computed::ComputedMetrics,
+        computed_metrics: crate::acting::computed::ComputedMetrics,
     ) -> Result<Self, TtlError> {
         let acting = if swept.sweeps_any() && !settings.core.state_rules.is_empty() {
-            Some(crate::computed::Acting::new(
+            Some(crate::acting::computed::Acting::new(
                 settings,
                 computed_metrics.clone(),
             )?)

@@ -1,0 +1,3 @@
+//! The change feed: what the replica applied, in log order, for watches.
+
+pub mod feed;
