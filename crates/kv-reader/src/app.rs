@@ -24,7 +24,8 @@ use crate::acting::ttl::{check_compaction_lag, SweptPartitions, Ttl, TtlError, T
 use crate::cluster::shard::Topology;
 use crate::cluster::Cluster;
 use crate::http::watch::{end_watches_on_shutdown, WatchState};
-use crate::http::{self, PeerClient, ReaderState};
+use crate::http::{self, HttpState, PeerClient};
+use crate::read::ReadCore;
 use crate::metrics::{ReplicaCollector, RespMetrics, SnapshotMetrics, WatchMetrics};
 use crate::replica::schema_registry::{Registry, RegistryError, SchemaFraming, SchemaIds};
 use crate::replica::{DeleteRetention, Replica, ReplicaError, Wiring};
@@ -255,24 +256,25 @@ impl App {
                 kafka_stats: KafkaStats::register(metrics.registry(), Some(&settings.core.topic))?,
             },
         )?;
-        let sealed_listings = Arc::new(tokio::sync::Semaphore::new(http::MAX_SEALED_LISTINGS));
+        let read = Arc::new(ReadCore::new(
+            store.clone(),
+            replica.progress(),
+            cluster,
+            settings.read_your_writes_timeout,
+            settings.max_batch_get_bytes,
+        ));
         let watches = web::Data::new(WatchState {
             feed: replica.feed(),
             store: store.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(settings.watch.max_watches)),
             max_watches: settings.watch.max_watches,
             metrics: WatchMetrics::register(metrics.registry(), replica.feed())?,
-            sealed_listings: sealed_listings.clone(),
+            sealed_listings: read.sealed_listings.clone(),
             shard: settings.shard.as_ref().map(|s| s.spec),
         });
         end_watches_on_shutdown(replica.feed());
-        let state = web::Data::new(ReaderState {
-            store,
-            progress: replica.progress(),
-            read_your_writes_timeout: settings.read_your_writes_timeout,
-            max_batch_get_bytes: settings.max_batch_get_bytes,
-            sealed_listings,
-            cluster,
+        let state = web::Data::new(HttpState {
+            read: read.clone(),
             topic: settings.core.topic.clone(),
             topology,
             codec,
@@ -283,18 +285,18 @@ impl App {
         // Built once to fail start-up on a bad TLS setup; each worker gets its own below.
         peer_client()?;
         metrics.registry().register(Box::new(ReplicaCollector::new(
-            state.store.clone(),
-            state.progress.clone(),
+            read.store.clone(),
+            read.progress.clone(),
             replica.import_progress(),
         )?))?;
         let resp = match &settings.resp {
             None => None,
             Some(resp) => {
                 let metrics = RespMetrics::register(metrics.registry(), &resp::metric_labels())?;
-                let (state, auth) = (state.clone(), auth.clone());
+                let (read, auth) = (read.clone(), auth.clone());
                 let max_connections = resp.max_connections;
                 Some(RespServer::start(&resp.listen, |port| {
-                    resp::Shared::new(state, auth, metrics, port, max_connections)
+                    resp::Shared::new(read, auth, metrics, port, max_connections)
                 })?)
             }
         };

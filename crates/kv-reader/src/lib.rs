@@ -7,6 +7,7 @@ pub mod changes;
 pub mod cluster;
 pub mod http;
 pub mod metrics;
+pub mod read;
 pub mod replica;
 pub mod resp;
 pub mod settings;

@@ -3,18 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use base64::Engine;
-use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::json::BASE64;
 use serde_json::Value;
 
-use crate::cluster::{passed_back, read_bounded, Cluster, ForwardError, SERVED_BY_HEADER};
-
-/// Answers up to this size are passed back whole; larger ones are streamed.
-const SMALL_ANSWER: u64 = 256 * 1024;
+use crate::cluster::{read_bounded, Cluster, ForwardError, Outgoing, SERVED_BY};
 
 /// Why an owner's part is missing.
 #[derive(Debug)]
@@ -22,7 +15,9 @@ pub enum PartError {
     /// No usable answer: the next owner of those partitions is tried.
     Unavailable(ForwardError),
     /// The owner's verdict on the request itself (401, 403, 400, 413): it is the answer.
-    Refused(HttpResponse),
+    Refused(reqwest::Response),
+    /// The owner's answer is larger than the whole answer may be.
+    TooLarge,
 }
 
 /// One owner's part of a batchGet: its items in the order asked, and who answered.
@@ -37,7 +32,7 @@ pub struct BatchPart {
 pub async fn batch_part(
     cluster: &Cluster,
     client: &reqwest::Client,
-    request: &HttpRequest,
+    request: &Outgoing,
     peer: u32,
     field: &str,
     labels: &[&str],
@@ -51,17 +46,10 @@ pub async fn batch_part(
         .map_err(PartError::Unavailable)?;
     let served_by = served_by(&response);
     if !response.status().is_success() {
-        return Err(PartError::Refused(passed_through(response, limit).await));
+        return Err(PartError::Refused(response));
     }
     let body = read_bounded(response, limit).await.map_err(|e| match e {
-        crate::cluster::BodyError::TooLarge(_) => PartError::Refused(
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "the answer would hold more bytes of values than KV_API_MAX_BATCH_GET_BYTES \
-                     allows; ask for fewer keys at a time",
-            )
-            .error_response(),
-        ),
+        crate::cluster::BodyError::TooLarge(_) => PartError::TooLarge,
         other => unavailable(peer, other.to_string()),
     })?;
     #[derive(serde::Deserialize)]
@@ -94,15 +82,17 @@ pub struct PagePart {
     pub served_by: Option<String>,
 }
 
-/// Asks `peer` for the page the caller asked for (same query), from its own partitions.
+/// Asks `peer` for the page the caller asked for (`query`, as given), from its own
+/// partitions.
 pub async fn page_part(
     cluster: &Cluster,
     client: &reqwest::Client,
-    request: &HttpRequest,
+    request: &Outgoing,
+    query: &str,
     peer: u32,
     limit: usize,
 ) -> Result<PagePart, PartError> {
-    let path = match request.query_string() {
+    let path = match query {
         "" => "/v1/kv".to_owned(),
         query => format!("/v1/kv?{query}"),
     };
@@ -112,7 +102,7 @@ pub async fn page_part(
         .map_err(PartError::Unavailable)?;
     let served_by = served_by(&response);
     if !response.status().is_success() {
-        return Err(PartError::Refused(passed_through(response, limit).await));
+        return Err(PartError::Refused(response));
     }
     let body = read_bounded(response, limit)
         .await
@@ -167,60 +157,10 @@ pub fn merge_pages(parts: Vec<(Vec<Vec<u8>>, bool)>, limit: usize) -> (Vec<Vec<u
     (union.into_iter().take(limit).collect(), more)
 }
 
-/// An owner's answer as this shard's answer: status, headers but the hop-by-hop ones, and the
-/// body streamed through (a value is never held whole here). Error answers are read whole,
-/// within `limit`.
-pub async fn passed_through(response: reqwest::Response, limit: usize) -> HttpResponse {
-    let status = StatusCode::from_u16(response.status().as_u16())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut answer = HttpResponse::build(status);
-    for (name, value) in response.headers() {
-        if !passed_back(name.as_str()) {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            answer.append_header((name, value));
-        }
-    }
-    if status.is_success() || status == StatusCode::NOT_MODIFIED {
-        match response.content_length() {
-            // Most values are small: one buffer costs less than a stream through both servers.
-            Some(length) if length <= SMALL_ANSWER => match response.bytes().await {
-                Ok(body) => return answer.body(body),
-                Err(error) => {
-                    return ApiError::new(
-                        ErrorCode::ShardUnavailable,
-                        format!("the owner's answer broke off: {error}"),
-                    )
-                    .with_retry_after(std::time::Duration::from_secs(1))
-                    .error_response()
-                }
-            },
-            Some(length) => {
-                answer.no_chunking(length);
-            }
-            None => {}
-        }
-        return answer.streaming(response.bytes_stream());
-    }
-    match read_bounded(response, limit.max(64 * 1024)).await {
-        Ok(body) => answer.body(body),
-        Err(error) => ApiError::new(
-            ErrorCode::ShardUnavailable,
-            format!("the owner's answer could not be read: {error}"),
-        )
-        .with_retry_after(std::time::Duration::from_secs(1))
-        .error_response(),
-    }
-}
-
 fn served_by(response: &reqwest::Response) -> Option<String> {
     response
         .headers()
-        .get(SERVED_BY_HEADER.as_str())
+        .get(SERVED_BY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }

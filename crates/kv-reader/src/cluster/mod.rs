@@ -15,11 +15,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
-use actix_web::HttpRequest;
 use kv_core::record::RecordCodec;
-use kv_core::web::http::{CorrelationId, CORRELATION_ID};
+use kv_core::web::http::CORRELATION_ID;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
@@ -29,11 +26,9 @@ use crate::replica::progress::Progress;
 use crate::settings::Sharding;
 
 /// Names the shard that answered a read (a comma list when several did).
-pub const SERVED_BY_HEADER: HeaderName = HeaderName::from_static("x-served-by");
+pub const SERVED_BY: &str = "x-served-by";
 /// The loop guard: set on a forwarded request, which is then never forwarded again.
-pub const FORWARDED_BY_HEADER: HeaderName = HeaderName::from_static("x-kv-forwarded-by");
-/// A read's bound on the replica's lag, in records, on the partitions it reads.
-pub const MAX_LAG_HEADER: HeaderName = HeaderName::from_static("x-max-replica-lag");
+pub const FORWARDED_BY: &str = "x-kv-forwarded-by";
 
 /// How often each peer's readiness is read.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -44,7 +39,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Request headers a forwarded read carries on: the caller's credentials (the owner checks them
 /// itself), its read-your-writes token, its correlation id, its conditions.
-const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
+pub const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
     "authorization",
     "x-consistency-token",
     "x-max-replica-lag",
@@ -126,6 +121,15 @@ struct ForwardMetrics {
     peer_up: IntGaugeVec,
 }
 
+/// What a forward carries of the caller's request: its method, the headers in
+/// [`FORWARDED_REQUEST_HEADERS`], and its correlation id, taken once by the port.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub method: reqwest::Method,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub correlation_id: String,
+}
+
 /// A forward that got no usable answer.
 #[derive(Debug, thiserror::Error)]
 #[error("shard {peer}: {message}")]
@@ -143,7 +147,6 @@ pub struct Cluster {
     codec: RecordCodec,
     pub forward_timeout: Duration,
     metrics: ForwardMetrics,
-    served_by: HeaderValue,
     /// Since when this shard has been the acting owner of each partition it owns, as
     /// `owner::Election::view` last saw.
     pub owned_since: Mutex<BTreeMap<i32, u64>>,
@@ -218,7 +221,6 @@ impl Cluster {
             codec,
             forward_timeout: sharding.forward_timeout,
             metrics,
-            served_by: HeaderValue::from(sharding.spec.index),
             owned_since: Mutex::default(),
         })
     }
@@ -259,10 +261,6 @@ impl Cluster {
     }
 
     /// This shard's index, as `X-Served-By` carries it.
-    pub fn served_by(&self) -> HeaderValue {
-        self.served_by.clone()
-    }
-
     pub fn partitions(&self) -> Option<u32> {
         self.topology.partitions()
     }
@@ -325,29 +323,27 @@ impl Cluster {
         ranked.into_iter().map(|(_, target)| target).collect()
     }
 
-    /// Sends `request`'s method and headers (and `body`) to `peer` at `path_and_query`, with
-    /// the loop guard set. A 503 is an error here too, so the caller tries the next owner.
+    /// Sends the caller's `request` (and `body`) to `peer` at `path_and_query`, with the loop
+    /// guard set. A 503 is an error here too, so the caller tries the next owner.
     pub async fn forward(
         &self,
         client: &reqwest::Client,
         peer: u32,
-        request: &HttpRequest,
+        request: &Outgoing,
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<reqwest::Response, ForwardError> {
         let target = &self.peers[peer as usize];
         let url = format!("{}{path_and_query}", target.url);
-        let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
-            .unwrap_or(reqwest::Method::GET);
-        let mut outgoing = client.request(method, url).timeout(self.forward_timeout);
-        for name in FORWARDED_REQUEST_HEADERS {
-            for value in request.headers().get_all(name) {
-                outgoing = outgoing.header(name, value.as_bytes());
-            }
+        let mut outgoing = client
+            .request(request.method.clone(), url)
+            .timeout(self.forward_timeout);
+        for (name, value) in &request.headers {
+            outgoing = outgoing.header(*name, value.as_slice());
         }
         outgoing = outgoing
-            .header(CORRELATION_ID.as_str(), CorrelationId::of(request).0)
-            .header(FORWARDED_BY_HEADER.as_str(), self.spec.index.to_string());
+            .header(CORRELATION_ID.as_str(), request.correlation_id.as_str())
+            .header(FORWARDED_BY, self.spec.index.to_string());
         if let Some(body) = body {
             outgoing = outgoing.body(body);
         }
@@ -358,7 +354,7 @@ impl Cluster {
             .with_label_values(&[&target.label])
             .observe(started.elapsed().as_secs_f64());
         let (outcome, result) = match answer {
-            Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE.as_u16() => {
+            Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
                 let message = format!("answered 503 ({})", error_code(response).await);
                 (Outcome::Unavailable, Err(message))
             }

@@ -8,7 +8,9 @@ use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::key_from_path;
 use serde::Serialize;
 
-use crate::http::{PeerClient, ReaderState, Routed};
+use crate::http::forward::{route_key, Routed};
+use crate::http::request::ReadRequest;
+use crate::http::state::{HttpState, PeerClient};
 use crate::store::now_ms;
 
 pub const STATE_PREFIX: &str = "/v1/state/";
@@ -48,11 +50,11 @@ fn text(bytes: &[u8]) -> String {
 pub async fn explain(
     _auth: Authorized<operation::Read>,
     request: HttpRequest,
-    state: web::Data<ReaderState>,
+    state: web::Data<HttpState>,
     client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, STATE_PREFIX)?;
-    let Some(rule) = state.store.rules().and_then(|r| r.rule_for(&key)).cloned() else {
+    let Some(rule) = state.read.store.rules().and_then(|r| r.rule_for(&key)).cloned() else {
         return Err(ApiError::new(
             ErrorCode::NoRule,
             format!(
@@ -61,12 +63,14 @@ pub async fn explain(
             ),
         ));
     };
-    let scope = match state.route_key(&client, &request, &key, None).await? {
+    let read = ReadRequest::parse(&request)?;
+    let scope = match route_key(&state, &client, &request, &read, &key, None).await? {
         Routed::Forwarded(answer) => return Ok(answer),
         Routed::Local(scope) => scope,
     };
-    state.prepare_read(&request, state.scope(&scope)).await?;
-    let store = state.store.clone();
+    let core = &state.read;
+    read.settle(core, &request, core.scope(&scope)).await?;
+    let store = core.store.clone();
     let lookup = key.clone();
     let explained = web::block(move || store.explain(&lookup, now_ms(), SHOWN_VALUE_BYTES + 1))
         .await

@@ -10,7 +10,7 @@ use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use serde::Deserialize;
 
-use crate::http::ReaderState;
+use crate::http::state::HttpState;
 use crate::replica::progress::WaitError;
 
 /// How long one question waits for the record to be applied, unless it asks for less; the
@@ -28,7 +28,7 @@ pub async fn outcome(
     _auth: Authorized<operation::Read>,
     path: web::Path<(i32, i64)>,
     query: web::Query<OutcomeQuery>,
-    state: web::Data<ReaderState>,
+    state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
     let (partition, offset) = path.into_inner();
     if partition < 0 || offset < 0 {
@@ -36,7 +36,7 @@ pub async fn outcome(
             "partition and offset must be whole numbers of at least 0",
         ));
     }
-    if let Some(cluster) = &state.cluster {
+    if let Some(cluster) = &state.read.cluster {
         if !cluster.holds(partition) {
             return Err(ApiError::new(
                 ErrorCode::PartitionNotHeld,
@@ -52,7 +52,7 @@ pub async fn outcome(
         .map_or(DEFAULT_WAIT, Duration::from_millis)
         .min(MAX_WAIT);
     let token = ConsistencyToken::from_positions([RecordPosition { partition, offset }]);
-    match state.progress.wait_for(&token, wait).await {
+    match state.read.progress.wait_for(&token, wait).await {
         Ok(()) => {}
         Err(error @ WaitError::UnknownPartition { .. }) => {
             return Err(ApiError::invalid_request(format!(
@@ -70,7 +70,7 @@ pub async fn outcome(
             .with_retry_after(Duration::from_secs(1)))
         }
     }
-    let store = state.store.clone();
+    let store = state.read.store.clone();
     let found = web::block(move || store.outcome(partition, offset))
         .await
         .map_err(|e| ApiError::internal(format!("the outcome lookup did not run: {e}")))?

@@ -11,7 +11,7 @@ use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
 use actix_web::{web, HttpResponse};
 
 use crate::cluster::{health, ClusterHealth};
-use crate::http::ReaderState;
+use crate::http::state::HttpState;
 
 /// The page allows its inline style and nothing else: no script, no fetch, no frame.
 const CONTENT_SECURITY_POLICY: &str =
@@ -24,11 +24,11 @@ th{background:#f3f3f3}.bad{color:#a00;font-weight:bold}.ok{color:#070}\
 caption{text-align:left;font-weight:bold;padding:.3rem 0}";
 
 /// `GET /status`.
-pub async fn status_page(state: web::Data<ReaderState>) -> HttpResponse {
+pub async fn status_page(state: web::Data<HttpState>) -> HttpResponse {
     let view = health(
         &state.topic,
-        state.cluster.as_deref(),
-        &state.progress,
+        state.read.cluster.as_deref(),
+        &state.read.progress,
         &state.election,
     );
     HttpResponse::Ok()

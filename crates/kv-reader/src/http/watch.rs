@@ -27,7 +27,7 @@ use crate::changes::feed::{
     ChangeEvent, ChangeFeed, ChangeKind, Positions, Read, Resume, SnapshotAt,
 };
 use crate::cluster::shard::ShardSpec;
-use crate::http::prefix_param;
+use crate::http::list::prefix_param;
 use crate::metrics::{WatchEvent, WatchMetrics};
 use crate::store::{ScanPage, Snapshot, Store, StoreError, StoredEntry};
 

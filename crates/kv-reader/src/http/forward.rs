@@ -1,0 +1,160 @@
+//! The HTTP side of a shard's forward: what of the caller's request goes to the owner, and the
+//! owner's answer passed back as this shard's.
+
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use kv_core::web::error::{ApiError, ErrorCode};
+use kv_core::web::http::CorrelationId;
+
+use crate::cluster::fanout::PartError;
+use crate::cluster::{passed_back, read_bounded, Outgoing, Target, FORWARDED_REQUEST_HEADERS};
+use crate::http::request::ReadRequest;
+use crate::http::state::{HttpState, PeerClient};
+use crate::read::{Placement, ReadError};
+
+/// Answers up to this size are passed back whole; larger ones are streamed.
+const SMALL_ANSWER: u64 = 256 * 1024;
+
+/// Where a read of one key is answered.
+pub enum Routed {
+    /// Here, scoped to these partitions.
+    Local(Vec<i32>),
+    /// By an owner; its answer.
+    Forwarded(HttpResponse),
+}
+
+/// What a forward carries of `request`.
+pub fn outgoing(request: &HttpRequest) -> Outgoing {
+    let mut headers = Vec::new();
+    for name in FORWARDED_REQUEST_HEADERS {
+        for value in request.headers().get_all(name) {
+            headers.push((name, value.as_bytes().to_vec()));
+        }
+    }
+    Outgoing {
+        method: reqwest::Method::from_bytes(request.method().as_str().as_bytes())
+            .unwrap_or(reqwest::Method::GET),
+        headers,
+        correlation_id: CorrelationId::of(request).0,
+    }
+}
+
+/// Answers the read of `key` by forwarding it to an owner of its partition when this shard
+/// should not answer it itself. `body` is the request's own, for the owner.
+pub async fn route_key(
+    state: &HttpState,
+    client: &PeerClient,
+    request: &HttpRequest,
+    read: &ReadRequest,
+    key: &[u8],
+    body: Option<&[u8]>,
+) -> Result<Routed, ApiError> {
+    let core = &state.read;
+    let (partition, targets) =
+        match core.place(key, read.forwarded_by.as_deref(), read.bounds.max_lag)? {
+            Placement::Here(scope) => return Ok(Routed::Local(scope)),
+            Placement::Owners { partition, targets } => (partition, targets),
+        };
+    let Some(cluster) = &core.cluster else {
+        return Ok(Routed::Local(Vec::new()));
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.path().to_owned(), |pq| pq.as_str().to_owned());
+    let outgoing = outgoing(request);
+    let mut failures = Vec::new();
+    for target in targets {
+        let peer = match target {
+            Target::Local => return Ok(Routed::Local(vec![partition])),
+            Target::Peer(peer) => peer,
+        };
+        match cluster
+            .forward(&client.0, peer, &outgoing, &path, body.map(<[u8]>::to_vec))
+            .await
+        {
+            Ok(response) => {
+                let answer = passed_through(response, core.max_batch_get_bytes).await;
+                return Ok(Routed::Forwarded(answer));
+            }
+            Err(error) => failures.push(error.to_string()),
+        }
+    }
+    Err(ReadError::ShardUnavailable {
+        partitions: vec![partition],
+        failures,
+    }
+    .into())
+}
+
+/// An owner's refusal of a part of a fanned-out read, as this shard's answer.
+pub async fn refused(part: PartError, state: &HttpState) -> HttpResponse {
+    match part {
+        PartError::Refused(response) => {
+            passed_through(response, state.read.max_batch_get_bytes).await
+        }
+        PartError::TooLarge => ApiError::from(ReadError::AnswerTooLarge {
+            limit: state.read.max_batch_get_bytes,
+        })
+        .error_response(),
+        PartError::Unavailable(error) => ApiError::from(ReadError::ShardUnavailable {
+            partitions: Vec::new(),
+            failures: vec![error.to_string()],
+        })
+        .error_response(),
+    }
+}
+
+/// An owner's answer as this shard's answer: status, headers but the hop-by-hop ones, and the
+/// body streamed through (a value is never held whole here). Error answers are read whole,
+/// within `limit`.
+pub async fn passed_through(response: reqwest::Response, limit: usize) -> HttpResponse {
+    let status = StatusCode::from_u16(response.status().as_u16())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut answer = HttpResponse::build(status);
+    for (name, value) in response.headers() {
+        if !passed_back(name.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            answer.append_header((name, value));
+        }
+    }
+    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+        match response.content_length() {
+            // Most values are small: one buffer costs less than a stream through both servers.
+            Some(length) if length <= SMALL_ANSWER => match response.bytes().await {
+                Ok(body) => return answer.body(body),
+                Err(error) => {
+                    return ApiError::new(
+                        ErrorCode::ShardUnavailable,
+                        format!("the owner's answer broke off: {error}"),
+                    )
+                    .with_retry_after(Duration::from_secs(1))
+                    .error_response()
+                }
+            },
+            Some(length) => {
+                answer.no_chunking(length);
+            }
+            None => {}
+        }
+        return answer.streaming(response.bytes_stream());
+    }
+    match read_bounded(response, limit.max(64 * 1024)).await {
+        Ok(body) => answer.body(body),
+        Err(error) => ApiError::new(
+            ErrorCode::ShardUnavailable,
+            format!("the owner's answer could not be read: {error}"),
+        )
+        .with_retry_after(Duration::from_secs(1))
+        .error_response(),
+    }
+}
+
