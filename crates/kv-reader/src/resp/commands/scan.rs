@@ -1,0 +1,238 @@
+//! `SCAN` pages through the store over many requests, so its cursors outlive one connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+
+use bytes::BytesMut;
+
+use super::{integer, store_failed, Args, Next, Pending, Session, Shared};
+use crate::http::MAX_LIST_LIMIT;
+use crate::resp::reply::Reply;
+use crate::store::now_ms;
+
+/// `SCAN`'s page size unless `COUNT` says otherwise, as Redis's.
+const DEFAULT_SCAN_COUNT: usize = 10;
+/// Scan positions kept for cursors handed out, server-wide; an older cursor is refused.
+const MAX_CURSORS: usize = 4096;
+
+/// `SCAN cursor [MATCH prefix*] [COUNT n] [TYPE string]`: keys in byte order, a page at a
+/// time. Redis clients read the cursor as a number, so it names a position kept server-side.
+pub(super) fn scan(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) -> Next {
+    let Some(cursor) = integer(args.get(1)) else {
+        reply.error("ERR invalid cursor");
+        return Next::Continue;
+    };
+    let (mut prefix, mut count, mut strings) = (Vec::new(), DEFAULT_SCAN_COUNT, true);
+    let mut i = 2;
+    while i < args.len() {
+        let Some(value) = args.ranges.get(i + 1).map(|_| args.get(i + 1)) else {
+            reply.error("ERR syntax error");
+            return Next::Continue;
+        };
+        if args.is(i, "MATCH") {
+            match prefix_of(value) {
+                Some(p) => prefix = p,
+                None => {
+                    reply.error(&format!(
+                        "ERR this replica's SCAN takes a prefix pattern (`prefix*`, or `*`), got \
+                         '{}'",
+                        String::from_utf8_lossy(&value[..value.len().min(128)])
+                    ));
+                    return Next::Continue;
+                }
+            }
+        } else if args.is(i, "COUNT") {
+            match integer(value) {
+                Some(n) if n >= 1 => count = (n as usize).min(MAX_LIST_LIMIT),
+                Some(_) => {
+                    reply.error("ERR syntax error");
+                    return Next::Continue;
+                }
+                None => {
+                    not_an_integer(reply);
+                    return Next::Continue;
+                }
+            }
+        } else if args.is(i, "TYPE") {
+            strings = value.eq_ignore_ascii_case(b"string");
+        } else {
+            reply.error("ERR syntax error");
+            return Next::Continue;
+        }
+        i += 2;
+    }
+    let after = match cursor {
+        0 => None,
+        cursor => match shared.cursors.resume(cursor) {
+            Some(after) => Some(after),
+            None => {
+                reply.error(&format!(
+                    "ERR invalid cursor: this replica keeps the positions of its {MAX_CURSORS} \
+                     latest cursors (or it restarted); SCAN again from 0"
+                ));
+                return Next::Continue;
+            }
+        },
+    };
+    if !strings {
+        // Every value here is a string.
+        scan_reply(shared, reply, Vec::new(), false);
+        return Next::Continue;
+    }
+    let store = &shared.state.store;
+    if store.is_encrypted() {
+        return Next::Pending(Pending::SealedScan {
+            prefix,
+            after,
+            count,
+        });
+    }
+    match store.list_keys(&prefix, after.as_deref(), count) {
+        Ok((keys, more)) => scan_reply(shared, reply, keys, more),
+        Err(error) => store_failed(reply, &error),
+    }
+    Next::Continue
+}
+
+/// The waiting part of `SCAN` on a store encrypted at rest.
+pub(super) async fn sealed_scan(
+    shared: &Shared,
+    session: &Session,
+    prefix: Vec<u8>,
+    after: Option<Vec<u8>>,
+    count: usize,
+    out: &mut BytesMut,
+) {
+    // As the HTTP listing of a sealed store: every entry is opened, so it runs on
+    // the blocking pool, sharing the HTTP port's few slots.
+    let slot = shared.state.sealed_listings.clone().try_acquire_owned();
+    let listed = match slot {
+        Err(_) => None,
+        Ok(slot) => {
+            let store = shared.state.store.clone();
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    store.list_keys(&prefix, after.as_deref(), count)
+                })
+                .await,
+            )
+        }
+    };
+    let mut reply = Reply::new(out, session.resp3);
+    match listed {
+        None => reply.error(
+            "TRYAGAIN as many listings of this encrypted replica run as it takes at \
+             once; retry",
+        ),
+        Some(Ok(Ok((keys, more)))) => scan_reply(shared, &mut reply, keys, more),
+        Some(Ok(Err(error))) => store_failed(&mut reply, &error),
+        Some(Err(error)) => reply.error(&format!("ERR the listing task failed: {error}")),
+    }
+}
+
+fn not_an_integer(reply: &mut Reply<'_>) {
+    reply.error("ERR value is not an integer or out of range");
+}
+
+/// The prefix a `MATCH` pattern selects: `prefix*` with no other wildcard, where `\` quotes
+/// the next byte; `None` for any other pattern.
+fn prefix_of(pattern: &[u8]) -> Option<Vec<u8>> {
+    let mut prefix = Vec::with_capacity(pattern.len());
+    let mut bytes = pattern.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => prefix.push(*bytes.next()?),
+            b'*' => return bytes.as_slice().is_empty().then_some(prefix),
+            b'?' | b'[' | b']' => return None,
+            _ => prefix.push(b),
+        }
+    }
+    // A pattern without `*` matches one key exactly: not a prefix.
+    None
+}
+
+fn scan_reply(shared: &Shared, reply: &mut Reply<'_>, keys: Vec<Vec<u8>>, more: bool) {
+    let cursor = match keys.last() {
+        Some(last) if more => shared.cursors.open(last.clone()),
+        _ => 0,
+    };
+    reply.array(2);
+    reply.bulk(cursor.to_string().as_bytes());
+    reply.array(keys.len());
+    for key in &keys {
+        reply.bulk(key);
+    }
+}
+
+/// Where each cursor handed out resumes: the last key of its page. Server-wide, so a client
+/// may go on on another connection, and bounded: the oldest are forgotten first.
+#[derive(Debug)]
+pub(super) struct Cursors(Mutex<CursorTable>);
+
+#[derive(Debug)]
+struct CursorTable {
+    last: u64,
+    after: HashMap<u64, Vec<u8>>,
+    order: VecDeque<u64>,
+}
+
+impl Cursors {
+    pub(super) fn new() -> Self {
+        // Numbered from the start time, so a cursor from before a restart is refused rather
+        // than resumed somewhere else.
+        Self(Mutex::new(CursorTable {
+            last: now_ms().saturating_mul(1000),
+            after: HashMap::new(),
+            order: VecDeque::new(),
+        }))
+    }
+
+    fn open(&self, after: Vec<u8>) -> u64 {
+        let mut table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        table.last += 1;
+        let cursor = table.last;
+        table.after.insert(cursor, after);
+        table.order.push_back(cursor);
+        if table.order.len() > MAX_CURSORS {
+            if let Some(oldest) = table.order.pop_front() {
+                table.after.remove(&oldest);
+            }
+        }
+        cursor
+    }
+
+    fn resume(&self, cursor: u64) -> Option<Vec<u8>> {
+        let table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        table.after.get(&cursor).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_prefix_patterns_select_a_prefix() {
+        assert_eq!(prefix_of(b"*"), Some(Vec::new()));
+        assert_eq!(prefix_of(b"users/*"), Some(b"users/".to_vec()));
+        assert_eq!(prefix_of(br"a\*b*"), Some(b"a*b".to_vec()));
+        assert_eq!(prefix_of(b"users"), None);
+        assert_eq!(prefix_of(b"*x"), None);
+        assert_eq!(prefix_of(b"a?*"), None);
+        assert_eq!(prefix_of(b"[ab]*"), None);
+        assert_eq!(prefix_of(br"a\"), None);
+    }
+
+    #[test]
+    fn cursors_resume_where_their_page_ended_and_the_oldest_are_forgotten() {
+        let cursors = Cursors::new();
+        let first = cursors.open(b"a".to_vec());
+        assert_eq!(cursors.resume(first), Some(b"a".to_vec()));
+        for i in 0..MAX_CURSORS {
+            cursors.open(i.to_string().into_bytes());
+        }
+        assert_eq!(cursors.resume(first), None);
+        assert_eq!(cursors.resume(0), None);
+    }
+}
