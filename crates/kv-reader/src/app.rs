@@ -296,7 +296,7 @@ impl App {
                 let (read, auth) = (read.clone(), auth.clone());
                 let max_connections = resp.max_connections;
                 Some(RespServer::start(&resp.listen, |port| {
-                    resp::Shared::new(read, auth, metrics, port, max_connections)
+                    resp::Shared::new(read, auth.into_inner(), metrics, port, max_connections)
                 })?)
             }
         };

@@ -19,6 +19,7 @@ use crate::read::{Placement, ReadError};
 const SMALL_ANSWER: u64 = 256 * 1024;
 
 /// Where a read of one key is answered.
+#[derive(Debug)]
 pub enum Routed {
     /// Here, scoped to these partitions.
     Local(Vec<i32>),

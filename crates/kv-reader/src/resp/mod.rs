@@ -7,6 +7,7 @@
 //! `server` holds the listener and the connections.
 
 mod commands;
+mod errors;
 mod expiry;
 mod parser;
 mod reply;

@@ -152,7 +152,7 @@ pub(super) fn hello(
         }
     }
     if let Some(token) = token {
-        if matches!(**shared.auth, AuthGate::Disabled) {
+        if matches!(*shared.auth, AuthGate::Disabled) {
             reply.error(
                 "ERR AUTH <password> called without any password configured for the default \
                  user. Are you sure your configuration is correct?",

@@ -7,7 +7,7 @@ use crate::resp::reply::Reply;
 
 /// `DBSIZE`.
 pub(super) fn dbsize(shared: &Shared, reply: &mut Reply<'_>) {
-    match shared.state.store.key_count() {
+    match shared.read.store.key_count() {
         Ok(count) => reply.integer(count as i64),
         Err(error) => store_failed(reply, &error),
     }
@@ -46,8 +46,8 @@ pub(super) fn info(shared: &Shared, args: Args<'_>) -> String {
         );
     }
     if wanted("replication") {
-        let report = shared.state.progress.report();
-        let applied = shared.state.progress.freshness().applied;
+        let report = shared.read.progress.report();
+        let applied = shared.read.progress.freshness().applied;
         let _ = write!(
             text,
             "# Replication\r\nrole:slave\r\nmaster_link_status:{}\r\nkv_replica_ready:{}\r\n\
@@ -74,7 +74,7 @@ pub(super) fn info(shared: &Shared, args: Args<'_>) -> String {
     }
     if wanted("keyspace") {
         text.push_str("# Keyspace\r\n");
-        if let Ok(keys) = shared.state.store.key_count() {
+        if let Ok(keys) = shared.read.store.key_count() {
             if keys > 0 {
                 let _ = write!(text, "db0:keys={keys}\r\n");
             }

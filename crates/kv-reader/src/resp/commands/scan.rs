@@ -5,8 +5,8 @@ use std::sync::{Mutex, PoisonError};
 
 use bytes::BytesMut;
 
-use super::{integer, store_failed, Args, Next, Pending, Session, Shared};
-use crate::http::MAX_LIST_LIMIT;
+use super::{integer, Args, Next, Pending, Session, Shared};
+use crate::read::limits::MAX_LIST_LIMIT;
 use crate::resp::reply::Reply;
 use crate::store::now_ms;
 
@@ -79,17 +79,16 @@ pub(super) fn scan(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) -> Ne
         scan_reply(shared, reply, Vec::new(), false);
         return Next::Continue;
     }
-    let store = &shared.state.store;
-    if store.is_encrypted() {
+    if shared.read.listing_blocks() {
         return Next::Pending(Pending::SealedScan {
             prefix,
             after,
             count,
         });
     }
-    match store.list_keys(&prefix, after.as_deref(), count) {
+    match shared.read.page_now(&prefix, after.as_deref(), count) {
         Ok((keys, more)) => scan_reply(shared, reply, keys, more),
-        Err(error) => store_failed(reply, &error),
+        Err(error) => reply.error(&shared.refused(&error)),
     }
     Next::Continue
 }
@@ -103,31 +102,12 @@ pub(super) async fn sealed_scan(
     count: usize,
     out: &mut BytesMut,
 ) {
-    // As the HTTP listing of a sealed store: every entry is opened, so it runs on
-    // the blocking pool, sharing the HTTP port's few slots.
-    let slot = shared.state.sealed_listings.clone().try_acquire_owned();
-    let listed = match slot {
-        Err(_) => None,
-        Ok(slot) => {
-            let store = shared.state.store.clone();
-            Some(
-                tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    store.list_keys(&prefix, after.as_deref(), count)
-                })
-                .await,
-            )
-        }
-    };
+    // As the HTTP listing of a sealed store: it shares the HTTP port's few slots.
+    let listed = shared.read.page(prefix, after, count).await;
     let mut reply = Reply::new(out, session.resp3);
     match listed {
-        None => reply.error(
-            "TRYAGAIN as many listings of this encrypted replica run as it takes at \
-             once; retry",
-        ),
-        Some(Ok(Ok((keys, more)))) => scan_reply(shared, &mut reply, keys, more),
-        Some(Ok(Err(error))) => store_failed(&mut reply, &error),
-        Some(Err(error)) => reply.error(&format!("ERR the listing task failed: {error}")),
+        Ok((keys, more)) => scan_reply(shared, &mut reply, keys, more),
+        Err(error) => reply.error(&shared.refused(&error)),
     }
 }
 

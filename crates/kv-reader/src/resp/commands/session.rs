@@ -87,7 +87,7 @@ pub struct Hello {
 pub(super) fn auth(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) -> Next {
     if args.len() > 3 {
         reply.error("ERR syntax error");
-    } else if matches!(**shared.auth, AuthGate::Disabled) {
+    } else if matches!(*shared.auth, AuthGate::Disabled) {
         reply.error(
             "ERR AUTH <password> called without any password configured for the default \
              user. Are you sure your configuration is correct?",

@@ -1,20 +1,22 @@
 //! One per port, so what outlives a connection (scan cursors, client ids) is kept here.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::web;
 use kv_core::web::auth::AuthGate;
 
 use super::scan::Cursors;
-use crate::http::ReaderState;
+use crate::read::{ReadCore, ReadError};
+use crate::resp::errors::refusal;
 use crate::metrics::RespMetrics;
 
 /// What every connection shares.
 #[derive(Debug)]
 pub struct Shared {
-    pub state: web::Data<ReaderState>,
-    pub auth: web::Data<AuthGate>,
+    /// Shared with the HTTP port: the same rules, limits and listing slots.
+    pub read: Arc<ReadCore>,
+    pub auth: Arc<AuthGate>,
     pub metrics: RespMetrics,
     pub port: u16,
     pub max_connections: usize,
@@ -25,14 +27,14 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(
-        state: web::Data<ReaderState>,
-        auth: web::Data<AuthGate>,
+        read: Arc<ReadCore>,
+        auth: Arc<AuthGate>,
         metrics: RespMetrics,
         port: u16,
         max_connections: usize,
     ) -> Self {
         Self {
-            state,
+            read,
             auth,
             metrics,
             port,
@@ -46,20 +48,11 @@ impl Shared {
     /// Why this shard does not answer `key` itself; `None` on a full replica. Forwarding is the
     /// HTTP port's: a Redis client expects its server to hold what it asks for.
     pub(super) fn shard_refusal(&self, key: &[u8]) -> Option<String> {
-        let cluster = self.state.cluster.as_ref()?;
-        let Some(count) = cluster.partitions() else {
-            return Some(
-                "TRYAGAIN this shard has not read the topic's partitions from the broker yet; \
-                 retry"
-                    .to_owned(),
-            );
-        };
-        let partition = cluster.partition_of(key, count);
-        (!cluster.holds(partition)).then(|| {
-            format!(
-                "ERR key not held by this shard (partition {partition} is another shard's); \
-                 read it over the HTTP port, which forwards it"
-            )
-        })
+        self.read.held_here(key).err().map(|e| refusal(&e))
+    }
+
+    /// A refusal of the read core as this port's error reply.
+    pub(super) fn refused(&self, error: &ReadError) -> String {
+        refusal(error)
     }
 }

@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use kv_core::consistency::{ConsistencyToken, RecordPosition};
+use kv_core::consistency::ConsistencyToken;
 
 use super::{integer, Args, Next, Pending, Session, Shared};
-use crate::replica::progress::WaitError;
 use crate::resp::reply::Reply;
 
 /// `KV.WAIT <consistency-token> <timeout-ms>`: `+OK` once this replica applied the writes of
@@ -29,38 +28,24 @@ pub(super) fn kv_wait(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) ->
         reply.error("ERR timeout is not an integer or out of range");
         return Next::Continue;
     };
-    let timeout = Duration::from_millis(timeout).min(shared.state.read_your_writes_timeout);
-    let token = match &shared.state.cluster {
-        None => token,
-        Some(cluster) => {
-            let Some(count) = cluster.partitions() else {
-                reply.error(
-                    "TRYAGAIN this shard has not read the topic's partitions from the broker \
-                     yet; retry",
-                );
-                return Next::Continue;
-            };
-            if let Some((partition, _)) = token.offsets().find(|(p, _)| *p as u32 >= count) {
-                reply.error(&format!(
-                    "ERR consistency token {token} cannot name a write of this topic: the topic \
-                     has no partition {partition} (it has {count})"
-                ));
-                return Next::Continue;
-            }
-            let held = ConsistencyToken::from_positions(
-                token
-                    .offsets()
-                    .filter(|(p, _)| cluster.holds(*p))
-                    .map(|(partition, offset)| RecordPosition { partition, offset }),
-            );
-            if held.offsets().next().is_none() {
-                reply.ok();
-                return Next::Continue;
-            }
-            held
+    let timeout = Duration::from_millis(timeout);
+    let core = &shared.read;
+    // On a shard, the token's offsets of its own partitions only.
+    let scoped = core.held_partitions().and_then(|held| match &held {
+        Some(held) => core.scoped(token, core.scope(held)),
+        None => Ok(Some(token)),
+    });
+    match scoped {
+        Ok(Some(token)) => Next::Pending(Pending::Wait { token, timeout }),
+        Ok(None) => {
+            reply.ok();
+            Next::Continue
         }
-    };
-    Next::Pending(Pending::Wait { token, timeout })
+        Err(error) => {
+            reply.error(&shared.refused(&error));
+            Next::Continue
+        }
+    }
 }
 
 /// The waiting part of `KV.WAIT`, on the consumer's progress.
@@ -71,21 +56,10 @@ pub(super) async fn wait_for(
     timeout: Duration,
     out: &mut BytesMut,
 ) {
-    let waited = shared.state.progress.wait_for(&token, timeout).await;
+    let waited = shared.read.wait_for(&token, timeout).await;
     let mut reply = Reply::new(out, session.resp3);
     match waited {
         Ok(()) => reply.ok(),
-        Err(error @ WaitError::UnknownPartition { .. }) => reply.error(&format!(
-            "ERR consistency token {token} cannot name a write of this topic: {error}"
-        )),
-        Err(WaitError::TimedOut) => reply.error(&format!(
-            "TRYAGAIN this replica has not applied the writes of consistency token \
-             {token} within {} ms; retry later",
-            timeout.as_millis()
-        )),
-        Err(error) => reply.error(&format!(
-            "TRYAGAIN this replica cannot wait for consistency token {token}: \
-             {error}; retry later"
-        )),
+        Err(error) => reply.error(&shared.refused(&error)),
     }
 }
