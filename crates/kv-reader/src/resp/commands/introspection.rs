@@ -9,7 +9,7 @@ use crate::resp::reply::Reply;
 pub(super) fn dbsize(shared: &Shared, reply: &mut Reply<'_>) {
     match shared.read.store.key_count() {
         Ok(count) => reply.integer(count as i64),
-        Err(error) => store_failed(reply, &error),
+        Err(error) => store_failed(reply, error),
     }
 }
 

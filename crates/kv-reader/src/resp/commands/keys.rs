@@ -17,7 +17,7 @@ pub(super) fn get(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) {
         None => reply.null(),
     });
     if let Err(error) = read {
-        store_failed(reply, &error);
+        store_failed(reply, error);
     }
 }
 
@@ -56,7 +56,7 @@ pub(super) fn exists(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) {
         match shared.read.store.get(key) {
             Ok(entry) => found += i64::from(entry.is_some()),
             Err(error) => {
-                store_failed(reply, &error);
+                store_failed(reply, error);
                 return;
             }
         }
@@ -81,7 +81,7 @@ pub(super) fn strlen_or_type(
             reply.integer(entry.map_or(0, |e| e.value.len() as i64));
         }
         (Ok(entry), _) => reply.simple(if entry.is_some() { "string" } else { "none" }),
-        (Err(error), _) => store_failed(reply, &error),
+        (Err(error), _) => store_failed(reply, error),
     }
 }
 
@@ -103,6 +103,6 @@ pub(super) fn expiry(shared: &Shared, command: Name, args: Args<'_>, reply: &mut
             let expiry = entry.map(|entry| entry.expires_at_ms);
             reply.integer(expiry::reply(asked, expiry, now_ms()));
         }
-        Err(error) => store_failed(reply, &error),
+        Err(error) => store_failed(reply, error),
     }
 }

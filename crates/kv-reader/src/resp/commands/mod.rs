@@ -29,6 +29,7 @@ use bytes::BytesMut;
 use kv_core::consistency::ConsistencyToken;
 
 use super::reply::Reply;
+use crate::read::ReadError;
 use crate::store::StoreError;
 use session::Hello;
 
@@ -458,9 +459,8 @@ fn unknown_command(name: &[u8], args: Args<'_>) -> String {
     message
 }
 
-fn store_failed(reply: &mut Reply<'_>, error: &StoreError) {
-    tracing::error!(%error, "reading the store failed");
-    reply.error("ERR reading the replica's store failed");
+fn store_failed(reply: &mut Reply<'_>, error: StoreError) {
+    reply.error(&crate::resp::errors::refusal(&ReadError::store(error)));
 }
 
 fn integer(bytes: &[u8]) -> Option<u64> {
