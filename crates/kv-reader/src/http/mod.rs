@@ -38,10 +38,10 @@ use crate::acting::owner::Election;
 use crate::cluster::fanout::{self, PartError};
 use crate::cluster::shard::{ShardSpec, Topology};
 use crate::cluster::{Cluster, Target, FORWARDED_BY_HEADER, MAX_LAG_HEADER, SERVED_BY_HEADER};
-use crate::metrics::SnapshotMetrics;
 use crate::replica::progress::{Freshness, Progress, WaitError};
 use crate::store::{Store, StoredEntry};
 use crate::transfer::format;
+use crate::transfer::metrics::SnapshotMetrics;
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
 

@@ -5,6 +5,7 @@
 //! next offset per partition. Offsets are handed to Kafka for committing only after that commit,
 //! so the group's offsets show lag to Kafka tooling but never claim more than redb holds.
 
+pub mod metrics;
 pub mod progress;
 pub mod schema_registry;
 

@@ -22,8 +22,8 @@ use kv_core::web::auth::{AuthError, AuthGate, Operation};
 use super::expiry::{self, Asked};
 use super::reply::Reply;
 use crate::http::{ReaderState, MAX_BATCH_KEYS, MAX_LIST_LIMIT};
-use crate::metrics::RespMetrics;
 use crate::replica::progress::WaitError;
+use crate::resp::metrics::RespMetrics;
 use crate::store::{now_ms, StoreError};
 
 /// The Redis version this port answers to clients that ask (`INFO`, `HELLO`): the one whose

@@ -8,6 +8,7 @@
 
 mod commands;
 mod expiry;
+pub mod metrics;
 mod parser;
 mod reply;
 mod server;
