@@ -1,9 +1,10 @@
 //! The command line both binaries share: `serve` (the default), `check-config` and
 //! `healthcheck`, with `--help` listing every variable from [`crate::settings::catalogue`], plus
-//! the one-shot commands of one role ([`prepare_with`]: kv-writer's `migrate-seed-topic`).
+//! the one-shot commands of one role ([`run_main_with`]: kv-writer's `migrate-seed-topic`).
 //! Configuration stays in the environment; the command line only picks what to do with it.
 
 use std::fmt::Write as _;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
@@ -115,29 +116,105 @@ fn parse<X: Subcommand>(
     }
 }
 
-/// What `main` does before it serves or checks: parses the command line, reads the environment,
-/// runs `healthcheck` (which needs only the listen address) and loads the role's settings with
-/// `load`. `Err` is the exit code of a run that ended here: 2 for a bad variable, named (a
-/// `KV_API_DISABLE_READ` / `KV_API_DISABLE_WRITE` contradicting `role` included). `version` is
-/// the package version and the git revision the binary was built from.
-pub fn prepare<S>(
-    role: Role,
-    name: &'static str,
+/// A service binary as `main` runs it: built from its settings, served until a signal, or its
+/// configuration checked. Both binaries' `main` are this one sequence ([`run_main`]), so their
+/// exit codes and start-up logging cannot drift apart.
+pub trait Service: Sized {
+    /// The role whose variables `--help` lists and whose `KV_API_DISABLE_*` flag must agree.
+    const ROLE: Role;
+    /// The binary's name, on the command line and in the log.
+    const NAME: &'static str;
+    type Settings;
+    type StartupError: std::fmt::Display;
+
+    fn core(settings: &Self::Settings) -> &CoreSettings;
+    fn build(settings: Self::Settings) -> impl Future<Output = Result<Self, Self::StartupError>>;
+    /// `check-config`.
+    fn check(settings: &Self::Settings) -> impl Future<Output = ExitCode>;
+    fn run_until_stopped(self) -> impl Future<Output = std::io::Result<()>>;
+}
+
+/// The whole of a service binary's `main`: parses the command line, reads the settings with
+/// `load` (exit 2 naming the variable), then serves, checks the configuration or probes the
+/// running service. `version` is the package version and the git revision the binary was built
+/// from.
+pub fn run_main<A: Service>(
     version: (&'static str, &'static str),
     about: &'static str,
-    load: impl FnOnce(&Env) -> Result<S, SettingsError>,
-) -> Result<(Command, S), ExitCode> {
-    let (invocation, settings) =
-        prepare_with::<NoOwnCommand, S>(role, name, version, about, |_, env| load(env))?;
-    match invocation {
-        Invocation::Shared(command) => Ok((command, settings)),
-        Invocation::Own(never) => match never {},
+    load: impl FnOnce(&Env) -> Result<A::Settings, SettingsError>,
+) -> ExitCode {
+    run_main_with::<A, NoOwnCommand, std::convert::Infallible, _>(
+        version,
+        about,
+        load,
+        |never, _| match *never {},
+        |never| async move { match never {} },
+    )
+}
+
+/// As [`run_main`], for a binary with commands of its own (`X`): `load_own` reads only the
+/// settings that command needs, and `run_own` runs it.
+pub fn run_main_with<A: Service, X: Subcommand, O, F>(
+    version: (&'static str, &'static str),
+    about: &'static str,
+    load: impl FnOnce(&Env) -> Result<A::Settings, SettingsError>,
+    load_own: impl FnOnce(&X, &Env) -> Result<O, SettingsError>,
+    run_own: impl FnOnce(O) -> F,
+) -> ExitCode
+where
+    F: Future<Output = ExitCode>,
+{
+    enum Loaded<S, O> {
+        Service(Command, S),
+        Own(O),
+    }
+    let load_asked = |invocation: &Invocation<X>, env: &Env| match invocation {
+        Invocation::Shared(command) => load(env).map(|s| Loaded::Service(*command, s)),
+        Invocation::Own(own) => load_own(own, env).map(Loaded::Own),
+    };
+    let prepared = prepare_with::<X, _>(A::ROLE, A::NAME, version, about, load_asked);
+    let loaded = match prepared {
+        Ok((_, loaded)) => loaded,
+        Err(code) => return code,
+    };
+    actix_web::rt::System::new().block_on(async move {
+        match loaded {
+            Loaded::Own(own) => run_own(own).await,
+            Loaded::Service(Command::CheckConfig, settings) => A::check(&settings).await,
+            Loaded::Service(Command::Serve | Command::Healthcheck { .. }, settings) => {
+                serve::<A>(settings).await
+            }
+        }
+    })
+}
+
+/// Builds the app and serves until a signal. Logging is installed first, so that a start-up
+/// failure reaches the log in its configured format like every other line.
+async fn serve<A: Service>(settings: A::Settings) -> ExitCode {
+    crate::telemetry::init(&A::core(&settings).log);
+    let app = match A::build(settings).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!("{} cannot start: {error}", A::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{} stopped with an error: {error}", A::NAME);
+            ExitCode::FAILURE
+        }
     }
 }
 
-/// As [`prepare`], for a binary with commands of its own (`X`): `load` is told what was asked,
-/// so a one-shot command can read only the settings it needs.
-pub fn prepare_with<X: Subcommand, S>(
+/// What `main` does before it serves or checks: parses the command line, reads the environment,
+/// runs `healthcheck` (which needs only the listen address) and loads the role's settings with
+/// `load`, which is told what was asked, so a one-shot command of the role's own (`X`) can read
+/// only the settings it needs. `Err` is the exit code of a run that ended here: 2 for a bad
+/// variable, named (a `KV_API_DISABLE_READ` / `KV_API_DISABLE_WRITE` contradicting `role`
+/// included). `version` is the package version and the git revision the binary was built from.
+fn prepare_with<X: Subcommand, S>(
     role: Role,
     name: &'static str,
     version: (&'static str, &'static str),

@@ -1,5 +1,6 @@
 //! The composition root: `main` and the tests build the reader the same way.
 
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,28 +12,32 @@ use kv_core::kafka::{
 };
 use kv_core::kafka_stats::KafkaStats;
 use kv_core::record::RecordCodec;
+use kv_core::settings::CoreSettings;
 use kv_core::web::auth::{AuthGate, DiscoveryError};
-use kv_core::web::http::{
-    bind, close_when_body_unread, correlation_id_middleware, path_config, query_config, JsonLimit,
-    ListenError,
-};
-use kv_core::web::metrics::{metrics_middleware, Metrics};
+use kv_core::web::http::{bind, path_config, query_config, JsonLimit, ListenError};
+use kv_core::web::metrics::Metrics;
 use kv_core::web::routing::{register, route_not_found};
+use kv_core::web::stack::with_shared_middleware;
 
+use crate::acting::computed::ComputedMetrics;
 use crate::acting::owner::{self, Election};
 use crate::acting::ttl::{check_compaction_lag, SweptPartitions, Ttl, TtlError, TtlMetrics};
+use crate::changes::metrics::WatchMetrics;
+use crate::cluster::metrics::ForwardMetrics;
 use crate::cluster::shard::Topology;
 use crate::cluster::Cluster;
 use crate::http::watch::{end_watches_on_shutdown, WatchState};
 use crate::http::{self, HttpState, PeerClient};
 use crate::read::ReadCore;
-use crate::metrics::{ReplicaCollector, RespMetrics, SnapshotMetrics, WatchMetrics};
+use crate::replica::metrics::ReplicaCollector;
 use crate::replica::schema_registry::{Registry, RegistryError, SchemaFraming, SchemaIds};
 use crate::replica::{DeleteRetention, Replica, ReplicaError, Wiring};
+use crate::resp::metrics::RespMetrics;
 use crate::resp::{self, RespServer};
 use crate::settings::{Settings, Storage};
 use crate::store::{Store, StoreError};
 use crate::transfer::bootstrap::BootstrapConfig;
+use crate::transfer::metrics::SnapshotMetrics;
 
 /// JSON request bodies of the read routes hold a key or a list of keys.
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
@@ -68,15 +73,6 @@ pub enum StartupError {
     PeerClient(#[from] reqwest::Error),
 }
 
-/// The client a worker forwards reads to peer shards with.
-fn peer_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(1))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .build()
-}
-
 pub struct App {
     server: Server,
     port: u16,
@@ -96,153 +92,23 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
+    /// Start-up as a list of steps, each named for what it sets up. A step that fails stops
+    /// start-up with its error before anything is served.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        for notice in &settings.core.notices {
-            tracing::warn!("{notice}");
-        }
+        log_notices(&settings.core);
         let auth = web::Data::new(AuthGate::from_settings(&settings.core.auth, "kv-reader").await?);
-        let codec = RecordCodec::for_topic(&settings.core.topic_encryption);
-        if matches!(codec, RecordCodec::Encrypted(_)) {
-            tracing::info!("records on the topic are encrypted (KV_API_ENCRYPT_DATA_ON_KAFKA)");
-        }
-        let password = match (&settings.storage, &settings.storage_password) {
-            (Storage::Disk { .. }, password) => password.as_ref(),
-            (Storage::Memory, Some(_)) => {
-                tracing::warn!(
-                    "KV_API_STATE_STORAGE_PASSWORD has no effect on a store kept in memory"
-                );
-                None
-            }
-            (Storage::Memory, None) => None,
-        };
-        // PBKDF2 costs a fraction of a second by design; keep it off the async runtime.
-        let storage = settings.storage.clone();
-        let password = password.cloned();
-        let cache_bytes = settings.storage_cache_bytes;
-        let store = tokio::task::spawn_blocking(move || {
-            Store::open_with_cache(&storage, password.as_ref(), cache_bytes)
-        })
-        .await??;
-        let store = Arc::new(store);
-        store.set_rules(settings.core.state_rules.clone());
-        if store.is_encrypted() {
-            tracing::info!("the replica is encrypted at rest (KV_API_STATE_STORAGE_PASSWORD)");
-        }
-        match store.path() {
-            Some(path) => tracing::info!(path = %path.display(), "replica stored on disk"),
-            None => tracing::info!("replica kept in memory; it is rebuilt from the topic at start"),
-        }
+        let codec = record_codec(&settings.core);
+        let store = open_store(&settings).await?;
         let (listener, address) = bind(&settings.core.listen)?;
         let metrics = web::Data::new(Metrics::new("kv-reader"));
-        auth.register_metrics(metrics.registry())?;
-        let framing = match &settings.schema_registry {
-            None => SchemaFraming::default(),
-            Some(access) => {
-                let url = &access.url;
-                let registry = Registry::new(access, &settings.core.topic, REGISTRY_TIMEOUT)?;
-                let mut framing = registry.discover().await?;
-                if matches!(codec, RecordCodec::Encrypted(_)) {
-                    framing = framing.without_keys();
-                }
-                tracing::info!(
-                    key_schema_ids = framing.key.as_ref().map(SchemaIds::len),
-                    value_schema_ids = framing.value.as_ref().map(SchemaIds::len),
-                    "schema registry subjects of the topic looked up"
-                );
-                if framing.is_on() {
-                    let (registry, framing) = (registry, framing.clone());
-                    tokio::spawn(async move {
-                        let mut ticks = tokio::time::interval(REGISTRY_REFRESH);
-                        ticks.tick().await;
-                        loop {
-                            ticks.tick().await;
-                            registry.refresh(&framing).await;
-                        }
-                    });
-                }
-                framing.looking_up(url, &settings.core.topic)
-            }
-        };
-        let delete_retention = DeleteRetention::default();
-        let (kafka, topic) = (settings.core.kafka.clone(), settings.core.topic.clone());
-        // Owner candidates keep the owner's bookkeeping for every partition they hold, so any
-        // of them can act on one as soon as it owns it (docs/architecture.md, "The acting owner
-        // of a partition").
-        let swept = if settings.owner {
-            SweptPartitions::All
-        } else {
-            SweptPartitions::None
-        };
-        // A sweeper waits for the topic's configuration: it relies on min.compaction.lag.ms.
-        if settings.core.require_compacted_topic || settings.owner {
-            let require = settings.core.require_compacted_topic;
-            let config = check_topic_config(&kafka, &topic, require, TOPIC_CONFIG_TIMEOUT).await?;
-            delete_retention.set(config.as_ref().and_then(compacted_delete_retention));
-            if settings.owner {
-                check_compaction_lag(&topic, config.as_ref())?;
-            }
-        } else {
-            // Read beside the start-up, not before it: only a replica resuming from its stored
-            // offsets waits for the answer (a broker may not answer DescribeConfigs at all).
-            let retention = delete_retention.clone();
-            tokio::spawn(async move {
-                let config = check_topic_config(&kafka, &topic, false, TOPIC_CONFIG_TIMEOUT)
-                    .await
-                    .ok()
-                    .flatten();
-                retention.set(config.as_ref().and_then(compacted_delete_retention));
-            });
-        }
+        let registry = metrics.registry();
+        auth.register_metrics(registry)?;
+        let framing = schema_framing(&settings, &codec).await?;
+        let delete_retention = read_delete_retention(&settings).await?;
         let topology = Arc::new(Topology::default());
-        let cluster = match &settings.shard {
-            None => None,
-            Some(sharding) => {
-                let cluster = Arc::new(Cluster::new(sharding, topology.clone(), codec.clone())?);
-                cluster.register_metrics(metrics.registry())?;
-                cluster.spawn_health_polls()?;
-                tracing::info!(
-                    shard = %sharding.spec,
-                    replicas = sharding.spec.replicas,
-                    "sharded: this reader holds its shard's partitions and forwards other reads"
-                );
-                Some(cluster)
-            }
-        };
-        let bootstrap = (!settings.bootstrap_peers.is_empty()).then(|| {
-            let oidc = &settings.core.auth.oidc;
-            BootstrapConfig {
-                peers: settings.bootstrap_peers.clone(),
-                topic: settings.core.topic.clone(),
-                shard: settings.shard.as_ref().map(|s| s.spec),
-                client: settings.bootstrap_client.clone(),
-                token_endpoint: oidc.token_endpoint.clone(),
-                issuer: oidc.idp_address_for_server.clone(),
-                scopes: oidc.admin.clone(),
-            }
-        });
-        let ttl_metrics = TtlMetrics::register(metrics.registry())?;
-        let (election, owner_lease) = match (settings.owner, &cluster) {
-            (false, _) => (Election::Off, None),
-            (true, Some(cluster)) => (Election::Shards(cluster.clone()), None),
-            (true, None) => {
-                let (ownership, lease) = owner::hold_lease(
-                    &settings.core.kafka,
-                    &settings.owner_topic,
-                    topology.clone(),
-                    metrics.registry(),
-                )
-                .await?;
-                (Election::Leases(ownership), Some(lease))
-            }
-        };
-        let ttl = Ttl::new(
-            &settings,
-            codec.clone(),
-            swept,
-            election.clone(),
-            ttl_metrics,
-            crate::acting::computed::ComputedMetrics::register(metrics.registry())?,
-        )?;
+        let cluster = join_cluster(&settings, &topology, &codec, registry)?;
+        let (election, owner_lease) = elect_owner(&settings, &cluster, &topology, registry).await?;
+        let ttl = ttl_sweeper(&settings, &codec, &election, registry)?;
         let replica = Replica::start(
             &settings,
             store.clone(),
@@ -251,9 +117,9 @@ impl App {
                 framing,
                 delete_retention,
                 topology: topology.clone(),
-                bootstrap,
+                bootstrap: bootstrap_config(&settings),
                 ttl,
-                kafka_stats: KafkaStats::register(metrics.registry(), Some(&settings.core.topic))?,
+                kafka_stats: KafkaStats::register(registry, Some(&settings.core.topic))?,
             },
         )?;
         let read = Arc::new(ReadCore::new(
@@ -263,67 +129,26 @@ impl App {
             settings.read_your_writes_timeout,
             settings.max_batch_get_bytes,
         ));
-        let watches = web::Data::new(WatchState {
-            feed: replica.feed(),
-            store: store.clone(),
-            slots: Arc::new(tokio::sync::Semaphore::new(settings.watch.max_watches)),
-            max_watches: settings.watch.max_watches,
-            metrics: WatchMetrics::register(metrics.registry(), replica.feed())?,
-            sealed_listings: read.sealed_listings.clone(),
-            shard: settings.shard.as_ref().map(|s| s.spec),
-        });
-        end_watches_on_shutdown(replica.feed());
+        let watches = watch_state(&settings, &replica, &store, &read, registry)?;
         let state = web::Data::new(HttpState {
             read: read.clone(),
             topic: settings.core.topic.clone(),
             topology,
             codec,
             snapshots: Arc::new(tokio::sync::Semaphore::new(settings.snapshot_concurrency)),
-            snapshot_metrics: SnapshotMetrics::new(metrics.registry())?,
+            snapshot_metrics: SnapshotMetrics::register(registry)?,
             election,
         });
-        // Built once to fail start-up on a bad TLS setup; each worker gets its own below.
+        // Built once to fail start-up on a bad TLS setup; each worker gets its own.
         peer_client()?;
-        metrics.registry().register(Box::new(ReplicaCollector::new(
+        ReplicaCollector::register(
+            registry,
             read.store.clone(),
             read.progress.clone(),
             replica.import_progress(),
-        )?))?;
-        let resp = match &settings.resp {
-            None => None,
-            Some(resp) => {
-                let metrics = RespMetrics::register(metrics.registry(), &resp::metric_labels())?;
-                let (read, auth) = (read.clone(), auth.clone());
-                let max_connections = resp.max_connections;
-                Some(RespServer::start(&resp.listen, |port| {
-                    resp::Shared::new(read, auth.into_inner(), metrics, port, max_connections)
-                })?)
-            }
-        };
-        let server = HttpServer::new(move || {
-            let client = PeerClient(peer_client().unwrap_or_default());
-            actix_web::App::new()
-                .wrap(from_fn(http::freshness_middleware))
-                .wrap(from_fn(metrics_middleware))
-                .wrap(from_fn(correlation_id_middleware))
-                .wrap(from_fn(close_when_body_unread))
-                .app_data(state.clone())
-                .app_data(watches.clone())
-                .app_data(auth.clone())
-                .app_data(metrics.clone())
-                .app_data(web::Data::new(client))
-                .app_data(JsonLimit(JSON_LIMIT))
-                .app_data(path_config())
-                .app_data(query_config())
-                .configure(|config| register(config, http::endpoints()))
-                .default_service(web::to(route_not_found))
-        })
-        .listen(listener)
-        .map_err(|source| ListenError {
-            address: address.to_string(),
-            source,
-        })?
-        .run();
+        )?;
+        let resp = start_resp_port(&settings, &read, &auth, registry)?;
+        let server = serve_http(listener, address, state, watches, auth, metrics)?;
         tracing::info!("kv-reader listening on http://{address}");
         Ok(Self {
             server,
@@ -398,4 +223,315 @@ impl App {
         tracing::info!("kv-reader stopped");
         Ok(())
     }
+}
+
+impl kv_core::cli::Service for App {
+    const ROLE: kv_core::settings::catalogue::Role = kv_core::settings::catalogue::Role::Reader;
+    const NAME: &'static str = "kv-reader";
+    type Settings = Settings;
+    type StartupError = StartupError;
+
+    fn core(settings: &Settings) -> &CoreSettings {
+        &settings.core
+    }
+
+    async fn build(settings: Settings) -> Result<Self, StartupError> {
+        App::build(settings).await
+    }
+
+    async fn check(settings: &Settings) -> std::process::ExitCode {
+        App::check(settings).await
+    }
+
+    async fn run_until_stopped(self) -> std::io::Result<()> {
+        App::run_until_stopped(self).await
+    }
+}
+
+/// What reading the settings noted (a deprecated alias in use), now that logging is on.
+fn log_notices(core: &CoreSettings) {
+    for notice in &core.notices {
+        tracing::warn!("{notice}");
+    }
+}
+
+fn record_codec(core: &CoreSettings) -> RecordCodec {
+    let codec = RecordCodec::for_topic(&core.topic_encryption);
+    if matches!(codec, RecordCodec::Encrypted(_)) {
+        tracing::info!("records on the topic are encrypted (KV_API_ENCRYPT_DATA_ON_KAFKA)");
+    }
+    codec
+}
+
+/// Opens (or creates) the replica's store, with the state rules it applies.
+async fn open_store(settings: &Settings) -> Result<Arc<Store>, StartupError> {
+    let password = match (&settings.storage, &settings.storage_password) {
+        (Storage::Disk { .. }, password) => password.as_ref(),
+        (Storage::Memory, Some(_)) => {
+            tracing::warn!("KV_API_STATE_STORAGE_PASSWORD has no effect on a store kept in memory");
+            None
+        }
+        (Storage::Memory, None) => None,
+    };
+    // PBKDF2 costs a fraction of a second by design; keep it off the async runtime.
+    let storage = settings.storage.clone();
+    let password = password.cloned();
+    let cache_bytes = settings.storage_cache_bytes;
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_with_cache(&storage, password.as_ref(), cache_bytes)
+    })
+    .await??;
+    let store = Arc::new(store);
+    store.set_rules(settings.core.state_rules.clone());
+    if store.is_encrypted() {
+        tracing::info!("the replica is encrypted at rest (KV_API_STATE_STORAGE_PASSWORD)");
+    }
+    match store.path() {
+        Some(path) => tracing::info!(path = %path.display(), "replica stored on disk"),
+        None => tracing::info!("replica kept in memory; it is rebuilt from the topic at start"),
+    }
+    Ok(store)
+}
+
+/// Which schema-registry headers the topic's records carry, so the replica strips them; looked
+/// up again in the background while any are known ([`refresh_schema_ids`]).
+async fn schema_framing(
+    settings: &Settings,
+    codec: &RecordCodec,
+) -> Result<SchemaFraming, RegistryError> {
+    let Some(access) = &settings.schema_registry else {
+        return Ok(SchemaFraming::default());
+    };
+    let registry = Registry::new(access, &settings.core.topic, REGISTRY_TIMEOUT)?;
+    let mut framing = registry.discover().await?;
+    if matches!(codec, RecordCodec::Encrypted(_)) {
+        framing = framing.without_keys();
+    }
+    tracing::info!(
+        key_schema_ids = framing.key.as_ref().map(SchemaIds::len),
+        value_schema_ids = framing.value.as_ref().map(SchemaIds::len),
+        "schema registry subjects of the topic looked up"
+    );
+    if framing.is_on() {
+        tokio::spawn(refresh_schema_ids(registry, framing.clone()));
+    }
+    Ok(framing.looking_up(&access.url, &settings.core.topic))
+}
+
+/// Reads the schema ids of the topic's subjects again every [`REGISTRY_REFRESH`], for as long
+/// as the reader runs, so a schema a foreign producer registers later is stripped too.
+async fn refresh_schema_ids(registry: Registry, framing: SchemaFraming) {
+    let mut ticks = tokio::time::interval(REGISTRY_REFRESH);
+    // The first tick is at once, and start-up has just read them.
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        registry.refresh(&framing).await;
+    }
+}
+
+/// The topic's `delete.retention.ms`, which tells a resuming replica whether deletes it missed
+/// may be gone from the topic. Start-up waits for the topic's configuration when it must refuse
+/// an unsafe topic, or when this reader may sweep, since the sweep relies on
+/// `min.compaction.lag.ms`.
+async fn read_delete_retention(settings: &Settings) -> Result<DeleteRetention, StartupError> {
+    let delete_retention = DeleteRetention::default();
+    let (kafka, topic) = (settings.core.kafka.clone(), settings.core.topic.clone());
+    if settings.core.require_compacted_topic || settings.owner {
+        let require = settings.core.require_compacted_topic;
+        let config = check_topic_config(&kafka, &topic, require, TOPIC_CONFIG_TIMEOUT).await?;
+        delete_retention.set(config.as_ref().and_then(compacted_delete_retention));
+        if settings.owner {
+            check_compaction_lag(&topic, config.as_ref())?;
+        }
+    } else {
+        // Read beside the start-up, not before it: only a replica resuming from its stored
+        // offsets waits for the answer (a broker may not answer DescribeConfigs at all).
+        let retention = delete_retention.clone();
+        tokio::spawn(async move {
+            let config = check_topic_config(&kafka, &topic, false, TOPIC_CONFIG_TIMEOUT)
+                .await
+                .ok()
+                .flatten();
+            retention.set(config.as_ref().and_then(compacted_delete_retention));
+        });
+    }
+    Ok(delete_retention)
+}
+
+/// A sharded reader's view of its peers, polled from now on; `None` unsharded.
+fn join_cluster(
+    settings: &Settings,
+    topology: &Arc<Topology>,
+    codec: &RecordCodec,
+    registry: &prometheus::Registry,
+) -> Result<Option<Arc<Cluster>>, StartupError> {
+    let Some(sharding) = &settings.shard else {
+        return Ok(None);
+    };
+    let metrics = ForwardMetrics::register(registry, sharding)?;
+    let cluster = Arc::new(Cluster::new(
+        sharding,
+        topology.clone(),
+        codec.clone(),
+        metrics,
+    ));
+    cluster.spawn_health_polls()?;
+    tracing::info!(
+        shard = %sharding.spec,
+        replicas = sharding.spec.replicas,
+        "sharded: this reader holds its shard's partitions and forwards other reads"
+    );
+    Ok(Some(cluster))
+}
+
+/// How this process learns which partitions it acts on as owner: none unless it is a
+/// candidate; among shards, their health decides; otherwise a lease on the owner topic, held
+/// from now until the app stops.
+async fn elect_owner(
+    settings: &Settings,
+    cluster: &Option<Arc<Cluster>>,
+    topology: &Arc<Topology>,
+    registry: &prometheus::Registry,
+) -> Result<(Election, Option<owner::LeaseHolder>), StartupError> {
+    Ok(match (settings.owner, cluster) {
+        (false, _) => (Election::Off, None),
+        (true, Some(cluster)) => (Election::Shards(cluster.clone()), None),
+        (true, None) => {
+            let (ownership, lease) = owner::hold_lease(
+                &settings.core.kafka,
+                &settings.owner_topic,
+                topology.clone(),
+                registry,
+            )
+            .await?;
+            (Election::Leases(ownership), Some(lease))
+        }
+    })
+}
+
+/// The TTL purge and, on the partitions this process owns, the sweep and the computed-state
+/// actions; the replica's consumer thread drives it between batches.
+fn ttl_sweeper(
+    settings: &Settings,
+    codec: &RecordCodec,
+    election: &Election,
+    registry: &prometheus::Registry,
+) -> Result<Ttl, StartupError> {
+    // Owner candidates keep the owner's bookkeeping for every partition they hold, so any of
+    // them can act on one as soon as it owns it (docs/architecture.md, "The acting owner of a
+    // partition").
+    let swept = if settings.owner {
+        SweptPartitions::All
+    } else {
+        SweptPartitions::None
+    };
+    Ok(Ttl::new(
+        settings,
+        codec.clone(),
+        swept,
+        election.clone(),
+        TtlMetrics::register(registry)?,
+        ComputedMetrics::register(registry)?,
+    )?)
+}
+
+/// Where a new replica takes a peer's snapshot from instead of replaying the topic; `None`
+/// when no peers are configured.
+fn bootstrap_config(settings: &Settings) -> Option<BootstrapConfig> {
+    if settings.bootstrap_peers.is_empty() {
+        return None;
+    }
+    let oidc = &settings.core.auth.oidc;
+    Some(BootstrapConfig {
+        peers: settings.bootstrap_peers.clone(),
+        topic: settings.core.topic.clone(),
+        shard: settings.shard.as_ref().map(|s| s.spec),
+        client: settings.bootstrap_client.clone(),
+        token_endpoint: oidc.token_endpoint.clone(),
+        issuer: oidc.idp_address_for_server.clone(),
+        scopes: oidc.admin.clone(),
+    })
+}
+
+/// What the watch route shares; the watches end when the feed closes at shutdown, so that they
+/// do not hold up the server's graceful stop.
+fn watch_state(
+    settings: &Settings,
+    replica: &Replica,
+    store: &Arc<Store>,
+    read: &ReadCore,
+    registry: &prometheus::Registry,
+) -> Result<web::Data<WatchState>, prometheus::Error> {
+    let watches = web::Data::new(WatchState {
+        feed: replica.feed(),
+        store: store.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(settings.watch.max_watches)),
+        max_watches: settings.watch.max_watches,
+        metrics: WatchMetrics::register(registry, replica.feed())?,
+        sealed_listings: read.sealed_listings.clone(),
+        shard: settings.shard.as_ref().map(|s| s.spec),
+    });
+    end_watches_on_shutdown(replica.feed());
+    Ok(watches)
+}
+
+/// The client a worker forwards reads to peer shards with.
+fn peer_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .build()
+}
+
+/// The Redis-protocol read port, when `KV_API_RESP_LISTEN` turns it on.
+fn start_resp_port(
+    settings: &Settings,
+    read: &Arc<ReadCore>,
+    auth: &web::Data<AuthGate>,
+    registry: &prometheus::Registry,
+) -> Result<Option<RespServer>, StartupError> {
+    let Some(resp) = &settings.resp else {
+        return Ok(None);
+    };
+    let metrics = RespMetrics::register(registry, &resp::metric_labels())?;
+    let (read, auth) = (read.clone(), auth.clone().into_inner());
+    let max_connections = resp.max_connections;
+    Ok(Some(RespServer::start(&resp.listen, |port| {
+        resp::Shared::new(read, auth, metrics, port, max_connections)
+    })?))
+}
+
+/// The HTTP server on the socket bound at start: the shared middlewares around the reader's
+/// freshness headers, then the read routes.
+fn serve_http(
+    listener: TcpListener,
+    address: SocketAddr,
+    state: web::Data<HttpState>,
+    watches: web::Data<WatchState>,
+    auth: web::Data<AuthGate>,
+    metrics: web::Data<Metrics>,
+) -> Result<Server, ListenError> {
+    let server = HttpServer::new(move || {
+        let client = PeerClient(peer_client().unwrap_or_default());
+        with_shared_middleware(actix_web::App::new().wrap(from_fn(http::freshness_middleware)))
+            .app_data(state.clone())
+            .app_data(watches.clone())
+            .app_data(auth.clone())
+            .app_data(metrics.clone())
+            .app_data(web::Data::new(client))
+            .app_data(JsonLimit(JSON_LIMIT))
+            .app_data(path_config())
+            .app_data(query_config())
+            .configure(|config| register(config, http::endpoints()))
+            .default_service(web::to(route_not_found))
+    })
+    .listen(listener)
+    .map_err(|source| ListenError {
+        address: address.to_string(),
+        source,
+    })?
+    .run();
+    Ok(server)
 }

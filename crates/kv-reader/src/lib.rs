@@ -6,7 +6,6 @@ pub mod app;
 pub mod changes;
 pub mod cluster;
 pub mod http;
-pub mod metrics;
 pub mod read;
 pub mod replica;
 pub mod resp;

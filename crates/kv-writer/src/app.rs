@@ -1,17 +1,17 @@
 //! The composition root: `main` and the tests build the writer the same way.
 
+use std::net::{SocketAddr, TcpListener};
+
 use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
 use actix_web::{web, HttpServer};
 use kv_core::kafka::{check_topic_config, UnsafeTopic, TOPIC_CONFIG_TIMEOUT};
 use kv_core::record::RecordCodec;
+use kv_core::settings::CoreSettings;
 use kv_core::web::auth::{AuthGate, DiscoveryError};
-use kv_core::web::http::{
-    bind, close_when_body_unread, correlation_id_middleware, path_config, query_config, JsonLimit,
-    ListenError,
-};
-use kv_core::web::metrics::{metrics_middleware, Metrics};
+use kv_core::web::http::{bind, path_config, query_config, JsonLimit, ListenError};
+use kv_core::web::metrics::Metrics;
 use kv_core::web::routing::{register, route_not_found};
+use kv_core::web::stack::with_shared_middleware;
 
 use crate::conditional::Readers;
 use crate::metrics::{ConditionalMetrics, ProducerMetrics};
@@ -85,74 +85,24 @@ async fn check_readers(settings: &Settings, report: &mut kv_core::cli::Report) {
 }
 
 impl App {
+    /// Start-up as a list of steps, each named for what it sets up. A step that fails stops
+    /// start-up with its error before anything is served.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        for notice in &settings.core.notices {
-            tracing::warn!("{notice}");
-        }
+        log_notices(&settings.core);
         let auth = web::Data::new(AuthGate::from_settings(&settings.core.auth, "kv-writer").await?);
-        if settings.core.require_compacted_topic {
-            check_topic_config(
-                &settings.core.kafka,
-                &settings.core.topic,
-                true,
-                TOPIC_CONFIG_TIMEOUT,
-            )
-            .await?;
-        } else {
-            // Only a warning to give: a writer whose broker is down still starts at once and
-            // answers 503 until it is back.
-            let (kafka, topic) = (settings.core.kafka.clone(), settings.core.topic.clone());
-            tokio::spawn(async move {
-                let _ = check_topic_config(&kafka, &topic, false, TOPIC_CONFIG_TIMEOUT).await;
-            });
-        }
-        let codec = RecordCodec::for_topic(&settings.core.topic_encryption);
-        if matches!(codec, RecordCodec::Encrypted(_)) {
-            tracing::info!("records on the topic are encrypted (KV_API_ENCRYPT_DATA_ON_KAFKA)");
-        }
+        check_topic(&settings.core).await?;
+        let codec = record_codec(&settings.core);
         let metrics = web::Data::new(Metrics::new("kv-writer"));
         auth.register_metrics(metrics.registry())?;
-        let producer_metrics = ProducerMetrics::register(metrics.registry())?;
-        let producer = KvProducer::new(&settings, codec, producer_metrics)?;
-        let conditional_metrics = ConditionalMetrics::register(metrics.registry())?;
-        let readers = if settings.readers.is_empty() {
-            None
-        } else {
-            tracing::info!(
-                readers = %settings.readers.join(","),
-                "conditional writes ask these readers for their outcome (KV_API_READERS)"
-            );
-            Some(Readers::new(
-                settings.readers.clone(),
-                settings.conditional_timeout,
-                conditional_metrics,
-            )?)
-        };
+        let producer = KvProducer::new(
+            &settings,
+            codec,
+            ProducerMetrics::register(metrics.registry())?,
+        )?;
+        let readers = conditional_readers(&settings, metrics.registry())?;
         let (listener, address) = bind(&settings.core.listen)?;
         let state = web::Data::new(WriterState::new(&settings, producer.clone(), readers));
-        let json_limit = settings.json_body_limit();
-        let batch_limit = settings.max_batch_bytes;
-        let server = HttpServer::new(move || {
-            actix_web::App::new()
-                .wrap(from_fn(metrics_middleware))
-                .wrap(from_fn(correlation_id_middleware))
-                .wrap(from_fn(close_when_body_unread))
-                .app_data(state.clone())
-                .app_data(auth.clone())
-                .app_data(metrics.clone())
-                .app_data(JsonLimit(json_limit))
-                .app_data(path_config())
-                .app_data(query_config())
-                .configure(|config| register(config, routes::endpoints(batch_limit)))
-                .default_service(web::to(route_not_found))
-        })
-        .listen(listener)
-        .map_err(|source| ListenError {
-            address: address.to_string(),
-            source,
-        })?
-        .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
-        .run();
+        let server = serve_http(&settings, listener, address, state, auth, metrics)?;
         tracing::info!("kv-writer listening on http://{address}");
         Ok(Self {
             server,
@@ -194,4 +144,112 @@ impl App {
         }
         Ok(())
     }
+}
+
+impl kv_core::cli::Service for App {
+    const ROLE: kv_core::settings::catalogue::Role = kv_core::settings::catalogue::Role::Writer;
+    const NAME: &'static str = "kv-writer";
+    type Settings = Settings;
+    type StartupError = StartupError;
+
+    fn core(settings: &Settings) -> &CoreSettings {
+        &settings.core
+    }
+
+    async fn build(settings: Settings) -> Result<Self, StartupError> {
+        App::build(settings).await
+    }
+
+    async fn check(settings: &Settings) -> std::process::ExitCode {
+        App::check(settings).await
+    }
+
+    async fn run_until_stopped(self) -> std::io::Result<()> {
+        App::run_until_stopped(self).await
+    }
+}
+
+/// What reading the settings noted (a deprecated alias in use), now that logging is on.
+fn log_notices(core: &CoreSettings) {
+    for notice in &core.notices {
+        tracing::warn!("{notice}");
+    }
+}
+
+/// Refuses a topic whose configuration would lose keys when `KV_API_REQUIRE_COMPACTED_TOPIC`
+/// asks for it. Otherwise it is only a warning to give: a writer whose broker is down still
+/// starts at once and answers 503 until it is back.
+async fn check_topic(core: &CoreSettings) -> Result<(), UnsafeTopic> {
+    if core.require_compacted_topic {
+        check_topic_config(&core.kafka, &core.topic, true, TOPIC_CONFIG_TIMEOUT).await?;
+    } else {
+        let (kafka, topic) = (core.kafka.clone(), core.topic.clone());
+        tokio::spawn(async move {
+            let _ = check_topic_config(&kafka, &topic, false, TOPIC_CONFIG_TIMEOUT).await;
+        });
+    }
+    Ok(())
+}
+
+fn record_codec(core: &CoreSettings) -> RecordCodec {
+    let codec = RecordCodec::for_topic(&core.topic_encryption);
+    if matches!(codec, RecordCodec::Encrypted(_)) {
+        tracing::info!("records on the topic are encrypted (KV_API_ENCRYPT_DATA_ON_KAFKA)");
+    }
+    codec
+}
+
+/// The readers conditional writes ask for their outcome; `None` when KV_API_READERS is not
+/// set, and conditional writes answer 501. Their metrics are registered either way, so
+/// `/metrics` names the same series whether or not readers are set.
+fn conditional_readers(
+    settings: &Settings,
+    registry: &prometheus::Registry,
+) -> Result<Option<Readers>, StartupError> {
+    let metrics = ConditionalMetrics::register(registry)?;
+    if settings.readers.is_empty() {
+        return Ok(None);
+    }
+    tracing::info!(
+        readers = %settings.readers.join(","),
+        "conditional writes ask these readers for their outcome (KV_API_READERS)"
+    );
+    Ok(Some(Readers::new(
+        settings.readers.clone(),
+        settings.conditional_timeout,
+        metrics,
+    )?))
+}
+
+/// The HTTP server on the socket bound at start: the shared middlewares, then the write
+/// routes. Its graceful stop waits up to KV_API_SHUTDOWN_TIMEOUT_MS for writes in flight.
+fn serve_http(
+    settings: &Settings,
+    listener: TcpListener,
+    address: SocketAddr,
+    state: web::Data<WriterState>,
+    auth: web::Data<AuthGate>,
+    metrics: web::Data<Metrics>,
+) -> Result<Server, ListenError> {
+    let json_limit = settings.json_body_limit();
+    let batch_limit = settings.max_batch_bytes;
+    let server = HttpServer::new(move || {
+        with_shared_middleware(actix_web::App::new())
+            .app_data(state.clone())
+            .app_data(auth.clone())
+            .app_data(metrics.clone())
+            .app_data(JsonLimit(json_limit))
+            .app_data(path_config())
+            .app_data(query_config())
+            .configure(|config| register(config, routes::endpoints(batch_limit)))
+            .default_service(web::to(route_not_found))
+    })
+    .listen(listener)
+    .map_err(|source| ListenError {
+        address: address.to_string(),
+        source,
+    })?
+    .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
+    .run();
+    Ok(server)
 }

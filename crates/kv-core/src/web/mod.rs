@@ -1,5 +1,6 @@
 //! The actix plumbing both services share: the JSON error contract, bearer-token auth,
-//! correlation ids and body limits, the route table, and the request metrics.
+//! correlation ids and body limits, the route table, the request metrics, and the order the
+//! middlewares run in.
 
 pub mod auth;
 pub mod error;
@@ -7,3 +8,4 @@ pub mod http;
 pub mod json;
 pub mod metrics;
 pub mod routing;
+pub mod stack;

@@ -9,6 +9,7 @@
 //! own token check passed.
 
 pub mod fanout;
+pub mod metrics;
 pub mod shard;
 
 use std::collections::BTreeMap;
@@ -17,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use kv_core::record::RecordCodec;
 use kv_core::web::http::CORRELATION_ID;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
 use crate::acting::owner::{Election, OwnerView};
+use crate::cluster::metrics::ForwardMetrics;
 use crate::cluster::shard::{partition_of, ShardSpec, Topology};
 use crate::replica::progress::Progress;
 use crate::settings::Sharding;
@@ -114,13 +115,6 @@ impl Outcome {
     }
 }
 
-#[derive(Debug)]
-struct ForwardMetrics {
-    requests: IntCounterVec,
-    seconds: HistogramVec,
-    peer_up: IntGaugeVec,
-}
-
 /// What a forward carries of the caller's request: its method, the headers in
 /// [`FORWARDED_REQUEST_HEADERS`], and its correlation id, taken once by the port.
 #[derive(Debug, Clone)]
@@ -176,7 +170,8 @@ impl Cluster {
         sharding: &Sharding,
         topology: Arc<Topology>,
         codec: RecordCodec,
-    ) -> Result<Self, prometheus::Error> {
+        metrics: ForwardMetrics,
+    ) -> Self {
         let peers = sharding
             .peers
             .iter()
@@ -187,34 +182,7 @@ impl Cluster {
                 health: Mutex::default(),
             })
             .collect();
-        let metrics = ForwardMetrics {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "kv_reader_forwarded_requests_total",
-                    "Reads forwarded to the shard holding the key's partition, by peer shard and \
-                     outcome (answered, unavailable: a 503, unreachable, timeout)",
-                ),
-                &["peer", "outcome"],
-            )?,
-            seconds: HistogramVec::new(
-                HistogramOpts::new(
-                    "kv_reader_forward_duration_seconds",
-                    "Time from sending a forwarded read to the owner's answer headers, by peer",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-                ]),
-                &["peer"],
-            )?,
-            peer_up: IntGaugeVec::new(
-                Opts::new(
-                    "kv_reader_shard_peer_up",
-                    "1 while the peer shard answers its readiness poll, by peer",
-                ),
-                &["peer"],
-            )?,
-        };
-        Ok(Self {
+        Self {
             spec: sharding.spec,
             peers,
             topology,
@@ -222,7 +190,7 @@ impl Cluster {
             forward_timeout: sharding.forward_timeout,
             metrics,
             owned_since: Mutex::default(),
-        })
+        }
     }
 
     /// The acting owner of `partition` (docs/architecture.md, "The acting owner of a
@@ -243,21 +211,6 @@ impl Cluster {
                     .serves(partition)
             }
         })
-    }
-
-    pub fn register_metrics(&self, registry: &Registry) -> Result<(), prometheus::Error> {
-        registry.register(Box::new(self.metrics.requests.clone()))?;
-        registry.register(Box::new(self.metrics.seconds.clone()))?;
-        registry.register(Box::new(self.metrics.peer_up.clone()))?;
-        for (i, peer) in self.peers.iter().enumerate() {
-            if i as u32 != self.spec.index {
-                self.metrics
-                    .peer_up
-                    .with_label_values(&[&peer.label])
-                    .set(0);
-            }
-        }
-        Ok(())
     }
 
     /// This shard's index, as `X-Served-By` carries it.

@@ -8,7 +8,7 @@ use kv_core::record::RecordCodec;
 use crate::acting::owner::Election;
 use crate::cluster::shard::Topology;
 use crate::read::ReadCore;
-use crate::metrics::SnapshotMetrics;
+use crate::transfer::metrics::SnapshotMetrics;
 
 #[derive(Debug)]
 pub struct HttpState {

@@ -26,9 +26,9 @@ use tokio::time::Instant;
 use crate::changes::feed::{
     ChangeEvent, ChangeFeed, ChangeKind, Positions, Read, Resume, SnapshotAt,
 };
+use crate::changes::metrics::{WatchEvent, WatchMetrics};
 use crate::cluster::shard::ShardSpec;
 use crate::http::list::prefix_param;
-use crate::metrics::{WatchEvent, WatchMetrics};
 use crate::store::{ScanPage, Snapshot, Store, StoreError, StoredEntry};
 
 /// The SSE header naming the last event a reconnecting client received.

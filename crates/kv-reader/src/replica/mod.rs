@@ -13,6 +13,7 @@
 mod assignment;
 mod context;
 mod decode;
+pub mod metrics;
 pub mod progress;
 mod rebuild;
 mod refusals;

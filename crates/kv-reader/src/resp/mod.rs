@@ -9,6 +9,7 @@
 mod commands;
 mod errors;
 mod expiry;
+pub mod metrics;
 mod parser;
 mod reply;
 mod server;

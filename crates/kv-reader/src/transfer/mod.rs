@@ -3,3 +3,4 @@
 
 pub mod bootstrap;
 pub mod format;
+pub mod metrics;

@@ -9,7 +9,7 @@ use kv_core::web::auth::AuthGate;
 use super::scan::Cursors;
 use crate::read::{ReadCore, ReadError};
 use crate::resp::errors::refusal;
-use crate::metrics::RespMetrics;
+use crate::resp::metrics::RespMetrics;
 
 /// What every connection shares.
 #[derive(Debug)]

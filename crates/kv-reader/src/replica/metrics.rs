@@ -9,7 +9,6 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::changes::feed::ChangeFeed;
 use crate::replica::progress::Progress;
 use crate::replica::schema_registry::BadSchemaHeader;
 use crate::replica::{
@@ -55,7 +54,18 @@ pub struct ReplicaCollector {
 }
 
 impl ReplicaCollector {
-    pub fn new(
+    /// Registers the collector; the registry owns it from then on, and it reads `store`,
+    /// `progress` and `import` at each scrape.
+    pub fn register(
+        registry: &Registry,
+        store: Arc<Store>,
+        progress: Arc<Progress>,
+        import: Arc<ImportProgress>,
+    ) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(Self::new(store, progress, import)?))
+    }
+
+    fn new(
         store: Arc<Store>,
         progress: Arc<Progress>,
         import: Arc<ImportProgress>,
@@ -327,204 +337,5 @@ impl Collector for ReplicaCollector {
             families.extend(self.store_file_size.collect());
         }
         families
-    }
-}
-
-/// Snapshots this reader served (`GET /admin/v1/snapshot`).
-#[derive(Debug, Clone)]
-pub struct SnapshotMetrics {
-    pub served: IntCounterVec,
-    pub bytes_sent: IntCounter,
-}
-
-impl SnapshotMetrics {
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let metrics = Self {
-            served: IntCounterVec::new(
-                Opts::new(
-                    "kv_reader_snapshots_served_total",
-                    "Snapshots served to other readers, by outcome (complete, cut: the receiver \
-                     left or the store failed)",
-                ),
-                &["outcome"],
-            )?,
-            bytes_sent: IntCounter::new(
-                "kv_reader_snapshot_bytes_sent_total",
-                "Bytes of snapshots sent to other readers",
-            )?,
-        };
-        for outcome in ["complete", "cut"] {
-            metrics.served.with_label_values(&[outcome]);
-        }
-        registry.register(Box::new(metrics.served.clone()))?;
-        registry.register(Box::new(metrics.bytes_sent.clone()))?;
-        Ok(metrics)
-    }
-}
-
-/// The events a watch sends: the label values of `kv_reader_watch_events_sent_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WatchEvent {
-    Put,
-    Delete,
-    Progress,
-    Reset,
-    Overflow,
-}
-
-impl WatchEvent {
-    pub const ALL: [WatchEvent; 5] = [
-        WatchEvent::Put,
-        WatchEvent::Delete,
-        WatchEvent::Progress,
-        WatchEvent::Reset,
-        WatchEvent::Overflow,
-    ];
-
-    /// The SSE event name, and the metric label.
-    pub fn name(self) -> &'static str {
-        match self {
-            WatchEvent::Put => "put",
-            WatchEvent::Delete => "delete",
-            WatchEvent::Progress => "progress",
-            WatchEvent::Reset => "reset",
-            WatchEvent::Overflow => "overflow",
-        }
-    }
-}
-
-/// The watches' metrics, counted as events are written.
-#[derive(Debug, Clone)]
-pub struct WatchMetrics {
-    pub open: IntGauge,
-    /// By [`WatchEvent`], in the order of [`WatchEvent::ALL`].
-    sent: [IntCounter; 5],
-    pub overflows: IntCounter,
-    pub resets: IntCounter,
-}
-
-impl WatchMetrics {
-    pub fn register(registry: &Registry, feed: Arc<ChangeFeed>) -> Result<Self, prometheus::Error> {
-        let sent = IntCounterVec::new(
-            Opts::new(
-                "kv_reader_watch_events_sent_total",
-                "Events written to watches, by type",
-            ),
-            &["type"],
-        )?;
-        let metrics = Self {
-            open: IntGauge::new("kv_reader_watches_open", "Watches open right now")?,
-            sent: WatchEvent::ALL.map(|event| sent.with_label_values(&[event.name()])),
-            overflows: IntCounter::new(
-                "kv_reader_watch_overflows_total",
-                "Watches ended because they fell behind the buffer of changes",
-            )?,
-            resets: IntCounter::new(
-                "kv_reader_watch_resets_total",
-                "Watches that began again from a snapshot: resumed from a position older than \
-                 the buffer, or the store was rebuilt",
-            )?,
-        };
-        registry.register(Box::new(metrics.open.clone()))?;
-        registry.register(Box::new(sent))?;
-        registry.register(Box::new(metrics.overflows.clone()))?;
-        registry.register(Box::new(metrics.resets.clone()))?;
-        registry.register(Box::new(BufferCollector {
-            feed,
-            changes: IntGauge::new(
-                "kv_reader_watch_buffer_changes",
-                "Changes held for watches (at most KV_API_WATCH_BUFFER_EVENTS)",
-            )?,
-            bytes: IntGauge::new(
-                "kv_reader_watch_buffer_bytes",
-                "Bytes of the changes held for watches (at most KV_API_WATCH_BUFFER_BYTES, or \
-                 the newest change)",
-            )?,
-        }))?;
-        Ok(metrics)
-    }
-
-    pub fn count(&self, event: WatchEvent) {
-        let index = WatchEvent::ALL
-            .iter()
-            .position(|e| *e == event)
-            .unwrap_or_default();
-        self.sent[index].inc();
-    }
-}
-
-/// The change feed's buffer, read at each scrape.
-#[derive(Debug)]
-struct BufferCollector {
-    feed: Arc<ChangeFeed>,
-    changes: IntGauge,
-    bytes: IntGauge,
-}
-
-impl Collector for BufferCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.changes
-            .desc()
-            .into_iter()
-            .chain(self.bytes.desc())
-            .collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let (changes, bytes) = self.feed.held();
-        self.changes.set(i64::try_from(changes).unwrap_or(i64::MAX));
-        self.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        self.changes
-            .collect()
-            .into_iter()
-            .chain(self.bytes.collect())
-            .collect()
-    }
-}
-
-/// The Redis-protocol read port's counts. Commands are counted by a closed set of labels (the
-/// port's commands, `write` for refused writes, `other` for unknown ones), each counter looked
-/// up once here, never per command.
-#[derive(Debug, Clone)]
-pub struct RespMetrics {
-    /// In the order of the labels given to [`RespMetrics::register`].
-    pub commands: Vec<IntCounter>,
-    pub connections: IntGauge,
-    pub refused_connections: IntCounter,
-    pub protocol_errors: IntCounter,
-}
-
-impl RespMetrics {
-    pub fn register(registry: &Registry, commands: &[&str]) -> Result<Self, prometheus::Error> {
-        let by_command = IntCounterVec::new(
-            Opts::new(
-                "kv_reader_resp_commands_total",
-                "Commands received on the Redis-protocol port, by command",
-            ),
-            &["command"],
-        )?;
-        let metrics = Self {
-            commands: commands
-                .iter()
-                .map(|command| by_command.with_label_values(&[*command]))
-                .collect(),
-            connections: IntGauge::new(
-                "kv_reader_resp_connections",
-                "Connections open on the Redis-protocol port",
-            )?,
-            refused_connections: IntCounter::new(
-                "kv_reader_resp_refused_connections_total",
-                "Connections refused because KV_API_RESP_MAX_CONNECTIONS were open",
-            )?,
-            protocol_errors: IntCounter::new(
-                "kv_reader_resp_protocol_errors_total",
-                "Connections closed for input that is not the Redis protocol or over its limits",
-            )?,
-        };
-        registry.register(Box::new(by_command))?;
-        registry.register(Box::new(metrics.connections.clone()))?;
-        registry.register(Box::new(metrics.refused_connections.clone()))?;
-        registry.register(Box::new(metrics.protocol_errors.clone()))?;
-        Ok(metrics)
     }
 }

@@ -1,0 +1,59 @@
+//! What forwarding reads to peer shards counts, and whether each peer answers its poll.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::settings::Sharding;
+
+/// The forwards' metrics; the `peer` label is the peer shard's index.
+#[derive(Debug)]
+pub struct ForwardMetrics {
+    pub(super) requests: IntCounterVec,
+    pub(super) seconds: HistogramVec,
+    pub(super) peer_up: IntGaugeVec,
+}
+
+impl ForwardMetrics {
+    pub fn register(registry: &Registry, sharding: &Sharding) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "kv_reader_forwarded_requests_total",
+                    "Reads forwarded to the shard holding the key's partition, by peer shard and \
+                     outcome (answered, unavailable: a 503, unreachable, timeout)",
+                ),
+                &["peer", "outcome"],
+            )?,
+            seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "kv_reader_forward_duration_seconds",
+                    "Time from sending a forwarded read to the owner's answer headers, by peer",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ]),
+                &["peer"],
+            )?,
+            peer_up: IntGaugeVec::new(
+                Opts::new(
+                    "kv_reader_shard_peer_up",
+                    "1 while the peer shard answers its readiness poll, by peer",
+                ),
+                &["peer"],
+            )?,
+        };
+        registry.register(Box::new(metrics.requests.clone()))?;
+        registry.register(Box::new(metrics.seconds.clone()))?;
+        registry.register(Box::new(metrics.peer_up.clone()))?;
+        // Every peer is down until its first poll answers, and present at 0 from the start so
+        // an alert on a peer that never came up fires.
+        for index in 0..sharding.peers.len() {
+            if index as u32 != sharding.spec.index {
+                metrics
+                    .peer_up
+                    .with_label_values(&[&index.to_string()])
+                    .set(0);
+            }
+        }
+        Ok(metrics)
+    }
+}
