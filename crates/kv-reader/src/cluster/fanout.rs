@@ -7,7 +7,10 @@ use base64::Engine;
 use kv_core::web::json::BASE64;
 use serde_json::Value;
 
-use crate::cluster::{read_bounded, Cluster, ForwardError, Outgoing, SERVED_BY};
+use crate::cluster::forward::{
+    read_bounded, BodyError, ForwardError, Outcome, Outgoing, SERVED_BY,
+};
+use crate::cluster::Cluster;
 
 /// Why an owner's part is missing.
 #[derive(Debug)]
@@ -49,7 +52,7 @@ pub async fn batch_part(
         return Err(PartError::Refused(response));
     }
     let body = read_bounded(response, limit).await.map_err(|e| match e {
-        crate::cluster::BodyError::TooLarge(_) => PartError::TooLarge,
+        BodyError::TooLarge(_) => PartError::TooLarge,
         other => unavailable(peer, other.to_string()),
     })?;
     #[derive(serde::Deserialize)]
@@ -168,7 +171,7 @@ fn served_by(response: &reqwest::Response) -> Option<String> {
 fn unavailable(peer: u32, message: String) -> PartError {
     PartError::Unavailable(ForwardError {
         peer,
-        outcome: crate::cluster::Outcome::Answered,
+        outcome: Outcome::Answered,
         message,
     })
 }

@@ -145,8 +145,10 @@ pub async fn batch_get(
     };
     let read = ReadRequest::parse(&request)?;
     if let Some(cluster) = core.cluster.clone() {
-        return batch_get_across(&state, &cluster, &client, &request, &read, field, &labels, &keys)
-            .await;
+        return batch_get_across(
+            &state, &cluster, &client, &request, &read, field, &labels, &keys,
+        )
+        .await;
     }
     read.settle(core, &request, Scope::All).await?;
     let found = BatchValues::of(core.lookup_batch(keys.iter().map(Vec::as_slice), answer_len)?);
@@ -371,4 +373,3 @@ fn item_value_len(item: &Value) -> usize {
         .map(str::len)
         .sum()
 }
-

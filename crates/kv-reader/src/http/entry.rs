@@ -69,4 +69,3 @@ pub fn json_bytes(bytes: Vec<u8>) -> JsonBytes {
         },
     }
 }
-

@@ -54,7 +54,13 @@ pub async fn explain(
     client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, STATE_PREFIX)?;
-    let Some(rule) = state.read.store.rules().and_then(|r| r.rule_for(&key)).cloned() else {
+    let Some(rule) = state
+        .read
+        .store
+        .rules()
+        .and_then(|r| r.rule_for(&key))
+        .cloned()
+    else {
         return Err(ApiError::new(
             ErrorCode::NoRule,
             format!(

@@ -10,7 +10,8 @@ use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::CorrelationId;
 
 use crate::cluster::fanout::PartError;
-use crate::cluster::{passed_back, read_bounded, Outgoing, Target, FORWARDED_REQUEST_HEADERS};
+use crate::cluster::forward::{passed_back, read_bounded, Outgoing, FORWARDED_REQUEST_HEADERS};
+use crate::cluster::Target;
 use crate::http::request::ReadRequest;
 use crate::http::state::{HttpState, PeerClient};
 use crate::read::{Placement, ReadError};
@@ -158,4 +159,3 @@ pub async fn passed_through(response: reqwest::Response, limit: usize) -> HttpRe
         .error_response(),
     }
 }
-

@@ -7,7 +7,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 
-use crate::cluster::SERVED_BY;
+use crate::cluster::forward::SERVED_BY;
 use crate::http::state::HttpState;
 use crate::replica::progress::Freshness;
 use crate::store::now_ms;
@@ -61,4 +61,3 @@ pub async fn freshness_middleware(
     }
     Ok(response)
 }
-

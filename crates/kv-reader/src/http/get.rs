@@ -65,11 +65,11 @@ pub async fn retrieve(
     let body: serde_json::Map<String, Value> = parse_json(&raw)?;
     let key = key_field(&body)?;
     let read = ReadRequest::parse(&request)?;
-    let scope = match route_key(&state, &client, &request, &read, key.as_bytes(), Some(&raw)).await?
-    {
-        Routed::Forwarded(answer) => return Ok(answer),
-        Routed::Local(scope) => scope,
-    };
+    let scope =
+        match route_key(&state, &client, &request, &read, key.as_bytes(), Some(&raw)).await? {
+            Routed::Forwarded(answer) => return Ok(answer),
+            Routed::Local(scope) => scope,
+        };
     let core = &state.read;
     read.settle(core, &request, core.scope(&scope)).await?;
     let entry = core.lookup(key.as_bytes())?;
@@ -108,4 +108,3 @@ pub async fn retrieve_b64(
     let entry = core.lookup(&key)?;
     Ok(original_response(&entry, &BASE64.encode(&entry.value)))
 }
-

@@ -201,9 +201,15 @@ async fn list_across(
                 let outgoing = &outgoing;
                 Some(async move {
                     let query = request.query_string();
-                    let part =
-                        fanout::page_part(cluster, &client.0, outgoing, query, *peer, MAX_PAGE_BODY)
-                            .await;
+                    let part = fanout::page_part(
+                        cluster,
+                        &client.0,
+                        outgoing,
+                        query,
+                        *peer,
+                        MAX_PAGE_BODY,
+                    )
+                    .await;
                     (*peer, part)
                 })
             }
@@ -253,4 +259,3 @@ async fn list_across(
         return Ok(answer);
     }
 }
-

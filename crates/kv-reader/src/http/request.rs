@@ -9,7 +9,7 @@ use kv_core::consistency::{ConsistencyToken, RecordPosition, CONSISTENCY_TOKEN_P
 use kv_core::web::error::ApiError;
 use kv_core::web::http::{parse_query, CONSISTENCY_TOKEN};
 
-use crate::cluster::FORWARDED_BY;
+use crate::cluster::forward::FORWARDED_BY;
 use crate::read::{ReadBounds, ReadCore, Scope};
 
 /// A read's bound on the replica's lag, in records, on the partitions it reads.

@@ -124,4 +124,3 @@ pub async fn snapshot(
     }
     Ok(answer.streaming(body))
 }
-

@@ -35,7 +35,11 @@ pub enum ReadError {
         "this replica is {lag} records behind on partition {partition}, more than the {bound} \
          the read allows (max_lag); retry, or read from another replica"
     )]
-    Lagging { partition: i32, lag: u64, bound: u64 },
+    Lagging {
+        partition: i32,
+        lag: u64,
+        bound: u64,
+    },
     #[error("this shard has not read the topic's partitions from the broker yet; retry")]
     PartitionsUnknown,
     /// Said to a client whose port does not forward (the Redis port).

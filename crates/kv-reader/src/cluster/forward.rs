@@ -1,0 +1,208 @@
+//! One hop to a peer shard: what of the caller's request it carries, the loop guard, the
+//! metrics, and a peer's answer read within a bound.
+
+use std::time::Instant;
+
+use kv_core::web::http::CORRELATION_ID;
+
+use crate::cluster::Cluster;
+
+/// Names the shard that answered a read (a comma list when several did).
+pub const SERVED_BY: &str = "x-served-by";
+/// The loop guard: set on a forwarded request, which is then never forwarded again.
+pub const FORWARDED_BY: &str = "x-kv-forwarded-by";
+
+/// Request headers a forwarded read carries on: the caller's credentials (the owner checks them
+/// itself), its read-your-writes token, its correlation id, its conditions.
+pub const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
+    "authorization",
+    "x-consistency-token",
+    "x-max-replica-lag",
+    "if-none-match",
+    "content-type",
+    "accept",
+];
+
+/// How a forward ended, as the metrics label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The owner answered (any status but 503).
+    Answered,
+    /// The owner answered 503: not ready, lagging past the bound, or overloaded.
+    Unavailable,
+    /// No connection, or it broke before the answer.
+    Unreachable,
+    TimedOut,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Unavailable => "unavailable",
+            Self::Unreachable => "unreachable",
+            Self::TimedOut => "timeout",
+        }
+    }
+}
+
+/// What a forward carries of the caller's request: its method, the headers in
+/// [`FORWARDED_REQUEST_HEADERS`], and its correlation id, taken once by the port.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub method: reqwest::Method,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub correlation_id: String,
+}
+
+/// A forward that got no usable answer.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {peer}: {message}")]
+pub struct ForwardError {
+    pub peer: u32,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+impl Cluster {
+    /// Sends the caller's `request` (and `body`) to `peer` at `path_and_query`, with the loop
+    /// guard set. A 503 is an error here too, so the caller tries the next owner.
+    pub async fn forward(
+        &self,
+        client: &reqwest::Client,
+        peer: u32,
+        request: &Outgoing,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<reqwest::Response, ForwardError> {
+        let target = &self.peers[peer as usize];
+        let url = format!("{}{path_and_query}", target.url);
+        let mut outgoing = client
+            .request(request.method.clone(), url)
+            .timeout(self.forward_timeout);
+        for (name, value) in &request.headers {
+            outgoing = outgoing.header(*name, value.as_slice());
+        }
+        outgoing = outgoing
+            .header(CORRELATION_ID.as_str(), request.correlation_id.as_str())
+            .header(FORWARDED_BY, self.spec.index.to_string());
+        if let Some(body) = body {
+            outgoing = outgoing.body(body);
+        }
+        let started = Instant::now();
+        let answer = outgoing.send().await;
+        self.metrics
+            .seconds
+            .with_label_values(&[&target.label])
+            .observe(started.elapsed().as_secs_f64());
+        let (outcome, result) = match answer {
+            Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                let message = format!("answered 503 ({})", error_code(response).await);
+                (Outcome::Unavailable, Err(message))
+            }
+            Ok(response) => (Outcome::Answered, Ok(response)),
+            Err(error) if error.is_timeout() => (
+                Outcome::TimedOut,
+                Err(format!(
+                    "no answer within {} ms (KV_API_SHARD_FORWARD_TIMEOUT_MS)",
+                    self.forward_timeout.as_millis()
+                )),
+            ),
+            Err(error) => {
+                self.mark_down(peer);
+                (
+                    Outcome::Unreachable,
+                    Err(format!("unreachable: {}", error_chain(&error))),
+                )
+            }
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[&target.label, outcome.label()])
+            .inc();
+        result.map_err(|message| ForwardError {
+            peer,
+            outcome,
+            message,
+        })
+    }
+}
+
+/// The `error.code` of an error answer, for the log and the next owner's choice.
+async fn error_code(response: reqwest::Response) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Detail,
+    }
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        code: String,
+    }
+    read_bounded(response, 64 * 1024)
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_slice::<Body>(&body).ok())
+        .map_or_else(|| "no error body".to_owned(), |body| body.error.code)
+}
+
+/// Why a peer's answer could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the answer broke off: {0}")]
+    Broken(String),
+}
+
+/// A peer's answer body, refused past `limit` bytes: a peer is trusted to answer, not to
+/// answer small.
+pub async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Broken(error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The headers of an owner's answer a forwarder passes back: all but the hop-by-hop ones.
+pub fn passed_back(name: &str) -> bool {
+    !matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "content-length"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "date"
+    )
+}
