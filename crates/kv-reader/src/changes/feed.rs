@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use tokio::sync::watch;
 
 use crate::settings::WatchSettings;
-use crate::store::{Change, Snapshot, Store};
+use crate::store::{Change, ReadView, Store};
 
 /// Highest applied offset per partition; a partition that is absent had nothing applied.
 pub type Positions = BTreeMap<i32, i64>;
@@ -100,7 +100,7 @@ impl ChangeEvent {
 /// after it: a snapshot that cannot be continued is no use, and it pins pages in redb.
 #[derive(Debug)]
 pub struct SnapshotAt {
-    entries: Mutex<Option<Snapshot>>,
+    entries: Mutex<Option<ReadView>>,
     pub position: Positions,
     /// The sequence number of the first change after the snapshot.
     pub seq: u64,
@@ -109,7 +109,7 @@ pub struct SnapshotAt {
 
 impl SnapshotAt {
     /// The state, unless the feed took it back.
-    pub fn entries(&self) -> Option<Snapshot> {
+    pub fn entries(&self) -> Option<ReadView> {
         lock(&self.entries).clone()
     }
 }
@@ -339,8 +339,8 @@ impl ChangeFeed {
 
     /// The store's state as this batch left it: only the consumer thread commits, and it is
     /// the one asking.
-    fn capture(&self) -> Option<Snapshot> {
-        match self.store.snapshot() {
+    fn capture(&self) -> Option<ReadView> {
+        match self.store.read_view() {
             Ok(snapshot) => Some(snapshot),
             Err(error) => {
                 tracing::warn!(%error, "cannot open a snapshot for watches");
@@ -349,7 +349,7 @@ impl ChangeFeed {
         }
     }
 
-    fn set_latest(&self, ring: &mut Ring, snapshot: Option<Snapshot>) {
+    fn set_latest(&self, ring: &mut Ring, snapshot: Option<ReadView>) {
         ring.latest = Some(Arc::new(SnapshotAt {
             entries: Mutex::new(snapshot),
             position: ring.position.clone(),

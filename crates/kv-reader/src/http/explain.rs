@@ -3,13 +3,13 @@
 //! agent's last report.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use kv_core::record::now_ms;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::key_from_path;
 use serde::Serialize;
 
 use crate::http::{PeerClient, ReaderState, Routed};
-use crate::store::now_ms;
 
 pub const STATE_PREFIX: &str = "/v1/state/";
 

@@ -450,7 +450,7 @@ pub async fn freshness_middleware(
         }
         headers.insert(REPLICA_LAG_HEADER, HeaderValue::from(freshness.lag));
         if let Some(answered_ms) = answered_ms {
-            let silence = crate::store::now_ms().saturating_sub(answered_ms);
+            let silence = kv_core::record::now_ms().saturating_sub(answered_ms);
             headers.insert(REPLICA_SILENCE_HEADER, HeaderValue::from(silence));
         }
     }

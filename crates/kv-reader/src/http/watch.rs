@@ -29,7 +29,7 @@ use crate::changes::feed::{
 use crate::cluster::shard::ShardSpec;
 use crate::http::prefix_param;
 use crate::metrics::{WatchEvent, WatchMetrics};
-use crate::store::{ScanPage, Snapshot, Store, StoreError, StoredEntry};
+use crate::store::{ReadView, ScanPage, Store, StoreError, StoredEntry};
 
 /// The SSE header naming the last event a reconnecting client received.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -522,7 +522,7 @@ impl Watch {
 
 fn scan(
     store: &Store,
-    snapshot: &Snapshot,
+    snapshot: &ReadView,
     prefix: &[u8],
     after: Option<&[u8]>,
 ) -> Result<ScanPage, StoreError> {

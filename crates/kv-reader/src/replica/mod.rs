@@ -22,8 +22,8 @@ use kv_core::crypto::{ENVELOPE_FORMAT, RECORD_KEY_LEN};
 use kv_core::kafka::{client_config, kafka_partition, ClientRole};
 use kv_core::kafka_stats::KafkaStats;
 use kv_core::record::{
-    BadTtlHeader, DecodeError, DecodedRecord, RecordCodec, TtlHeaders, CORRELATION_ID_HEADER,
-    WRITER_HEADER,
+    now_ms, BadTtlHeader, DecodeError, DecodedRecord, RecordCodec, TtlHeaders,
+    CORRELATION_ID_HEADER, WRITER_HEADER,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -40,7 +40,7 @@ use crate::replica::progress::{
 };
 use crate::replica::schema_registry::{BadSchemaHeader, SchemaFraming};
 use crate::settings::Settings;
-use crate::store::{now_ms, Change, Decided, Precondition, Store, StoreError};
+use crate::store::{Change, Decided, Precondition, Store, StoreError};
 use crate::transfer::bootstrap::{self, BootstrapConfig};
 use crate::transfer::format::ImportProgress;
 

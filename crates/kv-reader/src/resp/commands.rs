@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use actix_web::web;
 use bytes::BytesMut;
 use kv_core::consistency::{ConsistencyToken, RecordPosition};
+use kv_core::record::now_ms;
 use kv_core::web::auth::{AuthError, AuthGate, Operation};
 
 use super::expiry::{self, Asked};
@@ -24,7 +25,7 @@ use super::reply::Reply;
 use crate::http::{ReaderState, MAX_BATCH_KEYS, MAX_LIST_LIMIT};
 use crate::metrics::RespMetrics;
 use crate::replica::progress::WaitError;
-use crate::store::{now_ms, StoreError};
+use crate::store::StoreError;
 
 /// The Redis version this port answers to clients that ask (`INFO`, `HELLO`): the one whose
 /// replies it gives (RESP3, `HELLO`, `CLIENT SETINFO`).
