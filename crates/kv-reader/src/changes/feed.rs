@@ -269,7 +269,7 @@ impl ChangeFeed {
     }
 
     /// Called by the consumer right after a batch committed: its changes (with the record
-    /// each came from), the tombstones that removed an entry (as [`Store::apply`] answered),
+    /// each came from), the tombstones that removed an entry (as [`Store::apply_at`] answered),
     /// the puts that did not take effect (in index order), and the next offset of every
     /// partition the batch read.
     pub fn publish(
