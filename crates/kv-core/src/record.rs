@@ -27,6 +27,22 @@ pub const WRITER_HEADER_VALUE: &[u8] = b"1";
 /// ASCII (docs/wire-format.md). The writer stamps it with its clock; readers compare it with
 /// theirs. Under topic encryption it is authenticated with the envelope.
 pub const EXPIRES_AT_HEADER: &str = "X-KV-Expires-At";
+
+/// The clock of both ends of [`EXPIRES_AT_HEADER`]: this host's wall clock, in milliseconds
+/// since the Unix epoch. The writer stamps a put's expiry with it and every reader compares
+/// expiries with its own, so the hosts' clocks must agree (docs/architecture.md, "Keys that
+/// expire"); a clock set before the epoch reads 0.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The [`EXPIRES_AT_HEADER`] of a put written at `now_ms` (see [`now_ms`]) that lives for
+/// `ttl_seconds`: milliseconds since the Unix epoch, saturating rather than wrapping.
+pub fn expires_at_ms(now_ms: u64, ttl_seconds: u64) -> u64 {
+    now_ms.saturating_add(ttl_seconds.saturating_mul(1000))
+}
 /// Kafka header of a tombstone the TTL sweeper produced: the offset of the expired put it
 /// removes. Readers apply it only while that put is the key's entry.
 pub const EXPIRED_OFFSET_HEADER: &str = "X-KV-Expired-Offset";
@@ -426,5 +442,14 @@ mod tests {
             codec.decode(Some(b""), Some(b"v")),
             Err(DecodeError::EmptyKey)
         );
+    }
+
+    #[test]
+    fn an_expiry_is_the_ttl_in_milliseconds_after_now_and_never_wraps() {
+        assert_eq!(expires_at_ms(1_767_225_600_000, 60), 1_767_225_660_000);
+        assert_eq!(expires_at_ms(1_000, 0), 1_000);
+        assert_eq!(expires_at_ms(1_000, u64::MAX), u64::MAX);
+        assert_eq!(expires_at_ms(u64::MAX - 1, 1), u64::MAX);
+        assert!(now_ms() > 1_600_000_000_000, "milliseconds, not seconds");
     }
 }

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use kv_core::record::now_ms;
 use kv_core::secret::Secret;
 use kv_reader::settings::Storage;
 use kv_reader::store::{Change, Store};
@@ -45,9 +46,11 @@ fn main() {
                 })
                 .collect();
             store
-                .apply(
+                .apply_at(
                     &changes,
                     &BTreeMap::from([(0, (batch_index * 10_000 + batch.len()) as i64)]),
+                    now_ms(),
+                    &|_| false,
                 )
                 .expect("apply");
         }

@@ -1,11 +1,12 @@
 //! What the writer's handlers share: the limits, the producer, and how an acknowledged write is
 //! answered (the position in the body and in headers, and the consistency token).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use kv_core::consistency::{ConsistencyToken, RecordPosition};
+use kv_core::record;
 use kv_core::web::error::ApiError;
 use kv_core::web::http::{CorrelationId, CONSISTENCY_TOKEN};
 use serde::Serialize;
@@ -186,14 +187,11 @@ impl WriterState {
     }
 }
 
-/// When a write with this TTL expires, in milliseconds since the Unix epoch by this writer's
-/// clock: readers compare it with theirs, so the hosts' clocks must agree (docs/architecture.md,
-/// "Keys that expire").
+/// When a write with this TTL expires, by this writer's clock: the writer's end of
+/// [`record::EXPIRES_AT_HEADER`], whose readers compare it with theirs.
 pub fn expiry(ttl_seconds: Option<u64>) -> Option<u64> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    ttl_seconds.map(|seconds| now_ms.saturating_add(seconds.saturating_mul(1000)))
+    let now_ms = record::now_ms();
+    ttl_seconds.map(|seconds| record::expires_at_ms(now_ms, seconds))
 }
 
 /// The body of a write's `200`. The position is in the `X-Kafka-*` and `X-Consistency-Token`

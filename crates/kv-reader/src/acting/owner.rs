@@ -25,6 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kv_core::kafka::{client_config, ClientRole};
+use kv_core::record::now_ms;
 use kv_core::settings::KafkaProperties;
 use prometheus::{IntGauge, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -35,7 +36,6 @@ use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::replica::progress::Progress;
-use crate::store::now_ms;
 
 /// How long a candidate's lease lives without a heartbeat: a dead or paused owner's partitions
 /// move after about this long (the failover goal is 10 s).

@@ -18,8 +18,8 @@ use kv_core::kafka::{
     KafkaErrorClass, PRODUCER_DEFAULTS,
 };
 use kv_core::record::{
-    RecordCodec, CORRELATION_ID_HEADER, EXPIRED_OFFSET_HEADER, EXPIRES_AT_HEADER, REPAIR_OF_HEADER,
-    WRITER_HEADER, WRITER_HEADER_VALUE,
+    now_ms, RecordCodec, CORRELATION_ID_HEADER, EXPIRED_OFFSET_HEADER, EXPIRES_AT_HEADER,
+    REPAIR_OF_HEADER, WRITER_HEADER, WRITER_HEADER_VALUE,
 };
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rdkafka::config::ClientConfig;
@@ -31,7 +31,7 @@ use rdkafka::ClientContext;
 use crate::acting::owner::Election;
 use crate::replica::progress::Progress;
 use crate::settings::Settings;
-use crate::store::{now_ms, Applied, Expired, PendingRepair, Store, StoreError};
+use crate::store::{Applied, Expired, PendingRepair, Store, StoreError};
 
 /// How often the purge and the sweep run.
 const TICK: Duration = Duration::from_millis(100);

@@ -11,7 +11,7 @@
 //! feed's `position` after each batch, and its `horizon`, the highest offset per partition whose
 //! change may be missing from the ring (dropped, or applied before the replica started). A
 //! resume from a position at or past the horizon on every partition can be served from the ring
-//! exactly; any other gets a reset and a snapshot.
+//! exactly; any other gets a reset and a first listing.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use tokio::sync::watch;
 
 use crate::settings::WatchSettings;
-use crate::store::{Change, Snapshot, Store};
+use crate::store::{Change, ReadView, Store};
 
 /// Highest applied offset per partition; a partition that is absent had nothing applied.
 pub type Positions = BTreeMap<i32, i64>;
@@ -95,21 +95,22 @@ impl ChangeEvent {
     }
 }
 
-/// A committed state of the store with the position it holds and where the ring continues
-/// after it. The feed takes it back (`entries` becomes `None`) once the ring dropped a change
-/// after it: a snapshot that cannot be continued is no use, and it pins pages in redb.
+/// A watch's first listing (`snapshot=true` in the API): a committed read view of the store
+/// with the position it holds and where the ring continues after it. The feed takes it back
+/// (`entries` becomes `None`) once the ring dropped a change after it: a listing that cannot be
+/// continued is no use, and it pins pages in redb.
 #[derive(Debug)]
-pub struct SnapshotAt {
-    entries: Mutex<Option<Snapshot>>,
+pub struct FirstListing {
+    entries: Mutex<Option<ReadView>>,
     pub position: Positions,
-    /// The sequence number of the first change after the snapshot.
+    /// The sequence number of the first change after the listing's view.
     pub seq: u64,
     pub epoch: u64,
 }
 
-impl SnapshotAt {
+impl FirstListing {
     /// The state, unless the feed took it back.
-    pub fn entries(&self) -> Option<Snapshot> {
+    pub fn entries(&self) -> Option<ReadView> {
         lock(&self.entries).clone()
     }
 }
@@ -152,9 +153,9 @@ struct Ring {
     epoch: u64,
     started: bool,
     closed: bool,
-    latest: Option<Arc<SnapshotAt>>,
-    /// Snapshots handed out, to take back when the ring passes them.
-    leases: Vec<Weak<SnapshotAt>>,
+    latest: Option<Arc<FirstListing>>,
+    /// First listings handed out, to take back when the ring passes them.
+    leases: Vec<Weak<FirstListing>>,
 }
 
 impl Ring {
@@ -170,7 +171,7 @@ impl Ring {
         }
     }
 
-    /// Takes back every snapshot the ring can no longer continue (all of them with `all`).
+    /// Takes back every first listing the ring can no longer continue (all of them with `all`).
     fn revoke_leases(&mut self, all: bool) {
         let first = self.first_seq;
         self.leases.retain(|lease| match lease.upgrade() {
@@ -269,7 +270,7 @@ impl ChangeFeed {
     }
 
     /// Called by the consumer right after a batch committed: its changes (with the record
-    /// each came from), the tombstones that removed an entry (as [`Store::apply`] answered),
+    /// each came from), the tombstones that removed an entry (as [`Store::apply_at`] answered),
     /// the puts that did not take effect (in index order), and the next offset of every
     /// partition the batch read.
     pub fn publish(
@@ -339,18 +340,18 @@ impl ChangeFeed {
 
     /// The store's state as this batch left it: only the consumer thread commits, and it is
     /// the one asking.
-    fn capture(&self) -> Option<Snapshot> {
-        match self.store.snapshot() {
+    fn capture(&self) -> Option<ReadView> {
+        match self.store.read_view() {
             Ok(snapshot) => Some(snapshot),
             Err(error) => {
-                tracing::warn!(%error, "cannot open a snapshot for watches");
+                tracing::warn!(%error, "cannot open a read view for watches' first listings");
                 None
             }
         }
     }
 
-    fn set_latest(&self, ring: &mut Ring, snapshot: Option<Snapshot>) {
-        ring.latest = Some(Arc::new(SnapshotAt {
+    fn set_latest(&self, ring: &mut Ring, snapshot: Option<ReadView>) {
+        ring.latest = Some(Arc::new(FirstListing {
             entries: Mutex::new(snapshot),
             position: ring.position.clone(),
             seq: ring.head(),
@@ -401,7 +402,7 @@ impl ChangeFeed {
 
     /// The newest committed state, with its position and where the ring continues after it;
     /// `None` once the reader is shutting down.
-    pub fn snapshot(&self) -> Option<Arc<SnapshotAt>> {
+    pub fn first_listing(&self) -> Option<Arc<FirstListing>> {
         let mut ring = self.ring();
         let latest = ring.latest.clone()?;
         if !ring
@@ -602,11 +603,11 @@ mod tests {
     }
 
     #[test]
-    fn a_rebuild_resets_every_watch_and_takes_back_their_snapshots() {
+    fn a_rebuild_resets_every_watch_and_takes_back_their_first_listings() {
         let feed = feed(10, 1 << 20);
         publish(&feed, &[(b"a", 0, 0)]);
         let (cursor, _, epoch) = feed.live();
-        let snapshot = feed.snapshot().expect("snapshot");
+        let snapshot = feed.first_listing().expect("a first listing");
         assert!(snapshot.entries().is_some());
         assert_eq!(snapshot.position, Positions::from([(0, 0)]));
         feed.restart([(0, 0)]);
@@ -624,9 +625,9 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_is_taken_back_once_the_ring_drops_a_change_after_it() {
+    fn a_first_listing_is_taken_back_once_the_ring_drops_a_change_after_it() {
         let feed = feed(1, 1 << 20);
-        let snapshot = feed.snapshot().expect("snapshot");
+        let snapshot = feed.first_listing().expect("a first listing");
         publish(&feed, &[(b"a", 0, 0)]);
         assert!(snapshot.entries().is_some(), "the ring still continues it");
         publish(&feed, &[(b"b", 0, 1)]);

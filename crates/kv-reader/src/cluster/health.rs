@@ -149,7 +149,7 @@ pub fn health(
             lag: freshness.lag,
             silence_ms: progress
                 .broker_answered_ms()
-                .map(|at| crate::store::now_ms().saturating_sub(at)),
+                .map(|at| kv_core::record::now_ms().saturating_sub(at)),
         },
         partition_owners: Vec::new(),
     };

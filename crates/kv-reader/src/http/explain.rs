@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::http::forward::{route_key, Routed};
 use crate::http::request::ReadRequest;
 use crate::http::state::{HttpState, PeerClient};
-use crate::store::now_ms;
+use kv_core::record::now_ms;
 
 pub const STATE_PREFIX: &str = "/v1/state/";
 

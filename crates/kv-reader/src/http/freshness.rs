@@ -10,7 +10,7 @@ use actix_web::{web, HttpMessage};
 use crate::cluster::forward::SERVED_BY;
 use crate::http::state::HttpState;
 use crate::replica::progress::Freshness;
-use crate::store::now_ms;
+use kv_core::record::now_ms;
 
 /// Highest offset applied per partition, in consistency-token form; usable as a token on
 /// another replica to read data at least this fresh.

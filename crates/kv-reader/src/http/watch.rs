@@ -24,12 +24,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::changes::feed::{
-    ChangeEvent, ChangeFeed, ChangeKind, Positions, Read, Resume, SnapshotAt,
+    ChangeEvent, ChangeFeed, ChangeKind, FirstListing, Positions, Read, Resume,
 };
 use crate::changes::metrics::{WatchEvent, WatchMetrics};
 use crate::cluster::shard::ShardSpec;
 use crate::http::list::prefix_param;
-use crate::store::{ScanPage, Snapshot, Store, StoreError, StoredEntry};
+use crate::store::{ReadView, ScanPage, Store, StoreError, StoredEntry};
 
 /// The SSE header naming the last event a reconnecting client received.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -42,9 +42,9 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Changes taken from the feed under one lock.
 const READ_BATCH: usize = 256;
-/// Snapshot entries read per page, and the value bytes after which a page ends.
-const SNAPSHOT_PAGE_ENTRIES: usize = 256;
-const SNAPSHOT_PAGE_BYTES: usize = 1024 * 1024;
+/// First-listing entries read per page, and the value bytes after which a page ends.
+const LISTING_PAGE_ENTRIES: usize = 256;
+const LISTING_PAGE_BYTES: usize = 1024 * 1024;
 
 /// What the watch handler shares.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ pub struct WatchState {
     pub slots: Arc<Semaphore>,
     pub max_watches: usize,
     pub metrics: WatchMetrics,
-    /// Shared with the listings of an encrypted-at-rest store: a snapshot of one reads it whole.
+    /// Shared with the listings of an encrypted-at-rest store: a first listing of one reads it whole.
     pub sealed_listings: Arc<Semaphore>,
     /// Set on a sharded reader, whose feed holds its own partitions' changes only.
     pub shard: Option<ShardSpec>,
@@ -191,9 +191,10 @@ impl Drop for Open {
 
 #[derive(Debug)]
 enum Phase {
-    /// Sending the entries of a snapshot; `after` is where its next page starts.
-    Snapshot {
-        at: Arc<SnapshotAt>,
+    /// Sending the entries of the first listing (`snapshot=true`); `after` is where its next page
+    /// starts.
+    FirstListing {
+        at: Arc<FirstListing>,
         after: Option<Vec<u8>>,
     },
     Live,
@@ -259,7 +260,7 @@ impl Watch {
                      current entries follow",
                 ),
             },
-            (None, true) => watch.start_snapshot(),
+            (None, true) => watch.start_first_listing(),
             (None, false) => {
                 let id = watch.seen.clone();
                 watch.write_progress(&id);
@@ -276,7 +277,7 @@ impl Watch {
             }
             match self.phase {
                 Phase::Done => return (!self.out.is_empty()).then(|| self.take()),
-                Phase::Snapshot { .. } => self.snapshot_page().await,
+                Phase::FirstListing { .. } => self.first_listing_page().await,
                 Phase::Live => {
                     // Seen before reading, so a publish after the read wakes the wait below.
                     self.head.borrow_and_update();
@@ -375,7 +376,7 @@ impl Watch {
     fn reset(&mut self, reason: &str) {
         self.state.metrics.resets.inc();
         self.write_notice(WatchEvent::Reset, reason);
-        self.start_snapshot();
+        self.start_first_listing();
     }
 
     fn overflow(&mut self) {
@@ -387,17 +388,17 @@ impl Watch {
         self.phase = Phase::Done;
     }
 
-    fn start_snapshot(&mut self) {
-        self.phase = match self.state.feed.snapshot() {
-            Some(at) => Phase::Snapshot { at, after: None },
+    fn start_first_listing(&mut self) {
+        self.phase = match self.state.feed.first_listing() {
+            Some(at) => Phase::FirstListing { at, after: None },
             None => Phase::Done,
         };
     }
 
-    /// Writes one page of the snapshot; after the last, the snapshot's position as `progress`,
+    /// Writes one page of the first listing; after the last, its position as `progress`,
     /// and the watch goes on live from there.
-    async fn snapshot_page(&mut self) {
-        let Phase::Snapshot { at, after } = &self.phase else {
+    async fn first_listing_page(&mut self) {
+        let Phase::FirstListing { at, after } = &self.phase else {
             return;
         };
         let (at, after) = (at.clone(), after.clone());
@@ -428,7 +429,7 @@ impl Watch {
         let page = match page {
             Ok(page) => page,
             Err(error) => {
-                tracing::error!(%error, "reading a snapshot for a watch failed; ending it");
+                tracing::error!(%error, "reading a watch's first listing failed; ending it");
                 self.phase = Phase::Done;
                 return;
             }
@@ -438,7 +439,7 @@ impl Watch {
         }
         match page.resume_after {
             Some(next) => {
-                self.phase = Phase::Snapshot {
+                self.phase = Phase::FirstListing {
                     at,
                     after: Some(next),
                 }
@@ -469,7 +470,7 @@ impl Watch {
         self.write_event(kind, Some(&id), &data);
     }
 
-    /// A snapshot entry: a `put` without an id, since the snapshot's position is known only
+    /// A first-listing entry: a `put` without an id, since the listing's position is known only
     /// once all of it was sent.
     fn write_entry(&mut self, key: &[u8], entry: &StoredEntry) {
         let data = ChangeData::new(
@@ -522,16 +523,16 @@ impl Watch {
 
 fn scan(
     store: &Store,
-    snapshot: &Snapshot,
+    view: &ReadView,
     prefix: &[u8],
     after: Option<&[u8]>,
 ) -> Result<ScanPage, StoreError> {
     store.scan(
-        snapshot,
+        view,
         prefix,
         after,
-        SNAPSHOT_PAGE_ENTRIES,
-        SNAPSHOT_PAGE_BYTES,
+        LISTING_PAGE_ENTRIES,
+        LISTING_PAGE_BYTES,
     )
 }
 

@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::replica::progress::PartitionProgress;
 use crate::replica::worker::{LoopError, Worker};
-use crate::store::now_ms;
+use kv_core::record::now_ms;
 
 pub(super) const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -12,7 +12,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use crate::replica::progress::Progress;
-use crate::store::now_ms;
+use kv_core::record::now_ms;
 
 /// Hands the end offsets librdkafka learns from fetch responses to [`Progress`], so lag is known
 /// without blocking the loop on extra broker round trips.

@@ -14,7 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::cluster::shard::ShardSpec;
 use crate::replica::schema_registry::SchemaFraming;
 use crate::replica::worker::{LoopError, Worker};
-use crate::store::now_ms;
+use kv_core::record::now_ms;
 
 /// What the topic key's fingerprint in the store is the MAC of. A keyed MAC names the key
 /// without revealing it; it is also the record key a user key of these bytes would get, which

@@ -24,7 +24,9 @@ use crate::replica::progress::{Progress, ReplayNote};
 use crate::replica::rebuild::{is_out_of_range, DeleteRetention, CONTACT_NOTE_INTERVAL};
 use crate::replica::refusals::Refusals;
 use crate::replica::schema_registry::SchemaFraming;
-use crate::store::{now_ms, Change, Store, StoreError};
+use kv_core::record::now_ms;
+
+use crate::store::{Change, Store, StoreError};
 use crate::transfer::bootstrap::{self, BootstrapConfig};
 use crate::transfer::format::ImportProgress;
 

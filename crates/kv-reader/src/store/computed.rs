@@ -24,7 +24,7 @@ use kv_core::computed::{
 use kv_core::conditional::Version;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::expiry::Writing;
+use super::write::Writing;
 use super::{Store, StoreError};
 
 /// `(state key, agent)`.
@@ -352,7 +352,7 @@ impl Store {
         let txn = self.db.begin_read()?;
         let timers = txn.open_table(TIMERS)?;
         let ruled = txn.open_table(RULED)?;
-        let entries = txn.open_table(super::ENTRIES)?;
+        let entries = txn.open_table(super::tables::ENTRIES)?;
         let mut found = Vec::new();
         for row in timers
             .range(..(now_ms.saturating_add(1), &[][..]))?
@@ -473,7 +473,7 @@ impl Store {
         let txn = self.db.begin_read()?;
         let reports = txn.open_table(REPORTS)?;
         let ruled = txn.open_table(RULED)?;
-        let entries = txn.open_table(super::ENTRIES)?;
+        let entries = txn.open_table(super::tables::ENTRIES)?;
         let stored = reports_of(&reports, key, max_value)?;
         let candidate = ruled.get(key)?.and_then(|row| {
             let (_, _, since, has, value) = row.value();

@@ -17,8 +17,9 @@ use std::time::Duration;
 use kv_core::conditional::{Condition, Outcome, Version, IDEMPOTENCY_WINDOW_MS};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::expiry::Writing;
-use super::{Store, StoreError, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, OUTCOMES};
+use super::tables::{IDEMPOTENCY, IDEMPOTENCY_BY_TIME, OUTCOMES};
+use super::write::Writing;
+use super::{Store, StoreError};
 
 /// How long a decision is kept for a writer to ask about: far longer than a writer waits
 /// (`KV_API_CONDITIONAL_TIMEOUT_MS`), and purged by this replica's clock.

@@ -1,4 +1,7 @@
-//! The TTL rules of the store (docs/architecture.md, "Keys that expire").
+//! The TTL rules of the store (docs/architecture.md, "Keys that expire"). The write transaction
+//! ([`super::write`]) applies each record; what these rules keep beside the entries for the
+//! sweep, the purge and the repairs (the expiry index, the deletes remembered, the repairs owed)
+//! is written and read here, so the rules can be read in one place.
 //!
 //! - A put that expires is indexed by its expiry (`EXPIRIES`); reads hide it from its expiry on,
 //!   and a put already expired when applied applies as a delete, except on a partition this
@@ -6,7 +9,7 @@
 //!   so that tombstone is produced even for a put replayed long after it expired.
 //! - Every delete applied is remembered for [`DELETE_MEMORY`] (`DELETED`), so a repair can tell
 //!   "deleted since" from "never seen" (a replica replaying the compacted topic).
-//! - A record the sweeper wrote carries a [`Precondition`]: an expiry tombstone applies only
+//! - A record the sweeper wrote carries a [`super::Precondition`]: an expiry tombstone applies only
 //!   while the key's entry is the put it expires; a repair only if nothing of the key newer than
 //!   the stale record it repairs was applied. Any other record is the client's, and wins.
 //! - On a swept partition, a sweeper record that, left as the key's last record, would make a
@@ -14,61 +17,22 @@
 //!   store owes a repair (`PENDING_REPAIRS`, in the same transaction as the record's offset), and
 //!   the sweeper re-asserts the key's state after it.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::{
-    decode_entry, encode_entry, entry_expiry, open_entry, Change, ExpiryKey, IdempotencyKey,
-    IdempotencyRow, OutcomeRow, Store, StoreError, StoredEntry, SweepRow, DELETED, DELETED_BY_TIME,
-    ENTRIES, EXPIRIES, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, NEXT_OFFSETS, OUTCOMES, PENDING_REPAIRS,
-    RECORD_KEYS, SEALED_EXPIRIES,
+use super::entry::StoredEntry;
+use super::tables::{
+    DELETED, DELETED_BY_TIME, ENTRIES, EXPIRIES, PENDING_REPAIRS, RECORD_KEYS, SEALED_EXPIRIES,
 };
-use crate::store::at_rest::StoreCipher;
+use super::write::{Applied, Writing};
+use super::{Store, StoreError};
 
 /// How long an applied delete is remembered. A repair the sweeper makes lands within its
 /// repair latency (milliseconds) after the stale record it repairs, and any delete a repair must
 /// not undo lies between the two, so a delete is needed only that long; the bound is the
 /// topic's recommended `min.compaction.lag.ms`, within which every repair must land anyway.
 pub const DELETE_MEMORY: Duration = Duration::from_secs(15 * 60);
-
-/// When a record the TTL sweeper wrote applies (its headers, docs/wire-format.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precondition {
-    /// An expiry tombstone (`X-KV-Expired-Offset`): only while the key's entry is the put at
-    /// this offset.
-    Expires(i64),
-    /// A repair (`X-KV-Repair-Of`): only if no record of the key newer than this offset (the
-    /// stale record it repairs) was applied. The second field is the repair's `X-KV-Version`:
-    /// the version of the state it re-asserts, which the entry keeps (a repair from a sweeper
-    /// that predates it has none and gives the entry its own offset).
-    Repairs(i64, Option<i64>),
-}
-
-/// What the TTL rules of one applied batch came to.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Applied {
-    /// Puts already expired when applied, applied as deletes.
-    pub expired_on_replay: u64,
-    /// Entries an expiry tombstone removed.
-    pub tombstoned: u64,
-    /// Sweeper records that found the key changed since they were decided, and were ignored.
-    pub stale: u64,
-    /// Repairs the batch made due (swept partitions only); they wait in the store.
-    pub repairs_due: u64,
-    /// For each delete that removed an entry, its index among the changes and the user key
-    /// it removed, for watches: on an encrypted topic a tombstone names only the key's MAC.
-    pub removed: Vec<(usize, Vec<u8>)>,
-    /// The indexes of the puts that did not take effect (a failed condition, a repeat, a stale
-    /// repair): watches must not show them.
-    pub not_applied: Vec<usize>,
-    /// Reports ignored: their key is under no rule here, or one agent too many reported on it.
-    pub ignored_reports: u64,
-    /// Reports, ticks and publications applied: the owner may have timers due at once.
-    pub evaluated: u64,
-}
 
 /// An expired entry the sweep found: what its tombstone needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,190 +77,13 @@ pub(super) fn reset_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     ensure_tables(txn)
 }
 
-/// The tables of one write transaction, and the rules over them.
-pub(super) struct Writing<'t> {
-    cipher: Option<&'t StoreCipher>,
-    entries: redb::Table<'t, &'static [u8], &'static [u8]>,
-    record_keys: redb::Table<'t, &'static [u8], &'static [u8]>,
-    expiries: redb::Table<'t, ExpiryKey, SweepRow>,
-    deleted: redb::Table<'t, &'static [u8], (u64, u64)>,
-    deleted_by_time: redb::Table<'t, (u64, &'static [u8]), ()>,
-    pending: redb::Table<'t, &'static [u8], SweepRow>,
-    /// Under encryption at rest, the expiry of each entry that has one, so an overwrite learns
-    /// the old expiry without opening the old entry.
-    sealed_expiries: redb::Table<'t, &'static [u8], u64>,
-    pub(super) outcomes: redb::Table<'t, (u32, u64), OutcomeRow>,
-    pub(super) idempotency: redb::Table<'t, IdempotencyKey, IdempotencyRow>,
-    pub(super) idempotency_by_time: redb::Table<'t, (u64, &'static [u8], &'static [u8]), ()>,
-    pub(super) now_ms: u64,
-    /// Open when the store has rules (`store::computed`).
-    pub(super) computed: Option<super::computed::Tables<'t>>,
-    encoded: Vec<u8>,
-}
-
-impl<'t> Writing<'t> {
-    pub(super) fn open(
-        txn: &'t WriteTransaction,
-        cipher: Option<&'t StoreCipher>,
-        rules: Option<&'t kv_core::computed::StateRules>,
-        now_ms: u64,
-    ) -> Result<Self, StoreError> {
-        let computed = match rules {
-            Some(rules) => super::computed::Tables::open(txn, rules)?,
-            None => None,
-        };
-        Ok(Self {
-            computed,
-            cipher,
-            entries: txn.open_table(ENTRIES)?,
-            record_keys: txn.open_table(RECORD_KEYS)?,
-            expiries: txn.open_table(EXPIRIES)?,
-            deleted: txn.open_table(DELETED)?,
-            deleted_by_time: txn.open_table(DELETED_BY_TIME)?,
-            pending: txn.open_table(PENDING_REPAIRS)?,
-            sealed_expiries: txn.open_table(SEALED_EXPIRIES)?,
-            outcomes: txn.open_table(OUTCOMES)?,
-            idempotency: txn.open_table(IDEMPOTENCY)?,
-            idempotency_by_time: txn.open_table(IDEMPOTENCY_BY_TIME)?,
-            now_ms,
-            encoded: Vec::new(),
-        })
-    }
-
-    /// A key as the file holds it: itself, or its keyed MAC under encryption at rest.
-    pub(super) fn index<'k>(&self, key: &'k [u8]) -> Cow<'k, [u8]> {
-        match self.cipher {
-            None => Cow::Borrowed(key),
-            Some(cipher) => Cow::Owned(cipher.index(key).to_vec()),
-        }
-    }
-
-    /// A record key as the expiry and repair tables hold it: sealed under encryption at rest.
-    fn seal_record_key(&self, index: &[u8], record_key: &[u8]) -> Vec<u8> {
-        match self.cipher {
-            None => record_key.to_vec(),
-            Some(cipher) => cipher.seal(index, &[record_key]),
-        }
-    }
-
-    /// The user key a record key names: the mapping stored with its put on an encrypted topic,
-    /// else `user_key` (the record key itself on a plaintext topic).
-    fn user_key_of(
-        &self,
-        record_key: &[u8],
-        user_key: Option<&[u8]>,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let mapped = match self.record_keys.get(record_key)? {
-            None => None,
-            Some(mapped) => Some(match self.cipher {
-                None => mapped.value().to_vec(),
-                Some(cipher) => cipher
-                    .open(record_key, mapped.value())
-                    .map_err(|_| StoreError::CorruptEntry)?,
-            }),
-        };
-        Ok(mapped.or_else(|| user_key.map(<[u8]>::to_vec)))
-    }
-
-    /// The key's entry, expired or not.
-    pub(super) fn entry(&self, user_key: &[u8]) -> Result<Option<StoredEntry>, StoreError> {
-        let index = self.index(user_key);
-        let Some(raw) = self.entries.get(index.as_ref())? else {
-            return Ok(None);
-        };
-        match self.cipher {
-            None => decode_entry(raw.value()).map(Some),
-            Some(cipher) => {
-                let (_, entry) = open_entry(cipher, &index, raw.value())?;
-                decode_entry(&entry).map(Some)
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn put(
+impl Writing<'_> {
+    /// Notes the delete at `offset`, forgetting the one it replaces.
+    pub(super) fn remember_delete(
         &mut self,
         record_key: &[u8],
-        user_key: &[u8],
-        partition: i32,
         offset: i64,
-        correlation_id: Option<&[u8]>,
-        value: &[u8],
-        expires_at_ms: Option<u64>,
     ) -> Result<(), StoreError> {
-        let mut encoded = std::mem::take(&mut self.encoded);
-        encode_entry(
-            &mut encoded,
-            partition,
-            offset,
-            correlation_id,
-            value,
-            expires_at_ms,
-        );
-        let index = self.index(user_key);
-        let stored = match self.cipher {
-            None => Cow::Borrowed(encoded.as_slice()),
-            Some(cipher) => {
-                let key_len = (user_key.len() as u32).to_be_bytes();
-                Cow::Owned(cipher.seal(&index, &[&key_len, user_key, &encoded]))
-            }
-        };
-        let replaced = self.entries.insert(index.as_ref(), stored.as_ref())?;
-        let old = match (self.cipher, replaced) {
-            (None, Some(old)) => entry_expiry(old.value())?,
-            (Some(_), _) => self
-                .sealed_expiries
-                .remove(index.as_ref())?
-                .map(|at| at.value()),
-            (None, None) => None,
-        };
-        self.encoded = encoded;
-        if let Some(old) = old {
-            self.expiries.remove((old, index.as_ref()))?;
-        }
-        if let Some(expires_at) = expires_at_ms {
-            if self.cipher.is_some() {
-                self.sealed_expiries.insert(index.as_ref(), expires_at)?;
-            }
-            let sealed = self.seal_record_key(&index, record_key);
-            self.expiries.insert(
-                (expires_at, index.as_ref()),
-                (partition as u32, offset as u64, sealed.as_slice()),
-            )?;
-        }
-        if record_key != user_key {
-            let mapped = match self.cipher {
-                None => Cow::Borrowed(user_key),
-                Some(cipher) => Cow::Owned(cipher.seal(record_key, &[user_key])),
-            };
-            self.record_keys.insert(record_key, mapped.as_ref())?;
-        }
-        Ok(())
-    }
-
-    /// Removes the key's entry, its expiry and its record key mapping.
-    fn remove(&mut self, record_key: &[u8], user_key: Option<&[u8]>) -> Result<bool, StoreError> {
-        self.record_keys.remove(record_key)?;
-        let Some(user_key) = user_key else {
-            return Ok(false);
-        };
-        let index = self.index(user_key);
-        let old = match (self.cipher, self.entries.remove(index.as_ref())?) {
-            (_, None) => return Ok(false),
-            (None, Some(old)) => entry_expiry(old.value())?,
-            (Some(_), Some(_)) => self
-                .sealed_expiries
-                .remove(index.as_ref())?
-                .map(|at| at.value()),
-        };
-        if let Some(old) = old {
-            self.expiries.remove((old, index.as_ref()))?;
-        }
-        Ok(true)
-    }
-
-    /// Notes the delete at `offset`, forgetting the one it replaces.
-    fn remember_delete(&mut self, record_key: &[u8], offset: i64) -> Result<(), StoreError> {
         let index = self.index(record_key);
         let old = self
             .deleted
@@ -312,7 +99,7 @@ impl<'t> Writing<'t> {
 
     /// The offset of the newest record of the key applied here and still known: its entry, or
     /// its last delete within [`DELETE_MEMORY`]. `None`: never seen, or too long ago.
-    fn last_known(
+    pub(super) fn last_known(
         &self,
         record_key: &[u8],
         user_key: Option<&[u8]>,
@@ -330,7 +117,11 @@ impl<'t> Writing<'t> {
     }
 
     /// Settles the repair owed for the stale record at `stale_offset`: its repair came back.
-    fn settle(&mut self, record_key: &[u8], stale_offset: i64) -> Result<(), StoreError> {
+    pub(super) fn settle(
+        &mut self,
+        record_key: &[u8],
+        stale_offset: i64,
+    ) -> Result<(), StoreError> {
         let index = self.index(record_key).into_owned();
         let owed = self
             .pending
@@ -343,14 +134,14 @@ impl<'t> Writing<'t> {
     }
 
     /// Drops the repair owed for the key, if any: its last record now states it by itself.
-    fn forgive(&mut self, record_key: &[u8]) -> Result<(), StoreError> {
+    pub(super) fn forgive(&mut self, record_key: &[u8]) -> Result<(), StoreError> {
         let index = self.index(record_key).into_owned();
         self.pending.remove(index.as_slice())?;
         Ok(())
     }
 
     /// Owes a repair re-asserting the key's state after the stale record at `stale_offset`.
-    fn owe(
+    pub(super) fn owe(
         &mut self,
         record_key: &[u8],
         partition: i32,
@@ -365,56 +156,13 @@ impl<'t> Writing<'t> {
         Ok(())
     }
 
-    /// The key's state as a read at this batch's time sees it.
-    fn live_entry(&self, user_key: Option<&[u8]>) -> Result<Option<StoredEntry>, StoreError> {
-        match user_key {
-            Some(user_key) => Ok(self.entry(user_key)?.filter(|e| e.is_live(self.now_ms))),
-            None => Ok(None),
-        }
-    }
-
-    /// Puts a value (at `version`: the record's offset, or the version a repair re-asserts),
-    /// or, when it already expired on a partition this process is no candidate owner of, applies
-    /// it as a delete.
-    #[allow(clippy::too_many_arguments)]
-    fn put_or_expire(
-        &mut self,
-        record_key: &[u8],
-        user_key: &[u8],
-        partition: i32,
-        version: i64,
-        correlation_id: Option<&[u8]>,
-        value: &[u8],
-        expires_at_ms: Option<u64>,
-        swept: &dyn Fn(i32) -> bool,
-        applied: &mut Applied,
-    ) -> Result<(), StoreError> {
-        let expired = expires_at_ms.is_some_and(|at| at <= self.now_ms);
-        if expired && !swept(partition) {
-            self.remove(record_key, Some(user_key))?;
-            self.remember_delete(record_key, version)?;
-            applied.expired_on_replay += 1;
-            Ok(())
-        } else {
-            self.put(
-                record_key,
-                user_key,
-                partition,
-                version,
-                correlation_id,
-                value,
-                expires_at_ms,
-            )
-        }
-    }
-
     /// Whether the key's state here is what a replica that saw nothing of it before would reach
     /// from its last record alone: `alone` is that state (value, expiry, version), `None`
     /// absent. When it is not, and `partition` is one this process is a candidate owner of, the
     /// record is harmful left last (compaction may keep only it) and a repair is owed; when it
     /// is, any repair owed for an earlier record of the key is no longer needed.
     #[allow(clippy::too_many_arguments)] // the record's coordinates, each needed; one caller
-    fn judge(
+    pub(super) fn judge(
         &mut self,
         record_key: &[u8],
         user_key: Option<&[u8]>,
@@ -444,233 +192,6 @@ impl<'t> Writing<'t> {
         }
         Ok(())
     }
-
-    fn apply(
-        &mut self,
-        index: usize,
-        change: &Change<'_>,
-        swept: &dyn Fn(i32) -> bool,
-        applied: &mut Applied,
-    ) -> Result<(), StoreError> {
-        match change {
-            Change::Report {
-                key,
-                agent,
-                value,
-                partition,
-                offset,
-                at_ms,
-            } => {
-                if self.report(key, agent, value, *partition, *offset, *at_ms)? {
-                    applied.evaluated += 1;
-                } else {
-                    applied.ignored_reports += 1;
-                }
-            }
-            Change::Tick {
-                key,
-                partition,
-                at_ms,
-                ..
-            } => {
-                self.tick(key, *partition, *at_ms)?;
-                applied.evaluated += 1;
-            }
-            Change::SinkDone {
-                partition, upto, ..
-            } => self.sink_done(*partition, *upto)?,
-            Change::Put {
-                record_key,
-                user_key,
-                partition,
-                offset,
-                correlation_id,
-                value,
-                expires_at_ms,
-                precondition,
-                decided,
-            } => {
-                let user_key = user_key.as_ref();
-                if let Some(decided) = decided {
-                    let decision = self.decide(record_key, Some(user_key), *offset, decided)?;
-                    let previous = if decided.published && decision.takes_effect() {
-                        self.live_entry(Some(user_key))?.map(|entry| entry.value)
-                    } else {
-                        None
-                    };
-                    if decision.takes_effect() {
-                        self.put_or_expire(
-                            record_key,
-                            user_key,
-                            *partition,
-                            *offset,
-                            *correlation_id,
-                            value,
-                            *expires_at_ms,
-                            swept,
-                            applied,
-                        )?;
-                    } else {
-                        applied.not_applied.push(index);
-                    }
-                    self.record_decision(
-                        record_key,
-                        Some(user_key),
-                        *partition,
-                        *offset,
-                        decided,
-                        &decision,
-                    )?;
-                    if decision.takes_effect() {
-                        if decided.published {
-                            self.published(
-                                user_key,
-                                *partition,
-                                *offset,
-                                previous,
-                                value,
-                                decided.timestamp_ms,
-                            )?;
-                        } else {
-                            self.overridden(user_key)?;
-                        }
-                    }
-                    let alone = decided
-                        .condition
-                        .as_ref()
-                        .is_none_or(|c| c.holds(None))
-                        .then_some((value.as_ref(), *expires_at_ms, *offset));
-                    return self.judge(
-                        record_key,
-                        Some(user_key),
-                        *partition,
-                        *offset,
-                        alone,
-                        swept,
-                        applied,
-                    );
-                }
-                let version = match precondition {
-                    Some(Precondition::Repairs(stale, version)) => {
-                        self.settle(record_key, *stale)?;
-                        let last = self.last_known(record_key, Some(user_key))?;
-                        let version = version.unwrap_or(*offset);
-                        if last.is_some_and(|last| last > *stale) {
-                            applied.stale += 1;
-                            applied.not_applied.push(index);
-                            // Left last, this repair would put its value back over what came
-                            // after the record it repairs.
-                            let alone = Some((value.as_ref(), *expires_at_ms, version));
-                            return self.judge(
-                                record_key,
-                                Some(user_key),
-                                *partition,
-                                *offset,
-                                alone,
-                                swept,
-                                applied,
-                            );
-                        }
-                        version
-                    }
-                    Some(Precondition::Expires(_)) => *offset,
-                    None => {
-                        // A plain put is the key's whole state by itself.
-                        self.forgive(record_key)?;
-                        self.overridden(user_key)?;
-                        *offset
-                    }
-                };
-                self.put_or_expire(
-                    record_key,
-                    user_key,
-                    *partition,
-                    version,
-                    *correlation_id,
-                    value,
-                    *expires_at_ms,
-                    swept,
-                    applied,
-                )?;
-            }
-            Change::Delete {
-                record_key,
-                user_key,
-                partition,
-                offset,
-                precondition,
-                decided,
-            } => {
-                let user_key = self.user_key_of(record_key, *user_key)?;
-                let decision = match decided {
-                    Some(decided) => {
-                        Some(self.decide(record_key, user_key.as_deref(), *offset, decided)?)
-                    }
-                    None => None,
-                };
-                let applies = match (&decision, precondition) {
-                    (Some(decision), _) => decision.takes_effect(),
-                    (None, None) => true,
-                    (None, Some(Precondition::Expires(expired))) => {
-                        let current = match &user_key {
-                            Some(user_key) => self.entry(user_key)?,
-                            None => None,
-                        };
-                        current.is_some_and(|entry| entry.offset == *expired)
-                    }
-                    (None, Some(Precondition::Repairs(stale, _))) => {
-                        self.settle(record_key, *stale)?;
-                        let last = self.last_known(record_key, user_key.as_deref())?;
-                        last.is_none_or(|last| last <= *stale)
-                    }
-                };
-                if applies {
-                    if precondition.is_none() {
-                        if let Some(user_key) = &user_key {
-                            self.overridden(user_key)?;
-                        }
-                    }
-                    let removed = self.remove(record_key, user_key.as_deref())?;
-                    if removed {
-                        if let Some(user_key) = &user_key {
-                            applied.removed.push((index, user_key.to_vec()));
-                        }
-                    }
-                    self.remember_delete(record_key, *offset)?;
-                    if removed && matches!(precondition, Some(Precondition::Expires(_))) {
-                        applied.tombstoned += 1;
-                    }
-                } else if decision.is_none() {
-                    applied.stale += 1;
-                }
-                if let (Some(decided), Some(decision)) = (decided, &decision) {
-                    self.record_decision(
-                        record_key,
-                        user_key.as_deref(),
-                        *partition,
-                        *offset,
-                        decided,
-                        decision,
-                    )?;
-                }
-                if decided.is_some() || !applies {
-                    // Left last, a tombstone makes the key absent: harmful while it lives here.
-                    self.judge(
-                        record_key,
-                        user_key.as_deref(),
-                        *partition,
-                        *offset,
-                        None,
-                        swept,
-                        applied,
-                    )?;
-                } else if precondition.is_none() {
-                    self.forgive(record_key)?;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The first key of an expiry-ordered table after every key of expiry `at_ms`.
@@ -679,38 +200,6 @@ fn after_expiry(at_ms: u64) -> (u64, &'static [u8]) {
 }
 
 impl Store {
-    /// Applies a batch and the offsets it reaches in one transaction: both or neither persist.
-    /// `now_ms` is this replica's clock; `swept` says which partitions this process sweeps, whose
-    /// expired puts stay until their tombstones and whose harmful sweeper records owe repairs.
-    pub fn apply_at(
-        &self,
-        changes: &[Change<'_>],
-        next_offsets: &BTreeMap<i32, i64>,
-        now_ms: u64,
-        swept: &dyn Fn(i32) -> bool,
-    ) -> Result<Applied, StoreError> {
-        let mut applied = Applied::default();
-        let txn = self.db.begin_write()?;
-        {
-            let mut writing = Writing::open(
-                &txn,
-                self.cipher.as_ref(),
-                self.rules.get().map(|r| r.as_ref()),
-                now_ms,
-            )?;
-            for (index, change) in changes.iter().enumerate() {
-                writing.apply(index, change, swept, &mut applied)?;
-            }
-            let mut offsets = txn.open_table(NEXT_OFFSETS)?;
-            for (&partition, &offset) in next_offsets {
-                offsets.insert(partition as u32, offset as u64)?;
-            }
-        }
-        txn.commit()?;
-        self.refresh_snapshot();
-        Ok(applied)
-    }
-
     /// Up to `limit` entries expired by `now_ms` on partitions `swept` holds, in expiry order,
     /// after `after` (a previous [`Expired::cursor`]). At most `scan` rows are read, so the
     /// rows of other partitions never make a sweep long.
@@ -839,7 +328,7 @@ impl Store {
         }
         txn.commit()?;
         if purged > 0 {
-            self.refresh_snapshot();
+            self.refresh_read_view();
         }
         Ok(purged)
     }
@@ -891,6 +380,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
     use std::collections::{BTreeMap, BTreeSet};
 
     use rand::rngs::StdRng;
@@ -898,7 +388,8 @@ mod tests {
 
     use super::*;
     use crate::settings::Storage;
-    use crate::store::now_ms;
+    use crate::store::entry::{decode_entry, open_entry};
+    use crate::store::{Change, Precondition};
 
     const NONE: &dyn Fn(i32) -> bool = &|_| false;
     const ALL: &dyn Fn(i32) -> bool = &|_| true;
@@ -1021,38 +512,6 @@ mod tests {
             "the dead key left the store"
         );
         assert_eq!(store.earliest_expiry().expect("earliest"), None);
-    }
-
-    #[test]
-    fn reads_hide_an_expired_entry_on_every_path() {
-        let store = memory();
-        let past = now_ms() - 1;
-        apply(
-            &store,
-            &[
-                put(b"gone", 0, b"x", Some(past)),
-                put(b"kept", 1, b"y", Some(u64::MAX)),
-            ],
-            past - 10_000,
-            ALL,
-        );
-        assert_eq!(store.get(b"gone").expect("get"), None);
-        let kept = store.get(b"kept").expect("get").expect("kept");
-        assert_eq!(kept.expires_at_ms, Some(u64::MAX));
-        assert_eq!(
-            store.get_many([&b"gone"[..], b"kept"]).expect("many")[0],
-            None
-        );
-        assert_eq!(
-            store.list_keys(b"", None, 10).expect("list").0,
-            vec![b"kept".to_vec()]
-        );
-        let (page, more) = store.list_keys(b"", None, 1).expect("list");
-        assert_eq!(
-            (page.len(), more),
-            (1, false),
-            "an expired key is not one more to list"
-        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::{store_failed, Args, Name, Shared};
 use crate::resp::expiry::{self, Asked};
 use crate::resp::reply::Reply;
-use crate::store::now_ms;
+use kv_core::record::now_ms;
 
 /// `GET key`.
 pub(super) fn get(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) {

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use super::{integer, Args, Next, Pending, Session, Shared};
 use crate::read::limits::MAX_LIST_LIMIT;
 use crate::resp::reply::Reply;
-use crate::store::now_ms;
+use kv_core::record::now_ms;
 
 /// `SCAN`'s page size unless `COUNT` says otherwise, as Redis's.
 const DEFAULT_SCAN_COUNT: usize = 10;

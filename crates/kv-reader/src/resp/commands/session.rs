@@ -8,7 +8,7 @@ use kv_core::web::auth::{AuthError, AuthGate, Operation};
 use super::connection::hello_reply;
 use super::{Args, Next, Pending, Shared};
 use crate::resp::reply::Reply;
-use crate::store::now_ms;
+use kv_core::record::now_ms;
 
 const NOAUTH: &str = "NOAUTH Authentication required.";
 const EXPIRED: &str =
