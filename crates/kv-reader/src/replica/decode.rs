@@ -7,13 +7,13 @@ use kv_core::conditional::RecordConditions;
 use kv_core::crypto::{ENVELOPE_FORMAT, RECORD_KEY_LEN};
 use kv_core::kafka::kafka_partition;
 use kv_core::record::{
-    BadTtlHeader, DecodeError, DecodedRecord, RecordCodec, TtlHeaders, CORRELATION_ID_HEADER,
-    WRITER_HEADER,
+    BadTtlHeader, DecodeError, DecodedRecord, RecordCodec, TtlHeaders, WRITER_HEADER,
 };
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
+use crate::replica::refusals::ENCRYPTED_ENVELOPE_REASON;
 use crate::replica::schema_registry::BadSchemaHeader;
-use crate::replica::worker::Worker;
+use crate::replica::worker::{correlation_id, Worker};
 use crate::store::{Change, Decided, Precondition};
 
 /// The shortest envelope (docs/wire-format.md): format, key id, nonce, key length, tag.
@@ -39,9 +39,6 @@ pub const CONTROL_RECORD_REASON: &str = "bad_control_record";
 
 /// The skip reason of [`Skip::ConditionHeader`].
 pub const CONDITION_HEADER_REASON: &str = "bad_condition_header";
-
-/// The skip reason of [`Skip::EncryptedEnvelope`].
-pub const ENCRYPTED_ENVELOPE_REASON: &str = "encrypted_envelope";
 
 /// Skip reasons that mean the reader and the topic disagree on encryption, not that a record is
 /// bad: `undecryptable` too, since the key id is one byte and one other key in 256 shares it.
@@ -319,14 +316,6 @@ fn written_by_kv_writer(message: &BorrowedMessage<'_>) -> bool {
             .iter()
             .any(|h| h.key.eq_ignore_ascii_case(WRITER_HEADER))
     })
-}
-
-pub(super) fn correlation_id<'m>(message: &'m BorrowedMessage<'_>) -> Option<&'m [u8]> {
-    let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key.eq_ignore_ascii_case(CORRELATION_ID_HEADER))
-        .and_then(|h| h.value)
 }
 
 #[cfg(test)]

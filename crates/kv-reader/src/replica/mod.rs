@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod progress;
 mod rebuild;
 mod refusals;
+mod retention;
 mod room;
 pub mod schema_registry;
 mod worker;
@@ -46,12 +47,9 @@ use crate::store::Store;
 use crate::transfer::bootstrap::BootstrapConfig;
 use crate::transfer::format::ImportProgress;
 
-pub use decode::{
-    CONDITION_HEADER_REASON, CONFIGURATION_REASONS, CONTROL_RECORD_REASON,
-    ENCRYPTED_ENVELOPE_REASON,
-};
-pub use rebuild::DeleteRetention;
-pub use refusals::MISCONFIGURED_RUN;
+pub use decode::{CONDITION_HEADER_REASON, CONFIGURATION_REASONS, CONTROL_RECORD_REASON};
+pub use refusals::{ENCRYPTED_ENVELOPE_REASON, MISCONFIGURED_RUN};
+pub use retention::DeleteRetention;
 
 /// How long stopping waits for the consumer to close. Closing commits the last progress to the
 /// group and waits for the coordinator, for ever when no broker answers; that commit only shows

@@ -4,14 +4,12 @@
 //! replays the whole topic and the log line is all that says why.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use kv_core::record::RecordCodec;
-use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::cluster::shard::ShardSpec;
+use crate::replica::retention::RETENTION_WAIT;
 use crate::replica::schema_registry::SchemaFraming;
 use crate::replica::worker::{LoopError, Worker};
 use kv_core::record::now_ms;
@@ -20,35 +18,6 @@ use kv_core::record::now_ms;
 /// without revealing it; it is also the record key a user key of these bytes would get, which
 /// is no secret either: record keys are on the topic.
 const KEY_FINGERPRINT_LABEL: &[u8] = b"kv-store-key-id";
-
-/// The topic's `delete.retention.ms` (when compacted), read at start-up beside the replica:
-/// `None` inside until the answer came, `Some(None)` when there is nothing to check against.
-#[derive(Debug, Clone, Default)]
-pub struct DeleteRetention(Arc<(Mutex<Option<Option<Duration>>>, Condvar)>);
-
-/// How long a resuming replica waits for the topic's configuration.
-const RETENTION_WAIT: Duration = Duration::from_secs(10);
-
-impl DeleteRetention {
-    pub fn set(&self, retention: Option<Duration>) {
-        let (value, ready) = &*self.0;
-        *value.lock().unwrap_or_else(PoisonError::into_inner) = Some(retention);
-        ready.notify_all();
-    }
-
-    /// The retention, waiting up to `timeout` for the answer; `None` when there is none.
-    fn wait(&self, timeout: Duration) -> Option<Duration> {
-        let (value, ready) = &*self.0;
-        let guard = value.lock().unwrap_or_else(PoisonError::into_inner);
-        let (guard, _) = ready
-            .wait_timeout_while(guard, timeout, |answer| answer.is_none())
-            .unwrap_or_else(PoisonError::into_inner);
-        guard.flatten()
-    }
-}
-
-/// How often the time of the last broker contact is written to the store.
-pub(super) const CONTACT_NOTE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why a store that heard from the broker at `last_contact_ms` cannot be trusted at `now_ms`:
 /// compaction removes a tombstone `delete.retention.ms` after it was written, so a replica away
@@ -216,13 +185,6 @@ fn format_change(stored: Option<&str>, current: &str) -> Option<String> {
     ))
 }
 
-pub(super) fn is_out_of_range(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
-    )
-}
-
 /// Why stored offsets cannot continue the log, if they cannot.
 fn rebuild_reason(
     topic: &str,
@@ -255,6 +217,7 @@ fn rebuild_reason(
 mod tests {
     use super::*;
     use crate::replica::schema_registry::SchemaIds;
+    use std::sync::Arc;
 
     #[test]
     fn stored_offsets_inside_the_log_resume() {

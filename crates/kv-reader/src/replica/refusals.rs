@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::replica::decode::ENCRYPTED_ENVELOPE_REASON;
 use crate::replica::progress::Misconfiguration;
+
+/// The skip reason of a record refused for looking encrypted (`decode::Skip::EncryptedEnvelope`).
+pub const ENCRYPTED_ENVELOPE_REASON: &str = "encrypted_envelope";
 
 /// Records refused in a row for a configuration reason, with no put applied between them, that
 /// make a replica that did apply puts since it started report itself misconfigured. A few

@@ -9,20 +9,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_core::record::RecordCodec;
+use kv_core::record::{RecordCodec, CORRELATION_ID_HEADER};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::acting::ttl::Ttl;
 use crate::changes::feed::ChangeFeed;
 use crate::cluster::shard::{ShardSpec, Topology};
 use crate::replica::context::{AliveGuard, ReplicaConsumer};
-use crate::replica::decode::correlation_id;
 use crate::replica::progress::{Progress, ReplayNote};
-use crate::replica::rebuild::{is_out_of_range, DeleteRetention, CONTACT_NOTE_INTERVAL};
 use crate::replica::refusals::Refusals;
+use crate::replica::retention::DeleteRetention;
 use crate::replica::schema_registry::SchemaFraming;
 use kv_core::record::now_ms;
 
@@ -287,4 +287,22 @@ fn note_replay(progress: &Progress) {
             replay.applied
         ),
     }
+}
+
+/// How often the time of the last broker contact is written to the store.
+pub(super) const CONTACT_NOTE_INTERVAL: Duration = Duration::from_secs(30);
+
+pub(super) fn is_out_of_range(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
+    )
+}
+
+pub(super) fn correlation_id<'m>(message: &'m BorrowedMessage<'_>) -> Option<&'m [u8]> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(CORRELATION_ID_HEADER))
+        .and_then(|h| h.value)
 }

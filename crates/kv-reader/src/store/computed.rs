@@ -22,30 +22,14 @@ use kv_core::computed::{
     Report, Rule, SinkChange, StateRules, MAX_AGENTS_PER_KEY, MAX_REPORT_BYTES,
 };
 use kv_core::conditional::Version;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
+use super::tables::{ReportKey, ReportRow, REPORTS, RULED, SINK_PENDING, TIMERS};
 use super::write::Writing;
 use super::{Store, StoreError};
 
-/// `(state key, agent)`.
-type ReportKey = (&'static [u8], &'static [u8]);
-/// `(partition, record time, offset, value)` of an agent's last report.
-type ReportRow = (u32, u64, u64, &'static [u8]);
-/// `(sink topic, state key, sink record value)`.
-type SinkRow = (&'static [u8], &'static [u8], &'static [u8]);
-/// `(state key, agent)` → `(partition, record time, offset, value)` of the agent's last report.
-const REPORTS: TableDefinition<ReportKey, ReportRow> = TableDefinition::new("reports");
 /// Most rows one owner's query reads, whatever it finds.
 const SCAN: usize = 20_000;
-/// `(partition, due, candidate since, has candidate, candidate value)`; due 0: no timer.
-type RuledRow = (u32, u64, u64, u8, &'static [u8]);
-/// State key → its candidate and timer, for keys that have either.
-const RULED: TableDefinition<&[u8], RuledRow> = TableDefinition::new("ruled");
-/// `(due, state key)` → partition: the timers in due order.
-const TIMERS: TableDefinition<(u64, &[u8]), u32> = TableDefinition::new("timers");
-/// `(partition, publication offset)` → `(sink topic, state key, sink record value)`.
-const SINK_PENDING: TableDefinition<(u32, u64), SinkRow> = TableDefinition::new("sink_pending");
-
 pub(super) fn ensure_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(REPORTS)?;
     txn.open_table(RULED)?;
@@ -60,33 +44,6 @@ pub(super) fn reset_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.delete_table(TIMERS)?;
     txn.delete_table(SINK_PENDING)?;
     ensure_tables(txn)
-}
-
-/// The computed-state tables of one write transaction; open only when there are rules.
-pub(super) struct Tables<'t> {
-    rules: &'t StateRules,
-    reports: redb::Table<'t, ReportKey, ReportRow>,
-    ruled: redb::Table<'t, &'static [u8], RuledRow>,
-    timers: redb::Table<'t, (u64, &'static [u8]), u32>,
-    sink: redb::Table<'t, (u32, u64), SinkRow>,
-}
-
-impl<'t> Tables<'t> {
-    pub(super) fn open(
-        txn: &'t WriteTransaction,
-        rules: &'t StateRules,
-    ) -> Result<Option<Self>, StoreError> {
-        if rules.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Self {
-            rules,
-            reports: txn.open_table(REPORTS)?,
-            ruled: txn.open_table(RULED)?,
-            timers: txn.open_table(TIMERS)?,
-            sink: txn.open_table(SINK_PENDING)?,
-        }))
-    }
 }
 
 /// A key's reports as stored: `(agent, record time, offset, value)`.

@@ -14,27 +14,16 @@
 
 use std::time::Duration;
 
-use kv_core::conditional::{Condition, Outcome, Version, IDEMPOTENCY_WINDOW_MS};
+use kv_core::conditional::{Outcome, Version, IDEMPOTENCY_WINDOW_MS};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::tables::{IDEMPOTENCY, IDEMPOTENCY_BY_TIME, OUTCOMES};
-use super::write::Writing;
+use super::write::{Decided, Writing};
 use super::{Store, StoreError};
 
 /// How long a decision is kept for a writer to ask about: far longer than a writer waits
 /// (`KV_API_CONDITIONAL_TIMEOUT_MS`), and purged by this replica's clock.
 pub const OUTCOME_MEMORY: Duration = Duration::from_secs(15 * 60);
-
-/// What a writer's record asks to be decided on: its condition, idempotency key and timestamp.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decided<'a> {
-    pub condition: Option<Condition>,
-    pub idempotency_key: Option<&'a [u8]>,
-    /// The record's timestamp (milliseconds since the Unix epoch; 0 when it has none).
-    pub timestamp_ms: u64,
-    /// The record is an owner's publication of a computed value (`X-KV-Published`).
-    pub published: bool,
-}
 
 /// How one decided record came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +264,7 @@ mod tests {
     use super::*;
     use crate::settings::Storage;
     use crate::store::{Change, Precondition};
+    use kv_core::conditional::Condition;
 
     const NONE: &dyn Fn(i32) -> bool = &|_| false;
     const ALL: &dyn Fn(i32) -> bool = &|_| true;

@@ -29,12 +29,12 @@ mod transfer;
 mod write;
 
 pub use computed::{ComputedRow, DueTimer, Explained, SinkPending};
-pub use decide::{Decided, OUTCOME_MEMORY};
+pub use decide::OUTCOME_MEMORY;
 pub use entry::StoredEntry;
 pub use expiry::{Expired, PendingRepair, DELETE_MEMORY};
 pub use read::{ReadView, ScanPage};
 pub use transfer::ExportHeader;
-pub use write::{Applied, Change, Precondition};
+pub use write::{Applied, Change, Decided, Precondition};
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;

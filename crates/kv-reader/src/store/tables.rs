@@ -2,7 +2,10 @@
 //! transaction that writes it and the reads and purges that come after, so no one of those owns
 //! its definition.
 
-use redb::TableDefinition;
+use kv_core::computed::StateRules;
+use redb::{TableDefinition, WriteTransaction};
+
+use super::StoreError;
 
 pub(super) const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 pub(super) const RECORD_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("record_keys");
@@ -44,3 +47,50 @@ pub(super) const IDEMPOTENCY_BY_TIME: TableDefinition<(u64, &[u8], &[u8]), ()> =
     TableDefinition::new("idempotency_by_time");
 /// The entries table as a read transaction holds it.
 pub(super) type Entries = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+// Computed state (store::computed).
+
+/// `(state key, agent)`.
+pub(super) type ReportKey = (&'static [u8], &'static [u8]);
+/// `(partition, record time, offset, value)` of an agent's last report.
+pub(super) type ReportRow = (u32, u64, u64, &'static [u8]);
+/// `(sink topic, state key, sink record value)`.
+pub(super) type SinkRow = (&'static [u8], &'static [u8], &'static [u8]);
+/// `(state key, agent)` → `(partition, record time, offset, value)` of the agent's last report.
+pub(super) const REPORTS: TableDefinition<ReportKey, ReportRow> = TableDefinition::new("reports");
+/// `(partition, due, candidate since, has candidate, candidate value)`; due 0: no timer.
+pub(super) type RuledRow = (u32, u64, u64, u8, &'static [u8]);
+/// State key → its candidate and timer, for keys that have either.
+pub(super) const RULED: TableDefinition<&[u8], RuledRow> = TableDefinition::new("ruled");
+/// `(due, state key)` → partition: the timers in due order.
+pub(super) const TIMERS: TableDefinition<(u64, &[u8]), u32> = TableDefinition::new("timers");
+/// `(partition, publication offset)` → `(sink topic, state key, sink record value)`.
+pub(super) const SINK_PENDING: TableDefinition<(u32, u64), SinkRow> =
+    TableDefinition::new("sink_pending");
+
+/// The computed-state tables of one write transaction; open only when there are rules.
+pub(super) struct ComputedTables<'t> {
+    pub(super) rules: &'t StateRules,
+    pub(super) reports: redb::Table<'t, ReportKey, ReportRow>,
+    pub(super) ruled: redb::Table<'t, &'static [u8], RuledRow>,
+    pub(super) timers: redb::Table<'t, (u64, &'static [u8]), u32>,
+    pub(super) sink: redb::Table<'t, (u32, u64), SinkRow>,
+}
+
+impl<'t> ComputedTables<'t> {
+    pub(super) fn open(
+        txn: &'t WriteTransaction,
+        rules: &'t StateRules,
+    ) -> Result<Option<Self>, StoreError> {
+        if rules.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            rules,
+            reports: txn.open_table(REPORTS)?,
+            ruled: txn.open_table(RULED)?,
+            timers: txn.open_table(TIMERS)?,
+            sink: txn.open_table(SINK_PENDING)?,
+        }))
+    }
+}

@@ -8,15 +8,27 @@ use std::collections::BTreeMap;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use super::decide::Decided;
+use kv_core::conditional::Condition;
+
 use super::entry::{decode_entry, encode_entry, entry_expiry, open_entry, seal_entry, StoredEntry};
 use super::tables::{
-    ExpiryKey, IdempotencyKey, IdempotencyRow, OutcomeRow, SweepRow, DELETED, DELETED_BY_TIME,
-    ENTRIES, EXPIRIES, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, NEXT_OFFSETS, OUTCOMES, PENDING_REPAIRS,
-    RECORD_KEYS, SEALED_EXPIRIES,
+    ComputedTables, ExpiryKey, IdempotencyKey, IdempotencyRow, OutcomeRow, SweepRow, DELETED,
+    DELETED_BY_TIME, ENTRIES, EXPIRIES, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, NEXT_OFFSETS, OUTCOMES,
+    PENDING_REPAIRS, RECORD_KEYS, SEALED_EXPIRIES,
 };
 use super::{Store, StoreError};
 use crate::store::at_rest::StoreCipher;
+
+/// What a writer's record asks to be decided on: its condition, idempotency key and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided<'a> {
+    pub condition: Option<Condition>,
+    pub idempotency_key: Option<&'a [u8]>,
+    /// The record's timestamp (milliseconds since the Unix epoch; 0 when it has none).
+    pub timestamp_ms: u64,
+    /// The record is an owner's publication of a computed value (`X-KV-Published`).
+    pub published: bool,
+}
 
 /// One change a consumed record makes, borrowing the record's bytes where it can.
 #[derive(Debug, Clone)]
@@ -138,7 +150,7 @@ pub(super) struct Writing<'t> {
     pub(super) idempotency_by_time: redb::Table<'t, (u64, &'static [u8], &'static [u8]), ()>,
     pub(super) now_ms: u64,
     /// Open when the store has rules (`store::computed`).
-    pub(super) computed: Option<super::computed::Tables<'t>>,
+    pub(super) computed: Option<ComputedTables<'t>>,
     encoded: Vec<u8>,
 }
 
@@ -150,7 +162,7 @@ impl<'t> Writing<'t> {
         now_ms: u64,
     ) -> Result<Self, StoreError> {
         let computed = match rules {
-            Some(rules) => super::computed::Tables::open(txn, rules)?,
+            Some(rules) => ComputedTables::open(txn, rules)?,
             None => None,
         };
         Ok(Self {

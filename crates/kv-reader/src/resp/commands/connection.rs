@@ -2,8 +2,8 @@
 
 use kv_core::web::auth::AuthGate;
 
-use super::session::{Hello, Session};
-use super::{integer, Args, Next, Pending, Shared, REDIS_VERSION};
+use super::session::{hello_reply, Hello, Session};
+use super::{integer, Args, Next, Pending, Shared};
 use crate::resp::reply::Reply;
 
 /// Longest client name `CLIENT SETNAME` takes.
@@ -177,22 +177,4 @@ pub(super) fn hello(
     reply.set_resp3(session.resp3);
     hello_reply(session, reply);
     Next::Continue
-}
-
-pub(super) fn hello_reply(session: &Session, reply: &mut Reply<'_>) {
-    reply.map(7);
-    reply.bulk(b"server");
-    reply.bulk(b"redis");
-    reply.bulk(b"version");
-    reply.bulk(REDIS_VERSION.as_bytes());
-    reply.bulk(b"proto");
-    reply.integer(if session.resp3 { 3 } else { 2 });
-    reply.bulk(b"id");
-    reply.integer(session.id as i64);
-    reply.bulk(b"mode");
-    reply.bulk(b"standalone");
-    reply.bulk(b"role");
-    reply.bulk(b"replica");
-    reply.bulk(b"modules");
-    reply.array(0);
 }

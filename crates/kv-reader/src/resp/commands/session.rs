@@ -5,8 +5,7 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use kv_core::web::auth::{AuthError, AuthGate, Operation};
 
-use super::connection::hello_reply;
-use super::{Args, Next, Pending, Shared};
+use super::{Args, Next, Pending, Shared, REDIS_VERSION};
 use crate::resp::reply::Reply;
 use kv_core::record::now_ms;
 
@@ -130,4 +129,22 @@ pub(super) async fn authenticate(
         }
         Err(error) => reply.error(&format!("WRONGPASS {error}")),
     }
+}
+
+pub(super) fn hello_reply(session: &Session, reply: &mut Reply<'_>) {
+    reply.map(7);
+    reply.bulk(b"server");
+    reply.bulk(b"redis");
+    reply.bulk(b"version");
+    reply.bulk(REDIS_VERSION.as_bytes());
+    reply.bulk(b"proto");
+    reply.integer(if session.resp3 { 3 } else { 2 });
+    reply.bulk(b"id");
+    reply.integer(session.id as i64);
+    reply.bulk(b"mode");
+    reply.bulk(b"standalone");
+    reply.bulk(b"role");
+    reply.bulk(b"replica");
+    reply.bulk(b"modules");
+    reply.array(0);
 }
