@@ -4,6 +4,11 @@ KV_CACHE_DIR="${KV_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kafka-kv}"
 TANSU_VERSION="0.6.0"
 TANSU_ROOT="$KV_CACHE_DIR/tansu-$TANSU_VERSION"
 TANSU_BIN="$TANSU_ROOT/bin/tansu"
+# The module-cycle check's tool (scripts/check-module-cycles.sh). 0.27 needs Rust 1.95; 0.28
+# needs 1.98, newer than the stable toolchain the project builds with.
+CARGO_MODULES_VERSION="0.27.0"
+CARGO_MODULES_ROOT="$KV_CACHE_DIR/cargo-modules-$CARGO_MODULES_VERSION"
+CARGO_MODULES_BIN="$CARGO_MODULES_ROOT/bin/cargo-modules"
 KV_RUN_DIR="${KV_RUN_DIR:-$PWD/target/kv-run}"
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
@@ -55,14 +60,16 @@ oidc_provider_dir() {
     echo "$KV_CACHE_DIR/oidc-provider-$hash"
 }
 
-# Installs what the end-to-end tests, the drills and the deployment checks need (the build's
-# packages, the broker, the test OpenID provider, promtool and the chart tools, nginx and
-# redis-py, the seed records' Python tools and chromium) and exports where the broker, the
-# provider, promtool, nginx, redis-py's python, the seed records' Python and the browser are.
+# Installs what the end-to-end tests, the drills and the checks need (the build's packages, the
+# broker, the module-cycle check's cargo-modules, the test OpenID provider, promtool and the
+# chart tools, nginx and redis-py, the seed records' Python tools and chromium) and exports where
+# the broker, the provider, promtool, nginx, redis-py's python, the seed records' Python and the
+# browser are.
 install_test_tools() {
     scripts/install-deps.sh
     scripts/install-broker.sh
     export TANSU_BIN
+    scripts/install-cargo-modules.sh
     KV_OIDC_PROVIDER=$(scripts/install-oidc-provider.sh)
     export KV_OIDC_PROVIDER
     eval "$(scripts/install-deploy-tools.sh)"

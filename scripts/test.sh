@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make test`: formatting, lints, unit tests, MockCluster tests, and end-to-end tests that start
-# a real broker process and the real binaries. Installs what it needs on first use.
+# `make test`: formatting, lints, module dependency cycles, unit tests, MockCluster tests, and
+# end-to-end tests that start a real broker process and the real binaries. Installs what it needs
+# on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -13,6 +14,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+log "module dependency cycles"
+scripts/check-module-cycles.sh
 log "building the binaries the end-to-end tests start"
 cargo build --locked --workspace --bins
 log "cargo test"

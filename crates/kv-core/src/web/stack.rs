@@ -43,3 +43,58 @@ where
         .wrap(from_fn(correlation_id_middleware))
         .wrap(from_fn(close_when_body_unread))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::with_shared_middleware;
+
+    /// The correlation-id middleware refuses a bad id before anything reads the body; being
+    /// inside `close_when_body_unread`, its answer still closes the connection rather than
+    /// leaving a chunked body to be drained.
+    #[actix_web::test]
+    async fn an_answer_a_middleware_gives_on_its_own_closes_a_connection_with_an_unread_body() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = HttpServer::new(|| {
+            with_shared_middleware(App::new())
+                .route("/body", web::post().to(|_: web::Bytes| HttpResponse::Ok()))
+        })
+        .workers(1)
+        .listen(listener)
+        .expect("listen")
+        .run();
+        let server_handle = server.handle();
+        actix_web::rt::spawn(server);
+
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        // One chunk, and no end: a kept-alive connection would wait for the rest.
+        stream
+            .write_all(
+                b"POST /body HTTP/1.1\r\nHost: test\r\nX-Correlation-Id: not valid\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            )
+            .await
+            .expect("request");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut buffer = [0u8; 4096];
+            // The server may end with a reset once it stops reading: keep what came before.
+            while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+                answer.extend_from_slice(&buffer[..n]);
+            }
+        })
+        .await;
+        server_handle.stop(false).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(read.is_ok(), "the connection stayed open: {answer}");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+    }
+}

@@ -44,8 +44,9 @@ impl ForwardMetrics {
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.seconds.clone()))?;
         registry.register(Box::new(metrics.peer_up.clone()))?;
-        // Every peer is down until its first poll answers, and present at 0 from the start so
-        // an alert on a peer that never came up fires.
+        // Each other peer's series is there at 0 from the start, so the alert on `== 0` fires
+        // for a peer that never answers, where a missing series would not. The label is the
+        // peer's index, as the forwards and the polls give it.
         for index in 0..sharding.peers.len() {
             if index as u32 != sharding.spec.index {
                 metrics
