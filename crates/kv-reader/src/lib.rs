@@ -6,6 +6,7 @@ pub mod app;
 pub mod changes;
 pub mod cluster;
 pub mod http;
+pub mod progress;
 pub mod read;
 pub mod replica;
 pub mod resp;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use kv_core::secret::Secret;
 use kv_core::settings::{parse_host_port, CaFile, CoreSettings, Env, SettingsError};
 
-use crate::cluster::shard::{peer_urls, ShardSpec};
+use crate::cluster::shard::{peer_urls, ShardSpec, Sharding};
 
 /// redb's page cache of a disk store unless KV_API_STATE_STORAGE_CACHE_MB says otherwise.
 pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -93,17 +93,6 @@ fn owner_candidate(env: &Env) -> Result<bool, SettingsError> {
 
 /// KV_API_SNAPSHOT_CONCURRENCY unless set.
 pub const DEFAULT_SNAPSHOT_CONCURRENCY: usize = 2;
-
-/// A sharded reader's place and its peers.
-#[derive(Debug, Clone)]
-pub struct Sharding {
-    pub spec: ShardSpec,
-    /// Base URL of every shard, this one's included, by index.
-    pub peers: Vec<String>,
-    /// Longest a forwarded read may take, waiting for its consistency token on the owner
-    /// included.
-    pub forward_timeout: Duration,
-}
 
 /// KV_API_MAX_READ_YOUR_WRITES_WAITERS unless set.
 pub const DEFAULT_MAX_READ_YOUR_WRITES_WAITERS: usize = 10_000;

@@ -22,10 +22,11 @@ use kv_core::web::error::{retry_after_seconds, ApiError, ErrorCode};
 use kv_core::web::http::{CorrelationId, JsonBody};
 use serde::Serialize;
 
+use crate::answer::{token_for, with_token};
 use crate::conditional::IDEMPOTENCY_KEY;
 use crate::input::{ItemLimit, RawBatch};
 use crate::producer::Write;
-use crate::state::{expiry, token_for, with_token, WriterState};
+use crate::state::{expiry, WriterState};
 
 #[derive(Serialize)]
 struct ItemError<'a> {

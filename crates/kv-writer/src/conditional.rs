@@ -22,8 +22,8 @@ use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::CONSISTENCY_TOKEN;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::answer::{acknowledged, token_for, Answer, KAFKA_OFFSET, KAFKA_PARTITION};
 use crate::metrics::{ConditionalMetrics, ReaderReply};
-use crate::state::{acknowledged, token_for, Answer, KAFKA_OFFSET, KAFKA_PARTITION};
 
 /// The request header naming a retry: `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");

@@ -1,5 +1,6 @@
 //! kv-writer: the HTTP write gateway that produces key-value writes to Kafka.
 
+pub mod answer;
 pub mod app;
 pub mod batch;
 pub mod body;

@@ -1,6 +1,6 @@
 //! The one producer every request shares: writes are answered only once Kafka acknowledged them.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use kv_core::consistency::RecordPosition;
@@ -523,5 +523,37 @@ fn refusal(error: &KafkaError) -> ApiError {
                 format!("Kafka refused the write: {error}"),
             )
         }
+    }
+}
+
+/// How long a partition count read from the broker is used before it is asked again.
+const PARTITIONS_FRESH: Duration = Duration::from_secs(60);
+/// Longest a report waits for the topic's metadata.
+const PARTITION_METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The topic's partition count, asked of the broker at most once a minute (reports are
+/// produced to their state key's partition).
+#[derive(Debug, Default)]
+pub struct Partitions(Mutex<Option<(u32, Instant)>>);
+
+impl Partitions {
+    pub(crate) async fn count(&self, producer: &KvProducer) -> Result<u32, ApiError> {
+        if let Some((count, at)) = *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            if at.elapsed() < PARTITIONS_FRESH {
+                return Ok(count);
+            }
+        }
+        let producer = producer.clone();
+        let count = tokio::task::spawn_blocking(move || {
+            producer.partition_count(PARTITION_METADATA_TIMEOUT)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|reason| {
+            ApiError::new(ErrorCode::KafkaUnavailable, reason)
+                .with_retry_after(Duration::from_secs(1))
+        })?;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((count, Instant::now()));
+        Ok(count)
     }
 }

@@ -2,9 +2,6 @@
 //! "Computed state"). The report is one record on the state key's partition, so the
 //! partition's owner sees it in order with the key's own records (`kv_core::computed`).
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use kv_core::computed::{
     check_agent, report_record_key, AGENT_HTTP_HEADER, MAX_REPORT_BYTES, REPORT_AGENT_HEADER,
@@ -14,39 +11,12 @@ use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::{key_from_path, CorrelationId};
 
+use crate::answer::{acknowledged, Answer};
 use crate::input::check_key;
 use crate::producer::Write;
-use crate::state::{acknowledged, Answer, WriterState};
+use crate::state::WriterState;
 
 pub const REPORTS_PREFIX: &str = "/v1/reports/";
-
-/// How long the topic's partition count is trusted before it is asked again.
-const PARTITIONS_FRESH: Duration = Duration::from_secs(60);
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The topic's partition count, asked of the broker at most once a minute.
-#[derive(Debug, Default)]
-pub struct Partitions(Mutex<Option<(u32, Instant)>>);
-
-impl Partitions {
-    async fn count(&self, state: &WriterState) -> Result<u32, ApiError> {
-        if let Some((count, at)) = *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
-            if at.elapsed() < PARTITIONS_FRESH {
-                return Ok(count);
-            }
-        }
-        let producer = state.producer.clone();
-        let count = tokio::task::spawn_blocking(move || producer.partition_count(METADATA_TIMEOUT))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|reason| {
-                ApiError::new(ErrorCode::KafkaUnavailable, reason)
-                    .with_retry_after(Duration::from_secs(1))
-            })?;
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((count, Instant::now()));
-        Ok(count)
-    }
-}
 
 /// `PUT /v1/reports/{key}`: the body is the reported value; the agent is the token's subject
 /// (else its client id), or with auth off the `X-KV-Agent` header.
@@ -79,7 +49,7 @@ pub async fn put_report(
         .bodies
         .read(&request, body, MAX_REPORT_BYTES.min(state.max_value_bytes))
         .await?;
-    let partitions = state.partitions.count(&state).await?;
+    let partitions = state.partitions.count(&state.producer).await?;
     let record_key = report_record_key(&key, agent.as_bytes());
     let headers = [(REPORT_AGENT_HEADER.to_owned(), agent.into_bytes())];
     let correlation = CorrelationId::of(&request);

@@ -11,9 +11,10 @@ use kv_core::web::http::{key_from_path, parse_query, started, JsonBody, JsonLimi
 use kv_core::web::metrics::metrics_endpoint;
 use kv_core::web::routing::{openapi_document, openapi_json_document, Endpoint};
 
+use crate::answer::Answer;
 use crate::batch;
 use crate::input::{check_key, Encoding, MaxTtl, RawWrite, WriteInput};
-use crate::state::{Answer, WriterState};
+use crate::state::WriterState;
 
 pub const NATIVE_PREFIX: &str = "/v1/kv/";
 

@@ -1,25 +1,22 @@
-//! What the writer's handlers share: the limits, the producer, and how an acknowledged write is
-//! answered (the position in the body and in headers, and the consistency token).
+//! What the writer's handlers share: the limits, the producer, the readers conditional writes
+//! ask, and the one write path every single write takes (`crate::answer` says how it is
+//! answered).
 
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
-use kv_core::consistency::{ConsistencyToken, RecordPosition};
+use actix_web::{HttpRequest, HttpResponse};
+use kv_core::consistency::RecordPosition;
 use kv_core::record;
 use kv_core::web::error::ApiError;
-use kv_core::web::http::{CorrelationId, CONSISTENCY_TOKEN};
-use serde::Serialize;
+use kv_core::web::http::CorrelationId;
 
+use crate::answer::{acknowledged, Answer};
 use crate::body::BodyLimits;
 use crate::conditional::{self, answered, Asker, ConditionalRequest, Readers};
 use crate::input::{check_key, check_value, MaxTtl, WriteInput};
 use crate::metrics::ConditionalEnd;
 use crate::producer::{KvProducer, Write};
 use crate::settings::Settings;
-
-pub const KAFKA_PARTITION: HeaderName = HeaderName::from_static("x-kafka-partition");
-pub const KAFKA_OFFSET: HeaderName = HeaderName::from_static("x-kafka-offset");
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -39,7 +36,7 @@ pub struct WriterState {
     /// KV_API_STATE_RULES: which keys take reports.
     pub rules: std::sync::Arc<kv_core::computed::StateRules>,
     /// The topic's partition count, for a report's partition.
-    pub partitions: crate::reports::Partitions,
+    pub partitions: crate::producer::Partitions,
 }
 
 /// How long a readiness answer is reused.
@@ -192,59 +189,4 @@ impl WriterState {
 pub fn expiry(ttl_seconds: Option<u64>) -> Option<u64> {
     let now_ms = record::now_ms();
     ttl_seconds.map(|seconds| record::expires_at_ms(now_ms, seconds))
-}
-
-/// The body of a write's `200`. The position is in the `X-Kafka-*` and `X-Consistency-Token`
-/// headers either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    /// `{"partition","offset","consistency_token"}`: the native routes.
-    Position,
-    /// The JSON string the .NET service's `Results.Ok(...)` wrote (`"Stored"`, `"Removed"`),
-    /// so its clients' `ReadFromJsonAsync<string>()` keeps working: the seed routes.
-    Original(&'static str),
-}
-
-#[derive(Serialize)]
-struct Acknowledged {
-    partition: i32,
-    /// `null` with KAFKA_ACKS=none: the broker reports no offset for unacknowledged writes.
-    offset: Option<i64>,
-    consistency_token: Option<String>,
-}
-
-/// Sets the consistency token header, which a reader takes to serve read-your-writes.
-pub fn with_token(response: &mut HttpResponseBuilder, token: &str) {
-    if let Ok(value) = HeaderValue::from_str(token) {
-        response.insert_header((CONSISTENCY_TOKEN, value));
-    }
-}
-
-/// The token for acknowledged positions; `None` when no offset is known (KAFKA_ACKS=none), as a
-/// token with a negative offset would be refused by every reader.
-pub fn token_for(positions: impl IntoIterator<Item = RecordPosition>) -> Option<String> {
-    let mut known = positions.into_iter().filter(|p| p.offset >= 0).peekable();
-    known.peek()?;
-    Some(ConsistencyToken::from_positions(known).to_string())
-}
-
-pub(crate) fn acknowledged(position: RecordPosition, answer: Answer) -> HttpResponse {
-    let token = token_for([position]);
-    let offset = (position.offset >= 0).then_some(position.offset);
-    let mut response = HttpResponse::Ok();
-    response.insert_header((KAFKA_PARTITION, position.partition));
-    if let Some(offset) = offset {
-        response.insert_header((KAFKA_OFFSET, offset));
-    }
-    if let Some(token) = &token {
-        with_token(&mut response, token);
-    }
-    match answer {
-        Answer::Position => response.json(Acknowledged {
-            partition: position.partition,
-            offset,
-            consistency_token: token,
-        }),
-        Answer::Original(text) => response.json(text),
-    }
 }

@@ -35,7 +35,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::cluster::Cluster;
-use crate::replica::progress::Progress;
+use crate::progress::Progress;
 
 /// How long a candidate's lease lives without a heartbeat: a dead or paused owner's partitions
 /// move after about this long (the failover goal is 10 s).

@@ -29,7 +29,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 
 use crate::acting::owner::Election;
-use crate::replica::progress::Progress;
+use crate::progress::Progress;
 use crate::settings::Settings;
 use crate::store::{Applied, Expired, PendingRepair, Store, StoreError};
 

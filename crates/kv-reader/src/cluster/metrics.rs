@@ -2,7 +2,7 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::settings::Sharding;
+use crate::cluster::shard::Sharding;
 
 /// The forwards' metrics; the `peer` label is the peer shard's index.
 #[derive(Debug)]

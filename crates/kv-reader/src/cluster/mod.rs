@@ -10,7 +10,6 @@
 
 pub mod fanout;
 pub mod forward;
-pub mod health;
 pub mod metrics;
 pub mod peers;
 pub mod shard;
@@ -23,9 +22,9 @@ use kv_core::record::RecordCodec;
 use std::sync::Arc;
 
 use crate::cluster::metrics::ForwardMetrics;
+use crate::cluster::shard::Sharding;
 use crate::cluster::shard::{partition_of, ShardSpec, Topology};
-use crate::replica::progress::Progress;
-use crate::settings::Sharding;
+use crate::progress::Progress;
 
 /// What this shard last heard of a peer.
 #[derive(Debug, Clone, Default)]

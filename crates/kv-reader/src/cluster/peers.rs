@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cluster::forward::read_bounded;
 use crate::cluster::Cluster;
-use crate::replica::progress::Progress;
+use crate::progress::Progress;
 
 /// How often each peer's readiness is read.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);

@@ -6,6 +6,7 @@
 //! partition count comes from the topic's metadata.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use kv_core::kafka::kafka_partition;
 use kv_core::record::RecordCodec;
@@ -168,6 +169,17 @@ impl Topology {
 /// itself, or its keyed MAC under topic encryption.
 pub fn partition_of(codec: &RecordCodec, user_key: &[u8], partitions: u32) -> i32 {
     kafka_partition(&codec.record_key(user_key), partitions)
+}
+
+/// A sharded reader's place and its peers.
+#[derive(Debug, Clone)]
+pub struct Sharding {
+    pub spec: ShardSpec,
+    /// Base URL of every shard, this one's included, by index.
+    pub peers: Vec<String>,
+    /// Longest a forwarded read may take, waiting for its consistency token on the owner
+    /// included.
+    pub forward_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use crate::http::forward::{outgoing, refused};
 use crate::http::freshness::SERVED_BY_HEADER;
 use crate::http::request::ReadRequest;
 use crate::http::state::{HttpState, PeerClient};
+use crate::progress::Freshness;
 use crate::read::{BatchLookup, ReadError, Scope};
-use crate::replica::progress::Freshness;
 use crate::store::StoredEntry;
 
 #[derive(Debug, Deserialize)]

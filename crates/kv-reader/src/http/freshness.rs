@@ -9,7 +9,7 @@ use actix_web::{web, HttpMessage};
 
 use crate::cluster::forward::SERVED_BY;
 use crate::http::state::HttpState;
-use crate::replica::progress::Freshness;
+use crate::progress::Freshness;
 use kv_core::record::now_ms;
 
 /// Highest offset applied per partition, in consistency-token form; usable as a token on

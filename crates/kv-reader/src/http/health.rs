@@ -10,7 +10,7 @@ use crate::http::state::HttpState;
 /// their owner (`owner`, from [`crate::acting::owner::Election`]); `/status` shows the same value.
 /// Anonymous, like the other health routes: it names no key and no peer address.
 pub async fn cluster_health(state: web::Data<HttpState>) -> HttpResponse {
-    HttpResponse::Ok().json(crate::cluster::health::health(
+    HttpResponse::Ok().json(crate::http::cluster_view::health(
         &state.topic,
         state.read.cluster.as_deref(),
         &state.read.progress,

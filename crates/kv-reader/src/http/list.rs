@@ -18,9 +18,9 @@ use crate::http::forward::{outgoing, refused};
 use crate::http::freshness::SERVED_BY_HEADER;
 use crate::http::request::ReadRequest;
 use crate::http::state::{HttpState, PeerClient};
+use crate::progress::Freshness;
 use crate::read::limits::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::read::{ReadError, Scope};
-use crate::replica::progress::Freshness;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,6 +7,7 @@
 //! are the same for the Redis port.
 
 pub mod batch_get;
+pub mod cluster_view;
 pub mod entry;
 pub mod errors;
 pub mod explain;

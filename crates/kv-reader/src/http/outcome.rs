@@ -11,7 +11,7 @@ use kv_core::web::error::{ApiError, ErrorCode};
 use serde::Deserialize;
 
 use crate::http::state::HttpState;
-use crate::replica::progress::WaitError;
+use crate::progress::WaitError;
 
 /// How long one question waits for the record to be applied, unless it asks for less; the
 /// writer asks again until its own deadline.

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
 use actix_web::{web, HttpResponse};
 
-use crate::cluster::health::{health, ClusterHealth};
+use crate::http::cluster_view::{health, ClusterHealth};
 use crate::http::state::HttpState;
 
 /// The page allows its inline style and nothing else: no script, no fetch, no frame.
@@ -329,8 +329,8 @@ mod tests {
 
     use super::*;
     use crate::acting::owner::OwnerView;
-    use crate::cluster::health::{FreshnessView, LocalPartition, PartitionOwners, ReplayView};
     use crate::cluster::peers::{PartitionView, ShardView};
+    use crate::http::cluster_view::{FreshnessView, LocalPartition, PartitionOwners, ReplayView};
 
     fn view() -> ClusterHealth {
         ClusterHealth {

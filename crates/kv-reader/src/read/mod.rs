@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 pub use error::{ReadError, ReadErrorKind};
 
 use crate::cluster::{Cluster, Target};
-use crate::replica::progress::{Freshness, Progress, WaitError};
+use crate::progress::{Freshness, Progress, WaitError};
 use crate::store::{Store, StoredEntry};
 
 /// What a read asks of the replica besides its keys, parsed once by the port.

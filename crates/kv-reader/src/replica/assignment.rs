@@ -10,7 +10,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::replica::progress::PartitionProgress;
+use crate::progress::PartitionProgress;
 use crate::replica::worker::{LoopError, Worker};
 use kv_core::record::now_ms;
 

@@ -11,7 +11,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
-use crate::replica::progress::Progress;
+use crate::progress::Progress;
 use kv_core::record::now_ms;
 
 /// Hands the end offsets librdkafka learns from fetch responses to [`Progress`], so lag is known

@@ -9,7 +9,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::replica::progress::Progress;
+use crate::progress::Progress;
 use crate::replica::schema_registry::BadSchemaHeader;
 use crate::replica::{
     CONDITION_HEADER_REASON, CONFIGURATION_REASONS, CONTROL_RECORD_REASON,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::replica::progress::Misconfiguration;
+use crate::progress::Misconfiguration;
 
 /// The skip reason of a record refused for looking encrypted (`decode::Skip::EncryptedEnvelope`).
 pub const ENCRYPTED_ENVELOPE_REASON: &str = "encrypted_envelope";

@@ -10,8 +10,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::progress::StoreFull;
 use crate::replica::assignment::METADATA_TIMEOUT;
-use crate::replica::progress::StoreFull;
 use crate::replica::worker::{Worker, POLL_WAIT};
 
 /// The longest a replica waiting for room in its store sleeps between two looks.

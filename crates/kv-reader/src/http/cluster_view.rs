@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::acting::owner::{Election, OwnerView};
 use crate::cluster::peers::ShardView;
 use crate::cluster::Cluster;
-use crate::replica::progress::Progress;
+use crate::progress::Progress;
 
 /// What `/healthz/cluster` answers and `/status` shows (the same value, so they cannot drift):
 /// the shards and every shard's partitions as this one last heard them, and this replica's own
