@@ -78,7 +78,7 @@ pub struct Cluster {
     pub forward_timeout: Duration,
     metrics: ForwardMetrics,
     /// Since when this shard has been the acting owner of each partition it owns, as
-    /// `owner::Election::view` last saw.
+    /// `acting::owner::Election::view` last saw.
     pub owned_since: Mutex<BTreeMap<i32, u64>>,
 }
 

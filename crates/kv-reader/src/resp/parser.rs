@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 /// Most arguments in one request, the command's name included: an `MGET` of
-/// `routes::MAX_BATCH_KEYS` keys fits.
+/// `read::limits::MAX_BATCH_KEYS` keys fits.
 pub const MAX_ARGS: usize = 1024;
 /// Longest argument (a key, a token, an `ECHO`'s message).
 pub const MAX_BULK_BYTES: usize = 512 * 1024;
