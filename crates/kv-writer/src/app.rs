@@ -88,7 +88,7 @@ impl App {
     /// Start-up as a list of steps, each named for what it sets up. A step that fails stops
     /// start-up with its error before anything is served.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        log_notices(&settings.core);
+        settings.core.log_notices();
         let auth = web::Data::new(AuthGate::from_settings(&settings.core.auth, "kv-writer").await?);
         check_topic(&settings.core).await?;
         let codec = record_codec(&settings.core);
@@ -166,13 +166,6 @@ impl kv_core::cli::Service for App {
 
     async fn run_until_stopped(self) -> std::io::Result<()> {
         App::run_until_stopped(self).await
-    }
-}
-
-/// What reading the settings noted (a deprecated alias in use), now that logging is on.
-fn log_notices(core: &CoreSettings) {
-    for notice in &core.notices {
-        tracing::warn!("{notice}");
     }
 }
 

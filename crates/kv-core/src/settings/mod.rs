@@ -41,6 +41,14 @@ pub struct CoreSettings {
 }
 
 impl CoreSettings {
+    /// Logs what reading the settings noted (a deprecated alias in use); call it once logging
+    /// is on.
+    pub fn log_notices(&self) {
+        for notice in &self.notices {
+            tracing::warn!("{notice}");
+        }
+    }
+
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         let mut notices = Vec::new();
         Ok(Self {

@@ -8,8 +8,7 @@ use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::key_from_path;
 use serde::Serialize;
 
-use crate::http::forward::{route_key, Routed};
-use crate::http::request::ReadRequest;
+use crate::http::forward::route_and_settle;
 use crate::http::state::{HttpState, PeerClient};
 use kv_core::record::now_ms;
 
@@ -69,13 +68,10 @@ pub async fn explain(
             ),
         ));
     };
-    let read = ReadRequest::parse(&request)?;
-    let scope = match route_key(&state, &client, &request, &read, &key, None).await? {
-        Routed::Forwarded(answer) => return Ok(answer),
-        Routed::Local(scope) => scope,
-    };
+    if let Some(answer) = route_and_settle(&state, &client, &request, &key, None).await? {
+        return Ok(answer);
+    }
     let core = &state.read;
-    read.settle(core, &request, core.scope(&scope)).await?;
     let store = core.store.clone();
     let lookup = key.clone();
     let explained = web::block(move || store.explain(&lookup, now_ms(), SHOWN_VALUE_BYTES + 1))

@@ -21,7 +21,7 @@ const SMALL_ANSWER: u64 = 256 * 1024;
 
 /// Where a read of one key is answered.
 #[derive(Debug)]
-pub enum Routed {
+enum Routed {
     /// Here, scoped to these partitions.
     Local(Vec<i32>),
     /// By an owner; its answer.
@@ -46,7 +46,7 @@ pub fn outgoing(request: &HttpRequest) -> Outgoing {
 
 /// Answers the read of `key` by forwarding it to an owner of its partition when this shard
 /// should not answer it itself. `body` is the request's own, for the owner.
-pub async fn route_key(
+async fn route_key(
     state: &HttpState,
     client: &PeerClient,
     request: &HttpRequest,
@@ -90,6 +90,26 @@ pub async fn route_key(
         failures,
     }
     .into())
+}
+
+/// Parses a read of `key` (token, lag bound, forwarder), forwards it to an owner when this shard
+/// should not answer it, and otherwise waits for its token and checks its lag here. `Some`
+/// is the owner's answer; `None`: read the store now.
+pub async fn route_and_settle(
+    state: &HttpState,
+    client: &PeerClient,
+    request: &HttpRequest,
+    key: &[u8],
+    body: Option<&[u8]>,
+) -> Result<Option<HttpResponse>, ApiError> {
+    let read = ReadRequest::parse(request)?;
+    let scope = match route_key(state, client, request, &read, key, body).await? {
+        Routed::Forwarded(answer) => return Ok(Some(answer)),
+        Routed::Local(scope) => scope,
+    };
+    read.settle(&state.read, request, state.read.scope(&scope))
+        .await?;
+    Ok(None)
 }
 
 /// An owner's refusal of a part of a fanned-out read, as this shard's answer.

@@ -10,8 +10,8 @@ use kv_core::web::json::{field, BASE64};
 use serde_json::Value;
 
 use crate::http::entry::{etag, original_response, value_response};
-use crate::http::forward::{route_key, Routed};
-use crate::http::request::{not_modified, ReadRequest};
+use crate::http::forward::route_and_settle;
+use crate::http::request::not_modified;
 use crate::http::state::{HttpState, PeerClient};
 
 /// Where the native routes' keys begin in the path.
@@ -25,13 +25,10 @@ pub async fn get_value(
     client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, NATIVE_PREFIX)?;
-    let read = ReadRequest::parse(&request)?;
-    let scope = match route_key(&state, &client, &request, &read, &key, None).await? {
-        Routed::Forwarded(answer) => return Ok(answer),
-        Routed::Local(scope) => scope,
-    };
+    if let Some(answer) = route_and_settle(&state, &client, &request, &key, None).await? {
+        return Ok(answer);
+    }
     let core = &state.read;
-    read.settle(core, &request, core.scope(&scope)).await?;
     let entry = core.lookup(&key)?;
     let tag = etag(&entry);
     if not_modified(&request, &tag) {
@@ -64,14 +61,12 @@ pub async fn retrieve(
     let raw = body.read_bytes().await?;
     let body: serde_json::Map<String, Value> = parse_json(&raw)?;
     let key = key_field(&body)?;
-    let read = ReadRequest::parse(&request)?;
-    let scope =
-        match route_key(&state, &client, &request, &read, key.as_bytes(), Some(&raw)).await? {
-            Routed::Forwarded(answer) => return Ok(answer),
-            Routed::Local(scope) => scope,
-        };
+    if let Some(answer) =
+        route_and_settle(&state, &client, &request, key.as_bytes(), Some(&raw)).await?
+    {
+        return Ok(answer);
+    }
     let core = &state.read;
-    read.settle(core, &request, core.scope(&scope)).await?;
     let entry = core.lookup(key.as_bytes())?;
     // .NET read the value as UTF-8 text; bytes that are not are replaced, as it did.
     let text = String::from_utf8_lossy(&entry.value);
@@ -98,13 +93,10 @@ pub async fn retrieve_b64(
             "field `key` decodes to an empty key",
         ));
     }
-    let read = ReadRequest::parse(&request)?;
-    let scope = match route_key(&state, &client, &request, &read, &key, Some(&raw)).await? {
-        Routed::Forwarded(answer) => return Ok(answer),
-        Routed::Local(scope) => scope,
-    };
+    if let Some(answer) = route_and_settle(&state, &client, &request, &key, Some(&raw)).await? {
+        return Ok(answer);
+    }
     let core = &state.read;
-    read.settle(core, &request, core.scope(&scope)).await?;
     let entry = core.lookup(&key)?;
     Ok(original_response(&entry, &BASE64.encode(&entry.value)))
 }
