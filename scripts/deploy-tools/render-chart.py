@@ -16,6 +16,7 @@ OUT_DIR/<shape>.rules.yaml for promtool. Every file in BAD_VALUES_DIR must be re
 at render, at the value its second line names (`# at: /json/pointer`). Exits non-zero on any problem.
 """
 
+import json
 import os
 import sys
 
@@ -244,6 +245,43 @@ def check_shape(chart, chart_dir, path, out_dir, lint_config):
             target = os.path.join(out_dir, shape.replace(".yaml", ".rules.yaml"))
             with open(target, "w") as f:
                 yaml.dump(obj["spec"], f, Dumper=RulesDumper, sort_keys=False, width=120)
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-dashboard"):
+            check_dashboard(shape, chart_dir, obj, out_dir)
+    dashboards = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    if bool(dashboards) != bool(values.get("grafanaDashboard", {}).get("enabled")):
+        problem(shape, f"{len(dashboards)} dashboard ConfigMaps rendered, grafanaDashboard.enabled says otherwise")
+
+
+# What Grafana puts in place of a dashboard's variables before it sends a query.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": "kv", "$job": ".+"}
+
+
+def check_dashboard(shape, chart_dir, config_map, out_dir):
+    """The dashboard's ConfigMap holds files/kafka-kv-dashboard.json as it is, and each of its
+    queries becomes a recording rule, so that `promtool check rules` parses every one (the
+    metrics they name are checked against the code by kv-core's docs test)."""
+    with open(os.path.join(chart_dir, "files", "kafka-kv-dashboard.json")) as f:
+        source = f.read()
+    data = config_map.get("data", {})
+    if list(data) != ["kafka-kv-dashboard.json"] or data["kafka-kv-dashboard.json"].strip() != source.strip():
+        problem(shape, "the dashboard ConfigMap does not hold files/kafka-kv-dashboard.json as it is")
+        return
+    dashboard = json.loads(source)
+    rules = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            if "$" in expr:
+                problem(shape, f"panel {panel['title']!r} uses a variable the check does not know: {expr}")
+            rules.append({"record": f"kafka_kv_dashboard:panel_{panel['id']}_{target['refId']}", "expr": expr})
+    if not rules:
+        problem(shape, "the dashboard has no query")
+    target = os.path.join(out_dir, shape.replace(".yaml", ".dashboard.rules.yaml"))
+    with open(target, "w") as f:
+        yaml.dump({"groups": [{"name": "kafka-kv-dashboard", "rules": rules}]}, f, Dumper=RulesDumper, sort_keys=False, width=120)
+    print(f"  dashboard: {len(rules)} queries written as recording rules for promtool")
 
 
 def check_bad(chart, path):

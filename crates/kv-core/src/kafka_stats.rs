@@ -13,10 +13,13 @@ use rdkafka::ClientContext;
 /// The kinds of `kv_kafka_broker_errors_total`.
 const ERROR_KINDS: [&str; 3] = ["transmit", "receive", "timeout"];
 
+/// The `quantile` label of `kv_kafka_broker_rtt_seconds`: one series per quantile, the way a
+/// summary shows them, rather than a quantile inside a metric's name.
+const RTT_QUANTILES: [&str; 2] = ["0.5", "0.99"];
+
 #[derive(Debug)]
 pub struct KafkaStats {
     rtt: GaugeVec,
-    rtt_p99: GaugeVec,
     errors: IntCounterVec,
     fetch_lag: IntGaugeVec,
     /// librdkafka's totals at the last report, per broker and kind: the counters grow by the
@@ -33,17 +36,10 @@ impl KafkaStats {
             rtt: GaugeVec::new(
                 Opts::new(
                     "kv_kafka_broker_rtt_seconds",
-                    "Average request round trip to the broker over the last statistics interval",
+                    "Request round trip to the broker over the last statistics interval, by \
+                     quantile (0.5, 0.99)",
                 ),
-                &["broker"],
-            )?,
-            rtt_p99: GaugeVec::new(
-                Opts::new(
-                    "kv_kafka_broker_rtt_p99_seconds",
-                    "99th percentile of the request round trip to the broker over the last \
-                     statistics interval",
-                ),
-                &["broker"],
+                &["broker", "quantile"],
             )?,
             errors: IntCounterVec::new(
                 Opts::new(
@@ -64,7 +60,6 @@ impl KafkaStats {
             topic: topic.map(str::to_owned),
         };
         registry.register(Box::new(stats.rtt.clone()))?;
-        registry.register(Box::new(stats.rtt_p99.clone()))?;
         registry.register(Box::new(stats.errors.clone()))?;
         if stats.topic.is_some() {
             registry.register(Box::new(stats.fetch_lag.clone()))?;
@@ -81,7 +76,7 @@ impl KafkaStats {
             .filter(|b| b.nodeid >= 0)
             .map(|b| BrokerSample {
                 node: b.nodeid,
-                rtt_us: b.rtt.as_ref().map(|w| (w.avg, w.p99)),
+                rtt_us: b.rtt.as_ref().map(|w| [w.p50, w.p99]),
                 errors: [b.txerrs, b.rxerrs, b.req_timeouts],
             })
             .collect();
@@ -106,14 +101,13 @@ impl KafkaStats {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         for broker in brokers {
             let label = broker.node.to_string();
-            if let Some((avg, p99)) = broker.rtt_us {
+            if let Some(quantiles) = broker.rtt_us {
                 // Microseconds; a window without requests reports 0.
-                self.rtt
-                    .with_label_values(&[label.as_str()])
-                    .set(avg as f64 / 1e6);
-                self.rtt_p99
-                    .with_label_values(&[label.as_str()])
-                    .set(p99 as f64 / 1e6);
+                for (quantile, us) in RTT_QUANTILES.into_iter().zip(quantiles) {
+                    self.rtt
+                        .with_label_values(&[label.as_str(), quantile])
+                        .set(us as f64 / 1e6);
+                }
             }
             for (kind, total) in ERROR_KINDS.into_iter().zip(broker.errors) {
                 let before = last.insert((broker.node, kind), total).unwrap_or(0);
@@ -130,12 +124,12 @@ impl KafkaStats {
     }
 }
 
-/// What one report says of one broker: its node id, the round trip's average and p99 in
-/// microseconds, and its totals of transmit errors, receive errors and timeouts.
+/// What one report says of one broker: its node id, the round trip's quantiles
+/// ([`RTT_QUANTILES`]) in microseconds, and its totals of transmit errors, receive errors and timeouts.
 #[derive(Debug, Clone, Copy)]
 struct BrokerSample {
     node: i32,
-    rtt_us: Option<(i64, i64)>,
+    rtt_us: Option<[i64; 2]>,
     errors: [u64; 3],
 }
 
@@ -157,7 +151,7 @@ mod tests {
     fn sample(transmit_errors: u64) -> BrokerSample {
         BrokerSample {
             node: 1,
-            rtt_us: Some((2500, 9000)),
+            rtt_us: Some([2500, 9000]),
             errors: [transmit_errors, 0, 2],
         }
     }
@@ -179,8 +173,8 @@ mod tests {
         .expect("encode");
         let text = String::from_utf8(buffer).expect("utf-8");
         for line in [
-            "kv_kafka_broker_rtt_seconds{broker=\"1\"} 0.0025",
-            "kv_kafka_broker_rtt_p99_seconds{broker=\"1\"} 0.009",
+            "kv_kafka_broker_rtt_seconds{broker=\"1\",quantile=\"0.5\"} 0.0025",
+            "kv_kafka_broker_rtt_seconds{broker=\"1\",quantile=\"0.99\"} 0.009",
             "kv_kafka_broker_errors_total{broker=\"1\",kind=\"transmit\"} 5",
             "kv_kafka_broker_errors_total{broker=\"1\",kind=\"timeout\"} 2",
             "kv_kafka_consumer_fetch_lag_records{partition=\"0\"} 4",

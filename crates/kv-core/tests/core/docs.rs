@@ -228,3 +228,68 @@ fn deploy_readme_names_every_chart_shape_and_top_level_value() {
         }
     }
 }
+
+/// The `kv_…` metric names a PromQL expression reads, a histogram's series (`_bucket`,
+/// `_sum`, `_count`) named after the histogram.
+fn metrics_in_query(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("kv_") {
+        let before = rest[..i].chars().next_back();
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '"') {
+            let name = &tail[..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            names.insert(base.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn every_query_of_the_grafana_dashboard_reads_metrics_the_services_register() {
+    let code = registered_metrics();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/helm/kafka-kv/files/kafka-kv-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let mut queries = 0;
+    let mut unknown = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a query's expr");
+            queries += 1;
+            let named = metrics_in_query(expr);
+            assert!(!named.is_empty(), "{:?} reads no kv_ metric", panel["title"]);
+            for name in named {
+                if !code.contains(&name) {
+                    unknown.push((panel["title"].to_string(), name));
+                }
+            }
+        }
+    }
+    assert!(queries > 30, "too few dashboard queries found: {queries}");
+    assert!(
+        unknown.is_empty(),
+        "dashboard panels read metrics no service registers: {unknown:?}"
+    );
+}
+
+#[test]
+fn no_metric_name_holds_a_quantile_or_a_precomputed_rate() {
+    for name in registered_metrics() {
+        let words: Vec<&str> = name.split('_').collect();
+        let quantile = words.iter().any(|w| {
+            w.len() > 1 && w.starts_with('p') && w[1..].chars().all(|c| c.is_ascii_digit())
+        }) || words.iter().any(|w| ["quantile", "percentile", "median"].contains(w));
+        assert!(!quantile, "{name} holds a quantile: use a `quantile` label or a histogram");
+        let rate = name.contains("_per_") || words.contains(&"rate");
+        assert!(!rate, "{name} is a precomputed rate: export a counter and let rate() divide");
+    }
+}

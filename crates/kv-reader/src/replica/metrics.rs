@@ -45,7 +45,6 @@ pub struct ReplicaCollector {
     owned_partitions: IntGauge,
     misrouted: IntCounter,
     replay_remaining: IntGauge,
-    replay_rate: Gauge,
     replay_eta: Gauge,
     ready_after: Gauge,
     /// Counters are brought up to the replica's totals by adding the difference; two scrapes at
@@ -172,10 +171,6 @@ impl ReplicaCollector {
                 "Records left to replay before the replica is ready (up to the end offsets seen \
                  at start-up); 0 once ready",
             )?,
-            replay_rate: Gauge::new(
-                "kv_reader_replay_records_per_second",
-                "Records applied per second since the replay started (until ready)",
-            )?,
             replay_eta: Gauge::new(
                 "kv_reader_replay_eta_seconds",
                 "Seconds the replay should still take at its rate so far; 0 once ready",
@@ -226,7 +221,6 @@ impl ReplicaCollector {
             &self.bootstrap_bytes,
             &self.bootstrapped,
             &self.replay_remaining,
-            &self.replay_rate,
             &self.replay_eta,
             &self.ready_after,
         ]
@@ -272,7 +266,6 @@ impl ReplicaCollector {
         }
         let replay = self.progress.replay();
         self.replay_remaining.set(as_gauge(replay.remaining));
-        self.replay_rate.set(replay.records_per_second);
         let eta = match replay.ready_after {
             Some(_) => 0.0,
             None => replay.eta.map_or(0.0, |eta| eta.as_secs_f64()),
