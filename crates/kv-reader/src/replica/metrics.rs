@@ -199,7 +199,7 @@ impl ReplicaCollector {
     }
 
     /// Every metric but the store file's size, which exists only on disk.
-    fn metrics(&self) -> [&dyn Collector; 23] {
+    fn metrics(&self) -> [&dyn Collector; 22] {
         [
             &self.store_writable,
             &self.store_full_stops,
