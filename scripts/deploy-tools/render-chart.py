@@ -137,6 +137,15 @@ def check_promises(shape, values, release, objects):
         file = yaml.safe_load(config[0]["data"]["config.yaml"]) if config else {}
         if {k: str(v) for k, v in values["configFile"].items()} != file:
             problem(shape, f"the settings file holds {file}, not configFile")
+    if values.get("stateRules"):
+        if env.get("KV_API_STATE_RULES", {}).get("value") != "/etc/kafka-kv/rules.yaml":
+            problem(shape, "KV_API_STATE_RULES does not name the mounted rules file")
+        config = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == f"{name}-config"]
+        rules = config[0]["data"].get("rules.yaml") if config else None
+        if rules is None or yaml.safe_load(rules) != yaml.safe_load(values["stateRules"]):
+            problem(shape, "the rules file mounted is not stateRules")
+        if "checksum/config" not in workload["spec"]["template"]["metadata"].get("annotations", {}):
+            problem(shape, "no checksum/config annotation: a change of the rules would not roll the pods")
     mounts = {m["name"] for m in container.get("volumeMounts", [])}
     volumes = {v["name"] for v in spec.get("volumes", [])}
     for extra in values.get("extraVolumeMounts", []):

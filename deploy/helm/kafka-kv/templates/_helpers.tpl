@@ -60,6 +60,11 @@ app.kubernetes.io/component: {{ .Values.role }}
 {{- end -}}
 
 {{/* The selector the alerts use: the series Prometheus scraped from this release's Service. */}}
+{{/* Whether this reader release's pods are owner candidates (`reader.owner`, or its older name). */}}
+{{- define "kafka-kv.owner" -}}
+{{- if and (eq .Values.role "reader") (or .Values.reader.owner .Values.reader.ttlSweeper) -}}true{{- end -}}
+{{- end -}}
+
 {{- define "kafka-kv.alertSelector" -}}
 namespace="{{ .Release.Namespace }}", job="{{ include "kafka-kv.name" . }}"
 {{- end -}}
@@ -72,9 +77,15 @@ metadata:
     {{- with .Values.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- with .Values.podAnnotations }}
+  {{- if or .Values.podAnnotations .Values.configFile .Values.stateRules }}
   annotations:
+    {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- if or .Values.configFile .Values.stateRules }}
+    # Settings and rules are read at start-up: a change rolls the pods.
+    checksum/config: {{ printf "%s%s" (toJson .Values.configFile) (.Values.stateRules | default "") | sha256sum }}
+    {{- end }}
   {{- end }}
 spec:
   # The pods never call the Kubernetes API.
@@ -189,7 +200,7 @@ spec:
         - name: tmp
           mountPath: /tmp
         {{- end }}
-        {{- if .Values.configFile }}
+        {{- if or .Values.configFile .Values.stateRules }}
         - name: config-file
           mountPath: /etc/kafka-kv
           readOnly: true
@@ -197,7 +208,7 @@ spec:
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-  {{- if or .Values.kafka.tlsSecret .Values.encryption.onKafka (not (include "kafka-kv.onDisk" .)) .Values.configFile .Values.extraVolumes }}
+  {{- if or .Values.kafka.tlsSecret .Values.encryption.onKafka (not (include "kafka-kv.onDisk" .)) .Values.configFile .Values.stateRules .Values.extraVolumes }}
   volumes:
     {{- if .Values.kafka.tlsSecret }}
     - name: kafka-tls
@@ -219,7 +230,7 @@ spec:
       emptyDir:
         sizeLimit: 64Mi
     {{- end }}
-    {{- if .Values.configFile }}
+    {{- if or .Values.configFile .Values.stateRules }}
     - name: config-file
       configMap:
         name: {{ include "kafka-kv.name" . }}-config
@@ -257,6 +268,10 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- if .Values.configFile }}
 - name: KV_API_CONFIG_FILE
   value: /etc/kafka-kv/config.yaml
+{{- end }}
+{{- if .Values.stateRules }}
+- name: KV_API_STATE_RULES
+  value: /etc/kafka-kv/rules.yaml
 {{- end }}
 {{- with .Values.logLevel }}
 - name: RUST_LOG
@@ -401,8 +416,8 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
       key: password
 {{- end }}
 {{- end }}
-{{- if .Values.reader.ttlSweeper }}
-- name: KV_API_TTL_SWEEPER
+{{- if include "kafka-kv.owner" . }}
+- name: KV_API_OWNER
   value: "true"
 {{- end }}
 {{- if .Values.reader.resp.enabled }}
