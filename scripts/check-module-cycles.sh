@@ -21,7 +21,7 @@ scripts/install-cargo-modules.sh
 # cargo-modules runs as a cargo subcommand.
 export PATH="$CARGO_MODULES_ROOT/bin:$PATH"
 failed=()
-for crate in kv-core kv-reader kv-writer kv-testkit; do
+for crate in kv-wire kv-core kv-reader kv-writer kv-client kv-testkit; do
     # Items and other crates left out: their edges are folded into the modules that hold them.
     # "owns" edges left out: a module declaring a child is not a dependency on it.
     graph=$(cargo modules dependencies --package "$crate" --lib --no-sysroot --no-externs \

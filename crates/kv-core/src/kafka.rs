@@ -369,42 +369,7 @@ pub fn topic_config_problems(config: &BTreeMap<String, String>) -> Vec<String> {
     problems
 }
 
-/// Kafka's murmur2 hash as the Java client computes it for a record key.
-pub fn murmur2(data: &[u8]) -> u32 {
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let tail = chunks.remainder();
-    if tail.len() >= 3 {
-        h ^= u32::from(tail[2]) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= u32::from(tail[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-/// The partition a keyed record lands on under the Java client's default partitioner and
-/// librdkafka's `murmur2_random` (the writer's): what a sharded reader routes a key by.
-pub fn kafka_partition(record_key: &[u8], partitions: u32) -> i32 {
-    debug_assert!(partitions > 0);
-    ((murmur2(record_key) & 0x7fff_ffff) % partitions.max(1)) as i32
-}
+pub use kv_wire::partition::{kafka_partition, murmur2};
 
 #[cfg(test)]
 mod tests {
@@ -448,25 +413,6 @@ mod tests {
                 .create::<BaseConsumer>()
                 .unwrap_or_else(|e| panic!("{properties:?}: {e}"));
         }
-    }
-
-    #[test]
-    fn murmur2_matches_kafkas_published_vectors() {
-        // Values from Kafka's UtilsTest.testMurmur2.
-        assert_eq!(super::murmur2(b"21") as i32, -973_932_308);
-        assert_eq!(super::murmur2(b"foobar") as i32, -790_332_482);
-        assert_eq!(
-            super::murmur2(b"a-little-bit-long-string") as i32,
-            -985_981_536
-        );
-        assert_eq!(
-            super::murmur2(b"a-little-bit-longer-string") as i32,
-            -1_486_304_829
-        );
-        assert_eq!(
-            super::murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
-            -58_897_971
-        );
     }
 
     use super::*;

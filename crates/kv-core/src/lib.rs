@@ -4,8 +4,9 @@
 
 pub mod cli;
 pub mod computed;
+/// Read-your-writes tokens: defined in `kv-wire`, which clients share.
+pub use kv_wire::consistency;
 pub mod conditional;
-pub mod consistency;
 pub mod crypto;
 pub mod kafka;
 pub mod kafka_stats;
@@ -13,6 +14,7 @@ pub mod record;
 pub mod secret;
 pub mod settings;
 pub mod telemetry;
+pub mod trace_context;
 pub mod web;
 
 /// Every binary linking kv-core allocates with jemalloc. glibc's malloc gives each thread that

@@ -52,8 +52,9 @@ pub const EXPIRED_OFFSET_HEADER: &str = "X-KV-Expired-Offset";
 pub const REPAIR_OF_HEADER: &str = "X-KV-Repair-Of";
 /// Kafka header names a client cannot set through a write's `headers`: the gateway and the
 /// partition's owner set them, and readers act on them.
-pub const RESERVED_HEADERS: [&str; 12] = [
+pub const RESERVED_HEADERS: [&str; 13] = [
     CORRELATION_ID_HEADER,
+    crate::trace_context::TRACEPARENT,
     EXPIRES_AT_HEADER,
     EXPIRED_OFFSET_HEADER,
     REPAIR_OF_HEADER,

@@ -74,6 +74,7 @@ pub fn workspace_binary(name: &str) -> &'static str {
     let sources = [
         workspace.join("crates").join(name),
         workspace.join("crates/kv-core"),
+        workspace.join("crates/kv-wire"),
         workspace.join("Cargo.lock"),
         workspace.join("Cargo.toml"),
     ];

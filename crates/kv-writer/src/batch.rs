@@ -19,7 +19,7 @@ use futures::future::join_all;
 use kv_core::consistency::RecordPosition;
 use kv_core::web::auth::{operation, Authorized, Operation};
 use kv_core::web::error::{retry_after_seconds, ApiError, ErrorCode};
-use kv_core::web::http::{CorrelationId, JsonBody};
+use kv_core::web::http::{CorrelationId, JsonBody, RequestTrace};
 use serde::Serialize;
 
 use crate::answer::{token_for, with_token};
@@ -74,6 +74,7 @@ pub async fn batch(
         auth.permits(Operation::Delete)?;
     }
     let correlation = CorrelationId::of(&request);
+    let trace = RequestTrace::of(&request);
 
     // Every item on one producer: queued one after the other on it, they keep the items' order
     // on each partition, which items split across a replaced producer and its successor do not.
@@ -91,6 +92,7 @@ pub async fn batch(
                 key: &write.key,
                 value: write.value.as_deref(),
                 correlation_id: &correlation.0,
+                trace: Some(trace),
                 headers: &write.headers,
                 expires_at_ms: expiry(write.ttl_seconds),
                 partition: None,

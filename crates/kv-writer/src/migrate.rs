@@ -493,6 +493,7 @@ async fn produce(
             key: &record.key,
             value: record.value.as_deref(),
             correlation_id: &correlation,
+            trace: None,
             headers: &headers,
             expires_at_ms: None,
             partition: None,

@@ -11,6 +11,7 @@ use kv_core::kafka_stats::StatsContext;
 use kv_core::record::{
     RecordCodec, CORRELATION_ID_HEADER, EXPIRES_AT_HEADER, WRITER_HEADER, WRITER_HEADER_VALUE,
 };
+use kv_core::trace_context::{TraceParent, TRACEPARENT};
 use kv_core::web::error::{ApiError, ErrorCode};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -112,6 +113,8 @@ pub struct Write<'a> {
     pub key: &'a [u8],
     pub value: Option<&'a [u8]>,
     pub correlation_id: &'a str,
+    /// The request's span in its W3C trace, sent as `traceparent` for whoever reads the record.
+    pub trace: Option<TraceParent>,
     /// Extra Kafka headers the client asked for (the original's `headers` field).
     pub headers: &'a [(String, Vec<u8>)],
     /// When a put expires, in milliseconds since the Unix epoch; sent as `X-KV-Expires-At`.
@@ -368,7 +371,7 @@ impl KvProducer {
         let value = write.value.map(|value| {
             codec.encode_expiring_value(&record_key, write.key, value, write.expires_at_ms)
         });
-        let mut headers = OwnedHeaders::new_with_capacity(3 + write.headers.len())
+        let mut headers = OwnedHeaders::new_with_capacity(4 + write.headers.len())
             .insert(Header {
                 key: CORRELATION_ID_HEADER,
                 value: Some(write.correlation_id),
@@ -377,6 +380,13 @@ impl KvProducer {
                 key: WRITER_HEADER,
                 value: Some(WRITER_HEADER_VALUE),
             });
+        let trace = write.trace.map(|trace| trace.to_string());
+        if let Some(trace) = &trace {
+            headers = headers.insert(Header {
+                key: TRACEPARENT,
+                value: Some(trace.as_bytes()),
+            });
+        }
         let expires_at = write.expires_at_ms.map(|at| at.to_string());
         if let Some(expires_at) = &expires_at {
             headers = headers.insert(Header {

@@ -9,7 +9,7 @@ use kv_core::computed::{
 use kv_core::kafka::kafka_partition;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
-use kv_core::web::http::{key_from_path, CorrelationId};
+use kv_core::web::http::{key_from_path, CorrelationId, RequestTrace};
 
 use crate::answer::{acknowledged, Answer};
 use crate::input::check_key;
@@ -59,6 +59,7 @@ pub async fn put_report(
             key: &record_key,
             value: Some(&value),
             correlation_id: &correlation.0,
+            trace: Some(RequestTrace::of(&request)),
             headers: &headers,
             expires_at_ms: None,
             partition: Some(kafka_partition(&key, partitions)),

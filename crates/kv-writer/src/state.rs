@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use kv_core::consistency::RecordPosition;
 use kv_core::record;
 use kv_core::web::error::ApiError;
-use kv_core::web::http::CorrelationId;
+use kv_core::web::http::{CorrelationId, RequestTrace};
 
 use crate::answer::{acknowledged, Answer};
 use crate::body::BodyLimits;
@@ -114,6 +114,7 @@ impl WriterState {
                 key: &write.key,
                 value: write.value.as_deref(),
                 correlation_id: &correlation.0,
+                trace: Some(RequestTrace::of(request)),
                 headers: &write.headers,
                 expires_at_ms: expiry(write.ttl_seconds),
                 partition: None,

@@ -17,6 +17,7 @@ use tracing::span::Record;
 use tracing::Instrument;
 
 use crate::telemetry::{self, DeferredRecord};
+use crate::trace_context::{TraceParent, TRACEPARENT};
 use crate::web::error::{ApiError, ErrorCode};
 use crate::web::routing::RoutePattern;
 
@@ -40,7 +41,8 @@ pub struct ListenError {
 
 pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 /// The header carrying a consistency token: the writer's answer, a reader's request.
-pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
+pub const CONSISTENCY_TOKEN: HeaderName =
+    HeaderName::from_static(kv_wire::headers::CONSISTENCY_TOKEN);
 /// A read answer's header for a key that expires: the record's [`crate::record::EXPIRES_AT_HEADER`],
 /// milliseconds since the Unix epoch.
 pub const EXPIRES_AT: HeaderName = HeaderName::from_static("x-kv-expires-at");
@@ -79,6 +81,25 @@ fn correlation_id_from(request: &ServiceRequest) -> Result<CorrelationId, ApiErr
     }
 }
 
+/// The request's span in its W3C trace: the child of its `traceparent` header, or a new trace
+/// without a valid one; stored in the request's extensions by [`correlation_id_middleware`] and
+/// answered as `traceparent` unless the handler answers another (a reader, the trace of the
+/// write it serves). A malformed header is ignored, as the W3C recommendation says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTrace(pub TraceParent);
+
+impl RequestTrace {
+    pub fn of(request: &HttpRequest) -> TraceParent {
+        request
+            .extensions()
+            .get::<RequestTrace>()
+            .map_or_else(TraceParent::start, |trace| trace.0)
+    }
+}
+
+/// The `traceparent` header name.
+pub const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static(TRACEPARENT);
+
 /// The target of the access log: one line per request at info (`RUST_LOG=info,kv_access=off`
 /// turns it off).
 pub const ACCESS_LOG_TARGET: &str = "kv_access";
@@ -99,6 +120,12 @@ pub async fn correlation_id_middleware(
         }
     };
     let header = HeaderValue::from_str(&id.0).ok();
+    let trace = TraceParent::continue_or_start(
+        request
+            .headers()
+            .get(&TRACEPARENT_HEADER)
+            .map(HeaderValue::as_bytes),
+    );
     // At error level so that the span, and with it the correlation id, is kept on every line
     // that passes the filter, even with RUST_LOG=warn. The route *pattern*, never the raw path:
     // paths hold keys, which must not reach the logs. The fields are formatted only when a line
@@ -107,6 +134,7 @@ pub async fn correlation_id_middleware(
     let span = tracing::error_span!(
         "request",
         correlation_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
         method = tracing::field::Empty,
         route = tracing::field::Empty,
     );
@@ -114,6 +142,7 @@ pub async fn correlation_id_middleware(
         &span,
         RequestFields {
             correlation_id: id.clone(),
+            trace_id: trace.trace_id,
             method: request.method().clone(),
             route: route.clone(),
         },
@@ -121,6 +150,7 @@ pub async fn correlation_id_middleware(
     {
         let mut extensions = request.extensions_mut();
         extensions.insert(id);
+        extensions.insert(RequestTrace(trace));
         // Matching a path against the route table runs actix's pattern regexes; the metrics
         // middleware reuses this match instead of making its own.
         extensions.insert(route);
@@ -146,27 +176,36 @@ pub async fn correlation_id_middleware(
             response.headers_mut().insert(CORRELATION_ID, header);
         }
     }
+    if !response.headers().contains_key(&TRACEPARENT_HEADER) {
+        if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
+            response.headers_mut().insert(TRACEPARENT_HEADER, value);
+        }
+    }
     Ok(response)
 }
 
 /// The fields of a request's span, recorded when a line is written in it.
 struct RequestFields {
     correlation_id: CorrelationId,
+    trace_id: [u8; 16],
     method: actix_web::http::Method,
     route: RoutePattern,
 }
 
 impl DeferredRecord for RequestFields {
     fn record(&self, fields: &FieldSet, sink: &mut dyn FnMut(&Record<'_>)) {
-        let (Some(id), Some(method), Some(route)) = (
+        let (Some(id), Some(trace), Some(method), Some(route)) = (
             fields.field("correlation_id"),
+            fields.field("trace_id"),
             fields.field("method"),
             fields.field("route"),
         ) else {
             return;
         };
+        let trace_id = hex::encode(self.trace_id);
         let values = [
             (&id, Some(&display(&self.correlation_id.0) as &dyn Value)),
+            (&trace, Some(&trace_id.as_str() as &dyn Value)),
             (&method, Some(&display(&self.method) as &dyn Value)),
             (&route, Some(&self.route.as_str() as &dyn Value)),
         ];

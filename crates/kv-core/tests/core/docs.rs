@@ -266,7 +266,11 @@ fn every_query_of_the_grafana_dashboard_reads_metrics_the_services_register() {
             let expr = target["expr"].as_str().expect("a query's expr");
             queries += 1;
             let named = metrics_in_query(expr);
-            assert!(!named.is_empty(), "{:?} reads no kv_ metric", panel["title"]);
+            assert!(
+                !named.is_empty(),
+                "{:?} reads no kv_ metric",
+                panel["title"]
+            );
             for name in named {
                 if !code.contains(&name) {
                     unknown.push((panel["title"].to_string(), name));
@@ -287,9 +291,17 @@ fn no_metric_name_holds_a_quantile_or_a_precomputed_rate() {
         let words: Vec<&str> = name.split('_').collect();
         let quantile = words.iter().any(|w| {
             w.len() > 1 && w.starts_with('p') && w[1..].chars().all(|c| c.is_ascii_digit())
-        }) || words.iter().any(|w| ["quantile", "percentile", "median"].contains(w));
-        assert!(!quantile, "{name} holds a quantile: use a `quantile` label or a histogram");
+        }) || words
+            .iter()
+            .any(|w| ["quantile", "percentile", "median"].contains(w));
+        assert!(
+            !quantile,
+            "{name} holds a quantile: use a `quantile` label or a histogram"
+        );
         let rate = name.contains("_per_") || words.contains(&"rate");
-        assert!(!rate, "{name} is a precomputed rate: export a counter and let rate() divide");
+        assert!(
+            !rate,
+            "{name} is a precomputed rate: export a counter and let rate() divide"
+        );
     }
 }

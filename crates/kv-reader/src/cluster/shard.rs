@@ -1,9 +1,9 @@
 //! Which partitions a shard holds, and which shards hold a partition.
 //!
 //! With `KV_API_SHARD=i/N` and `KV_API_SHARD_REPLICAS=R`, partition `p` is held by the R shards
-//! `(p + k) mod N` for `k` in `0..R`; the first of them, `p mod N`, is its primary. The rule needs
-//! no coordination: every shard, given the same N and R, computes the same owners, and the
-//! partition count comes from the topic's metadata.
+//! `(p + k) mod N` for `k` in `0..R`; the first of them, `p mod N`, is its primary. The rule is
+//! `kv_wire::partition::shard_owners`, which partition-aware clients share; the partition count
+//! comes from the topic's metadata.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -70,12 +70,13 @@ impl ShardSpec {
 
     /// The shards holding `partition`, its primary first.
     pub fn owners(&self, partition: i32) -> impl Iterator<Item = u32> + '_ {
-        let first = partition.unsigned_abs() % self.count;
-        (0..self.replicas).map(move |k| (first + k) % self.count)
+        kv_wire::partition::shard_owners(partition, self.count, self.replicas)
     }
 
     pub fn primary(&self, partition: i32) -> u32 {
-        partition.unsigned_abs() % self.count
+        kv_wire::partition::shard_owners(partition, self.count, 1)
+            .next()
+            .unwrap_or(0)
     }
 
     pub fn holds(&self, partition: i32) -> bool {

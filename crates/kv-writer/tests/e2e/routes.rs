@@ -928,3 +928,63 @@ async fn a_request_finding_the_body_budget_full_gets_503_overloaded_and_succeeds
     assert_eq!(all.len(), 1, "only the accepted write landed: {all:?}");
     drop(stalled);
 }
+
+#[tokio::test]
+async fn a_write_carries_the_callers_trace_into_the_record_and_starts_one_without_it() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("traced", 1).await;
+    let writer = Service::start(WRITER, &writer_env(&broker, &topic, &[]));
+    let http = reqwest::Client::new();
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    let traced = http
+        .put(writer.url("/v1/kv/traced"))
+        .header("traceparent", caller)
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(traced.status(), 200, "{}", writer.output());
+    let answered = traced.headers()["traceparent"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    // The writer's span: the caller's trace and flags, its own parent id.
+    assert!(
+        answered.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{answered}"
+    );
+    assert!(answered.ends_with("-01"), "{answered}");
+    assert_ne!(answered, caller);
+    let (partition, offset) = position(&json_of(traced).await);
+
+    let untraced = http
+        .put(writer.url("/v1/kv/untraced"))
+        .header("traceparent", "not a trace")
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    let started = untraced.headers()["traceparent"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    assert_eq!(started.len(), 55, "{started}");
+    assert!(!started.contains("4bf92f35"), "{started}");
+    let (other_partition, other_offset) = position(&json_of(untraced).await);
+
+    let all = records(broker.bootstrap_servers(), &topic).await;
+    let record = record_at(&all, partition, offset);
+    assert_eq!(record.header("traceparent"), Some(answered.as_bytes()));
+    let record = record_at(&all, other_partition, other_offset);
+    assert_eq!(record.header("traceparent"), Some(started.as_bytes()));
+
+    // A client cannot set the header through the original's `headers` field.
+    let refused = http
+        .post(writer.url("/store"))
+        .json(&serde_json::json!({"key": "k", "value": "v", "headers": {"traceparent": caller}}))
+        .send()
+        .await
+        .expect("store");
+    assert_eq!(refused.status(), 400);
+}

@@ -39,6 +39,20 @@ impl ConsistencyToken {
         Self { offsets }
     }
 
+    /// Raises `position`'s partition to its offset if that is higher: a client's token of every
+    /// write it made.
+    pub fn include(&mut self, position: RecordPosition) {
+        let highest = self
+            .offsets
+            .entry(position.partition)
+            .or_insert(position.offset);
+        *highest = (*highest).max(position.offset);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
     /// `(partition, offset)` pairs, in partition order.
     pub fn offsets(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
         self.offsets.iter().map(|(p, o)| (*p, *o))

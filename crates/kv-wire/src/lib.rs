@@ -1,0 +1,7 @@
+//! What a client and the services must compute the same way, kept apart from the services'
+//! heavy dependencies (librdkafka, actix) so that `kv-client` can share it: a client that
+//! routed a key by another rule than the writer's would ask the wrong shard.
+
+pub mod consistency;
+pub mod headers;
+pub mod partition;
