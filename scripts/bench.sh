@@ -562,6 +562,7 @@ step resp resp_reads
 
 # --- 6. shards: the same topic over 3 sharded readers (R=1); their stores and RSS against the
 # full replica's, and a GET forwarded one hop against a GET the shard answers itself ----------
+shard_ports=() shard_pids=()
 start_shards() { # start_shards: the 3 shards on their disk stores; sets shard_ports, shard_pids
     # Each shard must know its peers' ports before any binds; a port taken meanwhile makes that
     # shard exit, and the three start again on new ports.
@@ -651,7 +652,29 @@ LUA
     BENCH_PATHS="$work/local.paths" http_reads "${shard_ports[0]}" shard_local "$work/paths.lua"
     BENCH_PATHS="$work/forwarded.paths" http_reads "${shard_ports[0]}" shard_forwarded "$work/paths.lua"
 }
+client_reads() { # client_reads URLS LABEL: $runs runs of the read_load example; medians into <label>_{rps,p99}
+    local out="$work/client-$2.txt" i
+    : >"$out"
+    for i in $(seq 1 "$runs"); do
+        "$bin/examples/read_load" "$1" "$keys" "$seconds" "$connections" >>"$out" 2>>"$work/client-$2.log" ||
+            die "read_load failed; see $work/client-$2.log"
+    done
+    [ "$(grep '^BENCH' "$out" | field errors | sort -n | tail -1)" = 0 ] || die "read_load saw errors; see $out"
+    fig "${2}_rps" "$(grep '^BENCH' "$out" | field rps | median)"
+    fig "${2}_p99" "$(grep '^BENCH' "$out" | field p99 | median)"
+}
 step shards shards_step
+# kv-client's partition-aware reads on the shards the step above left running: each GET to a
+# shard holding its key, no forward; the full replica, through the same client, is the peer.
+client_reads_step() {
+    needs_reader
+    [ "${#shard_ports[@]}" -eq 3 ] || die "no shards: the shards step failed"
+    local shard_urls="http://127.0.0.1:${shard_ports[0]},http://127.0.0.1:${shard_ports[1]},http://127.0.0.1:${shard_ports[2]}"
+    log "client reads: kv-client GETs routed to the key's shard, then to the full replica, $runs x ${seconds}s"
+    client_reads "$shard_urls" client_shards
+    client_reads "http://127.0.0.1:$reader_port" client_full
+}
+step client-reads client_reads_step
 
 # --- 7. snapshot bootstrap: a new reader ready from the full replica's snapshot, against one
 # replaying the same topic, and the full replica's reads while it serves the snapshot --------
@@ -871,6 +894,7 @@ table="$work/results.md"
     limit_row "7. new reader ready from a snapshot / by replay ($snapshot_ready_s s / $replay_ready_s s)$(retried snapshot)" "$(ratio "$snapshot_ready_s" "$replay_ready_s")" 0.3 x
     row "7. peer reads/s while serving a snapshot vs idle (p99 $serving_p99 ms)" "$serving_rps" "$reader_rps" 0.7 "req/s"
     row "6. forwarded GET/s vs GET the shard answers itself" "$shard_forwarded_rps" "$shard_local_rps" 0.6 "req/s"
+    row "6. kv-client GET/s routed to the key's shard (3 shards) vs the full replica" "$client_shards_rps" "$client_full_rps" 0.9 "req/s"
     limit_row "6. forwarded GET p99 / local GET p99 ($shard_forwarded_p99 ms / $shard_local_p99 ms)" "$(ratio "$shard_forwarded_p99" "$shard_local_p99")" 2 x
     limit_row "8. write -> watch event p99, 100 watchers, MockCluster$(retried watch-mock) (p50 $watch_mock_p50 ms, failed probes $watch_mock_failed; goal freshness p99 + 5 ms)" "$watch_mock_p99" "$watch_goal_mock" ms
     limit_row "8. write -> watch event p99, 100 watchers, Tansu$(retried watch-tansu) ($tansu_probes probes, p50 $watch_tansu_p50 ms, failed probes $watch_tansu_failed; goal freshness p99 + 5 ms)" "$watch_tansu_p99" "$watch_goal_tansu" ms
