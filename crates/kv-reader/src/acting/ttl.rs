@@ -43,6 +43,12 @@ const SWEEP_BATCH: usize = 5000;
 const SCAN: usize = 20_000;
 /// Most repairs one tick produces.
 const REPAIR_BATCH: usize = 1000;
+/// How long a key owes a repair before the owner produces it. A key written with `If-Match`
+/// over and over owes one after every write; waiting lets one repair stand for all the writes of
+/// this window instead of doubling the topic's writes (one repair per key per window). The window
+/// is far inside `min.compaction.lag.ms` ([`MIN_COMPACTION_LAG`]), which is what a repair must
+/// land within (docs/architecture.md, "Conditional writes", invariant 6).
+const REPAIR_DELAY: Duration = Duration::from_secs(2);
 /// How long a tombstone or repair may take to come back through the topic before it is
 /// produced again (its first send may have failed, or the process restarted).
 const RESEND_AFTER: Duration = Duration::from_secs(30);
@@ -296,6 +302,9 @@ struct Sweeper {
     in_flight: HashMap<(Vec<u8>, i64), Instant>,
     /// Repairs produced and not seen come back, by record key and the stale offset.
     repairs_in_flight: HashMap<(Vec<u8>, i64), Instant>,
+    /// Since when each key has owed a repair, as this process first saw it owing: produced once
+    /// [`REPAIR_DELAY`] has passed.
+    owing_since: HashMap<Vec<u8>, Instant>,
     next_prune: Instant,
 }
 
@@ -334,6 +343,7 @@ impl Ttl {
                 cursor: None,
                 in_flight: HashMap::new(),
                 repairs_in_flight: HashMap::new(),
+                owing_since: HashMap::new(),
                 next_prune: Instant::now() + RESEND_AFTER,
             })
         } else {
@@ -513,6 +523,13 @@ impl Sweeper {
             if !ready(partition) {
                 continue;
             }
+            let since = *self
+                .owing_since
+                .entry(record_key.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() < REPAIR_DELAY {
+                continue;
+            }
             let in_flight = (record_key, stale_offset);
             if self
                 .repairs_in_flight
@@ -581,6 +598,8 @@ impl Sweeper {
                 tombstone = state.is_none(),
                 "repaired a key after a record that, left last, would state another value"
             );
+            // A later write that owes again waits a window of its own.
+            self.owing_since.remove(&in_flight.0);
             self.repairs_in_flight.insert(in_flight, Instant::now());
         }
         Ok(())
@@ -624,6 +643,7 @@ impl Sweeper {
                 self.producer = fresh;
                 self.in_flight.clear();
                 self.repairs_in_flight.clear();
+                self.owing_since.clear();
             }
             Err(error) => tracing::error!(%error, "cannot create a fresh TTL sweeper producer"),
         }
@@ -639,5 +659,8 @@ impl Sweeper {
             .retain(|_, sent| sent.elapsed() < RESEND_AFTER);
         self.repairs_in_flight
             .retain(|_, sent| sent.elapsed() < RESEND_AFTER);
+        // A key forgiven before its repair leaves its entry behind.
+        self.owing_since
+            .retain(|_, since| since.elapsed() < RESEND_AFTER + REPAIR_DELAY);
     }
 }
