@@ -258,6 +258,7 @@ resp_reads() { # figures resp_{ours,peer}_{rps,p99,p16_rps,p99_half}, resp_rss_a
     wait_ready "http://127.0.0.1:$hport/healthz/ready"
     on_free_port redis-server redis_on
     sport=$started_port
+    resp_topic=$topic resp_redis_port=$sport resp_redis_pid=$started_pid
     awk -v n="$keys" -v v="$value" \
         'BEGIN { for (i = 0; i < n; i++) printf "SET key:%012d %s\r\n", i, v }' |
         redis-cli -p "$sport" --pipe >"$work/resp-redis-load.log"
@@ -307,16 +308,59 @@ resp: p99 at half rate ${resp_ours_p99_half} ms vs ${resp_peer_p99_half} ms (the
 FIGURES
     log "resp figures: $(tr '\n' ';' <"$work/resp-figures.txt")"
 }
+# --- 10b. fair peers (issue 34): the whole store in memory against redis-server holding the same
+# keys (the one step 10 loaded): GET/s over RESP, pipelined and not, and over HTTP, and both
+# processes' RSS. Beside step 10's bounded-memory figures, which stay.
+fair_reads() { # figures fair_{resp_rps,resp_p16_rps,http_rps,rss,redis_rss}
+    [ -n "${resp_topic:-}" ] || die "no RESP topic: step 10 failed"
+    local hport rport rpid
+    start_service "$work/fair-reader.log" KAFKA_BOOTSTRAP_SERVERS="$tansu" \
+        KV_API_KAFKA_KEY_VALUE_TOPIC="$resp_topic" KAFKA_GROUP_ID=bench-fair \
+        KV_API_STATE_STORAGE_TYPE=memory KV_API_RESP_LISTEN=127.0.0.1:0 \
+        "$bin/kv-reader" || die "$svc_error"
+    hport=$svc_port rpid=$svc_pid
+    rport=$(sed -n 's|.*listening on redis://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$work/fair-reader.log" | head -1)
+    [ -n "$rport" ] || die "kv-reader logged no Redis-protocol port; see $work/fair-reader.log"
+    wait_ready "http://127.0.0.1:$hport/healthz/ready"
+    [ "$(redis-cli -p "$rport" GET key:000000000000)" = "$(redis-cli -p "$resp_redis_port" GET key:000000000000)" ] ||
+        die "the memory reader and redis-server answer key:000000000000 differently"
+    log "fair peers: a memory reader ($keys keys) against redis-server, RESP and HTTP"
+    local rps
+    read -r rps _ <<<"$(bench_get "$rport" 1)"
+    fig fair_resp_rps "$rps"
+    read -r rps _ <<<"$(bench_get "$rport" 16)"
+    fig fair_resp_p16_rps "$rps"
+    cat >"$work/redis-keys.lua" <<'LUA'
+-- GET /v1/kv/key:NNNNNNNNNNNN with a uniformly random key among BENCH_KEYS, as redis-benchmark -r names them.
+local keys = tonumber(os.getenv("BENCH_KEYS"))
+local thread_seed = 0
+setup = function(thread) thread_seed = thread_seed + 1; thread:set("seed", thread_seed) end
+init = function() math.randomseed(os.time() * 1000 + (seed or 0)) end
+request = function()
+    return wrk.format("GET", string.format("/v1/kv/key:%012d", math.random(0, keys - 1)))
+end
+LUA
+    http_reads "$hport" fair_http "$work/redis-keys.lua"
+    fig fair_rss "$(rss_mb "$rpid")"
+    fig fair_redis_rss "$(rss_mb "$resp_redis_pid")"
+    kill "$rpid" 2>/dev/null || true
+}
 resp_rows() {
     row "10. RESP GET/s, kv-reader vs redis-server$(retried resp) (redis-benchmark, $connections conns; p99 $resp_ours_p99 / $resp_peer_p99 ms)" "$resp_ours_rps" "$resp_peer_rps" 1.0 "req/s"
     row "10. RESP GET/s with -P 16, kv-reader vs redis-server" "$resp_ours_p16_rps" "$resp_peer_p16_rps" 1.0 "req/s"
     limit_row "10. RESP GET p99 at half the top rate, open loop, 16 conns (redis-server: $resp_peer_p99_half ms; the generator's own send lateness p99: $resp_ours_late_half / $resp_peer_late_half ms)" "$resp_ours_p99_half" 1 ms
     limit_row "10. reader RSS after the RESP runs, $keys keys on disk" "$resp_rss_after" 100 MB
+    row "10b. whole store in memory: RESP GET/s vs redis-server$(retried fair)" "$fair_resp_rps" "$resp_peer_rps" 1.0 "req/s"
+    row "10b. whole store in memory: RESP GET/s with -P 16 vs redis-server" "$fair_resp_p16_rps" "$resp_peer_p16_rps" 1.0 "req/s"
+    row "10b. whole store in memory: HTTP GET/s (wrk) vs redis-server GET/s (redis-benchmark)" "$fair_http_rps" "$resp_peer_rps" 1.0 "req/s"
+    limit_row "10b. RSS, memory reader / redis-server ($fair_rss MB / $fair_redis_rss MB)" "$(ratio "$fair_rss" "$fair_redis_rss")" 1.5 x
 }
 if [ "${BENCH_ONLY:-}" = resp ]; then
     log "resp: the Redis-protocol port only (BENCH_ONLY=resp), $keys keys"
     step resp resp_reads
     cat "$work/resp-figures.txt"
+    step fair fair_reads
+    echo "fair: memory reader RESP ${fair_resp_rps:-?} (-P 16 ${fair_resp_p16_rps:-?}), HTTP ${fair_http_rps:-?} GET/s; RSS ${fair_rss:-?} MB vs redis-server ${fair_redis_rss:-?} MB"
     exit 0
 fi
 # --- end of 10. the Redis-protocol read port --------------------------------------------
@@ -559,6 +603,7 @@ reads_step() {
 step reads reads_step
 log "resp: redis-benchmark GET against the Redis-protocol port and a redis-server, $keys keys"
 step resp resp_reads
+step fair fair_reads
 
 # --- 6. shards: the same topic over 3 sharded readers (R=1); their stores and RSS against the
 # full replica's, and a GET forwarded one hop against a GET the shard answers itself ----------
@@ -880,7 +925,7 @@ table="$work/results.md"
     resp_rows
     printf '| 1. read latency p50 / p99 (ms): kv-reader / redis / nginx | %s / %s | %s / %s ; %s / %s | | | |\n' \
         "$reader_p50" "$reader_p99" "$redis_p50" "$redis_p99" "$nginx_p50" "$nginx_p99"
-    row "2. acked writes/s vs raw producer, MockCluster$(retried writes-mock)" "$writes_mock_ours" "$writes_mock_raw" 0.8 "w/s"
+    row "2. acked writes/s vs raw producer, MockCluster$(retried writes-mock)" "$writes_mock_ours" "$writes_mock_raw" 0.9 "w/s"
     row "2. acked writes/s vs raw producer, Tansu$(retried writes-tansu)" "$writes_tansu_ours" "$writes_tansu_raw" 0.8 "w/s"
     limit_row "3. freshness p99, MockCluster$(retried fresh-mock) (p50 $fresh_mock_p50 ms, failed probes $fresh_mock_failed)" "$fresh_mock_p99" 20 ms
     limit_row "3. freshness p99, Tansu$(retried fresh-tansu) ($tansu_probes probes, p50 $fresh_tansu_p50 ms, failed probes $fresh_tansu_failed)" "$fresh_tansu_p99" 20 ms
