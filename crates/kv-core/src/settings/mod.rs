@@ -10,6 +10,7 @@ mod encryption;
 mod env;
 mod kafka;
 mod log;
+pub mod prefixes;
 mod role;
 mod tls;
 
@@ -457,6 +458,34 @@ mod tests {
         .expect("environment");
         let err = CoreSettings::from_env(&env).expect_err("must fail");
         assert_eq!(err.var, "OIDC_IDP_ADDRESS_FOR_SERVER");
+    }
+
+    #[test]
+    fn prefix_rules_need_auth_on_and_a_bad_rule_names_the_variable() {
+        let on = [
+            ("KV_API_DISABLE_API_AUTH", "false"),
+            ("OIDC_IDP_ADDRESS_FOR_SERVER", "https://idp"),
+            ("OIDC_AUDIENCE", "kv"),
+        ];
+        let with = |rules: &'static str| {
+            let mut pairs = on.to_vec();
+            pairs.push(("KV_API_AUTH_PREFIXES", rules));
+            core(&pairs)
+        };
+        let settings = with("billing read,write billing/; ops * *").expect("settings");
+        let rules = settings.auth.oidc.prefixes.expect("rules");
+        assert_eq!(rules.0.len(), 2);
+        assert!(core(&on).expect("settings").auth.oidc.prefixes.is_none());
+        let err = with("billing read").expect_err("must fail");
+        assert_eq!(err.var, "KV_API_AUTH_PREFIXES");
+        assert!(err.reason.contains("\"billing read\""), "{}", err.reason);
+        let err = core(&[("KV_API_AUTH_PREFIXES", "ops * *")]).expect_err("must fail");
+        assert_eq!(err.var, "KV_API_AUTH_PREFIXES");
+        assert!(
+            err.reason.contains("KV_API_DISABLE_API_AUTH"),
+            "{}",
+            err.reason
+        );
     }
 
     #[test]
