@@ -63,7 +63,8 @@ impl PrefixRule {
 pub struct PrefixRules(pub Vec<PrefixRule>);
 
 impl PrefixRules {
-    /// Parses `<scope-or-role> <actions> <prefix>` rules separated by `;`. Actions are a comma
+    /// Parses `<scope-or-role> <actions> <prefix>` rules separated by `;` or line breaks (a
+    /// settings file's block of lines). Actions are a comma
     /// list of read, write, delete, watch, report, or `*` for all; a prefix of `*` is every key.
     /// Empty rules (a trailing `;`) are skipped; the error names the rule at fault.
     pub fn parse(raw: &str) -> Result<Self, SettingsError> {
@@ -71,7 +72,7 @@ impl PrefixRules {
             SettingsError::new(PREFIXES_VAR, format!("rule {:?}: {reason}", rule.trim()))
         };
         let mut rules = Vec::new();
-        for rule in raw.split(';').filter(|r| !r.trim().is_empty()) {
+        for rule in raw.split([';', '\n']).filter(|r| !r.trim().is_empty()) {
             let words: Vec<&str> = rule.split_whitespace().collect();
             let [scope, actions, prefix] = words[..] else {
                 return Err(error(
@@ -124,7 +125,7 @@ mod tests {
     #[test]
     fn rules_parse_with_action_lists_and_star() {
         let rules =
-            PrefixRules::parse(" billing read,watch billing/ ; ops * * ;admin write,delete a/b;")
+            PrefixRules::parse(" billing read,watch billing/ ; ops * *\nadmin write,delete a/b;")
                 .unwrap();
         assert_eq!(rules.0.len(), 3);
         assert_eq!(rules.0[0].scope, "billing");
