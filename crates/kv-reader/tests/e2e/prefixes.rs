@@ -14,9 +14,10 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
+use kv_core::kafka::kafka_partition;
 use kv_testkit::computed::rules_file;
-use kv_testkit::reader::wait_ready;
-use kv_testkit::{eventually, Broker, OidcProvider, Service, DEADLINE};
+use kv_testkit::reader::{key_path, wait_ready};
+use kv_testkit::{eventually, service_env, Broker, OidcProvider, Service, Shards, DEADLINE};
 use redis::aio::MultiplexedConnection;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -532,5 +533,162 @@ async fn every_route_and_port_serves_a_granted_prefix_and_refuses_another() {
     assert_eq!(
         outcome(report(&alice, "team-b/state/k").await.expect("report")).await,
         forbidden()
+    );
+}
+
+/// `GET /v1/kv/{key}` through `shard` with `token`.
+async fn get_through(
+    http: &reqwest::Client,
+    shard: &Service,
+    token: &str,
+    key: &str,
+) -> reqwest::Result<reqwest::Response> {
+    http.get(shard.url(&key_path(key.as_bytes())))
+        .bearer_auth(token)
+        .send()
+        .await
+}
+
+#[tokio::test]
+async fn a_shard_checks_the_key_before_forwarding_and_lists_only_readable_keys_across_owners() {
+    const PARTITIONS: u32 = 6;
+    let broker = Broker::start();
+    let topic = broker
+        .create_topic("prefixes-shards", PARTITIONS as i32)
+        .await;
+    let idp = OidcProvider::start("prefixes-shards");
+    let open = service_env(&broker, &topic);
+    let mut strict = open.clone();
+    strict.extend(idp.service_env());
+    strict.extend([
+        ("KV_API_DISABLE_API_AUTH", "false".to_owned()),
+        ("KV_API_AUTH_PREFIXES", "kv:read read team-a/".to_owned()),
+    ]);
+    let writer = Service::start(writer(), &open);
+    let mut shards = Shards::start(READER, &strict, 2, 1);
+    let http = reqwest::Client::new();
+    let token = idp.token("kv-reader", "kv:read").await;
+    let keys: Vec<String> = (0..10)
+        .flat_map(|i| [format!("team-a/{i}"), format!("team-b/{i}")])
+        .collect();
+    for key in &keys {
+        let put = http
+            .put(writer.url(&key_path(key.as_bytes())))
+            .body(format!("value of {key}"))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(put.status(), 200, "{}", writer.output());
+    }
+    let on_shard_1 = |team: &str| {
+        keys.iter()
+            .find(|k| k.starts_with(team) && kafka_partition(k.as_bytes(), PARTITIONS) % 2 == 1)
+            .expect("a key of shard 1")
+            .clone()
+    };
+    let (readable, refused) = (on_shard_1("team-a/"), on_shard_1("team-b/"));
+    let team_a: Vec<String> = {
+        let mut team_a: Vec<String> = keys
+            .iter()
+            .filter(|k| k.starts_with("team-a/"))
+            .cloned()
+            .collect();
+        team_a.sort();
+        team_a
+    };
+    // Every team-a key readable through shard 0, its own and shard 1's alike.
+    eventually("every write on its owner", DEADLINE, || async {
+        for key in &team_a {
+            if get_through(&http, shards.get(0), &token, key)
+                .await
+                .ok()?
+                .status()
+                != StatusCode::OK
+            {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let forwarded = get_through(&http, shards.get(0), &token, &readable)
+        .await
+        .expect("get");
+    assert_eq!(forwarded.headers()["x-served-by"], "1");
+    assert_eq!(
+        forwarded.text().await.expect("body"),
+        format!("value of {readable}")
+    );
+    assert_eq!(
+        outcome(
+            get_through(&http, shards.get(0), &token, &refused)
+                .await
+                .expect("get")
+        )
+        .await,
+        forbidden()
+    );
+
+    // A listing across both owners lists exactly the readable keys, page after page.
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = http
+            .get(
+                shards
+                    .get(0)
+                    .url(&format!("/v1/kv?limit=3&cursor={cursor}")),
+            )
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("page");
+        for key in page["keys"].as_array().expect("keys") {
+            listed.push(key["key"].as_str().expect("key").to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(listed, team_a);
+    let batch = |keys: Vec<&String>| {
+        http.post(shards.get(0).url("/v1/kv:batchGet"))
+            .bearer_auth(&token)
+            .json(&json!({ "keys": keys }))
+            .send()
+    };
+    let answer: Value = batch(team_a.iter().collect())
+        .await
+        .expect("batchGet")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        answer["results"].as_array().expect("results").len(),
+        team_a.len()
+    );
+    assert_eq!(
+        outcome(batch(vec![&readable, &refused]).await.expect("batchGet")).await,
+        forbidden()
+    );
+
+    // A shard with looser rules forwards; the owner's own rules are the answer.
+    shards.restart(0, &[("KV_API_AUTH_PREFIXES", "kv:read * *".to_owned())]);
+    let answer = eventually("shard 0 to forward", DEADLINE, || async {
+        let response = get_through(&http, shards.get(0), &token, &refused)
+            .await
+            .ok()?;
+        (response.status() != StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+    })
+    .await;
+    assert_eq!(answer.headers()["x-served-by"], "1");
+    assert_eq!(
+        outcome(answer).await,
+        forbidden(),
+        "the owner refused the key"
     );
 }
