@@ -570,6 +570,26 @@ mod tests {
     }
 
     #[test]
+    fn prefix_rules_come_from_a_settings_file_one_per_line() {
+        let (_dir, path) = settings_file(
+            "kv.yaml",
+            "KV_API_AUTH_PREFIXES: |\n  billing read,write billing/\n  ops * *\n",
+        );
+        let env = Env::from_pairs([
+            ("KV_API_CONFIG_FILE", path.as_str()),
+            ("KAFKA_BOOTSTRAP_SERVERS", "b:9092"),
+            ("KV_API_KAFKA_KEY_VALUE_TOPIC", "t"),
+            ("OIDC_IDP_ADDRESS_FOR_SERVER", "https://idp"),
+            ("OIDC_AUDIENCE", "kv"),
+        ])
+        .expect("environment");
+        let settings = CoreSettings::from_env(&env).expect("settings");
+        let rules = settings.auth.oidc.prefixes.expect("rules");
+        assert_eq!(rules.0.len(), 2);
+        assert_eq!(rules.0[1].scope, "ops");
+    }
+
+    #[test]
     fn a_toml_settings_file_is_read_too() {
         let (_dir, path) = settings_file(
             "kv.toml",
