@@ -317,7 +317,9 @@ impl ReadCore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), ReadError> {
-        list_under(&self.store, prefixes, after, limit).map_err(ReadError::store)
+        self.store
+            .list_keys_under(prefixes, after, limit)
+            .map_err(ReadError::store)
     }
 
     /// A page of this replica's own keys under any of `prefixes`, `limit` at most, after
@@ -340,37 +342,10 @@ impl ReadCore {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            list_under(&store, &prefixes, after.as_deref(), limit)
+            store.list_keys_under(&prefixes, after.as_deref(), limit)
         })
         .await
         .map_err(|e| ReadError::Task(e.to_string()))?
         .map_err(ReadError::store)
     }
-}
-
-/// The keys under `prefixes` (sorted, none under another: their ranges are disjoint and in
-/// key order), one prefix's range after the other, so the page is in key order too.
-fn list_under(
-    store: &Store,
-    prefixes: &[Vec<u8>],
-    after: Option<&[u8]>,
-    limit: usize,
-) -> Result<(Vec<Vec<u8>>, bool), crate::store::StoreError> {
-    let mut keys = Vec::new();
-    for (i, prefix) in prefixes.iter().enumerate() {
-        // A range wholly before the cursor has nothing left to give.
-        if after.is_some_and(|after| after > prefix.as_slice() && !after.starts_with(prefix)) {
-            continue;
-        }
-        let (page, more) = store.list_keys(prefix, after, limit - keys.len())?;
-        if keys.is_empty() {
-            keys = page;
-        } else {
-            keys.extend(page);
-        }
-        if more || (keys.len() == limit && i + 1 < prefixes.len()) {
-            return Ok((keys, true));
-        }
-    }
-    Ok((keys, false))
 }
