@@ -3,6 +3,8 @@
 //! The rules are parsed here, once, at start-up; `web::prefixes` turns them and a token's
 //! claims into the keys one request may touch.
 
+use std::sync::Arc;
+
 use super::env::SettingsError;
 
 /// The variable holding the rules.
@@ -49,7 +51,8 @@ impl KeyAction {
 pub struct PrefixRule {
     pub scope: String,
     actions: u8,
-    pub prefix: Option<Vec<u8>>,
+    /// Shared, so a request's grant holds it without copying the bytes.
+    pub prefix: Option<Arc<[u8]>>,
 }
 
 impl PrefixRule {
@@ -105,7 +108,7 @@ impl PrefixRules {
             rules.push(PrefixRule {
                 scope: scope.to_owned(),
                 actions: bits,
-                prefix: (prefix != "*").then(|| prefix.as_bytes().to_vec()),
+                prefix: (prefix != "*").then(|| Arc::from(prefix.as_bytes())),
             });
         }
         if rules.is_empty() {

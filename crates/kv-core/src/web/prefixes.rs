@@ -1,6 +1,8 @@
 //! The keys one request (or one RESP session, one watch) may touch for an action, compiled once
 //! from the token's scopes and KV_API_AUTH_PREFIXES (`settings::prefixes`), then asked per key.
 
+use std::sync::Arc;
+
 use crate::settings::prefixes::{KeyAction, PrefixRules, PREFIXES_VAR};
 use crate::web::error::{ApiError, ErrorCode};
 
@@ -16,7 +18,7 @@ enum Reach {
     /// No rule applies (KV_API_AUTH_PREFIXES unset, or auth off), or a rule grants `*`.
     All,
     /// Sorted, none a prefix of another: the ranges they name are disjoint and in key order.
-    Prefixes(Vec<Vec<u8>>),
+    Prefixes(Vec<Arc<[u8]>>),
 }
 
 impl KeyGrant {
@@ -34,12 +36,12 @@ impl KeyGrant {
         for rule in rules.0.iter().filter(|r| r.grants(action) && has(&r.scope)) {
             match &rule.prefix {
                 None => return Self::all(action),
-                Some(prefix) => prefixes.push(prefix.clone()),
+                Some(prefix) => prefixes.push(Arc::clone(prefix)),
             }
         }
         prefixes.sort();
         // Sorted, a prefix comes right before the keys it covers: keep only the widest.
-        prefixes.dedup_by(|later, kept| later.starts_with(kept));
+        prefixes.dedup_by(|later, kept| later.starts_with(&kept[..]));
         Self {
             action,
             reach: Reach::Prefixes(prefixes),
@@ -58,7 +60,7 @@ impl KeyGrant {
     pub fn allows(&self, key: &[u8]) -> bool {
         match &self.reach {
             Reach::All => true,
-            Reach::Prefixes(prefixes) => prefixes.iter().any(|p| key.starts_with(p)),
+            Reach::Prefixes(prefixes) => prefixes.iter().any(|p| key.starts_with(&p[..])),
         }
     }
 
@@ -109,13 +111,13 @@ impl KeyGrant {
         match &self.reach {
             Reach::All => Some(vec![prefix.to_vec()]),
             Reach::Prefixes(granted) => {
-                if granted.iter().any(|g| prefix.starts_with(g)) {
+                if granted.iter().any(|g| prefix.starts_with(&g[..])) {
                     return Some(vec![prefix.to_vec()]);
                 }
                 let under: Vec<Vec<u8>> = granted
                     .iter()
                     .filter(|g| g.starts_with(prefix))
-                    .cloned()
+                    .map(|g| g.to_vec())
                     .collect();
                 (!under.is_empty()).then_some(under)
             }
