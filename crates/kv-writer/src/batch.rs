@@ -17,6 +17,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::future::join_all;
 use kv_core::consistency::RecordPosition;
+use kv_core::settings::prefixes::KeyAction;
 use kv_core::web::auth::{operation, Authorized, Operation};
 use kv_core::web::error::{retry_after_seconds, ApiError, ErrorCode};
 use kv_core::web::http::{CorrelationId, JsonBody, RequestTrace};
@@ -72,6 +73,16 @@ pub async fn batch(
     )?;
     if writes.iter().any(|write| write.value.is_none()) {
         auth.permits(Operation::Delete)?;
+    }
+    // The whole batch is refused before anything is produced, as for any bad item.
+    let (puts, deletes) = (auth.keys(KeyAction::Write), auth.keys(KeyAction::Delete));
+    for (index, write) in writes.iter().enumerate() {
+        let grant = if write.value.is_some() {
+            &puts
+        } else {
+            &deletes
+        };
+        grant.check_item("items", index, &write.key)?;
     }
     let correlation = CorrelationId::of(&request);
     let trace = RequestTrace::of(&request);

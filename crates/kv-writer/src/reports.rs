@@ -7,6 +7,7 @@ use kv_core::computed::{
     check_agent, report_record_key, AGENT_HTTP_HEADER, MAX_REPORT_BYTES, REPORT_AGENT_HEADER,
 };
 use kv_core::kafka::kafka_partition;
+use kv_core::settings::prefixes::KeyAction;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::{key_from_path, CorrelationId, RequestTrace};
@@ -28,6 +29,7 @@ pub async fn put_report(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, REPORTS_PREFIX)?;
     check_key(&key, state.max_key_bytes, || "the key in the path".into())?;
+    auth.check_key(KeyAction::Report, &key)?;
     if key.iter().any(u8::is_ascii_control) {
         return Err(ApiError::new(
             ErrorCode::InvalidKey,

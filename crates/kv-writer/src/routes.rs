@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use actix_web::http::header::HeaderName;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
+use kv_core::settings::prefixes::KeyAction;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::{key_from_path, parse_query, started, JsonBody, JsonLimit};
@@ -53,7 +54,7 @@ pub fn endpoints(batch_limit: usize) -> Vec<Endpoint> {
 
 /// `PUT /v1/kv/{key}`: the body, whatever its content type, is the value.
 pub async fn put_value(
-    _auth: Authorized<operation::Write>,
+    auth: Authorized<operation::Write>,
     request: HttpRequest,
     body: web::Payload,
     state: web::Data<WriterState>,
@@ -61,6 +62,7 @@ pub async fn put_value(
     let key = key_from_path(&request, NATIVE_PREFIX)?;
     // Checked before the body is read, so an oversized key or a bad TTL costs no body buffering.
     check_key(&key, state.max_key_bytes, || "the key in the path".into())?;
+    auth.check_key(KeyAction::Write, &key)?;
     let ttl_seconds = ttl_of(&request, state.max_ttl)?;
     let conditional = state.conditional_of(&request)?;
     let (value, _permit) = state
@@ -81,12 +83,13 @@ pub async fn put_value(
 
 /// `DELETE /v1/kv/{key}`: writes a tombstone.
 pub async fn delete_value(
-    _auth: Authorized<operation::Delete>,
+    auth: Authorized<operation::Delete>,
     request: HttpRequest,
     state: web::Data<WriterState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, NATIVE_PREFIX)?;
     check_key(&key, state.max_key_bytes, || "the key in the path".into())?;
+    auth.check_key(KeyAction::Delete, &key)?;
     if ttl_of(&request, state.max_ttl)?.is_some() {
         return Err(ApiError::invalid_request(
             "a delete takes no TTL (header X-KV-TTL-Seconds or parameter ttl_seconds): it has \
@@ -139,7 +142,7 @@ fn ttl_of(request: &HttpRequest, max_ttl: MaxTtl) -> Result<Option<u64>, ApiErro
 
 /// `POST /store` `{"key","value","headers"?,"ttlSeconds"?}`, the original service's write route.
 pub async fn store(
-    _auth: Authorized<operation::Write>,
+    auth: Authorized<operation::Write>,
     request: HttpRequest,
     body: JsonBody<()>,
     state: web::Data<WriterState>,
@@ -147,6 +150,7 @@ pub async fn store(
     let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
     let write = RawWrite::parse(&bytes)?.put(Encoding::Utf8, state.max_ttl)?;
     state.check(&write, "")?;
+    auth.check_key(KeyAction::Write, &write.key)?;
     state
         .write_one(&request, &write, Answer::Original("Stored"))
         .await
@@ -154,7 +158,7 @@ pub async fn store(
 
 /// `POST /store/b64`: as `/store`, with key, value and header values in base64.
 pub async fn store_base64(
-    _auth: Authorized<operation::Write>,
+    auth: Authorized<operation::Write>,
     request: HttpRequest,
     body: JsonBody<()>,
     state: web::Data<WriterState>,
@@ -162,6 +166,7 @@ pub async fn store_base64(
     let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
     let write = RawWrite::parse(&bytes)?.put(Encoding::Base64, state.max_ttl)?;
     state.check(&write, "")?;
+    auth.check_key(KeyAction::Write, &write.key)?;
     state
         .write_one(&request, &write, Answer::Original("Stored"))
         .await
@@ -169,7 +174,7 @@ pub async fn store_base64(
 
 /// `POST /remove` `{"key"}`: writes a tombstone.
 pub async fn remove(
-    _auth: Authorized<operation::Delete>,
+    auth: Authorized<operation::Delete>,
     request: HttpRequest,
     body: JsonBody<()>,
     state: web::Data<WriterState>,
@@ -177,6 +182,7 @@ pub async fn remove(
     let (bytes, _permit) = state.bodies.read_json(&request, body).await?;
     let write = RawWrite::parse(&bytes)?.delete(Encoding::Utf8)?;
     state.check(&write, "")?;
+    auth.check_key(KeyAction::Delete, &write.key)?;
     state
         .write_one(&request, &write, Answer::Original("Removed"))
         .await

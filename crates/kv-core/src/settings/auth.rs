@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::env::{Env, SettingsError};
+use super::prefixes::{PrefixRules, PREFIXES_VAR};
 use super::tls::CaFile;
 
 /// OpenID Connect bearer-token settings, named as in the original service.
@@ -47,6 +48,9 @@ pub struct OidcSettings {
     pub jwks_refresh: Duration,
     /// How long start-up keeps trying to reach the provider before giving up.
     pub discovery_timeout: Duration,
+    /// KV_API_AUTH_PREFIXES: the key prefixes each scope or role may act on; `None` (unset):
+    /// every key, for whoever holds the operation's scope.
+    pub prefixes: Option<PrefixRules>,
 }
 
 /// Asymmetric JWS algorithms; `none` and the HMAC family can never be enabled.
@@ -123,7 +127,20 @@ impl AuthSettings {
                 env.number("KV_API_AUTH_DISCOVERY_TIMEOUT_SECONDS", 60u64)?
                     .max(1),
             ),
+            prefixes: env
+                .string(PREFIXES_VAR)
+                .map(|raw| PrefixRules::parse(&raw))
+                .transpose()?,
         };
+        if disabled && oidc.prefixes.is_some() {
+            // Without tokens there are no scopes to match: the rules could never be enforced,
+            // and serving every key while the operator believes them in force is worse.
+            return Err(SettingsError::new(
+                PREFIXES_VAR,
+                "cannot be enforced while KV_API_DISABLE_API_AUTH=true (there are no tokens to \
+                 carry scopes); unset one of them",
+            ));
+        }
         if !disabled {
             // Auth is on by default; without a provider to trust, refuse rather than serve openly.
             for (var, value) in [

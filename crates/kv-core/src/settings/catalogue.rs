@@ -314,6 +314,12 @@ pub static VARS: &[Var] = &[
         help: "the scopes or roles of which a token needs one for a reader's snapshot route (GET /admin/v1/snapshot, a copy of the whole replica)",
     },
     Var {
+        name: "KV_API_AUTH_PREFIXES",
+        group: Group::Oidc,
+        default: Default::Unset,
+        help: "per-prefix authorisation: rules `<scope-or-role> <actions> <prefix>` separated by `;` or line breaks (actions: a comma list of read, write, delete, watch, report, or *; prefix `*`: every key); a key is allowed for an action only when a rule of one of the token's scopes grants it on a prefix of the key; unset: every key; an error with KV_API_DISABLE_API_AUTH=true",
+    },
+    Var {
         name: "KV_API_AUTH_ALLOWED_CLIENTS",
         group: Group::Oidc,
         default: Default::Unset,

@@ -10,6 +10,7 @@ mod encryption;
 mod env;
 mod kafka;
 mod log;
+pub mod prefixes;
 mod role;
 mod tls;
 
@@ -460,6 +461,34 @@ mod tests {
     }
 
     #[test]
+    fn prefix_rules_need_auth_on_and_a_bad_rule_names_the_variable() {
+        let on = [
+            ("KV_API_DISABLE_API_AUTH", "false"),
+            ("OIDC_IDP_ADDRESS_FOR_SERVER", "https://idp"),
+            ("OIDC_AUDIENCE", "kv"),
+        ];
+        let with = |rules: &'static str| {
+            let mut pairs = on.to_vec();
+            pairs.push(("KV_API_AUTH_PREFIXES", rules));
+            core(&pairs)
+        };
+        let settings = with("billing read,write billing/; ops * *").expect("settings");
+        let rules = settings.auth.oidc.prefixes.expect("rules");
+        assert_eq!(rules.0.len(), 2);
+        assert!(core(&on).expect("settings").auth.oidc.prefixes.is_none());
+        let err = with("billing read").expect_err("must fail");
+        assert_eq!(err.var, "KV_API_AUTH_PREFIXES");
+        assert!(err.reason.contains("\"billing read\""), "{}", err.reason);
+        let err = core(&[("KV_API_AUTH_PREFIXES", "ops * *")]).expect_err("must fail");
+        assert_eq!(err.var, "KV_API_AUTH_PREFIXES");
+        assert!(
+            err.reason.contains("KV_API_DISABLE_API_AUTH"),
+            "{}",
+            err.reason
+        );
+    }
+
+    #[test]
     fn auth_scopes_are_lists_and_hmac_algorithms_cannot_be_enabled() {
         let settings = core(&[
             ("KV_API_AUTH_WRITE", "kv:write, kv:admin"),
@@ -538,6 +567,26 @@ mod tests {
         );
         assert_eq!(settings.kafka.get("socket.keepalive.enable"), Some("true"));
         assert_eq!(settings.log.format, LogFormat::Text, "the environment wins");
+    }
+
+    #[test]
+    fn prefix_rules_come_from_a_settings_file_one_per_line() {
+        let (_dir, path) = settings_file(
+            "kv.yaml",
+            "KV_API_AUTH_PREFIXES: |\n  billing read,write billing/\n  ops * *\n",
+        );
+        let env = Env::from_pairs([
+            ("KV_API_CONFIG_FILE", path.as_str()),
+            ("KAFKA_BOOTSTRAP_SERVERS", "b:9092"),
+            ("KV_API_KAFKA_KEY_VALUE_TOPIC", "t"),
+            ("OIDC_IDP_ADDRESS_FOR_SERVER", "https://idp"),
+            ("OIDC_AUDIENCE", "kv"),
+        ])
+        .expect("environment");
+        let settings = CoreSettings::from_env(&env).expect("settings");
+        let rules = settings.auth.oidc.prefixes.expect("rules");
+        assert_eq!(rules.0.len(), 2);
+        assert_eq!(rules.0[1].scope, "ops");
     }
 
     #[test]

@@ -23,8 +23,10 @@ use openidconnect::JsonWebKey;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::settings::prefixes::{KeyAction, PrefixRules};
 use crate::settings::{AuthSettings, OidcSettings};
 use crate::web::error::{ApiError, ErrorCode};
+use crate::web::prefixes::KeyGrant;
 
 /// Least time between two JWKS fetches caused by unknown `kid`s, so forged tokens cannot make
 /// the service hammer the provider.
@@ -252,6 +254,7 @@ pub struct Authenticator {
     delete: Vec<String>,
     admin: Vec<String>,
     allowed_clients: Vec<String>,
+    prefixes: Option<PrefixRules>,
     keys: Arc<KeySource>,
 }
 
@@ -346,6 +349,7 @@ impl Authenticator {
             delete: settings.delete.clone(),
             admin: settings.admin.clone(),
             allowed_clients: settings.allowed_clients.clone(),
+            prefixes: settings.prefixes.clone(),
             keys: {
                 let source = KeySource::new(http, jwks_uri, keys);
                 source.refresh_every(settings.jwks_refresh);
@@ -483,19 +487,33 @@ impl Authenticator {
         if required.is_empty() {
             return Ok(());
         }
+        if required.iter().any(|wanted| self.holds(claims, wanted)) {
+            Ok(())
+        } else {
+            Err(AuthError::Insufficient(required.join(" ")))
+        }
+    }
+
+    /// Whether the token carries the scope or role `wanted` where KV_API_AUTH_CLAIM says
+    /// they are: the one definition of a token's grants, for operations and prefixes alike.
+    fn holds(&self, claims: &Claims, wanted: &str) -> bool {
         let mut granted = &claims.0;
         for segment in &self.claim_path {
             granted = granted.get(segment).unwrap_or(&Value::Null);
         }
-        let has = |wanted: &String| match granted {
+        match granted {
             Value::String(list) => list.split_whitespace().any(|g| g == wanted),
-            Value::Array(items) => items.iter().any(|g| g.as_str() == Some(wanted.as_str())),
+            Value::Array(items) => items.iter().any(|g| g.as_str() == Some(wanted)),
             _ => false,
-        };
-        if required.iter().any(has) {
-            Ok(())
-        } else {
-            Err(AuthError::Insufficient(required.join(" ")))
+        }
+    }
+
+    /// The keys these claims may touch for `action` under KV_API_AUTH_PREFIXES (every key
+    /// when it is unset).
+    pub fn key_grant(&self, claims: &Claims, action: KeyAction) -> KeyGrant {
+        match &self.prefixes {
+            None => KeyGrant::all(action),
+            Some(rules) => KeyGrant::compile(rules, action, |scope| self.holds(claims, scope)),
         }
     }
 
@@ -660,6 +678,19 @@ impl AuthGate {
         }
     }
 
+    /// The keys the caller with these claims may touch for `action`: every key with auth off
+    /// or KV_API_AUTH_PREFIXES unset; none without claims while it is set.
+    pub fn key_grant(&self, claims: Option<&Claims>, action: KeyAction) -> KeyGrant {
+        match (self, claims) {
+            (Self::Disabled, _) => KeyGrant::all(action),
+            (Self::Enabled(authenticator), Some(claims)) => authenticator.key_grant(claims, action),
+            (Self::Enabled(authenticator), None) => match &authenticator.prefixes {
+                None => KeyGrant::all(action),
+                Some(rules) => KeyGrant::compile(rules, action, |_| false),
+            },
+        }
+    }
+
     /// Checks already-authenticated claims for a further operation (a batch that also deletes).
     pub fn allows(&self, claims: Option<&Claims>, operation: Operation) -> Result<(), AuthError> {
         match (self, claims) {
@@ -718,6 +749,17 @@ impl<K> Authorized<K> {
     /// Whether the same caller may also perform `operation` (a batch that also deletes).
     pub fn permits(&self, operation: Operation) -> Result<(), ApiError> {
         Ok(self.gate.allows(self.claims.as_ref(), operation)?)
+    }
+
+    /// The keys this caller may touch for `action` (KV_API_AUTH_PREFIXES); compile it once
+    /// per request and ask it per key.
+    pub fn keys(&self, action: KeyAction) -> KeyGrant {
+        self.gate.key_grant(self.claims.as_ref(), action)
+    }
+
+    /// `403 forbidden` unless this caller may take `action` on `key`.
+    pub fn check_key(&self, action: KeyAction, key: &[u8]) -> Result<(), ApiError> {
+        self.keys(action).check(key)
     }
 }
 

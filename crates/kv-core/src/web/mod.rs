@@ -7,5 +7,6 @@ pub mod error;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod prefixes;
 pub mod routing;
 pub mod stack;

@@ -4,6 +4,7 @@
 use actix_web::http::header::HeaderValue;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use base64::Engine;
+use kv_core::settings::prefixes::KeyAction;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::JsonBody;
@@ -91,7 +92,7 @@ impl FoundValue {
 /// snapshot; one result per key, in request order. A missing key is a result with
 /// `found: false` and the `key_not_found` error, not a failure of the whole batch.
 pub async fn batch_get(
-    _auth: Authorized<operation::Read>,
+    auth: Authorized<operation::Read>,
     request: HttpRequest,
     body: JsonBody<BatchGetRequest>,
     state: web::Data<HttpState>,
@@ -143,6 +144,7 @@ pub async fn batch_get(
         }
         (body.keys_b64, keys)
     };
+    auth.keys(KeyAction::Read).check_items(field, &keys)?;
     let read = ReadRequest::parse(&request)?;
     if let Some(cluster) = core.cluster.clone() {
         return batch_get_across(

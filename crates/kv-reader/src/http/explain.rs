@@ -3,6 +3,7 @@
 //! agent's last report.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use kv_core::settings::prefixes::KeyAction;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::key_from_path;
@@ -47,12 +48,13 @@ fn text(bytes: &[u8]) -> String {
 }
 
 pub async fn explain(
-    _auth: Authorized<operation::Read>,
+    auth: Authorized<operation::Read>,
     request: HttpRequest,
     state: web::Data<HttpState>,
     client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, STATE_PREFIX)?;
+    auth.check_key(KeyAction::Read, &key)?;
     let Some(rule) = state
         .read
         .store

@@ -3,6 +3,7 @@
 use actix_web::http::header::{self, ContentType};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
+use kv_core::settings::prefixes::KeyAction;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::{key_from_path, parse_json, JsonBody};
@@ -19,12 +20,13 @@ pub const NATIVE_PREFIX: &str = "/v1/kv/";
 
 /// `GET /v1/kv/{key}`: the raw value bytes.
 pub async fn get_value(
-    _auth: Authorized<operation::Read>,
+    auth: Authorized<operation::Read>,
     request: HttpRequest,
     state: web::Data<HttpState>,
     client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, NATIVE_PREFIX)?;
+    auth.check_key(KeyAction::Read, &key)?;
     if let Some(answer) = route_and_settle(&state, &client, &request, &key, None).await? {
         return Ok(answer);
     }
@@ -52,7 +54,7 @@ fn key_field(body: &serde_json::Map<String, Value>) -> Result<&str, ApiError> {
 
 /// `POST /retrieve` `{"key"}`, the original's read route: the value as text.
 pub async fn retrieve(
-    _auth: Authorized<operation::Read>,
+    auth: Authorized<operation::Read>,
     request: HttpRequest,
     body: JsonBody<serde_json::Map<String, Value>>,
     state: web::Data<HttpState>,
@@ -61,6 +63,7 @@ pub async fn retrieve(
     let raw = body.read_bytes().await?;
     let body: serde_json::Map<String, Value> = parse_json(&raw)?;
     let key = key_field(&body)?;
+    auth.check_key(KeyAction::Read, key.as_bytes())?;
     if let Some(answer) =
         route_and_settle(&state, &client, &request, key.as_bytes(), Some(&raw)).await?
     {
@@ -76,7 +79,7 @@ pub async fn retrieve(
 /// `POST /retrieve/b64` `{"key": base64}`, the original's binary read route: the value,
 /// base64-encoded, as text.
 pub async fn retrieve_b64(
-    _auth: Authorized<operation::Read>,
+    auth: Authorized<operation::Read>,
     request: HttpRequest,
     body: JsonBody<serde_json::Map<String, Value>>,
     state: web::Data<HttpState>,
@@ -93,6 +96,7 @@ pub async fn retrieve_b64(
             "field `key` decodes to an empty key",
         ));
     }
+    auth.check_key(KeyAction::Read, &key)?;
     if let Some(answer) = route_and_settle(&state, &client, &request, &key, Some(&raw)).await? {
         return Ok(answer);
     }

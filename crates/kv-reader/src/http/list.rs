@@ -5,6 +5,7 @@ use actix_web::http::header::HeaderValue;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use kv_core::settings::prefixes::KeyAction;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::ApiError;
 use kv_core::web::http::parse_query;
@@ -63,7 +64,7 @@ struct ListedKey {
 /// `GET /v1/kv?prefix=&limit=&cursor=`: keys in byte order, a page at a time. `next_cursor` is
 /// `null` on the last page; pass it back as `cursor` for the next one.
 pub async fn list_keys(
-    _auth: Authorized<operation::Read>,
+    auth: Authorized<operation::Read>,
     request: HttpRequest,
     state: web::Data<HttpState>,
     client: web::Data<PeerClient>,
@@ -72,6 +73,11 @@ pub async fn list_keys(
     // to a caller who has no right to an answer at all.
     let query: ListQuery = parse_query(&request)?;
     let prefix = prefix_param(query.prefix, query.prefix_b64)?;
+    // Only the readable part of the prefix is listed; none of it readable is a 403.
+    let grant = auth.keys(KeyAction::Read);
+    let prefixes = grant
+        .listing(&prefix)
+        .ok_or_else(|| grant.prefix_refusal(&prefix))?;
     let limit = match query.limit.as_deref() {
         None => DEFAULT_LIST_LIMIT,
         Some(text) => text
@@ -105,17 +111,17 @@ pub async fn list_keys(
             if read.forwarded_by.is_some() {
                 read.settle(core, &request, Scope::Partitions(&held))
                     .await?;
-                core.page(prefix, after, limit).await?
+                core.page(prefixes, after, limit).await?
             } else {
                 return list_across(
-                    &state, cluster, &client, &request, &read, &held, prefix, after, limit,
+                    &state, cluster, &client, &request, &read, &held, prefixes, after, limit,
                 )
                 .await;
             }
         }
         _ => {
             read.settle(core, &request, Scope::All).await?;
-            core.page(prefix, after, limit).await?
+            core.page(prefixes, after, limit).await?
         }
     };
     Ok(page_answer(keys, more))
@@ -152,7 +158,7 @@ async fn list_across(
     request: &HttpRequest,
     read: &ReadRequest,
     held: &[i32],
-    prefix: Vec<u8>,
+    prefixes: Vec<Vec<u8>>,
     after: Option<Vec<u8>>,
     limit: usize,
 ) -> Result<HttpResponse, ApiError> {
@@ -219,7 +225,7 @@ async fn list_across(
                 return Ok(None);
             }
             read.settle(core, request, Scope::Partitions(held)).await?;
-            core.page(prefix.clone(), after.clone(), limit)
+            core.page(prefixes.clone(), after.clone(), limit)
                 .await
                 .map(Some)
                 .map_err(ApiError::from)

@@ -15,10 +15,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use kv_core::consistency::{ConsistencyToken, RecordPosition};
+use kv_core::settings::prefixes::KeyAction;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::parse_query;
 use kv_core::web::json::BASE64;
+use kv_core::web::prefixes::KeyGrant;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -74,7 +76,7 @@ struct WatchQuery {
 
 /// `GET /v1/kv:watch?prefix=&from=&snapshot=`: the changes under `prefix` as server-sent events.
 pub async fn watch(
-    _auth: Authorized<operation::Read>,
+    auth: Authorized<operation::Read>,
     request: HttpRequest,
     state: web::Data<WatchState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -96,6 +98,12 @@ pub async fn watch(
         }
     }
     let prefix = prefix_param(query.prefix, query.prefix_b64)?;
+    // KV_API_AUTH_PREFIXES: a prefix with no watchable key is a 403; otherwise every event and
+    // snapshot entry is filtered by `Watch::keys`.
+    let keys = auth.keys(KeyAction::Watch);
+    if keys.listing(&prefix).is_none() {
+        return Err(keys.prefix_refusal(&prefix));
+    }
     let snapshot = match query.snapshot.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -134,7 +142,7 @@ pub async fn watch(
         )
         .with_retry_after(Duration::from_secs(1)));
     };
-    let watch = Watch::begin(state.into_inner(), prefix, resume, snapshot, slot);
+    let watch = Watch::begin(state.into_inner(), prefix, keys, resume, snapshot, slot);
     let body = futures::stream::unfold(watch, |mut watch| async move {
         let chunk = watch.next_chunk().await?;
         Some((Ok::<_, actix_web::Error>(chunk), watch))
@@ -206,6 +214,8 @@ enum Phase {
 struct Watch {
     state: Arc<WatchState>,
     prefix: Vec<u8>,
+    /// The keys the caller may watch (KV_API_AUTH_PREFIXES): no event or entry of another.
+    keys: KeyGrant,
     phase: Phase,
     epoch: u64,
     cursor: u64,
@@ -225,6 +235,7 @@ impl Watch {
     fn begin(
         state: Arc<WatchState>,
         prefix: Vec<u8>,
+        keys: KeyGrant,
         resume: Option<Positions>,
         snapshot: bool,
         slot: OwnedSemaphorePermit,
@@ -239,6 +250,7 @@ impl Watch {
             },
             state,
             prefix,
+            keys,
             phase: Phase::Live,
             epoch,
             cursor,
@@ -353,7 +365,7 @@ impl Watch {
                         continue;
                     }
                     self.seen.insert(event.partition, event.offset);
-                    if event.key().starts_with(&self.prefix) {
+                    if event.key().starts_with(&self.prefix) && self.keys.allows(event.key()) {
                         self.write_change(event);
                     }
                 }
@@ -435,7 +447,9 @@ impl Watch {
             }
         };
         for (key, entry) in &page.entries {
-            self.write_entry(key, entry);
+            if self.keys.allows(key) {
+                self.write_entry(key, entry);
+            }
         }
         match page.resume_after {
             Some(next) => {

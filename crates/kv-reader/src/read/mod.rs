@@ -307,28 +307,31 @@ impl ReadCore {
         self.store.is_encrypted()
     }
 
-    /// A page of this replica's own keys, where the caller stands: for a store whose listing
-    /// does not block (see [`ReadCore::listing_blocks`]).
+    /// A page of this replica's own keys under any of `prefixes`, where the caller stands:
+    /// for a store whose listing does not block (see [`ReadCore::listing_blocks`]).
+    /// `prefixes` are a listing as `KeyGrant::listing` gives it (sorted, none under another),
+    /// so a page never holds a key the caller may not read.
     pub fn page_now(
         &self,
-        prefix: &[u8],
+        prefixes: &[Vec<u8>],
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), ReadError> {
         self.store
-            .list_keys(prefix, after, limit)
+            .list_keys_under(prefixes, after, limit)
             .map_err(ReadError::store)
     }
 
-    /// A page of this replica's own keys, `limit` at most, after `after`.
+    /// A page of this replica's own keys under any of `prefixes`, `limit` at most, after
+    /// `after`.
     pub async fn page(
         &self,
-        prefix: Vec<u8>,
+        prefixes: Vec<Vec<u8>>,
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), ReadError> {
         if !self.listing_blocks() {
-            return self.page_now(&prefix, after.as_deref(), limit);
+            return self.page_now(&prefixes, after.as_deref(), limit);
         }
         // A sealed store keeps keys in an order that says nothing about them, so listing one
         // opens every entry: it runs on the blocking pool, a few at a time, never on the
@@ -339,7 +342,7 @@ impl ReadCore {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            store.list_keys(&prefix, after.as_deref(), limit)
+            store.list_keys_under(&prefixes, after.as_deref(), limit)
         })
         .await
         .map_err(|e| ReadError::Task(e.to_string()))?

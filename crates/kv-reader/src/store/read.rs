@@ -189,6 +189,34 @@ impl Store {
         Ok((keys, false))
     }
 
+    /// As [`Store::list_keys`] for the keys under any of `prefixes`, which must be sorted with
+    /// none under another (as `KeyGrant::listing` gives them): their ranges are then disjoint
+    /// and in key order, so listing one after the other keeps the page in key order.
+    pub fn list_keys_under(
+        &self,
+        prefixes: &[Vec<u8>],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
+        let mut keys = Vec::new();
+        for (i, prefix) in prefixes.iter().enumerate() {
+            // A range wholly before the cursor has nothing left to give.
+            if after.is_some_and(|after| after > prefix.as_slice() && !after.starts_with(prefix)) {
+                continue;
+            }
+            let (page, more) = self.list_keys(prefix, after, limit - keys.len())?;
+            if keys.is_empty() {
+                keys = page;
+            } else {
+                keys.extend(page);
+            }
+            if more || (keys.len() == limit && i + 1 < prefixes.len()) {
+                return Ok((keys, true));
+            }
+        }
+        Ok((keys, false))
+    }
+
     pub fn key_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(ENTRIES)?.len()?)
@@ -328,6 +356,48 @@ mod tests {
         assert!(!more);
         let (all, _) = store.list_keys(b"", None, 10).expect("list");
         assert_eq!(all.len(), 5);
+    }
+
+    #[test]
+    fn listing_under_several_prefixes_pages_through_their_keys_in_byte_order() {
+        for password in [None, Some(password("pw"))] {
+            list_under_several_prefixes(
+                &Store::open(&Storage::Memory, password.as_ref()).expect("store"),
+            );
+        }
+    }
+
+    fn list_under_several_prefixes(store: &Store) {
+        let keys: [&[u8]; 7] = [b"a/1", b"b/1", b"b/2", b"c/1", b"d/1", b"d/2", b"d/3"];
+        let changes: Vec<_> = keys.iter().map(|k| put(k, 0, b"x")).collect();
+        store
+            .apply_now_sweeping_nothing(&changes, &BTreeMap::from([(0, 1)]))
+            .expect("apply");
+        let under = [b"b/".to_vec(), b"d/".to_vec()];
+        let mut listed = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (page, more) = store
+                .list_keys_under(&under, after.as_deref(), 2)
+                .expect("list");
+            assert!(page.len() <= 2);
+            after = page.last().cloned();
+            listed.extend(page);
+            if !more {
+                break;
+            }
+        }
+        let expected: Vec<Vec<u8>> = [&b"b/1"[..], b"b/2", b"d/1", b"d/2", b"d/3"]
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
+        assert_eq!(
+            listed, expected,
+            "never a/ or c/, and every granted key once"
+        );
+        let (page, more) = store.list_keys_under(&under, Some(b"c"), 10).expect("list");
+        assert_eq!(page, expected[2..].to_vec(), "a cursor past b/ skips it");
+        assert!(!more);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod conditional;
 mod gateway;
 mod metrics;
 mod openapi;
+mod prefixes;
 mod read_routes;
 mod replication;
 mod resp;

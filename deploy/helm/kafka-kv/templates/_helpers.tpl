@@ -333,6 +333,10 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
   value: {{ .Values.auth.requireHttpsMetadata | quote }}
 - name: KV_API_AUTH_CLAIM
   value: {{ .Values.auth.claim | quote }}
+{{- with .Values.auth.prefixes }}
+- name: KV_API_AUTH_PREFIXES
+  value: {{ . | quote }}
+{{- end }}
 {{- if eq .Values.role "reader" }}
 - name: KV_API_AUTH_READ
   value: {{ .Values.auth.read | quote }}

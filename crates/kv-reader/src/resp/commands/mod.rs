@@ -357,7 +357,8 @@ pub enum Pending {
         timeout: Duration,
     },
     SealedScan {
-        prefix: Vec<u8>,
+        /// The readable part of the `MATCH` prefix (`KeyGrant::listing`).
+        prefixes: Vec<Vec<u8>>,
         after: Option<Vec<u8>>,
         count: usize,
     },
@@ -396,6 +397,10 @@ pub fn execute(shared: &Shared, session: &mut Session, args: Args<'_>, out: &mut
             return Next::Continue;
         }
     }
+    if let Some(refusal) = session.key_refusal(spec.keys, args) {
+        reply.error(&refusal);
+        return Next::Continue;
+    }
     let reply = &mut reply;
     match spec.command {
         Name::Get => keys::get(shared, args, reply),
@@ -405,7 +410,7 @@ pub fn execute(shared: &Shared, session: &mut Session, args: Args<'_>, out: &mut
         Name::Ttl | Name::Pttl | Name::ExpireTime | Name::PexpireTime => {
             keys::expiry(shared, spec.command, args, reply)
         }
-        Name::Scan => return scan::scan(shared, args, reply),
+        Name::Scan => return scan::scan(shared, session, args, reply),
         Name::Dbsize => introspection::dbsize(shared, reply),
         Name::Info => reply.text(&introspection::info(shared, args)),
         Name::Command => introspection::command(args, reply),
@@ -433,10 +438,10 @@ impl Pending {
                 wait::wait_for(shared, session, token, timeout, out).await
             }
             Pending::SealedScan {
-                prefix,
+                prefixes,
                 after,
                 count,
-            } => scan::sealed_scan(shared, session, prefix, after, count, out).await,
+            } => scan::sealed_scan(shared, session, prefixes, after, count, out).await,
         }
     }
 }

@@ -17,7 +17,12 @@ const MAX_CURSORS: usize = 4096;
 
 /// `SCAN cursor [MATCH prefix*] [COUNT n] [TYPE string]`: keys in byte order, a page at a
 /// time. Redis clients read the cursor as a number, so it names a position kept server-side.
-pub(super) fn scan(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) -> Next {
+pub(super) fn scan(
+    shared: &Shared,
+    session: &Session,
+    args: Args<'_>,
+    reply: &mut Reply<'_>,
+) -> Next {
     let Some(cursor) = integer(args.get(1)) else {
         reply.error("ERR invalid cursor");
         return Next::Continue;
@@ -74,6 +79,14 @@ pub(super) fn scan(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) -> Ne
             }
         },
     };
+    // Only the readable part of the prefix is scanned; none of it readable is refused.
+    let Some(prefixes) = session.reads.listing(&prefix) else {
+        reply.error(&format!(
+            "NOPERM {}",
+            session.reads.prefix_refusal(&prefix).message
+        ));
+        return Next::Continue;
+    };
     if !strings {
         // Every value here is a string.
         scan_reply(shared, reply, Vec::new(), false);
@@ -81,12 +94,12 @@ pub(super) fn scan(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) -> Ne
     }
     if shared.read.listing_blocks() {
         return Next::Pending(Pending::SealedScan {
-            prefix,
+            prefixes,
             after,
             count,
         });
     }
-    match shared.read.page_now(&prefix, after.as_deref(), count) {
+    match shared.read.page_now(&prefixes, after.as_deref(), count) {
         Ok((keys, more)) => scan_reply(shared, reply, keys, more),
         Err(error) => reply.error(&shared.refused(&error)),
     }
@@ -97,13 +110,13 @@ pub(super) fn scan(shared: &Shared, args: Args<'_>, reply: &mut Reply<'_>) -> Ne
 pub(super) async fn sealed_scan(
     shared: &Shared,
     session: &Session,
-    prefix: Vec<u8>,
+    prefixes: Vec<Vec<u8>>,
     after: Option<Vec<u8>>,
     count: usize,
     out: &mut BytesMut,
 ) {
     // As the HTTP listing of a sealed store: it shares the HTTP port's few slots.
-    let listed = shared.read.page(prefix, after, count).await;
+    let listed = shared.read.page(prefixes, after, count).await;
     let mut reply = Reply::new(out, session.resp3);
     match listed {
         Ok((keys, more)) => scan_reply(shared, &mut reply, keys, more),

@@ -3,7 +3,9 @@
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
+use kv_core::settings::prefixes::KeyAction;
 use kv_core::web::auth::{AuthError, AuthGate, Operation};
+use kv_core::web::prefixes::KeyGrant;
 
 use super::{Args, Next, Pending, Shared, REDIS_VERSION};
 use crate::resp::reply::Reply;
@@ -20,6 +22,8 @@ pub struct Session {
     pub(super) resp3: bool,
     pub(super) name: Option<Vec<u8>>,
     rights: Rights,
+    /// The keys the session's token may read (KV_API_AUTH_PREFIXES), compiled at `AUTH`.
+    pub(super) reads: KeyGrant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,7 @@ impl Session {
             resp3: false,
             name: None,
             rights: initial_rights(&shared.auth),
+            reads: shared.auth.key_grant(None, KeyAction::Read),
         }
     }
 
@@ -65,6 +70,28 @@ impl Session {
         self.resp3 = false;
         self.name = None;
         self.rights = initial_rights(auth);
+        self.reads = auth.key_grant(None, KeyAction::Read);
+    }
+
+    /// Why this session may not read one of the keys a command names (`keys` as the
+    /// command's key specification: first, last (negative: from the end), step), if it may
+    /// not: Redis's ACL error, naming the key.
+    pub(super) fn key_refusal(&self, keys: (i64, i64, i64), args: Args<'_>) -> Option<String> {
+        let (first, last, step) = keys;
+        if first <= 0 || self.reads.is_all() {
+            return None;
+        }
+        let count = args.len() as i64;
+        let last = if last < 0 { count + last } else { last };
+        let key = (first..=last.min(count - 1))
+            .step_by(step.max(1) as usize)
+            .map(|i| args.get(i as usize))
+            .find(|key| !self.reads.allows(key))?;
+        Some(format!(
+            "NOPERM this user has no permissions to access one of the keys used as arguments: \
+             {}",
+            self.reads.refusal(key).message
+        ))
     }
 }
 
@@ -110,6 +137,7 @@ pub(super) async fn authenticate(
     let mut reply = Reply::new(out, session.resp3);
     match checked {
         Ok(claims) => {
+            session.reads = shared.auth.key_grant(claims.as_ref(), KeyAction::Read);
             session.rights = match claims {
                 None => Rights::Open,
                 Some(claims) => Rights::Until(shared.auth.valid_until_ms(&claims).unwrap_or(0)),
