@@ -134,6 +134,17 @@ impl ApiError {
         self.challenge = Some(challenge.into());
         self
     }
+
+    /// The error's JSON body, for an answer that cannot be an HTTP error any more: the last
+    /// event of a stream already under way.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!(ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        })
+    }
 }
 
 #[derive(Serialize)]

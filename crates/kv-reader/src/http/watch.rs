@@ -15,7 +15,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use kv_core::consistency::{ConsistencyToken, RecordPosition};
-use kv_core::web::auth::{operation, Authorized};
+use kv_core::record::now_ms;
+use kv_core::web::auth::{operation, AuthGate, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::parse_query;
 use kv_core::web::json::BASE64;
@@ -74,7 +75,7 @@ struct WatchQuery {
 
 /// `GET /v1/kv:watch?prefix=&from=&snapshot=`: the changes under `prefix` as server-sent events.
 pub async fn watch(
-    _auth: Authorized<operation::Read>,
+    auth: Authorized<operation::Read>,
     request: HttpRequest,
     state: web::Data<WatchState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -134,7 +135,13 @@ pub async fn watch(
         )
         .with_retry_after(Duration::from_secs(1)));
     };
-    let watch = Watch::begin(state.into_inner(), prefix, resume, snapshot, slot);
+    // A watch outlives the request that opened it: it ends when its token would be refused.
+    let valid_until_ms = match (&auth.claims, request.app_data::<web::Data<AuthGate>>()) {
+        (Some(claims), Some(gate)) => gate.valid_until_ms(claims),
+        _ => None,
+    };
+    let mut watch = Watch::begin(state.into_inner(), prefix, resume, snapshot, slot);
+    watch.valid_until_ms = valid_until_ms;
     let body = futures::stream::unfold(watch, |mut watch| async move {
         let chunk = watch.next_chunk().await?;
         Some((Ok::<_, actix_web::Error>(chunk), watch))
@@ -218,6 +225,9 @@ struct Watch {
     progress_at: Instant,
     out: BytesMut,
     batch: Vec<Arc<ChangeEvent>>,
+    /// When the token the watch was opened with stops being accepted (its `exp` plus the
+    /// leeway); `None` with auth off.
+    valid_until_ms: Option<u64>,
     _open: Open,
 }
 
@@ -247,6 +257,7 @@ impl Watch {
             progress_at: Instant::now() + PROGRESS_INTERVAL,
             out: BytesMut::new(),
             batch: Vec::new(),
+            valid_until_ms: None,
         };
         match (resume, snapshot) {
             (Some(seen), _) => match watch.state.feed.resume(&seen) {
@@ -275,6 +286,10 @@ impl Watch {
             if self.out.len() >= CHUNK_BYTES {
                 return Some(self.take());
             }
+            // Checked before anything is read, so nothing committed after the expiry is sent.
+            if self.token_expired() {
+                self.end_for_expiry();
+            }
             match self.phase {
                 Phase::Done => return (!self.out.is_empty()).then(|| self.take()),
                 Phase::FirstListing { .. } => self.first_listing_page().await,
@@ -298,17 +313,48 @@ impl Watch {
                         self.progress_at = Instant::now() + PROGRESS_INTERVAL;
                         continue;
                     }
+                    let wake = match self.expiry_instant() {
+                        Some(expiry) => expiry.min(self.progress_at),
+                        None => self.progress_at,
+                    };
                     tokio::select! {
                         changed = self.head.changed() => {
                             if changed.is_err() {
                                 self.phase = Phase::Done;
                             }
                         }
-                        () = tokio::time::sleep_until(self.progress_at) => {}
+                        () = tokio::time::sleep_until(wake) => {}
                     }
                 }
             }
         }
+    }
+
+    fn token_expired(&self) -> bool {
+        self.valid_until_ms.is_some_and(|until| now_ms() > until)
+    }
+
+    /// When [`Watch::token_expired`] turns true, on the runtime's clock.
+    fn expiry_instant(&self) -> Option<Instant> {
+        let until = self.valid_until_ms?;
+        let left = until.saturating_sub(now_ms()).saturating_add(1);
+        Some(Instant::now() + Duration::from_millis(left))
+    }
+
+    /// The token is no longer accepted: a last `error` event in the error contract's shape,
+    /// and the stream ends, as the Redis port ends a session's rights.
+    fn end_for_expiry(&mut self) {
+        if matches!(self.phase, Phase::Done) {
+            return;
+        }
+        let error = ApiError::new(
+            ErrorCode::Unauthorized,
+            "the token this watch was opened with expired; resume with a new token and the \
+             last id received as Last-Event-ID",
+        );
+        let data = error.body().to_string();
+        self.write_raw(WatchEvent::Error, None, &data);
+        self.phase = Phase::Done;
     }
 
     fn take(&mut self) -> Bytes {

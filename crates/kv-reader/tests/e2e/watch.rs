@@ -3,7 +3,7 @@
 use crate::{writer, READER};
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -11,7 +11,9 @@ use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use kv_testkit::reader::{dump, query_value, wait_ready};
 use kv_testkit::services::{reader_env, service_env_with};
-use kv_testkit::{eventually, metric, service_env, Broker, OidcProvider, Service, DEADLINE};
+use kv_testkit::{
+    eventually, metric, service_env, token_expiry, Broker, OidcProvider, Service, DEADLINE,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -629,4 +631,159 @@ async fn on_an_encrypted_topic_and_store_a_watch_names_user_keys_and_plaintext_v
         "a MAC is never a key: {data}"
     );
     assert!(data.get("value").is_none(), "{data}");
+}
+
+/// Writes `prefix{i}` for i = 0, 1, … until `until`, noting when each write was sent.
+pub fn keep_writing(
+    http: reqwest::Client,
+    writer: String,
+    prefix: &'static str,
+    until: SystemTime,
+) -> tokio::task::JoinHandle<Vec<(String, SystemTime)>> {
+    tokio::spawn(async move {
+        let mut sent = Vec::new();
+        let mut pace = tokio::time::interval(Duration::from_millis(50));
+        for i in 0.. {
+            pace.tick().await;
+            if SystemTime::now() > until {
+                break;
+            }
+            let key = format!("{prefix}{i}");
+            let at = SystemTime::now();
+            let answer = http
+                .put(format!("{writer}/v1/kv/{}", key.replace('/', "%2F")))
+                .body("v")
+                .send()
+                .await
+                .expect("put");
+            assert_eq!(answer.status(), StatusCode::OK, "put {key}");
+            sent.push((key, at));
+        }
+        sent
+    })
+}
+
+/// A reader with auth on and no leeway, and a writer with auth off.
+fn reader_with_auth(broker: &Broker, topic: &str, idp: &OidcProvider) -> Service {
+    let mut env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
+        ("KAFKA_GROUP_ID", format!("{topic}-reader")),
+        ("KV_API_AUTH_READ", "kv:read".to_owned()),
+        ("KV_API_AUTH_LEEWAY_SECONDS", "0".to_owned()),
+    ];
+    env.extend(idp.service_env());
+    Service::start(READER, &env)
+}
+
+#[tokio::test]
+async fn a_watch_closes_when_its_token_expires_and_resumes_with_a_new_token_from_its_last_id() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("watch-expiry", 2).await;
+    let idp = OidcProvider::start("watch-expiry");
+    let writer = Service::start(writer(), &service_env(&broker, &topic));
+    let reader = reader_with_auth(&broker, &topic, &idp);
+    let http = reqwest::Client::new();
+    let long = idp.token("kv-reader", "kv:read").await;
+    wait_ready(&http, &reader).await;
+
+    // The provider's kv-short tokens live 2 s.
+    let short = idp.token("kv-short", "kv:read").await;
+    let expires = token_expiry(&short);
+    let response = request(&http, &reader, "prefix=e%2F", None, Some(&short)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events: Events = Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.expect("a well-formed event")),
+    );
+    let writes = keep_writing(
+        http.clone(),
+        writer.url(""),
+        "e/",
+        expires + Duration::from_secs(1),
+    );
+
+    let mut received = Vec::new();
+    let mut last_id = None;
+    let last = loop {
+        let waited = tokio::time::timeout(Duration::from_secs(15), events.next()).await;
+        let Ok(Some(event)) = waited else {
+            panic!(
+                "the watch still ran {:?} after its token expired",
+                SystemTime::now()
+                    .duration_since(expires)
+                    .unwrap_or_default()
+            );
+        };
+        match event.event.as_str() {
+            "put" => {
+                received.push(change_of(&event).1);
+                last_id = Some(event.id.clone());
+            }
+            "progress" => last_id = Some(event.id.clone()),
+            _ => break event,
+        }
+        assert!(
+            SystemTime::now() < expires + Duration::from_secs(10),
+            "the watch still runs 10 s after its token expired"
+        );
+    };
+    let closed_at = SystemTime::now();
+    assert_eq!(last.event, "error", "{last:?}");
+    let data: Value = serde_json::from_str(&last.data).expect("json");
+    assert_eq!(data["error"]["code"], "unauthorized", "{data}");
+    assert!(
+        data["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired") && m.contains("Last-Event-ID")),
+        "{data}"
+    );
+    assert!(
+        next(&mut events).await.is_none(),
+        "the stream ends after the error"
+    );
+    assert!(closed_at >= expires, "closed before the token expired");
+    let late = closed_at.duration_since(expires).expect("after");
+    assert!(
+        late < Duration::from_secs(2),
+        "closed {late:?} after expiry"
+    );
+
+    // Resumed with a new token from the last id: every write, none twice.
+    let response = request(
+        &http,
+        &reader,
+        "prefix=e%2F",
+        last_id.as_deref(),
+        Some(&long),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut resumed: Events = Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.expect("a well-formed event")),
+    );
+    let sent = writes.await.expect("the writes");
+    let after_expiry: Vec<&String> = sent
+        .iter()
+        .filter(|(_, at)| *at > expires)
+        .map(|(key, _)| key)
+        .collect();
+    assert!(!after_expiry.is_empty(), "writes went on past the expiry");
+    for key in &after_expiry {
+        assert!(
+            !received.contains(key),
+            "{key}, written after the token expired, reached its watch"
+        );
+    }
+    while received.len() < sent.len() {
+        received.push(change_of(&next_change(&mut resumed).await).1);
+    }
+    let expected: BTreeSet<&String> = sent.iter().map(|(key, _)| key).collect();
+    assert_eq!(received.iter().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(received.len(), expected.len(), "no write twice");
 }
