@@ -391,17 +391,18 @@ impl Watch {
                         break;
                     }
                     passed += 1;
-                    if self
-                        .seen
-                        .get(&event.partition)
-                        .is_some_and(|&o| o >= event.offset)
-                    {
-                        continue;
+                    let seen = self.seen.get(&event.partition).copied().unwrap_or(-1);
+                    match event.stands_at {
+                        None if seen >= event.offset => continue,
+                        None => {
+                            self.seen.insert(event.partition, event.offset);
+                        }
+                        // Sent again after a resume at that position: a delete twice is harmless,
+                        // a delete missed leaves an expired key in a client's cache for good.
+                        Some(at) if seen > at => continue,
+                        Some(_) => {}
                     }
-                    self.seen.insert(event.partition, event.offset);
-                    if event.key().starts_with(&self.prefix) {
-                        self.write_change(event);
-                    }
+                    self.write_change(event);
                 }
                 let moved = passed > 0;
                 self.position_at_head = if self.cursor + passed == next {
@@ -480,7 +481,9 @@ impl Watch {
                 return;
             }
         };
-        for (key, entry) in &page.entries {
+        // An entry past its expiry is gone for every read; its purge may not have run yet.
+        let now = now_ms();
+        for (key, entry) in page.entries.iter().filter(|(_, e)| e.is_live(now)) {
             self.write_entry(key, entry);
         }
         match page.resume_after {
@@ -505,21 +508,22 @@ impl Watch {
             ChangeKind::Put => WatchEvent::Put,
             ChangeKind::Delete => WatchEvent::Delete,
         };
-        let data = ChangeData::new(
+        let mut data = ChangeData::new(
             event.key(),
             event.value(),
             event.partition,
             event.offset,
             event.correlation_id(),
         );
-        let id = position_id(&self.seen);
-        self.write_event(kind, Some(&id), &data);
+        data.expires_at = event.expires_at_ms;
+        data.reason = event.expired.then_some(EXPIRED);
+        self.write_key_event(event.key(), kind, true, &data);
     }
 
     /// A first-listing entry: a `put` without an id, since the listing's position is known only
     /// once all of it was sent.
     fn write_entry(&mut self, key: &[u8], entry: &StoredEntry) {
-        let data = ChangeData::new(
+        let mut data = ChangeData::new(
             key,
             Some(&entry.value),
             entry.partition,
@@ -529,7 +533,25 @@ impl Watch {
                 .as_deref()
                 .filter(|id| id.bytes().all(|b| b.is_ascii_graphic())),
         );
-        self.write_event(WatchEvent::Put, None, &data);
+        data.expires_at = entry.expires_at_ms;
+        self.write_key_event(key, WatchEvent::Put, false, &data);
+    }
+
+    /// Writes a `put` or `delete` of `key` (with the watch's position as its id when `with_id`),
+    /// unless the watch does not show that key: the one place that decides, per key, what a
+    /// watch sends, for live changes and first listings alike.
+    fn write_key_event(
+        &mut self,
+        key: &[u8],
+        kind: WatchEvent,
+        with_id: bool,
+        data: &ChangeData<'_>,
+    ) {
+        if !key.starts_with(&self.prefix) {
+            return;
+        }
+        let id = with_id.then(|| position_id(&self.seen));
+        self.write_event(kind, id.as_deref(), data);
     }
 
     fn write_progress(&mut self, position: &Positions) {
@@ -615,7 +637,16 @@ struct ChangeData<'a> {
     offset: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     correlation_id: Option<&'a str>,
+    /// When a put's value expires, in milliseconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
+    /// Why a delete happened when no client asked for it: [`EXPIRED`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
+
+/// The `reason` of a `delete` because the key's TTL passed.
+const EXPIRED: &str = "expired";
 
 impl<'a> ChangeData<'a> {
     fn new(
@@ -638,6 +669,8 @@ impl<'a> ChangeData<'a> {
             partition,
             offset,
             correlation_id,
+            expires_at: None,
+            reason: None,
         }
     }
 }

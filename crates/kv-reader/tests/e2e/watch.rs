@@ -787,3 +787,137 @@ async fn a_watch_closes_when_its_token_expires_and_resumes_with_a_new_token_from
     assert_eq!(received.iter().collect::<BTreeSet<_>>(), expected);
     assert_eq!(received.len(), expected.len(), "no write twice");
 }
+
+/// What a client keeps from a watch: the entries its events leave.
+#[derive(Debug, Default)]
+struct Cache {
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The keys `delete` events said expired, and the `expires_at` puts carried.
+    expired: BTreeSet<String>,
+    expires_at: BTreeMap<String, u64>,
+}
+
+impl Cache {
+    /// Takes one event into the cache; `true` for `progress`, after which it is worth comparing.
+    fn take(&mut self, event: &Event) -> bool {
+        match event.event.as_str() {
+            "progress" => return true,
+            "reset" => self.entries.clear(),
+            "put" | "delete" => {
+                let data: Value = serde_json::from_str(&event.data).expect("json data");
+                let key = data["key"].as_str().expect("a text key").to_owned();
+                if event.event == "put" {
+                    let value = data["value"].as_str().expect("a text value");
+                    self.entries
+                        .insert(key.clone().into_bytes(), value.as_bytes().to_vec());
+                    if let Some(at) = data["expires_at"].as_u64() {
+                        self.expires_at.insert(key, at);
+                    }
+                } else {
+                    self.entries.remove(key.as_bytes());
+                    if data["reason"] == "expired" {
+                        self.expired.insert(key);
+                    }
+                }
+            }
+            other => panic!("unexpected event {other}: {event:?}"),
+        }
+        false
+    }
+}
+
+/// Reads `events` into `cache` until, at a `progress`, it holds what `reader` does and
+/// `done` holds of it.
+async fn follow_until_equal(
+    http: &reqwest::Client,
+    reader: &Service,
+    events: &mut Events,
+    cache: &mut Cache,
+    what: &str,
+    done: impl Fn(&Cache) -> bool,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        let event = next(events).await.expect("the stream goes on");
+        if cache.take(&event) && done(cache) && cache.entries == dump(http, reader).await {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{what}: the cache built from the watch never equalled the store: {cache:?} \
+             against {:?}",
+            dump(http, reader).await
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cache_built_from_a_watch_ends_equal_to_the_store_as_keys_expire_on_every_replica() {
+    let broker = Broker::start();
+    // Apart, so that a replica that is not the sweeper never gets a sweeper's tombstone: its
+    // deletes at expiry come from its own purge.
+    for sweeper in [false, true] {
+        cache_follows_expiries(&broker, sweeper).await;
+    }
+}
+
+async fn cache_follows_expiries(broker: &Broker, sweeper: bool) {
+    let topic = broker.create_topic("watch-ttl", 2).await;
+    let writer = Service::start(writer(), &service_env(broker, &topic));
+    let mut env = reader_env(broker, &topic, "watch-ttl-first");
+    env.push(("KV_API_TTL_SWEEPER", sweeper.to_string()));
+    let reader = Service::start(READER, &env);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &reader).await;
+    let mut events = watch(&http, &reader, "prefix=t%2F&snapshot=true", None).await;
+    let mut cache = Cache::default();
+
+    let put = |key: &'static str, ttl: Option<&'static str>| {
+        let mut request = http.put(writer.url(&format!("/v1/kv/t%2F{key}"))).body(key);
+        if let Some(ttl) = ttl {
+            request = request.header("X-KV-TTL-Seconds", ttl);
+        }
+        async move { assert_eq!(request.send().await.expect("put").status(), 200) }
+    };
+    put("keep", None).await;
+    put("brief", Some("1")).await;
+    put("renewed", Some("1")).await;
+    put("renewed", None).await;
+    put("lasting", Some("600")).await;
+    // Done once the brief key came and went and the other three are there.
+    let all_expired = |cache: &Cache| {
+        cache.expires_at.contains_key("t/brief")
+            && !cache.entries.contains_key(&b"t/brief"[..])
+            && cache.entries.len() == 3
+    };
+    let what = format!("live, sweeper {sweeper}");
+    follow_until_equal(&http, &reader, &mut events, &mut cache, &what, all_expired).await;
+    assert!(cache.expired.contains("t/brief"), "{cache:?}");
+    assert!(!cache.expired.contains("t/renewed"), "{cache:?}");
+    assert!(cache.expires_at.contains_key("t/lasting"), "{cache:?}");
+
+    // A first listing after the expiry, with nothing written since, lists what the store holds.
+    let mut events = watch(&http, &reader, "prefix=t%2F&snapshot=true", None).await;
+    let mut listed = Cache::default();
+    while !listed.take(&next(&mut events).await.expect("an event")) {}
+    assert_eq!(
+        listed.entries,
+        dump(&http, &reader).await,
+        "sweeper {sweeper}"
+    );
+    assert!(listed.expires_at.contains_key("t/lasting"), "{listed:?}");
+
+    // A replica that starts after the expiry replays the expired put: a watch from the start
+    // sees it deleted, not put.
+    let mut env = reader_env(broker, &topic, "watch-ttl-late");
+    env.push(("KV_API_TTL_SWEEPER", sweeper.to_string()));
+    let late = Service::start(READER, &env);
+    wait_ready(&http, &late).await;
+    let mut events = watch(&http, &late, "prefix=t%2F", Some("start")).await;
+    let mut replayed = Cache::default();
+    let what = format!("replayed, sweeper {sweeper}");
+    follow_until_equal(&http, &late, &mut events, &mut replayed, &what, |cache| {
+        cache.entries.len() == 3 && cache.expired.contains("t/brief")
+    })
+    .await;
+}
