@@ -921,3 +921,86 @@ async fn cache_follows_expiries(broker: &Broker, sweeper: bool) {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_watch_id_never_passes_records_the_store_refused_so_a_resume_after_the_key_fix_gets_them()
+{
+    const RIGHT_KEY: &str = "8f2c6a1e9b7d4c3a5e0f1b2d3c4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6";
+    const WRONG_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const KEYS: usize = 20;
+    let broker = Broker::start();
+    let topic = broker.create_topic("watch-refused", 1).await;
+    let encrypted = |key: &'static str| {
+        [
+            ("KV_API_ENCRYPT_DATA_ON_KAFKA", "true"),
+            ("KV_API_AES_KEY", key),
+        ]
+    };
+    let writer = Service::start(
+        writer(),
+        &service_env_with(&broker, &topic, &encrypted(RIGHT_KEY)),
+    );
+    let http = reqwest::Client::new();
+    let items: Vec<Value> = (0..KEYS)
+        .map(|i| json!({"key": format!("r/{i}"), "value": "v"}))
+        .collect();
+    write(&http, &writer, &items).await;
+    let dir = tempfile::tempdir().expect("store folder");
+    let location = dir.path().display().to_string();
+    let reader_env = |key: &'static str| {
+        let mut env = encrypted(key).to_vec();
+        env.push(("KV_API_STATE_STORAGE_DISK_LOCATION", location.as_str()));
+        service_env_with(&broker, &topic, &env)
+    };
+
+    let mut wrong = Service::start(READER, &reader_env(WRONG_KEY));
+    let mut events = eventually("a watch on the misconfigured reader", DEADLINE, || {
+        let answer = request(&http, &wrong, "", None, None);
+        async move {
+            let answer = answer.await;
+            (answer.status() == StatusCode::OK).then_some(answer)
+        }
+    })
+    .await
+    .bytes_stream()
+    .eventsource();
+    eventually("the reader to read every record", DEADLINE, || async {
+        let (_, report) = kv_testkit::reader::ready_report(&http, &wrong).await;
+        (report["status"] == "misconfigured"
+            && report["partitions"]["0"]["next_offset"].as_i64() == Some(KEYS as i64))
+        .then_some(())
+    })
+    .await;
+    // A progress sent after every record was read: the id a client would resume from.
+    let mut last_id = String::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .expect("an event")
+            .expect("the stream goes on")
+            .expect("an event");
+        assert_eq!(event.event, "progress", "{event:?}");
+        last_id = event.id;
+    }
+    drop(events);
+    wrong.terminate();
+    assert_eq!(wrong.wait_for_exit(DEADLINE).await, Some(0));
+
+    let right = Service::start(READER, &reader_env(RIGHT_KEY));
+    wait_ready(&http, &right).await;
+    let mut resumed = watch(&http, &right, "", Some(&last_id)).await;
+    let mut got = BTreeSet::new();
+    let started = std::time::Instant::now();
+    while got.len() < KEYS {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "resumed from {last_id}, the watch got only {got:?}"
+        );
+        let event = next(&mut resumed).await.expect("the stream goes on");
+        if event.event != "progress" {
+            got.insert(change_of(&event).1);
+        }
+    }
+    let expected: BTreeSet<String> = (0..KEYS).map(|i| format!("r/{i}")).collect();
+    assert_eq!(got, expected, "resumed from {last_id}");
+}
