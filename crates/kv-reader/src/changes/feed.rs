@@ -591,6 +591,7 @@ mod tests {
                 buffer_events: events,
                 buffer_bytes: bytes,
                 max_watches: 1,
+                max_watches_per_caller: 1,
             },
             store,
         );

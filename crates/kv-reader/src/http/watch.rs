@@ -7,7 +7,8 @@
 //! its id the position the watch has seen (the consistency-token form), which a resume, here or
 //! on another replica, continues after.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderName};
@@ -55,11 +56,91 @@ pub struct WatchState {
     /// One permit per open watch (KV_API_MAX_WATCHES).
     pub slots: Arc<Semaphore>,
     pub max_watches: usize,
+    /// The watches each caller holds (KV_API_MAX_WATCHES_PER_CALLER).
+    pub callers: Callers,
     pub metrics: WatchMetrics,
-    /// Shared with the listings of an encrypted-at-rest store: a first listing of one reads it whole.
-    pub sealed_listings: Arc<Semaphore>,
+    /// A first-listing page of an encrypted-at-rest store reads it whole, so few run at once;
+    /// these slots are the watches' own, so that listings and `SCAN`, which fail rather than
+    /// wait for theirs, are never crowded out by snapshots.
+    pub sealed_first_listings: Arc<Semaphore>,
     /// Set on a sharded reader, whose feed holds its own partitions' changes only.
     pub shard: Option<ShardSpec>,
+}
+
+/// How many watches each caller holds: a token's subject with auth on, else the client's IP
+/// address (behind a proxy, the proxy's).
+#[derive(Debug)]
+pub struct Callers {
+    held: Mutex<HashMap<String, usize>>,
+    max_per_caller: usize,
+}
+
+impl Callers {
+    pub fn new(max_per_caller: usize) -> Self {
+        Self {
+            held: Mutex::new(HashMap::new()),
+            max_per_caller,
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One of a caller's watches, counted until it is dropped.
+#[derive(Debug)]
+struct CallerSlot {
+    state: Arc<WatchState>,
+    caller: String,
+}
+
+impl CallerSlot {
+    fn take(state: &Arc<WatchState>, caller: String) -> Result<Self, ApiError> {
+        let callers = &state.callers;
+        let mut held = callers.held();
+        let count = held.entry(caller.clone()).or_insert(0);
+        if *count >= callers.max_per_caller {
+            return Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "this caller holds {} watches open on this replica \
+                     (KV_API_MAX_WATCHES_PER_CALLER); close one, or retry later",
+                    callers.max_per_caller
+                ),
+            )
+            .with_retry_after(Duration::from_secs(1)));
+        }
+        *count += 1;
+        drop(held);
+        Ok(Self {
+            state: state.clone(),
+            caller,
+        })
+    }
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        let mut held = self.state.callers.held();
+        if let Some(count) = held.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// Whom a watch counts against: the token's subject, else the peer's address.
+fn caller_of(auth: &Authorized<operation::Read>, request: &HttpRequest) -> String {
+    match auth.claims.as_ref().and_then(|claims| claims.subject()) {
+        Some(subject) => format!("sub:{subject}"),
+        None => match request.peer_addr() {
+            Some(address) => format!("ip:{}", address.ip()),
+            None => "ip:unknown".to_owned(),
+        },
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +205,8 @@ pub async fn watch(
         )
         .with_retry_after(Duration::from_secs(1)));
     }
+    let state = state.into_inner();
+    let caller = CallerSlot::take(&state, caller_of(&auth, &request))?;
     let Ok(slot) = state.slots.clone().try_acquire_owned() else {
         return Err(ApiError::new(
             ErrorCode::Overloaded,
@@ -140,7 +223,7 @@ pub async fn watch(
         (Some(claims), Some(gate)) => gate.valid_until_ms(claims),
         _ => None,
     };
-    let mut watch = Watch::begin(state.into_inner(), prefix, resume, snapshot, slot);
+    let mut watch = Watch::begin(state, prefix, resume, snapshot, (slot, caller));
     watch.valid_until_ms = valid_until_ms;
     let body = futures::stream::unfold(watch, |mut watch| async move {
         let chunk = watch.next_chunk().await?;
@@ -183,10 +266,11 @@ fn parse_position(text: &str) -> Result<Positions, ApiError> {
     Ok(token.offsets().collect())
 }
 
-/// Counts an open watch until its stream is dropped, and holds its slot.
+/// Counts an open watch until its stream is dropped, and holds its slots.
 #[derive(Debug)]
 struct Open {
     _slot: OwnedSemaphorePermit,
+    _caller: CallerSlot,
     state: Arc<WatchState>,
 }
 
@@ -237,7 +321,7 @@ impl Watch {
         prefix: Vec<u8>,
         resume: Option<Positions>,
         snapshot: bool,
-        slot: OwnedSemaphorePermit,
+        (slot, caller): (OwnedSemaphorePermit, CallerSlot),
     ) -> Self {
         state.metrics.open.inc();
         let (cursor, position, epoch) = state.feed.live();
@@ -245,6 +329,7 @@ impl Watch {
             head: state.feed.subscribe(),
             _open: Open {
                 _slot: slot,
+                _caller: caller,
                 state: state.clone(),
             },
             state,
@@ -460,7 +545,13 @@ impl Watch {
         };
         let prefix = self.prefix.clone();
         let page = if self.state.store.is_encrypted() {
-            let Ok(_turn) = self.state.sealed_listings.clone().acquire_owned().await else {
+            let Ok(_turn) = self
+                .state
+                .sealed_first_listings
+                .clone()
+                .acquire_owned()
+                .await
+            else {
                 self.phase = Phase::Done;
                 return;
             };

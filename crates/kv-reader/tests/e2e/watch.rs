@@ -1004,3 +1004,63 @@ async fn a_watch_id_never_passes_records_the_store_refused_so_a_resume_after_the
     let expected: BTreeSet<String> = (0..KEYS).map(|i| format!("r/{i}")).collect();
     assert_eq!(got, expected, "resumed from {last_id}");
 }
+
+#[tokio::test]
+async fn one_caller_holds_at_most_its_share_of_watches_and_other_callers_are_still_served() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("watch-callers", 1).await;
+    let reader = Service::start(
+        READER,
+        &service_env_with(&broker, &topic, &[("KV_API_MAX_WATCHES_PER_CALLER", "2")]),
+    );
+    let http = reqwest::Client::new();
+    // With auth off a caller is its address: another loopback address is another caller.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("a client on 127.0.0.2");
+    wait_ready(&http, &reader).await;
+    let open = [
+        watch(&http, &reader, "", None).await,
+        watch(&http, &reader, "prefix=a", None).await,
+    ];
+    let refused = request(&http, &reader, "", None, None).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("KV_API_MAX_WATCHES_PER_CALLER")),
+        "{body}"
+    );
+    let _elsewhere = watch(&other, &reader, "", None).await;
+    drop(open);
+    eventually("a closed watch frees its caller's slot", DEADLINE, || {
+        let answer = request(&http, &reader, "", None, None);
+        async move { (answer.await.status() == StatusCode::OK).then_some(()) }
+    })
+    .await;
+
+    // With auth on a caller is its token's subject, wherever it connects from.
+    let idp = OidcProvider::start("watch-callers");
+    let mut env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", format!("{topic}-auth")),
+        ("KV_API_AUTH_READ", "kv:read".to_owned()),
+        ("KV_API_MAX_WATCHES_PER_CALLER", "1".to_owned()),
+    ];
+    env.extend(idp.service_env());
+    let guarded = Service::start(READER, &env);
+    wait_ready(&http, &guarded).await;
+    let reading = idp.token("kv-reader", "kv:read").await;
+    let first = request(&http, &guarded, "", None, Some(&reading)).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let again = request(&other, &guarded, "", None, Some(&reading)).await;
+    assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS);
+    let someone_else = idp.token("kv-full", "kv:read").await;
+    let second = request(&http, &guarded, "", None, Some(&someone_else)).await;
+    assert_eq!(second.status(), StatusCode::OK);
+}
