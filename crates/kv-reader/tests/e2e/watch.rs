@@ -10,7 +10,7 @@ use base64::Engine;
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use kv_testkit::reader::{dump, query_value, wait_ready};
-use kv_testkit::services::{reader_env, service_env_with};
+use kv_testkit::services::{keep_writing, reader_env, service_env_with};
 use kv_testkit::{
     eventually, metric, service_env, token_expiry, Broker, OidcProvider, Service, DEADLINE,
 };
@@ -631,36 +631,6 @@ async fn on_an_encrypted_topic_and_store_a_watch_names_user_keys_and_plaintext_v
         "a MAC is never a key: {data}"
     );
     assert!(data.get("value").is_none(), "{data}");
-}
-
-/// Writes `prefix{i}` for i = 0, 1, … until `until`, noting when each write was sent.
-pub fn keep_writing(
-    http: reqwest::Client,
-    writer: String,
-    prefix: &'static str,
-    until: SystemTime,
-) -> tokio::task::JoinHandle<Vec<(String, SystemTime)>> {
-    tokio::spawn(async move {
-        let mut sent = Vec::new();
-        let mut pace = tokio::time::interval(Duration::from_millis(50));
-        for i in 0.. {
-            pace.tick().await;
-            if SystemTime::now() > until {
-                break;
-            }
-            let key = format!("{prefix}{i}");
-            let at = SystemTime::now();
-            let answer = http
-                .put(format!("{writer}/v1/kv/{}", key.replace('/', "%2F")))
-                .body("v")
-                .send()
-                .await
-                .expect("put");
-            assert_eq!(answer.status(), StatusCode::OK, "put {key}");
-            sent.push((key, at));
-        }
-        sent
-    })
 }
 
 /// A reader with auth on and no leeway, and a writer with auth off.
