@@ -1034,3 +1034,70 @@ async fn one_caller_holds_at_most_its_share_of_watches_and_other_callers_are_sti
     let second = request(&http, &guarded, "", None, Some(&someone_else)).await;
     assert_eq!(second.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn first_listings_of_an_encrypted_store_never_crowd_out_listings() {
+    const WATCHES: usize = 6;
+    let broker = Broker::start();
+    let topic = broker.create_topic("watch-sealed-listing", 2).await;
+    let producer = broker.producer();
+    let records: Vec<kv_testkit::topic::KeyValue> = (0..20_000)
+        .map(|i| (format!("key-{i:05}").into_bytes(), Some(b"v".to_vec())))
+        .collect();
+    kv_testkit::topic::produce_all(&producer, &topic, &records).await;
+    let dir = tempfile::tempdir().expect("store dir");
+    let location = dir.path().display().to_string();
+    let reader = Service::start(
+        READER,
+        &service_env_with(
+            &broker,
+            &topic,
+            &[
+                ("KV_API_STATE_STORAGE_DISK_LOCATION", location.as_str()),
+                ("KV_API_STATE_STORAGE_PASSWORD", "pw"),
+            ],
+        ),
+    );
+    let http = reqwest::Client::new();
+    wait_ready(&http, &reader).await;
+
+    let mut watches = Vec::new();
+    for _ in 0..WATCHES {
+        watches.push(watch(&http, &reader, "prefix=key-&snapshot=true", None).await);
+    }
+    let listed = std::cell::Cell::new(0);
+    let first_listings = futures::future::join_all(watches.iter_mut().map(|events| async {
+        let mut entries = 0;
+        loop {
+            let event = next(events).await.expect("the stream goes on");
+            match event.event.as_str() {
+                "put" => entries += 1,
+                "progress" => break,
+                other => panic!("{other}: {event:?}"),
+            }
+        }
+        listed.set(listed.get() + 1);
+        entries
+    }));
+    // One listing at a time while the watches list: each finds a slot of the listings' own.
+    let listings = async {
+        let mut statuses = BTreeMap::new();
+        while listed.get() < WATCHES {
+            let status = http
+                .get(reader.url("/v1/kv?prefix=key-&limit=3"))
+                .send()
+                .await
+                .expect("list")
+                .status();
+            *statuses.entry(status.as_u16()).or_insert(0) += 1;
+        }
+        statuses
+    };
+    let (entries, statuses) = tokio::join!(first_listings, listings);
+    assert_eq!(entries, vec![20_000; WATCHES]);
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "listings while {WATCHES} watches listed: {statuses:?}"
+    );
+}
