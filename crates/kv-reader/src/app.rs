@@ -26,8 +26,9 @@ use crate::changes::metrics::WatchMetrics;
 use crate::cluster::metrics::ForwardMetrics;
 use crate::cluster::shard::Topology;
 use crate::cluster::Cluster;
-use crate::http::watch::{end_watches_on_shutdown, WatchState};
+use crate::http::watch::{end_watches_on_shutdown, Callers, WatchState};
 use crate::http::{self, HttpState, PeerClient};
+use crate::read::limits::MAX_SEALED_LISTINGS;
 use crate::read::ReadCore;
 use crate::replica::metrics::ReplicaCollector;
 use crate::replica::schema_registry::{Registry, RegistryError, SchemaFraming, SchemaIds};
@@ -129,7 +130,7 @@ impl App {
             settings.read_your_writes_timeout,
             settings.max_batch_get_bytes,
         ));
-        let watches = watch_state(&settings, &replica, &store, &read, registry)?;
+        let watches = watch_state(&settings, &replica, &store, registry)?;
         let state = web::Data::new(HttpState {
             read: read.clone(),
             topic: settings.core.topic.clone(),
@@ -453,7 +454,6 @@ fn watch_state(
     settings: &Settings,
     replica: &Replica,
     store: &Arc<Store>,
-    read: &ReadCore,
     registry: &prometheus::Registry,
 ) -> Result<web::Data<WatchState>, prometheus::Error> {
     let watches = web::Data::new(WatchState {
@@ -461,8 +461,9 @@ fn watch_state(
         store: store.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(settings.watch.max_watches)),
         max_watches: settings.watch.max_watches,
+        callers: Callers::new(settings.watch.max_watches_per_caller),
         metrics: WatchMetrics::register(registry, replica.feed())?,
-        sealed_listings: read.sealed_listings.clone(),
+        sealed_first_listings: Arc::new(tokio::sync::Semaphore::new(MAX_SEALED_LISTINGS)),
         shard: settings.shard.as_ref().map(|s| s.spec),
     });
     end_watches_on_shutdown(replica.feed());

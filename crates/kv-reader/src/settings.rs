@@ -337,6 +337,9 @@ pub struct WatchSettings {
     pub buffer_bytes: usize,
     /// Most watches open at once (503 past it).
     pub max_watches: usize,
+    /// Most watches one caller holds open at once (429 past it), so one client cannot take
+    /// every slot.
+    pub max_watches_per_caller: usize,
 }
 
 /// KV_API_WATCH_BUFFER_EVENTS unless set.
@@ -345,6 +348,8 @@ pub const DEFAULT_WATCH_BUFFER_EVENTS: usize = 10_000;
 pub const DEFAULT_WATCH_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 /// KV_API_MAX_WATCHES unless set.
 pub const DEFAULT_MAX_WATCHES: usize = 1000;
+/// KV_API_MAX_WATCHES_PER_CALLER unless set.
+pub const DEFAULT_MAX_WATCHES_PER_CALLER: usize = 100;
 
 impl WatchSettings {
     fn from_env(env: &Env) -> Result<Self, SettingsError> {
@@ -356,6 +361,10 @@ impl WatchSettings {
             buffer_events: at_least_one("KV_API_WATCH_BUFFER_EVENTS", DEFAULT_WATCH_BUFFER_EVENTS)?,
             buffer_bytes: at_least_one("KV_API_WATCH_BUFFER_BYTES", DEFAULT_WATCH_BUFFER_BYTES)?,
             max_watches: at_least_one("KV_API_MAX_WATCHES", DEFAULT_MAX_WATCHES)?,
+            max_watches_per_caller: at_least_one(
+                "KV_API_MAX_WATCHES_PER_CALLER",
+                DEFAULT_MAX_WATCHES_PER_CALLER,
+            )?,
         })
     }
 }
@@ -366,6 +375,7 @@ impl Default for WatchSettings {
             buffer_events: DEFAULT_WATCH_BUFFER_EVENTS,
             buffer_bytes: DEFAULT_WATCH_BUFFER_BYTES,
             max_watches: DEFAULT_MAX_WATCHES,
+            max_watches_per_caller: DEFAULT_MAX_WATCHES_PER_CALLER,
         }
     }
 }
@@ -587,6 +597,7 @@ mod tests {
             ("KV_API_WATCH_BUFFER_EVENTS", "50"),
             ("KV_API_WATCH_BUFFER_BYTES", "4096"),
             ("KV_API_MAX_WATCHES", "3"),
+            ("KV_API_MAX_WATCHES_PER_CALLER", "2"),
         ])
         .expect("settings");
         assert_eq!(
@@ -594,13 +605,15 @@ mod tests {
             WatchSettings {
                 buffer_events: 50,
                 buffer_bytes: 4096,
-                max_watches: 3
+                max_watches: 3,
+                max_watches_per_caller: 2,
             }
         );
         for var in [
             "KV_API_WATCH_BUFFER_EVENTS",
             "KV_API_WATCH_BUFFER_BYTES",
             "KV_API_MAX_WATCHES",
+            "KV_API_MAX_WATCHES_PER_CALLER",
         ] {
             assert_eq!(settings(&[(var, "0")]).expect_err("zero").var, var);
         }

@@ -24,7 +24,7 @@ pub mod topic;
 use std::net::TcpListener;
 
 pub use broker::{Broker, BrokerUnderTest};
-pub use oidc::{OidcProvider, OIDC_AUDIENCE};
+pub use oidc::{token_expiry, OidcProvider, OIDC_AUDIENCE};
 pub use poll::{eventually, DEADLINE};
 pub use prometheus::metric;
 pub use services::{run_to_exit, service_env, workspace_binary, Service, Shards};

@@ -147,3 +147,17 @@ fn oidc_provider_script() -> PathBuf {
     );
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
+
+/// When `token` (a JWT access token) expires: its `exp` claim.
+pub fn token_expiry(token: &str) -> std::time::SystemTime {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url claims"),
+    )
+    .expect("JSON claims");
+    let exp = claims["exp"].as_u64().expect("an exp claim");
+    std::time::UNIX_EPOCH + Duration::from_secs(exp)
+}

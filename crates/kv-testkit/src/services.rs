@@ -33,6 +33,37 @@ pub fn service_env_with(
     env
 }
 
+/// Writes `prefix{i}` (value `v`) for i = 0, 1, … through the writer at `writer_url` every
+/// 50 ms until `until`, noting when each write was sent; the writes that were answered 200.
+pub fn keep_writing(
+    http: reqwest::Client,
+    writer_url: String,
+    prefix: &'static str,
+    until: std::time::SystemTime,
+) -> tokio::task::JoinHandle<Vec<(String, std::time::SystemTime)>> {
+    tokio::spawn(async move {
+        let mut sent = Vec::new();
+        let mut pace = tokio::time::interval(Duration::from_millis(50));
+        for i in 0.. {
+            pace.tick().await;
+            if std::time::SystemTime::now() > until {
+                break;
+            }
+            let key = format!("{prefix}{i}");
+            let at = std::time::SystemTime::now();
+            let answer = http
+                .put(format!("{writer_url}/v1/kv/{}", key.replace('/', "%2F")))
+                .body("v")
+                .send()
+                .await
+                .expect("put");
+            assert_eq!(answer.status(), reqwest::StatusCode::OK, "put {key}");
+            sent.push((key, at));
+        }
+        sent
+    })
+}
+
 /// A reader's environment with its own consumer group.
 pub fn reader_env(broker: &Broker, topic: &str, group: &str) -> Vec<(&'static str, String)> {
     let mut env = service_env(broker, topic);

@@ -638,6 +638,12 @@ pub static VARS: &[Var] = &[
         help: "most watches open at once; one more is answered 503 overloaded with Retry-After",
     },
     Var {
+        name: "KV_API_MAX_WATCHES_PER_CALLER",
+        group: Group::Reader,
+        default: Default::Value("100"),
+        help: "most watches one caller may hold open at once (a token's subject with auth on, else the client's IP address); one more is answered 429 too_many_requests with Retry-After",
+    },
+    Var {
         name: "KAFKA_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
         group: Group::Reader,
         default: Default::Unset,

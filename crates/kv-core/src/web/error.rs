@@ -58,6 +58,9 @@ pub enum ErrorCode {
     PartitionNotHeld,
     /// A report or state request names a key under no rule of `KV_API_STATE_RULES`.
     NoRule,
+    /// This caller holds as many of something as one caller may (watches open); others are
+    /// still served. Retrying after one of its own ends succeeds.
+    TooManyRequests,
 }
 
 impl ErrorCode {
@@ -86,6 +89,7 @@ impl ErrorCode {
             Self::OutcomeNotFound => StatusCode::NOT_FOUND,
             Self::PartitionNotHeld => StatusCode::MISDIRECTED_REQUEST,
             Self::NoRule => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -133,6 +137,17 @@ impl ApiError {
     pub fn with_challenge(mut self, challenge: impl Into<String>) -> Self {
         self.challenge = Some(challenge.into());
         self
+    }
+
+    /// The error's JSON body, for an answer that cannot be an HTTP error any more: the last
+    /// event of a stream already under way.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!(ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        })
     }
 }
 

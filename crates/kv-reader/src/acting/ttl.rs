@@ -31,7 +31,7 @@ use rdkafka::ClientContext;
 use crate::acting::owner::Election;
 use crate::progress::Progress;
 use crate::settings::Settings;
-use crate::store::{Applied, Expired, PendingRepair, Store, StoreError};
+use crate::store::{Applied, Expired, PendingRepair, Purged, Store, StoreError};
 
 /// How often the purge and the sweep run.
 const TICK: Duration = Duration::from_millis(100);
@@ -390,10 +390,11 @@ impl Ttl {
         }
     }
 
-    /// The purge, the sweep and the repairs, at most every [`TICK`].
-    pub fn tick(&mut self, store: &Store, progress: &Progress) -> Result<(), StoreError> {
+    /// The purge, the sweep and the repairs, at most every [`TICK`]; the entries purged, which
+    /// the consumer publishes to the watches.
+    pub fn tick(&mut self, store: &Store, progress: &Progress) -> Result<Vec<Purged>, StoreError> {
         if Instant::now() < self.next_tick {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.next_tick = Instant::now() + TICK;
         let now = now_ms();
@@ -411,8 +412,8 @@ impl Ttl {
         self.metrics
             .expired
             .with_label_values(&["purged"])
-            .inc_by(purged);
-        if purged as usize == PURGE_BATCH {
+            .inc_by(purged.len() as u64);
+        if purged.len() == PURGE_BATCH {
             // More are due: go on at the next turn of the loop.
             self.next_tick = Instant::now();
         }
@@ -442,7 +443,7 @@ impl Ttl {
             .earliest_expiry()?
             .map_or(0, |earliest| now.saturating_sub(earliest));
         self.metrics.sweep_lag.set(lag_ms as f64 / 1000.0);
-        Ok(())
+        Ok(purged)
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use tokio::sync::watch;
 
 use crate::settings::WatchSettings;
-use crate::store::{Change, ReadView, Store};
+use crate::store::{Change, Precondition, Purged, ReadView, Store};
 
 /// Highest applied offset per partition; a partition that is absent had nothing applied.
 pub type Positions = BTreeMap<i32, i64>;
@@ -44,20 +44,52 @@ pub enum ChangeKind {
 pub struct ChangeEvent {
     pub kind: ChangeKind,
     pub partition: i32,
+    /// The record's offset; for a delete at expiry, the put that expired.
     pub offset: i64,
+    /// A put's expiry, in milliseconds since the Unix epoch.
+    pub expires_at_ms: Option<u64>,
+    /// A delete because the key's TTL passed: a purge, the sweeper's tombstone, or a put
+    /// applied after its expiry.
+    pub expired: bool,
+    /// Set when the change does not move a watch's position to `offset`: a purge (no record
+    /// of it, on a replica that is not the sweeper) or a change past a record held back
+    /// (`replica::refusals`). It stands at this offset of its partition: a watch that has seen
+    /// past it has seen it, any other is sent it (a delete sent twice is harmless).
+    pub stands_at: Option<i64>,
     /// The key, then the value, then the correlation id, in one allocation.
     bytes: Box<[u8]>,
     key_len: usize,
     value_len: usize,
 }
 
+/// What a published change is besides its record: its kind, key, value and the rest of
+/// [`ChangeEvent`]'s fields.
+#[derive(Debug, Clone, Copy)]
+struct Shape<'c> {
+    kind: ChangeKind,
+    key: &'c [u8],
+    value: &'c [u8],
+    expires_at_ms: Option<u64>,
+    expired: bool,
+    stands_at: Option<i64>,
+}
+
+/// The offset past which a watch has seen a change at `offset` standing at `stands_at`: the
+/// ring's horizon, once the change is dropped, is raised to it.
+fn seen_past(offset: i64, stands_at: Option<i64>) -> i64 {
+    stands_at.map_or(offset, |at| at + 1)
+}
+
 impl ChangeEvent {
-    fn new(
-        kind: ChangeKind,
-        (partition, offset, correlation_id): Origin<'_>,
-        key: &[u8],
-        value: &[u8],
-    ) -> Self {
+    fn new((partition, offset, correlation_id): Origin<'_>, shape: Shape<'_>) -> Self {
+        let Shape {
+            kind,
+            key,
+            value,
+            expires_at_ms,
+            expired,
+            stands_at,
+        } = shape;
         let correlation_id = correlation_id
             .filter(|id| id.iter().all(u8::is_ascii_graphic))
             .map_or(&[][..], |id| &id[..id.len().min(MAX_CORRELATION_ID)]);
@@ -69,6 +101,9 @@ impl ChangeEvent {
             kind,
             partition,
             offset,
+            expires_at_ms,
+            expired,
+            stands_at,
             bytes: bytes.into_boxed_slice(),
             key_len: key.len(),
             value_len: value.len(),
@@ -93,6 +128,18 @@ impl ChangeEvent {
     fn cost(&self) -> usize {
         self.bytes.len() + EVENT_OVERHEAD
     }
+}
+
+/// What one committed batch came to, besides its changes: the tombstones that removed an entry
+/// (as [`Store::apply_at`] answered), the puts that did not take effect (in index order), the
+/// next offset of every partition the batch read that the replica stored (never past a record
+/// held back), and the time the batch was applied at.
+#[derive(Debug)]
+pub struct Committed<'a> {
+    pub removed: &'a [(usize, Vec<u8>)],
+    pub not_applied: &'a [usize],
+    pub durable: &'a BTreeMap<i32, i64>,
+    pub now_ms: u64,
 }
 
 /// A watch's first listing (`snapshot=true` in the API): a committed read view of the store
@@ -167,7 +214,11 @@ impl Ring {
         if let Some(event) = self.events.pop_front() {
             self.bytes -= event.cost();
             self.first_seq += 1;
-            raise(&mut self.horizon, event.partition, event.offset);
+            raise(
+                &mut self.horizon,
+                event.partition,
+                seen_past(event.offset, event.stands_at),
+            );
         }
     }
 
@@ -270,41 +321,107 @@ impl ChangeFeed {
     }
 
     /// Called by the consumer right after a batch committed: its changes (with the record
-    /// each came from), the tombstones that removed an entry (as [`Store::apply_at`] answered),
-    /// the puts that did not take effect (in index order), and the next offset of every
-    /// partition the batch read.
+    /// each came from) and what they came to.
     pub fn publish(
         &self,
         changes: &[Change<'_>],
         origins: &[Origin<'_>],
-        removed: &[(usize, Vec<u8>)],
-        not_applied: &[usize],
-        next_offsets: &BTreeMap<i32, i64>,
+        committed: &Committed<'_>,
     ) {
-        let mut removed = removed.iter().peekable();
-        let mut not_applied = not_applied.iter().peekable();
+        let mut removed = committed.removed.iter().peekable();
+        let mut not_applied = committed.not_applied.iter().peekable();
         let mut published = Vec::new();
         for (index, (change, &origin)) in changes.iter().zip(origins).enumerate() {
-            match change {
-                Change::Put { .. } if not_applied.next_if(|at| **at == index).is_some() => {}
+            let (partition, offset, _) = origin;
+            // A change past a record held back is applied, but the position stays before
+            // that record until it is applied too.
+            let stands_at = committed
+                .durable
+                .get(&partition)
+                .filter(|&&next| offset >= next)
+                .map(|next| next - 1);
+            let shape = match change {
+                Change::Put { .. } if not_applied.next_if(|at| **at == index).is_some() => continue,
                 Change::Put {
-                    user_key, value, ..
-                } => published.push((origin, ChangeKind::Put, user_key.as_ref(), value.as_ref())),
-                Change::Delete { .. } => {
-                    if let Some((_, key)) = removed.next_if(|(at, _)| *at == index) {
-                        published.push((origin, ChangeKind::Delete, key.as_slice(), &[][..]));
+                    user_key,
+                    value,
+                    expires_at_ms,
+                    ..
+                } => match expires_at_ms {
+                    // The store holds it as deleted (or, on a swept partition, hidden until the
+                    // sweeper's tombstone): to a watch it is a delete.
+                    Some(at) if *at <= committed.now_ms => Shape {
+                        kind: ChangeKind::Delete,
+                        key: user_key.as_ref(),
+                        value: &[],
+                        expires_at_ms: None,
+                        expired: true,
+                        stands_at,
+                    },
+                    _ => Shape {
+                        kind: ChangeKind::Put,
+                        key: user_key.as_ref(),
+                        value: value.as_ref(),
+                        expires_at_ms: *expires_at_ms,
+                        expired: false,
+                        stands_at,
+                    },
+                },
+                Change::Delete { precondition, .. } => {
+                    let Some((_, key)) = removed.next_if(|(at, _)| *at == index) else {
+                        continue;
+                    };
+                    Shape {
+                        kind: ChangeKind::Delete,
+                        key: key.as_slice(),
+                        value: &[],
+                        expires_at_ms: None,
+                        expired: matches!(precondition, Some(Precondition::Expires(_))),
+                        stands_at,
                     }
                 }
                 // Reports, ticks and sink marks are never entries.
-                Change::Report { .. } | Change::Tick { .. } | Change::SinkDone { .. } => {}
-            }
+                Change::Report { .. } | Change::Tick { .. } | Change::SinkDone { .. } => continue,
+            };
+            published.push((origin, shape));
         }
+        self.append(&published, committed.durable);
+    }
+
+    /// Called by the consumer after a purge removed expired entries: a `delete` for each,
+    /// standing at the position the replica had reached (there is no record of it).
+    pub fn publish_expired(&self, purged: &[Purged]) {
+        if purged.is_empty() {
+            return;
+        }
+        // Only the consumer thread publishes, so the position holds until the append below.
+        let position = self.ring().position.clone();
+        let published: Vec<(Origin<'_>, Shape<'_>)> = purged
+            .iter()
+            .map(|entry| {
+                let shape = Shape {
+                    kind: ChangeKind::Delete,
+                    key: &entry.user_key,
+                    value: &[],
+                    expires_at_ms: None,
+                    expired: true,
+                    stands_at: Some(position.get(&entry.partition).copied().unwrap_or(-1)),
+                };
+                ((entry.partition, entry.offset, None), shape)
+            })
+            .collect();
+        self.append(&published, &BTreeMap::new());
+    }
+
+    /// Appends `published` to the ring, moves the position to `next_offsets`, and wakes the
+    /// watches.
+    fn append(&self, published: &[(Origin<'_>, Shape<'_>)], next_offsets: &BTreeMap<i32, i64>) {
         // A batch larger than the ring keeps only its newest changes; the rest are dropped at
         // once, so replaying a large topic copies no more than the ring holds.
         let dropped = published.len().saturating_sub(self.max_events);
         let events: Vec<Arc<ChangeEvent>> = published[dropped..]
             .iter()
-            .map(|&(origin, kind, key, value)| Arc::new(ChangeEvent::new(kind, origin, key, value)))
+            .map(|&(origin, shape)| Arc::new(ChangeEvent::new(origin, shape)))
             .collect();
         let snapshot = self.capture();
         let mut ring = self.ring();
@@ -313,8 +430,12 @@ impl ChangeFeed {
                 ring.evict_front();
             }
             ring.first_seq += dropped as u64;
-            for &((partition, offset, _), ..) in &published[..dropped] {
-                raise(&mut ring.horizon, partition, offset);
+            for &((partition, offset, _), shape) in &published[..dropped] {
+                raise(
+                    &mut ring.horizon,
+                    partition,
+                    seen_past(offset, shape.stands_at),
+                );
             }
         }
         for event in events {
@@ -326,7 +447,8 @@ impl ChangeFeed {
         {
             ring.evict_front();
         }
-        for (&partition, &next) in next_offsets {
+        // A partition whose first record is held back has applied nothing yet.
+        for (&partition, &next) in next_offsets.iter().filter(|(_, &next)| next > 0) {
             ring.position.insert(partition, next - 1);
         }
         ring.revoke_leases(false);
@@ -469,6 +591,7 @@ mod tests {
                 buffer_events: events,
                 buffer_bytes: bytes,
                 max_watches: 1,
+                max_watches_per_caller: 1,
             },
             store,
         );
@@ -490,6 +613,29 @@ mod tests {
         }
     }
 
+    fn committed<'a>(
+        removed: &'a [(usize, Vec<u8>)],
+        durable: &'a BTreeMap<i32, i64>,
+    ) -> Committed<'a> {
+        Committed {
+            removed,
+            not_applied: &[],
+            durable,
+            now_ms: 0,
+        }
+    }
+
+    fn shape<'a>(key: &'a [u8], value: &'a [u8]) -> Shape<'a> {
+        Shape {
+            kind: ChangeKind::Put,
+            key,
+            value,
+            expires_at_ms: None,
+            expired: false,
+            stands_at: None,
+        }
+    }
+
     /// Publishes puts of `(key, partition, offset)` as one batch.
     fn publish(feed: &ChangeFeed, puts: &[(&'static [u8], i32, i64)]) {
         let changes: Vec<Change<'_>> = puts.iter().map(|&(k, p, o)| put(k, p, o)).collect();
@@ -498,7 +644,7 @@ mod tests {
         for &(_, p, o) in puts {
             next.insert(p, o + 1);
         }
-        feed.publish(&changes, &origins, &[], &[], &next);
+        feed.publish(&changes, &origins, &committed(&[], &next));
     }
 
     fn read_all(feed: &ChangeFeed, cursor: u64) -> (Vec<(i32, i64)>, Read) {
@@ -660,9 +806,7 @@ mod tests {
         feed.publish(
             &changes,
             &origins,
-            &[(1, b"user-2".to_vec())],
-            &[],
-            &BTreeMap::from([(0, 7)]),
+            &committed(&[(1, b"user-2".to_vec())], &BTreeMap::from([(0, 7)])),
         );
         let mut out = Vec::new();
         feed.read(cursor, 0, 10, &mut out);
@@ -678,13 +822,79 @@ mod tests {
     }
 
     #[test]
+    fn a_purge_is_a_delete_at_expiry_standing_at_the_position_and_its_loss_voids_that_position() {
+        let feed = feed(1, 1 << 20);
+        publish(&feed, &[(b"a", 0, 4)]);
+        let (cursor, ..) = feed.live();
+        feed.publish_expired(&[Purged {
+            user_key: b"a".to_vec(),
+            partition: 0,
+            offset: 4,
+        }]);
+        let mut out = Vec::new();
+        feed.read(cursor, 0, 10, &mut out);
+        assert_eq!(out.len(), 1);
+        let event = &out[0];
+        assert_eq!(
+            (event.kind, event.key(), event.offset, event.expired),
+            (ChangeKind::Delete, &b"a"[..], 4, true)
+        );
+        assert_eq!(event.stands_at, Some(4), "no record: where the replica was");
+        assert_eq!(
+            feed.live().1,
+            Positions::from([(0, 4)]),
+            "the position stays"
+        );
+        publish(&feed, &[(b"b", 0, 5)]);
+        assert!(
+            matches!(feed.resume(&Positions::from([(0, 4)])), Resume::TooOld),
+            "a watch at 0:4 may not have had the dropped delete"
+        );
+    }
+
+    #[test]
+    fn a_put_already_expired_is_a_delete_and_a_change_past_a_held_record_moves_no_position() {
+        let feed = feed(10, 1 << 20);
+        let (cursor, ..) = feed.live();
+        let mut expired = put(b"gone", 0, 3);
+        if let Change::Put { expires_at_ms, .. } = &mut expired {
+            *expires_at_ms = Some(99);
+        }
+        let changes = [put(b"a", 0, 2), expired, put(b"c", 1, 8)];
+        let origins = [(0, 2, None), (0, 3, None), (1, 8, None)];
+        let durable = BTreeMap::from([(0, 3), (1, 9)]);
+        let committed = Committed {
+            removed: &[],
+            not_applied: &[],
+            durable: &durable,
+            now_ms: 100,
+        };
+        feed.publish(&changes, &origins, &committed);
+        let mut out = Vec::new();
+        feed.read(cursor, 0, 10, &mut out);
+        let seen: Vec<_> = out
+            .iter()
+            .map(|e| (e.kind, e.offset, e.expired, e.stands_at))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (ChangeKind::Put, 2, false, None),
+                (ChangeKind::Delete, 3, true, Some(2)),
+                (ChangeKind::Put, 8, false, None),
+            ]
+        );
+        assert_eq!(feed.live().1, Positions::from([(0, 2), (1, 8)]));
+    }
+
+    #[test]
     fn an_event_keeps_only_a_correlation_id_a_header_may_carry() {
-        let event = ChangeEvent::new(ChangeKind::Put, (0, 0, Some(b"id-1")), b"k", b"v");
+        let event = ChangeEvent::new((0, 0, Some(b"id-1")), shape(b"k", b"v"));
         assert_eq!(
             (event.key(), event.value(), event.correlation_id()),
             (&b"k"[..], Some(&b"v"[..]), Some("id-1"))
         );
-        let bad = ChangeEvent::new(ChangeKind::Put, (0, 0, Some(b"a\nb")), b"k", b"v");
+        let bad = ChangeEvent::new((0, 0, Some(b"a\nb")), shape(b"k", b"v"));
         assert_eq!(bad.correlation_id(), None);
     }
 }

@@ -16,15 +16,18 @@ pub enum WatchEvent {
     Progress,
     Reset,
     Overflow,
+    /// The watch ends on an error it states (its token expired).
+    Error,
 }
 
 impl WatchEvent {
-    pub const ALL: [WatchEvent; 5] = [
+    pub const ALL: [WatchEvent; 6] = [
         WatchEvent::Put,
         WatchEvent::Delete,
         WatchEvent::Progress,
         WatchEvent::Reset,
         WatchEvent::Overflow,
+        WatchEvent::Error,
     ];
 
     /// The SSE event name, and the metric label.
@@ -35,6 +38,7 @@ impl WatchEvent {
             WatchEvent::Progress => "progress",
             WatchEvent::Reset => "reset",
             WatchEvent::Overflow => "overflow",
+            WatchEvent::Error => "error",
         }
     }
 }
@@ -44,7 +48,7 @@ impl WatchEvent {
 pub struct WatchMetrics {
     pub open: IntGauge,
     /// By [`WatchEvent`], in the order of [`WatchEvent::ALL`].
-    sent: [IntCounter; 5],
+    sent: [IntCounter; 6],
     pub overflows: IntCounter,
     pub resets: IntCounter,
 }

@@ -7,7 +7,8 @@
 //! its id the position the watch has seen (the consistency-token form), which a resume, here or
 //! on another replica, continues after.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderName};
@@ -15,8 +16,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use kv_core::consistency::{ConsistencyToken, RecordPosition};
+use kv_core::record::now_ms;
 use kv_core::settings::prefixes::KeyAction;
-use kv_core::web::auth::{operation, Authorized};
+use kv_core::web::auth::{operation, AuthGate, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::parse_query;
 use kv_core::web::json::BASE64;
@@ -56,11 +58,91 @@ pub struct WatchState {
     /// One permit per open watch (KV_API_MAX_WATCHES).
     pub slots: Arc<Semaphore>,
     pub max_watches: usize,
+    /// The watches each caller holds (KV_API_MAX_WATCHES_PER_CALLER).
+    pub callers: Callers,
     pub metrics: WatchMetrics,
-    /// Shared with the listings of an encrypted-at-rest store: a first listing of one reads it whole.
-    pub sealed_listings: Arc<Semaphore>,
+    /// A first-listing page of an encrypted-at-rest store reads it whole, so few run at once;
+    /// these slots are the watches' own, so that listings and `SCAN`, which fail rather than
+    /// wait for theirs, are never crowded out by snapshots.
+    pub sealed_first_listings: Arc<Semaphore>,
     /// Set on a sharded reader, whose feed holds its own partitions' changes only.
     pub shard: Option<ShardSpec>,
+}
+
+/// How many watches each caller holds: a token's subject with auth on, else the client's IP
+/// address (behind a proxy, the proxy's).
+#[derive(Debug)]
+pub struct Callers {
+    held: Mutex<HashMap<String, usize>>,
+    max_per_caller: usize,
+}
+
+impl Callers {
+    pub fn new(max_per_caller: usize) -> Self {
+        Self {
+            held: Mutex::new(HashMap::new()),
+            max_per_caller,
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One of a caller's watches, counted until it is dropped.
+#[derive(Debug)]
+struct CallerSlot {
+    state: Arc<WatchState>,
+    caller: String,
+}
+
+impl CallerSlot {
+    fn take(state: &Arc<WatchState>, caller: String) -> Result<Self, ApiError> {
+        let callers = &state.callers;
+        let mut held = callers.held();
+        let count = held.entry(caller.clone()).or_insert(0);
+        if *count >= callers.max_per_caller {
+            return Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "this caller holds {} watches open on this replica \
+                     (KV_API_MAX_WATCHES_PER_CALLER); close one, or retry later",
+                    callers.max_per_caller
+                ),
+            )
+            .with_retry_after(Duration::from_secs(1)));
+        }
+        *count += 1;
+        drop(held);
+        Ok(Self {
+            state: state.clone(),
+            caller,
+        })
+    }
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        let mut held = self.state.callers.held();
+        if let Some(count) = held.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// Whom a watch counts against: the token's subject, else the peer's address.
+fn caller_of(auth: &Authorized<operation::Read>, request: &HttpRequest) -> String {
+    match auth.claims.as_ref().and_then(|claims| claims.subject()) {
+        Some(subject) => format!("sub:{subject}"),
+        None => match request.peer_addr() {
+            Some(address) => format!("ip:{}", address.ip()),
+            None => "ip:unknown".to_owned(),
+        },
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +213,8 @@ pub async fn watch(
         )
         .with_retry_after(Duration::from_secs(1)));
     }
+    let state = state.into_inner();
+    let caller = CallerSlot::take(&state, caller_of(&auth, &request))?;
     let Ok(slot) = state.slots.clone().try_acquire_owned() else {
         return Err(ApiError::new(
             ErrorCode::Overloaded,
@@ -142,7 +226,13 @@ pub async fn watch(
         )
         .with_retry_after(Duration::from_secs(1)));
     };
-    let watch = Watch::begin(state.into_inner(), prefix, keys, resume, snapshot, slot);
+    // A watch outlives the request that opened it: it ends when its token would be refused.
+    let valid_until_ms = match (&auth.claims, request.app_data::<web::Data<AuthGate>>()) {
+        (Some(claims), Some(gate)) => gate.valid_until_ms(claims),
+        _ => None,
+    };
+    let mut watch = Watch::begin(state, prefix, keys, resume, snapshot, (slot, caller));
+    watch.valid_until_ms = valid_until_ms;
     let body = futures::stream::unfold(watch, |mut watch| async move {
         let chunk = watch.next_chunk().await?;
         Some((Ok::<_, actix_web::Error>(chunk), watch))
@@ -184,10 +274,11 @@ fn parse_position(text: &str) -> Result<Positions, ApiError> {
     Ok(token.offsets().collect())
 }
 
-/// Counts an open watch until its stream is dropped, and holds its slot.
+/// Counts an open watch until its stream is dropped, and holds its slots.
 #[derive(Debug)]
 struct Open {
     _slot: OwnedSemaphorePermit,
+    _caller: CallerSlot,
     state: Arc<WatchState>,
 }
 
@@ -228,6 +319,9 @@ struct Watch {
     progress_at: Instant,
     out: BytesMut,
     batch: Vec<Arc<ChangeEvent>>,
+    /// When the token the watch was opened with stops being accepted (its `exp` plus the
+    /// leeway); `None` with auth off.
+    valid_until_ms: Option<u64>,
     _open: Open,
 }
 
@@ -238,7 +332,7 @@ impl Watch {
         keys: KeyGrant,
         resume: Option<Positions>,
         snapshot: bool,
-        slot: OwnedSemaphorePermit,
+        (slot, caller): (OwnedSemaphorePermit, CallerSlot),
     ) -> Self {
         state.metrics.open.inc();
         let (cursor, position, epoch) = state.feed.live();
@@ -246,6 +340,7 @@ impl Watch {
             head: state.feed.subscribe(),
             _open: Open {
                 _slot: slot,
+                _caller: caller,
                 state: state.clone(),
             },
             state,
@@ -259,6 +354,7 @@ impl Watch {
             progress_at: Instant::now() + PROGRESS_INTERVAL,
             out: BytesMut::new(),
             batch: Vec::new(),
+            valid_until_ms: None,
         };
         match (resume, snapshot) {
             (Some(seen), _) => match watch.state.feed.resume(&seen) {
@@ -287,6 +383,10 @@ impl Watch {
             if self.out.len() >= CHUNK_BYTES {
                 return Some(self.take());
             }
+            // Checked before anything is read, so nothing committed after the expiry is sent.
+            if self.token_expired() {
+                self.end_for_expiry();
+            }
             match self.phase {
                 Phase::Done => return (!self.out.is_empty()).then(|| self.take()),
                 Phase::FirstListing { .. } => self.first_listing_page().await,
@@ -310,17 +410,48 @@ impl Watch {
                         self.progress_at = Instant::now() + PROGRESS_INTERVAL;
                         continue;
                     }
+                    let wake = match self.expiry_instant() {
+                        Some(expiry) => expiry.min(self.progress_at),
+                        None => self.progress_at,
+                    };
                     tokio::select! {
                         changed = self.head.changed() => {
                             if changed.is_err() {
                                 self.phase = Phase::Done;
                             }
                         }
-                        () = tokio::time::sleep_until(self.progress_at) => {}
+                        () = tokio::time::sleep_until(wake) => {}
                     }
                 }
             }
         }
+    }
+
+    fn token_expired(&self) -> bool {
+        self.valid_until_ms.is_some_and(|until| now_ms() > until)
+    }
+
+    /// When [`Watch::token_expired`] turns true, on the runtime's clock.
+    fn expiry_instant(&self) -> Option<Instant> {
+        let until = self.valid_until_ms?;
+        let left = until.saturating_sub(now_ms()).saturating_add(1);
+        Some(Instant::now() + Duration::from_millis(left))
+    }
+
+    /// The token is no longer accepted: a last `error` event in the error contract's shape,
+    /// and the stream ends, as the Redis port ends a session's rights.
+    fn end_for_expiry(&mut self) {
+        if matches!(self.phase, Phase::Done) {
+            return;
+        }
+        let error = ApiError::new(
+            ErrorCode::Unauthorized,
+            "the token this watch was opened with expired; resume with a new token and the \
+             last id received as Last-Event-ID",
+        );
+        let data = error.body().to_string();
+        self.write_raw(WatchEvent::Error, None, &data);
+        self.phase = Phase::Done;
     }
 
     fn take(&mut self) -> Bytes {
@@ -357,17 +488,18 @@ impl Watch {
                         break;
                     }
                     passed += 1;
-                    if self
-                        .seen
-                        .get(&event.partition)
-                        .is_some_and(|&o| o >= event.offset)
-                    {
-                        continue;
+                    let seen = self.seen.get(&event.partition).copied().unwrap_or(-1);
+                    match event.stands_at {
+                        None if seen >= event.offset => continue,
+                        None => {
+                            self.seen.insert(event.partition, event.offset);
+                        }
+                        // Sent again after a resume at that position: a delete twice is harmless,
+                        // a delete missed leaves an expired key in a client's cache for good.
+                        Some(at) if seen > at => continue,
+                        Some(_) => {}
                     }
-                    self.seen.insert(event.partition, event.offset);
-                    if event.key().starts_with(&self.prefix) && self.keys.allows(event.key()) {
-                        self.write_change(event);
-                    }
+                    self.write_change(event);
                 }
                 let moved = passed > 0;
                 self.position_at_head = if self.cursor + passed == next {
@@ -425,7 +557,13 @@ impl Watch {
         };
         let prefix = self.prefix.clone();
         let page = if self.state.store.is_encrypted() {
-            let Ok(_turn) = self.state.sealed_listings.clone().acquire_owned().await else {
+            let Ok(_turn) = self
+                .state
+                .sealed_first_listings
+                .clone()
+                .acquire_owned()
+                .await
+            else {
                 self.phase = Phase::Done;
                 return;
             };
@@ -446,10 +584,10 @@ impl Watch {
                 return;
             }
         };
-        for (key, entry) in &page.entries {
-            if self.keys.allows(key) {
-                self.write_entry(key, entry);
-            }
+        // An entry past its expiry is gone for every read; its purge may not have run yet.
+        let now = now_ms();
+        for (key, entry) in page.entries.iter().filter(|(_, e)| e.is_live(now)) {
+            self.write_entry(key, entry);
         }
         match page.resume_after {
             Some(next) => {
@@ -473,21 +611,22 @@ impl Watch {
             ChangeKind::Put => WatchEvent::Put,
             ChangeKind::Delete => WatchEvent::Delete,
         };
-        let data = ChangeData::new(
+        let mut data = ChangeData::new(
             event.key(),
             event.value(),
             event.partition,
             event.offset,
             event.correlation_id(),
         );
-        let id = position_id(&self.seen);
-        self.write_event(kind, Some(&id), &data);
+        data.expires_at = event.expires_at_ms;
+        data.reason = event.expired.then_some(EXPIRED);
+        self.write_key_event(event.key(), kind, true, &data);
     }
 
     /// A first-listing entry: a `put` without an id, since the listing's position is known only
     /// once all of it was sent.
     fn write_entry(&mut self, key: &[u8], entry: &StoredEntry) {
-        let data = ChangeData::new(
+        let mut data = ChangeData::new(
             key,
             Some(&entry.value),
             entry.partition,
@@ -497,7 +636,26 @@ impl Watch {
                 .as_deref()
                 .filter(|id| id.bytes().all(|b| b.is_ascii_graphic())),
         );
-        self.write_event(WatchEvent::Put, None, &data);
+        data.expires_at = entry.expires_at_ms;
+        self.write_key_event(key, WatchEvent::Put, false, &data);
+    }
+
+    /// Writes a `put` or `delete` of `key` (with the watch's position as its id when `with_id`),
+    /// unless the watch does not show that key: the one place that decides, per key, what a
+    /// watch sends, for live changes and first listings alike.
+    fn write_key_event(
+        &mut self,
+        key: &[u8],
+        kind: WatchEvent,
+        with_id: bool,
+        data: &ChangeData<'_>,
+    ) {
+        // Every key a watch sends passes here: its prefix, and the caller's grant for it.
+        if !key.starts_with(&self.prefix) || !self.keys.allows(key) {
+            return;
+        }
+        let id = with_id.then(|| position_id(&self.seen));
+        self.write_event(kind, id.as_deref(), data);
     }
 
     fn write_progress(&mut self, position: &Positions) {
@@ -583,7 +741,16 @@ struct ChangeData<'a> {
     offset: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     correlation_id: Option<&'a str>,
+    /// When a put's value expires, in milliseconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
+    /// Why a delete happened when no client asked for it: [`EXPIRED`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
+
+/// The `reason` of a `delete` because the key's TTL passed.
+const EXPIRED: &str = "expired";
 
 impl<'a> ChangeData<'a> {
     fn new(
@@ -606,6 +773,8 @@ impl<'a> ChangeData<'a> {
             partition,
             offset,
             correlation_id,
+            expires_at: None,
+            reason: None,
         }
     }
 }

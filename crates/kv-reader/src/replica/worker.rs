@@ -17,7 +17,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::acting::ttl::Ttl;
-use crate::changes::feed::ChangeFeed;
+use crate::changes::feed::{ChangeFeed, Committed};
 use crate::cluster::shard::{ShardSpec, Topology};
 use crate::progress::{Progress, ReplayNote};
 use crate::replica::context::{AliveGuard, ReplicaConsumer};
@@ -160,16 +160,22 @@ impl Worker {
                 // they were foreign records among good ones.
                 let durable = refusals.durable(&next_offsets);
                 let ttl = self.ttl.borrow();
+                let now = now_ms();
                 let applied = self
                     .store
-                    .apply_at(&changes, &durable, now_ms(), &|p| ttl.sweeps(p))?;
+                    .apply_at(&changes, &durable, now, &|p| ttl.sweeps(p))?;
                 drop(ttl);
+                // Watches are told the durable offsets, not the ones read: a resume after the
+                // configuration is fixed must see the held records applied.
                 self.feed.publish(
                     &changes,
                     &origins,
-                    &applied.removed,
-                    &applied.not_applied,
-                    &next_offsets,
+                    &Committed {
+                        removed: &applied.removed,
+                        not_applied: &applied.not_applied,
+                        durable: &durable,
+                        now_ms: now,
+                    },
                 );
                 self.ttl.borrow_mut().applied(&applied);
                 self.hand_offsets_to_kafka(&durable);
@@ -216,7 +222,9 @@ impl Worker {
                 self.progress.set_misconfiguration(None);
                 continue;
             }
-            self.ttl.borrow_mut().tick(&self.store, &self.progress)?;
+            let purged = self.ttl.borrow_mut().tick(&self.store, &self.progress)?;
+            // A replica that is not the sweeper sees no record of these deletes.
+            self.feed.publish_expired(&purged);
             note_replay(&self.progress);
             if Instant::now() >= next_contact_note {
                 self.note_contact()?;

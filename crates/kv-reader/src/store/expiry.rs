@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::entry::StoredEntry;
+use super::entry::{decode_entry, open_entry, StoredEntry};
 use super::tables::{
     DELETED, DELETED_BY_TIME, ENTRIES, EXPIRIES, PENDING_REPAIRS, RECORD_KEYS, SEALED_EXPIRIES,
 };
@@ -45,6 +45,15 @@ pub struct Expired {
     pub offset: i64,
     /// Where the next sweep of this order continues.
     pub cursor: (u64, Vec<u8>),
+}
+
+/// An entry a purge removed at its expiry: what a watch's `delete` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purged {
+    pub user_key: Vec<u8>,
+    pub partition: i32,
+    /// The put that expired.
+    pub offset: i64,
 }
 
 /// A repair the sweeper owes: the key's state as it is now, after its stale record.
@@ -267,14 +276,15 @@ impl Store {
 
     /// Removes, in one transaction, up to `limit` entries expired by `now_ms` on partitions
     /// `swept` does not hold (reading at most `scan` expiry rows), and up to `limit` deletes
-    /// remembered for longer than [`DELETE_MEMORY`]. Returns how many entries it removed.
+    /// remembered for longer than [`DELETE_MEMORY`]. Returns the entries it removed, for the
+    /// watches: a replica that is not the sweeper sees no record of these deletes.
     pub fn purge(
         &self,
         now_ms: u64,
         limit: usize,
         scan: usize,
         swept: &dyn Fn(i32) -> bool,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<Purged>, StoreError> {
         // Looked for in a read transaction first: an idle replica commits nothing.
         let forget_before = now_ms.saturating_sub(DELETE_MEMORY.as_millis() as u64);
         let (due, forgotten) = {
@@ -305,20 +315,25 @@ impl Store {
             (due, forgotten)
         };
         if due.is_empty() && forgotten.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let txn = self.db.begin_write()?;
-        let mut purged = 0;
+        let mut purged = Vec::new();
         {
             let mut writing = Writing::open(&txn, self.cipher.as_ref(), None, now_ms)?;
             for (at, index, sealed) in due {
                 // Only the consumer thread writes, so the row is as read; checked all the same.
                 if writing.expiries.remove((at, index.as_slice()))?.is_some() {
                     let record_key = self.open_record_key(&index, &sealed)?;
-                    writing.entries.remove(index.as_slice())?;
+                    let removed = writing
+                        .entries
+                        .remove(index.as_slice())?
+                        .map(|raw| self.purged(&index, raw.value()));
                     writing.sealed_expiries.remove(index.as_slice())?;
                     writing.record_keys.remove(record_key.as_slice())?;
-                    purged += 1;
+                    if let Some(removed) = removed {
+                        purged.push(removed?);
+                    }
                 }
             }
             for (at, index) in forgotten {
@@ -327,10 +342,26 @@ impl Store {
             }
         }
         txn.commit()?;
-        if purged > 0 {
+        if !purged.is_empty() {
             self.refresh_read_view();
         }
         Ok(purged)
+    }
+
+    /// The user key and origin of the entry stored as `raw` under `index`.
+    fn purged(&self, index: &[u8], raw: &[u8]) -> Result<Purged, StoreError> {
+        let (user_key, entry) = match &self.cipher {
+            None => (index.to_vec(), decode_entry(raw)?),
+            Some(cipher) => {
+                let (user_key, entry) = open_entry(cipher, index, raw)?;
+                (user_key, decode_entry(&entry)?)
+            }
+        };
+        Ok(Purged {
+            user_key,
+            partition: entry.partition,
+            offset: entry.offset,
+        })
     }
 
     /// Up to `limit` repairs the sweeper owes, each with the key's state at `now_ms`.
@@ -504,8 +535,17 @@ mod tests {
             "hidden at its expiry, not a millisecond later"
         );
         assert_eq!(store.earliest_expiry().expect("earliest"), Some(1_000));
-        assert_eq!(store.purge(999, 10, 100, NONE).expect("purge"), 0);
-        assert_eq!(store.purge(1_000, 10, 100, NONE).expect("purge"), 1);
+        assert!(store.purge(999, 10, 100, NONE).expect("purge").is_empty());
+        let purged = store.purge(1_000, 10, 100, NONE).expect("purge");
+        assert_eq!(
+            purged,
+            vec![Purged {
+                user_key: b"a".to_vec(),
+                partition: 0,
+                offset: 0
+            }],
+            "what a watch's delete names"
+        );
         assert_eq!(
             store.key_count().expect("count"),
             1,
@@ -538,7 +578,7 @@ mod tests {
         );
         assert_eq!(
             sweeper.purge(100, 10, 100, ALL).expect("purge"),
-            0,
+            vec![],
             "a swept entry waits for its tombstone"
         );
     }

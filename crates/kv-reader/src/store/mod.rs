@@ -31,7 +31,7 @@ mod write;
 pub use computed::{ComputedRow, DueTimer, Explained, SinkPending};
 pub use decide::OUTCOME_MEMORY;
 pub use entry::StoredEntry;
-pub use expiry::{Expired, PendingRepair, DELETE_MEMORY};
+pub use expiry::{Expired, PendingRepair, Purged, DELETE_MEMORY};
 pub use read::{ReadView, ScanPage};
 pub use transfer::ExportHeader;
 pub use write::{Applied, Change, Decided, Precondition};

@@ -9,6 +9,7 @@ mod owner_failover;
 mod poison_records;
 mod shard_kills;
 mod soak;
+mod watch_token_expiry;
 
 /// The binary under test, as cargo built it for this test.
 pub const READER: &str = env!("CARGO_BIN_EXE_kv-reader");

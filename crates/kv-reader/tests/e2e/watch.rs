@@ -3,15 +3,17 @@
 use crate::{writer, READER};
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use kv_testkit::reader::{dump, query_value, wait_ready};
-use kv_testkit::services::{reader_env, service_env_with};
-use kv_testkit::{eventually, metric, service_env, Broker, OidcProvider, Service, DEADLINE};
+use kv_testkit::services::{keep_writing, reader_env, service_env_with};
+use kv_testkit::{
+    eventually, metric, service_env, token_expiry, Broker, OidcProvider, Service, DEADLINE,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -629,4 +631,473 @@ async fn on_an_encrypted_topic_and_store_a_watch_names_user_keys_and_plaintext_v
         "a MAC is never a key: {data}"
     );
     assert!(data.get("value").is_none(), "{data}");
+}
+
+/// A reader with auth on and no leeway, and a writer with auth off.
+fn reader_with_auth(broker: &Broker, topic: &str, idp: &OidcProvider) -> Service {
+    let mut env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.to_owned()),
+        ("KAFKA_GROUP_ID", format!("{topic}-reader")),
+        ("KV_API_AUTH_READ", "kv:read".to_owned()),
+        ("KV_API_AUTH_LEEWAY_SECONDS", "0".to_owned()),
+    ];
+    env.extend(idp.service_env());
+    Service::start(READER, &env)
+}
+
+#[tokio::test]
+async fn a_watch_closes_when_its_token_expires_and_resumes_with_a_new_token_from_its_last_id() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("watch-expiry", 2).await;
+    let idp = OidcProvider::start("watch-expiry");
+    let writer = Service::start(writer(), &service_env(&broker, &topic));
+    let reader = reader_with_auth(&broker, &topic, &idp);
+    let http = reqwest::Client::new();
+    let long = idp.token("kv-reader", "kv:read").await;
+    wait_ready(&http, &reader).await;
+
+    // The provider's kv-short tokens live 2 s.
+    let short = idp.token("kv-short", "kv:read").await;
+    let expires = token_expiry(&short);
+    let response = request(&http, &reader, "prefix=e%2F", None, Some(&short)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events: Events = Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.expect("a well-formed event")),
+    );
+    let writes = keep_writing(
+        http.clone(),
+        writer.url(""),
+        "e/",
+        expires + Duration::from_secs(1),
+    );
+
+    let mut received = Vec::new();
+    let mut last_id = None;
+    let last = loop {
+        let waited = tokio::time::timeout(Duration::from_secs(15), events.next()).await;
+        let Ok(Some(event)) = waited else {
+            panic!(
+                "the watch still ran {:?} after its token expired",
+                SystemTime::now()
+                    .duration_since(expires)
+                    .unwrap_or_default()
+            );
+        };
+        match event.event.as_str() {
+            "put" => {
+                received.push(change_of(&event).1);
+                last_id = Some(event.id.clone());
+            }
+            "progress" => last_id = Some(event.id.clone()),
+            _ => break event,
+        }
+        assert!(
+            SystemTime::now() < expires + Duration::from_secs(10),
+            "the watch still runs 10 s after its token expired"
+        );
+    };
+    let closed_at = SystemTime::now();
+    assert_eq!(last.event, "error", "{last:?}");
+    let data: Value = serde_json::from_str(&last.data).expect("json");
+    assert_eq!(data["error"]["code"], "unauthorized", "{data}");
+    assert!(
+        data["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired") && m.contains("Last-Event-ID")),
+        "{data}"
+    );
+    assert!(
+        next(&mut events).await.is_none(),
+        "the stream ends after the error"
+    );
+    assert!(closed_at >= expires, "closed before the token expired");
+    let late = closed_at.duration_since(expires).expect("after");
+    assert!(
+        late < Duration::from_secs(2),
+        "closed {late:?} after expiry"
+    );
+
+    // Resumed with a new token from the last id: every write, none twice.
+    let response = request(
+        &http,
+        &reader,
+        "prefix=e%2F",
+        last_id.as_deref(),
+        Some(&long),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut resumed: Events = Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.expect("a well-formed event")),
+    );
+    let sent = writes.await.expect("the writes");
+    let after_expiry: Vec<&String> = sent
+        .iter()
+        .filter(|(_, at)| *at > expires)
+        .map(|(key, _)| key)
+        .collect();
+    assert!(!after_expiry.is_empty(), "writes went on past the expiry");
+    for key in &after_expiry {
+        assert!(
+            !received.contains(key),
+            "{key}, written after the token expired, reached its watch"
+        );
+    }
+    while received.len() < sent.len() {
+        received.push(change_of(&next_change(&mut resumed).await).1);
+    }
+    let expected: BTreeSet<&String> = sent.iter().map(|(key, _)| key).collect();
+    assert_eq!(received.iter().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(received.len(), expected.len(), "no write twice");
+}
+
+/// What a client keeps from a watch: the entries its events leave.
+#[derive(Debug, Default)]
+struct Cache {
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The keys `delete` events said expired, and the `expires_at` puts carried.
+    expired: BTreeSet<String>,
+    expires_at: BTreeMap<String, u64>,
+}
+
+impl Cache {
+    /// Takes one event into the cache; `true` for `progress`, after which it is worth comparing.
+    fn take(&mut self, event: &Event) -> bool {
+        match event.event.as_str() {
+            "progress" => return true,
+            "reset" => self.entries.clear(),
+            "put" | "delete" => {
+                let data: Value = serde_json::from_str(&event.data).expect("json data");
+                let key = data["key"].as_str().expect("a text key").to_owned();
+                if event.event == "put" {
+                    let value = data["value"].as_str().expect("a text value");
+                    self.entries
+                        .insert(key.clone().into_bytes(), value.as_bytes().to_vec());
+                    if let Some(at) = data["expires_at"].as_u64() {
+                        self.expires_at.insert(key, at);
+                    }
+                } else {
+                    self.entries.remove(key.as_bytes());
+                    if data["reason"] == "expired" {
+                        self.expired.insert(key);
+                    }
+                }
+            }
+            other => panic!("unexpected event {other}: {event:?}"),
+        }
+        false
+    }
+}
+
+/// Reads `events` into `cache` until, at a `progress`, it holds what `reader` does and
+/// `done` holds of it.
+async fn follow_until_equal(
+    http: &reqwest::Client,
+    reader: &Service,
+    events: &mut Events,
+    cache: &mut Cache,
+    what: &str,
+    done: impl Fn(&Cache) -> bool,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        let event = next(events).await.expect("the stream goes on");
+        if cache.take(&event) && done(cache) && cache.entries == dump(http, reader).await {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{what}: the cache built from the watch never equalled the store: {cache:?} \
+             against {:?}",
+            dump(http, reader).await
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cache_built_from_a_watch_ends_equal_to_the_store_as_keys_expire_on_every_replica() {
+    let broker = Broker::start();
+    // Apart, so that a replica that is not the sweeper never gets a sweeper's tombstone: its
+    // deletes at expiry come from its own purge.
+    for sweeper in [false, true] {
+        cache_follows_expiries(&broker, sweeper).await;
+    }
+}
+
+async fn cache_follows_expiries(broker: &Broker, sweeper: bool) {
+    let topic = broker.create_topic("watch-ttl", 2).await;
+    let writer = Service::start(writer(), &service_env(broker, &topic));
+    let mut env = reader_env(broker, &topic, "watch-ttl-first");
+    env.push(("KV_API_TTL_SWEEPER", sweeper.to_string()));
+    let reader = Service::start(READER, &env);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &reader).await;
+    let mut events = watch(&http, &reader, "prefix=t%2F&snapshot=true", None).await;
+    let mut cache = Cache::default();
+
+    let put = |key: &'static str, ttl: Option<&'static str>| {
+        let mut request = http.put(writer.url(&format!("/v1/kv/t%2F{key}"))).body(key);
+        if let Some(ttl) = ttl {
+            request = request.header("X-KV-TTL-Seconds", ttl);
+        }
+        async move { assert_eq!(request.send().await.expect("put").status(), 200) }
+    };
+    put("keep", None).await;
+    put("brief", Some("1")).await;
+    put("renewed", Some("1")).await;
+    put("renewed", None).await;
+    put("lasting", Some("600")).await;
+    // Done once the brief key came and went and the other three are there.
+    let all_expired = |cache: &Cache| {
+        cache.expires_at.contains_key("t/brief")
+            && !cache.entries.contains_key(&b"t/brief"[..])
+            && cache.entries.len() == 3
+    };
+    let what = format!("live, sweeper {sweeper}");
+    follow_until_equal(&http, &reader, &mut events, &mut cache, &what, all_expired).await;
+    assert!(cache.expired.contains("t/brief"), "{cache:?}");
+    assert!(!cache.expired.contains("t/renewed"), "{cache:?}");
+    assert!(cache.expires_at.contains_key("t/lasting"), "{cache:?}");
+
+    // A first listing after the expiry, with nothing written since, lists what the store holds.
+    let mut events = watch(&http, &reader, "prefix=t%2F&snapshot=true", None).await;
+    let mut listed = Cache::default();
+    while !listed.take(&next(&mut events).await.expect("an event")) {}
+    assert_eq!(
+        listed.entries,
+        dump(&http, &reader).await,
+        "sweeper {sweeper}"
+    );
+    assert!(listed.expires_at.contains_key("t/lasting"), "{listed:?}");
+
+    // A replica that starts after the expiry replays the expired put: a watch from the start
+    // sees it deleted, not put.
+    let mut env = reader_env(broker, &topic, "watch-ttl-late");
+    env.push(("KV_API_TTL_SWEEPER", sweeper.to_string()));
+    let late = Service::start(READER, &env);
+    wait_ready(&http, &late).await;
+    let mut events = watch(&http, &late, "prefix=t%2F", Some("start")).await;
+    let mut replayed = Cache::default();
+    let what = format!("replayed, sweeper {sweeper}");
+    follow_until_equal(&http, &late, &mut events, &mut replayed, &what, |cache| {
+        cache.entries.len() == 3 && cache.expired.contains("t/brief")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_watch_id_never_passes_records_the_store_refused_so_a_resume_after_the_key_fix_gets_them()
+{
+    const RIGHT_KEY: &str = "8f2c6a1e9b7d4c3a5e0f1b2d3c4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6";
+    const WRONG_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const KEYS: usize = 20;
+    let broker = Broker::start();
+    let topic = broker.create_topic("watch-refused", 1).await;
+    let encrypted = |key: &'static str| {
+        [
+            ("KV_API_ENCRYPT_DATA_ON_KAFKA", "true"),
+            ("KV_API_AES_KEY", key),
+        ]
+    };
+    let writer = Service::start(
+        writer(),
+        &service_env_with(&broker, &topic, &encrypted(RIGHT_KEY)),
+    );
+    let http = reqwest::Client::new();
+    let items: Vec<Value> = (0..KEYS)
+        .map(|i| json!({"key": format!("r/{i}"), "value": "v"}))
+        .collect();
+    write(&http, &writer, &items).await;
+    let dir = tempfile::tempdir().expect("store folder");
+    let location = dir.path().display().to_string();
+    let reader_env = |key: &'static str| {
+        let mut env = encrypted(key).to_vec();
+        env.push(("KV_API_STATE_STORAGE_DISK_LOCATION", location.as_str()));
+        service_env_with(&broker, &topic, &env)
+    };
+
+    let mut wrong = Service::start(READER, &reader_env(WRONG_KEY));
+    let mut events = eventually("a watch on the misconfigured reader", DEADLINE, || {
+        let answer = request(&http, &wrong, "", None, None);
+        async move {
+            let answer = answer.await;
+            (answer.status() == StatusCode::OK).then_some(answer)
+        }
+    })
+    .await
+    .bytes_stream()
+    .eventsource();
+    eventually("the reader to read every record", DEADLINE, || async {
+        let (_, report) = kv_testkit::reader::ready_report(&http, &wrong).await;
+        (report["status"] == "misconfigured"
+            && report["partitions"]["0"]["next_offset"].as_i64() == Some(KEYS as i64))
+        .then_some(())
+    })
+    .await;
+    // A progress sent after every record was read: the id a client would resume from.
+    let mut last_id = String::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .expect("an event")
+            .expect("the stream goes on")
+            .expect("an event");
+        assert_eq!(event.event, "progress", "{event:?}");
+        last_id = event.id;
+    }
+    drop(events);
+    wrong.terminate();
+    assert_eq!(wrong.wait_for_exit(DEADLINE).await, Some(0));
+
+    let right = Service::start(READER, &reader_env(RIGHT_KEY));
+    wait_ready(&http, &right).await;
+    let mut resumed = watch(&http, &right, "", Some(&last_id)).await;
+    let mut got = BTreeSet::new();
+    let started = std::time::Instant::now();
+    while got.len() < KEYS {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "resumed from {last_id}, the watch got only {got:?}"
+        );
+        let event = next(&mut resumed).await.expect("the stream goes on");
+        if event.event != "progress" {
+            got.insert(change_of(&event).1);
+        }
+    }
+    let expected: BTreeSet<String> = (0..KEYS).map(|i| format!("r/{i}")).collect();
+    assert_eq!(got, expected, "resumed from {last_id}");
+}
+
+#[tokio::test]
+async fn one_caller_holds_at_most_its_share_of_watches_and_other_callers_are_still_served() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("watch-callers", 1).await;
+    let reader = Service::start(
+        READER,
+        &service_env_with(&broker, &topic, &[("KV_API_MAX_WATCHES_PER_CALLER", "2")]),
+    );
+    let http = reqwest::Client::new();
+    // With auth off a caller is its address: another loopback address is another caller.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("a client on 127.0.0.2");
+    wait_ready(&http, &reader).await;
+    let open = [
+        watch(&http, &reader, "", None).await,
+        watch(&http, &reader, "prefix=a", None).await,
+    ];
+    let refused = request(&http, &reader, "", None, None).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("KV_API_MAX_WATCHES_PER_CALLER")),
+        "{body}"
+    );
+    let _elsewhere = watch(&other, &reader, "", None).await;
+    drop(open);
+    eventually("a closed watch frees its caller's slot", DEADLINE, || {
+        let answer = request(&http, &reader, "", None, None);
+        async move { (answer.await.status() == StatusCode::OK).then_some(()) }
+    })
+    .await;
+
+    // With auth on a caller is its token's subject, wherever it connects from.
+    let idp = OidcProvider::start("watch-callers");
+    let mut env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+        ("KV_API_KAFKA_KEY_VALUE_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", format!("{topic}-auth")),
+        ("KV_API_AUTH_READ", "kv:read".to_owned()),
+        ("KV_API_MAX_WATCHES_PER_CALLER", "1".to_owned()),
+    ];
+    env.extend(idp.service_env());
+    let guarded = Service::start(READER, &env);
+    wait_ready(&http, &guarded).await;
+    let reading = idp.token("kv-reader", "kv:read").await;
+    let first = request(&http, &guarded, "", None, Some(&reading)).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let again = request(&other, &guarded, "", None, Some(&reading)).await;
+    assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS);
+    let someone_else = idp.token("kv-full", "kv:read").await;
+    let second = request(&http, &guarded, "", None, Some(&someone_else)).await;
+    assert_eq!(second.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn first_listings_of_an_encrypted_store_never_crowd_out_listings() {
+    const WATCHES: usize = 6;
+    let broker = Broker::start();
+    let topic = broker.create_topic("watch-sealed-listing", 2).await;
+    let producer = broker.producer();
+    let records: Vec<kv_testkit::topic::KeyValue> = (0..20_000)
+        .map(|i| (format!("key-{i:05}").into_bytes(), Some(b"v".to_vec())))
+        .collect();
+    kv_testkit::topic::produce_all(&producer, &topic, &records).await;
+    let dir = tempfile::tempdir().expect("store dir");
+    let location = dir.path().display().to_string();
+    let reader = Service::start(
+        READER,
+        &service_env_with(
+            &broker,
+            &topic,
+            &[
+                ("KV_API_STATE_STORAGE_DISK_LOCATION", location.as_str()),
+                ("KV_API_STATE_STORAGE_PASSWORD", "pw"),
+            ],
+        ),
+    );
+    let http = reqwest::Client::new();
+    wait_ready(&http, &reader).await;
+
+    let mut watches = Vec::new();
+    for _ in 0..WATCHES {
+        watches.push(watch(&http, &reader, "prefix=key-&snapshot=true", None).await);
+    }
+    let listed = std::cell::Cell::new(0);
+    let first_listings = futures::future::join_all(watches.iter_mut().map(|events| async {
+        let mut entries = 0;
+        loop {
+            let event = next(events).await.expect("the stream goes on");
+            match event.event.as_str() {
+                "put" => entries += 1,
+                "progress" => break,
+                other => panic!("{other}: {event:?}"),
+            }
+        }
+        listed.set(listed.get() + 1);
+        entries
+    }));
+    // One listing at a time while the watches list: each finds a slot of the listings' own.
+    let listings = async {
+        let mut statuses = BTreeMap::new();
+        while listed.get() < WATCHES {
+            let status = http
+                .get(reader.url("/v1/kv?prefix=key-&limit=3"))
+                .send()
+                .await
+                .expect("list")
+                .status();
+            *statuses.entry(status.as_u16()).or_insert(0) += 1;
+        }
+        statuses
+    };
+    let (entries, statuses) = tokio::join!(first_listings, listings);
+    assert_eq!(entries, vec![20_000; WATCHES]);
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "listings while {WATCHES} watches listed: {statuses:?}"
+    );
 }
