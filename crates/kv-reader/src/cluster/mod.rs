@@ -139,6 +139,11 @@ impl Cluster {
         partition_of(&self.codec, user_key, partitions)
     }
 
+    /// The base URL of shard `shard` (`KV_API_SHARD_PEERS`), this one's included.
+    pub fn peer_url(&self, shard: u32) -> &str {
+        &self.peers[shard as usize].url
+    }
+
     pub fn holds(&self, partition: i32) -> bool {
         self.spec.holds(partition)
     }

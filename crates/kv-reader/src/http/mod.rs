@@ -23,6 +23,7 @@ pub mod state;
 pub mod status_page;
 pub mod transfer;
 pub mod watch;
+pub mod watch_merge;
 
 pub use freshness::freshness_middleware;
 pub use routes::{endpoints, OPENAPI};

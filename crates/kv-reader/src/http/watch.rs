@@ -33,6 +33,8 @@ use crate::changes::feed::{
 use crate::changes::metrics::{WatchEvent, WatchMetrics};
 use crate::cluster::shard::ShardSpec;
 use crate::http::list::prefix_param;
+use crate::http::state::{HttpState, PeerClient};
+use crate::http::watch_merge::{self, MergeRequest};
 use crate::store::{ReadView, ScanPage, Store, StoreError, StoredEntry};
 
 /// The SSE header naming the last event a reconnecting client received.
@@ -161,6 +163,8 @@ pub async fn watch(
     auth: Authorized<operation::Read>,
     request: HttpRequest,
     state: web::Data<WatchState>,
+    http: web::Data<HttpState>,
+    client: web::Data<PeerClient>,
 ) -> Result<HttpResponse, ApiError> {
     if !accepts_event_stream(&request) {
         return Err(ApiError::invalid_request(
@@ -169,16 +173,18 @@ pub async fn watch(
         ));
     }
     let query: WatchQuery = parse_query(&request)?;
-    if let Some(shard) = &state.shard {
-        // A watch that silently missed the other shards' changes would be worse than none.
-        if query.shard_local.as_deref() != Some("true") {
-            return Err(ApiError::invalid_request(format!(
-                "this reader is shard {shard} and sees the changes of its own partitions only: \
-                 watch every shard with `shard_local=true` (the ids of their events combine \
-                 into one position per partition), or watch a full replica"
-            )));
-        }
-    }
+    // On a shard, a plain watch merges every shard's own (`watch_merge`); `shard_local=true`
+    // asks for this shard's partitions only.
+    let merge = state.shard.is_some()
+        && match query.shard_local.as_deref() {
+            None | Some("false") => true,
+            Some("true") => false,
+            Some(other) => {
+                return Err(ApiError::invalid_request(format!(
+                    "parameter `shard_local` must be true or false, got {other:?}"
+                )))
+            }
+        };
     let prefix = prefix_param(query.prefix, query.prefix_b64)?;
     // KV_API_AUTH_PREFIXES: a prefix with no watchable key is a 403; otherwise every event and
     // snapshot entry is filtered by `Watch::keys`.
@@ -226,6 +232,15 @@ pub async fn watch(
         )
         .with_retry_after(Duration::from_secs(1)));
     };
+    if merge {
+        let merge = MergeRequest {
+            prefix,
+            resume,
+            snapshot,
+            slots: Box::new((slot, caller)),
+        };
+        return watch_merge::merged(&request, &http, &client.0, merge).await;
+    }
     // A watch outlives the request that opened it: it ends when its token would be refused.
     let valid_until_ms = match (&auth.claims, request.app_data::<web::Data<AuthGate>>()) {
         (Some(claims), Some(gate)) => gate.valid_until_ms(claims),
@@ -260,7 +275,7 @@ fn accepts_event_stream(request: &HttpRequest) -> bool {
 }
 
 /// A position as an event id spells it: a consistency token, or [`START_POSITION`].
-fn parse_position(text: &str) -> Result<Positions, ApiError> {
+pub(crate) fn parse_position(text: &str) -> Result<Positions, ApiError> {
     if text == START_POSITION {
         return Ok(Positions::new());
     }
@@ -714,7 +729,7 @@ fn raise(positions: &mut Positions, partition: i32, offset: i64) {
 }
 
 /// A position as an event id: its consistency token, or [`START_POSITION`] before anything.
-fn position_id(position: &Positions) -> String {
+pub(crate) fn position_id(position: &Positions) -> String {
     if position.is_empty() {
         return START_POSITION.to_owned();
     }

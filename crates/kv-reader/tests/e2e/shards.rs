@@ -521,24 +521,170 @@ async fn max_lag_bounds_a_read_and_a_bad_bound_is_refused() {
         .await
         .expect("get");
     assert_eq!(header.status(), 400);
-    // A shard's watch sees its own partitions only: it must be asked for that knowingly.
+    // A plain watch on a shard merges every shard's; `shard_local` asks for its own only.
     let watch = |query: &'static str| {
         http.get(shards.get(0).url(&format!("/v1/kv:watch{query}")))
             .header("accept", "text/event-stream")
             .send()
     };
-    let refused = watch("").await.expect("watch");
-    assert_eq!(refused.status(), 400);
-    let body: Value = refused.json().await.expect("error");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("shard_local=true"),
-        "{body}"
-    );
+    for query in ["", "?shard_local=true", "?shard_local=false"] {
+        assert_eq!(watch(query).await.expect("watch").status(), 200, "{query}");
+    }
     assert_eq!(
-        watch("?shard_local=true").await.expect("watch").status(),
-        200
+        watch("?shard_local=maybe").await.expect("watch").status(),
+        400
     );
+}
+
+type Events = std::pin::Pin<Box<dyn futures::Stream<Item = eventsource_stream::Event>>>;
+
+/// A watch's events; the test fails if the answer is not a stream.
+async fn open_watch(
+    http: &reqwest::Client,
+    shard: &Service,
+    query: &str,
+    last_event_id: Option<&str>,
+) -> Events {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let mut request = http
+        .get(shard.url(&format!("/v1/kv:watch{query}")))
+        .header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.expect("watch");
+    assert_eq!(response.status(), 200, "{}", shard.output());
+    Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.expect("an event")),
+    )
+}
+
+/// Events up to and including the first that `stop` accepts: (type, key, id).
+async fn events_until(
+    events: &mut Events,
+    mut stop: impl FnMut(&eventsource_stream::Event) -> bool,
+) -> Vec<(String, String, String)> {
+    use futures::StreamExt;
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on");
+        let data: Value = serde_json::from_str(&event.data).unwrap_or_default();
+        let key = data["key"].as_str().unwrap_or_default().to_owned();
+        seen.push((event.event.clone(), key, event.id.clone()));
+        if stop(&event) {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_plain_watch_on_any_shard_covers_every_partition_and_resumes_on_another_shard() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("shards-watch", PARTITIONS as i32).await;
+    let env = service_env(&broker, &topic);
+    let writer = Service::start(writer(), &env);
+    let shards = Shards::start(READER, &env, SHARDS, 2);
+    let http = reqwest::Client::new();
+    let first = write_keys(&http, &writer, 12).await;
+    wait_all_ready(&http, &shards).await;
+    for (key, _) in &first {
+        // Every shard applied what was written before the watch lists it.
+        let token = &first[key].1;
+        eventually("the write applied", DEADLINE, || async {
+            let response = http
+                .get(shards.get(0).url(&key_path(key.as_bytes())))
+                .header("x-consistency-token", token)
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then_some(())
+        })
+        .await;
+    }
+    assert!(
+        first
+            .keys()
+            .map(|k| owner(k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1,
+        "the keys span shards"
+    );
+
+    // The entries of every shard, then a progress whose id names every partition.
+    let mut events = open_watch(&http, shards.get(0), "?prefix=user%2F&snapshot=true", None).await;
+    let listed = events_until(&mut events, |e| e.event == "progress").await;
+    let keys: std::collections::BTreeSet<&str> = listed
+        .iter()
+        .filter(|(kind, _, _)| kind == "put")
+        .map(|(_, key, _)| key.as_str())
+        .collect();
+    assert_eq!(keys, first.keys().map(String::as_str).collect());
+    assert!(
+        listed[..listed.len() - 1]
+            .iter()
+            .all(|(_, _, id)| id.is_empty()),
+        "no id while listing: {listed:?}"
+    );
+    let progress = &listed.last().expect("progress").2;
+    assert_eq!(
+        progress.split(',').count(),
+        PARTITIONS as usize,
+        "{progress}"
+    );
+
+    // Live changes of every partition, each once, with ids.
+    let mut written = 0;
+    for i in 100..106 {
+        let response = http
+            .put(writer.url(&key_path(key(i).as_bytes())))
+            .body("live")
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(response.status(), 200);
+        written += 1;
+    }
+    let mut live = Vec::new();
+    while live.len() < written {
+        let got = events_until(&mut events, |e| e.event == "put").await;
+        live.push(got.last().expect("a put").clone());
+    }
+    let live_keys: Vec<&str> = live.iter().map(|(_, k, _)| k.as_str()).collect();
+    let mut sorted = live_keys.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), written, "each change once: {live_keys:?}");
+    let last_id = live.last().expect("a put").2.clone();
+    assert!(!last_id.is_empty());
+    drop(events);
+
+    // Resumed on another shard with the same id: what was written since, nothing before.
+    for i in 200..203 {
+        let response = http
+            .put(writer.url(&key_path(key(i).as_bytes())))
+            .body("after")
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(response.status(), 200);
+    }
+    let mut resumed = open_watch(&http, shards.get(2), "?prefix=user%2F", Some(&last_id)).await;
+    let mut after = std::collections::BTreeSet::new();
+    while after.len() < 3 {
+        let got = events_until(&mut resumed, |e| e.event == "put").await;
+        let (_, key, _) = got.last().expect("a put");
+        assert!(
+            key.starts_with("user/02"),
+            "only what came after the id: {key}"
+        );
+        after.insert(key.clone());
+    }
 }
