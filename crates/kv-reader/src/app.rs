@@ -471,8 +471,7 @@ fn watch_state(
 
 /// The client a worker forwards reads to peer shards with.
 fn peer_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(1))
+    crate::cluster::forward::peer_client(Duration::from_secs(1))
         .pool_idle_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .build()

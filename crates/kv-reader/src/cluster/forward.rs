@@ -1,9 +1,10 @@
 //! One hop to a peer shard: what of the caller's request it carries, the loop guard, the
 //! metrics, and a peer's answer read within a bound.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kv_core::web::http::CORRELATION_ID;
+use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::cluster::Cluster;
 
@@ -22,6 +23,30 @@ pub const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
     "content-type",
     "accept",
 ];
+
+/// The bytes of a key escaped in a forwarded path: all but RFC 3986's unreserved letters,
+/// digits, `-`, `_` and `~`. `/` and `.` are escaped too, so a key is one segment that no URL
+/// parser on the way folds (`..`, `%2e%2e`) and the owner decodes back whole.
+const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
+/// The path of `key` at an owner, below the route's `prefix` (ending in `/`); `None` for a key
+/// of dots only (`.`, `..`): a URL parser folds such a segment even escaped (`%2E%2E`), so no
+/// path carries it to the owner as a key.
+pub fn key_path(prefix: &str, key: &[u8]) -> Option<String> {
+    if matches!(key, b"." | b"..") {
+        return None;
+    }
+    Some(format!("{prefix}{}", percent_encode(key, KEY_SEGMENT)))
+}
+
+/// The client of every call to a peer (forwards, fanned-out parts, readiness polls,
+/// snapshots): it follows no redirect, so a peer's answer is the answer and no caller's request
+/// or token is sent on to an address that is not a configured peer.
+pub fn peer_client(connect_timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+}
 
 /// How a forward ended, as the metrics label it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,4 +230,45 @@ pub fn passed_back(name: &str) -> bool {
             | "proxy-authenticate"
             | "date"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key the owner decodes from the path a peer client sends for `key`.
+    fn sent(key: &[u8]) -> Vec<u8> {
+        let path = key_path("/v1/kv/", key).expect("a key with a path");
+        let url = reqwest::Url::parse(&format!("http://peer:1{path}")).expect("a URL");
+        let tail = url
+            .path()
+            .strip_prefix("/v1/kv/")
+            .expect("the route's prefix kept");
+        percent_encoding::percent_decode_str(tail).collect()
+    }
+
+    #[test]
+    fn a_forwarded_key_reaches_the_owner_whole_whatever_its_dots_and_slashes() {
+        for key in [
+            &b"x3/../target"[..],
+            b"../../admin/v1/snapshot",
+            b"a/./b",
+            b"/",
+            b"...",
+            b"%2e%2e",
+            b"a b?c#d",
+            b"\\..\\x",
+            b"\xff\x00/..",
+            b"plain",
+        ] {
+            assert_eq!(sent(key), key, "{:?}", String::from_utf8_lossy(key));
+        }
+    }
+
+    #[test]
+    fn a_key_of_dots_only_has_no_path() {
+        assert_eq!(key_path("/v1/kv/", b".."), None);
+        assert_eq!(key_path("/v1/kv/", b"."), None);
+        assert!(key_path("/v1/kv/", b"...").is_some());
+    }
 }

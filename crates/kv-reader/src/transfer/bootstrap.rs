@@ -8,6 +8,7 @@ use std::time::Duration;
 use kv_core::record::RecordCodec;
 use kv_core::secret::Secret;
 
+use crate::cluster::forward::peer_client;
 use crate::cluster::shard::ShardSpec;
 use crate::store::Store;
 use crate::transfer::format::{self, Expected, ImportProgress, Imported};
@@ -57,8 +58,7 @@ pub fn run(
         .build()
         .map_err(|e| e.to_string())
         .and_then(|runtime| {
-            reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
+            peer_client(CONNECT_TIMEOUT)
                 .build()
                 .map(|client| (runtime, client))
                 .map_err(|e| e.to_string())
