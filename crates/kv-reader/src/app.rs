@@ -489,9 +489,8 @@ fn start_resp_port(
     };
     let metrics = RespMetrics::register(registry, &resp::metric_labels())?;
     let (read, auth) = (read.clone(), auth.clone().into_inner());
-    let max_connections = resp.max_connections;
     Ok(Some(RespServer::start(&resp.listen, |port| {
-        resp::Shared::new(read, auth, metrics, port, max_connections)
+        resp::Shared::new(read, auth, metrics, port, resp.clone())
     })?))
 }
 

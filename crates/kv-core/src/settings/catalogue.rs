@@ -530,6 +530,24 @@ pub static VARS: &[Var] = &[
         help: "most connections the RESP port holds at once; one more is answered an error and closed",
     },
     Var {
+        name: "KV_API_RESP_MAX_UNAUTHENTICATED",
+        group: Group::Reader,
+        default: Default::Described("half of KV_API_RESP_MAX_CONNECTIONS"),
+        help: "with auth on, most RESP connections not yet authenticated; past it the oldest of them is closed",
+    },
+    Var {
+        name: "KV_API_RESP_AUTH_TIMEOUT_MS",
+        group: Group::Reader,
+        default: Default::Value("10000"),
+        help: "with auth on, how long a RESP connection has from its accept to a successful AUTH",
+    },
+    Var {
+        name: "KV_API_RESP_REQUEST_TIMEOUT_MS",
+        group: Group::Reader,
+        default: Default::Value("10000"),
+        help: "how long a RESP request has from its first byte to its last",
+    },
+    Var {
         name: "KV_API_REPLAY_PROGRESS_INTERVAL_MS",
         group: Group::Reader,
         default: Default::Value("10000"),

@@ -13,6 +13,7 @@ mod read_routes;
 mod replication;
 mod resp;
 mod resp_clients;
+mod resp_slots;
 mod shard_paths;
 mod shards;
 mod snapshot;
