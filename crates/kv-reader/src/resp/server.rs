@@ -76,9 +76,18 @@ struct Slots {
 #[derive(Debug, Default)]
 struct SlotState {
     open: usize,
-    /// Connections not authenticated yet, oldest first, each with what closes it.
-    unauthenticated: BTreeMap<u64, oneshot::Sender<()>>,
+    /// Connections not authenticated yet, oldest first.
+    unauthenticated: BTreeMap<u64, Waiting>,
     next: u64,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    /// Closes the connection to make room.
+    close: oneshot::Sender<()>,
+    /// Its `AUTH` is being checked: it is not the one to close, or a flood of new connections
+    /// would close every client while its token is checked.
+    authenticating: bool,
 }
 
 /// A connection's hold on a slot, given back when dropped.
@@ -111,7 +120,7 @@ impl Slots {
 
     /// A slot for a new connection (`authenticated`: it need not `AUTH`), and what tells it
     /// that its slot went to a newer one; `None` when every slot is an authenticated
-    /// connection's.
+    /// connection's or one whose `AUTH` is being checked.
     fn admit(
         self: &Arc<Self>,
         authenticated: bool,
@@ -121,8 +130,14 @@ impl Slots {
         let full = state.open >= self.max
             || (!authenticated && state.unauthenticated.len() >= self.max_unauthenticated);
         if full {
-            let (_, close) = state.unauthenticated.pop_first()?;
-            let _ = close.send(());
+            let oldest = *state
+                .unauthenticated
+                .iter()
+                .find(|(_, waiting)| !waiting.authenticating)?
+                .0;
+            if let Some(waiting) = state.unauthenticated.remove(&oldest) {
+                let _ = waiting.close.send(());
+            }
             state.open -= 1;
             metrics.evicted.inc();
         }
@@ -137,7 +152,13 @@ impl Slots {
         let id = state.next;
         state.next += 1;
         let (close, closed) = oneshot::channel();
-        state.unauthenticated.insert(id, close);
+        state.unauthenticated.insert(
+            id,
+            Waiting {
+                close,
+                authenticating: false,
+            },
+        );
         let slot = Slot {
             slots: self.clone(),
             held: Held::Unauthenticated(id),
@@ -147,6 +168,15 @@ impl Slots {
 }
 
 impl Slot {
+    /// Its `AUTH` is being checked (`true`), or was refused (`false`).
+    fn authenticating(&mut self, checking: bool) {
+        if let Held::Unauthenticated(id) = self.held {
+            if let Some(waiting) = self.slots.lock().unauthenticated.get_mut(&id) {
+                waiting.authenticating = checking;
+            }
+        }
+    }
+
     /// The connection authenticated: it is no longer the first to go when the port is full.
     fn authenticated(&mut self) {
         if let Held::Unauthenticated(id) = self.held {
@@ -304,9 +334,15 @@ impl Connection {
                         let waited = pending.run(shared, &mut self.session, &mut self.output);
                         match self.auth_deadline {
                             // Only `AUTH` waits before auth: the provider's answer is late.
-                            Some(deadline) => tokio::time::timeout_at(deadline, waited)
-                                .await
-                                .map_err(|_| Ended::AuthTimeout)?,
+                            Some(deadline) => {
+                                self.slot.authenticating(true);
+                                tokio::time::timeout_at(deadline, waited)
+                                    .await
+                                    .map_err(|_| Ended::AuthTimeout)?;
+                                // Authenticated, or back among those to close first.
+                                self.note_auth();
+                                self.slot.authenticating(false);
+                            }
                             None => waited.await,
                         }
                     }
