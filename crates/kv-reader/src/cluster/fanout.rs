@@ -8,7 +8,7 @@ use kv_core::web::json::BASE64;
 use serde_json::Value;
 
 use crate::cluster::forward::{
-    read_bounded, BodyError, ForwardError, Outcome, Outgoing, SERVED_BY,
+    read_bounded, read_within, BodyError, ByteBudget, ForwardError, Outcome, Outgoing, SERVED_BY,
 };
 use crate::cluster::Cluster;
 
@@ -31,7 +31,7 @@ pub struct BatchPart {
 }
 
 /// Asks `peer` for the keys `labels` (as the caller gave them, in `field`: `keys` or
-/// `keys_b64`). `limit` bounds the answer's body.
+/// `keys_b64`). The answer's body is taken from `budget`, which every owner's part shares.
 pub async fn batch_part(
     cluster: &Cluster,
     client: &reqwest::Client,
@@ -39,7 +39,7 @@ pub async fn batch_part(
     peer: u32,
     field: &str,
     labels: &[&str],
-    limit: usize,
+    budget: &ByteBudget,
 ) -> Result<BatchPart, PartError> {
     let body = serde_json::to_vec(&serde_json::json!({ field: labels }))
         .map_err(|e| unavailable(peer, format!("cannot encode the request: {e}")))?;
@@ -51,7 +51,7 @@ pub async fn batch_part(
     if !response.status().is_success() {
         return Err(PartError::Refused(response));
     }
-    let body = read_bounded(response, limit).await.map_err(|e| match e {
+    let body = read_within(response, budget).await.map_err(|e| match e {
         BodyError::TooLarge(_) => PartError::TooLarge,
         other => unavailable(peer, other.to_string()),
     })?;
@@ -59,9 +59,15 @@ pub async fn batch_part(
     struct Answer {
         results: Vec<Value>,
     }
-    let answer: Answer = serde_json::from_slice(&body)
-        .map_err(|e| unavailable(peer, format!("answered a batchGet that is not one: {e}")))?;
+    // The body is dropped here; its bytes go back if the part is not used.
+    let (parsed, read) = (serde_json::from_slice::<Answer>(&body), body.len());
+    drop(body);
+    let answer = parsed.map_err(|e| {
+        budget.give_back(read);
+        unavailable(peer, format!("answered a batchGet that is not one: {e}"))
+    })?;
     if answer.results.len() != labels.len() {
+        budget.give_back(read);
         return Err(unavailable(
             peer,
             format!(

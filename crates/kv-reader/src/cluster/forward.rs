@@ -1,6 +1,7 @@
 //! One hop to a peer shard: what of the caller's request it carries, the loop guard, the
 //! metrics, and a peer's answer read within a bound.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kv_core::web::http::CORRELATION_ID;
@@ -181,28 +182,69 @@ pub enum BodyError {
 
 /// A peer's answer body, refused past `limit` bytes: a peer is trusted to answer, not to
 /// answer small.
-pub async fn read_bounded(
+pub async fn read_bounded(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    read_within(response, &ByteBudget::new(limit)).await
+}
+
+/// Bytes several peers' answers may take together, read at once: each chunk is taken from it
+/// as it arrives, so the answers of every owner of a fanned-out read together stay within one
+/// bound, however many owners answer.
+#[derive(Debug)]
+pub struct ByteBudget {
+    total: usize,
+    left: AtomicUsize,
+}
+
+impl ByteBudget {
+    pub fn new(total: usize) -> Self {
+        Self {
+            total,
+            left: AtomicUsize::new(total),
+        }
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+
+    /// Gives back what an answer that is dropped unused took.
+    pub fn give_back(&self, bytes: usize) {
+        self.left.fetch_add(bytes, Ordering::AcqRel);
+    }
+}
+
+/// A peer's answer body, its bytes taken from `budget` as they arrive; refused as soon as the
+/// budget is spent (a declared length over what is left: before reading anything).
+pub async fn read_within(
     mut response: reqwest::Response,
-    limit: usize,
+    budget: &ByteBudget,
 ) -> Result<Vec<u8>, BodyError> {
+    let too_large = BodyError::TooLarge(budget.total);
     if response
         .content_length()
-        .is_some_and(|len| len > limit as u64)
+        .is_some_and(|len| len > budget.left.load(Ordering::Acquire) as u64)
     {
-        return Err(BodyError::TooLarge(limit));
+        return Err(too_large);
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| BodyError::Broken(error_chain(&e)))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge(limit));
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(body),
+            Err(error) => {
+                budget.give_back(body.len());
+                return Err(BodyError::Broken(error_chain(&error)));
+            }
+        };
+        if !budget.take(chunk.len()) {
+            return Err(too_large);
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -270,5 +312,16 @@ mod tests {
         assert_eq!(key_path("/v1/kv/", b".."), None);
         assert_eq!(key_path("/v1/kv/", b"."), None);
         assert!(key_path("/v1/kv/", b"...").is_some());
+    }
+
+    #[test]
+    fn answers_read_against_one_budget_are_refused_once_together_they_spend_it() {
+        let budget = ByteBudget::new(10);
+        assert!(budget.take(6), "the first answer fits");
+        assert!(!budget.take(6), "the second would spend more than is left");
+        assert!(budget.take(4));
+        budget.give_back(6);
+        assert!(budget.take(6), "what a dropped answer took is there again");
+        assert!(!budget.take(1));
     }
 }

@@ -14,6 +14,7 @@ mod replication;
 mod resp;
 mod resp_clients;
 mod resp_slots;
+mod shard_limits;
 mod shard_paths;
 mod shards;
 mod snapshot;
