@@ -420,6 +420,8 @@ pub struct RespSettings {
     pub auth_timeout: Duration,
     /// How long a request has from its first byte to its last.
     pub request_timeout: Duration,
+    /// Most bytes of large replies (`MGET`) held at once across the port's connections.
+    pub reply_budget_bytes: usize,
 }
 
 /// KV_API_RESP_MAX_CONNECTIONS unless set.
@@ -428,6 +430,8 @@ pub const DEFAULT_RESP_MAX_CONNECTIONS: usize = 1000;
 pub const DEFAULT_RESP_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// KV_API_RESP_REQUEST_TIMEOUT_MS unless set.
 pub const DEFAULT_RESP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// KV_API_RESP_REPLY_BUDGET_BYTES unless set: sixteen `MGET`s at the default batch limit.
+pub const DEFAULT_RESP_REPLY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
 
 impl RespSettings {
     fn from_env(env: &Env) -> Result<Option<Self>, SettingsError> {
@@ -436,8 +440,15 @@ impl RespSettings {
         const MAX_UNAUTHENTICATED: &str = "KV_API_RESP_MAX_UNAUTHENTICATED";
         const AUTH_TIMEOUT: &str = "KV_API_RESP_AUTH_TIMEOUT_MS";
         const REQUEST_TIMEOUT: &str = "KV_API_RESP_REQUEST_TIMEOUT_MS";
+        const REPLY_BUDGET: &str = "KV_API_RESP_REPLY_BUDGET_BYTES";
         let Some(listen) = env.string(LISTEN).filter(|l| !l.trim().is_empty()) else {
-            for var in [MAX, MAX_UNAUTHENTICATED, AUTH_TIMEOUT, REQUEST_TIMEOUT] {
+            for var in [
+                MAX,
+                MAX_UNAUTHENTICATED,
+                AUTH_TIMEOUT,
+                REQUEST_TIMEOUT,
+                REPLY_BUDGET,
+            ] {
                 if env.string(var).is_some() {
                     return Err(SettingsError::new(
                         var,
@@ -473,6 +484,15 @@ impl RespSettings {
             max_unauthenticated,
             auth_timeout: env.millis(AUTH_TIMEOUT, DEFAULT_RESP_AUTH_TIMEOUT)?,
             request_timeout: env.millis(REQUEST_TIMEOUT, DEFAULT_RESP_REQUEST_TIMEOUT)?,
+            reply_budget_bytes: match env.number(REPLY_BUDGET, DEFAULT_RESP_REPLY_BUDGET_BYTES)? {
+                n if n < 1024 || n > u32::MAX as usize => {
+                    return Err(SettingsError::new(
+                        REPLY_BUDGET,
+                        format!("must be between 1024 and {}", u32::MAX),
+                    ))
+                }
+                n => n,
+            },
         }))
     }
 }
@@ -678,6 +698,7 @@ mod tests {
                 max_unauthenticated: DEFAULT_RESP_MAX_CONNECTIONS / 2,
                 auth_timeout: DEFAULT_RESP_AUTH_TIMEOUT,
                 request_timeout: DEFAULT_RESP_REQUEST_TIMEOUT,
+                reply_budget_bytes: DEFAULT_RESP_REPLY_BUDGET_BYTES,
             })
         );
         for (var, bad) in [
@@ -685,6 +706,7 @@ mod tests {
             ("KV_API_RESP_MAX_UNAUTHENTICATED", "1001"),
             ("KV_API_RESP_AUTH_TIMEOUT_MS", "0"),
             ("KV_API_RESP_REQUEST_TIMEOUT_MS", "soon"),
+            ("KV_API_RESP_REPLY_BUDGET_BYTES", "10"),
         ] {
             let error =
                 settings(&[("KV_API_RESP_LISTEN", "127.0.0.1:0"), (var, bad)]).expect_err(bad);

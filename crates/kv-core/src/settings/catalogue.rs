@@ -548,6 +548,12 @@ pub static VARS: &[Var] = &[
         help: "how long a RESP request has from its first byte to its last",
     },
     Var {
+        name: "KV_API_RESP_REPLY_BUDGET_BYTES",
+        group: Group::Reader,
+        default: Default::Value("268435456"),
+        help: "most bytes of MGET replies the RESP port holds at once across its connections",
+    },
+    Var {
         name: "KV_API_REPLAY_PROGRESS_INTERVAL_MS",
         group: Group::Reader,
         default: Default::Value("10000"),

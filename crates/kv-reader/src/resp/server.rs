@@ -9,10 +9,10 @@ use bytes::{Buf, BytesMut};
 use kv_core::web::auth::AuthGate;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::commands::{execute, Args, Next, Session, Shared};
+use super::commands::{execute, large_reply_bound, Args, Next, Session, Shared};
 use super::metrics::RespMetrics;
 use super::parser::{parse, ProtocolError, MAX_REQUEST_BYTES};
 use super::reply::Reply;
@@ -26,10 +26,16 @@ const FLUSH_BYTES: usize = 64 * 1024;
 /// How long the last words to a closed connection (why it is closed) may take to write: a
 /// client that reads nothing does not keep its slot for them.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a large reply waits for room in KV_API_RESP_REPLY_BUDGET_BYTES before it is
+/// refused; the client may retry.
+const REPLY_BUDGET_WAIT: Duration = Duration::from_secs(5);
+const REPLY_BUDGET_BUSY: &str = "BUSY the port's replies in flight fill \
+    KV_API_RESP_REPLY_BUDGET_BYTES; retry, or ask for fewer keys at a time";
 
 /// Accepts connections until the runtime is shut down.
 pub async fn accept(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(Slots::new(&shared.settings));
+    let replies = Arc::new(Semaphore::new(shared.settings.reply_budget_bytes));
     // With auth off every connection may run every command: none has anything to prove.
     let open = matches!(*shared.auth, AuthGate::Disabled);
     loop {
@@ -44,7 +50,13 @@ pub async fn accept(listener: TcpListener, shared: Arc<Shared>) {
         };
         match slots.admit(open, &shared.metrics) {
             Some((slot, evicted)) => {
-                tokio::spawn(serve(stream, shared.clone(), slot, evicted));
+                tokio::spawn(serve(
+                    stream,
+                    shared.clone(),
+                    slot,
+                    evicted,
+                    replies.clone(),
+                ));
             }
             None => {
                 shared.metrics.refused_connections.inc();
@@ -209,6 +221,7 @@ async fn serve(
     shared: Arc<Shared>,
     slot: Slot,
     evicted: Option<oneshot::Receiver<()>>,
+    replies: Arc<Semaphore>,
 ) {
     shared.metrics.connections.inc();
     let _ = stream.set_nodelay(true);
@@ -224,6 +237,9 @@ async fn serve(
         request_since: None,
         request_timeout: settings.request_timeout,
         slot,
+        replies,
+        reply_budget: settings.reply_budget_bytes,
+        reply_held: None,
     };
     let evicted = async {
         match evicted {
@@ -298,6 +314,11 @@ struct Connection {
     /// When the first byte of the request still incomplete in `input` arrived.
     request_since: Option<Instant>,
     request_timeout: Duration,
+    /// The port's budget of large replies' bytes (KV_API_RESP_REPLY_BUDGET_BYTES).
+    replies: Arc<Semaphore>,
+    reply_budget: usize,
+    /// What the replies in `output` hold of it, until they are written out.
+    reply_held: Option<OwnedSemaphorePermit>,
 }
 
 impl Connection {
@@ -315,12 +336,39 @@ impl Connection {
                     Err(error) => return Err(Ended::Protocol(error)),
                 };
                 consumed = true;
+                // Before auth the command is refused whatever it is: nothing to reserve.
+                let bound = (!self.args.is_empty() && self.session.authenticated())
+                    .then(|| large_reply_bound(shared, Args::new(&self.input[..used], &self.args)))
+                    .flatten();
+                let mut reserved = None;
+                if let Some(bound) = bound {
+                    // What is already answered goes out first: its bytes go back to the budget.
+                    self.flush_in_time().await?;
+                    match self.reserve(bound).await {
+                        Some(permit) => reserved = Some(permit),
+                        None => {
+                            Reply::new(&mut self.output, self.session.resp3())
+                                .error(REPLY_BUDGET_BUSY);
+                            self.input.advance(used);
+                            continue;
+                        }
+                    }
+                }
                 let next = if self.args.is_empty() {
                     Next::Continue
                 } else {
                     let args = Args::new(&self.input[..used], &self.args);
                     execute(shared, &mut self.session, args, &mut self.output)
                 };
+                if let Some(mut permit) = reserved {
+                    // Only what the reply takes is held until it is written out.
+                    let excess = permit.num_permits().saturating_sub(self.output.len());
+                    drop(permit.split(excess));
+                    match &mut self.reply_held {
+                        Some(held) => held.merge(permit),
+                        None => self.reply_held = Some(permit),
+                    }
+                }
                 self.input.advance(used);
                 match next {
                     Next::Continue => {}
@@ -393,6 +441,20 @@ impl Connection {
         }
     }
 
+    /// Room for a reply of up to `bound` bytes in the port's budget (all of it, for a reply
+    /// larger than the whole budget), waited for [`REPLY_BUDGET_WAIT`]; `None` when there was
+    /// none: the command is refused rather than its reply buffered past the budget.
+    async fn reserve(&self, bound: usize) -> Option<OwnedSemaphorePermit> {
+        let wanted = u32::try_from(bound.min(self.reply_budget)).unwrap_or(u32::MAX);
+        tokio::time::timeout(
+            REPLY_BUDGET_WAIT,
+            self.replies.clone().acquire_many_owned(wanted),
+        )
+        .await
+        .ok()?
+        .ok()
+    }
+
     /// Once the session authenticated, its time to do so no longer runs and its slot is no
     /// longer the first to go.
     fn note_auth(&mut self) {
@@ -420,6 +482,7 @@ impl Connection {
         }
         self.stream.write_all(&self.output).await?;
         self.output.clear();
+        self.reply_held = None;
         if self.output.capacity() > FLUSH_BYTES {
             self.output = BytesMut::with_capacity(INITIAL_BUFFER);
         }

@@ -155,3 +155,93 @@ async fn idle_unauthenticated_connections_past_the_cap_never_keep_an_authenticat
         String::from_utf8_lossy(&answer)
     );
 }
+
+#[tokio::test]
+async fn large_replies_held_for_a_client_that_does_not_read_are_bounded_across_connections() {
+    const VALUE: usize = 900 * 1024;
+    const BUDGET: usize = 8 * 1024 * 1024;
+    let broker = Broker::start();
+    let topic = broker.create_topic("resp-replies", 1).await;
+    let producer = broker.producer();
+    let keys: Vec<String> = (0..8).map(|i| format!("big{i}")).collect();
+    for key in &keys {
+        broker
+            .produce(&producer, &topic, key.as_bytes(), Some(&vec![b'v'; VALUE]))
+            .await;
+    }
+    let mut env = service_env(&broker, &topic);
+    env.extend([
+        ("KV_API_RESP_LISTEN", "127.0.0.1:0".to_owned()),
+        ("KV_API_RESP_REPLY_BUDGET_BYTES", BUDGET.to_string()),
+    ]);
+    let reader = Service::start(READER, &env);
+    let address = resp_address(&reader);
+    let mget = |keys: &[String]| {
+        let mut request = format!("*{}\r\n$4\r\nMGET\r\n", keys.len() + 1);
+        for key in keys {
+            request.push_str(&format!("${}\r\n{key}\r\n", key.len()));
+        }
+        request.into_bytes()
+    };
+    // Each attempt on a connection of its own: a refused one leaves nothing behind.
+    let fresh = |request: Vec<u8>, done: fn(&[u8]) -> bool| {
+        let address = address.clone();
+        async move {
+            let mut client = TcpStream::connect(&address).await.expect("connect");
+            ask(&mut client, &request, done, Duration::from_secs(10)).await
+        }
+    };
+    kv_testkit::eventually("every value applied", kv_testkit::DEADLINE, || async {
+        let heard = fresh(mget(&keys[7..]), |b| b.len() > VALUE).await;
+        heard.text().starts_with("*1\r\n$921600\r\n").then_some(())
+    })
+    .await;
+
+    // A client that asks for 7 MiB and reads none of it: its reply waits in the reader.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut stalled = socket
+        .connect(address.parse().expect("an address"))
+        .await
+        .expect("connect");
+    stalled.write_all(&mget(&keys)).await.expect("send");
+    // Another client's MGET finds no room in the budget: refused after a bounded wait, never
+    // buffered beside it.
+    let busy = kv_testkit::eventually("an MGET refused for room", kv_testkit::DEADLINE, || async {
+        let heard = fresh(mget(&keys[..1]), |b| replies(b, 1)).await;
+        heard.text().starts_with("-BUSY").then_some(heard)
+    })
+    .await;
+    assert!(
+        busy.text().contains("KV_API_RESP_REPLY_BUDGET_BYTES"),
+        "{}",
+        busy.text()
+    );
+    assert!(busy.elapsed < Duration::from_secs(7), "{:?}", busy.elapsed);
+    // A reply of one value never waits for the budget.
+    let get = fresh(b"STRLEN big0\r\n".to_vec(), |b| replies(b, 1)).await;
+    assert_eq!(get.text(), format!(":{VALUE}\r\n"));
+
+    // Once the stalled client reads its reply, the room is there again.
+    let mut drained = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        while drained.len() < 8 * VALUE {
+            let n = tokio::io::AsyncReadExt::read(&mut stalled, &mut chunk)
+                .await
+                .expect("read");
+            assert!(n > 0, "closed before the whole reply");
+            drained.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stalled client gets its whole reply");
+    let heard = fresh(mget(&keys[..1]), |b| b.len() > VALUE).await;
+    assert!(
+        heard.text().starts_with("*1\r\n$921600\r\n"),
+        "{:.80}",
+        heard.text()
+    );
+}
