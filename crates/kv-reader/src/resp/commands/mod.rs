@@ -405,7 +405,7 @@ pub fn execute(shared: &Shared, session: &mut Session, args: Args<'_>, out: &mut
         Name::Ttl | Name::Pttl | Name::ExpireTime | Name::PexpireTime => {
             keys::expiry(shared, spec.command, args, reply)
         }
-        Name::Scan => return scan::scan(shared, args, reply),
+        Name::Scan => return scan::scan(shared, session, args, reply),
         Name::Dbsize => introspection::dbsize(shared, reply),
         Name::Info => reply.text(&introspection::info(shared, args)),
         Name::Command => introspection::command(args, reply),
