@@ -44,6 +44,8 @@ pub const CHUNKS_IN_FLIGHT: usize = 4;
 /// The largest header and record a receiver accepts: no value a writer takes is larger.
 const MAX_HEADER: usize = 1024 * 1024;
 const MAX_FIELD: usize = 256 * 1024 * 1024;
+/// What a field's buffer starts with before its bytes arrive.
+const TAKE_AHEAD: usize = 64 * 1024;
 /// One import transaction: entries and their bytes.
 const IMPORT_BATCH: usize = 10_000;
 const IMPORT_BATCH_BYTES: usize = 32 * 1024 * 1024;
@@ -361,6 +363,15 @@ fn import_into(
             });
         }
     }
+    if let Some(partition) = header
+        .next_offsets
+        .keys()
+        .find(|p| !header.partitions.contains(p))
+    {
+        return Err(ImportError::Malformed(format!(
+            "an offset of partition {partition}, which its header does not list"
+        )));
+    }
     progress.start(header.entries_at_most);
     let mut batch: Vec<Frame> = Vec::with_capacity(IMPORT_BATCH);
     let mut computed: Vec<ComputedRow> = Vec::new();
@@ -378,6 +389,13 @@ fn import_into(
                 let [id_len] = input.array::<1>()?;
                 let id = input.take(id_len as usize)?;
                 let partition = i32::from_be_bytes(input.array()?);
+                // The header's partitions are the ones checked against this replica's: an
+                // entry of any other would land where no consumer of this replica reads.
+                if !header.partitions.contains(&partition) {
+                    return Err(ImportError::Malformed(format!(
+                        "an entry of partition {partition}, which its header does not list"
+                    )));
+                }
                 let offset = i64::from_be_bytes(input.array()?);
                 let expires_at_ms = match u64::from_be_bytes(input.array()?) {
                     0 => None,
@@ -546,9 +564,16 @@ struct Input<'a> {
 }
 
 impl Input<'_> {
+    /// `len` bytes, the buffer growing as they arrive: a length a peer declares is never
+    /// allocated before its bytes come.
     fn take(&mut self, len: usize) -> Result<Vec<u8>, ImportError> {
-        let mut bytes = vec![0u8; len];
-        self.body.read_exact(&mut bytes)?;
+        let mut bytes = Vec::with_capacity(len.min(TAKE_AHEAD));
+        Read::take(&mut *self.body, len as u64).read_to_end(&mut bytes)?;
+        if bytes.len() < len {
+            return Err(ImportError::Transfer(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
         self.hash.update(&bytes);
         self.bytes += len as u64;
         Ok(bytes)
@@ -739,6 +764,58 @@ mod tests {
         let target = Store::open(&Storage::Memory, None).expect("store");
         let error = import(
             &mut &cut[..],
+            &target,
+            &RecordCodec::Plaintext,
+            &expected(None),
+            &ImportProgress::default(),
+        )
+        .expect_err("cut");
+        assert!(matches!(error, ImportError::Transfer(_)), "{error}");
+    }
+
+    #[test]
+    fn an_entry_of_a_partition_its_header_does_not_list_is_refused() {
+        let source = store_with(&[(b"a", 0, 3, b"v"), (b"b", 1, 7, b"w")]);
+        let bytes = snapshot_of(&source, &[0, 1]);
+        // The same stream, its header claiming partition 0 only, its digest made good again.
+        let header_len = u32::from_be_bytes(bytes[8..12].try_into().expect("length")) as usize;
+        let mut header: SnapshotHeader =
+            serde_json::from_slice(&bytes[12..12 + header_len]).expect("header");
+        header.partitions = vec![0];
+        header.next_offsets.remove(&1);
+        let json = serde_json::to_vec(&header).expect("json");
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        forged.extend_from_slice(&json);
+        forged.extend_from_slice(&bytes[12 + header_len..bytes.len() - 32]);
+        let digest = ring::digest::digest(&SHA256, &forged);
+        forged.extend_from_slice(digest.as_ref());
+        let target = Store::open(&Storage::Memory, None).expect("store");
+        let error = import(
+            &mut forged.as_slice(),
+            &target,
+            &RecordCodec::Plaintext,
+            &expected(None),
+            &ImportProgress::default(),
+        )
+        .expect_err("an entry of partition 1");
+        assert!(error.to_string().contains("partition 1"), "{error}");
+        assert_eq!(target.key_count().expect("count"), 0);
+    }
+
+    #[test]
+    fn a_declared_field_longer_than_what_follows_is_refused_as_cut() {
+        let source = store_with(&[(b"a", 0, 3, b"v")]);
+        let bytes = snapshot_of(&source, &[0]);
+        let header_len = u32::from_be_bytes(bytes[8..12].try_into().expect("length")) as usize;
+        // An entry whose key says it is 255 MiB long, and then the stream ends.
+        let mut cut = bytes[..12 + header_len].to_vec();
+        cut.push(ENTRY);
+        cut.extend_from_slice(&(255u32 * 1024 * 1024).to_be_bytes());
+        cut.extend_from_slice(b"abc");
+        let target = Store::open(&Storage::Memory, None).expect("store");
+        let error = import(
+            &mut cut.as_slice(),
             &target,
             &RecordCodec::Plaintext,
             &expected(None),
