@@ -441,6 +441,7 @@ fn bootstrap_config(settings: &Settings) -> Option<BootstrapConfig> {
         topic: settings.core.topic.clone(),
         shard: settings.shard.as_ref().map(|s| s.spec),
         client: settings.bootstrap_client.clone(),
+        allow_http_token: settings.bootstrap_allow_http_token,
         token_endpoint: oidc.token_endpoint.clone(),
         issuer: oidc.idp_address_for_server.clone(),
         scopes: oidc.admin.clone(),

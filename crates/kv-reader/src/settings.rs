@@ -59,6 +59,8 @@ pub struct Settings {
     pub bootstrap_peers: Vec<String>,
     /// The client-credentials grant a bootstrapping reader gets its admin token with.
     pub bootstrap_client: Option<(String, Secret<String>)>,
+    /// `KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN`: the admin token may go to an `http://` peer.
+    pub bootstrap_allow_http_token: bool,
     /// Most snapshots this reader serves at once (503 past it).
     pub snapshot_concurrency: usize,
     pub watch: WatchSettings,
@@ -200,6 +202,7 @@ impl Settings {
                     ))
                 }
             },
+            bootstrap_allow_http_token: env.bool("KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN", false)?,
             snapshot_concurrency: match env
                 .number("KV_API_SNAPSHOT_CONCURRENCY", DEFAULT_SNAPSHOT_CONCURRENCY)?
             {

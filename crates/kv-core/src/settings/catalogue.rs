@@ -632,6 +632,12 @@ pub static VARS: &[Var] = &[
         help: "when the peers check tokens: the client a bootstrapping reader gets an access token for the admin scope with (client-credentials grant at ...",
     },
     Var {
+        name: "KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN",
+        group: Group::Reader,
+        default: Default::Value("false"),
+        help: "send the bootstrap admin token to http:// peers too (a trusted network); by default it goes over https:// only",
+    },
+    Var {
         name: "KV_API_SNAPSHOT_CONCURRENCY",
         group: Group::Reader,
         default: Default::Value("2"),

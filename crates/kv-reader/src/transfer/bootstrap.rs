@@ -26,6 +26,8 @@ pub struct BootstrapConfig {
     pub shard: Option<ShardSpec>,
     /// The client-credentials grant for an admin token, when the peers check tokens.
     pub client: Option<(String, Secret<String>)>,
+    /// The admin token may go to an `http://` peer (KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN).
+    pub allow_http_token: bool,
     /// The provider's token endpoint, or the issuer to discover it from.
     pub token_endpoint: Option<String>,
     pub issuer: Option<String>,
@@ -100,6 +102,18 @@ pub fn run(
         reasons.push(reason);
     };
     for peer in &config.peers {
+        // The admin token reads every replica: it goes in clear only where the operator says
+        // the network is trusted.
+        if token.is_some() && !config.allow_http_token && !peer.starts_with("https://") {
+            failed(
+                &mut reasons,
+                format!(
+                    "{peer}: the admin token is sent only over https:// \
+                     (KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN=true sends it over http://)"
+                ),
+            );
+            continue;
+        }
         let started = std::time::Instant::now();
         let mut request = client.get(format!("{peer}/admin/v1/snapshot{query}"));
         if let Some(token) = &token {
