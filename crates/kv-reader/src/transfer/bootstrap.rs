@@ -35,13 +35,15 @@ pub struct BootstrapConfig {
 }
 
 /// Takes a snapshot into `store` when it holds no replica yet; `None` when there was nothing
-/// to do or no peer gave one (the reasons are logged).
+/// to do or no peer gave one (the reasons are logged). `delete_retention` is the topic's, when
+/// compacted: a peer cut off from the broker for longer is refused.
 pub fn run(
     config: &BootstrapConfig,
     store: &Store,
     codec: &RecordCodec,
     source_format: &str,
     progress: &ImportProgress,
+    delete_retention: Option<Duration>,
 ) -> Option<Imported> {
     if config.peers.is_empty() {
         return None;
@@ -95,6 +97,7 @@ pub fn run(
         topic: &config.topic,
         source_format,
         shard: config.shard,
+        delete_retention,
     };
     let mut reasons = Vec::new();
     let failed = |reasons: &mut Vec<String>, reason: String| {

@@ -64,6 +64,13 @@ pub struct SnapshotHeader {
     pub next_offsets: BTreeMap<i32, i64>,
     /// Entries in the peer's store; those of the partitions asked are at most this many.
     pub entries_at_most: u64,
+    /// When the peer took it, ms since the Unix epoch (absent from older peers).
+    #[serde(default)]
+    pub taken_at_ms: Option<u64>,
+    /// When the peer's replica last heard from the broker: its records are the topic as of
+    /// then (absent from older peers, or before any contact).
+    #[serde(default)]
+    pub broker_contact_ms: Option<u64>,
 }
 
 /// The source format without the shard layout: a full replica may serve a shard and the
@@ -95,6 +102,7 @@ pub fn write_snapshot(
     });
     let mut entries = 0u64;
     let held: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
+    let broker_contact_ms = store.last_broker_contact_ms()?;
     store.export(
         |partition| held.contains(&partition),
         |ExportHeader {
@@ -110,6 +118,8 @@ pub fn write_snapshot(
                 partitions: partitions.to_vec(),
                 next_offsets,
                 entries_at_most: total,
+                taken_at_ms: Some(now_ms()),
+                broker_contact_ms,
             };
             let json = serde_json::to_vec(&header).unwrap_or_default();
             let mut out = out.borrow_mut();
@@ -267,6 +277,12 @@ pub enum ImportError {
          or another encryption or schema framing)"
     )]
     OtherFormat { peer: String, ours: String },
+    #[error(
+        "the peer last heard from the broker {away_s} s ago, longer than the topic's \
+         delete.retention.ms ({retention_s} s): compaction may have removed deletes its \
+         snapshot never saw"
+    )]
+    Stale { away_s: u64, retention_s: u64 },
     #[error("the snapshot holds partition {partition}, which shard {shard} does not hold")]
     NotOurs { partition: i32, shard: String },
     #[error("a record of the snapshot does not decode: {0}")]
@@ -291,6 +307,9 @@ pub struct Expected<'a> {
     /// A shard asking: every partition of the snapshot must be one of its own. `None`: a
     /// full replica takes whatever the peer holds (partitions it lacks are read from the start).
     pub shard: Option<ShardSpec>,
+    /// The topic's `delete.retention.ms`, when compacted: a peer that last heard from the
+    /// broker longer ago may hold keys whose deletes compaction removed since.
+    pub delete_retention: Option<Duration>,
 }
 
 /// Reads a snapshot from `body` into `store` (emptied first), in bounded transactions, checks
@@ -354,6 +373,16 @@ fn import_into(
             peer: header.source_format,
             ours: expected.source_format.to_owned(),
         });
+    }
+    if let (Some(contact), Some(retention)) = (header.broker_contact_ms, expected.delete_retention)
+    {
+        let away = now_ms().saturating_sub(contact);
+        if u128::from(away) > retention.as_millis() {
+            return Err(ImportError::Stale {
+                away_s: away / 1000,
+                retention_s: retention.as_secs(),
+            });
+        }
     }
     if let Some(shard) = expected.shard {
         if let Some(&partition) = header.partitions.iter().find(|&&p| !shard.holds(p)) {
@@ -702,6 +731,7 @@ mod tests {
             topic: "t",
             source_format: "encryption=off schema_framing=none",
             shard,
+            delete_retention: Some(Duration::from_secs(86_400)),
         }
     }
 
@@ -771,6 +801,41 @@ mod tests {
         )
         .expect_err("cut");
         assert!(matches!(error, ImportError::Transfer(_)), "{error}");
+    }
+
+    #[test]
+    fn a_snapshot_of_a_peer_cut_off_from_the_broker_past_delete_retention_is_refused() {
+        let source = store_with(&[(b"a", 0, 3, b"v")]);
+        let day = 86_400_000;
+        source
+            .note_broker_contact(now_ms() - 2 * day)
+            .expect("contact");
+        let bytes = snapshot_of(&source, &[0]);
+        let target = Store::open(&Storage::Memory, None).expect("store");
+        let error = import(
+            &mut bytes.as_slice(),
+            &target,
+            &RecordCodec::Plaintext,
+            &expected(None),
+            &ImportProgress::default(),
+        )
+        .expect_err("two days cut off, a day of retention");
+        assert!(matches!(error, ImportError::Stale { .. }), "{error}");
+        assert_eq!(target.key_count().expect("count"), 0);
+
+        source
+            .note_broker_contact(now_ms() - 1_000)
+            .expect("contact");
+        let bytes = snapshot_of(&source, &[0]);
+        let imported = import(
+            &mut bytes.as_slice(),
+            &target,
+            &RecordCodec::Plaintext,
+            &expected(None),
+            &ImportProgress::default(),
+        )
+        .expect("a peer in touch");
+        assert!(imported.header.taken_at_ms.is_some());
     }
 
     #[test]
