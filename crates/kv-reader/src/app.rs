@@ -442,6 +442,7 @@ fn bootstrap_config(settings: &Settings) -> Option<BootstrapConfig> {
         topic: settings.core.topic.clone(),
         shard: settings.shard.as_ref().map(|s| s.spec),
         client: settings.bootstrap_client.clone(),
+        allow_http_token: settings.bootstrap_allow_http_token,
         token_endpoint: oidc.token_endpoint.clone(),
         issuer: oidc.idp_address_for_server.clone(),
         scopes: oidc.admin.clone(),
@@ -472,8 +473,7 @@ fn watch_state(
 
 /// The client a worker forwards reads to peer shards with.
 fn peer_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(1))
+    crate::cluster::forward::peer_client(Duration::from_secs(1))
         .pool_idle_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .build()
@@ -491,9 +491,8 @@ fn start_resp_port(
     };
     let metrics = RespMetrics::register(registry, &resp::metric_labels())?;
     let (read, auth) = (read.clone(), auth.clone().into_inner());
-    let max_connections = resp.max_connections;
     Ok(Some(RespServer::start(&resp.listen, |port| {
-        resp::Shared::new(read, auth, metrics, port, max_connections)
+        resp::Shared::new(read, auth, metrics, port, resp.clone())
     })?))
 }
 

@@ -59,6 +59,8 @@ pub struct Settings {
     pub bootstrap_peers: Vec<String>,
     /// The client-credentials grant a bootstrapping reader gets its admin token with.
     pub bootstrap_client: Option<(String, Secret<String>)>,
+    /// `KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN`: the admin token may go to an `http://` peer.
+    pub bootstrap_allow_http_token: bool,
     /// Most snapshots this reader serves at once (503 past it).
     pub snapshot_concurrency: usize,
     pub watch: WatchSettings,
@@ -200,6 +202,7 @@ impl Settings {
                     ))
                 }
             },
+            bootstrap_allow_http_token: env.bool("KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN", false)?,
             snapshot_concurrency: match env
                 .number("KV_API_SNAPSHOT_CONCURRENCY", DEFAULT_SNAPSHOT_CONCURRENCY)?
             {
@@ -423,28 +426,84 @@ pub struct RespSettings {
     pub listen: String,
     /// Most connections open at once; one more is answered an error and closed.
     pub max_connections: usize,
+    /// With auth on, most connections open at once that have not authenticated yet: past it
+    /// (or past `max_connections`) the oldest of them is closed to make room.
+    pub max_unauthenticated: usize,
+    /// With auth on, how long a connection has from its accept to a successful `AUTH`.
+    pub auth_timeout: Duration,
+    /// How long a request has from its first byte to its last.
+    pub request_timeout: Duration,
+    /// Most bytes of large replies (`MGET`) held at once across the port's connections.
+    pub reply_budget_bytes: usize,
 }
 
 /// KV_API_RESP_MAX_CONNECTIONS unless set.
 pub const DEFAULT_RESP_MAX_CONNECTIONS: usize = 1000;
+/// KV_API_RESP_AUTH_TIMEOUT_MS unless set.
+pub const DEFAULT_RESP_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// KV_API_RESP_REQUEST_TIMEOUT_MS unless set.
+pub const DEFAULT_RESP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// KV_API_RESP_REPLY_BUDGET_BYTES unless set: sixteen `MGET`s at the default batch limit.
+pub const DEFAULT_RESP_REPLY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
 
 impl RespSettings {
     fn from_env(env: &Env) -> Result<Option<Self>, SettingsError> {
         const LISTEN: &str = "KV_API_RESP_LISTEN";
         const MAX: &str = "KV_API_RESP_MAX_CONNECTIONS";
+        const MAX_UNAUTHENTICATED: &str = "KV_API_RESP_MAX_UNAUTHENTICATED";
+        const AUTH_TIMEOUT: &str = "KV_API_RESP_AUTH_TIMEOUT_MS";
+        const REQUEST_TIMEOUT: &str = "KV_API_RESP_REQUEST_TIMEOUT_MS";
+        const REPLY_BUDGET: &str = "KV_API_RESP_REPLY_BUDGET_BYTES";
         let Some(listen) = env.string(LISTEN).filter(|l| !l.trim().is_empty()) else {
-            if env.string(MAX).is_some() {
-                return Err(SettingsError::new(
-                    MAX,
-                    "has no effect without KV_API_RESP_LISTEN: set both, or neither",
-                ));
+            for var in [
+                MAX,
+                MAX_UNAUTHENTICATED,
+                AUTH_TIMEOUT,
+                REQUEST_TIMEOUT,
+                REPLY_BUDGET,
+            ] {
+                if env.string(var).is_some() {
+                    return Err(SettingsError::new(
+                        var,
+                        "has no effect without KV_API_RESP_LISTEN: set both, or neither",
+                    ));
+                }
             }
             return Ok(None);
         };
+        let max_connections = match env.number(MAX, DEFAULT_RESP_MAX_CONNECTIONS)? {
+            0 => return Err(SettingsError::new(MAX, "must be at least 1")),
+            n => n,
+        };
+        let max_unauthenticated =
+            match env.number(MAX_UNAUTHENTICATED, max_connections.div_ceil(2))? {
+                0 => {
+                    return Err(SettingsError::new(
+                        MAX_UNAUTHENTICATED,
+                        "must be at least 1",
+                    ))
+                }
+                n if n > max_connections => {
+                    return Err(SettingsError::new(
+                        MAX_UNAUTHENTICATED,
+                        format!("must be at most KV_API_RESP_MAX_CONNECTIONS ({max_connections})"),
+                    ))
+                }
+                n => n,
+            };
         Ok(Some(Self {
             listen: parse_host_port(LISTEN, listen.trim())?,
-            max_connections: match env.number(MAX, DEFAULT_RESP_MAX_CONNECTIONS)? {
-                0 => return Err(SettingsError::new(MAX, "must be at least 1")),
+            max_connections,
+            max_unauthenticated,
+            auth_timeout: env.millis(AUTH_TIMEOUT, DEFAULT_RESP_AUTH_TIMEOUT)?,
+            request_timeout: env.millis(REQUEST_TIMEOUT, DEFAULT_RESP_REQUEST_TIMEOUT)?,
+            reply_budget_bytes: match env.number(REPLY_BUDGET, DEFAULT_RESP_REPLY_BUDGET_BYTES)? {
+                n if n < 1024 || n > u32::MAX as usize => {
+                    return Err(SettingsError::new(
+                        REPLY_BUDGET,
+                        format!("must be between 1024 and {}", u32::MAX),
+                    ))
+                }
                 n => n,
             },
         }))
@@ -651,9 +710,26 @@ mod tests {
             on.resp,
             Some(RespSettings {
                 listen: "127.0.0.1:0".into(),
-                max_connections: DEFAULT_RESP_MAX_CONNECTIONS
+                max_connections: DEFAULT_RESP_MAX_CONNECTIONS,
+                max_unauthenticated: DEFAULT_RESP_MAX_CONNECTIONS / 2,
+                auth_timeout: DEFAULT_RESP_AUTH_TIMEOUT,
+                request_timeout: DEFAULT_RESP_REQUEST_TIMEOUT,
+                reply_budget_bytes: DEFAULT_RESP_REPLY_BUDGET_BYTES,
             })
         );
+        for (var, bad) in [
+            ("KV_API_RESP_MAX_UNAUTHENTICATED", "0"),
+            ("KV_API_RESP_MAX_UNAUTHENTICATED", "1001"),
+            ("KV_API_RESP_AUTH_TIMEOUT_MS", "0"),
+            ("KV_API_RESP_REQUEST_TIMEOUT_MS", "soon"),
+            ("KV_API_RESP_REPLY_BUDGET_BYTES", "10"),
+        ] {
+            let error =
+                settings(&[("KV_API_RESP_LISTEN", "127.0.0.1:0"), (var, bad)]).expect_err(bad);
+            assert_eq!(error.var, var);
+            let error = settings(&[(var, "1")]).expect_err("no listen");
+            assert_eq!(error.var, var);
+        }
         let error = settings(&[("KV_API_RESP_LISTEN", "6380")]).expect_err("no host");
         assert_eq!(error.var, "KV_API_RESP_LISTEN");
         let error = settings(&[("KV_API_RESP_MAX_CONNECTIONS", "5")]).expect_err("no listen");

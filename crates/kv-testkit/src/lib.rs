@@ -15,6 +15,7 @@ pub mod procfs;
 pub mod prometheus;
 pub mod proxy;
 pub mod reader;
+pub mod resp;
 pub mod services;
 pub mod stub_reader;
 pub mod tmpfs;

@@ -536,6 +536,30 @@ pub static VARS: &[Var] = &[
         help: "most connections the RESP port holds at once; one more is answered an error and closed",
     },
     Var {
+        name: "KV_API_RESP_MAX_UNAUTHENTICATED",
+        group: Group::Reader,
+        default: Default::Described("half of KV_API_RESP_MAX_CONNECTIONS"),
+        help: "with auth on, most RESP connections not yet authenticated; past it the oldest of them is closed",
+    },
+    Var {
+        name: "KV_API_RESP_AUTH_TIMEOUT_MS",
+        group: Group::Reader,
+        default: Default::Value("10000"),
+        help: "with auth on, how long a RESP connection has from its accept to a successful AUTH",
+    },
+    Var {
+        name: "KV_API_RESP_REQUEST_TIMEOUT_MS",
+        group: Group::Reader,
+        default: Default::Value("10000"),
+        help: "how long a RESP request has from its first byte to its last",
+    },
+    Var {
+        name: "KV_API_RESP_REPLY_BUDGET_BYTES",
+        group: Group::Reader,
+        default: Default::Value("268435456"),
+        help: "most bytes of MGET replies the RESP port holds at once across its connections",
+    },
+    Var {
         name: "KV_API_REPLAY_PROGRESS_INTERVAL_MS",
         group: Group::Reader,
         default: Default::Value("10000"),
@@ -612,6 +636,12 @@ pub static VARS: &[Var] = &[
         group: Group::Reader,
         default: Default::Unset,
         help: "when the peers check tokens: the client a bootstrapping reader gets an access token for the admin scope with (client-credentials grant at ...",
+    },
+    Var {
+        name: "KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN",
+        group: Group::Reader,
+        default: Default::Value("false"),
+        help: "send the bootstrap admin token to http:// peers too (a trusted network); by default it goes over https:// only",
     },
     Var {
         name: "KV_API_SNAPSHOT_CONCURRENCY",

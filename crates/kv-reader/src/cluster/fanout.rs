@@ -8,9 +8,9 @@ use kv_core::web::json::BASE64;
 use serde_json::Value;
 
 use crate::cluster::forward::{
-    read_bounded, BodyError, ForwardError, Outcome, Outgoing, SERVED_BY,
+    read_bounded, read_within, BodyError, ByteBudget, ForwardError, Outcome, Outgoing, SERVED_BY,
 };
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Target};
 
 /// Why an owner's part is missing.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ pub struct BatchPart {
 }
 
 /// Asks `peer` for the keys `labels` (as the caller gave them, in `field`: `keys` or
-/// `keys_b64`). `limit` bounds the answer's body.
+/// `keys_b64`). The answer's body is taken from `budget`, which every owner's part shares.
 pub async fn batch_part(
     cluster: &Cluster,
     client: &reqwest::Client,
@@ -39,7 +39,7 @@ pub async fn batch_part(
     peer: u32,
     field: &str,
     labels: &[&str],
-    limit: usize,
+    budget: &ByteBudget,
 ) -> Result<BatchPart, PartError> {
     let body = serde_json::to_vec(&serde_json::json!({ field: labels }))
         .map_err(|e| unavailable(peer, format!("cannot encode the request: {e}")))?;
@@ -51,7 +51,7 @@ pub async fn batch_part(
     if !response.status().is_success() {
         return Err(PartError::Refused(response));
     }
-    let body = read_bounded(response, limit).await.map_err(|e| match e {
+    let body = read_within(response, budget).await.map_err(|e| match e {
         BodyError::TooLarge(_) => PartError::TooLarge,
         other => unavailable(peer, other.to_string()),
     })?;
@@ -59,9 +59,15 @@ pub async fn batch_part(
     struct Answer {
         results: Vec<Value>,
     }
-    let answer: Answer = serde_json::from_slice(&body)
-        .map_err(|e| unavailable(peer, format!("answered a batchGet that is not one: {e}")))?;
+    // The body is dropped here; its bytes go back if the part is not used.
+    let (parsed, read) = (serde_json::from_slice::<Answer>(&body), body.len());
+    drop(body);
+    let answer = parsed.map_err(|e| {
+        budget.give_back(read);
+        unavailable(peer, format!("answered a batchGet that is not one: {e}"))
+    })?;
     if answer.results.len() != labels.len() {
+        budget.give_back(read);
         return Err(unavailable(
             peer,
             format!(
@@ -146,6 +152,38 @@ pub async fn page_part(
     })
 }
 
+/// Whom to ask for a listing page: for each of the `count` partitions not `covered` by a page
+/// already read, its best owner as `best` says (`None`: none left), each asked once and
+/// covering every partition it holds (`holds`). Returns the owners with the partitions their
+/// page covers, and the partitions no owner is left for. A retry after an owner failed asks
+/// only for what the pages read so far do not cover.
+pub fn plan_listing(
+    count: u32,
+    covered: &BTreeSet<i32>,
+    best: impl Fn(i32) -> Option<Target>,
+    holds: impl Fn(Target, i32) -> bool,
+) -> (Vec<(Target, Vec<i32>)>, Vec<i32>) {
+    let mut planned = covered.clone();
+    let mut sources: Vec<(Target, Vec<i32>)> = Vec::new();
+    let mut unavailable = Vec::new();
+    for partition in 0..count as i32 {
+        if planned.contains(&partition) {
+            continue;
+        }
+        match best(partition) {
+            None => unavailable.push(partition),
+            Some(target) => {
+                let held: Vec<i32> = (0..count as i32).filter(|&p| holds(target, p)).collect();
+                planned.extend(held.iter().copied());
+                if !sources.iter().any(|(t, _)| *t == target) {
+                    sources.push((target, held));
+                }
+            }
+        }
+    }
+    (sources, unavailable)
+}
+
 /// The first `limit` keys of the union of sorted pages, and whether more follow. Each part is
 /// the first keys after the cursor of the partitions it covers; parts may overlap (a partition
 /// held by two of the owners asked), so keys are deduplicated.
@@ -182,6 +220,48 @@ mod tests {
 
     fn keys(list: &[&str]) -> Vec<Vec<u8>> {
         list.iter().map(|k| k.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_listing_retry_asks_only_for_the_partitions_no_page_read_covers() {
+        // Six partitions over three shards, each partition on two (p % 3 and p % 3 + 1).
+        let holds = |target: Target, p: i32| {
+            let shard = match target {
+                Target::Local => 0,
+                Target::Peer(shard) => shard as i32,
+            };
+            p % 3 == shard || (p % 3 + 1) % 3 == shard
+        };
+        let first = |p: i32| {
+            Some(if p % 3 == 0 {
+                Target::Local
+            } else {
+                Target::Peer(1)
+            })
+        };
+        let (sources, unavailable) = plan_listing(6, &BTreeSet::new(), first, holds);
+        assert!(unavailable.is_empty());
+        assert_eq!(
+            sources.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            vec![Target::Local, Target::Peer(1)]
+        );
+        // Peer 1 failed; the local page was read: only what it does not cover is asked again,
+        // of the next owner, and the local store is not listed twice.
+        let covered: BTreeSet<i32> = sources[0].1.iter().copied().collect();
+        let retry = |p: i32| {
+            Some(if p % 3 == 1 {
+                Target::Peer(2)
+            } else {
+                Target::Local
+            })
+        };
+        let (sources, unavailable) = plan_listing(6, &covered, retry, holds);
+        assert!(unavailable.is_empty());
+        assert_eq!(
+            sources.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            vec![Target::Peer(2)],
+            "{sources:?}"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! One hop to a peer shard: what of the caller's request it carries, the loop guard, the
 //! metrics, and a peer's answer read within a bound.
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use kv_core::web::http::CORRELATION_ID;
+use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::cluster::Cluster;
 
@@ -22,6 +24,30 @@ pub const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
     "content-type",
     "accept",
 ];
+
+/// The bytes of a key escaped in a forwarded path: all but RFC 3986's unreserved letters,
+/// digits, `-`, `_` and `~`. `/` and `.` are escaped too, so a key is one segment that no URL
+/// parser on the way folds (`..`, `%2e%2e`) and the owner decodes back whole.
+const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
+/// The path of `key` at an owner, below the route's `prefix` (ending in `/`); `None` for a key
+/// of dots only (`.`, `..`): a URL parser folds such a segment even escaped (`%2E%2E`), so no
+/// path carries it to the owner as a key.
+pub fn key_path(prefix: &str, key: &[u8]) -> Option<String> {
+    if matches!(key, b"." | b"..") {
+        return None;
+    }
+    Some(format!("{prefix}{}", percent_encode(key, KEY_SEGMENT)))
+}
+
+/// The client of every call to a peer (forwards, fanned-out parts, readiness polls,
+/// snapshots): it follows no redirect, so a peer's answer is the answer and no caller's request
+/// or token is sent on to an address that is not a configured peer.
+pub fn peer_client(connect_timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+}
 
 /// How a forward ended, as the metrics label it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,28 +182,69 @@ pub enum BodyError {
 
 /// A peer's answer body, refused past `limit` bytes: a peer is trusted to answer, not to
 /// answer small.
-pub async fn read_bounded(
+pub async fn read_bounded(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    read_within(response, &ByteBudget::new(limit)).await
+}
+
+/// Bytes several peers' answers may take together, read at once: each chunk is taken from it
+/// as it arrives, so the answers of every owner of a fanned-out read together stay within one
+/// bound, however many owners answer.
+#[derive(Debug)]
+pub struct ByteBudget {
+    total: usize,
+    left: AtomicUsize,
+}
+
+impl ByteBudget {
+    pub fn new(total: usize) -> Self {
+        Self {
+            total,
+            left: AtomicUsize::new(total),
+        }
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+
+    /// Gives back what an answer that is dropped unused took.
+    pub fn give_back(&self, bytes: usize) {
+        self.left.fetch_add(bytes, Ordering::AcqRel);
+    }
+}
+
+/// A peer's answer body, its bytes taken from `budget` as they arrive; refused as soon as the
+/// budget is spent (a declared length over what is left: before reading anything).
+pub async fn read_within(
     mut response: reqwest::Response,
-    limit: usize,
+    budget: &ByteBudget,
 ) -> Result<Vec<u8>, BodyError> {
+    let too_large = BodyError::TooLarge(budget.total);
     if response
         .content_length()
-        .is_some_and(|len| len > limit as u64)
+        .is_some_and(|len| len > budget.left.load(Ordering::Acquire) as u64)
     {
-        return Err(BodyError::TooLarge(limit));
+        return Err(too_large);
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| BodyError::Broken(error_chain(&e)))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge(limit));
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(body),
+            Err(error) => {
+                budget.give_back(body.len());
+                return Err(BodyError::Broken(error_chain(&error)));
+            }
+        };
+        if !budget.take(chunk.len()) {
+            return Err(too_large);
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -205,4 +272,56 @@ pub fn passed_back(name: &str) -> bool {
             | "proxy-authenticate"
             | "date"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key the owner decodes from the path a peer client sends for `key`.
+    fn sent(key: &[u8]) -> Vec<u8> {
+        let path = key_path("/v1/kv/", key).expect("a key with a path");
+        let url = reqwest::Url::parse(&format!("http://peer:1{path}")).expect("a URL");
+        let tail = url
+            .path()
+            .strip_prefix("/v1/kv/")
+            .expect("the route's prefix kept");
+        percent_encoding::percent_decode_str(tail).collect()
+    }
+
+    #[test]
+    fn a_forwarded_key_reaches_the_owner_whole_whatever_its_dots_and_slashes() {
+        for key in [
+            &b"x3/../target"[..],
+            b"../../admin/v1/snapshot",
+            b"a/./b",
+            b"/",
+            b"...",
+            b"%2e%2e",
+            b"a b?c#d",
+            b"\\..\\x",
+            b"\xff\x00/..",
+            b"plain",
+        ] {
+            assert_eq!(sent(key), key, "{:?}", String::from_utf8_lossy(key));
+        }
+    }
+
+    #[test]
+    fn a_key_of_dots_only_has_no_path() {
+        assert_eq!(key_path("/v1/kv/", b".."), None);
+        assert_eq!(key_path("/v1/kv/", b"."), None);
+        assert!(key_path("/v1/kv/", b"...").is_some());
+    }
+
+    #[test]
+    fn answers_read_against_one_budget_are_refused_once_together_they_spend_it() {
+        let budget = ByteBudget::new(10);
+        assert!(budget.take(6), "the first answer fits");
+        assert!(!budget.take(6), "the second would spend more than is left");
+        assert!(budget.take(4));
+        budget.give_back(6);
+        assert!(budget.take(6), "what a dropped answer took is there again");
+        assert!(!budget.take(1));
+    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cluster::forward::read_bounded;
+use crate::cluster::forward::{peer_client, read_bounded};
 use crate::cluster::Cluster;
 use crate::progress::Progress;
 
@@ -93,8 +93,7 @@ impl Cluster {
 
     /// Polls every peer's readiness, once a second each, for as long as the process runs.
     pub fn spawn_health_polls(self: &Arc<Self>) -> Result<(), reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+        let client = peer_client(CONNECT_TIMEOUT)
             .timeout(HEALTH_TIMEOUT)
             .build()?;
         for shard in (0..self.spec.count).filter(|&s| s != self.spec.index) {

@@ -4,6 +4,7 @@
 use actix_web::http::header::HeaderValue;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use base64::Engine;
+use futures::stream::{FuturesUnordered, StreamExt};
 use kv_core::settings::prefixes::KeyAction;
 use kv_core::web::auth::{operation, Authorized};
 use kv_core::web::error::{ApiError, ErrorCode};
@@ -11,8 +12,10 @@ use kv_core::web::http::JsonBody;
 use kv_core::web::json::BASE64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::cluster::fanout::{self, PartError};
+use crate::cluster::forward::ByteBudget;
 use crate::cluster::{Cluster, Target};
 use crate::http::entry::{correlation_header, etag, json_bytes, JsonBytes};
 use crate::http::forward::{outgoing, refused};
@@ -249,13 +252,24 @@ async fn batch_get_across(
     }
     let bound = read.bounds.max_lag;
     let limit = core.max_batch_get_bytes;
+    // Every owner's part is read against one budget: what the whole answer may hold, its
+    // values JSON-escaped (at most 6 bytes a byte) and each key's item around them. An answer
+    // within the limit never needs more; one past it is refused as it arrives, never read
+    // whole from every owner first.
+    let budget = ByteBudget::new(
+        limit
+            .saturating_mul(6)
+            .saturating_add(labels.iter().map(|l| 2 * l.len() + 512).sum()),
+    );
+    let too_large = || ApiError::from(ReadError::AnswerTooLarge { limit });
+    // What the values of the parts read so far add to the answer; checked as each part comes.
+    let answer_bytes = AtomicUsize::new(0);
     let outgoing = outgoing(request);
     let mut results: Vec<Option<Value>> = vec![None; keys.len()];
     let mut pending: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
     let mut excluded = std::collections::BTreeSet::new();
     let mut failures: Vec<String> = Vec::new();
     let mut served = std::collections::BTreeSet::new();
-    let mut answer_bytes = 0usize;
     let mut unavailable: Vec<i32> = Vec::new();
     while !pending.is_empty() {
         let mut local: Vec<i32> = Vec::new();
@@ -281,21 +295,44 @@ async fn batch_get_across(
                 .filter(|&i| parts.contains(&partitions[i]))
                 .collect()
         };
-        let parts = remote.iter().map(|(&peer, parts)| {
-            let indices = asked(parts);
-            let outgoing = &outgoing;
-            async move {
-                let wanted: Vec<&str> = indices.iter().map(|&i| labels[i].as_str()).collect();
-                let body_limit = limit
-                    .saturating_mul(6)
-                    .saturating_add(wanted.iter().map(|l| 2 * l.len() + 512).sum());
-                let part = fanout::batch_part(
-                    cluster, &client.0, outgoing, peer, field, &wanted, body_limit,
-                )
-                .await;
-                (peer, indices, part)
+        let mut parts: FuturesUnordered<_> = remote
+            .iter()
+            .map(|(&peer, parts)| {
+                let indices = asked(parts);
+                let (outgoing, budget) = (&outgoing, &budget);
+                async move {
+                    let wanted: Vec<&str> = indices.iter().map(|&i| labels[i].as_str()).collect();
+                    let part = fanout::batch_part(
+                        cluster, &client.0, outgoing, peer, field, &wanted, budget,
+                    )
+                    .await;
+                    (peer, indices, part)
+                }
+            })
+            .collect();
+        // Parts as they come; the first past the limit ends the read of the others.
+        let remote_parts = async {
+            let mut done = Vec::with_capacity(parts.len());
+            while let Some((peer, indices, part)) = parts.next().await {
+                match &part {
+                    Err(PartError::TooLarge) => return Err(too_large()),
+                    Ok(part) => {
+                        let bytes: usize = part.items.iter().map(item_value_len).sum();
+                        if answer_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > limit {
+                            return Err(too_large());
+                        }
+                    }
+                    // The owner's verdict on the request is the answer: no need for the rest.
+                    Err(PartError::Refused(_)) => {
+                        done.push((peer, indices, part));
+                        break;
+                    }
+                    Err(PartError::Unavailable(_)) => {}
+                }
+                done.push((peer, indices, part));
             }
-        });
+            Ok(done)
+        };
         let local_part = async {
             if local.is_empty() {
                 return Ok(None);
@@ -306,12 +343,12 @@ async fn batch_get_across(
             let found = BatchValues::of(
                 core.lookup_batch(indices.iter().map(|&i| keys[i].as_slice()), answer_len)?,
             );
+            answer_bytes.fetch_add(found.answer_bytes, Ordering::AcqRel);
             Ok::<_, ApiError>(Some((indices, found)))
         };
-        let (local_part, remote_parts) =
-            futures::join!(local_part, futures::future::join_all(parts));
+        let (local_part, remote_parts) = futures::join!(local_part, remote_parts);
+        let remote_parts = remote_parts?;
         if let Some((indices, found)) = local_part? {
-            answer_bytes += found.answer_bytes;
             for (n, &i) in indices.iter().enumerate() {
                 let item = found.item(&labels[i], found.slots[n]);
                 results[i] = Some(serde_json::to_value(item).map_err(|e| {
@@ -324,7 +361,6 @@ async fn batch_get_across(
             match part {
                 Ok(part) => {
                     for (&i, item) in indices.iter().zip(part.items) {
-                        answer_bytes = answer_bytes.saturating_add(item_value_len(&item));
                         results[i] = Some(item);
                     }
                     served.insert(part.served_by.unwrap_or_else(|| peer.to_string()));
@@ -337,8 +373,8 @@ async fn batch_get_across(
                 Err(part) => return Ok(refused(part, state).await),
             }
         }
-        if answer_bytes > limit {
-            return Err(ReadError::AnswerTooLarge { limit }.into());
+        if answer_bytes.load(Ordering::Acquire) > limit {
+            return Err(too_large());
         }
     }
     if !unavailable.is_empty() {

@@ -8,9 +8,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use kv_core::web::error::{ApiError, ErrorCode};
 use kv_core::web::http::CorrelationId;
+use kv_core::web::routing::key_tail_pattern;
 
 use crate::cluster::fanout::PartError;
-use crate::cluster::forward::{passed_back, read_bounded, Outgoing, FORWARDED_REQUEST_HEADERS};
+use crate::cluster::forward::{
+    key_path, passed_back, read_bounded, Outgoing, FORWARDED_REQUEST_HEADERS,
+};
 use crate::cluster::Target;
 use crate::http::request::ReadRequest;
 use crate::http::state::{HttpState, PeerClient};
@@ -63,19 +66,20 @@ async fn route_key(
     let Some(cluster) = &core.cluster else {
         return Ok(Routed::Local(Vec::new()));
     };
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| request.path().to_owned(), |pq| pq.as_str().to_owned());
     let outgoing = outgoing(request);
+    let mut path = None;
     let mut failures = Vec::new();
     for target in targets {
         let peer = match target {
             Target::Local => return Ok(Routed::Local(vec![partition])),
             Target::Peer(peer) => peer,
         };
+        let path = match &path {
+            Some(path) => path,
+            None => path.insert(owner_path(request, key)?),
+        };
         match cluster
-            .forward(&client.0, peer, &outgoing, &path, body.map(<[u8]>::to_vec))
+            .forward(&client.0, peer, &outgoing, path, body.map(<[u8]>::to_vec))
             .await
         {
             Ok(response) => {
@@ -90,6 +94,39 @@ async fn route_key(
         failures,
     }
     .into())
+}
+
+/// Where the read of `key` goes at its owner: the route's own path, rebuilt from the decoded
+/// key, and the caller's query. Never the caller's raw path: the peer client's URL parser folds
+/// `..` and `%2e%2e` in it, which would read another key or reach another route of the owner.
+fn owner_path(request: &HttpRequest, key: &[u8]) -> Result<String, ApiError> {
+    let mut path = match key_tail_pattern(request).and_then(|p| p.strip_suffix("{key}")) {
+        Some(prefix) => key_path(prefix, key).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidKey,
+                format!(
+                    "key {:?} is dots only, which no URL path carries to the shard that holds \
+                     it; read it with POST /retrieve/b64",
+                    String::from_utf8_lossy(key)
+                ),
+            )
+        })?,
+        // A route of a fixed path, the key in the body.
+        None => match request.match_pattern() {
+            Some(pattern) if !pattern.contains('{') => pattern,
+            _ => {
+                return Err(ApiError::internal(format!(
+                    "no owner path for the route of {}",
+                    request.path()
+                )))
+            }
+        },
+    };
+    if !request.query_string().is_empty() {
+        path.push('?');
+        path.push_str(request.query_string());
+    }
+    Ok(path)
 }
 
 /// Parses a read of `key` (token, lag bound, forwarder), forwards it to an owner when this shard

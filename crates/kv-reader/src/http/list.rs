@@ -168,32 +168,29 @@ async fn list_across(
     let outgoing = outgoing(request);
     let mut excluded = std::collections::BTreeSet::new();
     let mut failures: Vec<String> = Vec::new();
+    // Pages read so far and the partitions they cover, kept across a retry: only what a
+    // failed owner was to cover is asked again, of its partitions' next owners.
+    let mut pages = Vec::new();
+    let mut served = std::collections::BTreeSet::new();
+    let mut covered = std::collections::BTreeSet::new();
     loop {
-        let mut covered = std::collections::BTreeSet::new();
-        let mut sources: Vec<Target> = Vec::new();
-        let mut unavailable = Vec::new();
-        for partition in 0..count as i32 {
-            if covered.contains(&partition) {
-                continue;
-            }
-            let target = cluster
-                .targets(partition, bound, &core.progress)
-                .into_iter()
-                .find(|t| !matches!(t, Target::Peer(peer) if excluded.contains(peer)));
-            match target {
-                None => unavailable.push(partition),
-                Some(target) => {
-                    let shard = match target {
-                        Target::Local => cluster.spec.index,
-                        Target::Peer(peer) => peer,
-                    };
-                    covered.extend((0..count as i32).filter(|&p| cluster.spec.is_owner(shard, p)));
-                    if !sources.contains(&target) {
-                        sources.push(target);
-                    }
-                }
-            }
-        }
+        let (sources, unavailable) = fanout::plan_listing(
+            count,
+            &covered,
+            |partition| {
+                cluster
+                    .targets(partition, bound, &core.progress)
+                    .into_iter()
+                    .find(|t| !matches!(t, Target::Peer(peer) if excluded.contains(peer)))
+            },
+            |target, partition| {
+                let shard = match target {
+                    Target::Local => cluster.spec.index,
+                    Target::Peer(peer) => peer,
+                };
+                cluster.spec.is_owner(shard, partition)
+            },
+        );
         if !unavailable.is_empty() {
             return Err(ReadError::ShardUnavailable {
                 partitions: unavailable,
@@ -201,7 +198,7 @@ async fn list_across(
             }
             .into());
         }
-        let remote = sources.iter().filter_map(|target| match target {
+        let remote = sources.iter().filter_map(|(target, held)| match target {
             Target::Local => None,
             Target::Peer(peer) => {
                 let outgoing = &outgoing;
@@ -216,12 +213,16 @@ async fn list_across(
                         MAX_PAGE_BODY,
                     )
                     .await;
-                    (*peer, part)
+                    (*peer, held, part)
                 })
             }
         });
+        let local_held = sources
+            .iter()
+            .find(|(target, _)| *target == Target::Local)
+            .map(|(_, held)| held);
         let local = async {
-            if !sources.contains(&Target::Local) {
+            if local_held.is_none() {
                 return Ok(None);
             }
             read.settle(core, request, Scope::Partitions(held)).await?;
@@ -231,17 +232,17 @@ async fn list_across(
                 .map_err(ApiError::from)
         };
         let (local, remote) = futures::join!(local, futures::future::join_all(remote));
-        let mut pages = Vec::with_capacity(sources.len());
-        let mut served = std::collections::BTreeSet::new();
-        if let Some(page) = local? {
+        if let (Some(page), Some(held)) = (local?, local_held) {
             pages.push(page);
+            covered.extend(held.iter().copied());
             served.insert(cluster.spec.index.to_string());
         }
         let mut retry = false;
-        for (peer, part) in remote {
+        for (peer, held, part) in remote {
             match part {
                 Ok(part) => {
                     pages.push((part.keys, part.more));
+                    covered.extend(held.iter().copied());
                     served.insert(part.served_by.unwrap_or_else(|| peer.to_string()));
                 }
                 Err(PartError::Unavailable(error)) => {

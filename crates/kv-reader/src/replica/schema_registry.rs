@@ -77,17 +77,27 @@ pub struct SchemaFraming {
 /// Looks an unknown schema id up at the registry (`GET /schemas/ids/{id}/versions`) before a
 /// record with it is stored, so a schema a producer registered a moment ago is stripped like
 /// any other; an id the registry does not have for the subject is kept whole. Each id is asked
-/// at most once a minute.
+/// at most once a minute, and all asking together takes at most [`LOOKUP_BUDGET`] of the
+/// consumer thread's time a minute: records with unknown ids, or a registry that does not
+/// answer, never stall the replica for longer.
 #[derive(Debug)]
 struct IdLookup {
     url: String,
     topic: String,
     client: OnceLock<Option<reqwest::blocking::Client>>,
     unknown: Mutex<HashMap<u32, Instant>>,
+    /// Since when, and how long the asking took in the current window.
+    spent: Mutex<(Instant, Duration)>,
 }
 
 /// How long an id the registry did not know is not asked about again.
 const UNKNOWN_ID_RETRY: Duration = Duration::from_secs(60);
+/// How long one question to the registry may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The consumer thread's time all questions to the registry may take in [`LOOKUP_WINDOW`];
+/// past it an unknown id is not asked about (its record is kept whole) until the window ends.
+const LOOKUP_BUDGET: Duration = Duration::from_secs(5);
+const LOOKUP_WINDOW: Duration = Duration::from_secs(60);
 /// Most unknown ids remembered; past it the oldest answers are forgotten.
 const MAX_UNKNOWN_IDS: usize = 10_000;
 
@@ -108,10 +118,35 @@ impl IdLookup {
                 return false;
             }
         }
+        {
+            let mut spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner);
+            if spent.0.elapsed() >= LOOKUP_WINDOW {
+                *spent = (Instant::now(), Duration::ZERO);
+            }
+            if spent.1 >= LOOKUP_BUDGET {
+                tracing::debug!(
+                    id,
+                    "the schema registry's lookups used their time this minute; the record is kept whole"
+                );
+                return false;
+            }
+        }
         let subject = format!("{}-{part}", self.topic);
+        let started = Instant::now();
         let held = self
             .ask(id)
             .map(|versions| versions.iter().any(|v| v.subject == subject));
+        {
+            let mut spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner);
+            spent.1 += started.elapsed();
+            if spent.1 >= LOOKUP_BUDGET {
+                tracing::warn!(
+                    "schema registry lookups took {} s of the consumer's time this minute; \
+                     records with schema ids not known yet are kept whole until it ends",
+                    spent.1.as_secs()
+                );
+            }
+        }
         let held = match held {
             Ok(held) => held,
             Err(reason) => {
@@ -134,7 +169,7 @@ impl IdLookup {
             .client
             .get_or_init(|| {
                 reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(5))
+                    .timeout(LOOKUP_TIMEOUT)
                     .build()
                     .ok()
             })
@@ -180,6 +215,7 @@ impl SchemaFraming {
                 topic: topic.to_owned(),
                 client: OnceLock::new(),
                 unknown: Mutex::default(),
+                spent: Mutex::new((Instant::now(), Duration::ZERO)),
             })),
             ..self
         }
@@ -390,6 +426,31 @@ fn redact_userinfo(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookups_of_unknown_ids_at_a_registry_that_never_answers_stall_the_consumer_a_bounded_time() {
+        // A registry that takes connections and answers none.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept() {
+                held.push(stream);
+            }
+        });
+        let framing = SchemaFraming::default().looking_up(&url, "t");
+        let lookup = framing.lookup.as_ref().expect("a lookup");
+        let started = Instant::now();
+        // A poll's worth of records, each framed with an id never seen.
+        for id in 0..20 {
+            assert!(!lookup.holds("value", id));
+        }
+        let took = started.elapsed();
+        assert!(
+            took < LOOKUP_BUDGET + LOOKUP_TIMEOUT * 2,
+            "20 unknown ids held the consumer {took:?}"
+        );
+    }
 
     #[tokio::test]
     async fn the_registry_is_asked_with_the_basic_auth_user_info() {

@@ -22,7 +22,7 @@ use crate::cluster::shard::{ShardSpec, Topology};
 use crate::progress::{Progress, ReplayNote};
 use crate::replica::context::{AliveGuard, ReplicaConsumer};
 use crate::replica::refusals::Refusals;
-use crate::replica::retention::DeleteRetention;
+use crate::replica::retention::{DeleteRetention, RETENTION_WAIT};
 use crate::replica::schema_registry::SchemaFraming;
 use kv_core::record::now_ms;
 
@@ -69,8 +69,15 @@ impl Worker {
         if let Some(config) = &self.bootstrap {
             // A bug in taking a snapshot must cost a replay, never the replica.
             let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                bootstrap::run(config, &self.store, &self.codec, &self.format, &self.import)
-                    .is_some()
+                bootstrap::run(
+                    config,
+                    &self.store,
+                    &self.codec,
+                    &self.format,
+                    &self.import,
+                    self.delete_retention.wait(RETENTION_WAIT),
+                )
+                .is_some()
             }))
             .unwrap_or_else(|_| {
                 tracing::error!("taking a snapshot failed unexpectedly; replaying the topic");

@@ -12,6 +12,10 @@ pub struct RespMetrics {
     pub connections: IntGauge,
     pub refused_connections: IntCounter,
     pub protocol_errors: IntCounter,
+    /// Connections closed before they authenticated: their time ran out.
+    pub auth_timeouts: IntCounter,
+    /// Connections closed before they authenticated: their slot went to a newer connection.
+    pub evicted: IntCounter,
 }
 
 impl RespMetrics {
@@ -22,6 +26,14 @@ impl RespMetrics {
                 "Commands received on the Redis-protocol port, by command",
             ),
             &["command"],
+        )?;
+        let unauthenticated = IntCounterVec::new(
+            Opts::new(
+                "kv_reader_resp_unauthenticated_closed_total",
+                "Connections closed before a successful AUTH, by reason: auth_timeout \
+                 (KV_API_RESP_AUTH_TIMEOUT_MS) or evicted (the port was full)",
+            ),
+            &["reason"],
         )?;
         let metrics = Self {
             commands: commands
@@ -40,8 +52,11 @@ impl RespMetrics {
                 "kv_reader_resp_protocol_errors_total",
                 "Connections closed for input that is not the Redis protocol or over its limits",
             )?,
+            auth_timeouts: unauthenticated.with_label_values(&["auth_timeout"]),
+            evicted: unauthenticated.with_label_values(&["evicted"]),
         };
         registry.register(Box::new(by_command))?;
+        registry.register(Box::new(unauthenticated))?;
         registry.register(Box::new(metrics.connections.clone()))?;
         registry.register(Box::new(metrics.refused_connections.clone()))?;
         registry.register(Box::new(metrics.protocol_errors.clone()))?;

@@ -39,7 +39,9 @@ pub enum ProtocolError {
     InlineTooLong,
     #[error("a bulk string does not end with CRLF")]
     MissingCrlf,
-    #[error("the request was not completed in time")]
+    #[error(
+        "the request was not completed within KV_API_RESP_REQUEST_TIMEOUT_MS of its first byte"
+    )]
     Incomplete,
 }
 

@@ -584,6 +584,34 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_tombstone_names_a_put_by_partition_and_offset_not_offset_alone() {
+        // A key whose partition changed (partitions added to the topic): its live put is at
+        // offset 5 of partition 1, and partition 0's sweeper expires offset 5 of partition 0.
+        let store = memory();
+        let mut moved = put(b"k", 5, b"on partition 1", Some(1_000));
+        if let Change::Put { partition, .. } = &mut moved {
+            *partition = 1;
+        }
+        store
+            .apply_at(&[moved], &BTreeMap::from([(1, 6)]), 0, NONE)
+            .expect("apply");
+        let applied = apply(
+            &store,
+            &[delete(b"k", 6, Some(Precondition::Expires(5)))],
+            500,
+            NONE,
+        );
+        assert_eq!(
+            applied.tombstoned, 0,
+            "partition 0's offset 5 is another record"
+        );
+        assert_eq!(
+            state_at(&store, 500),
+            BTreeMap::from([(b"k".to_vec(), b"on partition 1".to_vec())])
+        );
+    }
+
+    #[test]
     fn an_expiry_tombstone_deletes_only_the_put_it_names_and_a_stale_one_owes_a_repair_on_the_sweeper(
     ) {
         for swept in [NONE, ALL] {

@@ -529,7 +529,11 @@ impl<'t> Writing<'t> {
                             Some(user_key) => self.entry(user_key)?,
                             None => None,
                         };
-                        current.is_some_and(|entry| entry.offset == *expired)
+                        // An offset names a record only within its partition: a key whose
+                        // partition changed may hold the same offset of another one.
+                        current.is_some_and(|entry| {
+                            entry.partition == *partition && entry.offset == *expired
+                        })
                     }
                     (None, Some(Precondition::Repairs(stale, _))) => {
                         self.settle(record_key, *stale)?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use kv_core::record::RecordCodec;
 use kv_core::secret::Secret;
 
+use crate::cluster::forward::peer_client;
 use crate::cluster::shard::ShardSpec;
 use crate::store::Store;
 use crate::transfer::format::{self, Expected, ImportProgress, Imported};
@@ -25,6 +26,8 @@ pub struct BootstrapConfig {
     pub shard: Option<ShardSpec>,
     /// The client-credentials grant for an admin token, when the peers check tokens.
     pub client: Option<(String, Secret<String>)>,
+    /// The admin token may go to an `http://` peer (KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN).
+    pub allow_http_token: bool,
     /// The provider's token endpoint, or the issuer to discover it from.
     pub token_endpoint: Option<String>,
     pub issuer: Option<String>,
@@ -32,13 +35,15 @@ pub struct BootstrapConfig {
 }
 
 /// Takes a snapshot into `store` when it holds no replica yet; `None` when there was nothing
-/// to do or no peer gave one (the reasons are logged).
+/// to do or no peer gave one (the reasons are logged). `delete_retention` is the topic's, when
+/// compacted: a peer cut off from the broker for longer is refused.
 pub fn run(
     config: &BootstrapConfig,
     store: &Store,
     codec: &RecordCodec,
     source_format: &str,
     progress: &ImportProgress,
+    delete_retention: Option<Duration>,
 ) -> Option<Imported> {
     if config.peers.is_empty() {
         return None;
@@ -57,8 +62,7 @@ pub fn run(
         .build()
         .map_err(|e| e.to_string())
         .and_then(|runtime| {
-            reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
+            peer_client(CONNECT_TIMEOUT)
                 .build()
                 .map(|client| (runtime, client))
                 .map_err(|e| e.to_string())
@@ -93,6 +97,7 @@ pub fn run(
         topic: &config.topic,
         source_format,
         shard: config.shard,
+        delete_retention,
     };
     let mut reasons = Vec::new();
     let failed = |reasons: &mut Vec<String>, reason: String| {
@@ -100,6 +105,18 @@ pub fn run(
         reasons.push(reason);
     };
     for peer in &config.peers {
+        // The admin token reads every replica: it goes in clear only where the operator says
+        // the network is trusted.
+        if token.is_some() && !config.allow_http_token && !peer.starts_with("https://") {
+            failed(
+                &mut reasons,
+                format!(
+                    "{peer}: the admin token is sent only over https:// \
+                     (KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN=true sends it over http://)"
+                ),
+            );
+            continue;
+        }
         let started = std::time::Instant::now();
         let mut request = client.get(format!("{peer}/admin/v1/snapshot{query}"));
         if let Some(token) = &token {

@@ -44,6 +44,8 @@ pub const CHUNKS_IN_FLIGHT: usize = 4;
 /// The largest header and record a receiver accepts: no value a writer takes is larger.
 const MAX_HEADER: usize = 1024 * 1024;
 const MAX_FIELD: usize = 256 * 1024 * 1024;
+/// What a field's buffer starts with before its bytes arrive.
+const TAKE_AHEAD: usize = 64 * 1024;
 /// One import transaction: entries and their bytes.
 const IMPORT_BATCH: usize = 10_000;
 const IMPORT_BATCH_BYTES: usize = 32 * 1024 * 1024;
@@ -62,6 +64,13 @@ pub struct SnapshotHeader {
     pub next_offsets: BTreeMap<i32, i64>,
     /// Entries in the peer's store; those of the partitions asked are at most this many.
     pub entries_at_most: u64,
+    /// When the peer took it, ms since the Unix epoch (absent from older peers).
+    #[serde(default)]
+    pub taken_at_ms: Option<u64>,
+    /// When the peer's replica last heard from the broker: its records are the topic as of
+    /// then (absent from older peers, or before any contact).
+    #[serde(default)]
+    pub broker_contact_ms: Option<u64>,
 }
 
 /// The source format without the shard layout: a full replica may serve a shard and the
@@ -93,6 +102,7 @@ pub fn write_snapshot(
     });
     let mut entries = 0u64;
     let held: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
+    let broker_contact_ms = store.last_broker_contact_ms()?;
     store.export(
         |partition| held.contains(&partition),
         |ExportHeader {
@@ -108,6 +118,8 @@ pub fn write_snapshot(
                 partitions: partitions.to_vec(),
                 next_offsets,
                 entries_at_most: total,
+                taken_at_ms: Some(now_ms()),
+                broker_contact_ms,
             };
             let json = serde_json::to_vec(&header).unwrap_or_default();
             let mut out = out.borrow_mut();
@@ -265,6 +277,12 @@ pub enum ImportError {
          or another encryption or schema framing)"
     )]
     OtherFormat { peer: String, ours: String },
+    #[error(
+        "the peer last heard from the broker {away_s} s ago, longer than the topic's \
+         delete.retention.ms ({retention_s} s): compaction may have removed deletes its \
+         snapshot never saw"
+    )]
+    Stale { away_s: u64, retention_s: u64 },
     #[error("the snapshot holds partition {partition}, which shard {shard} does not hold")]
     NotOurs { partition: i32, shard: String },
     #[error("a record of the snapshot does not decode: {0}")]
@@ -289,6 +307,9 @@ pub struct Expected<'a> {
     /// A shard asking: every partition of the snapshot must be one of its own. `None`: a
     /// full replica takes whatever the peer holds (partitions it lacks are read from the start).
     pub shard: Option<ShardSpec>,
+    /// The topic's `delete.retention.ms`, when compacted: a peer that last heard from the
+    /// broker longer ago may hold keys whose deletes compaction removed since.
+    pub delete_retention: Option<Duration>,
 }
 
 /// Reads a snapshot from `body` into `store` (emptied first), in bounded transactions, checks
@@ -353,6 +374,16 @@ fn import_into(
             ours: expected.source_format.to_owned(),
         });
     }
+    if let (Some(contact), Some(retention)) = (header.broker_contact_ms, expected.delete_retention)
+    {
+        let away = now_ms().saturating_sub(contact);
+        if u128::from(away) > retention.as_millis() {
+            return Err(ImportError::Stale {
+                away_s: away / 1000,
+                retention_s: retention.as_secs(),
+            });
+        }
+    }
     if let Some(shard) = expected.shard {
         if let Some(&partition) = header.partitions.iter().find(|&&p| !shard.holds(p)) {
             return Err(ImportError::NotOurs {
@@ -360,6 +391,15 @@ fn import_into(
                 shard: shard.layout(),
             });
         }
+    }
+    if let Some(partition) = header
+        .next_offsets
+        .keys()
+        .find(|p| !header.partitions.contains(p))
+    {
+        return Err(ImportError::Malformed(format!(
+            "an offset of partition {partition}, which its header does not list"
+        )));
     }
     progress.start(header.entries_at_most);
     let mut batch: Vec<Frame> = Vec::with_capacity(IMPORT_BATCH);
@@ -378,6 +418,13 @@ fn import_into(
                 let [id_len] = input.array::<1>()?;
                 let id = input.take(id_len as usize)?;
                 let partition = i32::from_be_bytes(input.array()?);
+                // The header's partitions are the ones checked against this replica's: an
+                // entry of any other would land where no consumer of this replica reads.
+                if !header.partitions.contains(&partition) {
+                    return Err(ImportError::Malformed(format!(
+                        "an entry of partition {partition}, which its header does not list"
+                    )));
+                }
                 let offset = i64::from_be_bytes(input.array()?);
                 let expires_at_ms = match u64::from_be_bytes(input.array()?) {
                     0 => None,
@@ -546,9 +593,16 @@ struct Input<'a> {
 }
 
 impl Input<'_> {
+    /// `len` bytes, the buffer growing as they arrive: a length a peer declares is never
+    /// allocated before its bytes come.
     fn take(&mut self, len: usize) -> Result<Vec<u8>, ImportError> {
-        let mut bytes = vec![0u8; len];
-        self.body.read_exact(&mut bytes)?;
+        let mut bytes = Vec::with_capacity(len.min(TAKE_AHEAD));
+        Read::take(&mut *self.body, len as u64).read_to_end(&mut bytes)?;
+        if bytes.len() < len {
+            return Err(ImportError::Transfer(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
         self.hash.update(&bytes);
         self.bytes += len as u64;
         Ok(bytes)
@@ -677,6 +731,7 @@ mod tests {
             topic: "t",
             source_format: "encryption=off schema_framing=none",
             shard,
+            delete_retention: Some(Duration::from_secs(86_400)),
         }
     }
 
@@ -739,6 +794,93 @@ mod tests {
         let target = Store::open(&Storage::Memory, None).expect("store");
         let error = import(
             &mut &cut[..],
+            &target,
+            &RecordCodec::Plaintext,
+            &expected(None),
+            &ImportProgress::default(),
+        )
+        .expect_err("cut");
+        assert!(matches!(error, ImportError::Transfer(_)), "{error}");
+    }
+
+    #[test]
+    fn a_snapshot_of_a_peer_cut_off_from_the_broker_past_delete_retention_is_refused() {
+        let source = store_with(&[(b"a", 0, 3, b"v")]);
+        let day = 86_400_000;
+        source
+            .note_broker_contact(now_ms() - 2 * day)
+            .expect("contact");
+        let bytes = snapshot_of(&source, &[0]);
+        let target = Store::open(&Storage::Memory, None).expect("store");
+        let error = import(
+            &mut bytes.as_slice(),
+            &target,
+            &RecordCodec::Plaintext,
+            &expected(None),
+            &ImportProgress::default(),
+        )
+        .expect_err("two days cut off, a day of retention");
+        assert!(matches!(error, ImportError::Stale { .. }), "{error}");
+        assert_eq!(target.key_count().expect("count"), 0);
+
+        source
+            .note_broker_contact(now_ms() - 1_000)
+            .expect("contact");
+        let bytes = snapshot_of(&source, &[0]);
+        let imported = import(
+            &mut bytes.as_slice(),
+            &target,
+            &RecordCodec::Plaintext,
+            &expected(None),
+            &ImportProgress::default(),
+        )
+        .expect("a peer in touch");
+        assert!(imported.header.taken_at_ms.is_some());
+    }
+
+    #[test]
+    fn an_entry_of_a_partition_its_header_does_not_list_is_refused() {
+        let source = store_with(&[(b"a", 0, 3, b"v"), (b"b", 1, 7, b"w")]);
+        let bytes = snapshot_of(&source, &[0, 1]);
+        // The same stream, its header claiming partition 0 only, its digest made good again.
+        let header_len = u32::from_be_bytes(bytes[8..12].try_into().expect("length")) as usize;
+        let mut header: SnapshotHeader =
+            serde_json::from_slice(&bytes[12..12 + header_len]).expect("header");
+        header.partitions = vec![0];
+        header.next_offsets.remove(&1);
+        let json = serde_json::to_vec(&header).expect("json");
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        forged.extend_from_slice(&json);
+        forged.extend_from_slice(&bytes[12 + header_len..bytes.len() - 32]);
+        let digest = ring::digest::digest(&SHA256, &forged);
+        forged.extend_from_slice(digest.as_ref());
+        let target = Store::open(&Storage::Memory, None).expect("store");
+        let error = import(
+            &mut forged.as_slice(),
+            &target,
+            &RecordCodec::Plaintext,
+            &expected(None),
+            &ImportProgress::default(),
+        )
+        .expect_err("an entry of partition 1");
+        assert!(error.to_string().contains("partition 1"), "{error}");
+        assert_eq!(target.key_count().expect("count"), 0);
+    }
+
+    #[test]
+    fn a_declared_field_longer_than_what_follows_is_refused_as_cut() {
+        let source = store_with(&[(b"a", 0, 3, b"v")]);
+        let bytes = snapshot_of(&source, &[0]);
+        let header_len = u32::from_be_bytes(bytes[8..12].try_into().expect("length")) as usize;
+        // An entry whose key says it is 255 MiB long, and then the stream ends.
+        let mut cut = bytes[..12 + header_len].to_vec();
+        cut.push(ENTRY);
+        cut.extend_from_slice(&(255u32 * 1024 * 1024).to_be_bytes());
+        cut.extend_from_slice(b"abc");
+        let target = Store::open(&Storage::Memory, None).expect("store");
+        let error = import(
+            &mut cut.as_slice(),
             &target,
             &RecordCodec::Plaintext,
             &expected(None),

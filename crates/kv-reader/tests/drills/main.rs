@@ -7,8 +7,10 @@ mod disk_full;
 mod killed_during_replay;
 mod owner_failover;
 mod poison_records;
+mod resp_flood;
 mod shard_kills;
 mod soak;
+mod traversal;
 mod watch_token_expiry;
 
 /// The binary under test, as cargo built it for this test.

@@ -237,6 +237,27 @@ async fn a_snapshot_needs_the_admin_scope_and_a_bootstrapping_reader_gets_it_its
             "kv-full-secret".to_owned(),
         ),
     ]);
+    // The admin token goes to an http:// peer only when the operator allows it.
+    let mut cautious_env = fresh_env.clone();
+    cautious_env.push(("KAFKA_GROUP_ID", "snap-auth-cautious".to_owned()));
+    let cautious = Service::start(READER, &cautious_env);
+    wait_ready(&http, &cautious).await;
+    let metrics = cautious.metrics(&http).await;
+    assert_eq!(
+        kv_testkit::metric(&metrics, "kv_reader_bootstrapped_from_snapshot", &[]),
+        Some(0.0),
+        "{}",
+        cautious.output()
+    );
+    assert!(
+        cautious
+            .output()
+            .contains("the admin token is sent only over https://"),
+        "{}",
+        cautious.output()
+    );
+    drop(cautious);
+    fresh_env.push(("KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN", "true".to_owned()));
     let fresh = Service::start(READER, &fresh_env);
     wait_ready(&http, &fresh).await;
     let metrics = fresh.metrics(&http).await;

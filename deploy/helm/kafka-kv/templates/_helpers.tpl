@@ -403,6 +403,8 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
     secretKeyRef:
       name: {{ . }}
       key: client-secret
+- name: KV_API_BOOTSTRAP_ALLOW_HTTP_TOKEN
+  value: {{ $.Values.reader.bootstrap.allowHttpToken | quote }}
 {{- end }}
 {{- end }}
 - name: KV_API_STATE_STORAGE_TYPE

@@ -42,7 +42,7 @@ pub(super) fn info(shared: &Shared, args: Args<'_>) -> String {
             text,
             "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
             shared.metrics.connections.get(),
-            shared.max_connections
+            shared.settings.max_connections
         );
     }
     if wanted("replication") {

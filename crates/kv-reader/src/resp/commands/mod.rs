@@ -427,6 +427,21 @@ pub fn execute(shared: &Shared, session: &mut Session, args: Args<'_>, out: &mut
     Next::Continue
 }
 
+/// The most bytes the reply of `args` may take, for a command whose reply may be large:
+/// `MGET`, its values up to KV_API_MAX_BATCH_GET_BYTES and each one's header. `None` for the
+/// others, whose replies hold one value at most.
+pub fn large_reply_bound(shared: &Shared, args: Args<'_>) -> Option<usize> {
+    match lookup(args.get(0)) {
+        Lookup::Known(index) if COMMANDS[index].command == Name::Mget => Some(
+            shared
+                .read
+                .max_batch_get_bytes
+                .saturating_add(args.len().saturating_mul(24)),
+        ),
+        _ => None,
+    }
+}
+
 impl Pending {
     /// Waits for what the command needs, then writes its reply to `out`.
     pub async fn run(self, shared: &Shared, session: &mut Session, out: &mut BytesMut) {

@@ -14,6 +14,8 @@ use kv_core::record::now_ms;
 const DEFAULT_SCAN_COUNT: usize = 10;
 /// Scan positions kept for cursors handed out, server-wide; an older cursor is refused.
 const MAX_CURSORS: usize = 4096;
+/// Scan positions kept for the cursors one connection handed out: its own older ones go first.
+const MAX_CURSORS_PER_CONNECTION: usize = 64;
 
 /// `SCAN cursor [MATCH prefix*] [COUNT n] [TYPE string]`: keys in byte order, a page at a
 /// time. Redis clients read the cursor as a number, so it names a position kept server-side.
@@ -89,7 +91,7 @@ pub(super) fn scan(
     };
     if !strings {
         // Every value here is a string.
-        scan_reply(shared, reply, Vec::new(), false);
+        scan_reply(shared, session, reply, Vec::new(), false);
         return Next::Continue;
     }
     if shared.read.listing_blocks() {
@@ -100,7 +102,7 @@ pub(super) fn scan(
         });
     }
     match shared.read.page_now(&prefixes, after.as_deref(), count) {
-        Ok((keys, more)) => scan_reply(shared, reply, keys, more),
+        Ok((keys, more)) => scan_reply(shared, session, reply, keys, more),
         Err(error) => reply.error(&shared.refused(&error)),
     }
     Next::Continue
@@ -119,7 +121,7 @@ pub(super) async fn sealed_scan(
     let listed = shared.read.page(prefixes, after, count).await;
     let mut reply = Reply::new(out, session.resp3);
     match listed {
-        Ok((keys, more)) => scan_reply(shared, &mut reply, keys, more),
+        Ok((keys, more)) => scan_reply(shared, session, &mut reply, keys, more),
         Err(error) => reply.error(&shared.refused(&error)),
     }
 }
@@ -145,9 +147,15 @@ fn prefix_of(pattern: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-fn scan_reply(shared: &Shared, reply: &mut Reply<'_>, keys: Vec<Vec<u8>>, more: bool) {
+fn scan_reply(
+    shared: &Shared,
+    session: &Session,
+    reply: &mut Reply<'_>,
+    keys: Vec<Vec<u8>>,
+    more: bool,
+) {
     let cursor = match keys.last() {
-        Some(last) if more => shared.cursors.open(last.clone()),
+        Some(last) if more => shared.cursors.open(session.id, last.clone()),
         _ => 0,
     };
     reply.array(2);
@@ -159,7 +167,9 @@ fn scan_reply(shared: &Shared, reply: &mut Reply<'_>, keys: Vec<Vec<u8>>, more: 
 }
 
 /// Where each cursor handed out resumes: the last key of its page. Server-wide, so a client
-/// may go on on another connection, and bounded: the oldest are forgotten first.
+/// may go on on another connection, and bounded per connection and in all: a connection past
+/// its share forgets its own oldest cursors, and the table past its size forgets those of the
+/// connection holding the most, so no connection's scans forget another's cursors.
 #[derive(Debug)]
 pub(super) struct Cursors(Mutex<CursorTable>);
 
@@ -167,7 +177,22 @@ pub(super) struct Cursors(Mutex<CursorTable>);
 struct CursorTable {
     last: u64,
     after: HashMap<u64, Vec<u8>>,
-    order: VecDeque<u64>,
+    /// Each connection's cursors, oldest first, by the id of the connection that opened them.
+    by_connection: HashMap<u64, VecDeque<u64>>,
+}
+
+impl CursorTable {
+    fn forget_oldest_of(&mut self, connection: u64) {
+        let Some(cursors) = self.by_connection.get_mut(&connection) else {
+            return;
+        };
+        if let Some(oldest) = cursors.pop_front() {
+            self.after.remove(&oldest);
+        }
+        if cursors.is_empty() {
+            self.by_connection.remove(&connection);
+        }
+    }
 }
 
 impl Cursors {
@@ -177,19 +202,29 @@ impl Cursors {
         Self(Mutex::new(CursorTable {
             last: now_ms().saturating_mul(1000),
             after: HashMap::new(),
-            order: VecDeque::new(),
+            by_connection: HashMap::new(),
         }))
     }
 
-    fn open(&self, after: Vec<u8>) -> u64 {
+    /// A new cursor of `connection` that resumes after `after`.
+    fn open(&self, connection: u64, after: Vec<u8>) -> u64 {
         let mut table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         table.last += 1;
         let cursor = table.last;
         table.after.insert(cursor, after);
-        table.order.push_back(cursor);
-        if table.order.len() > MAX_CURSORS {
-            if let Some(oldest) = table.order.pop_front() {
-                table.after.remove(&oldest);
+        let own = table.by_connection.entry(connection).or_default();
+        own.push_back(cursor);
+        if own.len() > MAX_CURSORS_PER_CONNECTION {
+            table.forget_oldest_of(connection);
+        }
+        if table.after.len() > MAX_CURSORS {
+            let largest = table
+                .by_connection
+                .iter()
+                .max_by_key(|(_, cursors)| cursors.len())
+                .map(|(&id, _)| id);
+            if let Some(largest) = largest {
+                table.forget_oldest_of(largest);
             }
         }
         cursor
@@ -220,12 +255,34 @@ mod tests {
     #[test]
     fn cursors_resume_where_their_page_ended_and_the_oldest_are_forgotten() {
         let cursors = Cursors::new();
-        let first = cursors.open(b"a".to_vec());
+        let first = cursors.open(1, b"a".to_vec());
         assert_eq!(cursors.resume(first), Some(b"a".to_vec()));
-        for i in 0..MAX_CURSORS {
-            cursors.open(i.to_string().into_bytes());
+        for i in 0..MAX_CURSORS_PER_CONNECTION {
+            cursors.open(1, i.to_string().into_bytes());
         }
         assert_eq!(cursors.resume(first), None);
         assert_eq!(cursors.resume(0), None);
+    }
+
+    #[test]
+    fn one_connections_scans_never_forget_another_connections_cursor() {
+        let cursors = Cursors::new();
+        let kept = cursors.open(1, b"mine".to_vec());
+        // One connection's `SCAN 0 COUNT 1`, 4096 times over.
+        for i in 0..MAX_CURSORS {
+            cursors.open(2, i.to_string().into_bytes());
+        }
+        assert_eq!(cursors.resume(kept), Some(b"mine".to_vec()));
+        // And as many connections, each with its share: the table stays bounded, and the
+        // connection with the fewest cursors keeps them.
+        for connection in 3..3 + 2 * (MAX_CURSORS / MAX_CURSORS_PER_CONNECTION) as u64 {
+            for i in 0..MAX_CURSORS_PER_CONNECTION {
+                cursors.open(connection, i.to_string().into_bytes());
+            }
+        }
+        let table = cursors.0.lock().expect("table");
+        assert!(table.after.len() <= MAX_CURSORS);
+        drop(table);
+        assert_eq!(cursors.resume(kept), Some(b"mine".to_vec()));
     }
 }

@@ -51,6 +51,12 @@ impl Session {
         self.resp3
     }
 
+    /// Whether a command that needs auth may run now, as far as the session knows before the
+    /// token's expiry is checked: auth is off, or a token was accepted.
+    pub fn authenticated(&self) -> bool {
+        self.rights != Rights::Missing
+    }
+
     /// Why this session may not run a command that needs auth, if it may not. The expiry is
     /// checked at each command: a token's rights end when the token does.
     pub(super) fn refusal(&mut self) -> Option<&'static str> {

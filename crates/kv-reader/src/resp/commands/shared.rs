@@ -10,6 +10,7 @@ use super::scan::Cursors;
 use crate::read::{ReadCore, ReadError};
 use crate::resp::errors::refusal;
 use crate::resp::metrics::RespMetrics;
+use crate::settings::RespSettings;
 
 /// What every connection shares.
 #[derive(Debug)]
@@ -19,7 +20,8 @@ pub struct Shared {
     pub auth: Arc<AuthGate>,
     pub metrics: RespMetrics,
     pub port: u16,
-    pub max_connections: usize,
+    /// The port's limits: connections, the time to authenticate and to send a request.
+    pub settings: RespSettings,
     pub(super) cursors: Cursors,
     pub(super) started: Instant,
     pub(super) next_client: AtomicU64,
@@ -31,14 +33,14 @@ impl Shared {
         auth: Arc<AuthGate>,
         metrics: RespMetrics,
         port: u16,
-        max_connections: usize,
+        settings: RespSettings,
     ) -> Self {
         Self {
             read,
             auth,
             metrics,
             port,
-            max_connections,
+            settings,
             cursors: Cursors::new(),
             started: Instant::now(),
             next_client: AtomicU64::new(0),
