@@ -219,7 +219,7 @@ impl Client {
     /// Reads `key`: `None` when it is absent. The read waits until the replica applied every
     /// write this client made.
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
-        let path = key_path(key);
+        let path = key_path(key)?;
         let token = self.token().map(|t| t.to_string());
         let response = self
             .inner
@@ -333,7 +333,7 @@ impl Client {
             .writer
             .clone()
             .ok_or_else(|| Error::Config("no writer URL was given for a write".to_owned()))?;
-        let url = join(&writer, &key_path(key));
+        let url = join(&writer, &key_path(key)?);
         let conditional = options.precondition != Precondition::Always;
         // A conditional write always carries a key, so that a retry of one whose answer was lost
         // is answered as the first one was instead of failing on its own success.

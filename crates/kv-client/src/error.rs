@@ -17,6 +17,10 @@ pub enum Error {
     /// [`crate::Client::update`] met a `412` on every attempt: others keep writing the key.
     #[error("the key kept changing: {attempts} read-modify-write attempts failed")]
     Contended { attempts: u32 },
+    /// A key of dots only (`.`, `..`): a URL parser folds such a path segment even escaped, so
+    /// the key routes cannot carry it (the original's body routes, `/store` and `/retrieve`, can).
+    #[error("the key {key:?} is dots only, which no URL path carries")]
+    UnaddressableKey { key: String },
     /// [`crate::Client::increment`] found a value that is not a decimal integer.
     #[error("{key:?} does not hold a decimal integer")]
     NotACounter { key: String },

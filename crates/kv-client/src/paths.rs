@@ -4,24 +4,21 @@ use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::Url;
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// The header of a TTL on a write.
 pub(crate) const TTL_SECONDS: &str = "x-kv-ttl-seconds";
 /// The expiry a read answers for a key that expires.
 pub(crate) const EXPIRES_AT: &str = "x-kv-expires-at";
 pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// Characters a key keeps in a URL path: everything else, `/` and `.` segments included, is
-/// percent-encoded, so a key is always one path segment to the service.
-pub(crate) const KEY_IN_PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'~');
-
-/// `v1/kv/<key>`, the key one percent-encoded path segment.
-pub(crate) fn key_path(key: &str) -> String {
-    format!(
-        "v1/kv/{}",
-        percent_encoding::utf8_percent_encode(key, KEY_IN_PATH)
-    )
+/// `v1/kv/<key>`, the key one percent-encoded path segment, as a forwarding shard writes it
+/// (`kv_wire::paths`); a key of dots only has no path.
+pub(crate) fn key_path(key: &str) -> Result<String, Error> {
+    kv_wire::paths::key_segment(key.as_bytes())
+        .map(|segment| format!("v1/kv/{segment}"))
+        .ok_or_else(|| Error::UnaddressableKey {
+            key: key.to_owned(),
+        })
 }
 
 /// `path` (relative, already encoded) under `base`.
@@ -50,14 +47,21 @@ mod tests {
 
     #[test]
     fn a_key_is_one_path_segment_whatever_it_holds() {
-        assert_eq!(key_path("users/ada"), "v1/kv/users%2Fada");
-        assert_eq!(key_path(".."), "v1/kv/%2E%2E");
-        assert_eq!(key_path("a b?c#d"), "v1/kv/a%20b%3Fc%23d");
-        assert_eq!(key_path("ünï"), "v1/kv/%C3%BCn%C3%AF");
+        let path = |key: &str| key_path(key).expect("a path");
+        assert_eq!(path("users/ada"), "v1/kv/users%2Fada");
+        assert_eq!(path("..."), "v1/kv/%2E%2E%2E");
+        assert_eq!(path("a b?c#d"), "v1/kv/a%20b%3Fc%23d");
+        assert_eq!(path("ünï"), "v1/kv/%C3%BCn%C3%AF");
         let base = Url::parse("http://h:1/prefix/").expect("url");
         assert_eq!(
-            join(&base, &key_path("x/../y")).as_str(),
+            join(&base, &path("x/../y")).as_str(),
             "http://h:1/prefix/v1/kv/x%2F%2E%2E%2Fy"
         );
+        // A URL parser folds `%2E%2E` like `..`: such a key is refused, never sent.
+        assert!(matches!(
+            key_path(".."),
+            Err(Error::UnaddressableKey { .. })
+        ));
+        assert!(matches!(key_path("."), Err(Error::UnaddressableKey { .. })));
     }
 }

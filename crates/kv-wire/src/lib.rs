@@ -5,3 +5,4 @@
 pub mod consistency;
 pub mod headers;
 pub mod partition;
+pub mod paths;

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kv_core::web::http::CORRELATION_ID;
-use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::cluster::Cluster;
 
@@ -25,19 +24,10 @@ pub const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
     "accept",
 ];
 
-/// The bytes of a key escaped in a forwarded path: all but RFC 3986's unreserved letters,
-/// digits, `-`, `_` and `~`. `/` and `.` are escaped too, so a key is one segment that no URL
-/// parser on the way folds (`..`, `%2e%2e`) and the owner decodes back whole.
-const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
-
-/// The path of `key` at an owner, below the route's `prefix` (ending in `/`); `None` for a key
-/// of dots only (`.`, `..`): a URL parser folds such a segment even escaped (`%2E%2E`), so no
-/// path carries it to the owner as a key.
+/// The path of `key` at an owner, below the route's `prefix` (ending in `/`): the key as one
+/// segment (`kv_wire::paths`); `None` for a key of dots only, which no path carries.
 pub fn key_path(prefix: &str, key: &[u8]) -> Option<String> {
-    if matches!(key, b"." | b"..") {
-        return None;
-    }
-    Some(format!("{prefix}{}", percent_encode(key, KEY_SEGMENT)))
+    kv_wire::paths::key_segment(key).map(|segment| format!("{prefix}{segment}"))
 }
 
 /// The client of every call to a peer (forwards, fanned-out parts, readiness polls,

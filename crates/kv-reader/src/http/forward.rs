@@ -6,8 +6,9 @@ use std::time::Duration;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use kv_core::trace_context::TRACEPARENT;
 use kv_core::web::error::{ApiError, ErrorCode};
-use kv_core::web::http::CorrelationId;
+use kv_core::web::http::{CorrelationId, RequestTrace};
 use kv_core::web::routing::key_tail_pattern;
 
 use crate::cluster::fanout::PartError;
@@ -39,6 +40,11 @@ pub fn outgoing(request: &HttpRequest) -> Outgoing {
             headers.push((name, value.as_bytes().to_vec()));
         }
     }
+    // The owner's span is a child of this shard's, in the caller's trace.
+    headers.push((
+        TRACEPARENT,
+        RequestTrace::of(request).to_string().into_bytes(),
+    ));
     Outgoing {
         method: reqwest::Method::from_bytes(request.method().as_str().as_bytes())
             .unwrap_or(reqwest::Method::GET),

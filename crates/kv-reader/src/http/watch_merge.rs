@@ -25,7 +25,9 @@ use bytes::Bytes;
 use eventsource_stream::{Event, Eventsource};
 use futures::stream::{SelectAll, StreamExt};
 use futures::Stream;
+use kv_core::trace_context::TRACEPARENT;
 use kv_core::web::error::{ApiError, ErrorCode};
+use kv_core::web::http::RequestTrace;
 use kv_core::web::json::BASE64;
 use tokio::sync::mpsc;
 
@@ -166,10 +168,12 @@ fn sources(cluster: &Cluster, http: &HttpState) -> Result<Vec<Source>, ApiError>
 }
 
 /// What every source request carries of the caller's: the token (each source checks it, its
-/// expiry and its prefixes, again) and the loop guard.
+/// expiry and its prefixes, again), the loop guard, and the trace.
 struct SourceHeaders {
     authorization: Option<String>,
     forwarded_by: String,
+    /// This shard's span: each source's is its child.
+    traceparent: String,
 }
 
 impl SourceHeaders {
@@ -181,6 +185,7 @@ impl SourceHeaders {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             forwarded_by: cluster.spec.index.to_string(),
+            traceparent: RequestTrace::of(request).to_string(),
         }
     }
 }
@@ -362,6 +367,7 @@ async fn open(
     if let Some(authorization) = &headers.authorization {
         request = request.header("authorization", authorization);
     }
+    request = request.header(TRACEPARENT, &headers.traceparent);
     if let Some(resume) = resume {
         request = request.header(LAST_EVENT_ID.as_str(), position_id(resume));
     }

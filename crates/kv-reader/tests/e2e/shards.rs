@@ -594,9 +594,8 @@ async fn a_plain_watch_on_any_shard_covers_every_partition_and_resumes_on_anothe
     let http = reqwest::Client::new();
     let first = write_keys(&http, &writer, 12).await;
     wait_all_ready(&http, &shards).await;
-    for (key, _) in &first {
+    for (key, (_, token)) in &first {
         // Every shard applied what was written before the watch lists it.
-        let token = &first[key].1;
         eventually("the write applied", DEADLINE, || async {
             let response = http
                 .get(shards.get(0).url(&key_path(key.as_bytes())))
