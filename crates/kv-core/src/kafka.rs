@@ -260,6 +260,19 @@ pub async fn topic_config(
     Ok(config)
 }
 
+/// The Kafka cluster's id, as the broker's metadata names it; `None` when no broker answered
+/// within `timeout` or it names none. Blocking: call it off the async runtimes.
+pub fn cluster_id(properties: &KafkaProperties, timeout: Duration) -> Option<String> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(&[], properties, ClientRole::Admin)
+            .create()
+            .ok()?;
+    admin
+        .inner()
+        .fetch_cluster_id(timeout)
+        .filter(|id| !id.is_empty())
+}
+
 /// A topic whose configuration would lose keys, refused at start-up because
 /// `KV_API_REQUIRE_COMPACTED_TOPIC=true`.
 #[derive(Debug, thiserror::Error)]

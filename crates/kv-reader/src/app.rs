@@ -38,6 +38,7 @@ use crate::resp::{self, RespServer};
 use crate::settings::{Settings, Storage};
 use crate::store::{Store, StoreError};
 use crate::transfer::bootstrap::BootstrapConfig;
+use crate::transfer::cluster::KafkaCluster;
 use crate::transfer::metrics::SnapshotMetrics;
 
 /// JSON request bodies of the read routes hold a key or a list of keys.
@@ -139,6 +140,7 @@ impl App {
             snapshots: Arc::new(tokio::sync::Semaphore::new(settings.snapshot_concurrency)),
             snapshot_metrics: SnapshotMetrics::register(registry)?,
             election,
+            kafka_cluster: KafkaCluster::learn(settings.core.kafka.clone()),
         });
         // Built once to fail start-up on a bad TLS setup; each worker gets its own.
         peer_client()?;
@@ -439,6 +441,7 @@ fn bootstrap_config(settings: &Settings) -> Option<BootstrapConfig> {
     let oidc = &settings.core.auth.oidc;
     Some(BootstrapConfig {
         peers: settings.bootstrap_peers.clone(),
+        kafka: settings.core.kafka.clone(),
         topic: settings.core.topic.clone(),
         shard: settings.shard.as_ref().map(|s| s.spec),
         client: settings.bootstrap_client.clone(),

@@ -58,6 +58,8 @@ pub struct Broker {
     dir: tempfile::TempDir,
     /// Where the running process's part of the log starts.
     log_start: u64,
+    /// `--cluster-id`, when not Tansu's default.
+    cluster_id: Option<String>,
 }
 
 impl Broker {
@@ -66,12 +68,23 @@ impl Broker {
     }
 
     pub fn start_at(placement: Placement) -> Broker {
+        Broker::launched(placement, None)
+    }
+
+    /// A broker of another Kafka cluster than [`Broker::start`]'s (`tansu_cluster`): its
+    /// metadata names `cluster_id`.
+    pub fn start_in_cluster(cluster_id: &str) -> Broker {
+        Broker::launched(Placement::loopback(), Some(cluster_id.to_owned()))
+    }
+
+    fn launched(placement: Placement, cluster_id: Option<String>) -> Broker {
         let dir = tempfile::tempdir().expect("broker data dir");
         let mut broker = Broker {
             child: None,
             placement,
             dir,
             log_start: 0,
+            cluster_id,
         };
         broker.launch();
         broker
@@ -114,6 +127,13 @@ impl Broker {
             ])
             // A relative sqlite URL is resolved against the working directory.
             .args(["--storage-engine", "sqlite://broker.db"])
+            .args(
+                self.cluster_id
+                    .as_deref()
+                    .map(|id| ["--cluster-id", id])
+                    .iter()
+                    .flatten(),
+            )
             .current_dir(self.dir.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -8,6 +8,7 @@ use kv_core::record::RecordCodec;
 use crate::acting::owner::Election;
 use crate::cluster::shard::Topology;
 use crate::read::ReadCore;
+use crate::transfer::cluster::KafkaCluster;
 use crate::transfer::metrics::SnapshotMetrics;
 
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct HttpState {
     pub snapshot_metrics: SnapshotMetrics,
     /// Which partitions this process acts on as their owner.
     pub election: Election,
+    /// The Kafka cluster this reader reads, once its brokers named it: its snapshots say so.
+    pub kafka_cluster: KafkaCluster,
 }
 
 /// The HTTP client a worker forwards reads with; one per worker, so its connections stay on

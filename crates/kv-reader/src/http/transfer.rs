@@ -89,11 +89,13 @@ pub async fn snapshot(
         state.topic.clone(),
         state.snapshot_metrics.clone(),
     );
+    let cluster_id = state.kafka_cluster.id().map(str::to_owned);
     let partitions = wanted.clone();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let mut open = true;
-        let result = format::write_snapshot(&store, &codec, &topic, &partitions, |chunk| {
+        let source = (topic.as_str(), cluster_id.as_deref());
+        let result = format::write_snapshot(&store, &codec, source, &partitions, |chunk| {
             metrics.bytes_sent.inc_by(chunk.len() as u64);
             open = tx.blocking_send(Ok(chunk)).is_ok();
             open

@@ -11,7 +11,9 @@ use kv_core::secret::Secret;
 use crate::cluster::forward::peer_client;
 use crate::cluster::shard::ShardSpec;
 use crate::store::Store;
+use crate::transfer::cluster::ASK_TIMEOUT;
 use crate::transfer::format::{self, Expected, ImportProgress, Imported};
+use kv_core::settings::KafkaProperties;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that sends nothing for this long is given up on.
@@ -22,6 +24,8 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct BootstrapConfig {
     pub peers: Vec<String>,
+    /// This reader's brokers: a snapshot of another Kafka cluster is refused.
+    pub kafka: KafkaProperties,
     pub topic: String,
     pub shard: Option<ShardSpec>,
     /// The client-credentials grant for an admin token, when the peers check tokens.
@@ -93,11 +97,14 @@ pub fn run(
             shard.index, shard.count, shard.replicas
         ),
     };
+    // The id this reader's brokers give; unknown (no broker answered), nothing is compared.
+    let cluster_id = kv_core::kafka::cluster_id(&config.kafka, ASK_TIMEOUT);
     let expected = Expected {
         topic: &config.topic,
         source_format,
         shard: config.shard,
         delete_retention,
+        cluster_id: cluster_id.as_deref(),
     };
     let mut reasons = Vec::new();
     let failed = |reasons: &mut Vec<String>, reason: String| {

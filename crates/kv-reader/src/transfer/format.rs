@@ -71,6 +71,11 @@ pub struct SnapshotHeader {
     /// then (absent from older peers, or before any contact).
     #[serde(default)]
     pub broker_contact_ms: Option<u64>,
+    /// The Kafka cluster the peer reads (its brokers' cluster id): a receiver of another
+    /// cluster refuses the snapshot, even of a topic of the same name. Absent from older peers,
+    /// or when the peer's broker named none.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 /// The source format without the shard layout: a full replica may serve a shard and the
@@ -88,7 +93,7 @@ pub fn reading(source_format: &str) -> String {
 pub fn write_snapshot(
     store: &Store,
     codec: &RecordCodec,
-    topic: &str,
+    (topic, cluster_id): (&str, Option<&str>),
     partitions: &[i32],
     mut send: impl FnMut(Bytes) -> bool,
 ) -> Result<u64, StoreError> {
@@ -120,6 +125,7 @@ pub fn write_snapshot(
                 entries_at_most: total,
                 taken_at_ms: Some(now_ms()),
                 broker_contact_ms,
+                cluster_id: cluster_id.map(str::to_owned),
             };
             let json = serde_json::to_vec(&header).unwrap_or_default();
             let mut out = out.borrow_mut();
@@ -283,6 +289,11 @@ pub enum ImportError {
          snapshot never saw"
     )]
     Stale { away_s: u64, retention_s: u64 },
+    #[error(
+        "the snapshot is of Kafka cluster {peer:?}, this reader reads cluster {ours:?}: a topic \
+         of the same name on another cluster holds other records"
+    )]
+    OtherCluster { peer: String, ours: String },
     #[error("the snapshot holds partition {partition}, which shard {shard} does not hold")]
     NotOurs { partition: i32, shard: String },
     #[error("a record of the snapshot does not decode: {0}")]
@@ -310,6 +321,8 @@ pub struct Expected<'a> {
     /// The topic's `delete.retention.ms`, when compacted: a peer that last heard from the
     /// broker longer ago may hold keys whose deletes compaction removed since.
     pub delete_retention: Option<Duration>,
+    /// This reader's Kafka cluster id, when its broker named one.
+    pub cluster_id: Option<&'a str>,
 }
 
 /// Reads a snapshot from `body` into `store` (emptied first), in bounded transactions, checks
@@ -367,6 +380,14 @@ fn import_into(
             peer: header.topic,
             ours: expected.topic.to_owned(),
         });
+    }
+    if let (Some(peer), Some(ours)) = (header.cluster_id.as_deref(), expected.cluster_id) {
+        if peer != ours {
+            return Err(ImportError::OtherCluster {
+                peer: peer.to_owned(),
+                ours: ours.to_owned(),
+            });
+        }
     }
     if reading(&header.source_format) != reading(expected.source_format) {
         return Err(ImportError::OtherFormat {
@@ -718,10 +739,16 @@ mod tests {
 
     fn snapshot_of(store: &Store, partitions: &[i32]) -> Vec<u8> {
         let mut bytes = Vec::new();
-        write_snapshot(store, &RecordCodec::Plaintext, "t", partitions, |chunk| {
-            bytes.extend_from_slice(&chunk);
-            true
-        })
+        write_snapshot(
+            store,
+            &RecordCodec::Plaintext,
+            ("t", Some("c1")),
+            partitions,
+            |chunk| {
+                bytes.extend_from_slice(&chunk);
+                true
+            },
+        )
         .expect("snapshot");
         bytes
     }
@@ -732,6 +759,7 @@ mod tests {
             source_format: "encryption=off schema_framing=none",
             shard,
             delete_retention: Some(Duration::from_secs(86_400)),
+            cluster_id: Some("c1"),
         }
     }
 
@@ -891,7 +919,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_of_another_topic_or_format_is_refused() {
+    fn a_snapshot_of_another_topic_format_or_kafka_cluster_is_refused() {
         let source = store_with(&[(b"a", 0, 3, b"v")]);
         let bytes = snapshot_of(&source, &[0, 1]);
         let target = Store::open(&Storage::Memory, None).expect("store");
@@ -921,6 +949,32 @@ mod tests {
         )
         .expect_err("format");
         assert!(matches!(error, ImportError::OtherFormat { .. }), "{error}");
+        let other_cluster = Expected {
+            cluster_id: Some("c2"),
+            ..expected(None)
+        };
+        let error = import(
+            &mut bytes.as_slice(),
+            &target,
+            &RecordCodec::Plaintext,
+            &other_cluster,
+            &ImportProgress::default(),
+        )
+        .expect_err("cluster");
+        assert!(matches!(error, ImportError::OtherCluster { .. }), "{error}");
+        // A reader whose brokers named no cluster compares nothing.
+        let unknown = Expected {
+            cluster_id: None,
+            ..expected(None)
+        };
+        import(
+            &mut bytes.as_slice(),
+            &target,
+            &RecordCodec::Plaintext,
+            &unknown,
+            &ImportProgress::default(),
+        )
+        .expect("taken");
         assert_eq!(
             reading("encryption=off schema_framing=none shard=0/3x1"),
             "encryption=off schema_framing=none"

@@ -2,5 +2,6 @@
 //! bootstrap that takes one in at start-up.
 
 pub mod bootstrap;
+pub mod cluster;
 pub mod format;
 pub mod metrics;

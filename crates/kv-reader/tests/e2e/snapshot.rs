@@ -197,6 +197,48 @@ async fn a_cut_transfer_a_changed_byte_or_a_peer_of_another_topic_fall_back_to_a
 }
 
 #[tokio::test]
+async fn a_snapshot_of_a_topic_of_the_same_name_on_another_kafka_cluster_is_refused() {
+    let ours = Broker::start();
+    let theirs = Broker::start_in_cluster("another-kafka-cluster");
+    let topic = ours.create_topic("snap-cluster", PARTITIONS).await;
+    topic::create_topic(&theirs.bootstrap_servers(), &topic, PARTITIONS, &[]).await;
+    let records = topic::mixed_records(3_000, 900);
+    topic::produce_raw(&ours.bootstrap_servers(), &topic, &raw(&records)).await;
+    let strangers: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..50)
+        .map(|i| {
+            (
+                format!("theirs-{i}").into_bytes(),
+                Some(b"not ours".to_vec()),
+            )
+        })
+        .collect();
+    topic::produce_raw(&theirs.bootstrap_servers(), &topic, &raw(&strangers)).await;
+    let stranger = Service::start(READER, &reader_env(&theirs, &topic, "snap-cluster-peer"));
+    let http = reqwest::Client::new();
+    wait_ready(&http, &stranger).await;
+    // The stranger's snapshot names its cluster once its broker told it.
+    eventually("the peer to know its cluster", DEADLINE, || async {
+        let response = http
+            .get(stranger.url("/admin/v1/snapshot"))
+            .send()
+            .await
+            .ok()?;
+        let body = response.bytes().await.ok()?;
+        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+        text.contains("another-kafka-cluster").then_some(())
+    })
+    .await;
+    falls_back(
+        &ours,
+        &topic,
+        stranger.base_url.clone(),
+        &topic::expected_state(&records),
+        "is of Kafka cluster",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_snapshot_needs_the_admin_scope_and_a_bootstrapping_reader_gets_it_itself() {
     let broker = Broker::start();
     let topic = broker.create_topic("snap-auth", PARTITIONS).await;
