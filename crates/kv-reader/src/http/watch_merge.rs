@@ -11,8 +11,8 @@
 //! would miss entries. Once every source has listed, `progress` gives the merged position. A
 //! `reset` from one source voids what the client holds under the whole prefix, so every source
 //! starts over with its entries, and the client is told `reset` once. An `overflow`, or a source
-//! that breaks, ends the stream with an event saying so: the client resumes from its last id, on
-//! this shard or any other reader.
+//! that breaks or stays silent 10 s (each sends `progress` every second), ends the stream with an
+//! event saying so: the client resumes from its last id, on this shard or any other reader.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -40,8 +40,9 @@ use crate::http::watch::{parse_position, position_id, LAST_EVENT_ID};
 /// Longest wait for a source's answer head; a stream then has no deadline of its own (a source
 /// sends `progress` every second).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a source may stay silent before it counts as broken: five `progress` intervals.
-const SILENCE: Duration = Duration::from_secs(5);
+/// Longest a source may stay silent before it counts as broken: ten `progress` intervals (a
+/// source waiting for a listing slot of a sealed store sends nothing meanwhile).
+const SILENCE: Duration = Duration::from_secs(10);
 /// Events handed to the connection ahead of the client reading them.
 const AHEAD: usize = 32;
 /// Longest a merged watch waits between two `progress` events of its own.
@@ -85,6 +86,7 @@ pub async fn merged(
         partition_source: BTreeMap::new(),
         positions: merge.resume.clone().unwrap_or_default(),
         listing: Vec::new(),
+        heard: Vec::new(),
         last_progress: Instant::now(),
     };
     for (index, source) in merger.sources.iter().enumerate() {
@@ -197,6 +199,9 @@ struct Merger {
     positions: Positions,
     /// Per source: still listing entries (no id may be sent until none is).
     listing: Vec<bool>,
+    /// Per source: when it last sent anything; one silent past [`SILENCE`] ends the watch,
+    /// though the others go on talking.
+    heard: Vec<Instant>,
     last_progress: Instant,
 }
 
@@ -222,6 +227,7 @@ impl Merger {
         // With a position to resume from, `snapshot` has no effect, as on one replica.
         let listing = snapshot && resume.is_none();
         self.listing = vec![listing; self.sources.len()];
+        self.heard = vec![Instant::now(); self.sources.len()];
         let mut all = SelectAll::new();
         for index in 0..self.sources.len() {
             let url = &self.sources[index].url;
@@ -240,8 +246,23 @@ impl Merger {
     ) {
         loop {
             let next = tokio::time::timeout(SILENCE, streams.next()).await;
+            if let Some(index) = self.heard.iter().position(|at| at.elapsed() > SILENCE) {
+                let _ = sender
+                    .send(end_event(
+                        ErrorCode::ShardUnavailable,
+                        &format!(
+                            "the watch of shard {} went silent; resume from the last id",
+                            self.sources[index].url
+                        ),
+                    ))
+                    .await;
+                return;
+            }
             let step = match next {
-                Ok(Some((index, Some(event)))) => self.on_event(index, &event),
+                Ok(Some((index, Some(event)))) => {
+                    self.heard[index] = Instant::now();
+                    self.on_event(index, &event)
+                }
                 // A source ended or broke, or all went silent: the client resumes.
                 Ok(Some((index, None))) => Step::End(end_event(
                     ErrorCode::ShardUnavailable,
@@ -479,6 +500,7 @@ mod tests {
         }
         Merger {
             listing: vec![false; sources.len()],
+            heard: vec![Instant::now(); sources.len()],
             sources,
             partition_source,
             positions: Positions::new(),
