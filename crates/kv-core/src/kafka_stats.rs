@@ -13,9 +13,10 @@ use rdkafka::ClientContext;
 /// The kinds of `kv_kafka_broker_errors_total`.
 const ERROR_KINDS: [&str; 3] = ["transmit", "receive", "timeout"];
 
-/// The `quantile` label of `kv_kafka_broker_rtt_seconds`: one series per quantile, the way a
-/// summary shows them, rather than a quantile inside a metric's name.
-const RTT_QUANTILES: [&str; 2] = ["0.5", "0.99"];
+/// The `percentile` label of `kv_kafka_broker_rtt_seconds`: one series per percentile of
+/// librdkafka's window, rather than a percentile inside a metric's name. Not `quantile`, which
+/// Prometheus keeps for summaries (this is a gauge of what librdkafka computed).
+const RTT_PERCENTILES: [&str; 2] = ["50", "99"];
 
 #[derive(Debug)]
 pub struct KafkaStats {
@@ -37,9 +38,9 @@ impl KafkaStats {
                 Opts::new(
                     "kv_kafka_broker_rtt_seconds",
                     "Request round trip to the broker over the last statistics interval, by \
-                     quantile (0.5, 0.99)",
+                     percentile (50, 99)",
                 ),
-                &["broker", "quantile"],
+                &["broker", "percentile"],
             )?,
             errors: IntCounterVec::new(
                 Opts::new(
@@ -101,11 +102,11 @@ impl KafkaStats {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         for broker in brokers {
             let label = broker.node.to_string();
-            if let Some(quantiles) = broker.rtt_us {
+            if let Some(percentiles) = broker.rtt_us {
                 // Microseconds; a window without requests reports 0.
-                for (quantile, us) in RTT_QUANTILES.into_iter().zip(quantiles) {
+                for (percentile, us) in RTT_PERCENTILES.into_iter().zip(percentiles) {
                     self.rtt
-                        .with_label_values(&[label.as_str(), quantile])
+                        .with_label_values(&[label.as_str(), percentile])
                         .set(us as f64 / 1e6);
                 }
             }
@@ -124,8 +125,8 @@ impl KafkaStats {
     }
 }
 
-/// What one report says of one broker: its node id, the round trip's quantiles
-/// ([`RTT_QUANTILES`]) in microseconds, and its totals of transmit errors, receive errors and timeouts.
+/// What one report says of one broker: its node id, the round trip's percentiles
+/// ([`RTT_PERCENTILES`]) in microseconds, and its totals of transmit errors, receive errors and timeouts.
 #[derive(Debug, Clone, Copy)]
 struct BrokerSample {
     node: i32,
@@ -173,8 +174,8 @@ mod tests {
         .expect("encode");
         let text = String::from_utf8(buffer).expect("utf-8");
         for line in [
-            "kv_kafka_broker_rtt_seconds{broker=\"1\",quantile=\"0.5\"} 0.0025",
-            "kv_kafka_broker_rtt_seconds{broker=\"1\",quantile=\"0.99\"} 0.009",
+            "kv_kafka_broker_rtt_seconds{broker=\"1\",percentile=\"50\"} 0.0025",
+            "kv_kafka_broker_rtt_seconds{broker=\"1\",percentile=\"99\"} 0.009",
             "kv_kafka_broker_errors_total{broker=\"1\",kind=\"transmit\"} 5",
             "kv_kafka_broker_errors_total{broker=\"1\",kind=\"timeout\"} 2",
             "kv_kafka_consumer_fetch_lag_records{partition=\"0\"} 4",

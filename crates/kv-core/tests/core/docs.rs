@@ -296,7 +296,7 @@ fn no_metric_name_holds_a_quantile_or_a_precomputed_rate() {
             .any(|w| ["quantile", "percentile", "median"].contains(w));
         assert!(
             !quantile,
-            "{name} holds a quantile: use a `quantile` label or a histogram"
+            "{name} holds a quantile: use a `percentile` label or a histogram"
         );
         let rate = name.contains("_per_") || words.contains(&"rate");
         assert!(
