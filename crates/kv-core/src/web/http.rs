@@ -83,8 +83,8 @@ fn correlation_id_from(request: &ServiceRequest) -> Result<CorrelationId, ApiErr
 
 /// The request's span in its W3C trace: the child of its `traceparent` header, or a new trace
 /// without a valid one; stored in the request's extensions by [`correlation_id_middleware`] and
-/// answered as `traceparent` unless the handler answers another (a reader, the trace of the
-/// write it serves). A malformed header is ignored, as the W3C recommendation says.
+/// answered as `traceparent` unless the handler sets that header itself. A malformed header is
+/// ignored, as the W3C recommendation says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestTrace(pub TraceParent);
 
@@ -104,9 +104,10 @@ pub const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static(TRACEPARENT);
 /// turns it off).
 pub const ACCESS_LOG_TARGET: &str = "kv_access";
 
-/// Gives every request a correlation id and echoes it on every response, errors included. The
-/// rest of the request runs in a `request` span carrying that id, so every log line of a request
-/// can be found by it; the access log line (method, route pattern, status, duration and the id,
+/// Gives every request a correlation id and echoes it on every response, errors included, and
+/// its span in a W3C trace ([`RequestTrace`], answered as `traceparent`). The rest of the request
+/// runs in a `request` span carrying the id and the trace id, so every log line of a request can
+/// be found by either; the access log line (method, route pattern, status, duration and the id,
 /// never the path, which holds the key) is written when the answer's head is ready.
 pub async fn correlation_id_middleware(
     request: ServiceRequest,
