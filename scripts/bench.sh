@@ -307,12 +307,13 @@ resp: GET ${resp_ours_rps} req/s (p99 ${resp_ours_p99} ms) vs redis-server ${res
 resp: p99 at half rate ${resp_ours_p99_half} ms vs ${resp_peer_p99_half} ms (the generator's own lateness p99 ${resp_ours_late_half} / ${resp_peer_late_half} ms); reader RSS after ${resp_rss_after} MB
 FIGURES
     log "resp figures: $(tr '\n' ';' <"$work/resp-figures.txt")"
+    # 10b runs here: a step's processes (this redis-server, this topic's broker) end with it.
+    fair_reads
 }
-# --- 10b. fair peers (issue 34): the whole store in memory against redis-server holding the same
-# keys (the one step 10 loaded): GET/s over RESP, pipelined and not, and over HTTP, and both
+# --- 10b. fair peers (issue 34), the end of step 10: the whole store in memory against the
+# redis-server holding the same keys: GET/s over RESP, pipelined and not, and over HTTP, and both
 # processes' RSS. Beside step 10's bounded-memory figures, which stay.
 fair_reads() { # figures fair_{resp_rps,resp_p16_rps,http_rps,rss,redis_rss}
-    [ -n "${resp_topic:-}" ] || die "no RESP topic: step 10 failed"
     local hport rport rpid
     start_service "$work/fair-reader.log" KAFKA_BOOTSTRAP_SERVERS="$tansu" \
         KV_API_KAFKA_KEY_VALUE_TOPIC="$resp_topic" KAFKA_GROUP_ID=bench-fair \
@@ -350,7 +351,7 @@ resp_rows() {
     row "10. RESP GET/s with -P 16, kv-reader vs redis-server" "$resp_ours_p16_rps" "$resp_peer_p16_rps" 1.0 "req/s"
     limit_row "10. RESP GET p99 at half the top rate, open loop, 16 conns (redis-server: $resp_peer_p99_half ms; the generator's own send lateness p99: $resp_ours_late_half / $resp_peer_late_half ms)" "$resp_ours_p99_half" 1 ms
     limit_row "10. reader RSS after the RESP runs, $keys keys on disk" "$resp_rss_after" 100 MB
-    row "10b. whole store in memory: RESP GET/s vs redis-server$(retried fair)" "$fair_resp_rps" "$resp_peer_rps" 1.0 "req/s"
+    row "10b. whole store in memory: RESP GET/s vs redis-server" "$fair_resp_rps" "$resp_peer_rps" 1.0 "req/s"
     row "10b. whole store in memory: RESP GET/s with -P 16 vs redis-server" "$fair_resp_p16_rps" "$resp_peer_p16_rps" 1.0 "req/s"
     row "10b. whole store in memory: HTTP GET/s (wrk) vs redis-server GET/s (redis-benchmark)" "$fair_http_rps" "$resp_peer_rps" 1.0 "req/s"
     limit_row "10b. RSS, memory reader / redis-server ($fair_rss MB / $fair_redis_rss MB)" "$(ratio "$fair_rss" "$fair_redis_rss")" 1.5 x
@@ -359,7 +360,6 @@ if [ "${BENCH_ONLY:-}" = resp ]; then
     log "resp: the Redis-protocol port only (BENCH_ONLY=resp), $keys keys"
     step resp resp_reads
     cat "$work/resp-figures.txt"
-    step fair fair_reads
     echo "fair: memory reader RESP ${fair_resp_rps:-?} (-P 16 ${fair_resp_p16_rps:-?}), HTTP ${fair_http_rps:-?} GET/s; RSS ${fair_rss:-?} MB vs redis-server ${fair_redis_rss:-?} MB"
     exit 0
 fi
@@ -603,7 +603,6 @@ reads_step() {
 step reads reads_step
 log "resp: redis-benchmark GET against the Redis-protocol port and a redis-server, $keys keys"
 step resp resp_reads
-step fair fair_reads
 
 # --- 6. shards: the same topic over 3 sharded readers (R=1); their stores and RSS against the
 # full replica's, and a GET forwarded one hop against a GET the shard answers itself ----------
@@ -696,6 +695,8 @@ LUA
     log "shards: GET of keys shard 0 holds, then of keys it forwards, $runs x ${seconds}s"
     BENCH_PATHS="$work/local.paths" http_reads "${shard_ports[0]}" shard_local "$work/paths.lua"
     BENCH_PATHS="$work/forwarded.paths" http_reads "${shard_ports[0]}" shard_forwarded "$work/paths.lua"
+    # Here, not a step of its own: a step's shards end with it.
+    client_reads_on_shards
 }
 client_reads() { # client_reads URLS LABEL: $runs runs of the read_load example; medians into <label>_{rps,p99}
     local out="$work/client-$2.txt" i
@@ -708,18 +709,16 @@ client_reads() { # client_reads URLS LABEL: $runs runs of the read_load example;
     fig "${2}_rps" "$(grep '^BENCH' "$out" | field rps | median)"
     fig "${2}_p99" "$(grep '^BENCH' "$out" | field p99 | median)"
 }
-step shards shards_step
-# kv-client's partition-aware reads on the shards the step above left running: each GET to a
-# shard holding its key, no forward; the full replica, through the same client, is the peer.
-client_reads_step() {
+# kv-client's partition-aware reads on the shards of step 6: each GET to a shard holding its key,
+# no forward; the full replica, through the same client, is the peer.
+client_reads_on_shards() {
     needs_reader
-    [ "${#shard_ports[@]}" -eq 3 ] || die "no shards: the shards step failed"
     local shard_urls="http://127.0.0.1:${shard_ports[0]},http://127.0.0.1:${shard_ports[1]},http://127.0.0.1:${shard_ports[2]}"
     log "client reads: kv-client GETs routed to the key's shard, then to the full replica, $runs x ${seconds}s"
     client_reads "$shard_urls" client_shards
     client_reads "http://127.0.0.1:$reader_port" client_full
 }
-step client-reads client_reads_step
+step shards shards_step
 
 # --- 7. snapshot bootstrap: a new reader ready from the full replica's snapshot, against one
 # replaying the same topic, and the full replica's reads while it serves the snapshot --------
