@@ -420,24 +420,11 @@ mod tests {
     use super::*;
     use crate::settings::Storage;
     use crate::store::entry::{decode_entry, open_entry};
+    use crate::store::testing::expiring_put as put;
     use crate::store::{Change, Precondition};
 
     const NONE: &dyn Fn(i32) -> bool = &|_| false;
     const ALL: &dyn Fn(i32) -> bool = &|_| true;
-
-    fn put<'a>(key: &'a [u8], offset: i64, value: &'a [u8], expires: Option<u64>) -> Change<'a> {
-        Change::Put {
-            record_key: key,
-            user_key: Cow::Borrowed(key),
-            partition: 0,
-            offset,
-            correlation_id: None,
-            value: Cow::Borrowed(value),
-            expires_at_ms: expires,
-            precondition: None,
-            decided: None,
-        }
-    }
 
     fn delete(key: &[u8], offset: i64, precondition: Option<Precondition>) -> Change<'_> {
         Change::Delete {

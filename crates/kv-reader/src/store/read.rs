@@ -318,27 +318,12 @@ fn list_sealed_keys(
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
     use std::collections::BTreeMap;
 
     use super::*;
     use crate::settings::Storage;
-    use crate::store::testing::{password, put};
+    use crate::store::testing::{expiring_put, password, put};
     use crate::store::Change;
-
-    fn expiring<'a>(key: &'a [u8], offset: i64, value: &'a [u8], at_ms: u64) -> Change<'a> {
-        Change::Put {
-            record_key: key,
-            user_key: Cow::Borrowed(key),
-            partition: 0,
-            offset,
-            correlation_id: None,
-            value: Cow::Borrowed(value),
-            expires_at_ms: Some(at_ms),
-            precondition: None,
-            decided: None,
-        }
-    }
 
     #[test]
     fn listing_pages_through_the_keys_of_a_prefix_in_byte_order() {
@@ -544,8 +529,8 @@ mod tests {
         store
             .apply_at(
                 &[
-                    expiring(b"gone", 0, b"x", past),
-                    expiring(b"kept", 1, b"y", u64::MAX),
+                    expiring_put(b"gone", 0, b"x", Some(past)),
+                    expiring_put(b"kept", 1, b"y", Some(u64::MAX)),
                 ],
                 &BTreeMap::from([(0, 2)]),
                 past - 10_000,

@@ -22,6 +22,26 @@ pub(super) fn put<'a>(key: &'a [u8], offset: i64, value: &'a [u8]) -> Change<'a>
     }
 }
 
+/// A put of `key` with no correlation id that expires at `expires` (ms since the epoch), if ever.
+pub(super) fn expiring_put<'a>(
+    key: &'a [u8],
+    offset: i64,
+    value: &'a [u8],
+    expires: Option<u64>,
+) -> Change<'a> {
+    Change::Put {
+        record_key: key,
+        user_key: Cow::Borrowed(key),
+        partition: 0,
+        offset,
+        correlation_id: None,
+        value: Cow::Borrowed(value),
+        expires_at_ms: expires,
+        precondition: None,
+        decided: None,
+    }
+}
+
 pub(super) fn password(text: &str) -> Secret<String> {
     Secret::new(text.to_owned())
 }
