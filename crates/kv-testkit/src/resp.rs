@@ -6,7 +6,27 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::services::Service;
+use crate::broker::Broker;
+use crate::oidc::OidcProvider;
+use crate::services::{service_env, Service};
+
+/// Both services on `topic` with auth on through `idp` (`kv:read` reads, `kv:write` writes) and
+/// the reader's Redis-protocol port on an ephemeral port.
+pub fn resp_env_with_auth(
+    broker: &Broker,
+    topic: &str,
+    idp: &OidcProvider,
+) -> Vec<(&'static str, String)> {
+    let mut env = service_env(broker, topic);
+    env.retain(|(name, _)| *name != "KV_API_DISABLE_API_AUTH");
+    env.extend(idp.service_env());
+    env.extend([
+        ("KV_API_AUTH_READ", "kv:read".to_owned()),
+        ("KV_API_AUTH_WRITE", "kv:write".to_owned()),
+        ("KV_API_RESP_LISTEN", "127.0.0.1:0".to_owned()),
+    ]);
+    env
+}
 
 /// Where the reader's Redis-protocol port listens, `host:port`.
 pub fn resp_address(reader: &Service) -> String {

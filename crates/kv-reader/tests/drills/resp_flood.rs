@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_testkit::resp::{ask, auth_then_get, replies, resp_address, until_closed};
-use kv_testkit::DEADLINE;
-use kv_testkit::{
-    eventually, metric, service_env, workspace_binary, Broker, OidcProvider, Service,
+use kv_testkit::resp::{
+    ask, auth_then_get, replies, resp_address, resp_env_with_auth, until_closed,
 };
+use kv_testkit::DEADLINE;
+use kv_testkit::{eventually, metric, workspace_binary, Broker, OidcProvider, Service};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -39,15 +39,8 @@ async fn drill_a_flood_of_idle_and_slow_connections_leaves_authenticated_clients
     let broker = Broker::start();
     let topic = broker.create_topic("drill-resp-flood", 1).await;
     let idp = OidcProvider::start("key-a");
-    let mut env = service_env(&broker, &topic);
-    env.retain(|(name, _)| *name != "KV_API_DISABLE_API_AUTH");
-    env.extend(idp.service_env());
-    env.extend([
-        ("KV_API_AUTH_READ", "kv:read".to_owned()),
-        ("KV_API_AUTH_WRITE", "kv:write".to_owned()),
-        ("KV_API_RESP_LISTEN", "127.0.0.1:0".to_owned()),
-        ("KV_API_RESP_MAX_CONNECTIONS", SLOTS.to_string()),
-    ]);
+    let mut env = resp_env_with_auth(&broker, &topic, &idp);
+    env.push(("KV_API_RESP_MAX_CONNECTIONS", SLOTS.to_string()));
     let writer = Service::start(workspace_binary("kv-writer"), &env);
     let reader = Service::start(READER, &env);
     let address = resp_address(&reader);

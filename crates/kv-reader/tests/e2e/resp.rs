@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use kv_testkit::resp::{resp_address, resp_env_with_auth};
 use kv_testkit::{eventually, service_env, Broker, OidcProvider, Service, DEADLINE};
 use proptest::prelude::*;
 use redis::aio::MultiplexedConnection;
@@ -18,13 +19,6 @@ fn resp_env(broker: &Broker, topic: &str) -> Vec<(&'static str, String)> {
     let mut env = service_env(broker, topic);
     env.push(("KV_API_RESP_LISTEN", "127.0.0.1:0".to_owned()));
     env
-}
-
-/// Where the reader's Redis-protocol port listens, `host:port`.
-fn resp_address(reader: &Service) -> String {
-    reader
-        .logged_address("redis")
-        .unwrap_or_else(|| panic!("no Redis-protocol port in the log:\n{}", reader.output()))
 }
 
 async fn connect(address: &str, query: &str) -> MultiplexedConnection {
@@ -418,14 +412,8 @@ async fn auth_on_the_resp_port_takes_the_providers_token_as_http_does_and_ends_w
     let broker = Broker::start();
     let topic = broker.create_topic("resp-auth", 1).await;
     let idp = OidcProvider::start("key-a");
-    let mut env = resp_env(&broker, &topic);
-    env.retain(|(name, _)| *name != "KV_API_DISABLE_API_AUTH");
-    env.extend(idp.service_env());
-    env.extend([
-        ("KV_API_AUTH_READ", "kv:read".to_owned()),
-        ("KV_API_AUTH_WRITE", "kv:write".to_owned()),
-        ("KV_API_AUTH_LEEWAY_SECONDS", "0".to_owned()),
-    ]);
+    let mut env = resp_env_with_auth(&broker, &topic, &idp);
+    env.push(("KV_API_AUTH_LEEWAY_SECONDS", "0".to_owned()));
     let writer = Service::start(writer(), &env);
     let reader = Service::start(READER, &env);
     let address = resp_address(&reader);

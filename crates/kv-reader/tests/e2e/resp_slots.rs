@@ -4,7 +4,9 @@
 use crate::{writer, READER};
 use std::time::Duration;
 
-use kv_testkit::resp::{ask, auth_then_get, idle_connections, replies, resp_address, until_closed};
+use kv_testkit::resp::{
+    ask, auth_then_get, idle_connections, replies, resp_address, resp_env_with_auth, until_closed,
+};
 use kv_testkit::{service_env, Broker, OidcProvider, Service};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -17,13 +19,8 @@ async fn idle_unauthenticated_connections_past_the_cap_never_keep_an_authenticat
     let broker = Broker::start();
     let topic = broker.create_topic("resp-slots", 1).await;
     let idp = OidcProvider::start("key-a");
-    let mut env = service_env(&broker, &topic);
-    env.retain(|(name, _)| *name != "KV_API_DISABLE_API_AUTH");
-    env.extend(idp.service_env());
+    let mut env = resp_env_with_auth(&broker, &topic, &idp);
     env.extend([
-        ("KV_API_AUTH_READ", "kv:read".to_owned()),
-        ("KV_API_AUTH_WRITE", "kv:write".to_owned()),
-        ("KV_API_RESP_LISTEN", "127.0.0.1:0".to_owned()),
         ("KV_API_RESP_MAX_CONNECTIONS", "200".to_owned()),
         (
             "KV_API_RESP_AUTH_TIMEOUT_MS",
