@@ -5,6 +5,9 @@ use reqwest::{Response, StatusCode};
 
 use crate::types::Version;
 
+/// The most of an error answer's body read.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The client was built or called without what it needs (a URL, a writer).
@@ -46,26 +49,23 @@ impl Error {
         Self::Transport(error)
     }
 
-    pub(crate) async fn from_response(response: Response) -> Self {
-        #[derive(serde::Deserialize)]
-        struct Body {
-            error: Detail,
-        }
-        #[derive(serde::Deserialize)]
-        struct Detail {
-            code: String,
-            message: String,
-        }
+    pub(crate) async fn from_response(mut response: Response) -> Self {
         let status = response.status();
-        // An error body is small; a huge one is not the service's.
-        let bytes = response.bytes().await.unwrap_or_default();
-        match serde_json::from_slice::<Body>(&bytes[..bytes.len().min(64 * 1024)]) {
-            Ok(Body { error }) => Self::Api {
+        // An error body is small: a longer one is not the service's, and is not read on.
+        let mut bytes = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > MAX_ERROR_BODY {
+                break;
+            }
+        }
+        match kv_wire::errors::ErrorBody::parse(&bytes) {
+            Some(error) => Self::Api {
                 status,
                 code: error.code,
                 message: error.message,
             },
-            Err(_) => Self::Api {
+            None => Self::Api {
                 status,
                 code: format!("http_{}", status.as_u16()),
                 message: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),

@@ -146,19 +146,11 @@ impl Cluster {
 
 /// The `error.code` of an error answer, for the log and the next owner's choice.
 async fn error_code(response: reqwest::Response) -> String {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        error: Detail,
-    }
-    #[derive(serde::Deserialize)]
-    struct Detail {
-        code: String,
-    }
     read_bounded(response, 64 * 1024)
         .await
         .ok()
-        .and_then(|body| serde_json::from_slice::<Body>(&body).ok())
-        .map_or_else(|| "no error body".to_owned(), |body| body.error.code)
+        .and_then(|body| kv_wire::errors::ErrorBody::parse(&body))
+        .map_or_else(|| "no error body".to_owned(), |error| error.code)
 }
 
 /// Why a peer's answer could not be read.
