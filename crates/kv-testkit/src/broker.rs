@@ -191,6 +191,26 @@ impl Broker {
         failed
     }
 
+    /// [`Broker::restart_if_storage_failed`], and a restart of a broker process that exited,
+    /// with what it last logged on stderr; says whether it restarted it.
+    pub fn restart_if_failed(&mut self) -> bool {
+        if self.restart_if_storage_failed() {
+            return true;
+        }
+        let exited = self
+            .child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_some());
+        if exited {
+            eprintln!(
+                "the broker process exited, restarting it; it last logged:\n{}",
+                self.log_tail(10)
+            );
+            self.restart();
+        }
+        exited
+    }
+
     /// The advertised address: clients go where the broker tells them anyway.
     pub fn bootstrap_servers(&self) -> String {
         let (host, port) = &self.placement.advertised;

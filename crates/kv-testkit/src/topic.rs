@@ -488,9 +488,22 @@ impl TopicTail {
     /// Every record on the topic, in partition then offset order, once the tail has reached the
     /// end of each partition as the broker reports it now; fails the test after `deadline`.
     pub async fn records(&self, deadline: Duration) -> Vec<Record> {
+        match self.try_records(deadline).await {
+            Some(records) => records,
+            None => panic!(
+                "timed out after {deadline:?} waiting for the broker to tell its high watermarks \
+                 and the tail to reach them"
+            ),
+        }
+    }
+
+    /// [`TopicTail::records`], or `None` after `deadline`, for a drill that heals its broker
+    /// (see [`crate::Broker::restart_if_failed`]) and asks again.
+    pub async fn try_records(&self, deadline: Duration) -> Option<Vec<Record>> {
+        let start = std::time::Instant::now();
         // A broker just restarted may refuse a first metadata request: asked again until the
         // deadline.
-        let ends = crate::eventually("the broker to tell its high watermarks", deadline, || {
+        let ends = crate::within(deadline, || {
             let (bootstrap, topic) = (self.bootstrap_servers.clone(), self.topic.clone());
             async move {
                 tokio::task::spawn_blocking(move || high_watermarks(&bootstrap, &topic))
@@ -499,27 +512,23 @@ impl TopicTail {
                     .ok()
             }
         })
-        .await;
-        crate::eventually(
-            "the tail to reach the end of the topic",
-            deadline,
-            || async {
-                let records = self.records.lock().expect("tail");
-                let positions = self.ends_reached.lock().expect("tail ends");
-                let reached = ends.iter().all(|(&partition, &high)| {
-                    high == 0
-                        || positions.get(&partition).is_some_and(|&at| at >= high)
-                        || records
-                            .iter()
-                            .any(|r| r.partition == partition && r.offset + 1 >= high)
-                });
-                reached.then(|| {
-                    let mut records = records.clone();
-                    records.sort_by_key(|r| (r.partition, r.offset));
-                    records
-                })
-            },
-        )
+        .await?;
+        crate::within(deadline.saturating_sub(start.elapsed()), || async {
+            let records = self.records.lock().expect("tail");
+            let positions = self.ends_reached.lock().expect("tail ends");
+            let reached = ends.iter().all(|(&partition, &high)| {
+                high == 0
+                    || positions.get(&partition).is_some_and(|&at| at >= high)
+                    || records
+                        .iter()
+                        .any(|r| r.partition == partition && r.offset + 1 >= high)
+            });
+            reached.then(|| {
+                let mut records = records.clone();
+                records.sort_by_key(|r| (r.partition, r.offset));
+                records
+            })
+        })
         .await
     }
 }

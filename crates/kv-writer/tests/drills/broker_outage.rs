@@ -14,7 +14,7 @@
 //! hold it about as long as the outage), so the outage turns into `503`s inside the 10 s window.
 //!
 //! Tansu's storage sometimes fails for good under this load (see
-//! [`Broker::restart_if_storage_failed`]); the drill then restarts it, as an operator would,
+//! [`Broker::restart_if_failed`]); the drill then restarts it, as an operator would,
 //! and reports how often. Such a second outage only makes the drill harder: every acknowledged
 //! write must still be in the log.
 
@@ -125,7 +125,7 @@ async fn lost_on(
     let keys: Vec<&String> = expected.keys().collect();
     let start = Instant::now();
     loop {
-        if tokio::task::block_in_place(|| broker.restart_if_storage_failed()) {
+        if tokio::task::block_in_place(|| broker.restart_if_failed()) {
             *broker_restarts += 1;
         }
         let held = read_back(http, reader, &keys).await;
@@ -223,7 +223,7 @@ async fn drill_the_broker_stopped_for_10_s_under_write_load_loses_no_acknowledge
     // The load goes on until the writer acknowledged writes again for a while.
     let mut broker_restarts = 0;
     let recovered = loop {
-        if tokio::task::block_in_place(|| broker.restart_if_storage_failed()) {
+        if tokio::task::block_in_place(|| broker.restart_if_failed()) {
             broker_restarts += 1;
         }
         let again = acked.load(Ordering::Relaxed) - acked_at_restart;
