@@ -5,7 +5,8 @@
 #   scripts/bench.sh [full|quick]
 # Knobs (environment): BENCH_KEYS (read keys / replay records), BENCH_SECONDS (per wrk run),
 # BENCH_RUNS (measured runs per figure; the median is reported), BENCH_WRITES (per write run),
-# BENCH_PROBES (freshness probes).
+# BENCH_PROBES (freshness probes), BENCH_ONLY (one step alone: resp, conditional, computed,
+# shards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -448,8 +449,10 @@ computed_on() { # computed_on tansu: sets comp_<broker>_{reports_rps,...}
 comp_reports=$((writes < 5000 ? writes : 5000))
 # As the Tansu freshness probes below: at most 100.
 comp_probes=$((probes < 100 ? probes : 100))
-log "computed state: $comp_reports reports through a majority rule vs a raw consume -> produce loop on a fresh Tansu"
-step computed-tansu computed_on tansu
+if [ -z "${BENCH_ONLY:-}" ] || [ "$BENCH_ONLY" = computed ]; then
+    log "computed state: $comp_reports reports through a majority rule vs a raw consume -> produce loop on a fresh Tansu"
+    step computed-tansu computed_on tansu
+fi
 if [ "${BENCH_ONLY:-}" = computed ]; then
     grep -h BENCH "$work"/computed-*.txt
     exit 0
@@ -473,8 +476,10 @@ replay() { # replay BROKER RECORDS RUNS LABEL [STORE]
     fig "replay_${4}_topic" "$(grep BENCH "$out" | tail -1 | field topic)"
 }
 mock_records=$((keys < 100000 ? keys : 100000))
-log "replay: $mock_records records on the MockCluster, $runs runs"
-step replay-mock replay "$mock" "$mock_records" "$runs" mock
+if [ -z "${BENCH_ONLY:-}" ]; then
+    log "replay: $mock_records records on the MockCluster, $runs runs"
+    step replay-mock replay "$mock" "$mock_records" "$runs" mock
+fi
 # The read figures, the shards and the snapshot all use this Tansu, its topic and the store.
 start_tansu
 log "replay: $keys records on Tansu, 1 run (its store serves the read figures)"
@@ -600,9 +605,11 @@ reads_step() {
     fig redis_p50 "$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f5 | median)"
     fig redis_p99 "$(tr -d '"' <"$work/redis-bench.txt" | cut -d, -f7 | median)"
 }
-step reads reads_step
-log "resp: redis-benchmark GET against the Redis-protocol port and a redis-server, $keys keys"
-step resp resp_reads
+if [ -z "${BENCH_ONLY:-}" ]; then
+    step reads reads_step
+    log "resp: redis-benchmark GET against the Redis-protocol port and a redis-server, $keys keys"
+    step resp resp_reads
+fi
 
 # --- 6. shards: the same topic over 3 sharded readers (R=1); their stores and RSS against the
 # full replica's, and a GET forwarded one hop against a GET the shard answers itself ----------
@@ -719,6 +726,10 @@ client_reads_on_shards() {
     client_reads "http://127.0.0.1:$reader_port" client_full
 }
 step shards shards_step
+if [ "${BENCH_ONLY:-}" = shards ]; then
+    echo "shards: local ${shard_local_rps:-?} GET/s (p99 ${shard_local_p99:-?}), forwarded ${shard_forwarded_rps:-?} GET/s (p99 ${shard_forwarded_p99:-?}); kv-client routed ${client_shards_rps:-?} vs full replica ${client_full_rps:-?} GET/s"
+    exit 0
+fi
 
 # --- 7. snapshot bootstrap: a new reader ready from the full replica's snapshot, against one
 # replaying the same topic, and the full replica's reads while it serves the snapshot --------

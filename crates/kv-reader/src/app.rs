@@ -1,6 +1,7 @@
 //! The composition root: `main` and the tests build the reader the same way.
 
 use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use crate::acting::computed::ComputedMetrics;
 use crate::acting::owner::{self, Election};
 use crate::acting::ttl::{check_compaction_lag, SweptPartitions, Ttl, TtlError, TtlMetrics};
 use crate::changes::metrics::WatchMetrics;
+use crate::cluster::coalesce::ForwardBatches;
 use crate::cluster::metrics::ForwardMetrics;
 use crate::cluster::shard::Topology;
 use crate::cluster::Cluster;
@@ -510,7 +512,10 @@ fn serve_http(
     metrics: web::Data<Metrics>,
 ) -> Result<Server, ListenError> {
     let server = HttpServer::new(move || {
-        let client = PeerClient(peer_client().unwrap_or_default());
+        let client = peer_client().unwrap_or_default();
+        let batches = (state.read.cluster.clone())
+            .map(|cluster| Rc::new(ForwardBatches::new(cluster, client.clone())));
+        let client = PeerClient(client, batches);
         with_shared_middleware(actix_web::App::new().wrap(from_fn(http::freshness_middleware)))
             .app_data(state.clone())
             .app_data(watches.clone())

@@ -7,10 +7,15 @@ use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 /// way folds (`..`, `%2e%2e`) and the service decodes back whole.
 const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
 
+/// Whether a path can carry `key`: all but `.` and `..` (see [`key_segment`]).
+pub fn has_key_segment(key: &[u8]) -> bool {
+    !matches!(key, b"." | b"..")
+}
+
 /// `key` as one path segment; `None` for a key of dots only (`.`, `..`): a URL parser folds
 /// such a segment even escaped (`%2E%2E`), so no path carries it as a key (the body routes do).
 pub fn key_segment(key: &[u8]) -> Option<String> {
-    if matches!(key, b"." | b"..") {
+    if !has_key_segment(key) {
         return None;
     }
     Some(percent_encode(key, KEY_SEGMENT).to_string())

@@ -23,11 +23,13 @@ pub enum PartError {
     TooLarge,
 }
 
-/// One owner's part of a batchGet: its items in the order asked, and who answered.
+/// One owner's part of a batchGet: its items in the order asked, who answered, and the
+/// answer's headers (its freshness, for a coalesced forward).
 #[derive(Debug)]
 pub struct BatchPart {
     pub items: Vec<Value>,
     pub served_by: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 /// Asks `peer` for the keys `labels` (as the caller gave them, in `field`: `keys` or
@@ -51,6 +53,7 @@ pub async fn batch_part(
     if !response.status().is_success() {
         return Err(PartError::Refused(response));
     }
+    let headers = response.headers().clone();
     let body = read_within(response, budget).await.map_err(|e| match e {
         BodyError::TooLarge(_) => PartError::TooLarge,
         other => unavailable(peer, other.to_string()),
@@ -80,6 +83,7 @@ pub async fn batch_part(
     Ok(BatchPart {
         items: answer.results,
         served_by,
+        headers,
     })
 }
 

@@ -72,7 +72,7 @@ pub struct Outgoing {
 }
 
 /// A forward that got no usable answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("shard {peer}: {message}")]
 pub struct ForwardError {
     pub peer: u32,

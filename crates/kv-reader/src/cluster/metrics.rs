@@ -10,6 +10,7 @@ pub struct ForwardMetrics {
     pub(super) requests: IntCounterVec,
     pub(super) seconds: HistogramVec,
     pub(super) peer_up: IntGaugeVec,
+    pub(super) batch_keys: HistogramVec,
 }
 
 impl ForwardMetrics {
@@ -40,8 +41,18 @@ impl ForwardMetrics {
                 ),
                 &["peer"],
             )?,
+            batch_keys: HistogramVec::new(
+                HistogramOpts::new(
+                    "kv_reader_forward_batch_keys",
+                    "Reads of one key sent to a peer shard together in one batchGet (reads a \
+                     worker forwards to the same owner at the same time), by peer",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+                &["peer"],
+            )?,
         };
         registry.register(Box::new(metrics.requests.clone()))?;
+        registry.register(Box::new(metrics.batch_keys.clone()))?;
         registry.register(Box::new(metrics.seconds.clone()))?;
         registry.register(Box::new(metrics.peer_up.clone()))?;
         // Each other peer's series is there at 0 from the start, so the alert on `== 0` fires

@@ -8,6 +8,7 @@
 //! caller sends makes the reader call anywhere but the configured peers, and only after its
 //! own token check passed.
 
+pub mod coalesce;
 pub mod fanout;
 pub mod forward;
 pub mod metrics;
@@ -196,6 +197,14 @@ impl Cluster {
             .collect();
         ranked.sort_by_key(|(rank, _)| *rank);
         ranked.into_iter().map(|(_, target)| target).collect()
+    }
+
+    /// Counts a batch of `keys` coalesced reads sent to `peer`.
+    pub fn observe_batch(&self, peer: u32, keys: usize) {
+        self.metrics
+            .batch_keys
+            .with_label_values(&[&self.peers[peer as usize].label])
+            .observe(keys as f64);
     }
 
     fn mark_down(&self, peer: u32) {

@@ -393,8 +393,11 @@ async fn batch_get_across(
             }
         }
     }
-    // Freshness headers describe one replica; a merged answer names its shards instead.
-    request.extensions_mut().remove::<Freshness>();
+    // Freshness headers describe one replica; a merged answer names its shards instead. A
+    // forwarded batch was read here alone, and a coalesced forward passes its freshness on.
+    if forwarded.is_none() {
+        request.extensions_mut().remove::<Freshness>();
+    }
     let served: Vec<String> = served.into_iter().collect();
     let mut answer = HttpResponse::Ok();
     if let Ok(value) = HeaderValue::from_str(&served.join(",")) {

@@ -70,7 +70,7 @@ pub async fn explain(
             ),
         ));
     };
-    if let Some(answer) = route_and_settle(&state, &client, &request, &key, None).await? {
+    if let Some(answer) = route_and_settle(&state, &client, &request, &key, None, None).await? {
         return Ok(answer);
     }
     let core = &state.read;

@@ -3,17 +3,21 @@
 
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, ContentType, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use base64::Engine;
 use kv_core::trace_context::TRACEPARENT;
 use kv_core::web::error::{ApiError, ErrorCode};
-use kv_core::web::http::{CorrelationId, RequestTrace};
+use kv_core::web::http::{CorrelationId, RequestTrace, CORRELATION_ID, EXPIRES_AT};
+use kv_core::web::json::BASE64;
 use kv_core::web::routing::key_tail_pattern;
+use serde_json::Value;
 
+use crate::cluster::coalesce::{Coalesced, ForwardBatches, NotCoalesced};
 use crate::cluster::fanout::PartError;
 use crate::cluster::forward::{
-    key_path, passed_back, read_bounded, Outgoing, FORWARDED_REQUEST_HEADERS,
+    key_path, passed_back, read_bounded, Outgoing, FORWARDED_REQUEST_HEADERS, SERVED_BY,
 };
 use crate::cluster::Target;
 use crate::http::request::ReadRequest;
@@ -62,6 +66,7 @@ async fn route_key(
     read: &ReadRequest,
     key: &[u8],
     body: Option<&[u8]>,
+    batches: Option<&ForwardBatches>,
 ) -> Result<Routed, ApiError> {
     let core = &state.read;
     let (partition, targets) =
@@ -80,6 +85,20 @@ async fn route_key(
             Target::Local => return Ok(Routed::Local(vec![partition])),
             Target::Peer(peer) => peer,
         };
+        if let Some(batches) = coalescible(batches, request, key) {
+            match batches.read(peer, &outgoing, key).await {
+                Ok(coalesced) => {
+                    if let Some(answer) = coalesced_answer(coalesced) {
+                        return Ok(Routed::Forwarded(answer));
+                    }
+                }
+                Err(NotCoalesced::Unavailable(error)) => {
+                    failures.push(error.to_string());
+                    continue;
+                }
+                Err(NotCoalesced::Alone) => {}
+            }
+        }
         let path = match &path {
             Some(path) => path,
             None => path.insert(owner_path(request, key)?),
@@ -101,6 +120,74 @@ async fn route_key(
     }
     .into())
 }
+
+/// `batches` when this read may share one: a `GET` with no query and no `If-None-Match` (the
+/// owner's own tag check answers that one), of a key a path carries (the others are refused
+/// as a forward of their own is).
+fn coalescible<'a>(
+    batches: Option<&'a ForwardBatches>,
+    request: &HttpRequest,
+    key: &[u8],
+) -> Option<&'a ForwardBatches> {
+    let plain = kv_wire::paths::has_key_segment(key)
+        && request.method() == actix_web::http::Method::GET
+        && request.query_string().is_empty()
+        && !request.headers().contains_key(header::IF_NONE_MATCH);
+    batches.filter(|_| plain)
+}
+
+/// The owner's batch item for a coalesced read as the answer its `GET` gets: the value and its
+/// headers as [`crate::http::entry::value_response`] writes them, or the `key_not_found`
+/// error; with the batch's freshness and `X-Served-By`. `None` for an item that is neither:
+/// the read is then forwarded on its own.
+fn coalesced_answer(coalesced: Coalesced) -> Option<HttpResponse> {
+    let item = &coalesced.item;
+    let mut answer = match item.get("found").and_then(Value::as_bool)? {
+        true => {
+            let value = match (item.get("value"), item.get("value_b64")) {
+                (Some(Value::String(text)), None) => text.as_bytes().to_vec(),
+                (None, Some(Value::String(b64))) => BASE64.decode(b64).ok()?,
+                _ => return None,
+            };
+            let mut answer = HttpResponse::Ok();
+            answer.insert_header((header::ETAG, item.get("etag")?.as_str()?));
+            if let Some(Value::String(id)) = item.get("correlation_id") {
+                answer.insert_header((CORRELATION_ID, HeaderValue::from_str(id).ok()?));
+            }
+            if let Some(expires_at) = item.get("expires_at") {
+                answer.insert_header((EXPIRES_AT, expires_at.as_u64()?));
+            }
+            answer.content_type(ContentType::octet_stream());
+            answer.body(value)
+        }
+        false
+            if item.pointer("/error/code") == Some(&serde_json::json!(ErrorCode::KeyNotFound)) =>
+        {
+            ApiError::key_not_found().error_response()
+        }
+        false => return None,
+    };
+    for (name, value) in coalesced.headers.iter() {
+        if BATCH_HEADERS_PASSED_ON.contains(&name.as_str()) {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_str().as_bytes()),
+                HeaderValue::from_bytes(value.as_bytes()),
+            ) {
+                answer.headers_mut().insert(name, value);
+            }
+        }
+    }
+    Some(answer)
+}
+
+/// The headers of an owner's batch answer that describe each of its reads: who served it and
+/// how fresh the owner was.
+const BATCH_HEADERS_PASSED_ON: [&str; 4] = [
+    SERVED_BY,
+    "x-replica-applied",
+    "x-replica-lag",
+    "x-replica-silence-ms",
+];
 
 /// Where the read of `key` goes at its owner: the route's own path, rebuilt from the decoded
 /// key, and the caller's query. Never the caller's raw path: the peer client's URL parser folds
@@ -144,9 +231,10 @@ pub async fn route_and_settle(
     request: &HttpRequest,
     key: &[u8],
     body: Option<&[u8]>,
+    batches: Option<&ForwardBatches>,
 ) -> Result<Option<HttpResponse>, ApiError> {
     let read = ReadRequest::parse(request)?;
-    let scope = match route_key(state, client, request, &read, key, body).await? {
+    let scope = match route_key(state, client, request, &read, key, body, batches).await? {
         Routed::Forwarded(answer) => return Ok(Some(answer)),
         Routed::Local(scope) => scope,
     };

@@ -27,7 +27,9 @@ pub async fn get_value(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&request, NATIVE_PREFIX)?;
     auth.check_key(KeyAction::Read, &key)?;
-    if let Some(answer) = route_and_settle(&state, &client, &request, &key, None).await? {
+    if let Some(answer) =
+        route_and_settle(&state, &client, &request, &key, None, client.1.as_deref()).await?
+    {
         return Ok(answer);
     }
     let core = &state.read;
@@ -65,7 +67,7 @@ pub async fn retrieve(
     let key = key_field(&body)?;
     auth.check_key(KeyAction::Read, key.as_bytes())?;
     if let Some(answer) =
-        route_and_settle(&state, &client, &request, key.as_bytes(), Some(&raw)).await?
+        route_and_settle(&state, &client, &request, key.as_bytes(), Some(&raw), None).await?
     {
         return Ok(answer);
     }
@@ -97,7 +99,9 @@ pub async fn retrieve_b64(
         ));
     }
     auth.check_key(KeyAction::Read, &key)?;
-    if let Some(answer) = route_and_settle(&state, &client, &request, &key, Some(&raw)).await? {
+    if let Some(answer) =
+        route_and_settle(&state, &client, &request, &key, Some(&raw), None).await?
+    {
         return Ok(answer);
     }
     let core = &state.read;

@@ -1,11 +1,13 @@
 //! What every HTTP handler shares: the read core, and what the transfer and health routes
 //! need beside it.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use kv_core::record::RecordCodec;
 
 use crate::acting::owner::Election;
+use crate::cluster::coalesce::ForwardBatches;
 use crate::cluster::shard::Topology;
 use crate::read::ReadCore;
 use crate::transfer::cluster::KafkaCluster;
@@ -28,7 +30,8 @@ pub struct HttpState {
     pub kafka_cluster: KafkaCluster,
 }
 
-/// The HTTP client a worker forwards reads with; one per worker, so its connections stay on
-/// the worker's own runtime.
+/// The HTTP client a worker forwards reads with, and on a shard the lanes its forwarded reads
+/// of one key share batches in; one per worker, so its connections and lanes stay on the
+/// worker's own runtime.
 #[derive(Debug, Clone)]
-pub struct PeerClient(pub reqwest::Client);
+pub struct PeerClient(pub reqwest::Client, pub Option<Rc<ForwardBatches>>);

@@ -687,3 +687,147 @@ async fn a_plain_watch_on_any_shard_covers_every_partition_and_resumes_on_anothe
         after.insert(key.clone());
     }
 }
+
+/// What of a read's answer a client can see, but the headers that differ between any two
+/// answers (the request's own span and the clock's `X-Replica-Silence-Ms`).
+async fn seen(response: reqwest::Response) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let status = response.status().as_u16();
+    let mut headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "traceparent" | "x-replica-silence-ms" | "date" | "content-length"
+            )
+        })
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    headers.sort();
+    (
+        status,
+        headers,
+        response.bytes().await.expect("body").to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn concurrent_forwarded_reads_share_batches_and_each_answers_as_the_owner_would() {
+    let broker = Broker::start();
+    let topic = broker
+        .create_topic("shards-coalesce", PARTITIONS as i32)
+        .await;
+    let env = service_env(&broker, &topic);
+    let writer = Service::start(writer(), &env);
+    let shards = Shards::start(READER, &env, SHARDS, 1);
+    let http = reqwest::Client::new();
+    wait_all_ready(&http, &shards).await;
+    // Text, bytes that are not UTF-8, a TTL and a correlation id: each is answered through
+    // another field of the owner's batch.
+    let mut keys = Vec::new();
+    for i in 0..60 {
+        let key = key(i);
+        let mut put = http.put(writer.url(&key_path(key.as_bytes())));
+        put = match i % 3 {
+            0 => put.body(format!("text {i}")),
+            1 => put.body(vec![0xff, 0xfe, i as u8]),
+            _ => put
+                .body(format!("expiring {i}"))
+                .header("x-kv-ttl-seconds", "3600")
+                .header("x-correlation-id", format!("writer-{i}")),
+        };
+        assert_eq!(put.send().await.expect("put").status(), 200);
+        keys.push(key);
+    }
+    keys.extend((0..20).map(|i| format!("absent/{i}")));
+    let foreign: Vec<&String> = keys.iter().filter(|k| owner(k) != 0).collect();
+    let through = shards.get(0);
+    eventually("every write applied", DEADLINE, || async {
+        let response = http
+            .get(through.url(&key_path(key(59).as_bytes())))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+
+    for round in 0..3 {
+        let asked = futures::future::join_all(foreign.iter().map(|key| {
+            let url = through.url(&key_path(key.as_bytes()));
+            let http = http.clone();
+            async move {
+                let get = http.get(url).header("x-correlation-id", "one-reader");
+                seen(get.send().await.expect("forwarded get")).await
+            }
+        }))
+        .await;
+        for (key, forwarded) in foreign.iter().zip(asked) {
+            let owner_shard = shards.get(owner(key));
+            let direct = seen(
+                http.get(owner_shard.url(&key_path(key.as_bytes())))
+                    .header("x-correlation-id", "one-reader")
+                    .send()
+                    .await
+                    .expect("direct get"),
+            )
+            .await;
+            // X-Replica-Applied names the partitions each read settled on: one for a read of
+            // its own, the batch's for a coalesced one; the rest is the same.
+            let without_applied =
+                |(status, headers, body): (u16, Vec<(String, String)>, Vec<u8>)| {
+                    let headers: Vec<_> = headers
+                        .into_iter()
+                        .filter(|(name, _)| name != "x-replica-applied")
+                        .collect();
+                    (status, headers, body)
+                };
+            let (forwarded, direct) = (without_applied(forwarded), without_applied(direct));
+            assert_eq!(forwarded, direct, "{key}, round {round}");
+        }
+    }
+
+    let metrics = through.metrics(&http).await;
+    let batches: f64 = ["1", "2"]
+        .iter()
+        .filter_map(|peer| {
+            metric(
+                &metrics,
+                "kv_reader_forward_batch_keys_count",
+                &[("peer", peer)],
+            )
+        })
+        .sum();
+    let reads: f64 = ["1", "2"]
+        .iter()
+        .filter_map(|peer| {
+            metric(
+                &metrics,
+                "kv_reader_forward_batch_keys_sum",
+                &[("peer", peer)],
+            )
+        })
+        .sum();
+    let forwards: f64 = ["1", "2"]
+        .iter()
+        .filter_map(|peer| {
+            metric(
+                &metrics,
+                "kv_reader_forwarded_requests_total",
+                &[("peer", peer), ("outcome", "answered")],
+            )
+        })
+        .sum();
+    assert_eq!(forwards, batches, "every read was answered by its batch");
+    // The rounds' reads, and the polls of the wait for the writes before them.
+    assert!(reads >= 3.0 * foreign.len() as f64, "{reads} reads counted");
+    assert!(
+        batches < reads,
+        "no two reads shared a batch: {batches} batches for {reads} reads"
+    );
+}
