@@ -5,8 +5,8 @@
 #   scripts/bench.sh [full|quick]
 # Knobs (environment): BENCH_KEYS (read keys / replay records), BENCH_SECONDS (per wrk run),
 # BENCH_RUNS (measured runs per figure; the median is reported), BENCH_WRITES (per write run),
-# BENCH_PROBES (freshness probes), BENCH_ONLY (one step alone: resp, conditional, computed,
-# shards).
+# BENCH_PROBES (freshness probes), BENCH_TTL_KEYS (keys expiring at once), BENCH_ONLY (one
+# step alone: resp, conditional, computed, shards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh

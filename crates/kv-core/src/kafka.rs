@@ -223,7 +223,11 @@ pub async fn create_topic(
     for (name, value) in topic_config {
         new_topic = new_topic.set(name, value);
     }
-    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    // The request's own timeout too: a broker that never answers CreateTopics (librdkafka's
+    // MockCluster) would otherwise hold the caller for the socket timeout, a minute.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
     let results = admin.create_topics([&new_topic], &options).await?;
     for result in results {
         match result {
