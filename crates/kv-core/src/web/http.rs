@@ -46,6 +46,9 @@ pub const CONSISTENCY_TOKEN: HeaderName =
 /// A read answer's header for a key that expires: the record's [`crate::record::EXPIRES_AT_HEADER`],
 /// milliseconds since the Unix epoch.
 pub const EXPIRES_AT: HeaderName = HeaderName::from_static("x-kv-expires-at");
+/// A read answer's header naming the span of the write that stored the value (its record's
+/// `traceparent`); the answer's own `traceparent` is the read's.
+pub const WRITE_TRACEPARENT: HeaderName = HeaderName::from_static("x-kv-write-traceparent");
 
 const MAX_CORRELATION_ID_LEN: usize = 128;
 
