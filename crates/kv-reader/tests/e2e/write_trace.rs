@@ -6,6 +6,7 @@ use crate::{writer, READER};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use kv_testkit::otlp::OtlpReceiver;
 use kv_testkit::reader::wait_ready;
 use kv_testkit::topic::produce_with_headers;
 use kv_testkit::{service_env, Broker, Service};
@@ -130,4 +131,35 @@ async fn a_read_and_a_watch_answer_the_trace_of_the_write_that_stored_the_value(
         [&json!(write_span), &Value::Null, &Value::Null],
         "{batch}"
     );
+}
+
+#[tokio::test]
+async fn a_reads_span_is_exported_over_otlp_in_the_callers_trace() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("read-exported", 1).await;
+    let collector = OtlpReceiver::start();
+    let mut env = service_env(&broker, &topic);
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.clone()));
+    env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()));
+    env.push(("OTEL_SERVICE_NAME", "kv-reader-test".to_owned()));
+    let reader = Service::start(READER, &env);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &reader).await;
+
+    let read = http
+        .get(reader.url("/v1/kv/nothing"))
+        .header("traceparent", CALLER)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(read.status(), 404);
+    let answered = read.headers()["traceparent"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    let span = collector.span_in("kv-reader-test", &CALLER[3..35]).await;
+    assert_eq!(span.span_id, answered[36..52]);
+    assert_eq!(span.parent_span_id, CALLER[36..52]);
+    assert_eq!(span.name, "GET /v1/kv/{key}");
+    assert_eq!(span.attribute("http.response.status_code"), Some("404"));
 }
