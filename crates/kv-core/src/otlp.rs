@@ -161,7 +161,7 @@ impl SpanExport {
         };
         let task = tokio::spawn(export(exporter, queued, stopped, batches, metrics.clone()));
         tracing::info!(
-            url = %settings.traces_url,
+            url = %without_credentials(&settings.traces_url),
             "exporting request spans over OTLP/HTTP"
         );
         let queue = Queue {
@@ -206,6 +206,18 @@ impl Exporting {
         if tokio::time::timeout(within, self.task).await.is_err() {
             tracing::warn!("the last request spans were not exported in time");
         }
+    }
+}
+
+/// The collector's URL as a log line may show it: a user and password in it are left out.
+fn without_credentials(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Err(_) => String::new(),
     }
 }
 
@@ -336,6 +348,14 @@ mod tests {
             started: SystemTime::UNIX_EPOCH,
             ended: SystemTime::UNIX_EPOCH + Duration::from_millis(3),
         }
+    }
+
+    #[test]
+    fn the_collectors_url_is_logged_without_credentials() {
+        assert_eq!(
+            without_credentials("https://user:secret@otel.example:4318/v1/traces"),
+            "https://otel.example:4318/v1/traces"
+        );
     }
 
     #[test]
