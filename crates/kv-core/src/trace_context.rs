@@ -20,6 +20,8 @@ pub struct TraceParent {
 
 /// The text form's length: `00-` + 32 + `-` + 16 + `-` + 2.
 pub const TRACEPARENT_LEN: usize = 55;
+/// The flag of a trace whose spans are recorded (exported) along its way.
+pub const SAMPLED: u8 = 0x01;
 
 impl TraceParent {
     /// Parses a `traceparent` value as the W3C recommendation says a receiver must: version
@@ -75,6 +77,19 @@ impl TraceParent {
             parent_id,
             flags: 0,
         }
+    }
+
+    /// The same span, marked as recorded: a service that exports spans samples the traces it
+    /// starts, so that later services record theirs too.
+    pub fn sampled(self) -> Self {
+        Self {
+            flags: self.flags | SAMPLED,
+            ..self
+        }
+    }
+
+    pub fn is_sampled(&self) -> bool {
+        self.flags & SAMPLED != 0
     }
 
     /// This service's span in the same trace: the trace id and flags kept, a new parent id.

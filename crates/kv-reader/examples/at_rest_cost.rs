@@ -39,6 +39,7 @@ fn main() {
                     partition: 0,
                     offset: (batch_index * 10_000 + i) as i64,
                     correlation_id: None,
+                    traceparent: None,
                     value: Cow::Borrowed(&value),
                     expires_at_ms: None,
                     precondition: None,

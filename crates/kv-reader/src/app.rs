@@ -12,6 +12,7 @@ use kv_core::kafka::{
     check_topic_config, compacted_delete_retention, UnsafeTopic, TOPIC_CONFIG_TIMEOUT,
 };
 use kv_core::kafka_stats::KafkaStats;
+use kv_core::otlp::{Exporting, OtlpError, SpanExport, SPAN_FLUSH_TIMEOUT};
 use kv_core::record::RecordCodec;
 use kv_core::settings::CoreSettings;
 use kv_core::web::auth::{AuthGate, DiscoveryError};
@@ -75,6 +76,8 @@ pub enum StartupError {
     Task(#[from] tokio::task::JoinError),
     #[error("cannot build the HTTP client that forwards reads to peer shards: {0}")]
     PeerClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Otlp(#[from] OtlpError),
 }
 
 pub struct App {
@@ -84,6 +87,8 @@ pub struct App {
     replica: Replica,
     /// This candidate's owner lease, ended when the app stops.
     owner_lease: Option<owner::LeaseHolder>,
+    /// The export of request spans, when OTEL_EXPORTER_OTLP_ENDPOINT turned it on.
+    exporting: Option<Exporting>,
 }
 
 impl std::fmt::Debug for App {
@@ -107,6 +112,8 @@ impl App {
         let metrics = web::Data::new(Metrics::new("kv-reader"));
         let registry = metrics.registry();
         auth.register_metrics(registry)?;
+        let (spans, exporting) =
+            SpanExport::start(settings.core.otlp.as_ref(), "kv-reader", registry)?;
         let framing = schema_framing(&settings, &codec).await?;
         let delete_retention = read_delete_retention(&settings).await?;
         let topology = Arc::new(Topology::default());
@@ -153,7 +160,7 @@ impl App {
             replica.import_progress(),
         )?;
         let resp = start_resp_port(&settings, &read, &auth, registry)?;
-        let server = serve_http(listener, address, state, watches, auth, metrics)?;
+        let server = serve_http(listener, address, (state, watches), auth, metrics, spans)?;
         tracing::info!("kv-reader listening on http://{address}");
         Ok(Self {
             server,
@@ -161,6 +168,7 @@ impl App {
             resp,
             replica,
             owner_lease,
+            exporting,
         })
     }
 
@@ -214,6 +222,9 @@ impl App {
     /// Serves until SIGTERM/SIGINT, then stops the consumer after its current batch.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
+        if let Some(exporting) = self.exporting {
+            exporting.finish(SPAN_FLUSH_TIMEOUT).await;
+        }
         drop(self.resp);
         // Handed on at once, not after the lease's session timeout.
         if let Some(lease) = self.owner_lease {
@@ -506,27 +517,30 @@ fn start_resp_port(
 fn serve_http(
     listener: TcpListener,
     address: SocketAddr,
-    state: web::Data<HttpState>,
-    watches: web::Data<WatchState>,
+    (state, watches): (web::Data<HttpState>, web::Data<WatchState>),
     auth: web::Data<AuthGate>,
     metrics: web::Data<Metrics>,
+    spans: SpanExport,
 ) -> Result<Server, ListenError> {
     let server = HttpServer::new(move || {
         let client = peer_client().unwrap_or_default();
         let batches = (state.read.cluster.clone())
             .map(|cluster| Rc::new(ForwardBatches::new(cluster, client.clone())));
         let client = PeerClient(client, batches);
-        with_shared_middleware(actix_web::App::new().wrap(from_fn(http::freshness_middleware)))
-            .app_data(state.clone())
-            .app_data(watches.clone())
-            .app_data(auth.clone())
-            .app_data(metrics.clone())
-            .app_data(web::Data::new(client))
-            .app_data(JsonLimit(JSON_LIMIT))
-            .app_data(path_config())
-            .app_data(query_config())
-            .configure(|config| register(config, http::endpoints()))
-            .default_service(web::to(route_not_found))
+        with_shared_middleware(
+            actix_web::App::new().wrap(from_fn(http::freshness_middleware)),
+            &spans,
+        )
+        .app_data(state.clone())
+        .app_data(watches.clone())
+        .app_data(auth.clone())
+        .app_data(metrics.clone())
+        .app_data(web::Data::new(client))
+        .app_data(JsonLimit(JSON_LIMIT))
+        .app_data(path_config())
+        .app_data(query_config())
+        .configure(|config| register(config, http::endpoints()))
+        .default_service(web::to(route_not_found))
     })
     .listen(listener)
     .map_err(|source| ListenError {

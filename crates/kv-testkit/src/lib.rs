@@ -1,6 +1,7 @@
 //! The end-to-end test kit (dev-only, never shipped): a real broker process per test, the
 //! project's binaries as child processes, a real OpenID provider, topic helpers, the OpenAPI
-//! conformance check, Prometheus text parsing, and polling with a deadline instead of sleeps.
+//! conformance check, Prometheus text parsing, a stand-in OTLP collector, and polling with a
+//! deadline instead of sleeps.
 
 pub mod broker;
 pub mod computed;
@@ -10,6 +11,7 @@ pub mod gateway;
 pub mod netns;
 pub mod oidc;
 pub mod openapi;
+pub mod otlp;
 pub mod poll;
 pub mod procfs;
 pub mod prometheus;

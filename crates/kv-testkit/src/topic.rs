@@ -138,14 +138,37 @@ pub async fn produce_with_correlation_id(
     value: &[u8],
     correlation_id: &str,
 ) -> (i32, i64) {
-    let record =
-        FutureRecord::to(topic)
-            .key(key)
-            .payload(value)
-            .headers(OwnedHeaders::new().insert(Header {
-                key: CORRELATION_ID,
-                value: Some(correlation_id),
-            }));
+    produce_with_headers(
+        producer,
+        topic,
+        key,
+        value,
+        &[(CORRELATION_ID, correlation_id.as_bytes())],
+    )
+    .await
+}
+
+/// Produces one record with `headers` (any names and bytes, as any producer to the topic may
+/// write them), returning where it landed.
+pub async fn produce_with_headers(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    headers: &[(&str, &[u8])],
+) -> (i32, i64) {
+    let headers = headers
+        .iter()
+        .fold(OwnedHeaders::new(), |headers, (name, value)| {
+            headers.insert(Header {
+                key: name,
+                value: Some(*value),
+            })
+        });
+    let record = FutureRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(headers);
     delivered(producer, record).await
 }
 

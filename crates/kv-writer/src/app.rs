@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use kv_core::kafka::{check_topic_config, UnsafeTopic, TOPIC_CONFIG_TIMEOUT};
+use kv_core::otlp::{Exporting, OtlpError, SpanExport, SPAN_FLUSH_TIMEOUT};
 use kv_core::record::RecordCodec;
 use kv_core::settings::CoreSettings;
 use kv_core::web::auth::{AuthGate, DiscoveryError};
@@ -34,6 +35,8 @@ pub enum StartupError {
     UnsafeTopic(#[from] UnsafeTopic),
     #[error("cannot build the HTTP client that asks readers for outcomes: {0}")]
     ReaderClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Otlp(#[from] OtlpError),
 }
 
 pub struct App {
@@ -41,6 +44,8 @@ pub struct App {
     port: u16,
     producer: KvProducer,
     settings: Settings,
+    /// The export of request spans, when OTEL_EXPORTER_OTLP_ENDPOINT turned it on.
+    exporting: Option<Exporting>,
 }
 
 impl std::fmt::Debug for App {
@@ -94,6 +99,8 @@ impl App {
         let codec = record_codec(&settings.core);
         let metrics = web::Data::new(Metrics::new("kv-writer"));
         auth.register_metrics(metrics.registry())?;
+        let (spans, exporting) =
+            SpanExport::start(settings.core.otlp.as_ref(), "kv-writer", metrics.registry())?;
         let producer = KvProducer::new(
             &settings,
             codec,
@@ -102,13 +109,14 @@ impl App {
         let readers = conditional_readers(&settings, metrics.registry())?;
         let (listener, address) = bind(&settings.core.listen)?;
         let state = web::Data::new(WriterState::new(&settings, producer.clone(), readers));
-        let server = serve_http(&settings, listener, address, state, auth, metrics)?;
+        let server = serve_http(&settings, (listener, address), state, auth, metrics, spans)?;
         tracing::info!("kv-writer listening on http://{address}");
         Ok(Self {
             server,
             port: address.port(),
             producer,
             settings,
+            exporting,
         })
     }
 
@@ -134,6 +142,9 @@ impl App {
     /// Serves until SIGTERM/SIGINT: stops accepting, lets in-flight writes finish, then flushes.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
+        if let Some(exporting) = self.exporting {
+            exporting.finish(SPAN_FLUSH_TIMEOUT).await;
+        }
         let producer = self.producer;
         let timeout = self.settings.shutdown_timeout;
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
@@ -218,16 +229,16 @@ fn conditional_readers(
 /// routes. Its graceful stop waits up to KV_API_SHUTDOWN_TIMEOUT_MS for writes in flight.
 fn serve_http(
     settings: &Settings,
-    listener: TcpListener,
-    address: SocketAddr,
+    (listener, address): (TcpListener, SocketAddr),
     state: web::Data<WriterState>,
     auth: web::Data<AuthGate>,
     metrics: web::Data<Metrics>,
+    spans: SpanExport,
 ) -> Result<Server, ListenError> {
     let json_limit = settings.json_body_limit();
     let batch_limit = settings.max_batch_bytes;
     let server = HttpServer::new(move || {
-        with_shared_middleware(actix_web::App::new())
+        with_shared_middleware(actix_web::App::new(), &spans)
             .app_data(state.clone())
             .app_data(auth.clone())
             .app_data(metrics.clone())

@@ -18,16 +18,18 @@ pub enum Group {
     Service,
     Oidc,
     Encryption,
+    Tracing,
     Writer,
     Reader,
 }
 
 impl Group {
-    const ALL: [Group; 6] = [
+    const ALL: [Group; 7] = [
         Group::Kafka,
         Group::Service,
         Group::Oidc,
         Group::Encryption,
+        Group::Tracing,
         Group::Writer,
         Group::Reader,
     ];
@@ -38,6 +40,7 @@ impl Group {
             Group::Service => "Service",
             Group::Oidc => "OpenID Connect (auth)",
             Group::Encryption => "Encryption on the topic",
+            Group::Tracing => "Export of request spans over OTLP (OpenTelemetry's variables)",
             Group::Writer => "kv-writer",
             Group::Reader => "kv-reader",
         }
@@ -47,7 +50,9 @@ impl Group {
         match self {
             Group::Writer => role == Role::Writer,
             Group::Reader => role == Role::Reader,
-            Group::Kafka | Group::Service | Group::Oidc | Group::Encryption => true,
+            Group::Kafka | Group::Service | Group::Oidc | Group::Encryption | Group::Tracing => {
+                true
+            }
         }
     }
 }
@@ -228,6 +233,54 @@ pub static VARS: &[Var] = &[
         group: Group::Service,
         default: Default::Unset,
         help: "a YAML, TOML or JSON file whose top-level keys are these variables; the environment wins over it",
+    },
+    Var {
+        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        group: Group::Tracing,
+        default: Default::Unset,
+        help: "the collector's OTLP/HTTP base URL (http://collector:4318): each request's span is exported to its /v1/traces; unset, nothing is exported and the variables below are not read",
+    },
+    Var {
+        name: "OTEL_EXPORTER_OTLP_PROTOCOL",
+        group: Group::Tracing,
+        default: Default::Value("http/protobuf"),
+        help: "the only protocol built in; any other value is refused",
+    },
+    Var {
+        name: "OTEL_EXPORTER_OTLP_HEADERS",
+        group: Group::Tracing,
+        default: Default::Unset,
+        help: "name=value,... sent with every export (values percent-encoded), e.g. a collector's API key",
+    },
+    Var {
+        name: "OTEL_EXPORTER_OTLP_TIMEOUT",
+        group: Group::Tracing,
+        default: Default::Value("10000"),
+        help: "milliseconds one export may take; a failed export's spans are dropped and counted",
+    },
+    Var {
+        name: "OTEL_SERVICE_NAME",
+        group: Group::Tracing,
+        default: Default::Described("kv-writer or kv-reader"),
+        help: "the spans' service.name",
+    },
+    Var {
+        name: "OTEL_BSP_MAX_QUEUE_SIZE",
+        group: Group::Tracing,
+        default: Default::Value("2048"),
+        help: "spans waiting for export; past it new spans are dropped and counted, and no request ever waits",
+    },
+    Var {
+        name: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        group: Group::Tracing,
+        default: Default::Value("512"),
+        help: "most spans in one export, at most OTEL_BSP_MAX_QUEUE_SIZE",
+    },
+    Var {
+        name: "OTEL_BSP_SCHEDULE_DELAY",
+        group: Group::Tracing,
+        default: Default::Value("5000"),
+        help: "milliseconds a span waits at most for its batch to fill",
     },
     Var {
         name: "OIDC_IDP_ADDRESS_FOR_SERVER",

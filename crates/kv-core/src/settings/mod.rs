@@ -10,6 +10,7 @@ mod encryption;
 mod env;
 mod kafka;
 mod log;
+mod otlp;
 pub mod prefixes;
 mod role;
 mod tls;
@@ -19,6 +20,7 @@ pub use encryption::{aes_key, TopicEncryption};
 pub use env::{read_first_line, Env, SettingsError, CONFIG_FILE_VAR};
 pub use kafka::KafkaProperties;
 pub use log::{LogFormat, LogSettings};
+pub use otlp::OtlpSettings;
 pub use role::check_role_flags;
 pub use tls::{client_trusting, CaFile};
 
@@ -32,6 +34,8 @@ pub struct CoreSettings {
     pub topic_encryption: TopicEncryption,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    /// OTEL_EXPORTER_OTLP_ENDPOINT and the rest: where request spans are exported; `None`: off.
+    pub otlp: Option<OtlpSettings>,
     /// KV_API_REQUIRE_COMPACTED_TOPIC: refuse to start on a topic whose configuration would
     /// lose keys (not compacted, or time retention under a delete policy).
     pub require_compacted_topic: bool,
@@ -59,6 +63,7 @@ impl CoreSettings {
             topic_encryption: TopicEncryption::from_env(env, &mut notices)?,
             auth: AuthSettings::from_env(env)?,
             log: LogSettings::from_env(env)?,
+            otlp: OtlpSettings::from_env(env)?,
             require_compacted_topic: env.bool("KV_API_REQUIRE_COMPACTED_TOPIC", false)?,
             state_rules: state_rules(env)?,
             notices,
@@ -79,6 +84,8 @@ impl CoreSettings {
                 oidc: OidcSettings::default(),
             },
             log: LogSettings::from_env(env)?,
+            // It serves no requests, so it makes no spans.
+            otlp: None,
             require_compacted_topic: env.bool("KV_API_REQUIRE_COMPACTED_TOPIC", false)?,
             state_rules: Default::default(),
             notices,

@@ -16,6 +16,7 @@ use tracing::field::{display, FieldSet, Value};
 use tracing::span::Record;
 use tracing::Instrument;
 
+use crate::otlp::{RequestSpan, SpanExport};
 use crate::telemetry::{self, DeferredRecord};
 use crate::trace_context::{TraceParent, TRACEPARENT};
 use crate::web::error::{ApiError, ErrorCode};
@@ -46,6 +47,9 @@ pub const CONSISTENCY_TOKEN: HeaderName =
 /// A read answer's header for a key that expires: the record's [`crate::record::EXPIRES_AT_HEADER`],
 /// milliseconds since the Unix epoch.
 pub const EXPIRES_AT: HeaderName = HeaderName::from_static("x-kv-expires-at");
+/// A read answer's header naming the span of the write that stored the value (its record's
+/// `traceparent`); the answer's own `traceparent` is the read's.
+pub const WRITE_TRACEPARENT: HeaderName = HeaderName::from_static("x-kv-write-traceparent");
 
 const MAX_CORRELATION_ID_LEN: usize = 128;
 
@@ -121,17 +125,26 @@ pub async fn correlation_id_middleware(
         }
     };
     let header = HeaderValue::from_str(&id.0).ok();
-    let trace = TraceParent::continue_or_start(
-        request
-            .headers()
-            .get(&TRACEPARENT_HEADER)
-            .map(HeaderValue::as_bytes),
-    );
+    let spans = request
+        .app_data::<SpanExport>()
+        .filter(|spans| spans.is_on())
+        .cloned();
+    let caller = request
+        .headers()
+        .get(&TRACEPARENT_HEADER)
+        .and_then(|value| TraceParent::parse(value.as_bytes()));
+    let trace = match caller {
+        Some(caller) => caller.child(),
+        // Exporting, a trace started here is recorded, or no span of it would ever be.
+        None if spans.is_some() => TraceParent::start().sampled(),
+        None => TraceParent::start(),
+    };
     // At error level so that the span, and with it the correlation id, is kept on every line
     // that passes the filter, even with RUST_LOG=warn. The route *pattern*, never the raw path:
     // paths hold keys, which must not reach the logs. The fields are formatted only when a line
     // is written in the span: most requests write none.
     let route = RoutePattern::of(request.request());
+    let span_route = spans.as_ref().map(|_| route.clone());
     let span = tracing::error_span!(
         "request",
         correlation_id = tracing::field::Empty,
@@ -157,6 +170,8 @@ pub async fn correlation_id_middleware(
         extensions.insert(route);
     }
     let started = std::time::Instant::now();
+    let started_at = std::time::SystemTime::now();
+    let method = crate::web::metrics::method_label(request.method());
     let mut response = next
         .call(request)
         .instrument(span.clone())
@@ -170,6 +185,17 @@ pub async fn correlation_id_middleware(
             "answered"
         );
     });
+    if let (Some(spans), Some(route)) = (spans, span_route) {
+        spans.record(&RequestSpan {
+            trace,
+            caller,
+            method,
+            route: route.as_str(),
+            status: response.status().as_u16(),
+            started: started_at,
+            ended: std::time::SystemTime::now(),
+        });
+    }
     // A handler may answer with the correlation id of what it serves (a reader returns the
     // stored record's); otherwise the request's id is echoed.
     if let Some(header) = header {

@@ -5,12 +5,13 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::App;
 
+use crate::otlp::SpanExport;
 use crate::web::http::{close_when_body_unread, correlation_id_middleware};
 use crate::web::metrics::metrics_middleware;
 
 /// Wraps `app`, and any middleware it already has (which then runs inside these), in the shared
-/// stack, outermost first: [`close_when_body_unread`], [`correlation_id_middleware`],
-/// [`metrics_middleware`].
+/// stack, outermost first: [`close_when_body_unread`], [`correlation_id_middleware`] (which hands
+/// each request's span to `spans`), [`metrics_middleware`].
 ///
 /// The order is a safety property. `close_when_body_unread` must be outermost: it holds the
 /// unread body of every answer given inside it, so an answer that a middleware gives on its own
@@ -20,6 +21,7 @@ use crate::web::metrics::metrics_middleware;
 /// metrics, routing and the handler, logs in the request's span.
 pub fn with_shared_middleware<T, B>(
     app: App<T>,
+    spans: &SpanExport,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -39,7 +41,8 @@ where
         > + 'static,
     B: MessageBody + 'static,
 {
-    app.wrap(from_fn(metrics_middleware))
+    app.app_data(spans.clone())
+        .wrap(from_fn(metrics_middleware))
         .wrap(from_fn(correlation_id_middleware))
         .wrap(from_fn(close_when_body_unread))
 }
@@ -52,6 +55,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::with_shared_middleware;
+    use crate::otlp::SpanExport;
 
     /// The correlation-id middleware refuses a bad id before anything reads the body; being
     /// inside `close_when_body_unread`, its answer still closes the connection rather than
@@ -61,7 +65,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("address");
         let server = HttpServer::new(|| {
-            with_shared_middleware(App::new())
+            with_shared_middleware(App::new(), &SpanExport::off())
                 .route("/body", web::post().to(|_: web::Bytes| HttpResponse::Ok()))
         })
         .workers(1)

@@ -21,6 +21,7 @@ use kv_core::record::{
     now_ms, RecordCodec, CORRELATION_ID_HEADER, EXPIRED_OFFSET_HEADER, EXPIRES_AT_HEADER,
     REPAIR_OF_HEADER, WRITER_HEADER, WRITER_HEADER_VALUE,
 };
+use kv_core::trace_context::TRACEPARENT;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -581,6 +582,17 @@ impl Sweeper {
                 headers = headers.insert(Header {
                     key: CORRELATION_ID_HEADER,
                     value: Some(id.as_bytes()),
+                });
+            }
+            // Like the correlation id, the trace of the write whose state this re-asserts.
+            let trace_text = state
+                .as_ref()
+                .and_then(|(_, e)| e.traceparent)
+                .map(|trace| trace.to_string());
+            if let Some(trace) = &trace_text {
+                headers = headers.insert(Header {
+                    key: TRACEPARENT,
+                    value: Some(trace.as_bytes()),
                 });
             }
             let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.topic, REPAIR)

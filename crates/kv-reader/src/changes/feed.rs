@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use kv_core::trace_context::TraceParent;
 use tokio::sync::watch;
 
 use crate::settings::WatchSettings;
@@ -56,6 +57,8 @@ pub struct ChangeEvent {
     /// (`replica::refusals`). It stands at this offset of its partition: a watch that has seen
     /// past it has seen it, any other is sent it (a delete sent twice is harmless).
     pub stands_at: Option<i64>,
+    /// A put's writing request's span, from its record's valid `traceparent`.
+    pub traceparent: Option<TraceParent>,
     /// The key, then the value, then the correlation id, in one allocation.
     bytes: Box<[u8]>,
     key_len: usize,
@@ -72,6 +75,7 @@ struct Shape<'c> {
     expires_at_ms: Option<u64>,
     expired: bool,
     stands_at: Option<i64>,
+    traceparent: Option<TraceParent>,
 }
 
 /// The offset past which a watch has seen a change at `offset` standing at `stands_at`: the
@@ -89,6 +93,7 @@ impl ChangeEvent {
             expires_at_ms,
             expired,
             stands_at,
+            traceparent,
         } = shape;
         let correlation_id = correlation_id
             .filter(|id| id.iter().all(u8::is_ascii_graphic))
@@ -104,6 +109,7 @@ impl ChangeEvent {
             expires_at_ms,
             expired,
             stands_at,
+            traceparent,
             bytes: bytes.into_boxed_slice(),
             key_len: key.len(),
             value_len: value.len(),
@@ -346,6 +352,7 @@ impl ChangeFeed {
                     user_key,
                     value,
                     expires_at_ms,
+                    traceparent,
                     ..
                 } => match expires_at_ms {
                     // The store holds it as deleted (or, on a swept partition, hidden until the
@@ -357,6 +364,7 @@ impl ChangeFeed {
                         expires_at_ms: None,
                         expired: true,
                         stands_at,
+                        traceparent: None,
                     },
                     _ => Shape {
                         kind: ChangeKind::Put,
@@ -365,6 +373,7 @@ impl ChangeFeed {
                         expires_at_ms: *expires_at_ms,
                         expired: false,
                         stands_at,
+                        traceparent: *traceparent,
                     },
                 },
                 Change::Delete { precondition, .. } => {
@@ -378,6 +387,7 @@ impl ChangeFeed {
                         expires_at_ms: None,
                         expired: matches!(precondition, Some(Precondition::Expires(_))),
                         stands_at,
+                        traceparent: None,
                     }
                 }
                 // Reports, ticks and sink marks are never entries.
@@ -406,6 +416,7 @@ impl ChangeFeed {
                     expires_at_ms: None,
                     expired: true,
                     stands_at: Some(position.get(&entry.partition).copied().unwrap_or(-1)),
+                    traceparent: None,
                 };
                 ((entry.partition, entry.offset, None), shape)
             })
@@ -606,6 +617,7 @@ mod tests {
             partition,
             offset,
             correlation_id: None,
+            traceparent: None,
             value: Cow::Borrowed(b"v"),
             expires_at_ms: None,
             precondition: None,
@@ -633,6 +645,7 @@ mod tests {
             expires_at_ms: None,
             expired: false,
             stands_at: None,
+            traceparent: None,
         }
     }
 
@@ -896,5 +909,44 @@ mod tests {
         );
         let bad = ChangeEvent::new((0, 0, Some(b"a\nb")), shape(b"k", b"v"));
         assert_eq!(bad.correlation_id(), None);
+    }
+
+    #[test]
+    fn a_put_event_carries_its_writes_trace_and_a_put_expired_on_apply_does_not() {
+        let feed = feed(16, 1 << 20);
+        let trace = TraceParent::start();
+        let traced = |key: &'static [u8], offset, expires_at_ms| {
+            let mut change = put(key, 0, offset);
+            if let Change::Put {
+                traceparent,
+                expires_at_ms: expires,
+                ..
+            } = &mut change
+            {
+                *traceparent = Some(trace);
+                *expires = expires_at_ms;
+            }
+            change
+        };
+        let changes = [traced(b"live", 0, None), traced(b"gone", 1, Some(1))];
+        let durable = BTreeMap::from([(0, 2)]);
+        let committed = Committed {
+            now_ms: 2,
+            ..committed(&[], &durable)
+        };
+        feed.publish(&changes, &[(0, 0, None), (0, 1, None)], &committed);
+        let mut events = Vec::new();
+        feed.read(0, 0, 16, &mut events);
+        let seen: Vec<_> = events
+            .iter()
+            .map(|event| (event.key(), event.kind, event.traceparent))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (&b"live"[..], ChangeKind::Put, Some(trace)),
+                (&b"gone"[..], ChangeKind::Delete, None),
+            ]
+        );
     }
 }

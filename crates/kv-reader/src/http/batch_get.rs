@@ -49,6 +49,10 @@ struct BatchGetItem<'a> {
     etag: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     correlation_id: Option<&'a str>,
+    /// The span of the write that stored the value, as `X-KV-Write-Traceparent` says it on
+    /// single reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
     /// When the value expires, as `X-KV-Expires-At` says it on single reads.
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<u64>,
@@ -76,6 +80,7 @@ struct FoundValue {
     value: JsonBytes,
     etag: String,
     correlation_id: Option<String>,
+    traceparent: Option<String>,
     expires_at: Option<u64>,
 }
 
@@ -86,6 +91,7 @@ impl FoundValue {
             expires_at: entry.expires_at_ms,
             correlation_id: correlation_header(&entry)
                 .and_then(|h| h.to_str().ok().map(str::to_owned)),
+            traceparent: entry.traceparent.map(|trace| trace.to_string()),
             value: json_bytes(entry.value),
         }
     }
@@ -184,6 +190,7 @@ impl BatchValues {
                 value_b64: found.value.b64.as_deref(),
                 etag: Some(&found.etag),
                 correlation_id: found.correlation_id.as_deref(),
+                traceparent: found.traceparent.as_deref(),
                 expires_at: found.expires_at,
                 error: None,
             },
@@ -194,6 +201,7 @@ impl BatchValues {
                 value_b64: None,
                 etag: None,
                 correlation_id: None,
+                traceparent: None,
                 expires_at: None,
                 error: Some(&KEY_NOT_FOUND_ITEM),
             },

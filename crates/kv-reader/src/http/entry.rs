@@ -1,17 +1,22 @@
-//! How a stored entry is written in an HTTP answer: its version as `ETag`, its correlation id
-//! and expiry as headers, its bytes as text or base64 in JSON.
+//! How a stored entry is written in an HTTP answer: its version as `ETag`, its correlation id,
+//! write's trace and expiry as headers, its bytes as text or base64 in JSON.
 
 use actix_web::http::header::{self, ContentType, HeaderValue};
 use actix_web::HttpResponse;
 use base64::Engine;
-use kv_core::web::http::{CORRELATION_ID, EXPIRES_AT};
+use kv_core::conditional::Version;
+use kv_core::web::http::{CORRELATION_ID, EXPIRES_AT, WRITE_TRACEPARENT};
 use kv_core::web::json::BASE64;
 use serde::Serialize;
 
 use crate::store::StoredEntry;
 
 pub fn etag(entry: &StoredEntry) -> String {
-    format!("\"{}-{}\"", entry.partition, entry.offset)
+    Version {
+        partition: entry.partition,
+        offset: entry.offset,
+    }
+    .etag()
 }
 
 /// A stored correlation id came from a Kafka header anyone could have written; only a valid
@@ -29,12 +34,16 @@ pub fn value_response(entry: StoredEntry, content_type: ContentType) -> HttpResp
     response.content_type(content_type).body(entry.value)
 }
 
-/// A `200` with the entry's `ETag`, stored correlation id and, when it expires, `X-KV-Expires-At`.
+/// A `200` with the entry's `ETag`, stored correlation id and write's trace and, when it
+/// expires, `X-KV-Expires-At`.
 pub fn entry_headers(entry: &StoredEntry) -> actix_web::HttpResponseBuilder {
     let mut response = HttpResponse::Ok();
     response.insert_header((header::ETAG, etag(entry)));
     if let Some(id) = correlation_header(entry) {
         response.insert_header((CORRELATION_ID, id));
+    }
+    if let Some(trace) = entry.traceparent {
+        response.insert_header((WRITE_TRACEPARENT, trace.to_string()));
     }
     if let Some(expires_at) = entry.expires_at_ms {
         response.insert_header((EXPIRES_AT, expires_at));

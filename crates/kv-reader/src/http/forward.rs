@@ -7,9 +7,11 @@ use actix_web::http::header::{self, ContentType, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use base64::Engine;
+use kv_core::conditional::Version;
+use kv_core::trace_context::TraceParent;
 use kv_core::trace_context::TRACEPARENT;
 use kv_core::web::error::{ApiError, ErrorCode};
-use kv_core::web::http::{CorrelationId, RequestTrace, CORRELATION_ID, EXPIRES_AT};
+use kv_core::web::http::{CorrelationId, RequestTrace};
 use kv_core::web::json::BASE64;
 use kv_core::web::routing::key_tail_pattern;
 use serde_json::Value;
@@ -20,9 +22,11 @@ use crate::cluster::forward::{
     key_path, passed_back, read_bounded, Outgoing, FORWARDED_REQUEST_HEADERS, SERVED_BY,
 };
 use crate::cluster::Target;
+use crate::http::entry::value_response;
 use crate::http::request::ReadRequest;
 use crate::http::state::{HttpState, PeerClient};
 use crate::read::{Placement, ReadError};
+use crate::store::StoredEntry;
 
 /// Answers up to this size are passed back whole; larger ones are streamed.
 const SMALL_ANSWER: u64 = 256 * 1024;
@@ -136,36 +140,15 @@ fn coalescible<'a>(
     batches.filter(|_| plain)
 }
 
-/// The owner's batch item for a coalesced read as the answer its `GET` gets: the value and its
-/// headers as [`crate::http::entry::value_response`] writes them, or the `key_not_found`
+/// The owner's batch item for a coalesced read as the answer its `GET` gets: the entry it
+/// names, answered as `GET` answers an entry ([`value_response`]), or the `key_not_found`
 /// error; with the batch's freshness and `X-Served-By`. `None` for an item that is neither:
 /// the read is then forwarded on its own.
 fn coalesced_answer(coalesced: Coalesced) -> Option<HttpResponse> {
-    let item = &coalesced.item;
-    let mut answer = match item.get("found").and_then(Value::as_bool)? {
-        true => {
-            let value = match (item.get("value"), item.get("value_b64")) {
-                (Some(Value::String(text)), None) => text.as_bytes().to_vec(),
-                (None, Some(Value::String(b64))) => BASE64.decode(b64).ok()?,
-                _ => return None,
-            };
-            let mut answer = HttpResponse::Ok();
-            answer.insert_header((header::ETAG, item.get("etag")?.as_str()?));
-            if let Some(Value::String(id)) = item.get("correlation_id") {
-                answer.insert_header((CORRELATION_ID, HeaderValue::from_str(id).ok()?));
-            }
-            if let Some(expires_at) = item.get("expires_at") {
-                answer.insert_header((EXPIRES_AT, expires_at.as_u64()?));
-            }
-            answer.content_type(ContentType::octet_stream());
-            answer.body(value)
-        }
-        false
-            if item.pointer("/error/code") == Some(&serde_json::json!(ErrorCode::KeyNotFound)) =>
-        {
-            ApiError::key_not_found().error_response()
-        }
-        false => return None,
+    let mut answer = match entry_of(&coalesced.item) {
+        Found::Entry(entry) => value_response(entry, ContentType::octet_stream()),
+        Found::Absent => ApiError::key_not_found().error_response(),
+        Found::Unreadable => return None,
     };
     for (name, value) in coalesced.headers.iter() {
         if BATCH_HEADERS_PASSED_ON.contains(&name.as_str()) {
@@ -178,6 +161,52 @@ fn coalesced_answer(coalesced: Coalesced) -> Option<HttpResponse> {
         }
     }
     Some(answer)
+}
+
+enum Found {
+    Entry(StoredEntry),
+    Absent,
+    Unreadable,
+}
+
+/// The entry a batchGet item describes, as the owner's store holds it.
+fn entry_of(item: &Value) -> Found {
+    let entry = || -> Option<StoredEntry> {
+        let value = match (item.get("value"), item.get("value_b64")) {
+            (Some(Value::String(text)), None) => text.as_bytes().to_vec(),
+            (None, Some(Value::String(b64))) => BASE64.decode(b64).ok()?,
+            _ => return None,
+        };
+        let version = Version::parse_etag(item.get("etag")?.as_str()?).ok()??;
+        let traceparent = match item.get("traceparent") {
+            Some(trace) => Some(TraceParent::parse(trace.as_str()?.as_bytes())?),
+            None => None,
+        };
+        let expires_at_ms = match item.get("expires_at") {
+            Some(at) => Some(at.as_u64()?),
+            None => None,
+        };
+        Some(StoredEntry {
+            partition: version.partition,
+            offset: version.offset,
+            correlation_id: item
+                .get("correlation_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            traceparent,
+            value,
+            expires_at_ms,
+        })
+    };
+    match item.get("found").and_then(Value::as_bool) {
+        Some(true) => entry().map_or(Found::Unreadable, Found::Entry),
+        Some(false)
+            if item.pointer("/error/code") == Some(&serde_json::json!(ErrorCode::KeyNotFound)) =>
+        {
+            Found::Absent
+        }
+        _ => Found::Unreadable,
+    }
 }
 
 /// The headers of an owner's batch answer that describe each of its reads: who served it and

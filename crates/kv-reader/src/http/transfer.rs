@@ -91,15 +91,22 @@ pub async fn snapshot(
     );
     let cluster_id = state.kafka_cluster.id().map(str::to_owned);
     let partitions = wanted.clone();
+    let format = format::format_for(
+        request
+            .headers()
+            .get(format::FORMAT_REQUEST_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let mut open = true;
         let source = (topic.as_str(), cluster_id.as_deref());
-        let result = format::write_snapshot(&store, &codec, source, &partitions, |chunk| {
-            metrics.bytes_sent.inc_by(chunk.len() as u64);
-            open = tx.blocking_send(Ok(chunk)).is_ok();
-            open
-        });
+        let result =
+            format::write_snapshot(&store, &codec, source, (&partitions, format), |chunk| {
+                metrics.bytes_sent.inc_by(chunk.len() as u64);
+                open = tx.blocking_send(Ok(chunk)).is_ok();
+                open
+            });
         let outcome = match result {
             Ok(_) if open => "complete",
             Ok(_) => "cut",

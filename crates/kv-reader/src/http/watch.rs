@@ -635,6 +635,7 @@ impl Watch {
         );
         data.expires_at = event.expires_at_ms;
         data.reason = event.expired.then_some(EXPIRED);
+        data.traceparent = event.traceparent.map(|trace| trace.to_string());
         self.write_key_event(event.key(), kind, true, &data);
     }
 
@@ -652,6 +653,7 @@ impl Watch {
                 .filter(|id| id.bytes().all(|b| b.is_ascii_graphic())),
         );
         data.expires_at = entry.expires_at_ms;
+        data.traceparent = entry.traceparent.map(|trace| trace.to_string());
         self.write_key_event(key, WatchEvent::Put, false, &data);
     }
 
@@ -756,6 +758,9 @@ struct ChangeData<'a> {
     offset: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     correlation_id: Option<&'a str>,
+    /// A put's writing request's span (W3C `traceparent`), when its record carried a valid one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
     /// When a put's value expires, in milliseconds since the Unix epoch.
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<u64>,
@@ -788,6 +793,7 @@ impl<'a> ChangeData<'a> {
             partition,
             offset,
             correlation_id,
+            traceparent: None,
             expires_at: None,
             reason: None,
         }

@@ -13,7 +13,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::replica::refusals::ENCRYPTED_ENVELOPE_REASON;
 use crate::replica::schema_registry::BadSchemaHeader;
-use crate::replica::worker::{correlation_id, Worker};
+use crate::replica::worker::{correlation_id, traceparent, Worker};
 use crate::store::{Change, Decided, Precondition};
 
 /// The shortest envelope (docs/wire-format.md): format, key id, nonce, key length, tag.
@@ -129,6 +129,7 @@ impl Worker {
                 partition: message.partition(),
                 offset: message.offset(),
                 correlation_id: correlation_id(message),
+                traceparent: traceparent(message),
                 value,
                 expires_at_ms: ttl.expires_at_ms,
                 precondition: precondition(&ttl, conditions.version),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_core::record::{RecordCodec, CORRELATION_ID_HEADER};
+use kv_core::trace_context::{TraceParent, TRACEPARENT};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -320,4 +321,16 @@ pub(super) fn correlation_id<'m>(message: &'m BorrowedMessage<'_>) -> Option<&'m
         .iter()
         .find(|h| h.key.eq_ignore_ascii_case(CORRELATION_ID_HEADER))
         .and_then(|h| h.value)
+}
+
+/// The writing request's span from the record's `traceparent` header. Anyone who can produce
+/// to the topic could have written that header: only a value that parses is kept, and anything
+/// else is as if there were none.
+pub(super) fn traceparent(message: &BorrowedMessage<'_>) -> Option<TraceParent> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(TRACEPARENT))
+        .and_then(|h| h.value)
+        .and_then(TraceParent::parse)
 }

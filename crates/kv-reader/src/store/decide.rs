@@ -319,6 +319,7 @@ mod tests {
                     partition: 0,
                     offset,
                     correlation_id: None,
+                    traceparent: None,
                     value: Cow::Borrowed(value),
                     expires_at_ms: None,
                     precondition,

@@ -1,13 +1,20 @@
 //! The byte layout of a stored entry, written and read only here: the write transaction, the
 //! reads, the sweep and the bootstrap export all meet an entry, and must agree on its bytes.
 
+use kv_core::trace_context::TraceParent;
+
 use crate::store::at_rest::StoreCipher;
 use crate::store::StoreError;
 
 const ENTRY_FORMAT: u8 = 1;
 /// The format of an entry that expires: the expiry after the offset.
 const ENTRY_FORMAT_EXPIRING: u8 = 2;
+/// Set on either format when the write's `traceparent` follows the offset (and expiry): a flag
+/// rather than two more formats, so that entries without one keep the bytes they always had.
+const TRACED: u8 = 0x10;
 const ENTRY_HEADER_LEN: usize = 1 + 4 + 8 + 1;
+/// The binary `traceparent` ([`TraceParent::to_bytes`]).
+const TRACE_LEN: usize = 25;
 
 /// A value as stored, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +22,8 @@ pub struct StoredEntry {
     pub partition: i32,
     pub offset: i64,
     pub correlation_id: Option<String>,
+    /// The span of the write that stored the value, from the record's `traceparent` header.
+    pub traceparent: Option<TraceParent>,
     pub value: Vec<u8>,
     /// When the value expires, in milliseconds since the Unix epoch; reads never see it after.
     pub expires_at_ms: Option<u64>,
@@ -32,32 +41,54 @@ fn live_at(expires_at_ms: Option<u64>, now_ms: u64) -> bool {
     expires_at_ms.is_none_or(|at| at > now_ms)
 }
 
+/// Where a stored value came from besides its partition and offset: what the record's headers
+/// said of the write.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct WriteOrigin<'a> {
+    pub correlation_id: Option<&'a [u8]>,
+    pub traceparent: Option<TraceParent>,
+}
+
 /// `[format][partition BE][offset BE][correlation id length][correlation id][value]`, or for an
 /// entry that expires `[format 2][partition BE][offset BE][expires at BE][correlation id
 /// length][correlation id][value]`: entries without an expiry keep the first format, so stores
-/// written before TTLs existed read as they were.
+/// written before TTLs existed read as they were. A write's trace sets [`TRACED`] in the format
+/// byte and puts its 25 bytes right before the correlation id's length; entries without one
+/// are the bytes they were before traces were kept.
 pub(super) fn encode_entry(
     out: &mut Vec<u8>,
     partition: i32,
     offset: i64,
-    correlation_id: Option<&[u8]>,
+    origin: WriteOrigin<'_>,
     value: &[u8],
     expires_at_ms: Option<u64>,
 ) {
+    let WriteOrigin {
+        correlation_id,
+        traceparent,
+    } = origin;
     // Ids longer than a byte's worth are cut; they are for tracing, not identity.
     let correlation_id = correlation_id.unwrap_or_default();
     let correlation_id = &correlation_id[..correlation_id.len().min(u8::MAX as usize)];
     out.clear();
-    out.reserve(ENTRY_HEADER_LEN + 8 + correlation_id.len() + value.len());
-    out.push(if expires_at_ms.is_some() {
+    out.reserve(ENTRY_HEADER_LEN + 8 + TRACE_LEN + correlation_id.len() + value.len());
+    let format = if expires_at_ms.is_some() {
         ENTRY_FORMAT_EXPIRING
     } else {
         ENTRY_FORMAT
+    };
+    out.push(if traceparent.is_some() {
+        format | TRACED
+    } else {
+        format
     });
     out.extend_from_slice(&partition.to_be_bytes());
     out.extend_from_slice(&offset.to_be_bytes());
     if let Some(expires_at) = expires_at_ms {
         out.extend_from_slice(&expires_at.to_be_bytes());
+    }
+    if let Some(traceparent) = traceparent {
+        out.extend_from_slice(&traceparent.to_bytes());
     }
     out.push(correlation_id.len() as u8);
     out.extend_from_slice(correlation_id);
@@ -66,9 +97,9 @@ pub(super) fn encode_entry(
 
 /// An entry's expiry, read from its first bytes without decoding the rest.
 pub(super) fn entry_expiry(raw: &[u8]) -> Result<Option<u64>, StoreError> {
-    match raw.first() {
-        Some(&ENTRY_FORMAT) => Ok(None),
-        Some(&ENTRY_FORMAT_EXPIRING) => raw
+    match raw.first().map(|format| format & !TRACED) {
+        Some(ENTRY_FORMAT) => Ok(None),
+        Some(ENTRY_FORMAT_EXPIRING) => raw
             .get(13..21)
             .and_then(|bytes| bytes.try_into().ok())
             .map(|bytes| Some(u64::from_be_bytes(bytes)))
@@ -87,6 +118,7 @@ pub(super) struct EntryView<'a> {
     partition: i32,
     offset: i64,
     correlation_id: &'a [u8],
+    traceparent: Option<TraceParent>,
     pub(super) value: &'a [u8],
     expires_at_ms: Option<u64>,
 }
@@ -94,10 +126,18 @@ pub(super) struct EntryView<'a> {
 impl<'a> EntryView<'a> {
     pub(super) fn of(raw: &'a [u8]) -> Result<EntryView<'a>, StoreError> {
         let expires_at_ms = entry_expiry(raw)?;
-        let header_len = ENTRY_HEADER_LEN + if expires_at_ms.is_some() { 8 } else { 0 };
+        let expiry_len = if expires_at_ms.is_some() { 8 } else { 0 };
+        let traced = raw[0] & TRACED != 0;
+        let trace_len = if traced { TRACE_LEN } else { 0 };
+        let header_len = ENTRY_HEADER_LEN + expiry_len + trace_len;
         if raw.len() < header_len {
             return Err(StoreError::CorruptEntry);
         }
+        let trace_at = ENTRY_HEADER_LEN - 1 + expiry_len;
+        let traceparent = match raw[trace_at..trace_at + trace_len].try_into() {
+            Ok(bytes) if traced => Some(TraceParent::from_bytes(bytes)),
+            _ => None,
+        };
         let partition =
             i32::from_be_bytes(raw[1..5].try_into().map_err(|_| StoreError::CorruptEntry)?);
         let offset = i64::from_be_bytes(
@@ -115,6 +155,7 @@ impl<'a> EntryView<'a> {
             partition,
             offset,
             correlation_id,
+            traceparent,
             value,
             expires_at_ms,
         })
@@ -132,6 +173,7 @@ pub(super) fn decode_entry(raw: &[u8]) -> Result<StoredEntry, StoreError> {
         offset: view.offset,
         correlation_id: (!view.correlation_id.is_empty())
             .then(|| String::from_utf8_lossy(view.correlation_id).into_owned()),
+        traceparent: view.traceparent,
         value: view.value.to_vec(),
         expires_at_ms: view.expires_at_ms,
     })
@@ -172,29 +214,73 @@ mod tests {
 
     use super::*;
 
+    const CORRELATION: WriteOrigin<'static> = WriteOrigin {
+        correlation_id: Some(b"corr-1"),
+        traceparent: None,
+    };
+
     #[test]
-    fn an_entry_reads_back_as_written_with_or_without_an_expiry() {
+    fn an_entry_reads_back_as_written_with_or_without_an_expiry_or_a_trace() {
+        let trace = TraceParent::start();
         let mut out = Vec::new();
         for expires_at_ms in [None, Some(1_767_225_600_000)] {
-            encode_entry(&mut out, 3, 41, Some(b"corr-1"), b"value", expires_at_ms);
-            assert_eq!(entry_expiry(&out).expect("expiry"), expires_at_ms);
-            assert_eq!(
-                decode_entry(&out).expect("entry"),
-                StoredEntry {
-                    partition: 3,
-                    offset: 41,
-                    correlation_id: Some("corr-1".to_owned()),
-                    value: b"value".to_vec(),
-                    expires_at_ms,
-                }
-            );
+            for traceparent in [None, Some(trace)] {
+                let origin = WriteOrigin {
+                    traceparent,
+                    ..CORRELATION
+                };
+                encode_entry(&mut out, 3, 41, origin, b"value", expires_at_ms);
+                assert_eq!(entry_expiry(&out).expect("expiry"), expires_at_ms);
+                assert!(entry_is_live(&out, 0));
+                assert_eq!(
+                    decode_entry(&out).expect("entry"),
+                    StoredEntry {
+                        partition: 3,
+                        offset: 41,
+                        correlation_id: Some("corr-1".to_owned()),
+                        traceparent,
+                        value: b"value".to_vec(),
+                        expires_at_ms,
+                    }
+                );
+                assert!(matches!(
+                    decode_entry(&out[..ENTRY_HEADER_LEN + 3]),
+                    Err(StoreError::CorruptEntry)
+                ));
+            }
         }
-        encode_entry(&mut out, 0, 0, None, b"", None);
+        encode_entry(&mut out, 0, 0, WriteOrigin::default(), b"", None);
         assert_eq!(decode_entry(&out).expect("entry").correlation_id, None);
         assert!(matches!(
             decode_entry(&out[..out.len() - 1]),
             Err(StoreError::CorruptEntry)
         ));
+    }
+
+    /// Stores written before traces were kept hold these bytes: they must read as they did,
+    /// and an entry without a trace is still written byte for byte the same.
+    #[test]
+    fn an_entry_without_a_trace_keeps_the_bytes_stores_were_written_with() {
+        let mut plain = vec![1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 41, 6];
+        plain.extend_from_slice(b"corr-1value");
+        let mut expiring = vec![2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 41];
+        expiring.extend_from_slice(&1_767_225_600_000u64.to_be_bytes());
+        expiring.push(6);
+        expiring.extend_from_slice(b"corr-1value");
+        let mut out = Vec::new();
+        for (bytes, expires_at_ms) in [(plain, None), (expiring, Some(1_767_225_600_000))] {
+            let entry = decode_entry(&bytes).expect("an entry of the earlier format");
+            assert_eq!(
+                (
+                    entry.traceparent,
+                    entry.expires_at_ms,
+                    entry.value.as_slice()
+                ),
+                (None, expires_at_ms, &b"value"[..])
+            );
+            encode_entry(&mut out, 3, 41, CORRELATION, b"value", expires_at_ms);
+            assert_eq!(out, bytes);
+        }
     }
 
     #[test]

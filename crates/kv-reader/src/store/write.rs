@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 use redb::{ReadableTable, WriteTransaction};
 
 use kv_core::conditional::Condition;
+use kv_core::trace_context::TraceParent;
 
-use super::entry::{decode_entry, encode_entry, entry_expiry, open_entry, seal_entry, StoredEntry};
+use super::entry::{
+    decode_entry, encode_entry, entry_expiry, open_entry, seal_entry, StoredEntry, WriteOrigin,
+};
 use super::tables::{
     ComputedTables, ExpiryKey, IdempotencyKey, IdempotencyRow, OutcomeRow, SweepRow, DELETED,
     DELETED_BY_TIME, ENTRIES, EXPIRIES, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, NEXT_OFFSETS, OUTCOMES,
@@ -39,6 +42,8 @@ pub enum Change<'a> {
         partition: i32,
         offset: i64,
         correlation_id: Option<&'a [u8]>,
+        /// The writing request's span: a valid `traceparent` header, or none.
+        traceparent: Option<TraceParent>,
         value: Cow<'a, [u8]>,
         /// When the value expires, in milliseconds since the Unix epoch.
         expires_at_ms: Option<u64>,
@@ -240,7 +245,7 @@ impl<'t> Writing<'t> {
         user_key: &[u8],
         partition: i32,
         offset: i64,
-        correlation_id: Option<&[u8]>,
+        origin: WriteOrigin<'_>,
         value: &[u8],
         expires_at_ms: Option<u64>,
     ) -> Result<(), StoreError> {
@@ -249,7 +254,7 @@ impl<'t> Writing<'t> {
             &mut encoded,
             partition,
             offset,
-            correlation_id,
+            origin,
             value,
             expires_at_ms,
         );
@@ -333,7 +338,7 @@ impl<'t> Writing<'t> {
         user_key: &[u8],
         partition: i32,
         version: i64,
-        correlation_id: Option<&[u8]>,
+        origin: WriteOrigin<'_>,
         value: &[u8],
         expires_at_ms: Option<u64>,
         swept: &dyn Fn(i32) -> bool,
@@ -351,7 +356,7 @@ impl<'t> Writing<'t> {
                 user_key,
                 partition,
                 version,
-                correlation_id,
+                origin,
                 value,
                 expires_at_ms,
             )
@@ -398,12 +403,17 @@ impl<'t> Writing<'t> {
                 partition,
                 offset,
                 correlation_id,
+                traceparent,
                 value,
                 expires_at_ms,
                 precondition,
                 decided,
             } => {
                 let user_key = user_key.as_ref();
+                let origin = WriteOrigin {
+                    correlation_id: *correlation_id,
+                    traceparent: *traceparent,
+                };
                 if let Some(decided) = decided {
                     let decision = self.decide(record_key, Some(user_key), *offset, decided)?;
                     let previous = if decided.published && decision.takes_effect() {
@@ -417,7 +427,7 @@ impl<'t> Writing<'t> {
                             user_key,
                             *partition,
                             *offset,
-                            *correlation_id,
+                            origin,
                             value,
                             *expires_at_ms,
                             swept,
@@ -499,7 +509,7 @@ impl<'t> Writing<'t> {
                     user_key,
                     *partition,
                     version,
-                    *correlation_id,
+                    origin,
                     value,
                     *expires_at_ms,
                     swept,
@@ -640,22 +650,30 @@ impl Store {
 mod tests {
     use super::*;
     use crate::settings::Storage;
-    use crate::store::testing::put;
+    use crate::store::testing::{password, put};
 
     #[test]
-    fn an_applied_put_is_readable_with_its_origin() {
-        let store = Store::open(&Storage::Memory, None).expect("store");
-        store
-            .apply_now_sweeping_nothing(&[put(b"k", 7, b"v")], &BTreeMap::from([(0, 8)]))
-            .expect("apply");
-        let entry = store.get(b"k").expect("get").expect("present");
-        assert_eq!(entry.value, b"v");
-        assert_eq!((entry.partition, entry.offset), (0, 7));
-        assert_eq!(entry.correlation_id.as_deref(), Some("corr-1"));
-        assert_eq!(
-            store.next_offsets().expect("offsets"),
-            BTreeMap::from([(0, 8)])
-        );
+    fn an_applied_put_is_readable_with_its_origin_sealed_or_not() {
+        let trace = TraceParent::start();
+        for password in [None, Some(password("pw"))] {
+            let store = Store::open(&Storage::Memory, password.as_ref()).expect("store");
+            let mut traced = put(b"k", 7, b"v");
+            if let Change::Put { traceparent, .. } = &mut traced {
+                *traceparent = Some(trace);
+            }
+            store
+                .apply_now_sweeping_nothing(&[traced], &BTreeMap::from([(0, 8)]))
+                .expect("apply");
+            let entry = store.get(b"k").expect("get").expect("present");
+            assert_eq!(entry.value, b"v");
+            assert_eq!((entry.partition, entry.offset), (0, 7));
+            assert_eq!(entry.correlation_id.as_deref(), Some("corr-1"));
+            assert_eq!(entry.traceparent, Some(trace));
+            assert_eq!(
+                store.next_offsets().expect("offsets"),
+                BTreeMap::from([(0, 8)])
+            );
+        }
     }
 
     #[test]
@@ -694,6 +712,7 @@ mod tests {
             partition: 0,
             offset: 0,
             correlation_id: None,
+            traceparent: None,
             value: Cow::Borrowed(b"Ada"),
             expires_at_ms: None,
             precondition: None,
@@ -735,6 +754,7 @@ mod tests {
             partition: 0,
             offset: 0,
             correlation_id: None,
+            traceparent: None,
             value: Cow::Borrowed(b"Ada"),
             expires_at_ms: None,
             precondition: None,
@@ -770,6 +790,7 @@ mod tests {
                         partition: 0,
                         offset: 1,
                         correlation_id: None,
+                        traceparent: None,
                         value: Cow::Borrowed(b"Ada"),
                         expires_at_ms: None,
                         precondition: None,

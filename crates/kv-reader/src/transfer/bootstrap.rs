@@ -125,7 +125,9 @@ pub fn run(
             continue;
         }
         let started = std::time::Instant::now();
-        let mut request = client.get(format!("{peer}/admin/v1/snapshot{query}"));
+        let mut request = client
+            .get(format!("{peer}/admin/v1/snapshot{query}"))
+            .header(format::FORMAT_REQUEST_HEADER, format::TRACED_FORMAT);
         if let Some(token) = &token {
             request = request.bearer_auth(token.expose());
         }

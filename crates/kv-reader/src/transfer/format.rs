@@ -6,7 +6,8 @@
 //! ```text
 //! magic "KVSNAP\0\x01" | header length u32 | header JSON
 //! { 0x01 | record key len u32 | record key | value len u32 | value | correlation id len u8 |
-//!   correlation id | partition i32 | offset i64 | expires at u64 (ms, 0: never) }*
+//!   correlation id | partition i32 | offset i64 | expires at u64 (ms, 0: never)
+//!   [format 2: | trace len u8 (0 or 25) | the write's traceparent, binary] }*
 //! 0x00 | entries u64 | SHA-256 of every byte before it
 //! ```
 //!
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_core::record::{now_ms, DecodedRecord, RecordCodec};
+use kv_core::trace_context::TraceParent;
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,12 @@ use crate::store::{Change, ComputedRow, ExportHeader, Store, StoreError};
 
 pub const MAGIC: &[u8; 8] = b"KVSNAP\0\x01";
 pub const FORMAT_VERSION: u32 = 1;
+/// Format 1 with each entry's write trace after its expiry. Sent only to a receiver that asks
+/// for it ([`FORMAT_REQUEST_HEADER`]): a receiver of an older release refuses any format but 1.
+pub const TRACED_FORMAT: u32 = 2;
+/// The request header by which a receiver names the newest format it reads; a peer of an older
+/// release ignores it and sends format 1, which every receiver reads.
+pub const FORMAT_REQUEST_HEADER: &str = "x-kv-snapshot-format";
 pub const CONTENT_TYPE: &str = "application/vnd.kafka-kv.snapshot";
 const ENTRY: u8 = 1;
 /// A computed-state row (`store::ComputedRow`), after the entries; its kind follows.
@@ -37,6 +45,8 @@ const REPORT_ROW: u8 = 1;
 const RULED_ROW: u8 = 2;
 const SINK_ROW: u8 = 3;
 const END: u8 = 0;
+/// The length of an entry's trace in [`TRACED_FORMAT`] ([`TraceParent::to_bytes`]).
+const TRACE_LEN: u8 = 25;
 /// Bytes buffered before a chunk goes to the HTTP body.
 const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the store's read and the socket: the memory a transfer may hold.
@@ -88,13 +98,22 @@ pub fn reading(source_format: &str) -> String {
         .join(" ")
 }
 
-/// Streams `store`'s entries of `partitions` into `send`, chunk by chunk, from one read
-/// transaction; `send` returning false (the receiver left) ends it. Runs on a blocking thread.
+/// The format a receiver that names `asked` (its [`FORMAT_REQUEST_HEADER`], if any) is sent.
+pub fn format_for(asked: Option<&str>) -> u32 {
+    match asked.and_then(|asked| asked.trim().parse::<u32>().ok()) {
+        Some(asked) if asked >= TRACED_FORMAT => TRACED_FORMAT,
+        _ => FORMAT_VERSION,
+    }
+}
+
+/// Streams `store`'s entries of `partitions` into `send` in `format`, chunk by chunk, from one
+/// read transaction; `send` returning false (the receiver left) ends it. Runs on a blocking
+/// thread.
 pub fn write_snapshot(
     store: &Store,
     codec: &RecordCodec,
     (topic, cluster_id): (&str, Option<&str>),
-    partitions: &[i32],
+    (partitions, format): (&[i32], u32),
     mut send: impl FnMut(Bytes) -> bool,
 ) -> Result<u64, StoreError> {
     // Both the header and the entries write to it, one after the other.
@@ -117,7 +136,7 @@ pub fn write_snapshot(
              ..
          }| {
             let header = SnapshotHeader {
-                format: FORMAT_VERSION,
+                format,
                 topic: topic.to_owned(),
                 source_format: source_format.unwrap_or_default(),
                 partitions: partitions.to_vec(),
@@ -159,6 +178,15 @@ pub fn write_snapshot(
             out.push(&entry.partition.to_be_bytes());
             out.push(&entry.offset.to_be_bytes());
             out.push(&entry.expires_at_ms.unwrap_or(0).to_be_bytes());
+            if format >= TRACED_FORMAT {
+                match entry.traceparent {
+                    Some(trace) => {
+                        out.push(&[TRACE_LEN]);
+                        out.push(&trace.to_bytes());
+                    }
+                    None => out.push(&[0]),
+                }
+            }
             entries += 1;
             out.open
         },
@@ -369,9 +397,9 @@ fn import_into(
     }
     let header: SnapshotHeader = serde_json::from_slice(&input.take(header_len)?)
         .map_err(|e| ImportError::Malformed(format!("its header: {e}")))?;
-    if header.format != FORMAT_VERSION {
+    if !(FORMAT_VERSION..=TRACED_FORMAT).contains(&header.format) {
         return Err(ImportError::Malformed(format!(
-            "format {}, this reader reads {FORMAT_VERSION}",
+            "format {}, this reader reads {FORMAT_VERSION} to {TRACED_FORMAT}",
             header.format
         )));
     }
@@ -451,11 +479,24 @@ fn import_into(
                     0 => None,
                     at => Some(at),
                 };
+                let traceparent = match header.format {
+                    TRACED_FORMAT => match input.array::<1>()? {
+                        [0] => None,
+                        [TRACE_LEN] => Some(TraceParent::from_bytes(&input.array()?)),
+                        [other] => {
+                            return Err(ImportError::Malformed(format!(
+                                "an entry's trace of {other} bytes"
+                            )))
+                        }
+                    },
+                    _ => None,
+                };
                 batch_bytes += record_key.len() + value.len();
                 batch.push(Frame {
                     record_key,
                     value,
                     correlation_id: (!id.is_empty()).then_some(id),
+                    traceparent,
                     partition,
                     offset,
                     expires_at_ms,
@@ -566,6 +607,7 @@ struct Frame {
     record_key: Vec<u8>,
     value: Vec<u8>,
     correlation_id: Option<Vec<u8>>,
+    traceparent: Option<TraceParent>,
     partition: i32,
     offset: i64,
     expires_at_ms: Option<u64>,
@@ -589,6 +631,7 @@ fn apply(store: &Store, codec: &RecordCodec, frames: &[Frame]) -> Result<(), Imp
                 partition: frame.partition,
                 offset: frame.offset,
                 correlation_id: frame.correlation_id.as_deref(),
+                traceparent: frame.traceparent,
                 value,
                 // An entry already expired applies as a delete, as on a replay.
                 expires_at_ms: frame.expires_at_ms,
@@ -725,6 +768,7 @@ mod tests {
                 partition: *partition,
                 offset: *offset,
                 correlation_id: Some(b"c"),
+                traceparent: (*offset == 3).then_some(WRITE_TRACE),
                 value: Cow::Borrowed(value),
                 expires_at_ms: None,
                 precondition: None,
@@ -737,13 +781,24 @@ mod tests {
         store
     }
 
+    /// The trace of the write of every entry at offset 3 in [`store_with`].
+    const WRITE_TRACE: TraceParent = TraceParent {
+        trace_id: [7; 16],
+        parent_id: [9; 8],
+        flags: 1,
+    };
+
     fn snapshot_of(store: &Store, partitions: &[i32]) -> Vec<u8> {
+        snapshot_in(store, partitions, TRACED_FORMAT)
+    }
+
+    fn snapshot_in(store: &Store, partitions: &[i32], format: u32) -> Vec<u8> {
         let mut bytes = Vec::new();
         write_snapshot(
             store,
             &RecordCodec::Plaintext,
             ("t", Some("c1")),
-            partitions,
+            (partitions, format),
             |chunk| {
                 bytes.extend_from_slice(&chunk);
                 true
@@ -797,6 +852,31 @@ mod tests {
             matches!(error, ImportError::NotOurs { partition: 1, .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_receiver_that_asks_for_traces_takes_them_and_reads_an_older_peers_snapshot_without() {
+        assert_eq!(format_for(Some("2")), TRACED_FORMAT);
+        assert_eq!(format_for(Some("3")), TRACED_FORMAT);
+        assert_eq!(format_for(None), FORMAT_VERSION);
+        assert_eq!(format_for(Some("x")), FORMAT_VERSION);
+        let source = store_with(&[(b"a", 0, 3, b"1"), (b"c", 0, 9, b"")]);
+        for (format, trace) in [(TRACED_FORMAT, Some(WRITE_TRACE)), (FORMAT_VERSION, None)] {
+            let target = Store::open(&Storage::Memory, None).expect("store");
+            let imported = import(
+                &mut snapshot_in(&source, &[0], format).as_slice(),
+                &target,
+                &RecordCodec::Plaintext,
+                &expected(None),
+                &ImportProgress::default(),
+            )
+            .expect("import");
+            assert_eq!(imported.header.format, format);
+            let entry = |key: &[u8]| target.get(key).expect("get").expect("present");
+            assert_eq!(entry(b"a").traceparent, trace, "format {format}");
+            assert_eq!(entry(b"c").traceparent, None);
+            assert_eq!(entry(b"a").correlation_id.as_deref(), Some("c"));
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod topic_safety;
 mod ttl;
 mod watch;
 mod write_then_read;
+mod write_trace;
 
 /// The binary under test, as cargo built it for this test.
 pub const READER: &str = env!("CARGO_BIN_EXE_kv-reader");

@@ -831,3 +831,71 @@ async fn concurrent_forwarded_reads_share_batches_and_each_answers_as_the_owner_
         "no two reads shared a batch: {batches} batches for {reads} reads"
     );
 }
+
+#[tokio::test]
+async fn a_shard_that_does_not_hold_a_key_passes_back_the_trace_of_the_write_that_stored_it() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("shards-trace", PARTITIONS as i32).await;
+    let env = service_env(&broker, &topic);
+    let writer = Service::start(writer(), &env);
+    let shards = Shards::start(READER, &env, SHARDS, 1);
+    let http = reqwest::Client::new();
+    wait_all_ready(&http, &shards).await;
+    let key = key(7);
+    let put = http
+        .put(writer.url(&key_path(key.as_bytes())))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body("traced")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200, "{}", writer.output());
+    let write_span = put.headers()["traceparent"].clone();
+    let token = put.headers()["x-consistency-token"].clone();
+    let other = shards.get((owner(&key) + 1) % SHARDS);
+
+    let read = http
+        .get(other.url(&key_path(key.as_bytes())))
+        .header("x-consistency-token", token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(read.status(), 200, "{}", other.output());
+    assert_eq!(
+        read.headers()["x-served-by"],
+        owner(&key).to_string().as_str()
+    );
+    assert_eq!(read.headers()["x-kv-write-traceparent"], write_span);
+
+    let batch: Value = http
+        .post(other.url("/v1/kv:batchGet"))
+        .json(&serde_json::json!({ "keys": [key] }))
+        .send()
+        .await
+        .expect("batchGet")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        batch["results"][0]["traceparent"],
+        write_span.to_str().expect("text")
+    );
+
+    // A merged watch passes each source's events on as they are.
+    let mut events = open_watch(&http, other, "?prefix=user%2F&snapshot=true", None).await;
+    let listed = loop {
+        let event = tokio::time::timeout(DEADLINE, futures::StreamExt::next(&mut events))
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on");
+        if event.event == "put" {
+            break event;
+        }
+    };
+    let data: Value = serde_json::from_str(&listed.data).expect("json");
+    assert_eq!(data["key"], key.as_str());
+    assert_eq!(data["traceparent"], write_span.to_str().expect("text"));
+}

@@ -352,3 +352,40 @@ async fn each_shard_takes_only_its_own_partitions_from_a_full_replica() {
     assert_eq!(held, expected.len() as f64, "the shards hold each key once");
     assert_eq!(dump(&http, shards.get(1)).await, expected);
 }
+
+#[tokio::test]
+async fn a_reader_bootstrapped_from_a_snapshot_answers_the_trace_of_the_writes_it_took_in() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("snap-trace", PARTITIONS).await;
+    let write_span = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    topic::produce_with_headers(
+        &broker.producer(),
+        &topic,
+        b"traced",
+        b"v",
+        &[("traceparent", write_span.as_bytes())],
+    )
+    .await;
+    let peer = Service::start(READER, &reader_env(&broker, &topic, "snap-trace-peer"));
+    let http = reqwest::Client::new();
+    wait_ready(&http, &peer).await;
+    let mut env = reader_env(&broker, &topic, "snap-trace-new");
+    env.push(("KV_API_BOOTSTRAP_PEERS", peer.base_url.clone()));
+    let fresh = Service::start(READER, &env);
+    wait_ready(&http, &fresh).await;
+
+    let metrics = fresh.metrics(&http).await;
+    assert_eq!(
+        metric(&metrics, "kv_reader_bootstrapped_from_snapshot", &[]),
+        Some(1.0),
+        "{}",
+        fresh.output()
+    );
+    let read = http
+        .get(fresh.url("/v1/kv/traced"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.headers()["x-kv-write-traceparent"], write_span);
+}

@@ -17,7 +17,7 @@ use kv_testkit::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-type Events = Pin<Box<dyn Stream<Item = Event>>>;
+pub(crate) type Events = Pin<Box<dyn Stream<Item = Event>>>;
 
 /// Opens a watch; `query` is the query string, `last_event_id` a resume position.
 async fn request(
@@ -40,7 +40,7 @@ async fn request(
 }
 
 /// A watch's events; fails the test unless the watch was accepted.
-async fn watch(
+pub(crate) async fn watch(
     http: &reqwest::Client,
     reader: &Service,
     query: &str,
@@ -65,7 +65,7 @@ async fn next(events: &mut Events) -> Option<Event> {
 }
 
 /// The next `put` or `delete`, passing over `progress`.
-async fn next_change(events: &mut Events) -> Event {
+pub(crate) async fn next_change(events: &mut Events) -> Event {
     loop {
         let event = next(events).await.expect("the stream goes on");
         if event.event != "progress" {

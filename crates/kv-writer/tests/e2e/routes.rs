@@ -3,6 +3,7 @@
 
 use crate::WRITER;
 use base64::Engine;
+use kv_testkit::otlp::OtlpReceiver;
 use kv_testkit::services::service_env_with as writer_env;
 use kv_testkit::topic::{record_at, records};
 use kv_testkit::{Broker, Service};
@@ -987,4 +988,97 @@ async fn a_write_carries_the_callers_trace_into_the_record_and_starts_one_withou
         .await
         .expect("store");
     assert_eq!(refused.status(), 400);
+}
+
+#[tokio::test]
+async fn a_writes_span_is_exported_over_otlp_in_the_callers_trace_and_a_collector_that_is_down_costs_no_write(
+) {
+    let broker = Broker::start();
+    let topic = broker.create_topic("exported", 1).await;
+    let collector = OtlpReceiver::start();
+    let writer = Service::start(
+        WRITER,
+        &writer_env(
+            &broker,
+            &topic,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ],
+        ),
+    );
+    let http = reqwest::Client::new();
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    let written = http
+        .put(writer.url("/v1/kv/exported"))
+        .header("traceparent", caller)
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(written.status(), 200, "{}", writer.output());
+    let answered = written.headers()["traceparent"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    let span = collector
+        .span_in("kv-writer", "4bf92f3577b34da6a3ce929d0e0e4736")
+        .await;
+    // The span the answer and the record name, a child of the caller's.
+    assert_eq!(span.span_id, answered[36..52]);
+    assert_eq!(span.parent_span_id, "00f067aa0ba902b7");
+    assert_eq!(span.name, "PUT /v1/kv/{key}");
+    assert_eq!(span.attribute("http.response.status_code"), Some("200"));
+
+    // A trace the writer starts is sampled, so its span is exported too.
+    let untraced = http
+        .put(writer.url("/v1/kv/exported"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    let started = untraced.headers()["traceparent"].to_str().expect("text");
+    assert!(started.ends_with("-01"), "{started}");
+    let span = collector.span_in("kv-writer", &started[3..35]).await;
+    assert_eq!(span.parent_span_id, "");
+
+    // No collector where one is configured: writes are answered as ever, spans are counted.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nowhere = format!("http://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    let alone = Service::start(
+        WRITER,
+        &writer_env(
+            &broker,
+            &topic,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", nowhere.as_str()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ],
+        ),
+    );
+    for _ in 0..3 {
+        let written = http
+            .put(alone.url("/v1/kv/exported"))
+            .body("v")
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(written.status(), 200, "{}", alone.output());
+    }
+    kv_testkit::eventually(
+        "the failed export counted",
+        kv_testkit::DEADLINE,
+        || async {
+            let text = alone.metrics(&http).await;
+            let failed = kv_testkit::metric(
+                &text,
+                "kv_otlp_spans_dropped_total",
+                &[("reason", "export_failed")],
+            )?;
+            (failed >= 3.0).then_some(())
+        },
+    )
+    .await;
 }
