@@ -873,15 +873,29 @@ watch_goal_tansu=$(awk -v f="${fresh_tansu_p99:-0}" 'BEGIN { printf "%.1f", f + 
 # the full count; Tansu's sqlite storage slows past some 20 000 records (see 2.), so it gets a
 # twentieth.
 [ "$mode" = full ] && ttl_keys="${BENCH_TTL_KEYS:-100000}" || ttl_keys="${BENCH_TTL_KEYS:-10000}"
+ttl_shard_sweeper() { # ttl_shard_sweeper PORT: the sweeper of ttl_sweep_on mock, on PORT
+    "${service_env[@]}" KAFKA_BOOTSTRAP_SERVERS="$broker" KV_API_KAFKA_KEY_VALUE_TOPIC="$pair_topic" \
+        KAFKA_GROUP_ID="ttl-sweeper-mock" KV_API_OWNER=true KV_API_SHARD=0/1 \
+        KV_API_SHARD_PEERS="http://127.0.0.1:$1" KV_API_LISTEN="127.0.0.1:$1" \
+        "$bin/kv-reader" >>"$work/ttl-sweeper-mock.log" 2>&1 &
+    started_pid=$!
+}
 ttl_sweep_on() { # ttl_sweep_on mock|tansu KEYS LASTING: sets ttl_<broker>_{404,tombstones,during,after}
     local broker wport rport pair_topic sport out="$work/ttl-$1.txt"
     broker_of "$1"
     # The sweeper joins the pair's topic: the plain reader and the sweeper read the same records.
     pair_on "$broker" "ttl-$1"
-    start_service "$work/ttl-sweeper-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" \
-        KV_API_KAFKA_KEY_VALUE_TOPIC="$pair_topic" KAFKA_GROUP_ID="ttl-sweeper-$1" \
-        KV_API_TTL_SWEEPER=true "$bin/kv-reader" || die "$svc_error"
-    sport=$svc_port
+    if [ "$1" = mock ]; then
+        # The MockCluster offers no CreateTopics, so no owners' lease topic (KV_API_OWNER_TOPIC):
+        # there the sweeper is a shard of one, an owner found through its shard peers instead.
+        on_free_port "the TTL sweeper" ttl_shard_sweeper
+        sport=$started_port
+    else
+        start_service "$work/ttl-sweeper-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" \
+            KV_API_KAFKA_KEY_VALUE_TOPIC="$pair_topic" KAFKA_GROUP_ID="ttl-sweeper-$1" \
+            KV_API_TTL_SWEEPER=true "$bin/kv-reader" || die "$svc_error"
+        sport=$svc_port
+    fi
     wait_ready "http://127.0.0.1:$sport/healthz/ready"
     "$bin/examples/ttl_sweep" "http://127.0.0.1:$wport" "http://127.0.0.1:$sport" \
         "http://127.0.0.1:$rport" "$2" "$3" >"$out" 2>"$work/ttl-$1.log" ||
