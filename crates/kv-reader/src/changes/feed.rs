@@ -376,7 +376,11 @@ impl ChangeFeed {
                         traceparent: *traceparent,
                     },
                 },
-                Change::Delete { precondition, .. } => {
+                Change::Delete {
+                    precondition,
+                    traceparent,
+                    ..
+                } => {
                     let Some((_, key)) = removed.next_if(|(at, _)| *at == index) else {
                         continue;
                     };
@@ -387,7 +391,7 @@ impl ChangeFeed {
                         expires_at_ms: None,
                         expired: matches!(precondition, Some(Precondition::Expires(_))),
                         stands_at,
-                        traceparent: None,
+                        traceparent: *traceparent,
                     }
                 }
                 // Reports, ticks and sink marks are never entries.
@@ -803,6 +807,7 @@ mod tests {
                 user_key: None,
                 partition: 0,
                 offset: 0,
+                traceparent: None,
                 precondition: None,
                 decided: None,
             },
@@ -811,6 +816,7 @@ mod tests {
                 user_key: None,
                 partition: 0,
                 offset: 0,
+                traceparent: None,
                 precondition: None,
                 decided: None,
             },
@@ -909,6 +915,30 @@ mod tests {
         );
         let bad = ChangeEvent::new((0, 0, Some(b"a\nb")), shape(b"k", b"v"));
         assert_eq!(bad.correlation_id(), None);
+    }
+
+    #[test]
+    fn a_delete_event_carries_the_trace_of_the_request_that_deleted() {
+        let feed = feed(16, 1 << 20);
+        let trace = TraceParent::start();
+        let changes = [Change::Delete {
+            record_key: b"gone",
+            user_key: Some(b"gone"),
+            partition: 0,
+            offset: 0,
+            traceparent: Some(trace),
+            precondition: None,
+            decided: None,
+        }];
+        feed.publish(
+            &changes,
+            &[(0, 0, None)],
+            &committed(&[(0, b"gone".to_vec())], &BTreeMap::from([(0, 1)])),
+        );
+        let mut events = Vec::new();
+        feed.read(0, 0, 16, &mut events);
+        let seen: Vec<_> = events.iter().map(|e| (e.kind, e.traceparent)).collect();
+        assert_eq!(seen, [(ChangeKind::Delete, Some(trace))]);
     }
 
     #[test]

@@ -758,7 +758,8 @@ struct ChangeData<'a> {
     offset: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     correlation_id: Option<&'a str>,
-    /// A put's writing request's span (W3C `traceparent`), when its record carried a valid one.
+    /// The span of the request that wrote the put or the delete (W3C `traceparent`), when its
+    /// record carried a valid one.
     #[serde(skip_serializing_if = "Option::is_none")]
     traceparent: Option<String>,
     /// When a put's value expires, in milliseconds since the Unix epoch.

@@ -141,6 +141,7 @@ impl Worker {
                 user_key: matches!(self.codec, RecordCodec::Plaintext).then_some(record_key),
                 partition: message.partition(),
                 offset: message.offset(),
+                traceparent: traceparent(message),
                 precondition: precondition(&ttl, None),
                 decided: decided(message, conditions),
             }),

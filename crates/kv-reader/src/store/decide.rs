@@ -330,6 +330,7 @@ mod tests {
                     user_key: Some(&self.key),
                     partition: 0,
                     offset,
+                    traceparent: None,
                     precondition,
                     decided,
                 },

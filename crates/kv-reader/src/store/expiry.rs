@@ -432,6 +432,7 @@ mod tests {
             user_key: Some(key),
             partition: 0,
             offset,
+            traceparent: None,
             precondition,
             decided: None,
         }
@@ -830,6 +831,7 @@ mod tests {
                 user_key: Some(&record.key),
                 partition: 0,
                 offset,
+                traceparent: None,
                 precondition: record.precondition,
                 decided: None,
             },

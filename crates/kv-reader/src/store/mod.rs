@@ -472,6 +472,7 @@ mod tests {
                     user_key: Some(b"order/1"),
                     partition: 0,
                     offset: 9,
+                    traceparent: None,
                     precondition: None,
                     decided: None,
                 }],

@@ -60,6 +60,8 @@ pub enum Change<'a> {
         user_key: Option<&'a [u8]>,
         partition: i32,
         offset: i64,
+        /// The deleting request's span: a valid `traceparent` header, or none.
+        traceparent: Option<TraceParent>,
         /// Set on a record the TTL sweeper wrote: when it applies.
         precondition: Option<Precondition>,
         /// Set on a record a writer waits on: decided in log order (`store::decide`).
@@ -523,6 +525,7 @@ impl<'t> Writing<'t> {
                 offset,
                 precondition,
                 decided,
+                ..
             } => {
                 let user_key = self.user_key_of(record_key, *user_key)?;
                 let decision = match decided {
@@ -689,6 +692,7 @@ mod tests {
                         user_key: Some(b"gone"),
                         partition: 0,
                         offset: 9,
+                        traceparent: None,
                         precondition: None,
                         decided: None,
                     },
@@ -736,6 +740,7 @@ mod tests {
                     user_key: None,
                     partition: 0,
                     offset: 9,
+                    traceparent: None,
                     precondition: None,
                     decided: None,
                 }],
@@ -765,6 +770,7 @@ mod tests {
             user_key: None,
             partition: 0,
             offset: 9,
+            traceparent: None,
             precondition: None,
             decided: None,
         };
@@ -801,6 +807,7 @@ mod tests {
                         user_key: Some(b"never-written"),
                         partition: 0,
                         offset: 0,
+                        traceparent: None,
                         precondition: None,
                         decided: None,
                     },
@@ -809,6 +816,7 @@ mod tests {
                         user_key: None,
                         partition: 0,
                         offset: 0,
+                        traceparent: None,
                         precondition: None,
                         decided: None,
                     },
@@ -817,6 +825,7 @@ mod tests {
                         user_key: Some(b"plain"),
                         partition: 0,
                         offset: 0,
+                        traceparent: None,
                         precondition: None,
                         decided: None,
                     },

@@ -1,5 +1,5 @@
 //! The trace of a write, carried from kv-writer's HTTP request through the Kafka record into the
-//! reader's store, and out again on reads of the value and on watch events.
+//! reader's store, and out again on reads of the value and on watch events (a delete's too).
 
 use crate::watch::{next_change, watch};
 use crate::{writer, READER};
@@ -131,6 +131,23 @@ async fn a_read_and_a_watch_answer_the_trace_of_the_write_that_stored_the_value(
         [&json!(write_span), &Value::Null, &Value::Null],
         "{batch}"
     );
+
+    // A delete's event carries the deleting request's span.
+    let deleted = http
+        .delete(writer.url("/v1/kv/traced%2Fa"))
+        .header("traceparent", CALLER)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), 200, "{}", writer.output());
+    let delete_span = deleted.headers()["traceparent"].to_str().expect("text");
+    let delete = next_change(&mut live).await;
+    let data: Value = serde_json::from_str(&delete.data).expect("json");
+    assert_eq!(
+        (delete.event.as_str(), &data["key"]),
+        ("delete", &json!("traced/a"))
+    );
+    assert_eq!(data["traceparent"], delete_span);
 }
 
 #[tokio::test]
