@@ -793,36 +793,23 @@ async fn concurrent_forwarded_reads_share_batches_and_each_answers_as_the_owner_
     }
 
     let metrics = through.metrics(&http).await;
-    let batches: f64 = ["1", "2"]
-        .iter()
-        .filter_map(|peer| {
-            metric(
-                &metrics,
-                "kv_reader_forward_batch_keys_count",
-                &[("peer", peer)],
-            )
-        })
-        .sum();
-    let reads: f64 = ["1", "2"]
-        .iter()
-        .filter_map(|peer| {
-            metric(
-                &metrics,
-                "kv_reader_forward_batch_keys_sum",
-                &[("peer", peer)],
-            )
-        })
-        .sum();
-    let forwards: f64 = ["1", "2"]
-        .iter()
-        .filter_map(|peer| {
-            metric(
-                &metrics,
-                "kv_reader_forwarded_requests_total",
-                &[("peer", peer), ("outcome", "answered")],
-            )
-        })
-        .sum();
+    // Shard 0 forwards to shards 1 and 2.
+    let over_peers = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        ["1", "2"]
+            .iter()
+            .filter_map(|peer| {
+                let mut labels = labels.to_vec();
+                labels.push(("peer", peer));
+                metric(&metrics, name, &labels)
+            })
+            .sum()
+    };
+    let batches = over_peers("kv_reader_forward_batch_keys_count", &[]);
+    let reads = over_peers("kv_reader_forward_batch_keys_sum", &[]);
+    let forwards = over_peers(
+        "kv_reader_forwarded_requests_total",
+        &[("outcome", "answered")],
+    );
     assert_eq!(forwards, batches, "every read was answered by its batch");
     // The rounds' reads, and the polls of the wait for the writes before them.
     assert!(reads >= 3.0 * foreign.len() as f64, "{reads} reads counted");
