@@ -19,10 +19,13 @@ use serde_json::Value;
 use crate::cluster::coalesce::{Coalesced, ForwardBatches, NotCoalesced};
 use crate::cluster::fanout::PartError;
 use crate::cluster::forward::{
-    key_path, passed_back, read_bounded, Outgoing, FORWARDED_REQUEST_HEADERS, SERVED_BY,
+    key_path, passed_back, read_bounded, Outgoing, FORWARDED_REQUEST_HEADERS,
 };
 use crate::cluster::Target;
 use crate::http::entry::value_response;
+use crate::http::freshness::{
+    REPLICA_APPLIED_HEADER, REPLICA_LAG_HEADER, REPLICA_SILENCE_HEADER, SERVED_BY_HEADER,
+};
 use crate::http::request::ReadRequest;
 use crate::http::state::{HttpState, PeerClient};
 use crate::read::{Placement, ReadError};
@@ -151,13 +154,12 @@ fn coalesced_answer(coalesced: Coalesced) -> Option<HttpResponse> {
         Found::Unreadable => return None,
     };
     for (name, value) in coalesced.headers.iter() {
-        if BATCH_HEADERS_PASSED_ON.contains(&name.as_str()) {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_str().as_bytes()),
-                HeaderValue::from_bytes(value.as_bytes()),
-            ) {
-                answer.headers_mut().insert(name, value);
-            }
+        let passed_on = BATCH_HEADERS_PASSED_ON
+            .iter()
+            .find(|passed_on| passed_on.as_str() == name.as_str())
+            .cloned();
+        if let (Some(name), Ok(value)) = (passed_on, HeaderValue::from_bytes(value.as_bytes())) {
+            answer.headers_mut().insert(name, value);
         }
     }
     Some(answer)
@@ -211,11 +213,11 @@ fn entry_of(item: &Value) -> Found {
 
 /// The headers of an owner's batch answer that describe each of its reads: who served it and
 /// how fresh the owner was.
-const BATCH_HEADERS_PASSED_ON: [&str; 4] = [
-    SERVED_BY,
-    "x-replica-applied",
-    "x-replica-lag",
-    "x-replica-silence-ms",
+const BATCH_HEADERS_PASSED_ON: [HeaderName; 4] = [
+    SERVED_BY_HEADER,
+    REPLICA_APPLIED_HEADER,
+    REPLICA_LAG_HEADER,
+    REPLICA_SILENCE_HEADER,
 ];
 
 /// Where the read of `key` goes at its owner: the route's own path, rebuilt from the decoded
