@@ -194,6 +194,28 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if
 field() { sed -n "s/\\(^\\|.* \\)$1=\\([^ ]*\\).*/\\2/p"; } # field NAME < "BENCH a=1 b=2"
 rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 hwm_mb() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+to_ms() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f\n", v }'; }
+
+http_reads() { # http_reads PORT LABEL [SCRIPT]: warm-up, then $runs runs; medians into <label>_{rps,p50,p99}
+    local out="$work/wrk-$2.txt" script="${3:-$work/random.lua}"
+    : >"$out"
+    BENCH_KEYS="$keys" wrk -t"$threads" -c"$connections" -d"${warmup}s" -s "$script" \
+        "http://127.0.0.1:$1" >/dev/null
+    for _ in $(seq 1 "$runs"); do
+        BENCH_KEYS="$keys" wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency \
+            -s "$script" "http://127.0.0.1:$1" >"$work/wrk-run.txt"
+        cat "$work/wrk-run.txt" >>"$out"
+        if grep -q "Non-2xx" "$work/wrk-run.txt"; then die "$2 answered non-2xx; see $out"; fi
+        printf 'RUN rps=%s p50=%s p99=%s\n' \
+            "$(awk '/Requests\/sec/ { print $2 }' "$work/wrk-run.txt")" \
+            "$(awk '$1 == "50%" { print $2 }' "$work/wrk-run.txt" | to_ms)" \
+            "$(awk '$1 == "99%" { print $2 }' "$work/wrk-run.txt" | to_ms)" >>"$out"
+    done
+    fig "${2}_rps" "$(grep '^RUN' "$out" | field rps | median)"
+    fig "${2}_p50" "$(grep '^RUN' "$out" | field p50 | median)"
+    fig "${2}_p99" "$(grep '^RUN' "$out" | field p99 | median)"
+}
+
 
 # --- brokers: librdkafka's MockCluster (fast, in memory) and Tansu (the local test broker) ----
 "$bin/examples/mock_cluster" >"$work/mock.out" 2>"$work/mock.log" &
@@ -510,28 +532,6 @@ request = function()
     return wrk.format("GET", string.format("/v1/kv/key-%09d", math.random(0, keys - 1)))
 end
 LUA
-
-to_ms() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f\n", v }'; }
-
-http_reads() { # http_reads PORT LABEL [SCRIPT]: warm-up, then $runs runs; medians into <label>_{rps,p50,p99}
-    local out="$work/wrk-$2.txt" script="${3:-$work/random.lua}"
-    : >"$out"
-    BENCH_KEYS="$keys" wrk -t"$threads" -c"$connections" -d"${warmup}s" -s "$script" \
-        "http://127.0.0.1:$1" >/dev/null
-    for _ in $(seq 1 "$runs"); do
-        BENCH_KEYS="$keys" wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency \
-            -s "$script" "http://127.0.0.1:$1" >"$work/wrk-run.txt"
-        cat "$work/wrk-run.txt" >>"$out"
-        if grep -q "Non-2xx" "$work/wrk-run.txt"; then die "$2 answered non-2xx; see $out"; fi
-        printf 'RUN rps=%s p50=%s p99=%s\n' \
-            "$(awk '/Requests\/sec/ { print $2 }' "$work/wrk-run.txt")" \
-            "$(awk '$1 == "50%" { print $2 }' "$work/wrk-run.txt" | to_ms)" \
-            "$(awk '$1 == "99%" { print $2 }' "$work/wrk-run.txt" | to_ms)" >>"$out"
-    done
-    fig "${2}_rps" "$(grep '^RUN' "$out" | field rps | median)"
-    fig "${2}_p50" "$(grep '^RUN' "$out" | field p50 | median)"
-    fig "${2}_p99" "$(grep '^RUN' "$out" | field p99 | median)"
-}
 
 nginx_on() {
     mkdir -p "$work/nginx/www" "$work/nginx/tmp"
