@@ -218,7 +218,9 @@ http_reads() { # http_reads PORT LABEL [SCRIPT]: warm-up, then $runs runs; media
 
 
 # --- brokers: librdkafka's MockCluster (fast, in memory) and Tansu (the local test broker) ----
-"$bin/examples/mock_cluster" >"$work/mock.out" 2>"$work/mock.log" &
+# The conditional step's topics exist from the start: the mock has no CreateTopics, and owner
+# candidates need a one-partition lease topic.
+"$bin/examples/mock_cluster" 1 cond-mock:3 cond-mock-owners:1 >"$work/mock.out" 2>"$work/mock.log" &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q bootstrap= "$work/mock.out" && break; sleep 0.1; done
 mock=$(field bootstrap <"$work/mock.out")
@@ -394,21 +396,21 @@ fi
 # counter, so nothing conflicts), on the same topic of one broker; then kills the first candidate
 # and times the next applied conditional write and the survivor owning every partition.
 conditional_on() { # conditional_on mock|tansu: sets cond_<broker>_{plain_wps,...}
-    local broker topic="cond-$1-$RANDOM" out="$work/conditional-$1.txt" a_port a_pid b_port
+    local broker topic="cond-$1-$RANDOM" out="$work/conditional-$1.txt" a_port a_pid b_port fetch_wait=() count=$cond_writes
     broker_of "$1"
-    KAFKA_BOOTSTRAP_SERVERS="$broker" timeout 15 "$bin/examples/create_topic" "$topic" 3 >/dev/null 2>&1 || true
-    # The MockCluster has no CreateTopics: a first write creates the topic before readers start.
-    start_service "$work/cond-first-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" \
-        KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" "$bin/kv-writer" || die "$svc_error"
-    for _ in $(seq 1 100); do
-        curl -fsS -o /dev/null -X PUT --data-binary first "http://127.0.0.1:$svc_port/v1/kv/first" && break
-        sleep 0.2
-    done
+    if [ "$1" = mock ]; then
+        # Made when the mock started (it has no CreateTopics), with its lease topic. The mock,
+        # like Tansu, holds a fetch for fetch.wait.max.ms even when records arrive meanwhile;
+        # Apache Kafka answers a fetch as soon as a record arrives, which a 5 ms wait stands for.
+        topic=cond-mock fetch_wait=(KAFKA_FETCH_WAIT_MAX_MS=5) count=$writes
+    else
+        KAFKA_BOOTSTRAP_SERVERS="$broker" timeout 15 "$bin/examples/create_topic" "$topic" 3 >/dev/null 2>&1 || true
+    fi
     start_service "$work/cond-a-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
-        KAFKA_GROUP_ID="cond-a" KV_API_OWNER=true "$bin/kv-reader" || die "$svc_error"
+        KAFKA_GROUP_ID="cond-a" KV_API_OWNER=true "${fetch_wait[@]}" "$bin/kv-reader" || die "$svc_error"
     a_port=$svc_port a_pid=$svc_pid
     start_service "$work/cond-b-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
-        KAFKA_GROUP_ID="cond-b" KV_API_OWNER=true "$bin/kv-reader" || die "$svc_error"
+        KAFKA_GROUP_ID="cond-b" KV_API_OWNER=true "${fetch_wait[@]}" "$bin/kv-reader" || die "$svc_error"
     b_port=$svc_port
     start_service "$work/cond-writer-$1.log" KAFKA_BOOTSTRAP_SERVERS="$broker" KV_API_KAFKA_KEY_VALUE_TOPIC="$topic" \
         KV_API_READERS="http://127.0.0.1:$a_port,http://127.0.0.1:$b_port" "$bin/kv-writer" || die "$svc_error"
@@ -416,7 +418,7 @@ conditional_on() { # conditional_on mock|tansu: sets cond_<broker>_{plain_wps,..
     wait_ready "http://127.0.0.1:$a_port/healthz/ready"
     wait_ready "http://127.0.0.1:$b_port/healthz/ready"
     wait_ready "http://127.0.0.1:$wport/healthz/ready"
-    "$bin/examples/conditional" rates "http://127.0.0.1:$wport" "$cond_writes" "$connections" \
+    "$bin/examples/conditional" rates "http://127.0.0.1:$wport" "$count" "$connections" \
         >"$out" 2>"$work/conditional-$1.log" || die "the conditional rates on $1 failed: $(tail -1 "$work/conditional-$1.log")"
     "$bin/examples/conditional" failover "http://127.0.0.1:$wport" "$a_pid" "http://127.0.0.1:$b_port" \
         >>"$out" 2>>"$work/conditional-$1.log" || die "the owner failover on $1 failed: $(tail -1 "$work/conditional-$1.log")"
@@ -427,8 +429,9 @@ conditional_on() { # conditional_on mock|tansu: sets cond_<broker>_{plain_wps,..
 }
 # Tansu's sqlite storage slows past some 20 000 records (see 2.): at most 3 000 writes a side.
 cond_writes=$((writes < 3000 ? writes : 3000))
-# On Tansu only: the MockCluster offers no CreateTopics for the owners' lease topic.
 if [ -z "${BENCH_ONLY:-}" ] || [ "$BENCH_ONLY" = conditional ]; then
+    log "conditional writes: $writes unconditional then $writes conditional on the MockCluster"
+    step conditional-mock conditional_on mock
     log "conditional writes: $cond_writes unconditional then $cond_writes conditional on a fresh Tansu"
     step conditional-tansu conditional_on tansu
 fi
@@ -969,7 +972,7 @@ table="$work/results.md"
     limit_row "8. write -> watch event p99, 100 watchers, Tansu$(retried watch-tansu) ($tansu_probes probes, p50 $watch_tansu_p50 ms, failed probes $watch_tansu_failed; goal freshness p99 + 5 ms)" "$watch_tansu_p99" "$watch_goal_tansu" ms
     printf '| 8. events/s one watcher takes from the buffer (%s / %s events): MockCluster / Tansu | %s / %s | | | | |\n' \
         "$writes" "$watch_writes_tansu" "$watch_mock_events_per_s" "$watch_tansu_events_per_s"
-    for cond_on in tansu; do
+    for cond_on in mock tansu; do
         c_plain="cond_${cond_on}_plain_wps" c_cond="cond_${cond_on}_conditional_wps"
         c_pp99="cond_${cond_on}_plain_p99" c_cp99="cond_${cond_on}_conditional_p99"
         c_pp50="cond_${cond_on}_plain_p50" c_cp50="cond_${cond_on}_conditional_p50"
