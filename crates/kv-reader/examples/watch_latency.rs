@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_client::{Client, Watch, WatchEvent};
+use kv_testkit::metric;
 use tokio::sync::mpsc;
 
 /// A probe not seen by every watcher within this long counts as failed.
@@ -90,13 +91,15 @@ async fn main() {
     let (opened_tx, mut opened) = mpsc::channel(watchers);
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let prefix = format!("lat-{run:08x}/");
-    for _ in 0..watchers {
-        tokio::spawn(watcher(
-            watches.watch(&prefix),
-            opened_tx.clone(),
-            seen_tx.clone(),
-        ));
-    }
+    let watcher_tasks: Vec<_> = (0..watchers)
+        .map(|_| {
+            tokio::spawn(watcher(
+                watches.watch(&prefix),
+                opened_tx.clone(),
+                seen_tx.clone(),
+            ))
+        })
+        .collect();
     for _ in 0..watchers {
         opened.recv().await.expect("every watcher opens");
     }
@@ -159,10 +162,31 @@ async fn main() {
     stop.store(true, Ordering::Relaxed);
     background.await.ok();
 
-    // Throughput: `changes` puts written and applied before one watcher asks for them. Batches
-    // by hand: kv-client has no call for `kv:batch`, nor a read given another call's token.
+    // Throughput: `changes` puts written and applied before one watcher asks for them. Batches,
+    // the read with their token and `/metrics` by hand: kv-client has no call for them.
     let http = reqwest::Client::new();
     let (writer, reader) = (writer.trim_end_matches('/'), reader.trim_end_matches('/'));
+    // The latency watchers close first and the reader lets them go: they hold the caller's
+    // KV_API_MAX_WATCHES_PER_CALLER (100), past which the throughput watch would be refused.
+    for task in watcher_tasks {
+        task.abort();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http
+            .get(format!("{reader}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        if metric(&text, "kv_reader_watches_open", &[]) == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the latency watches stay open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let bulk = format!("tp-{run:08x}/");
     let value = "v".repeat(100);
     let mut last_token = String::new();
