@@ -27,6 +27,7 @@ pub struct ClientBuilder {
     max_retry_wait: Duration,
     route_by_partition: bool,
     max_update_attempts: u32,
+    read_your_writes: bool,
 }
 
 impl Default for ClientBuilder {
@@ -40,6 +41,7 @@ impl Default for ClientBuilder {
             max_retry_wait: Duration::from_secs(10),
             route_by_partition: true,
             max_update_attempts: 64,
+            read_your_writes: true,
         }
     }
 }
@@ -101,6 +103,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether reads carry the consistency token of this client's writes (on). Off, a read
+    /// answers what the replica holds when it arrives, without waiting for those writes: what
+    /// measuring replication lag needs, or a cache that takes any recent value. The writes'
+    /// positions are still gathered ([`Client::token`]), and [`Client::update`] stays correct:
+    /// a stale read only costs it another round.
+    pub fn read_your_writes(mut self, on: bool) -> Self {
+        self.read_your_writes = on;
+        self
+    }
+
     pub fn build(self) -> Result<Client, Error> {
         let parse = |what: &str, url: &str| {
             let mut parsed =
@@ -143,6 +155,7 @@ impl ClientBuilder {
                 writer,
                 seen: Mutex::default(),
                 max_update_attempts: self.max_update_attempts,
+                read_your_writes: self.read_your_writes,
             }),
         })
     }
@@ -161,6 +174,8 @@ struct Inner {
     /// The highest offset per partition this client wrote: what its reads wait for.
     seen: Mutex<ConsistencyToken>,
     max_update_attempts: u32,
+    /// Whether reads send `seen` ([`ClientBuilder::read_your_writes`]).
+    read_your_writes: bool,
 }
 
 impl Client {
@@ -217,10 +232,13 @@ impl Client {
     }
 
     /// Reads `key`: `None` when it is absent. The read waits until the replica applied every
-    /// write this client made.
+    /// write this client made (unless [`ClientBuilder::read_your_writes`] is off).
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
         let path = key_path(key)?;
-        let token = self.token().map(|t| t.to_string());
+        let token = self
+            .token()
+            .filter(|_| self.inner.read_your_writes)
+            .map(|t| t.to_string());
         let response = self
             .inner
             .transport
@@ -404,5 +422,75 @@ impl Client {
                 }),
             token,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A stand-in for the writer and the reader on one port: every request is answered `200`
+    /// with `body` over a connection of its own, and its head is handed to the receiver.
+    fn stand_in(body: &'static str) -> (String, mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (heads, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = BufReader::new(stream);
+                let mut head = String::new();
+                while reader.read_line(&mut head).is_ok_and(|n| n > 2) {}
+                let length = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                let mut discarded = vec![0; length];
+                let _ = reader.read_exact(&mut discarded);
+                let _ = heads.send(head);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        });
+        (url, received)
+    }
+
+    #[tokio::test]
+    async fn reads_carry_the_writes_token_unless_read_your_writes_is_off() {
+        for on in [true, false] {
+            let (url, heads) = stand_in(r#"{"partition":1,"offset":7}"#);
+            let client = Client::builder()
+                .writer(&url)
+                .readers([&url])
+                .read_your_writes(on)
+                .build()
+                .expect("client");
+            client.put("k", "v").await.expect("put");
+            client.get("k").await.expect("get").expect("an entry");
+            let heads: Vec<String> = heads.try_iter().collect();
+            let get = heads
+                .iter()
+                .find(|head| head.starts_with("GET "))
+                .expect("a GET");
+            let token = format!("{}: 1:7", kv_wire::headers::CONSISTENCY_TOKEN);
+            assert_eq!(get.to_ascii_lowercase().contains(&token), on, "{get}");
+            // Gathered either way.
+            assert_eq!(
+                client.token().map(|t| t.to_string()).as_deref(),
+                Some("1:7")
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! - **Read-your-writes across calls.** Every write's consistency token is kept, and every read
 //!   carries the token of all the writes this client made, so a read never misses one of them,
-//!   whichever replica answers.
+//!   whichever replica answers ([`ClientBuilder::read_your_writes`] turns it off).
 //! - **Conditional writes.** [`Client::put_with`] takes a [`Precondition`] (the [`Version`] a read
 //!   answered, "exists", "absent") and always sends an `Idempotency-Key`, so a retry after a lost
 //!   answer gets the first answer back instead of a `412` caused by its own success.

@@ -119,6 +119,7 @@ async fn replica_replay(broker: &BrokerUnderTest, topic: &str, storage: &str) ->
         pairs.push(("KV_API_STATE_STORAGE_DISK_LOCATION", location));
     }
     let settings = Settings::from_env(&Env::from_pairs(pairs).expect("env")).expect("settings");
+    // Hand-rolled: kv-client has no call for `/healthz/ready`.
     let http = reqwest::Client::new();
     let start = Instant::now();
     let app = App::build(settings).await.expect("kv-reader");

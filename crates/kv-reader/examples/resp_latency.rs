@@ -12,7 +12,8 @@
 //! moment it was due, not from when it was sent, so a stall counts for every request it held
 //! back. `late_p99_ms` is how late this tool itself sent (its thread was not running when a GET
 //! was due): the part of the latency the box's scheduler, not the server, adds. Prints
-//! `BENCH rate= sent= p50_ms= p99_ms= max_ms= late_p99_ms= missing= errors=`.
+//! `BENCH rate= sent= p50_ms= p99_ms= max_ms= late_p99_ms= missing= errors=`. RESP by hand over
+//! its own sockets: kv-client speaks HTTP only.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -13,13 +13,18 @@
 //! going on. Throughput: `changes` puts under a second prefix are written and applied, then one
 //! watcher asks for them from the replica's buffer (`from=start`) and is timed from its request
 //! to the last of them.
+//!
+//! The writes and the watches are kv-client's (the writes without retries, so a failed one
+//! counts); the bulk batches and the read waiting for their token, which kv-client has no call
+//! for, are sent by hand.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
+use bytes::Bytes;
+use kv_client::{Client, Watch, WatchEvent};
+use kv_testkit::metric;
 use tokio::sync::mpsc;
 
 /// A probe not seen by every watcher within this long counts as failed.
@@ -40,38 +45,21 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Opens a watch and hands every `put`'s key, with the time it arrived, to `seen`; `opened` is
+/// Follows `watch` and hands every `put`'s key, with the time it arrived, to `seen`; `opened` is
 /// told once the watch's first event came.
 async fn watcher(
-    http: reqwest::Client,
-    url: String,
+    mut watch: Watch,
     opened: mpsc::Sender<()>,
-    seen: mpsc::UnboundedSender<(String, Instant)>,
+    seen: mpsc::UnboundedSender<(Bytes, Instant)>,
 ) {
-    let response = http
-        .get(&url)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .expect("open a watch");
-    assert!(
-        response.status().is_success(),
-        "watch: {}",
-        response.status()
-    );
-    let mut events = response.bytes_stream().eventsource();
     let mut first = true;
-    while let Some(Ok(event)) = events.next().await {
+    while let Ok(event) = watch.next().await {
         if first {
             first = false;
             let _ = opened.send(()).await;
         }
-        if event.event != "put" {
-            continue;
-        }
-        let data: serde_json::Value = serde_json::from_str(&event.data).expect("event data");
-        if let Some(key) = data["key"].as_str() {
-            if seen.send((key.to_owned(), Instant::now())).is_err() {
+        if let WatchEvent::Put { key, .. } = event {
+            if seen.send((key, Instant::now())).is_err() {
                 return;
             }
         }
@@ -88,30 +76,30 @@ async fn main() {
         );
         std::process::exit(2);
     };
-    let writer = writer.trim_end_matches('/').to_owned();
-    let reader = reader.trim_end_matches('/').to_owned();
     let watchers: usize = arg(3, 100);
     let probes: usize = arg(4, 200);
     let changes: usize = arg(5, 20_000);
     let rate: u64 = arg(6, 500);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
+    let writes = Client::builder()
+        .writer(writer)
+        .max_retries(0)
         .build()
         .expect("client");
+    let watches = Client::builder().readers([reader]).build().expect("client");
     let run: u32 = rand::random();
 
     let (opened_tx, mut opened) = mpsc::channel(watchers);
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let prefix = format!("lat-{run:08x}/");
-    let url = format!("{reader}/v1/kv:watch?prefix={}", prefix.replace('/', "%2F"));
-    for _ in 0..watchers {
-        tokio::spawn(watcher(
-            http.clone(),
-            url.clone(),
-            opened_tx.clone(),
-            seen_tx.clone(),
-        ));
-    }
+    let watcher_tasks: Vec<_> = (0..watchers)
+        .map(|_| {
+            tokio::spawn(watcher(
+                watches.watch(&prefix),
+                opened_tx.clone(),
+                seen_tx.clone(),
+            ))
+        })
+        .collect();
     for _ in 0..watchers {
         opened.recv().await.expect("every watcher opens");
     }
@@ -119,12 +107,8 @@ async fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let background_acked = Arc::new(AtomicUsize::new(0));
     let background = {
-        let (http, writer, stop, acked) = (
-            http.clone(),
-            writer.clone(),
-            stop.clone(),
-            background_acked.clone(),
-        );
+        let (writes, stop, acked) = (writes.clone(), stop.clone(), background_acked.clone());
+        let value = Bytes::from(vec![b'v'; 100]);
         tokio::spawn(async move {
             if rate == 0 {
                 return;
@@ -135,13 +119,10 @@ async fn main() {
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 i += 1;
-                let request = http
-                    .put(format!("{writer}/v1/kv/bg-{run:08x}-{}", i % 10_000))
-                    .body(vec![b'v'; 100])
-                    .send();
-                let acked = acked.clone();
+                let (writes, value, acked) = (writes.clone(), value.clone(), acked.clone());
                 tokio::spawn(async move {
-                    if matches!(request.await, Ok(r) if r.status().is_success()) {
+                    let key = format!("bg-{run:08x}-{}", i % 10_000);
+                    if writes.put(&key, value).await.is_ok() {
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
                 });
@@ -155,13 +136,9 @@ async fn main() {
     let mut failed = 0usize;
     for i in 0..probes {
         let key = format!("{prefix}{i}");
-        let put = http
-            .put(format!("{writer}/v1/kv/{}", key.replace('/', "%2F")))
-            .body(format!("probe {i}"))
-            .send()
-            .await;
+        let put = writes.put(&key, format!("probe {i}")).await;
         let acked_at = Instant::now();
-        if !matches!(put, Ok(ref r) if r.status().is_success()) {
+        if put.is_err() {
             failed += 1;
             continue;
         }
@@ -169,7 +146,7 @@ async fn main() {
         let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
         while pending > 0 {
             match tokio::time::timeout_at(deadline, seen.recv()).await {
-                Ok(Some((seen_key, at))) if seen_key == key => {
+                Ok(Some((seen_key, at))) if seen_key == key.as_bytes() => {
                     times.push(at.saturating_duration_since(acked_at));
                     pending -= 1;
                 }
@@ -185,7 +162,31 @@ async fn main() {
     stop.store(true, Ordering::Relaxed);
     background.await.ok();
 
-    // Throughput: `changes` puts written and applied before one watcher asks for them.
+    // Throughput: `changes` puts written and applied before one watcher asks for them. Batches,
+    // the read with their token and `/metrics` by hand: kv-client has no call for them.
+    let http = reqwest::Client::new();
+    let (writer, reader) = (writer.trim_end_matches('/'), reader.trim_end_matches('/'));
+    // The latency watchers close first and the reader lets them go: they hold the caller's
+    // KV_API_MAX_WATCHES_PER_CALLER (100), past which the throughput watch would be refused.
+    for task in watcher_tasks {
+        task.abort();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http
+            .get(format!("{reader}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        if metric(&text, "kv_reader_watches_open", &[]) == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the latency watches stay open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let bulk = format!("tp-{run:08x}/");
     let value = "v".repeat(100);
     let mut last_token = String::new();
@@ -220,23 +221,16 @@ async fn main() {
         .expect("read");
     assert!(applied.status().is_success(), "the reader applied the bulk");
     let started = Instant::now();
-    let response = http
-        .get(format!(
-            "{reader}/v1/kv:watch?prefix={}&from=start",
-            bulk.replace('/', "%2F")
-        ))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .expect("watch");
-    let mut events = response.bytes_stream().eventsource();
+    // `start`, the id of the position before any change, resumes from the oldest change in the
+    // replica's buffer, as `from=start` does.
+    let mut watch = watches.watch(&bulk).resume_from("start");
     let mut received = 0usize;
     let mut reset = false;
     while received < changes {
-        match tokio::time::timeout(Duration::from_secs(30), events.next()).await {
-            Ok(Some(Ok(event))) if event.event == "put" => received += 1,
-            Ok(Some(Ok(event))) if event.event == "reset" => reset = true,
-            Ok(Some(Ok(_))) => {}
+        match tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
+            Ok(Ok(WatchEvent::Put { .. })) => received += 1,
+            Ok(Ok(WatchEvent::Reset)) => reset = true,
+            Ok(Ok(_)) => {}
             _ => break,
         }
     }

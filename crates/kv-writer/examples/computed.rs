@@ -18,12 +18,17 @@
 //! - `hold_late_p50/p99_ms`: `PROBES` reports under the 1 s hold, at once on distinct keys: when
 //!   each value became readable (one batchGet of them every 5 ms), less the report's
 //!   acknowledgement and the hold.
+//!
+//! Writes and point reads are kv-client's, without retries and without read-your-writes (a
+//! probe's read must show when the value became readable, not wait for it in the reader);
+//! reports, `batchGet` and `/healthz/cluster`, which kv-client has no call for, are sent by hand.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kv_client::Client;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -54,6 +59,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Hand-rolled: kv-client has no call for `/v1/reports`.
 async fn report(http: &reqwest::Client, writer: &str, key: &str, agent: &str, value: &str) {
     let answer = http
         .put(format!("{writer}/v1/reports/{key}"))
@@ -65,21 +71,12 @@ async fn report(http: &reqwest::Client, writer: &str, key: &str, agent: &str, va
     assert_eq!(answer.status(), 200, "report {key} by {agent}");
 }
 
-async fn value_of(http: &reqwest::Client, reader: &str, key: &str) -> Option<String> {
-    let answer = http
-        .get(format!("{reader}/v1/kv/{key}"))
-        .send()
-        .await
-        .ok()?;
-    (answer.status() == 200).then_some(())?;
-    answer.text().await.ok()
-}
-
 /// Polls `key` on the reader every [`PROBE_POLL`] until it reads `value`; when it did.
-async fn readable(http: &reqwest::Client, reader: &str, key: &str, value: &str) -> Instant {
+async fn readable(client: &Client, key: &str, value: &str) -> Instant {
     let started = Instant::now();
     loop {
-        if value_of(http, reader, key).await.as_deref() == Some(value) {
+        let entry = client.get(key).await.ok().flatten();
+        if entry.is_some_and(|entry| entry.value == value.as_bytes()) {
             return Instant::now();
         }
         assert!(started.elapsed() < DEADLINE, "{key} never read {value}");
@@ -88,7 +85,8 @@ async fn readable(http: &reqwest::Client, reader: &str, key: &str, value: &str) 
 }
 
 /// Waits until the reader acts as owner of every partition it holds (a candidate listens one
-/// lease session before it owns anything).
+/// lease session before it owns anything). Hand-rolled: kv-client has no call for
+/// `/healthz/cluster`.
 async fn owner_ready(http: &reqwest::Client, reader: &str) {
     let started = Instant::now();
     loop {
@@ -160,6 +158,7 @@ async fn reports_rate(
         task.await.expect("report task");
     }
     let keys: Vec<&String> = expected.keys().collect();
+    // Hand-rolled: kv-client has no call for `batchGet`.
     loop {
         let mut published = 0;
         for chunk in keys.chunks(500) {
@@ -273,6 +272,13 @@ async fn main() {
         .pool_max_idle_per_host(concurrency)
         .build()
         .expect("client");
+    let client = Client::builder()
+        .writer(&writer)
+        .readers([&reader])
+        .read_your_writes(false)
+        .max_retries(0)
+        .build()
+        .expect("client");
     owner_ready(&http, &reader).await;
 
     let reports_rps = reports_rate(&http, &writer, &reader, reports, concurrency).await;
@@ -284,20 +290,13 @@ async fn main() {
         let value = format!("v{i}");
         report(&http, &writer, "site/probe", "probe", &value).await;
         let acked = Instant::now();
-        computed.push(ms(
-            readable(&http, &reader, "site/probe", &value).await - acked
-        ));
-        let answer = http
-            .put(format!("{writer}/v1/kv/fresh-probe"))
-            .body(value.clone())
-            .send()
+        computed.push(ms(readable(&client, "site/probe", &value).await - acked));
+        client
+            .put("fresh-probe", value.clone())
             .await
             .expect("write");
-        assert_eq!(answer.status(), 200);
         let acked = Instant::now();
-        fresh.push(ms(
-            readable(&http, &reader, "fresh-probe", &value).await - acked
-        ));
+        fresh.push(ms(readable(&client, "fresh-probe", &value).await - acked));
     }
 
     // Holds: all at once, each on its own key; one batchGet of the keys not yet seen every
@@ -313,6 +312,7 @@ async fn main() {
     let acked: Vec<Instant> = futures::future::join_all(acks).await;
     let mut seen: Vec<Option<Instant>> = vec![None; keys.len()];
     let started = Instant::now();
+    // Hand-rolled: kv-client has no call for `batchGet`.
     while seen.iter().any(Option::is_none) {
         assert!(started.elapsed() < DEADLINE, "a hold never published");
         let waiting: Vec<usize> = (0..keys.len()).filter(|&i| seen[i].is_none()).collect();

@@ -8,10 +8,16 @@
 //!
 //! Each probe writes a unique key, takes the clock at the `2xx`, then polls the reader (no sleep
 //! between polls) until it answers the new value. Probes run one at a time, 10 ms apart.
+//!
+//! The requests are kv-client's, built without read-your-writes (a read carrying the probe's
+//! token would wait for it inside the reader instead of showing the lag) and without retries (a
+//! failed request counts, or is polled again at once, as before).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 /// A broker that stopped answering makes every probe wait out its timeouts: give up after this
 /// many failed probes, whether the write or the read failed.
@@ -32,25 +38,26 @@ async fn main() {
         eprintln!("usage: freshness WRITER_URL READER_URL [probes] [background-writes/s]");
         std::process::exit(2);
     };
-    let writer = writer.trim_end_matches('/').to_owned();
-    let reader = reader.trim_end_matches('/').to_owned();
     let probes: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(200);
     let rate: u64 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(500);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
+    let client = kv_client::Client::builder()
+        .writer(writer)
+        .readers([reader])
+        .read_your_writes(false)
+        .max_retries(0)
         // Longer than the writer's own bound (its 10 s produce timeout plus a second), so a
         // write is answered by the writer rather than abandoned by the client.
         .timeout(Duration::from_secs(15))
         .build()
         .expect("client");
     let run: u32 = rand::random();
-    let value = vec![b'v'; 100];
+    let value = Bytes::from(vec![b'v'; 100]);
 
     // Background writes at a fixed rate, each on its own task so a slow ack does not slow the rate.
     let stop = Arc::new(AtomicBool::new(false));
     let background_acked = Arc::new(AtomicUsize::new(0));
     let background = {
-        let (http, writer, value) = (http.clone(), writer.clone(), value.clone());
+        let (client, value) = (client.clone(), value.clone());
         let (stop, acked) = (stop.clone(), background_acked.clone());
         tokio::spawn(async move {
             if rate == 0 {
@@ -62,13 +69,10 @@ async fn main() {
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 i += 1;
-                let request = http
-                    .put(format!("{writer}/v1/kv/bg-{run:08x}-{}", i % 10_000))
-                    .body(value.clone())
-                    .send();
-                let acked = acked.clone();
+                let (client, value, acked) = (client.clone(), value.clone(), acked.clone());
                 tokio::spawn(async move {
-                    if matches!(request.await, Ok(r) if r.status().is_success()) {
+                    let key = format!("bg-{run:08x}-{}", i % 10_000);
+                    if client.put(&key, value).await.is_ok() {
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
                 });
@@ -84,12 +88,7 @@ async fn main() {
     for i in 0..probes {
         let key = format!("fresh-{run:08x}-{i}");
         let expected = format!("probe {i} of run {run:08x}");
-        let put = http
-            .put(format!("{writer}/v1/kv/{key}"))
-            .body(expected.clone())
-            .send()
-            .await;
-        if !matches!(put, Ok(ref r) if r.status().is_success()) {
+        if client.put(&key, expected.clone()).await.is_err() {
             failed += 1;
             if failed >= GIVE_UP_AFTER {
                 eprintln!("giving up after {failed} failed probes");
@@ -98,15 +97,10 @@ async fn main() {
             continue;
         }
         let acked_at = Instant::now();
-        let url = format!("{reader}/v1/kv/{key}");
         let seen = loop {
-            if let Ok(response) = http.get(&url).send().await {
-                if response.status() == 200 {
-                    if let Ok(body) = response.bytes().await {
-                        if body.as_ref() == expected.as_bytes() {
-                            break Some(acked_at.elapsed());
-                        }
-                    }
+            if let Ok(Some(entry)) = client.get(&key).await {
+                if entry.value == expected.as_bytes() {
+                    break Some(acked_at.elapsed());
                 }
             }
             if acked_at.elapsed() > Duration::from_secs(5) {

@@ -1,5 +1,7 @@
 //! Acknowledged writes per second: a raw rdkafka producer against HTTP writes through kv-writer,
-//! on the same broker with the same producer settings (idempotent, acks=all, linger 5 ms).
+//! on the same broker with the same producer settings (idempotent, acks=all, linger 5 ms). The
+//! HTTP writes are kv-client's `put`, without its retries: a write not acknowledged at once
+//! counts as failed, as the raw producer's does.
 //!
 //! Needs the test broker (`scripts/install-broker.sh`), or set `KV_BENCH_BOOTSTRAP` to measure
 //! against a broker that is already running (such as the `mock_cluster` example of kv-core).
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use kv_core::settings::Env;
 use kv_testkit::BrokerUnderTest;
 use kv_writer::{App, Settings};
@@ -123,7 +126,7 @@ async fn raw_producer_run(
     .await
 }
 
-/// Acknowledged writes/s of `PUT /v1/kv/{key}` through an in-process kv-writer.
+/// Acknowledged writes/s of `PUT /v1/kv/{key}` through an in-process kv-writer, sent by kv-client.
 async fn http_writer_run(
     broker: &BrokerUnderTest,
     writes: usize,
@@ -144,25 +147,19 @@ async fn http_writer_run(
     let app = App::build(Settings::from_env(&env).expect("settings"))
         .await
         .expect("writer");
-    let base = format!("http://127.0.0.1:{}/v1/kv/", app.port());
-    tokio::spawn(app.run_until_stopped());
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
+    let client = kv_client::Client::builder()
+        .writer(format!("http://127.0.0.1:{}", app.port()))
+        .max_retries(0)
         .build()
         .expect("client");
+    tokio::spawn(app.run_until_stopped());
+    let value = Bytes::from(value.as_ref().clone());
     for _ in 0..concurrency {
-        http.put(format!("{base}warm-up"))
-            .body(value.as_ref().clone())
-            .send()
-            .await
-            .ok();
+        client.put("warm-up", value.clone()).await.ok();
     }
     measure(writes, concurrency, move |i| {
-        let request = http
-            .put(format!("{base}key-{i}"))
-            .body(value.as_ref().clone())
-            .send();
-        async move { matches!(request.await, Ok(r) if r.status() == 200) }
+        let (client, value) = (client.clone(), value.clone());
+        async move { client.put(&format!("key-{i}"), value).await.is_ok() }
     })
     .await
 }
