@@ -1,8 +1,16 @@
 //! A stub kv-reader for the writer's conditional-write tests: a small HTTP/1.1 server on
 //! loopback that answers `GET /v1/outcomes/{partition}/{offset}` with scripted replies and
-//! records every request it got (method, path, headers), so a test can check what the writer
-//! asked and forwarded. Replies are scripted per record position, in order (the last one
-//! repeats), with a fallback for positions not scripted (`404 outcome_unknown` unless told).
+//! records every request it got (method, path, headers, records asked), so a test can check
+//! what the writer asked and forwarded. Replies are scripted per record position, in order (the
+//! last one repeats), with a fallback for positions not scripted (`404 outcome_unknown` unless
+//! told).
+//!
+//! `POST /v1/outcomes:batchGet` is answered item by item from the same scripts: a `200` reply
+//! becomes the item's outcome, another its error (`outcome_not_found`, `partition_not_held`,
+//! `not_ready`, or the scripted code); a `401`/`403` scripted for any record refuses the whole
+//! request, as a reader checks credentials once per request. The batch waits for the longest
+//! delay of its records' replies. [`StubReader::start_without_batches`] is a reader older than
+//! that route: it answers it `404 not_found`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -99,6 +107,11 @@ pub struct Seen {
     pub path: String,
     /// Names in lower case, in the order received.
     pub headers: Vec<(String, String)>,
+    /// The records an outcome request asked about, in order: one for the single route, the
+    /// batch's for `POST /v1/outcomes:batchGet`.
+    pub records: Vec<(i32, i64)>,
+    /// The status the stub answered.
+    pub status: u16,
 }
 
 impl Seen {
@@ -109,12 +122,28 @@ impl Seen {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The (partition, offset) of an outcome request.
+    /// The (partition, offset) of a single outcome request (`GET /v1/outcomes/{p}/{o}`).
     pub fn position(&self) -> Option<(i32, i64)> {
-        let rest = self.path.strip_prefix("/v1/outcomes/")?;
-        let (p, o) = rest.split_once('/')?;
-        Some((p.parse().ok()?, o.parse().ok()?))
+        single_position(&self.path)
     }
+
+    /// Whether this is a `POST /v1/outcomes:batchGet`.
+    pub fn is_batch(&self) -> bool {
+        self.method == "POST" && route(&self.path) == BATCH_ROUTE
+    }
+}
+
+const BATCH_ROUTE: &str = "/v1/outcomes:batchGet";
+
+/// The path without its query.
+fn route(path: &str) -> &str {
+    path.split_once('?').map_or(path, |(route, _)| route)
+}
+
+fn single_position(path: &str) -> Option<(i32, i64)> {
+    let rest = route(path).strip_prefix("/v1/outcomes/")?;
+    let (p, o) = rest.split_once('/')?;
+    Some((p.parse().ok()?, o.parse().ok()?))
 }
 
 type Fallback = Box<dyn Fn(i32, i64) -> Reply + Send + Sync>;
@@ -124,18 +153,36 @@ struct Shared {
     fallback: Mutex<Fallback>,
     seen: Mutex<Vec<Seen>>,
     stopped: AtomicBool,
+    /// Whether `POST /v1/outcomes:batchGet` is served.
+    batches: bool,
 }
 
 impl Shared {
-    fn reply_for(&self, path: &str) -> Reply {
-        let seen = Seen {
-            method: String::new(),
-            path: path.to_owned(),
-            headers: Vec::new(),
-        };
-        let Some((partition, offset)) = seen.position() else {
-            return Reply::error(404, "not_found");
-        };
+    /// The reply to a request, and the records it asked about.
+    fn reply_for(&self, method: &str, path: &str, body: &[u8]) -> (Reply, Vec<(i32, i64)>) {
+        if method == "POST" && route(path) == BATCH_ROUTE {
+            let Some(records) = batch_records(body) else {
+                return (Reply::error(400, "invalid_request"), Vec::new());
+            };
+            if !self.batches {
+                return (Reply::error(404, "not_found"), records);
+            }
+            let replies: Vec<Reply> = records
+                .iter()
+                .map(|&(partition, offset)| self.reply_at(partition, offset))
+                .collect();
+            return (batch_reply(&records, replies), records);
+        }
+        match single_position(path) {
+            Some((partition, offset)) => {
+                (self.reply_at(partition, offset), vec![(partition, offset)])
+            }
+            None => (Reply::error(404, "not_found"), Vec::new()),
+        }
+    }
+
+    /// The next scripted reply for the record at (partition, offset).
+    fn reply_at(&self, partition: i32, offset: i64) -> Reply {
         let mut scripts = self.scripts.lock().expect("scripts");
         if let Some(replies) = scripts.get_mut(&(partition, offset)) {
             if replies.len() > 1 {
@@ -148,6 +195,49 @@ impl Shared {
         drop(scripts);
         (self.fallback.lock().expect("fallback"))(partition, offset)
     }
+}
+
+/// The records of a batch request's body, `None` when it is not the documented JSON.
+fn batch_records(body: &[u8]) -> Option<Vec<(i32, i64)>> {
+    let body: Value = serde_json::from_slice(body).ok()?;
+    body["records"]
+        .as_array()?
+        .iter()
+        .map(|record| {
+            let partition = i32::try_from(record["partition"].as_i64()?).ok()?;
+            Some((partition, record["offset"].as_i64()?))
+        })
+        .collect()
+}
+
+/// The batch answer made of each record's scripted reply, in order.
+fn batch_reply(records: &[(i32, i64)], replies: Vec<Reply>) -> Reply {
+    let delay = replies.iter().map(|r| r.delay).max().unwrap_or_default();
+    if let Some(refusal) = replies.iter().find(|r| matches!(r.status, 401 | 403)) {
+        return refusal.clone().after(delay);
+    }
+    let items: Vec<Value> = records
+        .iter()
+        .zip(replies)
+        .map(|(&(partition, offset), reply)| {
+            let body: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+            if reply.status == 200 {
+                return json!({"partition": partition, "offset": offset, "outcome": body});
+            }
+            let code = match reply.status {
+                404 => "outcome_not_found".to_owned(),
+                421 => "partition_not_held".to_owned(),
+                503 => "not_ready".to_owned(),
+                _ => body["error"]["code"]
+                    .as_str()
+                    .unwrap_or("internal")
+                    .to_owned(),
+            };
+            json!({"partition": partition, "offset": offset,
+                   "error": {"code": code, "message": format!("stub reader: {code}")}})
+        })
+        .collect();
+    Reply::json(200, json!({ "outcomes": items })).after(delay)
 }
 
 /// The stub reader, stopped on drop.
@@ -166,8 +256,18 @@ impl std::fmt::Debug for StubReader {
 
 impl StubReader {
     /// Starts listening on a free loopback port; every position answers `404 outcome_unknown`
-    /// until scripted.
+    /// until scripted. Questions are answered alone and in batches.
     pub fn start() -> StubReader {
+        StubReader::started(true)
+    }
+
+    /// A reader older than `POST /v1/outcomes:batchGet`: it answers that route `404 not_found`
+    /// and every question only alone.
+    pub fn start_without_batches() -> StubReader {
+        StubReader::started(false)
+    }
+
+    fn started(batches: bool) -> StubReader {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stub reader");
         let address = listener.local_addr().expect("its address");
         let shared = Arc::new(Shared {
@@ -175,6 +275,7 @@ impl StubReader {
             fallback: Mutex::new(Box::new(|_, _| Reply::unknown())),
             seen: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            batches,
         });
         let accepting = shared.clone();
         thread::spawn(move || {
@@ -216,9 +317,24 @@ impl StubReader {
         self.shared.seen.lock().expect("seen").clone()
     }
 
-    /// The positions of the outcome requests so far, in order.
+    /// The records asked about so far, alone or in batches, in order: one per question
+    /// answered (a batch a stub without the route refused answered none).
     pub fn asked(&self) -> Vec<(i32, i64)> {
-        self.requests().iter().filter_map(Seen::position).collect()
+        self.requests()
+            .into_iter()
+            .filter(|seen| !(seen.is_batch() && seen.status == 404))
+            .flat_map(|seen| seen.records)
+            .collect()
+    }
+
+    /// The records of each `POST /v1/outcomes:batchGet` so far (also those a stub without the
+    /// route refused), in order.
+    pub fn batches(&self) -> Vec<Vec<(i32, i64)>> {
+        self.requests()
+            .into_iter()
+            .filter(Seen::is_batch)
+            .map(|seen| seen.records)
+            .collect()
     }
 }
 
@@ -274,11 +390,13 @@ fn serve(stream: TcpStream, shared: &Shared) {
         if shared.stopped.load(Ordering::Relaxed) {
             return;
         }
-        let reply = shared.reply_for(&path);
+        let (reply, records) = shared.reply_for(&method, &path, &body);
         shared.seen.lock().expect("seen").push(Seen {
             method,
             path,
             headers,
+            records,
+            status: reply.status,
         });
         thread::sleep(reply.delay);
         let mut head = format!(
@@ -302,6 +420,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",

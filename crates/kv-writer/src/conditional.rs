@@ -3,8 +3,10 @@
 //! A conditional `PUT`/`DELETE /v1/kv/{key}` is produced as an ordinary record plus a header
 //! stating its precondition (and the client's `Idempotency-Key`). Every reader decides it in log
 //! order; once Kafka acknowledged the record at (partition, offset), the writer asks the readers
-//! of `KV_API_READERS`, in turn, for that record's outcome (`GET /v1/outcomes/{p}/{o}`) and
-//! answers the client from it: `200` with the new `ETag`, `412` with the key's current one, or,
+//! of `KV_API_READERS`, in turn, for that record's outcome and answers the client from it. The
+//! questions waiting for one reader at the same time go together in one
+//! `POST /v1/outcomes:batchGet` ([`crate::outcome_lane`]); a reader without that route is asked
+//! `GET /v1/outcomes/{p}/{o}`. The client is answered `200` with the new `ETag`, `412` with the key's current one, or,
 //! when no reader tells within `KV_API_CONDITIONAL_TIMEOUT_MS`, `503 outcome_unknown`. Never a
 //! `200` for a write that did not take effect, never a `412` for one that did.
 
@@ -24,13 +26,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::answer::{acknowledged, token_for, Answer, KAFKA_OFFSET, KAFKA_PARTITION};
 use crate::metrics::{ConditionalMetrics, ReaderReply};
+use crate::outcome_lane::Lane;
 
 /// The request header naming a retry: `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
 
-/// Most conditional writes waiting for their outcome at once, per writer process: each holds one
-/// request to a reader at a time, so the readers' connections stay bounded however many clients
-/// send. Past it a conditional write is refused with `503 overloaded` before it is produced.
+/// Most conditional writes waiting for their outcome at once, per writer process: each has one
+/// question to a reader under way at a time, so the readers' queues and connections stay
+/// bounded however many clients send. Past it a conditional write is refused with `503 overloaded` before it is produced.
 pub const MAX_WAITING_WRITES: usize = 256;
 
 /// Longest one outcome request may take: a reader waits up to about 2 s for the record to be
@@ -127,8 +130,8 @@ pub fn not_configured() -> ApiError {
 /// The readers a conditional write's outcome is asked of, and the bound on how many writes wait.
 #[derive(Debug)]
 pub struct Readers {
-    client: reqwest::Client,
-    bases: Vec<String>,
+    /// One lane per reader of `KV_API_READERS`, in order: its questions' batches.
+    lanes: Vec<Arc<Lane>>,
     timeout: Duration,
     waiting: Arc<Semaphore>,
     /// The reader that last told an outcome for a partition, asked first next time: with
@@ -161,15 +164,16 @@ impl<'a> Asker<'a> {
     }
 }
 
-/// One reader's reply to one outcome request.
+/// One reader's reply to one outcome question (alone, or an item of a batch).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Reply {
+pub(crate) enum Reply {
     Decided(Outcome),
-    /// `404`: this reader has no decision for the record (it started past it).
+    /// `404` / `outcome_not_found`: this reader has no decision for the record (it started
+    /// past it).
     Unknown,
-    /// `421`: this reader does not hold the partition.
+    /// `421` / `partition_not_held`: this reader does not hold the partition.
     NotHeld,
-    /// `503`: not applied yet within the reader's wait.
+    /// `503` / `not_ready`: not applied yet within the reader's wait.
     NotYet,
     /// `401`/`403`: the reader refused the client's credentials.
     Refused(u16),
@@ -204,9 +208,12 @@ impl Readers {
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .build()?;
+        let lanes = bases
+            .into_iter()
+            .map(|base| Lane::new(base, client.clone(), metrics.clone()))
+            .collect();
         Ok(Self {
-            client,
-            bases,
+            lanes,
             timeout,
             waiting: Arc::new(Semaphore::new(MAX_WAITING_WRITES)),
             preferred: RwLock::new(HashMap::new()),
@@ -263,7 +270,7 @@ impl Readers {
             ));
         }
         let deadline = started + self.timeout;
-        let count = self.bases.len();
+        let count = self.lanes.len();
         let first = self
             .preferred
             .read()
@@ -288,8 +295,13 @@ impl Readers {
                 if remaining.is_zero() {
                     return Err(self.timed_out(refused));
                 }
-                let reply = self
-                    .ask_one(&self.bases[index], position, asker, remaining)
+                let reply = self.lanes[index]
+                    .ask(
+                        position,
+                        asker.authorization,
+                        asker.correlation_id,
+                        remaining,
+                    )
                     .await;
                 self.metrics.count_reply(reply.metric());
                 match reply {
@@ -313,7 +325,7 @@ impl Readers {
                     }
                     // Counted in kv_writer_outcome_requests_total{reply="failed"}.
                     Reply::Failed(reason) => tracing::debug!(
-                        reader = %self.bases[index],
+                        reader = %self.lanes[index].base(),
                         correlation_id = asker.correlation_id,
                         "no outcome from a reader: {reason}"
                     ),
@@ -348,57 +360,64 @@ impl Readers {
             )),
         }
     }
+}
 
-    async fn ask_one(
-        &self,
-        base: &str,
-        position: RecordPosition,
-        asker: Asker<'_>,
-        remaining: Duration,
-    ) -> Reply {
-        let url = format!(
-            "{base}/v1/outcomes/{}/{}",
-            position.partition, position.offset
-        );
-        let mut request = self
-            .client
-            .get(&url)
-            .timeout(remaining.min(REQUEST_TIMEOUT))
-            .header("X-Correlation-Id", asker.correlation_id);
-        if let Some(authorization) = asker.authorization {
-            match reqwest::header::HeaderValue::from_bytes(authorization) {
-                Ok(mut value) => {
-                    value.set_sensitive(true);
-                    request = request.header(reqwest::header::AUTHORIZATION, value);
-                }
-                Err(_) => return Reply::Failed("the Authorization header is not valid".into()),
+/// One reader's reply about the record at `position`, asked alone with
+/// `GET /v1/outcomes/{partition}/{offset}` (a reader without the batch route).
+pub(crate) async fn ask_single(
+    client: &reqwest::Client,
+    base: &str,
+    position: RecordPosition,
+    authorization: Option<&[u8]>,
+    correlation_id: &str,
+    remaining: Duration,
+) -> Reply {
+    let url = format!(
+        "{base}/v1/outcomes/{}/{}",
+        position.partition, position.offset
+    );
+    let mut request = client
+        .get(&url)
+        .timeout(remaining.min(REQUEST_TIMEOUT))
+        .header("X-Correlation-Id", correlation_id);
+    if let Some(authorization) = authorization {
+        match reqwest::header::HeaderValue::from_bytes(authorization) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                request = request.header(reqwest::header::AUTHORIZATION, value);
             }
+            Err(_) => return Reply::Failed("the Authorization header is not valid".into()),
         }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(error) => return Reply::Failed(format!("{url}: {error}")),
-        };
-        let status = response.status().as_u16();
-        match status {
-            200 => match body_within(response, MAX_REPLY_BYTES).await {
-                Some(body) => decided(&body, position),
-                None => Reply::Failed(format!("{url}: the outcome did not arrive whole")),
-            },
-            404 => Reply::Unknown,
-            421 => Reply::NotHeld,
-            503 => Reply::NotYet,
-            401 | 403 => Reply::Refused(status),
-            _ => Reply::Failed(format!("{url} answered {status}")),
-        }
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => return Reply::Failed(format!("{url}: {error}")),
+    };
+    let status = response.status().as_u16();
+    match status {
+        200 => match body_within(response, MAX_REPLY_BYTES).await {
+            Some(body) => decided(&body, position),
+            None => Reply::Failed(format!("{url}: the outcome did not arrive whole")),
+        },
+        404 => Reply::Unknown,
+        421 => Reply::NotHeld,
+        503 => Reply::NotYet,
+        401 | 403 => Reply::Refused(status),
+        _ => Reply::Failed(format!("{url} answered {status}")),
     }
 }
 
 /// A reader's `200` body, checked to be the outcome of the record asked about.
 fn decided(body: &[u8], position: RecordPosition) -> Reply {
-    let outcome: Outcome = match serde_json::from_slice(body) {
-        Ok(outcome) => outcome,
-        Err(e) => return Reply::Failed(format!("the outcome is not the documented JSON: {e}")),
-    };
+    match serde_json::from_slice(body) {
+        Ok(outcome) => checked(outcome, position),
+        Err(e) => Reply::Failed(format!("the outcome is not the documented JSON: {e}")),
+    }
+}
+
+/// `outcome`, if it is one of the record at `position`: an outcome naming another record (or a
+/// first use at or after it) is no answer.
+pub(crate) fn checked(outcome: Outcome, position: RecordPosition) -> Reply {
     let consistent = outcome.partition == position.partition
         && outcome.offset == position.offset
         && outcome
@@ -413,7 +432,7 @@ fn decided(body: &[u8], position: RecordPosition) -> Reply {
     Reply::Decided(outcome)
 }
 
-async fn body_within(mut response: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+pub(crate) async fn body_within(mut response: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.ok()? {
         if body.len() + chunk.len() > limit {

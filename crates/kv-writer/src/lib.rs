@@ -8,6 +8,7 @@ pub mod conditional;
 pub mod input;
 pub mod metrics;
 pub mod migrate;
+pub(crate) mod outcome_lane;
 pub mod producer;
 pub mod reports;
 pub mod routes;

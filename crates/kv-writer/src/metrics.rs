@@ -168,6 +168,7 @@ pub struct ConditionalMetrics {
     writes: IntCounterVec,
     wait: Histogram,
     replies: IntCounterVec,
+    batches: Histogram,
 }
 
 impl ConditionalMetrics {
@@ -192,14 +193,25 @@ impl ConditionalMetrics {
         let replies = IntCounterVec::new(
             Opts::new(
                 "kv_writer_outcome_requests_total",
-                "Outcome requests to readers, by reply: decided (200), unknown (404), not_held \
-                 (421), not_yet (503), refused (401/403), failed (unreachable, timed out, other)",
+                "Outcome questions to readers (one per record asked, alone or in a batch), by \
+                 reply: decided, unknown (outcome_not_found), not_held (partition_not_held), \
+                 not_yet (not_ready, 503), refused (401/403), failed (unreachable, timed out, \
+                 other)",
             ),
             &["reply"],
+        )?;
+        let batches = Histogram::with_opts(
+            HistogramOpts::new(
+                "kv_writer_outcome_batch_records",
+                "Records asked in one POST /v1/outcomes:batchGet to a reader: conditional writes \
+                 waiting at once on one reader share a request",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )?;
         registry.register(Box::new(writes.clone()))?;
         registry.register(Box::new(wait.clone()))?;
         registry.register(Box::new(replies.clone()))?;
+        registry.register(Box::new(batches.clone()))?;
         for end in ConditionalEnd::ALL {
             writes.with_label_values(&[end.label()]);
         }
@@ -210,6 +222,7 @@ impl ConditionalMetrics {
             writes,
             wait,
             replies,
+            batches,
         })
     }
 
@@ -219,6 +232,10 @@ impl ConditionalMetrics {
 
     pub(crate) fn count_reply(&self, reply: ReaderReply) {
         self.replies.with_label_values(&[reply.label()]).inc();
+    }
+
+    pub(crate) fn observe_batch(&self, records: usize) {
+        self.batches.observe(records as f64);
     }
 
     pub(crate) fn observe_wait(&self, started: Instant) {

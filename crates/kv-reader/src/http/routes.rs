@@ -2,7 +2,7 @@
 
 use actix_web::http::Method;
 use actix_web::web;
-use kv_core::web::http::started;
+use kv_core::web::http::{started, JsonLimit};
 use kv_core::web::metrics::metrics_endpoint;
 use kv_core::web::routing::{openapi_document, openapi_json_document, Endpoint};
 
@@ -22,6 +22,10 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::key_tail("/v1/state/{key}").on(Method::GET, web::to(explain::explain)),
         Endpoint::new("/v1/outcomes/{partition}/{offset}")
             .on(Method::GET, web::to(outcome::outcome)),
+        Endpoint::new("/v1/outcomes:batchGet")
+            // Its body lists at most 256 records: a small limit of its own.
+            .app_data(JsonLimit(outcome::MAX_BATCH_BODY))
+            .on(Method::POST, web::to(outcome::batch_outcomes)),
         Endpoint::new("/retrieve").on(Method::POST, web::to(get::retrieve)),
         Endpoint::new("/retrieve/b64").on(Method::POST, web::to(get::retrieve_b64)),
         Endpoint::new("/healthz").on(Method::GET, web::to(started)),

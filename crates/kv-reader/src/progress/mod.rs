@@ -135,6 +135,15 @@ impl Progress {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// For each partition this replica reads, the offset of the next record to apply:
+    /// everything below it is in the store.
+    pub fn next_offsets(&self) -> BTreeMap<i32, i64> {
+        self.lock_partitions()
+            .iter()
+            .map(|(&partition, p)| (partition, p.next_offset))
+            .collect()
+    }
+
     /// The partitions that reached the end offset seen at start-up (or since were added).
     pub fn caught_up_partitions(&self) -> std::collections::BTreeSet<i32> {
         self.lock_partitions()

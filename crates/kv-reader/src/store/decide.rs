@@ -149,25 +149,36 @@ impl Store {
     /// What was decided for the record at `(partition, offset)`, if this replica decided it and
     /// still remembers.
     pub fn outcome(&self, partition: i32, offset: i64) -> Result<Option<Outcome>, StoreError> {
-        if partition < 0 || offset < 0 {
-            return Ok(None);
-        }
+        Ok(self.outcomes(&[(partition, offset)])?.pop().flatten())
+    }
+
+    /// What was decided for each record at `(partition, offset)`, in order, read in one
+    /// transaction (a writer's batch of questions).
+    pub fn outcomes(&self, records: &[(i32, i64)]) -> Result<Vec<Option<Outcome>>, StoreError> {
         let txn = self.db.begin_read()?;
         let outcomes = txn.open_table(OUTCOMES)?;
-        let row = outcomes.get((partition as u32, offset as u64))?;
-        Ok(row.map(|row| {
-            let (applied, version_partition, version_offset, first, _) = row.value();
-            Outcome {
-                partition,
-                offset,
-                applied: applied == 1,
-                version: (version_offset >= 0).then_some(Version {
-                    partition: version_partition,
-                    offset: version_offset,
-                }),
-                first: (first >= 0).then_some(first),
+        let mut found = Vec::with_capacity(records.len());
+        for &(partition, offset) in records {
+            if partition < 0 || offset < 0 {
+                found.push(None);
+                continue;
             }
-        }))
+            let row = outcomes.get((partition as u32, offset as u64))?;
+            found.push(row.map(|row| {
+                let (applied, version_partition, version_offset, first, _) = row.value();
+                Outcome {
+                    partition,
+                    offset,
+                    applied: applied == 1,
+                    version: (version_offset >= 0).then_some(Version {
+                        partition: version_partition,
+                        offset: version_offset,
+                    }),
+                    first: (first >= 0).then_some(first),
+                }
+            }));
+        }
+        Ok(found)
     }
 
     /// Forgets, in one transaction, up to `limit` decisions older than [`OUTCOME_MEMORY`] and

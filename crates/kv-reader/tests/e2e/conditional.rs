@@ -303,3 +303,124 @@ async fn an_owner_paused_past_its_failover_changes_nothing_when_it_resumes() {
     assert_eq!(dump(&http, &b).await, before);
     assert_eq!(dump(&http, &a).await, before);
 }
+
+/// Where a write's record is, from the writer's answer: the body of a `200`, the consistency
+/// token of a `412`.
+async fn record_of(response: reqwest::Response) -> (u16, i32, i64) {
+    let status = response.status().as_u16();
+    if status == 412 {
+        let token = response.headers()["x-consistency-token"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        let (p, o) = token.split_once(':').expect("p:o");
+        return (status, p.parse().expect("p"), o.parse().expect("o"));
+    }
+    let body: Value = response.json().await.expect("ack");
+    let partition = i32::try_from(body["partition"].as_i64().expect("partition")).expect("i32");
+    (status, partition, body["offset"].as_i64().expect("offset"))
+}
+
+#[tokio::test]
+async fn the_batch_outcome_route_answers_each_record_in_request_order_and_refuses_over_256() {
+    let broker = Broker::start();
+    let topic = owned_topic(&broker, "cas-batch").await;
+    let reader = candidate(&broker, &topic, "cas-batch");
+    let writer = writer_for(&broker, &topic, &[&reader]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &reader).await;
+
+    let put = |key: &'static str, condition: Option<(&'static str, &'static str)>| {
+        let mut request = http.put(writer.url(&format!("/v1/kv/{key}"))).body("v");
+        if let Some((name, value)) = condition {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let plain = record_of(put("taken", None).await.expect("put")).await;
+    assert_eq!(plain.0, 200);
+    let refused = record_of(
+        put("taken", Some(("If-None-Match", "*")))
+            .await
+            .expect("put"),
+    )
+    .await;
+    assert_eq!(refused.0, 412);
+    let applied = record_of(
+        put("fresh", Some(("If-None-Match", "*")))
+            .await
+            .expect("put"),
+    )
+    .await;
+    assert_eq!(applied.0, 200);
+
+    let records = serde_json::json!({"records": [
+        {"partition": applied.1, "offset": applied.2},
+        {"partition": refused.1, "offset": refused.2},
+        {"partition": plain.1, "offset": plain.2},
+        {"partition": 0, "offset": 1_000_000_000i64},
+        {"partition": 99, "offset": 0},
+    ]});
+    let started = Instant::now();
+    let response = http
+        .post(reader.url("/v1/outcomes:batchGet?wait_ms=300"))
+        .json(&records)
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the wait is bounded by wait_ms"
+    );
+    let items = body["outcomes"].as_array().expect("outcomes");
+    assert_eq!(items.len(), 5, "{body}");
+    for (item, record) in items
+        .iter()
+        .zip(records["records"].as_array().expect("records"))
+    {
+        assert_eq!(item["partition"], record["partition"], "{body}");
+        assert_eq!(item["offset"], record["offset"], "{body}");
+    }
+    assert_eq!(items[0]["outcome"]["applied"], true, "{body}");
+    assert_eq!(items[0]["outcome"]["offset"], applied.2, "{body}");
+    assert_eq!(items[1]["outcome"]["applied"], false, "{body}");
+    assert_eq!(
+        items[1]["outcome"]["version"],
+        serde_json::json!({"partition": plain.1, "offset": plain.2}),
+        "the key's version when it was decided: {body}"
+    );
+    assert_eq!(items[2]["error"]["code"], "outcome_not_found", "{body}");
+    assert_eq!(items[3]["error"]["code"], "not_ready", "{body}");
+    assert_eq!(items[4]["error"]["code"], "invalid_request", "{body}");
+
+    // The single route, which older writers use, answers as before.
+    let single = http
+        .get(reader.url(&format!("/v1/outcomes/{}/{}", applied.1, applied.2)))
+        .send()
+        .await
+        .expect("single");
+    assert_eq!(single.status(), 200);
+    let outcome: Value = single.json().await.expect("json");
+    assert_eq!(outcome, items[0]["outcome"]);
+
+    let too_many: Vec<Value> = (0..257)
+        .map(|offset| serde_json::json!({"partition": 0, "offset": offset}))
+        .collect();
+    let response = http
+        .post(reader.url("/v1/outcomes:batchGet"))
+        .json(&serde_json::json!({ "records": too_many }))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "invalid_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("256")),
+        "{body}"
+    );
+}

@@ -2,7 +2,9 @@
 //! (`kv_testkit::stub_reader`) telling scripted outcomes: the record carries the precondition and
 //! the idempotency key, the answer follows the outcome (200 with the new ETag, 412 with the
 //! current one, a repeat answered as the first), the readers are asked in turn with the client's
-//! credentials, and nothing is produced for a request refused before (400, 501).
+//! credentials, questions under way at once share a batch (`POST /v1/outcomes:batchGet`), a
+//! reader without that route is asked one record at a time, and nothing is produced for a
+//! request refused before (400, 501).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -73,11 +75,12 @@ async fn a_conditional_write_carries_its_precondition_in_the_record_and_is_answe
     assert_eq!(record.header(IF_MATCH_HEADER), Some(&b"0-5,0-7"[..]));
     assert_eq!(record.header(IDEMPOTENCY_KEY_HEADER), Some(&b"retry-1"[..]));
     assert_eq!(record.header(IF_NONE_MATCH_HEADER), None);
-    // The reader was asked about exactly that record, with the client's credentials.
+    // The reader was asked about exactly that record, in a batch of its own (nothing else
+    // waited), with the client's credentials.
     let asked = reader.requests();
     assert_eq!(asked.len(), 1, "{asked:?}");
-    assert_eq!(asked[0].method, "GET");
-    assert_eq!(asked[0].position(), Some((p, first)));
+    assert!(asked[0].is_batch(), "{asked:?}");
+    assert_eq!(asked[0].records, vec![(p, first)]);
     assert_eq!(
         asked[0].header("authorization"),
         Some("Bearer not-checked-here")
@@ -421,4 +424,109 @@ async fn without_readers_a_conditional_write_is_501_bad_header_syntax_is_400_and
     let all = records(broker.bootstrap_servers(), &topic).await;
     let keys: Vec<&[u8]> = all.iter().map(|r| r.key.as_slice()).collect();
     assert_eq!(keys, vec![&b"seed"[..]]);
+}
+
+/// `count` conditional creates of distinct keys sent at once; every answer's status.
+async fn concurrent_creates(http: &reqwest::Client, writer: &Service, count: usize) -> Vec<u16> {
+    let creates = (0..count).map(|i| {
+        http.put(writer.url(&format!("/v1/kv/claim-{i}")))
+            .header("If-None-Match", "*")
+            .header("Authorization", "Bearer shared")
+            .body("mine")
+            .send()
+    });
+    futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|r| r.expect("answer").status().as_u16())
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_conditional_writes_to_one_reader_share_batches_and_each_is_asked_once() {
+    let broker = Broker::start();
+    let topic = broker.create_topic("conditional-batches", 2).await;
+    let reader = StubReader::start();
+    // A reader slow to answer: the questions that arrive meanwhile queue for the next batch.
+    reader.answer_others(|p, o| Reply::applied(p, o).after(Duration::from_millis(300)));
+    let writer = Service::start(
+        WRITER,
+        &writer_env(&broker, &topic, &[("KV_API_READERS", reader.base_url())]),
+    );
+    let http = reqwest::Client::new();
+
+    let statuses = concurrent_creates(&http, &writer, 40).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    // One question per write, none asked twice, all within batches.
+    let mut asked = reader.asked();
+    assert_eq!(asked.len(), 40, "{asked:?}");
+    asked.sort_unstable();
+    asked.dedup();
+    assert_eq!(asked.len(), 40, "a record was asked twice");
+    let requests = reader.requests();
+    assert!(requests.iter().all(|r| r.is_batch()), "{requests:?}");
+    let batches = reader.batches();
+    assert!(
+        batches.len() < 20 && batches.iter().any(|b| b.len() > 1),
+        "the questions were not batched: {batches:?}"
+    );
+    assert!(requests
+        .iter()
+        .all(|r| r.header("authorization") == Some("Bearer shared")));
+
+    let metrics = writer.metrics(&http).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "kv_writer_outcome_requests_total",
+            &[("reply", "decided")]
+        ),
+        Some(40.0),
+        "counted per question"
+    );
+    assert_eq!(
+        metric(&metrics, "kv_writer_outcome_batch_records_count", &[]),
+        Some(batches.len() as f64)
+    );
+    assert_eq!(
+        metric(&metrics, "kv_writer_outcome_batch_records_sum", &[]),
+        Some(40.0)
+    );
+}
+
+#[tokio::test]
+async fn a_reader_without_the_batch_route_still_gets_every_question_answered_through_the_single_route(
+) {
+    let broker = Broker::start();
+    let topic = broker.create_topic("conditional-older-reader", 2).await;
+    let reader = StubReader::start_without_batches();
+    reader.answer_others(|p, o| Reply::applied(p, o).after(Duration::from_millis(100)));
+    let writer = Service::start(
+        WRITER,
+        &writer_env(&broker, &topic, &[("KV_API_READERS", reader.base_url())]),
+    );
+    let http = reqwest::Client::new();
+
+    let statuses = concurrent_creates(&http, &writer, 20).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let mut asked = reader.asked();
+    assert_eq!(asked.len(), 20, "{asked:?}");
+    asked.sort_unstable();
+    asked.dedup();
+    assert_eq!(asked.len(), 20, "a record was asked twice");
+    // The batch route was tried by the first batches under way, then no more.
+    let tried = reader.batches().len();
+    assert!((1..=2).contains(&tried), "{tried} batches tried");
+    let response = http
+        .put(writer.url("/v1/kv/later"))
+        .header("If-None-Match", "*")
+        .body("x")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), 200);
+    assert_eq!(reader.batches().len(), tried, "the reader is remembered");
+    let last = reader.requests().pop().expect("a request");
+    assert_eq!(last.method, "GET");
+    assert_eq!(reader.asked().len(), 21);
 }

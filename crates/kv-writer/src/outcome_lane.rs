@@ -1,0 +1,451 @@
+//! Outcome questions to one reader that are under way at the same time, sent as one
+//! `POST /v1/outcomes:batchGet` (docs/architecture.md, "Conditional writes").
+//!
+//! One HTTP request writer→reader per conditional write roughly doubled the CPU a write costs
+//! the writer and the reader that answers (loopback send and receive, a server handling, a
+//! credentials check): most of it is per request, not per record. So the questions waiting for
+//! one reader share a request. A lane sends at once while fewer than [`IN_FLIGHT`] of its
+//! batches are under way, so an idle writer adds no wait; questions that arrive while they are
+//! go together in the next batch, up to [`MAX_RECORDS`]. Only questions with the same forwarded
+//! `Authorization` share a batch: the reader checks the caller's credentials once per request.
+//!
+//! Each record's answer is the reply a single question would have had; the caller's retry loop
+//! ([`crate::conditional::Readers`]) is per question and unchanged. A reader without the batch
+//! route (older than it: `404` or `405`) is remembered as such for [`SINGLE_ROUTE_FOR`], and its
+//! questions are asked one by one with `GET /v1/outcomes/{partition}/{offset}`.
+//!
+//! The writer's `Readers` is shared by every actix worker, so a lane is `Send + Sync`: its
+//! queue sits behind a std mutex that is never held across an await, and its senders are tasks
+//! spawned on the runtime of the worker whose question started them.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kv_core::conditional::Outcome;
+use kv_core::consistency::RecordPosition;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use crate::conditional::{ask_single, body_within, checked, Reply};
+use crate::metrics::ConditionalMetrics;
+
+/// Batches under way at once per reader.
+const IN_FLIGHT: usize = 2;
+/// Most records in one batch: the reader's bound (`MAX_BATCH_RECORDS` there).
+pub(crate) const MAX_RECORDS: usize = 256;
+/// How long a reader that answered the batch route with `404`/`405` is asked one record at a
+/// time before the batch route is tried again (it may have been upgraded meanwhile).
+const SINGLE_ROUTE_FOR: Duration = Duration::from_secs(600);
+/// The reader's own wait for a record to be applied, unless the questions have less time.
+const READER_WAIT: Duration = Duration::from_secs(2);
+/// Beyond the reader's wait, how long its answer may take to arrive.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+/// Largest batch answer read: an item is about 200 bytes.
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+/// One reader's lane.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    base: String,
+    client: reqwest::Client,
+    metrics: ConditionalMetrics,
+    state: Mutex<LaneState>,
+}
+
+#[derive(Debug, Default)]
+struct LaneState {
+    waiting: Vec<Question>,
+    in_flight: usize,
+    /// Until when this reader is asked with the single route: it lacks the batch route.
+    single_until: Option<Instant>,
+}
+
+/// A question waiting for its batch.
+#[derive(Debug)]
+struct Question {
+    position: RecordPosition,
+    authorization: Option<Vec<u8>>,
+    correlation_id: String,
+    deadline: Instant,
+    answer: oneshot::Sender<Reply>,
+}
+
+impl Lane {
+    pub(crate) fn new(
+        base: String,
+        client: reqwest::Client,
+        metrics: ConditionalMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            base,
+            client,
+            metrics,
+            state: Mutex::new(LaneState::default()),
+        })
+    }
+
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// This reader's reply about the record at `position`, asked within a batch (or alone, of a
+    /// reader without the batch route), given up at `remaining`.
+    pub(crate) async fn ask(
+        self: &Arc<Self>,
+        position: RecordPosition,
+        authorization: Option<&[u8]>,
+        correlation_id: &str,
+        remaining: Duration,
+    ) -> Reply {
+        let (answer, told) = oneshot::channel();
+        let start = {
+            let mut state = self.lock();
+            if state
+                .single_until
+                .is_some_and(|until| Instant::now() < until)
+            {
+                None
+            } else {
+                state.waiting.push(Question {
+                    position,
+                    authorization: authorization.map(<[u8]>::to_vec),
+                    correlation_id: correlation_id.to_owned(),
+                    deadline: Instant::now() + remaining,
+                    answer,
+                });
+                Some(
+                    state.in_flight < IN_FLIGHT && {
+                        state.in_flight += 1;
+                        true
+                    },
+                )
+            }
+        };
+        let Some(start) = start else {
+            return ask_single(
+                &self.client,
+                &self.base,
+                position,
+                authorization,
+                correlation_id,
+                remaining,
+            )
+            .await;
+        };
+        if start {
+            tokio::spawn(self.clone().send_while_waiting());
+        }
+        match tokio::time::timeout(remaining, told).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Reply::Failed(format!("{}: the batch ended unanswered", self.base)),
+            Err(_) => Reply::Failed(format!("{}: no answer in time", self.base)),
+        }
+    }
+
+    /// One of the lane's senders: batches of the questions waiting, one after another, until
+    /// none is.
+    async fn send_while_waiting(self: Arc<Self>) {
+        // Gives the sender's place back if the task ends early (a panic), so the lane never
+        // stalls; on the usual end the place is given back with the last (empty) take.
+        struct Sender(Arc<Lane>, bool);
+        impl Drop for Sender {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.lock().in_flight -= 1;
+                }
+            }
+        }
+        let mut sender = Sender(self, true);
+        loop {
+            // Taken, and the place given back when nothing is left, under one lock: a question
+            // queued after this finds a sender's place free.
+            let (batch, single) = {
+                let mut state = sender.0.lock();
+                let batch = take_batch(&mut state);
+                if batch.is_empty() {
+                    state.in_flight -= 1;
+                    sender.1 = false;
+                    return;
+                }
+                let single = state
+                    .single_until
+                    .is_some_and(|until| Instant::now() < until);
+                (batch, single)
+            };
+            if single {
+                sender.0.ask_each(batch).await;
+            } else {
+                sender.0.send(batch).await;
+            }
+        }
+    }
+
+    async fn send(&self, batch: Vec<Question>) {
+        let now = Instant::now();
+        let longest = batch
+            .iter()
+            .map(|q| q.deadline.saturating_duration_since(now))
+            .max()
+            .unwrap_or_default();
+        let wait = READER_WAIT.min(longest);
+        self.metrics.observe_batch(batch.len());
+        let records: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|q| {
+                serde_json::json!({"partition": q.position.partition, "offset": q.position.offset})
+            })
+            .collect();
+        let url = format!(
+            "{}/v1/outcomes:batchGet?wait_ms={}",
+            self.base,
+            wait.as_millis()
+        );
+        let mut request = self
+            .client
+            .post(&url)
+            .timeout(wait + ANSWER_MARGIN)
+            .header("X-Correlation-Id", batch[0].correlation_id.as_str())
+            .json(&serde_json::json!({ "records": records }));
+        if let Some(authorization) = &batch[0].authorization {
+            match reqwest::header::HeaderValue::from_bytes(authorization) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    request = request.header(reqwest::header::AUTHORIZATION, value);
+                }
+                Err(_) => {
+                    return answer_all(
+                        batch,
+                        &Reply::Failed("the Authorization header is not valid".into()),
+                    )
+                }
+            }
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return answer_all(batch, &Reply::Failed(format!("{url}: {error}"))),
+        };
+        let status = response.status().as_u16();
+        let whole = match status {
+            200 => None,
+            404 | 405 => {
+                tracing::info!(
+                    reader = %self.base,
+                    "the reader has no POST /v1/outcomes:batchGet ({status}): asking it one \
+                     record at a time"
+                );
+                self.lock().single_until = Some(Instant::now() + SINGLE_ROUTE_FOR);
+                return self.ask_each(batch).await;
+            }
+            401 | 403 => Some(Reply::Refused(status)),
+            503 => Some(Reply::NotYet),
+            _ => Some(Reply::Failed(format!("{url} answered {status}"))),
+        };
+        if let Some(reply) = whole {
+            return answer_all(batch, &reply);
+        }
+        let Some(body) = body_within(response, MAX_ANSWER_BYTES).await else {
+            return answer_all(
+                batch,
+                &Reply::Failed(format!("{url}: the outcomes did not arrive whole")),
+            );
+        };
+        let items = match serde_json::from_slice::<BatchAnswer>(&body) {
+            Ok(answer) if answer.outcomes.len() == batch.len() => answer.outcomes,
+            Ok(answer) => {
+                let reply = Reply::Failed(format!(
+                    "{url}: {} outcomes for {} records",
+                    answer.outcomes.len(),
+                    batch.len()
+                ));
+                return answer_all(batch, &reply);
+            }
+            Err(e) => {
+                let reply = Reply::Failed(format!("the outcomes are not the documented JSON: {e}"));
+                return answer_all(batch, &reply);
+            }
+        };
+        for (question, item) in batch.into_iter().zip(items) {
+            let reply = item.reply(question.position);
+            question.answer.send(reply).ok();
+        }
+    }
+
+    /// The batch's questions asked one by one with the single route, all at once.
+    async fn ask_each(&self, batch: Vec<Question>) {
+        let asked = batch.into_iter().map(|question| async move {
+            let remaining = question.deadline.saturating_duration_since(Instant::now());
+            let reply = ask_single(
+                &self.client,
+                &self.base,
+                question.position,
+                question.authorization.as_deref(),
+                &question.correlation_id,
+                remaining,
+            )
+            .await;
+            question.answer.send(reply).ok();
+        });
+        futures::future::join_all(asked).await;
+    }
+}
+
+fn answer_all(batch: Vec<Question>, reply: &Reply) {
+    for question in batch {
+        question.answer.send(reply.clone()).ok();
+    }
+}
+
+/// The first waiting question still awaited and those after it with the same
+/// `Authorization`, up to [`MAX_RECORDS`], in the order they came. Questions whose writes gave
+/// up waiting are dropped.
+fn take_batch(state: &mut LaneState) -> Vec<Question> {
+    let mut waiting = std::mem::take(&mut state.waiting)
+        .into_iter()
+        .filter(|q| !q.answer.is_closed());
+    let Some(first) = waiting.next() else {
+        return Vec::new();
+    };
+    let mut batch = vec![first];
+    for question in waiting {
+        if batch.len() < MAX_RECORDS && question.authorization == batch[0].authorization {
+            batch.push(question);
+        } else {
+            state.waiting.push(question);
+        }
+    }
+    batch
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchAnswer {
+    outcomes: Vec<BatchItem>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchItem {
+    partition: i32,
+    offset: i64,
+    #[serde(default)]
+    outcome: Option<Outcome>,
+    #[serde(default)]
+    error: Option<ItemError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ItemError {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl BatchItem {
+    /// The reply this item is for the question about `position`: an item about another record
+    /// is no answer.
+    fn reply(self, position: RecordPosition) -> Reply {
+        if self.partition != position.partition || self.offset != position.offset {
+            return Reply::Failed(format!(
+                "the item for {}:{} answers the record at {}:{}",
+                position.partition, position.offset, self.partition, self.offset
+            ));
+        }
+        match (self.outcome, self.error) {
+            (Some(outcome), None) => checked(outcome, position),
+            (None, Some(error)) => match error.code.as_str() {
+                "outcome_not_found" => Reply::Unknown,
+                "partition_not_held" => Reply::NotHeld,
+                "not_ready" => Reply::NotYet,
+                code => Reply::Failed(format!("{code}: {}", error.message)),
+            },
+            _ => Reply::Failed("an item must carry an outcome or an error".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn question(authorization: &[u8], offset: i64) -> (Question, oneshot::Receiver<Reply>) {
+        let (answer, told) = oneshot::channel();
+        let question = Question {
+            position: RecordPosition {
+                partition: 0,
+                offset,
+            },
+            authorization: Some(authorization.to_vec()),
+            correlation_id: String::new(),
+            deadline: Instant::now(),
+            answer,
+        };
+        (question, told)
+    }
+
+    #[test]
+    fn a_batch_takes_the_questions_with_the_first_ones_credentials_in_order() {
+        let mut state = LaneState::default();
+        let mut kept = Vec::new();
+        for (n, authorization) in [b"a", b"b", b"a", b"b"].into_iter().enumerate() {
+            let (q, told) = question(authorization, n as i64);
+            state.waiting.push(q);
+            kept.push(told);
+        }
+        let first = take_batch(&mut state);
+        let offsets: Vec<i64> = first.iter().map(|q| q.position.offset).collect();
+        assert_eq!(offsets, [0, 2]);
+        let second = take_batch(&mut state);
+        let offsets: Vec<i64> = second.iter().map(|q| q.position.offset).collect();
+        assert_eq!(offsets, [1, 3]);
+        assert!(take_batch(&mut state).is_empty());
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_its_bound_and_skips_questions_no_longer_awaited() {
+        let mut state = LaneState::default();
+        let mut kept = Vec::new();
+        for n in 0..MAX_RECORDS + 3 {
+            let (q, told) = question(b"a", n as i64);
+            state.waiting.push(q);
+            if n != 0 {
+                kept.push(told);
+            }
+        }
+        let batch = take_batch(&mut state);
+        assert_eq!(batch.len(), MAX_RECORDS);
+        assert_eq!(batch[0].position.offset, 1, "the first gave up waiting");
+        assert_eq!(state.waiting.len(), 2);
+    }
+
+    #[test]
+    fn each_item_becomes_the_reply_a_single_question_would_have_had() {
+        let at = RecordPosition {
+            partition: 1,
+            offset: 8,
+        };
+        let item = |json: serde_json::Value| -> BatchItem {
+            serde_json::from_value(json).expect("an item")
+        };
+        let decided = item(serde_json::json!({"partition": 1, "offset": 8, "outcome":
+            {"partition": 1, "offset": 8, "applied": true,
+             "version": {"partition": 1, "offset": 8}, "first": null}}));
+        assert!(matches!(decided.reply(at), Reply::Decided(_)));
+        let error = |code: &str| {
+            item(serde_json::json!({"partition": 1, "offset": 8,
+                "error": {"code": code, "message": "m"}}))
+            .reply(at)
+        };
+        assert_eq!(error("outcome_not_found"), Reply::Unknown);
+        assert_eq!(error("partition_not_held"), Reply::NotHeld);
+        assert_eq!(error("not_ready"), Reply::NotYet);
+        assert!(matches!(error("invalid_request"), Reply::Failed(_)));
+        let another = item(serde_json::json!({"partition": 1, "offset": 9,
+            "error": {"code": "not_ready", "message": "m"}}));
+        assert!(matches!(another.reply(at), Reply::Failed(_)));
+        let wrong_outcome = item(serde_json::json!({"partition": 1, "offset": 8, "outcome":
+            {"partition": 1, "offset": 7, "applied": true, "version": null, "first": null}}));
+        assert!(matches!(wrong_outcome.reply(at), Reply::Failed(_)));
+    }
+}
