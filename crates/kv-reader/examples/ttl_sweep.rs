@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kv_client::Client;
-use kv_testkit::metric;
+use kv_testkit::scrape;
 use serde_json::{json, Value};
 
 /// Keys per batch write and per batchGet.
@@ -82,18 +82,6 @@ async fn still_found(http: &reqwest::Client, reader: &str, keys: &[String]) -> u
             .count();
     }
     found
-}
-
-async fn scrape(http: &reqwest::Client, service: &str, name: &str) -> f64 {
-    let text = http
-        .get(format!("{service}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    metric(&text, name, &[]).unwrap_or(0.0)
 }
 
 /// `READERS` tasks reading random lasting keys from `reader` until `stop`; counts answers.
@@ -190,7 +178,9 @@ async fn main() {
             );
         }
     }
-    let produced_before = scrape(&http, sweeper, "kv_reader_ttl_tombstones_produced_total").await;
+    let produced_before = scrape(&http, sweeper, "kv_reader_ttl_tombstones_produced_total")
+        .await
+        .unwrap_or(0.0);
     tokio::time::sleep(Duration::from_millis(expires_from.saturating_sub(now_ms()))).await;
 
     // The sweep: reads on the sweeper meanwhile; the 404s on the other replica.
@@ -204,7 +194,9 @@ async fn main() {
             all_404_ms = Some(now_ms() - expires_from);
         }
         if tombstones_ms.is_none() {
-            let produced = scrape(&http, sweeper, "kv_reader_ttl_tombstones_produced_total").await;
+            let produced = scrape(&http, sweeper, "kv_reader_ttl_tombstones_produced_total")
+                .await
+                .unwrap_or(0.0);
             if produced - produced_before >= keys as f64 {
                 tombstones_ms = Some(now_ms() - expires_from);
             }
@@ -228,7 +220,9 @@ async fn main() {
     for task in load {
         task.await.expect("reader task");
     }
-    let lag = scrape(&http, sweeper, "kv_reader_ttl_sweep_lag_seconds").await;
+    let lag = scrape(&http, sweeper, "kv_reader_ttl_sweep_lag_seconds")
+        .await
+        .unwrap_or(0.0);
     println!(
         "BENCH keys={keys} lasting={lasting} late={late} all_404_ms={} tombstones_ms={} \
          rps_during={during:.0} rps_after={after:.0} sweep_window_ms={} sweep_lag_after_s={lag}",

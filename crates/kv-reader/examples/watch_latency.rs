@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_client::{Client, Watch, WatchEvent};
-use kv_testkit::metric;
+use kv_testkit::scrape;
 use tokio::sync::mpsc;
 
 /// A probe not seen by every watcher within this long counts as failed.
@@ -173,15 +173,7 @@ async fn main() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = http
-            .get(format!("{reader}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        if metric(&text, "kv_reader_watches_open", &[]) == Some(0.0) {
+        if scrape(&http, reader, "kv_reader_watches_open").await == Some(0.0) {
             break;
         }
         assert!(Instant::now() < deadline, "the latency watches stay open");

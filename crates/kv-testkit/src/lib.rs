@@ -29,7 +29,7 @@ use std::net::TcpListener;
 pub use broker::{Broker, BrokerUnderTest};
 pub use oidc::{token_expiry, OidcProvider, OIDC_AUDIENCE};
 pub use poll::{eventually, within, DEADLINE};
-pub use prometheus::metric;
+pub use prometheus::{metric, scrape};
 pub use services::{run_to_exit, service_env, workspace_binary, Service, Shards};
 
 /// A port nobody listens on right now.

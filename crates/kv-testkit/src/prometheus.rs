@@ -1,5 +1,6 @@
 //! Reading the Prometheus text format the services answer on `/metrics`.
 
+/// The value of `name`'s first sample in `text` (the exposition format) whose labels include
 /// every one of `labels`.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
@@ -14,6 +15,20 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                 .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
         })
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// `name`'s value (the first sample, whatever its labels) on `service`'s `/metrics` now, or
+/// `None` when the service does not answer or has no such sample.
+pub async fn scrape(http: &reqwest::Client, service: &str, name: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{service}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metric(&text, name, &[])
 }
 
 /// What `promtool check metrics` says of `text` (the exposition format's rules and Prometheus'

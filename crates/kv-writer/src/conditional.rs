@@ -25,8 +25,8 @@ use kv_core::web::http::CONSISTENCY_TOKEN;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::answer::{acknowledged, token_for, Answer, KAFKA_OFFSET, KAFKA_PARTITION};
-use crate::metrics::{ConditionalMetrics, ReaderReply};
-use crate::outcome_lane::Lane;
+use crate::metrics::ConditionalMetrics;
+use crate::outcome_lane::{Lane, Reply, REQUEST_TIMEOUT};
 
 /// The request header naming a retry: `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
@@ -36,15 +36,10 @@ pub const IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static(
 /// bounded however many clients send. Past it a conditional write is refused with `503 overloaded` before it is produced.
 pub const MAX_WAITING_WRITES: usize = 256;
 
-/// Longest one outcome request may take: a reader waits up to about 2 s for the record to be
-/// applied before it answers `503`.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The wait after a round of readers that did not decide, doubling up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// Largest outcome body read from a reader; an outcome is about 100 bytes.
-const MAX_REPLY_BYTES: usize = 16 * 1024;
 /// What a client is told to wait before retrying.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -160,36 +155,6 @@ impl<'a> Asker<'a> {
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes),
             correlation_id,
-        }
-    }
-}
-
-/// One reader's reply to one outcome question (alone, or an item of a batch).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Reply {
-    Decided(Outcome),
-    /// `404` / `outcome_not_found`: this reader has no decision for the record (it started
-    /// past it).
-    Unknown,
-    /// `421` / `partition_not_held`: this reader does not hold the partition.
-    NotHeld,
-    /// `503` / `not_ready`: not applied yet within the reader's wait.
-    NotYet,
-    /// `401`/`403`: the reader refused the client's credentials.
-    Refused(u16),
-    /// No usable answer: unreachable, timed out, another status, a malformed outcome.
-    Failed(String),
-}
-
-impl Reply {
-    fn metric(&self) -> ReaderReply {
-        match self {
-            Self::Decided(_) => ReaderReply::Decided,
-            Self::Unknown => ReaderReply::Unknown,
-            Self::NotHeld => ReaderReply::NotHeld,
-            Self::NotYet => ReaderReply::NotYet,
-            Self::Refused(_) => ReaderReply::Refused,
-            Self::Failed(_) => ReaderReply::Failed,
         }
     }
 }
@@ -362,87 +327,6 @@ impl Readers {
     }
 }
 
-/// One reader's reply about the record at `position`, asked alone with
-/// `GET /v1/outcomes/{partition}/{offset}` (a reader without the batch route).
-pub(crate) async fn ask_single(
-    client: &reqwest::Client,
-    base: &str,
-    position: RecordPosition,
-    authorization: Option<&[u8]>,
-    correlation_id: &str,
-    remaining: Duration,
-) -> Reply {
-    let url = format!(
-        "{base}/v1/outcomes/{}/{}",
-        position.partition, position.offset
-    );
-    let mut request = client
-        .get(&url)
-        .timeout(remaining.min(REQUEST_TIMEOUT))
-        .header("X-Correlation-Id", correlation_id);
-    if let Some(authorization) = authorization {
-        match reqwest::header::HeaderValue::from_bytes(authorization) {
-            Ok(mut value) => {
-                value.set_sensitive(true);
-                request = request.header(reqwest::header::AUTHORIZATION, value);
-            }
-            Err(_) => return Reply::Failed("the Authorization header is not valid".into()),
-        }
-    }
-    let response = match request.send().await {
-        Ok(response) => response,
-        Err(error) => return Reply::Failed(format!("{url}: {error}")),
-    };
-    let status = response.status().as_u16();
-    match status {
-        200 => match body_within(response, MAX_REPLY_BYTES).await {
-            Some(body) => decided(&body, position),
-            None => Reply::Failed(format!("{url}: the outcome did not arrive whole")),
-        },
-        404 => Reply::Unknown,
-        421 => Reply::NotHeld,
-        503 => Reply::NotYet,
-        401 | 403 => Reply::Refused(status),
-        _ => Reply::Failed(format!("{url} answered {status}")),
-    }
-}
-
-/// A reader's `200` body, checked to be the outcome of the record asked about.
-fn decided(body: &[u8], position: RecordPosition) -> Reply {
-    match serde_json::from_slice(body) {
-        Ok(outcome) => checked(outcome, position),
-        Err(e) => Reply::Failed(format!("the outcome is not the documented JSON: {e}")),
-    }
-}
-
-/// `outcome`, if it is one of the record at `position`: an outcome naming another record (or a
-/// first use at or after it) is no answer.
-pub(crate) fn checked(outcome: Outcome, position: RecordPosition) -> Reply {
-    let consistent = outcome.partition == position.partition
-        && outcome.offset == position.offset
-        && outcome
-            .first
-            .is_none_or(|first| (0..position.offset).contains(&first));
-    if !consistent {
-        return Reply::Failed(format!(
-            "the outcome {outcome:?} is not one of the record at {}:{}",
-            position.partition, position.offset
-        ));
-    }
-    Reply::Decided(outcome)
-}
-
-pub(crate) async fn body_within(mut response: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.ok()? {
-        if body.len() + chunk.len() > limit {
-            return None;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Some(body)
-}
-
 fn unknown(why: String) -> ApiError {
     ApiError::new(
         ErrorCode::OutcomeUnknown,
@@ -578,6 +462,7 @@ fn set_etag(response: &mut HttpResponse, version: Option<Version>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome_lane::decided;
     use actix_web::body::MessageBody;
     use actix_web::http::StatusCode;
 

@@ -10,9 +10,13 @@
 //! `Authorization` share a batch: the reader checks the caller's credentials once per request.
 //!
 //! Each record's answer is the reply a single question would have had; the caller's retry loop
-//! ([`crate::conditional::Readers`]) is per question and unchanged. A reader without the batch
+//! (`Readers` in the conditional module) is per question and unchanged. A reader without the batch
 //! route (older than it: `404` or `405`) is remembered as such for [`SINGLE_ROUTE_FOR`], and its
 //! questions are asked one by one with `GET /v1/outcomes/{partition}/{offset}`.
+//!
+//! It holds what asking one reader means, below the conditional module that uses it: a
+//! [`Reply`], the single-record route ([`ask_single`]) and the check that an outcome names the
+//! record asked ([`checked`]).
 //!
 //! The writer's `Readers` is shared by every actix worker, so a lane is `Send + Sync`: its
 //! queue sits behind a std mutex that is never held across an await, and its senders are tasks
@@ -26,9 +30,13 @@ use kv_core::consistency::RecordPosition;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use crate::conditional::{ask_single, body_within, checked, Reply};
-use crate::metrics::ConditionalMetrics;
+use crate::metrics::{ConditionalMetrics, ReaderReply};
 
+/// Longest one outcome request may take: a reader waits up to about 2 s for the record to be
+/// applied before it answers `503`.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest outcome body read from a reader; an outcome is about 100 bytes.
+const MAX_REPLY_BYTES: usize = 16 * 1024;
 /// Batches under way at once per reader.
 const IN_FLIGHT: usize = 2;
 /// Most records in one batch: the reader's bound (`MAX_BATCH_RECORDS` there).
@@ -363,6 +371,117 @@ impl BatchItem {
             _ => Reply::Failed("an item must carry an outcome or an error".into()),
         }
     }
+}
+
+/// One reader's reply to one outcome question (alone, or an item of a batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reply {
+    Decided(Outcome),
+    /// `404` / `outcome_not_found`: this reader has no decision for the record (it started
+    /// past it).
+    Unknown,
+    /// `421` / `partition_not_held`: this reader does not hold the partition.
+    NotHeld,
+    /// `503` / `not_ready`: not applied yet within the reader's wait.
+    NotYet,
+    /// `401`/`403`: the reader refused the client's credentials.
+    Refused(u16),
+    /// No usable answer: unreachable, timed out, another status, a malformed outcome.
+    Failed(String),
+}
+
+impl Reply {
+    pub(crate) fn metric(&self) -> ReaderReply {
+        match self {
+            Self::Decided(_) => ReaderReply::Decided,
+            Self::Unknown => ReaderReply::Unknown,
+            Self::NotHeld => ReaderReply::NotHeld,
+            Self::NotYet => ReaderReply::NotYet,
+            Self::Refused(_) => ReaderReply::Refused,
+            Self::Failed(_) => ReaderReply::Failed,
+        }
+    }
+}
+
+/// One reader's reply about the record at `position`, asked alone with
+/// `GET /v1/outcomes/{partition}/{offset}` (a reader without the batch route).
+pub(crate) async fn ask_single(
+    client: &reqwest::Client,
+    base: &str,
+    position: RecordPosition,
+    authorization: Option<&[u8]>,
+    correlation_id: &str,
+    remaining: Duration,
+) -> Reply {
+    let url = format!(
+        "{base}/v1/outcomes/{}/{}",
+        position.partition, position.offset
+    );
+    let mut request = client
+        .get(&url)
+        .timeout(remaining.min(REQUEST_TIMEOUT))
+        .header("X-Correlation-Id", correlation_id);
+    if let Some(authorization) = authorization {
+        match reqwest::header::HeaderValue::from_bytes(authorization) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                request = request.header(reqwest::header::AUTHORIZATION, value);
+            }
+            Err(_) => return Reply::Failed("the Authorization header is not valid".into()),
+        }
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => return Reply::Failed(format!("{url}: {error}")),
+    };
+    let status = response.status().as_u16();
+    match status {
+        200 => match body_within(response, MAX_REPLY_BYTES).await {
+            Some(body) => decided(&body, position),
+            None => Reply::Failed(format!("{url}: the outcome did not arrive whole")),
+        },
+        404 => Reply::Unknown,
+        421 => Reply::NotHeld,
+        503 => Reply::NotYet,
+        401 | 403 => Reply::Refused(status),
+        _ => Reply::Failed(format!("{url} answered {status}")),
+    }
+}
+
+/// A reader's `200` body, checked to be the outcome of the record asked about.
+pub(crate) fn decided(body: &[u8], position: RecordPosition) -> Reply {
+    match serde_json::from_slice(body) {
+        Ok(outcome) => checked(outcome, position),
+        Err(e) => Reply::Failed(format!("the outcome is not the documented JSON: {e}")),
+    }
+}
+
+/// `outcome`, if it is one of the record at `position`: an outcome naming another record (or a
+/// first use at or after it) is no answer.
+pub(crate) fn checked(outcome: Outcome, position: RecordPosition) -> Reply {
+    let consistent = outcome.partition == position.partition
+        && outcome.offset == position.offset
+        && outcome
+            .first
+            .is_none_or(|first| (0..position.offset).contains(&first));
+    if !consistent {
+        return Reply::Failed(format!(
+            "the outcome {outcome:?} is not one of the record at {}:{}",
+            position.partition, position.offset
+        ));
+    }
+    Reply::Decided(outcome)
+}
+
+pub(crate) async fn body_within(mut response: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        if body.len() + chunk.len() > limit {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
 }
 
 #[cfg(test)]
