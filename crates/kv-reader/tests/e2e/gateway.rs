@@ -99,7 +99,9 @@ fn expected(method: &str, path: &str) -> (u16, &'static str) {
             (404, "gateway")
         }
         // The writer's question to a reader: between the services, never through the gateway.
-        (_, p) if p.starts_with("/v1/outcomes/") => (404, "gateway"),
+        (_, p) if p.starts_with("/v1/outcomes/") || p == "/v1/outcomes:batchGet" => {
+            (404, "gateway")
+        }
         ("PUT" | "DELETE", _) | (_, "/store" | "/store/b64" | "/remove") => (200, "writer"),
         (_, "/v1/kv:batch") => (200, "writer"),
         (_, p)
