@@ -212,26 +212,16 @@ impl Lane {
             self.base,
             wait.as_millis()
         );
-        let mut request = self
+        let request = self
             .client
             .post(&url)
             .timeout(wait + ANSWER_MARGIN)
             .header("X-Correlation-Id", batch[0].correlation_id.as_str())
             .json(&serde_json::json!({ "records": records }));
-        if let Some(authorization) = &batch[0].authorization {
-            match reqwest::header::HeaderValue::from_bytes(authorization) {
-                Ok(mut value) => {
-                    value.set_sensitive(true);
-                    request = request.header(reqwest::header::AUTHORIZATION, value);
-                }
-                Err(_) => {
-                    return answer_all(
-                        batch,
-                        &Reply::Failed("the Authorization header is not valid".into()),
-                    )
-                }
-            }
-        }
+        let request = match with_authorization(request, batch[0].authorization.as_deref()) {
+            Ok(request) => request,
+            Err(reply) => return answer_all(batch, &reply),
+        };
         let response = match request.send().await {
             Ok(response) => response,
             Err(error) => return answer_all(batch, &Reply::Failed(format!("{url}: {error}"))),
@@ -299,6 +289,21 @@ impl Lane {
         });
         futures::future::join_all(asked).await;
     }
+}
+
+/// `request` carrying the client's `Authorization` verbatim (marked sensitive, so it is never
+/// logged), or the reply when it cannot be a header value.
+fn with_authorization(
+    request: reqwest::RequestBuilder,
+    authorization: Option<&[u8]>,
+) -> Result<reqwest::RequestBuilder, Reply> {
+    let Some(authorization) = authorization else {
+        return Ok(request);
+    };
+    let mut value = reqwest::header::HeaderValue::from_bytes(authorization)
+        .map_err(|_| Reply::Failed("the Authorization header is not valid".into()))?;
+    value.set_sensitive(true);
+    Ok(request.header(reqwest::header::AUTHORIZATION, value))
 }
 
 fn answer_all(batch: Vec<Question>, reply: &Reply) {
@@ -417,19 +422,14 @@ pub(crate) async fn ask_single(
         "{base}/v1/outcomes/{}/{}",
         position.partition, position.offset
     );
-    let mut request = client
+    let request = client
         .get(&url)
         .timeout(remaining.min(REQUEST_TIMEOUT))
         .header("X-Correlation-Id", correlation_id);
-    if let Some(authorization) = authorization {
-        match reqwest::header::HeaderValue::from_bytes(authorization) {
-            Ok(mut value) => {
-                value.set_sensitive(true);
-                request = request.header(reqwest::header::AUTHORIZATION, value);
-            }
-            Err(_) => return Reply::Failed("the Authorization header is not valid".into()),
-        }
-    }
+    let request = match with_authorization(request, authorization) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
     let response = match request.send().await {
         Ok(response) => response,
         Err(error) => return Reply::Failed(format!("{url}: {error}")),

@@ -6,9 +6,8 @@
 //! conditional writes waiting sends their questions together, so a request's cost (a loopback
 //! round trip, a credentials check, a server handling) is paid once per batch, not per write.
 
-use std::time::Duration;
-
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use kv_core::conditional::Outcome;
@@ -51,21 +50,8 @@ pub async fn outcome(
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
     let (partition, offset) = path.into_inner();
-    if partition < 0 || offset < 0 {
-        return Err(ApiError::invalid_request(
-            "partition and offset must be whole numbers of at least 0",
-        ));
-    }
-    if let Some(cluster) = &state.read.cluster {
-        if !cluster.holds(partition) {
-            return Err(ApiError::new(
-                ErrorCode::PartitionNotHeld,
-                format!(
-                    "shard {} does not hold partition {partition}: ask a shard that does",
-                    cluster.spec.index
-                ),
-            ));
-        }
+    if let Some(refusal) = refusal(partition, offset, &state) {
+        return Err(refusal);
     }
     let wait = query.wait();
     let token = ConsistencyToken::from_positions([RecordPosition { partition, offset }]);
@@ -77,14 +63,9 @@ pub async fn outcome(
             )))
         }
         Err(error) => {
-            return Err(ApiError::new(
-                ErrorCode::NotReady,
-                format!(
-                    "this replica has not applied the record at {partition}/{offset} yet \
-                     ({error}); ask again"
-                ),
+            return Err(
+                not_ready(partition, offset, &error).with_retry_after(Duration::from_secs(1))
             )
-            .with_retry_after(Duration::from_secs(1)))
         }
     }
     let store = state.read.store.clone();
@@ -96,6 +77,33 @@ pub async fn outcome(
         Some(outcome) => Ok(HttpResponse::Ok().json(outcome)),
         None => Err(not_found(partition, offset)),
     }
+}
+
+/// Why the record at `(partition, offset)` cannot be asked of this replica at all, if it
+/// cannot: numbers below 0, or a shard that does not hold the partition.
+fn refusal(partition: i32, offset: i64, state: &HttpState) -> Option<ApiError> {
+    if partition < 0 || offset < 0 {
+        return Some(ApiError::invalid_request(
+            "partition and offset must be whole numbers of at least 0",
+        ));
+    }
+    let cluster = state.read.cluster.as_ref()?;
+    (!cluster.holds(partition)).then(|| {
+        ApiError::new(
+            ErrorCode::PartitionNotHeld,
+            format!(
+                "shard {} does not hold partition {partition}: ask a shard that does",
+                cluster.spec.index
+            ),
+        )
+    })
+}
+
+fn not_ready(partition: i32, offset: i64, why: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotReady,
+        format!("this replica has not applied the record at {partition}/{offset} yet ({why}); ask again"),
+    )
 }
 
 fn not_found(partition: i32, offset: i64) -> ApiError {
@@ -181,23 +189,8 @@ pub async fn batch_outcomes(
     let mut highest: BTreeMap<i32, i64> = BTreeMap::new();
     for record in &records {
         let (partition, offset) = (record.partition, record.offset);
-        let refused = if partition < 0 || offset < 0 {
-            Some(ApiError::invalid_request(
-                "partition and offset must be whole numbers of at least 0",
-            ))
-        } else if let Some(cluster) = state
-            .read
-            .cluster
-            .as_ref()
-            .filter(|cluster| !cluster.holds(partition))
-        {
-            Some(ApiError::new(
-                ErrorCode::PartitionNotHeld,
-                format!(
-                    "shard {} does not hold partition {partition}: ask a shard that does",
-                    cluster.spec.index
-                ),
-            ))
+        let refused = if let Some(refusal) = refusal(partition, offset, &state) {
+            Some(refusal)
         } else if !known.is_empty() && !known.contains_key(&partition) {
             Some(ApiError::invalid_request(format!(
                 "partition {partition} is not a partition of this topic"
@@ -250,15 +243,7 @@ pub async fn batch_outcomes(
         .zip(answers)
         .map(|(record, answer)| {
             let (partition, offset) = (record.partition, record.offset);
-            let answer = answer.unwrap_or_else(|| {
-                Err(ApiError::new(
-                    ErrorCode::NotReady,
-                    format!(
-                        "this replica has not applied the record at {partition}/{offset} yet \
-                         ({why}); ask again"
-                    ),
-                ))
-            });
+            let answer = answer.unwrap_or_else(|| Err(not_ready(partition, offset, &why)));
             match answer {
                 Ok(outcome) => BatchItem {
                     partition,
