@@ -31,14 +31,25 @@ pub const MAX_BATCH_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Deserialize)]
 pub struct OutcomeQuery {
-    wait_ms: Option<u64>,
+    // Text, so that a number out of range is refused with the parameter's name and bounds.
+    wait_ms: Option<String>,
 }
 
 impl OutcomeQuery {
-    fn wait(&self) -> Duration {
-        self.wait_ms
-            .map_or(DEFAULT_WAIT, Duration::from_millis)
-            .min(MAX_WAIT)
+    fn wait(&self) -> Result<Duration, ApiError> {
+        let Some(text) = self.wait_ms.as_deref() else {
+            return Ok(DEFAULT_WAIT);
+        };
+        text.parse::<u64>()
+            .ok()
+            .map(Duration::from_millis)
+            .filter(|wait| *wait <= MAX_WAIT)
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "parameter `wait_ms` must be a whole number from 0 to {}, got {text:?}",
+                    MAX_WAIT.as_millis()
+                ))
+            })
     }
 }
 
@@ -53,7 +64,7 @@ pub async fn outcome(
     if let Some(refusal) = refusal(partition, offset, &state) {
         return Err(refusal);
     }
-    let wait = query.wait();
+    let wait = query.wait()?;
     let token = ConsistencyToken::from_positions([RecordPosition { partition, offset }]);
     match state.read.progress.wait_for(&token, wait).await {
         Ok(()) => {}
@@ -164,14 +175,23 @@ struct BatchAnswer {
 /// record's decision, in request order. One wait covers them all (until every record this
 /// replica holds is applied, or `wait_ms` passed) and one store lookup reads them all; a record
 /// that cannot be told is an item with an error (`partition_not_held`, `not_ready`,
-/// `outcome_not_found`, `invalid_request`), not a failure of the whole batch.
+/// `outcome_not_found`, `invalid_request` for a partition the topic lacks), not a failure of
+/// the whole batch.
 pub async fn batch_outcomes(
     _auth: Authorized<operation::Read>,
     query: web::Query<OutcomeQuery>,
     body: JsonBody<BatchRequest>,
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
+    let wait = query.wait()?;
     let records = body.read().await?.records;
+    if let Some(negative) = records.iter().find(|r| r.partition < 0 || r.offset < 0) {
+        // Outside the request's schema, so the whole request is refused, not the one item.
+        return Err(ApiError::invalid_request(format!(
+            "record {}/{}: partition and offset must be whole numbers of at least 0",
+            negative.partition, negative.offset
+        )));
+    }
     if records.is_empty() {
         return Err(ApiError::invalid_request(
             "field `records` must list at least one record",
@@ -209,7 +229,7 @@ pub async fn batch_outcomes(
                 .iter()
                 .map(|(&partition, &offset)| RecordPosition { partition, offset }),
         );
-        if let Err(error) = state.read.progress.wait_for(&token, query.wait()).await {
+        if let Err(error) = state.read.progress.wait_for(&token, wait).await {
             waited = Some(error);
         }
     }

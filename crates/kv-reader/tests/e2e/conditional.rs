@@ -423,4 +423,40 @@ async fn the_batch_outcome_route_answers_each_record_in_request_order_and_refuse
             .is_some_and(|m| m.contains("256")),
         "{body}"
     );
+
+    // Outside the documented bounds is the whole request's fault, said with the bound.
+    for (path, body, named) in [
+        (
+            "/v1/outcomes:batchGet",
+            serde_json::json!({"records": [{"partition": 0, "offset": 1}, {"partition": 0, "offset": -1}]}),
+            "at least 0",
+        ),
+        (
+            "/v1/outcomes:batchGet?wait_ms=5001",
+            serde_json::json!({"records": [{"partition": 0, "offset": 1}]}),
+            "wait_ms",
+        ),
+    ] {
+        let response = http
+            .post(reader.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("batch");
+        assert_eq!(response.status(), 400, "{path} {body}");
+        let answer: Value = response.json().await.expect("json");
+        assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(named)),
+            "{answer}"
+        );
+    }
+    let response = http
+        .get(reader.url("/v1/outcomes/0/1?wait_ms=99999999999999999999"))
+        .send()
+        .await
+        .expect("single");
+    assert_eq!(response.status(), 400);
 }
