@@ -6,7 +6,8 @@
 # Knobs (environment): BENCH_KEYS (read keys / replay records), BENCH_SECONDS (per wrk run),
 # BENCH_RUNS (measured runs per figure; the median is reported), BENCH_WRITES (per write run),
 # BENCH_PROBES (freshness probes), BENCH_TTL_KEYS (keys expiring at once), BENCH_ONLY (one
-# step alone: resp, conditional, computed, shards).
+# step alone: resp, conditional, computed, shards), BENCH_FAIR_CACHE_MB (10b's memory reader's
+# page cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -339,10 +340,13 @@ FIGURES
 # redis-server holding the same keys: GET/s over RESP, pipelined and not, and over HTTP, and both
 # processes' RSS. Beside step 10's bounded-memory figures, which stay.
 fair_reads() { # figures fair_{resp_rps,resp_p16_rps,http_rps,rss,redis_rss}
-    local hport rport rpid
+    local hport rport rpid cache=()
+    # BENCH_FAIR_CACHE_MB: redb's page cache for this reader (32 MiB unless given), to see what
+    # the cache's misses cost a memory store (docs/benchmarks.md, 10b).
+    [ -z "${BENCH_FAIR_CACHE_MB:-}" ] || cache=(KV_API_STATE_STORAGE_CACHE_MB="$BENCH_FAIR_CACHE_MB")
     start_service "$work/fair-reader.log" KAFKA_BOOTSTRAP_SERVERS="$tansu" \
         KV_API_KAFKA_KEY_VALUE_TOPIC="$resp_topic" KAFKA_GROUP_ID=bench-fair \
-        KV_API_STATE_STORAGE_TYPE=memory KV_API_RESP_LISTEN=127.0.0.1:0 \
+        KV_API_STATE_STORAGE_TYPE=memory KV_API_RESP_LISTEN=127.0.0.1:0 "${cache[@]}" \
         "$bin/kv-reader" || die "$svc_error"
     hport=$svc_port rpid=$svc_pid
     rport=$(sed -n 's|.*listening on redis://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$work/fair-reader.log" | head -1)
