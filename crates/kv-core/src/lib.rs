@@ -10,6 +10,7 @@ pub mod conditional;
 pub mod crypto;
 pub mod kafka;
 pub mod kafka_stats;
+pub mod lane;
 pub mod otlp;
 pub mod record;
 pub mod secret;

@@ -4,9 +4,9 @@
 //! One HTTP request writer→reader per conditional write roughly doubled the CPU a write costs
 //! the writer and the reader that answers (loopback send and receive, a server handling, a
 //! credentials check): most of it is per request, not per record. So the questions waiting for
-//! one reader share a request. A lane sends at once while fewer than [`IN_FLIGHT`] of its
-//! batches are under way, so an idle writer adds no wait; questions that arrive while they are
-//! go together in the next batch, up to [`MAX_RECORDS`]. Only questions with the same forwarded
+//! one reader share a request, in a `kv_core::lane` lane: it sends at once while fewer than two
+//! of its batches are under way, so an idle writer adds no wait; questions that arrive while
+//! they are go together in the next batch, up to [`MAX_RECORDS`]. Only questions with the same forwarded
 //! `Authorization` share a batch: the reader checks the caller's credentials once per request.
 //!
 //! Each record's answer is the reply a single question would have had; the caller's retry loop
@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use kv_core::conditional::Outcome;
 use kv_core::consistency::RecordPosition;
-use serde::Deserialize;
+use kv_core::lane::Lane as Queue;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::metrics::{ConditionalMetrics, ReaderReply};
@@ -37,8 +38,6 @@ use crate::metrics::{ConditionalMetrics, ReaderReply};
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest outcome body read from a reader; an outcome is about 100 bytes.
 const MAX_REPLY_BYTES: usize = 16 * 1024;
-/// Batches under way at once per reader.
-const IN_FLIGHT: usize = 2;
 /// Most records in one batch: the reader's bound (`MAX_BATCH_RECORDS` there).
 pub(crate) const MAX_RECORDS: usize = 256;
 /// How long a reader that answered the batch route with `404`/`405` is asked one record at a
@@ -57,15 +56,8 @@ pub(crate) struct Lane {
     base: String,
     client: reqwest::Client,
     metrics: ConditionalMetrics,
-    state: Mutex<LaneState>,
-}
-
-#[derive(Debug, Default)]
-struct LaneState {
-    waiting: Vec<Question>,
-    in_flight: usize,
-    /// Until when this reader is asked with the single route: it lacks the batch route.
-    single_until: Option<Instant>,
+    /// Paused while this reader is asked with the single route: it lacks the batch route.
+    state: Mutex<Queue<Question>>,
 }
 
 /// A question waiting for its batch.
@@ -88,7 +80,7 @@ impl Lane {
             base,
             client,
             metrics,
-            state: Mutex::new(LaneState::default()),
+            state: Mutex::new(Queue::default()),
         })
     }
 
@@ -96,7 +88,7 @@ impl Lane {
         &self.base
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<Question>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -112,26 +104,15 @@ impl Lane {
         let (answer, told) = oneshot::channel();
         let start = {
             let mut state = self.lock();
-            if state
-                .single_until
-                .is_some_and(|until| Instant::now() < until)
-            {
-                None
-            } else {
-                state.waiting.push(Question {
+            (!state.paused()).then(|| {
+                state.queue(Question {
                     position,
                     authorization: authorization.map(<[u8]>::to_vec),
                     correlation_id: correlation_id.to_owned(),
                     deadline: Instant::now() + remaining,
                     answer,
-                });
-                Some(
-                    state.in_flight < IN_FLIGHT && {
-                        state.in_flight += 1;
-                        true
-                    },
-                )
-            }
+                })
+            })
         };
         let Some(start) = start else {
             return ask_single(
@@ -158,12 +139,12 @@ impl Lane {
     /// none is.
     async fn send_while_waiting(self: Arc<Self>) {
         // Gives the sender's place back if the task ends early (a panic), so the lane never
-        // stalls; on the usual end the place is given back with the last (empty) take.
+        // stalls; on the usual end the empty take gives it back.
         struct Sender(Arc<Lane>, bool);
         impl Drop for Sender {
             fn drop(&mut self) {
                 if self.1 {
-                    self.0.lock().in_flight -= 1;
+                    self.0.lock().sender_lost();
                 }
             }
         }
@@ -173,16 +154,11 @@ impl Lane {
             // queued after this finds a sender's place free.
             let (batch, single) = {
                 let mut state = sender.0.lock();
-                let batch = take_batch(&mut state);
-                if batch.is_empty() {
-                    state.in_flight -= 1;
+                let Some(batch) = take_batch(&mut state) else {
                     sender.1 = false;
                     return;
-                }
-                let single = state
-                    .single_until
-                    .is_some_and(|until| Instant::now() < until);
-                (batch, single)
+                };
+                (batch, state.paused())
             };
             if single {
                 sender.0.ask_each(batch).await;
@@ -201,12 +177,7 @@ impl Lane {
             .unwrap_or_default();
         let wait = READER_WAIT.min(longest);
         self.metrics.observe_batch(batch.len());
-        let records: Vec<serde_json::Value> = batch
-            .iter()
-            .map(|q| {
-                serde_json::json!({"partition": q.position.partition, "offset": q.position.offset})
-            })
-            .collect();
+        let records: Vec<RecordPosition> = batch.iter().map(|q| q.position).collect();
         let url = format!(
             "{}/v1/outcomes:batchGet?wait_ms={}",
             self.base,
@@ -217,7 +188,7 @@ impl Lane {
             .post(&url)
             .timeout(wait + ANSWER_MARGIN)
             .header("X-Correlation-Id", batch[0].correlation_id.as_str())
-            .json(&serde_json::json!({ "records": records }));
+            .json(&BatchQuestion { records: &records });
         let request = match with_authorization(request, batch[0].authorization.as_deref()) {
             Ok(request) => request,
             Err(reply) => return answer_all(batch, &reply),
@@ -235,7 +206,7 @@ impl Lane {
                     "the reader has no POST /v1/outcomes:batchGet ({status}): asking it one \
                      record at a time"
                 );
-                self.lock().single_until = Some(Instant::now() + SINGLE_ROUTE_FOR);
+                self.lock().pause_for(SINGLE_ROUTE_FOR);
                 return self.ask_each(batch).await;
             }
             401 | 403 => Some(Reply::Refused(status)),
@@ -313,24 +284,20 @@ fn answer_all(batch: Vec<Question>, reply: &Reply) {
 }
 
 /// The first waiting question still awaited and those after it with the same
-/// `Authorization`, up to [`MAX_RECORDS`], in the order they came. Questions whose writes gave
-/// up waiting are dropped.
-fn take_batch(state: &mut LaneState) -> Vec<Question> {
-    let mut waiting = std::mem::take(&mut state.waiting)
-        .into_iter()
-        .filter(|q| !q.answer.is_closed());
-    let Some(first) = waiting.next() else {
-        return Vec::new();
-    };
-    let mut batch = vec![first];
-    for question in waiting {
-        if batch.len() < MAX_RECORDS && question.authorization == batch[0].authorization {
-            batch.push(question);
-        } else {
-            state.waiting.push(question);
-        }
-    }
-    batch
+/// `Authorization`, up to [`MAX_RECORDS`], in the order they came; `None` when none is left.
+/// Questions whose writes gave up waiting are dropped.
+fn take_batch(state: &mut Queue<Question>) -> Option<Vec<Question>> {
+    state.next_batch(
+        MAX_RECORDS,
+        |q| !q.answer.is_closed(),
+        |first, q| q.authorization == first.authorization,
+    )
+}
+
+/// The body of `POST /v1/outcomes:batchGet`.
+#[derive(Serialize)]
+struct BatchQuestion<'a> {
+    records: &'a [RecordPosition],
 }
 
 #[derive(Debug, Deserialize)]
@@ -505,37 +472,37 @@ mod tests {
 
     #[test]
     fn a_batch_takes_the_questions_with_the_first_ones_credentials_in_order() {
-        let mut state = LaneState::default();
+        let mut state = Queue::default();
         let mut kept = Vec::new();
         for (n, authorization) in [b"a", b"b", b"a", b"b"].into_iter().enumerate() {
             let (q, told) = question(authorization, n as i64);
-            state.waiting.push(q);
+            let _ = state.queue(q);
             kept.push(told);
         }
-        let first = take_batch(&mut state);
+        let first = take_batch(&mut state).expect("a batch");
         let offsets: Vec<i64> = first.iter().map(|q| q.position.offset).collect();
         assert_eq!(offsets, [0, 2]);
-        let second = take_batch(&mut state);
+        let second = take_batch(&mut state).expect("a batch");
         let offsets: Vec<i64> = second.iter().map(|q| q.position.offset).collect();
         assert_eq!(offsets, [1, 3]);
-        assert!(take_batch(&mut state).is_empty());
+        assert!(take_batch(&mut state).is_none());
     }
 
     #[test]
     fn a_batch_holds_at_most_its_bound_and_skips_questions_no_longer_awaited() {
-        let mut state = LaneState::default();
+        let mut state = Queue::default();
         let mut kept = Vec::new();
         for n in 0..MAX_RECORDS + 3 {
             let (q, told) = question(b"a", n as i64);
-            state.waiting.push(q);
+            let _ = state.queue(q);
             if n != 0 {
                 kept.push(told);
             }
         }
-        let batch = take_batch(&mut state);
+        let batch = take_batch(&mut state).expect("a batch");
         assert_eq!(batch.len(), MAX_RECORDS);
         assert_eq!(batch[0].position.offset, 1, "the first gave up waiting");
-        assert_eq!(state.waiting.len(), 2);
+        assert_eq!(state.waiting(), 2);
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! per read (docs/benchmarks.md, figure 6). Under load most of both is per request, not per
 //! key, so reads that wait for the same owner share one request. Each worker keeps its own
 //! lanes (actix workers are single-threaded runtimes): no lock, and the connections stay on the
-//! worker's runtime. A lane sends at once while fewer than [`IN_FLIGHT`] of its batches are
-//! under way, so an idle shard adds no wait; reads that arrive while they are go together in
-//! the next one.
+//! worker's runtime. The lanes are `kv_core::lane`'s: a lane sends at once while fewer than two
+//! of its batches are under way, so an idle shard adds no wait; reads that arrive while they
+//! are go together in the next one.
 //!
 //! Only reads whose forwarded headers are the same share a batch (credentials, consistency
 //! token, lag bound): the owner checks them once for all. A batch the owner does not answer
@@ -19,9 +19,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
+use kv_core::lane::Lane;
 use kv_core::trace_context::TRACEPARENT;
 use kv_core::web::json::BASE64;
 use serde_json::Value;
@@ -31,8 +32,6 @@ use crate::cluster::fanout::{self, PartError};
 use crate::cluster::forward::{ByteBudget, ForwardError, Outcome, Outgoing};
 use crate::cluster::Cluster;
 
-/// Batches under way at once per owner, per worker.
-const IN_FLIGHT: usize = 2;
 /// Most keys in one batch.
 const MAX_KEYS: usize = 128;
 /// Most bytes of one batch's answer held here. Past it the batch's reads are forwarded one by
@@ -65,14 +64,7 @@ pub enum NotCoalesced {
 pub struct ForwardBatches {
     cluster: Arc<Cluster>,
     client: reqwest::Client,
-    lanes: RefCell<HashMap<u32, Rc<RefCell<Lane>>>>,
-}
-
-#[derive(Debug, Default)]
-struct Lane {
-    waiting: Vec<Waiting>,
-    in_flight: usize,
-    paused_until: Option<Instant>,
+    lanes: RefCell<HashMap<u32, Rc<RefCell<Lane<Waiting>>>>>,
 }
 
 #[derive(Debug)]
@@ -103,21 +95,14 @@ impl ForwardBatches {
         let (answer, told) = oneshot::channel();
         let start = {
             let mut lane = lane.borrow_mut();
-            if lane
-                .paused_until
-                .is_some_and(|until| Instant::now() < until)
-            {
+            if lane.paused() {
                 return Err(NotCoalesced::Alone);
             }
-            lane.waiting.push(Waiting {
+            lane.queue(Waiting {
                 request: request.clone(),
                 key: key.to_vec(),
                 answer,
-            });
-            lane.in_flight < IN_FLIGHT && {
-                lane.in_flight += 1;
-                true
-            }
+            })
         };
         if start {
             let (cluster, client) = (self.cluster.clone(), self.client.clone());
@@ -130,46 +115,39 @@ impl ForwardBatches {
 
 /// One of a lane's senders: batches of the reads waiting, one after another, until none is.
 async fn send_while_waiting(
-    lane: Rc<RefCell<Lane>>,
+    lane: Rc<RefCell<Lane<Waiting>>>,
     cluster: Arc<Cluster>,
     client: reqwest::Client,
     peer: u32,
 ) {
-    // Gives the sender's place back however the task ends, so the lane never stalls.
-    struct Sender(Rc<RefCell<Lane>>);
+    // Gives the sender's place back if the task ends early (a panic), so the lane never
+    // stalls; on the usual end the empty take gives it back.
+    struct Sender(Rc<RefCell<Lane<Waiting>>>, bool);
     impl Drop for Sender {
         fn drop(&mut self) {
-            self.0.borrow_mut().in_flight -= 1;
+            if self.1 {
+                self.0.borrow_mut().sender_lost();
+            }
         }
     }
-    let sender = Sender(lane);
+    let mut sender = Sender(lane, true);
     loop {
-        // Taken and given back with no await between: the worker runs one task at a time, so
-        // a read queued after this finds a sender's place free.
-        let batch = take_batch(&mut sender.0.borrow_mut());
-        if batch.is_empty() {
+        let Some(batch) = take_batch(&mut sender.0.borrow_mut()) else {
+            sender.1 = false;
             return;
-        }
+        };
         send(&sender.0, &cluster, &client, peer, batch).await;
     }
 }
 
-/// The first waiting read and those after it with the same forwarded headers, up to
-/// [`MAX_KEYS`], in the order they came.
-fn take_batch(lane: &mut Lane) -> Vec<Waiting> {
-    let mut waiting = std::mem::take(&mut lane.waiting).into_iter();
-    let Some(first) = waiting.next() else {
-        return Vec::new();
-    };
-    let mut batch = vec![first];
-    for read in waiting {
-        if batch.len() < MAX_KEYS && shared_part(&read.request).eq(shared_part(&batch[0].request)) {
-            batch.push(read);
-        } else {
-            lane.waiting.push(read);
-        }
-    }
-    batch
+/// The first waiting read whose client still waits and those after it with the same forwarded
+/// headers, up to [`MAX_KEYS`], in the order they came; `None` when none is left.
+fn take_batch(lane: &mut Lane<Waiting>) -> Option<Vec<Waiting>> {
+    lane.next_batch(
+        MAX_KEYS,
+        |read| !read.answer.is_closed(),
+        |first, read| shared_part(&read.request).eq(shared_part(&first.request)),
+    )
 }
 
 /// The forwarded headers the owner judges a request by; a read's own span is not among them
@@ -182,7 +160,7 @@ fn shared_part(request: &Outgoing) -> impl Iterator<Item = &(&'static str, Vec<u
 }
 
 async fn send(
-    lane: &RefCell<Lane>,
+    lane: &RefCell<Lane<Waiting>>,
     cluster: &Cluster,
     client: &reqwest::Client,
     peer: u32,
@@ -224,7 +202,7 @@ async fn send(
         }
         Err(error) => {
             if matches!(error, PartError::TooLarge) {
-                lane.borrow_mut().paused_until = Some(Instant::now() + LARGE_PAUSE);
+                lane.borrow_mut().pause_for(LARGE_PAUSE);
             }
             for waiting in batch {
                 waiting.answer.send(Err(NotCoalesced::Alone)).ok();
@@ -237,8 +215,15 @@ async fn send(
 mod tests {
     use super::*;
 
-    fn waiting(authorization: &[u8], span: &[u8]) -> Waiting {
-        let (answer, _told) = oneshot::channel();
+    /// A read waiting in `lane`, its client's end kept in `kept` so that it is still awaited.
+    fn queue(
+        lane: &mut Lane<Waiting>,
+        kept: &mut Vec<oneshot::Receiver<Result<Coalesced, NotCoalesced>>>,
+        authorization: &[u8],
+        span: &[u8],
+    ) {
+        let (answer, told) = oneshot::channel();
+        kept.push(told);
         let request = Outgoing {
             method: reqwest::Method::GET,
             headers: vec![
@@ -247,40 +232,52 @@ mod tests {
             ],
             correlation_id: String::new(),
         };
-        Waiting {
+        let _ = lane.queue(Waiting {
             request,
             key: b"k".to_vec(),
             answer,
-        }
+        });
     }
 
     #[test]
     fn a_batch_takes_the_reads_with_the_first_ones_credentials_whatever_their_spans() {
-        let mut lane = Lane::default();
+        let (mut lane, mut kept) = (Lane::default(), Vec::new());
         for (authorization, span) in [(b"a", b"1"), (b"b", b"2"), (b"a", b"3"), (b"b", b"4")] {
-            lane.waiting.push(waiting(authorization, span));
+            queue(&mut lane, &mut kept, authorization, span);
         }
-        let first = take_batch(&mut lane);
+        let first = take_batch(&mut lane).expect("a batch");
         assert_eq!(first.len(), 2);
         assert!(first
             .iter()
             .all(|w| w.request.headers[0].1 == b"a".to_vec()));
-        let second = take_batch(&mut lane);
+        let second = take_batch(&mut lane).expect("a batch");
         assert_eq!(second.len(), 2);
-        assert!(take_batch(&mut lane).is_empty());
+        assert!(take_batch(&mut lane).is_none());
     }
 
     #[test]
     fn a_batch_holds_at_most_its_bound_of_keys_and_the_rest_wait_in_order() {
-        let mut lane = Lane::default();
+        let (mut lane, mut kept) = (Lane::default(), Vec::new());
         for n in 0..MAX_KEYS + 3 {
-            lane.waiting.push(waiting(b"a", n.to_string().as_bytes()));
+            queue(&mut lane, &mut kept, b"a", n.to_string().as_bytes());
         }
-        assert_eq!(take_batch(&mut lane).len(), MAX_KEYS);
-        assert_eq!(lane.waiting.len(), 3);
+        assert_eq!(take_batch(&mut lane).expect("a batch").len(), MAX_KEYS);
+        assert_eq!(lane.waiting(), 3);
+        let rest = take_batch(&mut lane).expect("the rest");
         assert_eq!(
-            lane.waiting[0].request.headers[1].1,
+            rest[0].request.headers[1].1,
             MAX_KEYS.to_string().into_bytes()
         );
+    }
+
+    #[test]
+    fn a_read_whose_client_went_away_is_not_forwarded() {
+        let (mut lane, mut kept) = (Lane::default(), Vec::new());
+        queue(&mut lane, &mut kept, b"a", b"1");
+        queue(&mut lane, &mut kept, b"a", b"2");
+        kept.remove(0);
+        let batch = take_batch(&mut lane).expect("a batch");
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].request.headers[1].1, b"2".to_vec());
     }
 }
