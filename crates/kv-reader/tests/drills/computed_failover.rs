@@ -54,8 +54,10 @@ async fn drill_owners_killed_while_agents_report_publish_every_change_once() {
         })
         .collect();
     let mut candidates: Vec<Service> = envs.iter().map(|env| Service::start(READER, env)).collect();
+    // Longer than the writer's produce timeout (10 s): a broker slowed by the kills answers as
+    // the writer's documented 503, which the agents retry, not as this client giving up first.
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
     for candidate in &candidates {
