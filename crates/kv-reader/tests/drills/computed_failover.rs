@@ -23,6 +23,9 @@ const CANDIDATES: usize = 3;
 const OBJECTS: usize = 1000;
 const AGENTS: usize = 5;
 const ROUNDS: usize = 2;
+/// Longest one report may go unacknowledged, retried, before the drill fails: far beyond a
+/// failover (seconds), short of hanging CI.
+const REPORT_DEADLINE: Duration = Duration::from_secs(120);
 
 #[tokio::test]
 #[ignore = "a drill: make drills runs it"]
@@ -100,11 +103,19 @@ async fn drill_owners_killed_while_agents_report_publish_every_change_once() {
                         .map(|(key, value)| {
                             let (http, name) = (http.clone(), name.clone());
                             async move {
+                                // A failover takes seconds; a broker that stopped
+                                // acknowledging must fail the drill, not hang it.
+                                let deadline = Instant::now() + REPORT_DEADLINE;
                                 loop {
                                     let status = report(&http, writer, key, &name, value).await;
                                     if status == 200 {
                                         break;
                                     }
+                                    assert!(
+                                        Instant::now() < deadline,
+                                        "{name}'s report on {key} was not acknowledged within \
+                                         {REPORT_DEADLINE:?} (last answer {status})"
+                                    );
                                     tokio::time::sleep(Duration::from_millis(100)).await;
                                 }
                             }
